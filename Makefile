@@ -1,0 +1,66 @@
+# Transfusion training system - top-level build.
+#
+#   make                 build bin/trainer (CPU)
+#   make test            build and run every test; ends with "N passed, N failed"
+#   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
+#   make fuzz            build and run the safetensors header fuzzer briefly
+#   make bench           trainer vs PyTorch on the reference config
+ifeq ($(origin CC),default)
+  CC := gcc
+endif
+ARCH    ?= -march=native
+CFLAGS  ?= -O3 $(ARCH)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP
+LDLIBS  := -ldnnl -lcjson -lm
+FUZZ_SECONDS ?= 60
+
+ifeq ($(SANITIZE),1)
+  CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+  BUILD   := build/asan
+  BIN     := build/asan/bin
+else
+  BUILD   := build/release
+  BIN     := bin
+endif
+
+COMMON_SRC := $(wildcard common/*.c)
+NN_SRC     := $(wildcard nn/cpu/*.c)
+TRAINER_SRC := $(filter-out trainer/main.c,$(wildcard trainer/*.c))
+LIB_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(NN_SRC) $(TRAINER_SRC))
+TESTS      := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
+
+all: $(BIN)/trainer
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BIN)/trainer: $(BUILD)/trainer/main.o $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/tests/%: $(BUILD)/tests/%.o $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+test: $(BIN)/trainer $(TESTS)
+	BIN=$(BIN) tests/run.sh
+
+fuzz: build/fuzz_safetensors
+	build/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -timeout=5 -rss_limit_mb=2048 \
+	    -artifact_prefix=build/ build/fuzz_corpus tests/fuzz_corpus
+
+build/fuzz_safetensors: tests/fuzz_safetensors.c common/safetensors.c common/error.c
+	@mkdir -p build/fuzz_corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined $^ -o $@ -lcjson
+
+bench: $(BIN)/trainer
+	bench/bench_vs_torch.sh
+
+clean:
+	rm -rf build bin
+
+.PHONY: all test fuzz bench clean
+.PRECIOUS: $(BUILD)/%.o
+-include $(shell find build -name '*.d' 2>/dev/null)

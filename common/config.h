@@ -1,0 +1,48 @@
+/* config.h - the model's hyperparameters (config.json of a checkpoint,
+ * shared/spec/model.md section 6): load, validate, save. */
+#ifndef COMMON_CONFIG_H
+#define COMMON_CONFIG_H
+
+typedef struct {
+    int vocab_size;
+    int hidden_size;
+    int num_hidden_layers;
+    int num_attention_heads;
+    int intermediate_size;
+    float rms_norm_eps;         /* default 1e-5 (Llama 2) */
+    float rope_theta;           /* default 10000 */
+    int latent_channels;
+    int latent_size;            /* h = w of a latent */
+    int patch_size;
+    int max_image_patches;
+    int timestep_dim;           /* default 256 */
+    int diffusion_steps;        /* default 1000 */
+    float lambda_diffusion;     /* default 5 */
+    int bos_token_id, eos_token_id, boi_token_id, eoi_token_id;
+                                /* defaults 1, 2, vocab_size-2, vocab_size-1 */
+} model_config;
+
+/* Derived sizes. */
+static inline int cfg_head_dim(const model_config *c) { return c->hidden_size / c->num_attention_heads; }
+static inline int cfg_patch_dim(const model_config *c) { return c->latent_channels * c->patch_size * c->patch_size; }
+static inline int cfg_patches_per_image(const model_config *c) {
+    int g = c->latent_size / c->patch_size;
+    return g * g;
+}
+
+/* Reads a JSON config. Required: vocab_size, hidden_size, num_hidden_layers,
+ * num_attention_heads, intermediate_size, latent_channels, latent_size,
+ * patch_size, max_image_patches; the rest take the defaults above. Then
+ * validates (see config_validate). Returns non-zero with a one-line message
+ * naming the file and the field. */
+int config_load(const char *path, model_config *c, char *err);
+
+/* Checks that every field makes sense: positive sizes, hidden_size divisible
+ * by num_attention_heads, an even head_dim (RoPE), patch_size dividing
+ * latent_size, max_image_patches >= patches per image, token ids < vocab. */
+int config_validate(const model_config *c, const char *path, char *err);
+
+/* Writes every field (atomically: temp, fsync, rename). */
+int config_save(const char *path, const model_config *c, char *err);
+
+#endif

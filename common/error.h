@@ -1,0 +1,18 @@
+/* error.h - how command-line tools report failures.
+ * Bad input (a file, record or field that is wrong): one line on stderr and
+ * exit status 2. Anything else that stops a tool (out of memory, I/O): exit 1. */
+#ifndef COMMON_ERROR_H
+#define COMMON_ERROR_H
+
+#include <stddef.h>
+
+#define EXIT_BAD_INPUT 2
+
+__attribute__((noreturn, format(printf, 1, 2))) void die_input(const char *fmt, ...);
+__attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...);
+
+/* malloc/calloc that die with a message instead of returning NULL. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+
+#endif

@@ -1,0 +1,129 @@
+/* attention.c - CPU attention where each query i sees the contiguous key
+ * range [lo[i], hi[i]] of its own row (model.md section 2: causal text,
+ * bidirectional inside an image, nothing across documents).
+ *
+ * Work is split by (row, head); each task walks its queries in blocks of
+ * QBLOCK and computes only the key span the block needs, [min lo, max hi],
+ * with single-threaded GEMMs. Scores live in a per-thread QBLOCK x L scratch
+ * buffer; between forward and backward only the log-sum-exp of each query is
+ * kept (O(L) per head), and backward recomputes the probabilities from it.
+ * One task owns all of its row-head's outputs, so no two threads write the
+ * same element and the result does not depend on scheduling. */
+#include "../kernels.h"
+
+#include <float.h>
+#include <math.h>
+
+#define QBLOCK 64
+
+typedef struct { int k0, nk; } key_span;
+
+static key_span block_span(const int32_t *lo, const int32_t *hi, int q0, int nq) {
+    int k0 = lo[q0], k1 = hi[q0];
+    for (int r = 1; r < nq; r++) {
+        if (lo[q0 + r] < k0) k0 = lo[q0 + r];
+        if (hi[q0 + r] > k1) k1 = hi[q0 + r];
+    }
+    return (key_span){k0, k1 - k0 + 1};
+}
+
+/* Scores of a query block: S[r, j] = scale * q_{q0+r} . k_{k0+j}. */
+static void block_scores(float *S, const float *Q, const float *K, int ld, int q0, int nq,
+                         key_span ks, int head_dim, float scale) {
+    nn_gemm(0, 1, nq, ks.nk, head_dim, scale, Q + (size_t)q0 * ld, ld,
+            K + (size_t)ks.k0 * ld, ld, 0.0f, S, ks.nk);
+}
+
+void nn_attention_forward(float *out, float *lse, const float *qkv,
+                          const int32_t *lo, const int32_t *hi,
+                          int B, int L, int H, int head_dim) {
+    int d = H * head_dim, ld = 3 * d;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    #pragma omp parallel
+    {
+        float *S = nn_alloc((size_t)QBLOCK * L);
+        #pragma omp for schedule(static)
+        for (int task = 0; task < B * H; task++) {
+            int b = task / H, h = task % H;
+            const float *Q = qkv + (size_t)b * L * ld + h * head_dim;
+            const float *K = Q + d, *V = Q + 2 * d;
+            const int32_t *lo_b = lo + (size_t)b * L, *hi_b = hi + (size_t)b * L;
+            for (int q0 = 0; q0 < L; q0 += QBLOCK) {
+                int nq = L - q0 < QBLOCK ? L - q0 : QBLOCK;
+                key_span ks = block_span(lo_b, hi_b, q0, nq);
+                block_scores(S, Q, K, ld, q0, nq, ks, head_dim, scale);
+                for (int r = 0; r < nq; r++) {
+                    float *s = S + (size_t)r * ks.nk;
+                    int a = lo_b[q0 + r] - ks.k0, e = hi_b[q0 + r] - ks.k0;
+                    float mx = -FLT_MAX, sum = 0.0f;
+                    for (int j = a; j <= e; j++) mx = s[j] > mx ? s[j] : mx;
+                    for (int j = 0; j < a; j++) s[j] = 0.0f;
+                    for (int j = a; j <= e; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
+                    for (int j = e + 1; j < ks.nk; j++) s[j] = 0.0f;
+                    float inv = 1.0f / sum;
+                    for (int j = a; j <= e; j++) s[j] *= inv;
+                    lse[((size_t)b * L + q0 + r) * H + h] = mx + logf(sum);
+                }
+                nn_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld,
+                        0.0f, out + ((size_t)b * L + q0) * d + h * head_dim, d);
+            }
+        }
+        nn_free(S);
+    }
+}
+
+/* With P the probabilities and D_i = dout_i . out_i:
+ *   dV += P^T dO,  dS = P * (dO V^T - D),  dQ = scale dS K,  dK += scale dS^T Q */
+void nn_attention_backward(float *dqkv, const float *dout, const float *out,
+                           const float *lse, const float *qkv,
+                           const int32_t *lo, const int32_t *hi,
+                           int B, int L, int H, int head_dim) {
+    int d = H * head_dim, ld = 3 * d;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    nn_zero(dqkv, (size_t)B * L * ld);
+    #pragma omp parallel
+    {
+        float *P = nn_alloc((size_t)QBLOCK * L), *dS = nn_alloc((size_t)QBLOCK * L);
+        #pragma omp for schedule(static)
+        for (int task = 0; task < B * H; task++) {
+            int b = task / H, h = task % H;
+            size_t row0 = (size_t)b * L;
+            const float *Q = qkv + row0 * ld + h * head_dim, *K = Q + d, *V = Q + 2 * d;
+            float *dQ = dqkv + row0 * ld + h * head_dim, *dK = dQ + d, *dV = dQ + 2 * d;
+            const float *dO = dout + row0 * d + h * head_dim, *O = out + row0 * d + h * head_dim;
+            const int32_t *lo_b = lo + row0, *hi_b = hi + row0;
+            for (int q0 = 0; q0 < L; q0 += QBLOCK) {
+                int nq = L - q0 < QBLOCK ? L - q0 : QBLOCK;
+                key_span ks = block_span(lo_b, hi_b, q0, nq);
+                block_scores(P, Q, K, ld, q0, nq, ks, head_dim, scale);
+                for (int r = 0; r < nq; r++) {
+                    float *p = P + (size_t)r * ks.nk;
+                    int a = lo_b[q0 + r] - ks.k0, e = hi_b[q0 + r] - ks.k0;
+                    float l = lse[(row0 + q0 + r) * H + h];
+                    for (int j = 0; j < ks.nk; j++) p[j] = (j >= a && j <= e) ? expf(p[j] - l) : 0.0f;
+                }
+                const float *dOb = dO + (size_t)q0 * d;
+                nn_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld,
+                        0.0f, dS, ks.nk);
+                nn_gemm(1, 0, ks.nk, head_dim, nq, 1.0f, P, ks.nk, dOb, d,
+                        1.0f, dV + (size_t)ks.k0 * ld, ld);
+                for (int r = 0; r < nq; r++) {
+                    const float *o = O + (size_t)(q0 + r) * d, *g = dOb + (size_t)r * d;
+                    float Di = 0.0f;
+                    #pragma omp simd reduction(+:Di)
+                    for (int c = 0; c < head_dim; c++) Di += g[c] * o[c];
+                    float *ds = dS + (size_t)r * ks.nk;
+                    const float *p = P + (size_t)r * ks.nk;
+                    #pragma omp simd
+                    for (int j = 0; j < ks.nk; j++) ds[j] = p[j] * (ds[j] - Di);
+                }
+                nn_gemm(0, 0, nq, head_dim, ks.nk, scale, dS, ks.nk, K + (size_t)ks.k0 * ld, ld,
+                        0.0f, dQ + (size_t)q0 * ld, ld);
+                nn_gemm(1, 0, ks.nk, head_dim, nq, scale, dS, ks.nk, Q + (size_t)q0 * ld, ld,
+                        1.0f, dK + (size_t)ks.k0 * ld, ld);
+            }
+        }
+        nn_free(P);
+        nn_free(dS);
+    }
+}

@@ -1,0 +1,98 @@
+/* base.c - CPU backend: threads, memory, GEMM (oneDNN) and linear layers.
+ *
+ * GEMM goes through oneDNN's dnnl_sgemm: measured on this machine it is the
+ * fastest fp32 GEMM available as a Debian package (see README, Speed). oneDNN
+ * uses the same OpenMP runtime as the rest of the backend; inside an OpenMP
+ * parallel region it runs on the calling thread only. */
+#include "../kernels.h"
+#include "../../common/error.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+void nn_init(int threads) {
+    if (threads > 0) omp_set_num_threads(threads);
+}
+
+int nn_threads(void) { return omp_get_max_threads(); }
+
+float *nn_alloc(size_t n) {
+    void *p = NULL;
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    bytes = (bytes + 63) / 64 * 64;
+    if (posix_memalign(&p, 64, bytes) != 0) die("out of memory allocating %zu bytes", bytes);
+    memset(p, 0, bytes);
+    return p;
+}
+
+void nn_free(void *p) { free(p); }
+
+void nn_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+
+void nn_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
+
+void nn_gemm(int transA, int transB, int M, int N, int K, float alpha,
+             const float *A, int lda, const float *B, int ldb, float beta,
+             float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    dnnl_status_t st = dnnl_sgemm(transA ? 'T' : 'N', transB ? 'T' : 'N', M, N, K,
+                                  alpha, A, lda, B, ldb, beta, C, ldc);
+    if (st != dnnl_success) die("dnnl_sgemm failed (status %d) for M=%d N=%d K=%d", (int)st, M, N, K);
+}
+
+void nn_linear_forward(float *y, const float *x, const float *W, const float *b,
+                       int N, int in, int out) {
+    nn_gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    if (!b) return;
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < out; j++) y[(size_t)i * out + j] += b[j];
+}
+
+void nn_linear_backward(float *dx, float *dW, float *db, const float *dy,
+                        const float *x, const float *W, int N, int in, int out, int acc) {
+    if (dx) nn_gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, acc ? 1.0f : 0.0f, dx, in);
+    nn_gemm(1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (!db) return;
+    /* Columns in parallel, rows in order: the sum does not depend on threads. */
+    #pragma omp parallel for schedule(static)
+    for (int j = 0; j < out; j++) {
+        float s = 0.0f;
+        for (int i = 0; i < N; i++) s += dy[(size_t)i * out + j];
+        db[j] += s;
+    }
+}
+
+void nn_add(float *y, const float *x, size_t n) {
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+void nn_gather_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (size_t)i * d, src + (size_t)idx[i] * d, d * sizeof(float));
+}
+
+void nn_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (size_t)idx[i] * d, src + (size_t)i * d, d * sizeof(float));
+}
+
+void nn_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
+    /* Rows may repeat (the same token twice), so split the columns, not the
+     * rows, across threads: each element is summed in the order of i. */
+    #pragma omp parallel
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int c0 = (int)((long)d * t / nt), c1 = (int)((long)d * (t + 1) / nt);
+        for (int i = 0; i < n; i++) {
+            float *o = dst + (size_t)idx[i] * d;
+            const float *s = src + (size_t)i * d;
+            for (int c = c0; c < c1; c++) o[c] += s[c];
+        }
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# run.sh - runs every test (bin/tests/test_* programs and tests/test_*.sh
+# scripts) and prints the closing line "N passed, N failed".
+# A test reports each check as a line "ok NAME" or "FAIL NAME: why"; a test
+# that exits non-zero without printing a FAIL line counts as one failure.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+passed=0; failed=0
+for t in "$BIN"/tests/test_* tests/test_*.sh; do
+    [ -f "$t" ] || continue
+    name=$(basename "$t")
+    log=$(mktemp)
+    start=$(date +%s)
+    if [[ "$t" == *.sh ]]; then BIN="$BIN" bash "$t" >"$log" 2>&1; else "$t" >"$log" 2>&1; fi
+    rc=$?
+    p=$(grep -c '^ok ' "$log"); f=$(grep -c '^FAIL ' "$log")
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; echo "FAIL $name: exited $rc" >>"$log"; fi
+    if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then f=1; echo "FAIL $name: ran no check" >>"$log"; fi
+    passed=$((passed + p)); failed=$((failed + f))
+    printf '%-32s %3d ok %3d failed  (%ds)\n' "$name" "$p" "$f" "$(( $(date +%s) - start ))"
+    if [ "$f" -ne 0 ]; then grep -E '^FAIL ' "$log" | sed 's/^/    /'; tail -n 5 "$log" | sed 's/^/    | /'; fi
+    rm -f "$log"
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,58 @@
+/* batch.h - a packed training batch (shared/spec/model.md section 7) and the
+ * index plan the model runs on.
+ *
+ * A batch is what a batch file holds: B rows of L positions, each with a
+ * token, a modality (0 token, 1 patch, 2 pad), a document number and, for
+ * patches, the index of its image in `latents`. A plan is everything derived
+ * from it once per step: each query's key range, RoPE positions, which rows
+ * are tokens / patches / LM targets, and the noised, patchified latents. */
+#ifndef TRAINER_BATCH_H
+#define TRAINER_BATCH_H
+
+#include "../common/config.h"
+#include "../common/rng.h"
+
+#include <stdint.h>
+
+enum { MOD_TOKEN = 0, MOD_PATCH = 1, MOD_PAD = 2 };
+
+typedef struct {
+    int B, L, n_images;
+    int32_t *tokens, *modality, *doc, *image;   /* [B*L] each */
+    float *latents, *noise;                     /* [n_images, C, h, w] */
+    int32_t *timesteps;                         /* [n_images], 1..T */
+} batch;
+
+/* Reads and validates a batch file against the config: dtypes, shapes, token
+ * ids in range, each image one contiguous run of exactly patches-per-image
+ * positions inside one document, timesteps in 1..T. Errors name the file and
+ * the tensor (and the row and position where it matters). */
+int batch_load(const char *path, const model_config *c, batch *b, char *err);
+int batch_save(const char *path, const model_config *c, const batch *b, char *err);
+void batch_free(batch *b);
+
+/* A synthetic packed batch for benchmarks and the quickstart: rows of
+ * image-caption pairs (both orders) and text documents, about half of the
+ * positions in image patches, pads at row ends; random tokens and latents. */
+void batch_generate(batch *b, const model_config *c, int B, int L, rng *r);
+
+typedef struct {
+    int B, L, N;                 /* N = B*L */
+    int32_t *lo, *hi, *pos;      /* [N]: key range (row-relative), RoPE position */
+    float *rope_cos, *rope_sin;  /* [L, head_dim/2] */
+    int n_tok;                   /* token positions: row, id */
+    int32_t *tok_row, *tok_id;
+    int n_patch;                 /* patch positions in order: row, image, k */
+    int32_t *patch_row, *patch_image, *patch_k;
+    float *patch_x, *patch_eps;  /* [n_patch, patch_dim]: noised x_t and eps */
+    int n_lm;                    /* LM targets: row and target token */
+    int32_t *lm_row, *lm_target;
+    int n_images;
+    float *time_feat;            /* [n_images, timestep_dim] */
+} plan;
+
+/* Builds the plan of a validated batch. */
+void plan_build(plan *p, const batch *b, const model_config *c);
+void plan_free(plan *p);
+
+#endif

@@ -1,0 +1,252 @@
+/* main.c - the trainer's command line.
+ *
+ *   trainer init  --config MODEL.json --out DIR [--seed S]
+ *   trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors]
+ *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
+ *   trainer train --config MODEL.json [--steps N] [--batch-rows B] [--seq-len L]
+ *                 [--lr LR] [--warmup W] [--seed S] [--out DIR]
+ *
+ * Bad input (flags, files, records) exits with status 2 and one line on
+ * stderr naming the file and the field or tensor. */
+#include "batch.h"
+#include "model.h"
+#include "optim.h"
+#include "../common/error.h"
+#include "../common/safetensors.h"
+#include "../nn/kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+/* ------------------------------------------------------------ arguments */
+
+typedef struct { int argc; char **argv; const char *cmd; } args;
+
+/* Value of --name, or def when absent. Every flag takes one value. */
+static const char *arg_str(const args *a, const char *name, const char *def) {
+    for (int i = 0; i + 1 < a->argc; i += 2)
+        if (strcmp(a->argv[i] + 2, name) == 0) return a->argv[i + 1];
+    return def;
+}
+
+static const char *arg_required(const args *a, const char *name) {
+    const char *v = arg_str(a, name, NULL);
+    if (!v) die_input("trainer %s: missing --%s", a->cmd, name);
+    return v;
+}
+
+static long arg_int(const args *a, const char *name, long def, long min) {
+    const char *v = arg_str(a, name, NULL);
+    if (!v) return def;
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*v == '\0' || *end != '\0' || x < min) die_input("trainer %s: --%s %s: expected an integer >= %ld", a->cmd, name, v, min);
+    return x;
+}
+
+static double arg_float(const args *a, const char *name, double def) {
+    const char *v = arg_str(a, name, NULL);
+    if (!v) return def;
+    char *end;
+    double x = strtod(v, &end);
+    if (*v == '\0' || *end != '\0' || !(x > 0)) die_input("trainer %s: --%s %s: expected a positive number", a->cmd, name, v);
+    return x;
+}
+
+/* Checks that every argument is a known --flag with a value. */
+static args parse_args(int argc, char **argv, const char *cmd, const char *const *known) {
+    args a = {argc, argv, cmd};
+    for (int i = 0; i < argc; i += 2) {
+        int ok = strncmp(argv[i], "--", 2) == 0 && i + 1 < argc;
+        for (int k = 0; ok && known[k]; k++)
+            if (strcmp(argv[i] + 2, known[k]) == 0) goto next;
+        die_input("trainer %s: unknown or incomplete argument '%s'", cmd, argv[i]);
+    next:;
+    }
+    return a;
+}
+
+static model_config load_config(const char *path) {
+    model_config c;
+    char err[ST_ERR_LEN];
+    if (config_load(path, &c, err)) die_input("%s", err);
+    return c;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static double peak_rss_mb(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_maxrss / 1024.0;
+}
+
+/* ------------------------------------------------------------- commands */
+
+static int cmd_init(const args *a) {
+    model_config c = load_config(arg_required(a, "config"));
+    const char *out = arg_required(a, "out");
+    model m;
+    char err[ST_ERR_LEN];
+    model_create(&m, &c);
+    model_init_weights(&m, (unsigned long long)arg_int(a, "seed", 0, 0));
+    if (model_save(&m, out, err)) die("%s", err);
+    printf("wrote %s: %zu parameters\n", out, m.numel);
+    model_free(&m);
+    return 0;
+}
+
+static int cmd_loss(const args *a) {
+    const char *ckpt = arg_required(a, "ckpt"), *bpath = arg_required(a, "batch");
+    const char *gpath = arg_str(a, "grads", NULL);
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    model m;
+    batch b;
+    plan p;
+    char err[ST_ERR_LEN];
+    if (model_load(&m, ckpt, err)) die_input("%s", err);
+    if (batch_load(bpath, &m.cfg, &b, err)) die_input("%s", err);
+    plan_build(&p, &b, &m.cfg);
+    loss_sums s = model_step(&m, &p, (double)p.n_lm, (double)p.n_patch * cfg_patch_dim(&m.cfg), 1);
+    double lm = s.n_lm ? s.ce_sum / s.n_lm : 0.0, diff = s.n_latent ? s.se_sum / s.n_latent : 0.0;
+    printf("{\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"n_lm\":%ld,\"n_latent\":%ld,\"grad_norm\":%.9g}\n",
+           lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m));
+    if (gpath && model_save_flat(&m, m.g, gpath, err)) die("%s", err);
+    plan_free(&p);
+    batch_free(&b);
+    model_free(&m);
+    return 0;
+}
+
+/* One optimizer step on one plan; returns the loss. */
+static double train_step(model *m, optimizer *o, const plan *p, double *gnorm, float *lr) {
+    nn_zero(m->g, m->numel);
+    double n_latent = (double)p->n_patch * cfg_patch_dim(&m->cfg);
+    loss_sums s = model_step(m, p, (double)p->n_lm, n_latent, 1);
+    *gnorm = grad_norm(m);
+    *lr = optim_step(o, m, *gnorm);
+    return (s.n_lm ? s.ce_sum / s.n_lm : 0.0) + m->cfg.lambda_diffusion * (n_latent ? s.se_sum / n_latent : 0.0);
+}
+
+static int compare_double(const void *x, const void *y) {
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+static int cmd_bench(const args *a) {
+    model_config c = load_config(arg_required(a, "config"));
+    int B = (int)arg_int(a, "batch-rows", 8, 1), L = (int)arg_int(a, "seq-len", 256, 2);
+    int steps = (int)arg_int(a, "steps", 10, 1);
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    rng r;
+    rng_seed(&r, (unsigned long long)arg_int(a, "seed", 0, 0));
+    batch b;
+    plan p;
+    model m;
+    optimizer o;
+    batch_generate(&b, &c, B, L, &r);
+    plan_build(&p, &b, &c);
+    model_create(&m, &c);
+    model_init_weights(&m, 0);
+    optim_create(&o, &m, optim_defaults(3e-4f, 10, 1000));
+    double gnorm, *times = xcalloc(steps, sizeof(double));
+    float lr;
+    train_step(&m, &o, &p, &gnorm, &lr);                   /* warm-up: allocations, caches */
+    for (int s = 0; s < steps; s++) {
+        double t0 = now_s();
+        train_step(&m, &o, &p, &gnorm, &lr);
+        times[s] = now_s() - t0;
+    }
+    qsort(times, steps, sizeof(double), compare_double);
+    double med = times[steps / 2], flops = model_step_flops(&m, &p);
+    double state_mb = 4.0 * m.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
+    double act_mb = model_activation_floats(&m, &p) * sizeof(float) / 1048576.0;
+    printf("{\"step_s\":%.6f,\"min_step_s\":%.6f,\"positions_per_s\":%.1f,\"gflops_per_s\":%.1f,"
+           "\"gflop_per_step\":%.2f,\"threads\":%d,\"params\":%zu,\"patch_fraction\":%.3f,"
+           "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f}\n",
+           med, times[0], p.N / med, flops / med / 1e9, flops / 1e9, nn_threads(), m.numel,
+           (double)p.n_patch / p.N, peak_rss_mb(), state_mb, act_mb);
+    free(times);
+    optim_free(&o);
+    model_free(&m);
+    plan_free(&p);
+    batch_free(&b);
+    return 0;
+}
+
+static int cmd_train(const args *a) {
+    model_config c = load_config(arg_required(a, "config"));
+    int B = (int)arg_int(a, "batch-rows", 4, 1), L = (int)arg_int(a, "seq-len", 128, 2);
+    int steps = (int)arg_int(a, "steps", 300, 1), warmup = (int)arg_int(a, "warmup", 20, 0);
+    int log_every = (int)arg_int(a, "log-every", 10, 1);
+    unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
+    const char *out = arg_str(a, "out", NULL);
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    rng r;
+    rng_seed(&r, seed);
+    batch b;
+    plan p;
+    model m;
+    optimizer o;
+    batch_generate(&b, &c, B, L, &r);
+    plan_build(&p, &b, &c);
+    model_create(&m, &c);
+    model_init_weights(&m, seed);
+    optim_create(&o, &m, optim_defaults((float)arg_float(a, "lr", 1e-3), warmup, steps));
+    printf("training %zu parameters on one generated batch: %d rows x %d positions, "
+           "%d LM targets, %d patches in %d images\n", m.numel, B, L, p.n_lm, p.n_patch, p.n_images);
+    double first = 0, loss = 0, gnorm, t0 = now_s();
+    float lr;
+    for (int s = 0; s < steps; s++) {
+        loss = train_step(&m, &o, &p, &gnorm, &lr);
+        if (s == 0) first = loss;
+        if (s % log_every == 0 || s == steps - 1)
+            printf("step %4d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.2f s\n",
+                   s + 1, steps, loss, gnorm, lr, now_s() - t0);
+        fflush(stdout);
+    }
+    printf("loss %.4f -> %.4f (%.1fx lower)\n", first, loss, first / loss);
+    char err[ST_ERR_LEN];
+    if (out && model_save(&m, out, err)) die("%s", err);
+    optim_free(&o);
+    model_free(&m);
+    plan_free(&p);
+    batch_free(&b);
+    return 0;
+}
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
+            "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
+            "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
+            "       trainer train --config MODEL.json [--steps N] [--batch-rows B] [--seq-len L] [--lr LR]\n"
+            "                     [--warmup W] [--seed S] [--log-every K] [--threads T] [--out DIR]\n");
+}
+
+int main(int argc, char **argv) {
+    static const char *const init_flags[] = {"config", "out", "seed", NULL};
+    static const char *const loss_flags[] = {"ckpt", "batch", "grads", "threads", NULL};
+    static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
+    static const char *const train_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed",
+                                              "lr", "warmup", "log-every", "out", NULL};
+    static const struct { const char *name; int (*run)(const args *); const char *const *flags; } cmds[] = {
+        {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
+        {"bench", cmd_bench, bench_flags}, {"train", cmd_train, train_flags},
+    };
+    if (argc < 2) { usage(); return EXIT_BAD_INPUT; }
+    for (size_t k = 0; k < sizeof cmds / sizeof *cmds; k++) {
+        if (strcmp(argv[1], cmds[k].name) != 0) continue;
+        args a = parse_args(argc - 2, argv + 2, cmds[k].name, cmds[k].flags);
+        return cmds[k].run(&a);
+    }
+    usage();
+    return EXIT_BAD_INPUT;
+}

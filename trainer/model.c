@@ -1,0 +1,450 @@
+/* model.c - the Transfusion model on the backend interface of nn/kernels.h:
+ * parameter layout, init, checkpoint I/O, forward and backward.
+ * The math is model.md's; this file only sequences kernels. */
+#include "model.h"
+#include "../common/error.h"
+#include "../common/rng.h"
+#include "../common/safetensors.h"
+#include "../nn/kernels.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define PARAMS_PER_LAYER 9
+#define CE_CHUNK 256          /* LM positions per cross-entropy chunk */
+
+/* ---------------------------------------------------------------- layout */
+
+static void add_param(model *m, const char *name, int64_t rows, int64_t cols, int decay) {
+    param_info *p = &m->params[m->n_params++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->ndim = cols ? 2 : 1;
+    p->shape[0] = rows;
+    p->shape[1] = cols;
+    p->numel = (size_t)rows * (cols ? cols : 1);
+    p->offset = m->numel;
+    p->decay = decay;
+    m->numel += p->numel;
+}
+
+/* Points the views of `v` into a flat array laid out as m->params. */
+static void bind_views(weights *v, float *base, const model *m) {
+    const param_info *p = m->params;
+    int nl = m->cfg.num_hidden_layers, i = 0;
+    v->embed = base + p[i++].offset;
+    for (int l = 0; l < nl; l++) {
+        layer_weights *lw = &v->layers[l];
+        lw->ln1 = base + p[i++].offset;
+        lw->wqkv = base + p[i].offset; i += 3;       /* q, k, v adjacent */
+        lw->wo = base + p[i++].offset;
+        lw->ln2 = base + p[i++].offset;
+        lw->wgu = base + p[i].offset; i += 2;        /* gate, up adjacent */
+        lw->wd = base + p[i++].offset;
+    }
+    v->norm = base + p[i++].offset;
+    v->lm_head = base + p[i++].offset;
+    v->patch_in_w = base + p[i++].offset;
+    v->patch_in_b = base + p[i++].offset;
+    v->pos_embed = base + p[i++].offset;
+    v->time0_w = base + p[i++].offset;
+    v->time0_b = base + p[i++].offset;
+    v->time2_w = base + p[i++].offset;
+    v->time2_b = base + p[i++].offset;
+    v->patch_out_w = base + p[i++].offset;
+    v->patch_out_b = base + p[i++].offset;
+}
+
+void model_create(model *m, const model_config *c) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *c;
+    int d = c->hidden_size, f = c->intermediate_size, V = c->vocab_size, nl = c->num_hidden_layers;
+    int P = cfg_patch_dim(c);
+    m->params = xcalloc((size_t)nl * PARAMS_PER_LAYER + 16, sizeof(param_info));
+    char name[96];
+    add_param(m, "model.embed_tokens.weight", V, d, 0);
+    for (int l = 0; l < nl; l++) {
+        static const char *proj[] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+        static const char *mlp[] = {"gate_proj", "up_proj"};
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        add_param(m, name, d, 0, 0);
+        for (int k = 0; k < 4; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.%s.weight", l, proj[k]);
+            add_param(m, name, d, d, 1);
+        }
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        add_param(m, name, d, 0, 0);
+        for (int k = 0; k < 2; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.mlp.%s.weight", l, mlp[k]);
+            add_param(m, name, f, d, 1);
+        }
+        snprintf(name, sizeof name, "model.layers.%d.mlp.down_proj.weight", l);
+        add_param(m, name, d, f, 1);
+    }
+    add_param(m, "model.norm.weight", d, 0, 0);
+    add_param(m, "lm_head.weight", V, d, 1);
+    add_param(m, "image.patch_in.weight", d, P, 1);
+    add_param(m, "image.patch_in.bias", d, 0, 0);
+    add_param(m, "image.pos_embed", c->max_image_patches, d, 0);
+    add_param(m, "image.time_embed.0.weight", d, c->timestep_dim, 1);
+    add_param(m, "image.time_embed.0.bias", d, 0, 0);
+    add_param(m, "image.time_embed.2.weight", d, d, 1);
+    add_param(m, "image.time_embed.2.bias", d, 0, 0);
+    add_param(m, "image.patch_out.weight", P, d, 1);
+    add_param(m, "image.patch_out.bias", P, 0, 0);
+    m->w = nn_alloc(m->numel);
+    m->g = nn_alloc(m->numel);
+    m->W.layers = xcalloc(nl, sizeof(layer_weights));
+    m->G.layers = xcalloc(nl, sizeof(layer_weights));
+    bind_views(&m->W, m->w, m);
+    bind_views(&m->G, m->g, m);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+void model_init_weights(model *m, unsigned long long seed) {
+    rng r;
+    rng_seed(&r, seed);
+    double out_std = 0.02 / sqrt(2.0 * m->cfg.num_hidden_layers);
+    for (int i = 0; i < m->n_params; i++) {
+        const param_info *p = &m->params[i];
+        float *w = m->w + p->offset;
+        if (ends_with(p->name, "norm.weight")) {
+            for (size_t k = 0; k < p->numel; k++) w[k] = 1.0f;
+        } else if (ends_with(p->name, ".bias")) {
+            memset(w, 0, p->numel * sizeof(float));
+        } else {
+            double std = (strstr(p->name, "o_proj") || strstr(p->name, "down_proj")) ? out_std : 0.02;
+            for (size_t k = 0; k < p->numel; k++) w[k] = (float)(std * rng_normal(&r));
+        }
+    }
+}
+
+/* ------------------------------------------------------------- workspace */
+
+typedef struct {
+    float *x;       /* residual stream entering the layer [N, d] */
+    float *n1, *qkv, *att, *lse, *x_mid, *n2, *gu, *act;
+} layer_acts;
+
+struct workspace {
+    int N, n_patch, n_images;       /* capacities */
+    layer_acts *layers;
+    float *x_final, *h;             /* last residual, final norm output */
+    float *patch_in, *t_h1, *t_a1, *temb;
+    float *pred;                    /* [n_patch, P], then its gradient */
+    float *rows;                    /* gathered rows [N, d] */
+    float *dh, *dx, *dn, *datt, *dqkv, *dgu, *dact;
+    float *logits, *lm_h, *lm_dh;   /* one cross-entropy chunk */
+};
+
+static void workspace_free(workspace *ws, int nl) {
+    if (!ws) return;
+    for (int l = 0; l < nl; l++) {
+        layer_acts *a = &ws->layers[l];
+        float *bufs[] = {a->x, a->n1, a->qkv, a->att, a->lse, a->x_mid, a->n2, a->gu, a->act};
+        for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    }
+    free(ws->layers);
+    float *bufs[] = {ws->x_final, ws->h, ws->patch_in, ws->t_h1, ws->t_a1, ws->temb, ws->pred,
+                     ws->rows, ws->dh, ws->dx, ws->dn, ws->datt, ws->dqkv, ws->dgu, ws->dact,
+                     ws->logits, ws->lm_h, ws->lm_dh};
+    for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    free(ws);
+}
+
+/* Activations for a plan; reused while the plan's sizes fit. */
+static workspace *workspace_for(model *m, const plan *p) {
+    workspace *ws = m->ws;
+    if (ws && p->N <= ws->N && p->n_patch <= ws->n_patch && p->n_images <= ws->n_images) return ws;
+    const model_config *c = &m->cfg;
+    int nl = c->num_hidden_layers;
+    workspace_free(ws, nl);
+    size_t N = p->N, d = c->hidden_size, f = c->intermediate_size, H = c->num_attention_heads;
+    size_t np = p->n_patch, ni = p->n_images, P = cfg_patch_dim(c);
+    ws = xcalloc(1, sizeof *ws);
+    ws->N = p->N; ws->n_patch = p->n_patch; ws->n_images = p->n_images;
+    ws->layers = xcalloc(nl, sizeof(layer_acts));
+    for (int l = 0; l < nl; l++) {
+        layer_acts *a = &ws->layers[l];
+        a->x = nn_alloc(N * d); a->n1 = nn_alloc(N * d); a->qkv = nn_alloc(N * 3 * d);
+        a->att = nn_alloc(N * d); a->lse = nn_alloc(N * H); a->x_mid = nn_alloc(N * d);
+        a->n2 = nn_alloc(N * d); a->gu = nn_alloc(N * 2 * f); a->act = nn_alloc(N * f);
+    }
+    ws->x_final = nn_alloc(N * d); ws->h = nn_alloc(N * d);
+    ws->patch_in = nn_alloc(np * d);
+    ws->t_h1 = nn_alloc(ni * d); ws->t_a1 = nn_alloc(ni * d); ws->temb = nn_alloc(ni * d);
+    ws->pred = nn_alloc(np * P);
+    ws->rows = nn_alloc(N * d);
+    size_t scratch = N > ni ? N : ni;       /* dn, datt also serve the timestep MLP */
+    ws->dh = nn_alloc(N * d); ws->dx = nn_alloc(N * d); ws->dn = nn_alloc(scratch * d);
+    ws->datt = nn_alloc(scratch * d); ws->dqkv = nn_alloc(N * 3 * d);
+    ws->dgu = nn_alloc(N * 2 * f); ws->dact = nn_alloc(N * f);
+    ws->logits = nn_alloc((size_t)CE_CHUNK * c->vocab_size);
+    ws->lm_h = nn_alloc((size_t)CE_CHUNK * d); ws->lm_dh = nn_alloc((size_t)CE_CHUNK * d);
+    m->ws = ws;
+    return ws;
+}
+
+void model_free(model *m) {
+    workspace_free(m->ws, m->cfg.num_hidden_layers);
+    nn_free(m->w); nn_free(m->g);
+    free(m->W.layers); free(m->G.layers); free(m->params);
+    memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* Input vectors: token embeddings, patch_in(x_t) + pos_embed[k] + temb(t),
+ * zeros at pads. */
+static void embed_inputs(model *m, const plan *p, workspace *ws, float *x) {
+    const model_config *c = &m->cfg;
+    const weights *W = &m->W;
+    int d = c->hidden_size, P = cfg_patch_dim(c);
+    nn_zero(x, (size_t)p->N * d);
+    nn_gather_rows(ws->rows, W->embed, p->tok_id, p->n_tok, d);
+    nn_scatter_rows(x, ws->rows, p->tok_row, p->n_tok, d);
+
+    nn_linear_forward(ws->t_h1, p->time_feat, W->time0_w, W->time0_b, p->n_images, c->timestep_dim, d);
+    nn_silu_forward(ws->t_a1, ws->t_h1, (size_t)p->n_images * d);
+    nn_linear_forward(ws->temb, ws->t_a1, W->time2_w, W->time2_b, p->n_images, d, d);
+
+    nn_linear_forward(ws->patch_in, p->patch_x, W->patch_in_w, W->patch_in_b, p->n_patch, P, d);
+    nn_gather_rows(ws->rows, W->pos_embed, p->patch_k, p->n_patch, d);
+    nn_add(ws->patch_in, ws->rows, (size_t)p->n_patch * d);
+    nn_gather_rows(ws->rows, ws->temb, p->patch_image, p->n_patch, d);
+    nn_add(ws->patch_in, ws->rows, (size_t)p->n_patch * d);
+    nn_scatter_rows(x, ws->patch_in, p->patch_row, p->n_patch, d);
+}
+
+static void layer_forward(const model_config *c, const layer_weights *w, layer_acts *a,
+                          float *x_out, const plan *p) {
+    int N = p->N, d = c->hidden_size, f = c->intermediate_size;
+    int H = c->num_attention_heads, hd = cfg_head_dim(c);
+    nn_rmsnorm_forward(a->n1, a->x, w->ln1, N, d, c->rms_norm_eps);
+    nn_linear_forward(a->qkv, a->n1, w->wqkv, NULL, N, d, 3 * d);
+    nn_rope(a->qkv, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 0);
+    nn_rope(a->qkv + d, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 0);
+    nn_attention_forward(a->att, a->lse, a->qkv, p->lo, p->hi, p->B, p->L, H, hd);
+    nn_linear_forward(a->x_mid, a->att, w->wo, NULL, N, d, d);
+    nn_add(a->x_mid, a->x, (size_t)N * d);
+    nn_rmsnorm_forward(a->n2, a->x_mid, w->ln2, N, d, c->rms_norm_eps);
+    nn_linear_forward(a->gu, a->n2, w->wgu, NULL, N, d, 2 * f);
+    nn_swiglu_forward(a->act, a->gu, N, f);
+    nn_linear_forward(x_out, a->act, w->wd, NULL, N, f, d);
+    nn_add(x_out, a->x_mid, (size_t)N * d);
+}
+
+static void forward_trunk(model *m, const plan *p, workspace *ws) {
+    const model_config *c = &m->cfg;
+    int nl = c->num_hidden_layers;
+    embed_inputs(m, p, ws, ws->layers[0].x);
+    for (int l = 0; l < nl; l++)
+        layer_forward(c, &m->W.layers[l], &ws->layers[l],
+                      l + 1 < nl ? ws->layers[l + 1].x : ws->x_final, p);
+    nn_rmsnorm_forward(ws->h, ws->x_final, m->W.norm, p->N, c->hidden_size, c->rms_norm_eps);
+}
+
+const float *model_hidden(model *m, const plan *p) {
+    workspace *ws = workspace_for(m, p);
+    forward_trunk(m, p, ws);
+    return ws->h;
+}
+
+/* ------------------------------------------------------------------ heads */
+
+/* LM head + cross-entropy in chunks of CE_CHUNK positions: the logits of a
+ * chunk become their gradient in place and are dropped, so no [positions x
+ * vocab] tensor is ever kept. Adds dloss/dh into ws->dh. */
+static double lm_head(model *m, const plan *p, workspace *ws, float scale, int want_grads) {
+    int d = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    double ce = 0.0;
+    for (int c0 = 0; c0 < p->n_lm; c0 += CE_CHUNK) {
+        int n = p->n_lm - c0 < CE_CHUNK ? p->n_lm - c0 : CE_CHUNK;
+        nn_gather_rows(ws->lm_h, ws->h, p->lm_row + c0, n, d);
+        nn_linear_forward(ws->logits, ws->lm_h, m->W.lm_head, NULL, n, d, V);
+        ce += nn_cross_entropy(ws->logits, p->lm_target + c0, n, V, want_grads ? scale : 0.0f);
+        if (!want_grads) continue;
+        nn_linear_backward(ws->lm_dh, m->G.lm_head, NULL, ws->logits, ws->lm_h, m->W.lm_head, n, d, V, 0);
+        nn_scatter_add_rows(ws->dh, ws->lm_dh, p->lm_row + c0, n, d);
+    }
+    return ce;
+}
+
+/* patch_out head + squared error against eps. Adds dloss/dh into ws->dh. */
+static double diffusion_head(model *m, const plan *p, workspace *ws, float scale, int want_grads) {
+    int d = m->cfg.hidden_size, P = cfg_patch_dim(&m->cfg);
+    size_t n = (size_t)p->n_patch * P;
+    nn_gather_rows(ws->rows, ws->h, p->patch_row, p->n_patch, d);
+    nn_linear_forward(ws->pred, ws->rows, m->W.patch_out_w, m->W.patch_out_b, p->n_patch, d, P);
+    double se = nn_squared_error(ws->pred, ws->pred, p->patch_eps, n, want_grads ? scale : 0.0f);
+    if (want_grads) {
+        /* ws->pred now holds dpred; ws->dn is free scratch here. */
+        nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->pred, ws->rows,
+                           m->W.patch_out_w, p->n_patch, d, P, 0);
+        nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row, p->n_patch, d);
+    }
+    return se;
+}
+
+/* --------------------------------------------------------------- backward */
+
+/* On entry ws->dx holds dloss/d(layer output); on exit dloss/d(layer input). */
+static void layer_backward(const model_config *c, const layer_weights *w, layer_weights *g,
+                           const layer_acts *a, workspace *ws, const plan *p) {
+    int N = p->N, d = c->hidden_size, f = c->intermediate_size;
+    int H = c->num_attention_heads, hd = cfg_head_dim(c);
+    float eps = c->rms_norm_eps;
+    nn_linear_backward(ws->dact, g->wd, NULL, ws->dx, a->act, w->wd, N, f, d, 0);
+    nn_swiglu_backward(ws->dgu, ws->dact, a->gu, N, f);
+    nn_linear_backward(ws->dn, g->wgu, NULL, ws->dgu, a->n2, w->wgu, N, d, 2 * f, 0);
+    nn_rmsnorm_backward(ws->dx, g->ln2, ws->dn, a->x_mid, w->ln2, N, d, eps);
+
+    nn_linear_backward(ws->datt, g->wo, NULL, ws->dx, a->att, w->wo, N, d, d, 0);
+    nn_attention_backward(ws->dqkv, ws->datt, a->att, a->lse, a->qkv, p->lo, p->hi, p->B, p->L, H, hd);
+    nn_rope(ws->dqkv, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 1);
+    nn_rope(ws->dqkv + d, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 1);
+    nn_linear_backward(ws->dn, g->wqkv, NULL, ws->dqkv, a->n1, w->wqkv, N, d, 3 * d, 0);
+    nn_rmsnorm_backward(ws->dx, g->ln1, ws->dn, a->x, w->ln1, N, d, eps);
+}
+
+/* Gradients of the input vectors: embeddings, patch_in, pos_embed, the
+ * timestep MLP. dx is dloss/d(input vectors). */
+static void embed_backward(model *m, const plan *p, workspace *ws) {
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, P = cfg_patch_dim(c), ni = p->n_images;
+    weights *G = &m->G;
+    nn_gather_rows(ws->rows, ws->dx, p->tok_row, p->n_tok, d);
+    nn_scatter_add_rows(G->embed, ws->rows, p->tok_id, p->n_tok, d);
+
+    float *dpatch = ws->rows;
+    nn_gather_rows(dpatch, ws->dx, p->patch_row, p->n_patch, d);
+    nn_linear_backward(NULL, G->patch_in_w, G->patch_in_b, dpatch, p->patch_x, m->W.patch_in_w,
+                       p->n_patch, P, d, 0);
+    nn_scatter_add_rows(G->pos_embed, dpatch, p->patch_k, p->n_patch, d);
+    float *dtemb = ws->dn, *da1 = ws->datt;       /* free scratch here */
+    nn_zero(dtemb, (size_t)ni * d);
+    nn_scatter_add_rows(dtemb, dpatch, p->patch_image, p->n_patch, d);
+    nn_linear_backward(da1, G->time2_w, G->time2_b, dtemb, ws->t_a1, m->W.time2_w, ni, d, d, 0);
+    nn_silu_backward(da1, da1, ws->t_h1, (size_t)ni * d);
+    nn_linear_backward(NULL, G->time0_w, G->time0_b, da1, p->time_feat, m->W.time0_w,
+                       ni, c->timestep_dim, d, 0);
+}
+
+loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads) {
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, nl = c->num_hidden_layers;
+    workspace *ws = workspace_for(m, p);
+    loss_sums s = {0, 0, p->n_lm, (long)p->n_patch * cfg_patch_dim(c)};
+    forward_trunk(m, p, ws);
+    if (want_grads) nn_zero(ws->dh, (size_t)p->N * d);
+    float lm_scale = norm_lm > 0 ? (float)(1.0 / norm_lm) : 0.0f;
+    float diff_scale = norm_latent > 0 ? (float)(c->lambda_diffusion / norm_latent) : 0.0f;
+    s.ce_sum = lm_head(m, p, ws, lm_scale, want_grads);
+    s.se_sum = diffusion_head(m, p, ws, diff_scale, want_grads);
+    if (!want_grads) return s;
+
+    nn_zero(ws->dx, (size_t)p->N * d);
+    nn_rmsnorm_backward(ws->dx, m->G.norm, ws->dh, ws->x_final, m->W.norm, p->N, d, c->rms_norm_eps);
+    for (int l = nl - 1; l >= 0; l--)
+        layer_backward(c, &m->W.layers[l], &m->G.layers[l], &ws->layers[l], ws, p);
+    embed_backward(m, p, ws);
+    return s;
+}
+
+size_t model_activation_floats(const model *m, const plan *p) {
+    const model_config *c = &m->cfg;
+    size_t N = p->N, d = c->hidden_size, f = c->intermediate_size, H = c->num_attention_heads;
+    size_t per_layer = N * (8 * d + 3 * f + H);   /* x n1 qkv att x_mid n2 | gu act | lse */
+    return c->num_hidden_layers * per_layer + 2 * N * d + (size_t)p->n_patch * d;
+}
+
+double model_step_flops(const model *m, const plan *p) {
+    const model_config *c = &m->cfg;
+    double d = c->hidden_size, f = c->intermediate_size, P = cfg_patch_dim(c);
+    double per_pos = c->num_hidden_layers * (4 * d * d + 3 * d * f);
+    double pairs = 0;                       /* allowed (query, key) pairs */
+    for (int i = 0; i < p->N; i++) pairs += p->hi[i] - p->lo[i] + 1;
+    double flops = 6.0 * p->N * per_pos;
+    flops += 6.0 * p->n_lm * d * c->vocab_size;
+    flops += 6.0 * p->n_patch * 2 * d * P + 6.0 * p->n_images * (c->timestep_dim + d) * d;
+    flops += 12.0 * d * pairs * c->num_hidden_layers;
+    return flops;
+}
+
+/* ------------------------------------------------------------ checkpoints */
+
+int model_save_flat(const model *m, const float *flat, const char *path, char *err) {
+    st_entry *e = xcalloc(m->n_params, sizeof(st_entry));
+    for (int i = 0; i < m->n_params; i++) {
+        const param_info *p = &m->params[i];
+        e[i].name = p->name;
+        e[i].dtype = ST_F32;
+        e[i].ndim = p->ndim;
+        e[i].shape[0] = p->shape[0];
+        e[i].shape[1] = p->shape[1];
+        e[i].data = flat + p->offset;
+    }
+    int rc = st_write(path, e, m->n_params, err);
+    free(e);
+    return rc;
+}
+
+int model_save(const model *m, const char *dir, char *err) {
+    char path[4096];
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+        snprintf(err, ST_ERR_LEN, "%s: cannot create folder: %s", dir, strerror(errno));
+        return 1;
+    }
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (config_save(path, &m->cfg, err)) return 1;
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    return model_save_flat(m, m->w, path, err);
+}
+
+int model_load(model *m, const char *dir, char *err) {
+    char path[4096];
+    model_config c;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if (config_load(path, &c, err)) return 1;
+    model_create(m, &c);
+
+    DIR *dh = opendir(dir);
+    if (!dh) { snprintf(err, ST_ERR_LEN, "%s: cannot open folder: %s", dir, strerror(errno)); return 1; }
+    int nf = 0, cap = 4, rc = 1;
+    st_file *files = xcalloc(cap, sizeof(st_file));
+    struct dirent *de;
+    while ((de = readdir(dh))) {
+        if (!ends_with(de->d_name, ".safetensors")) continue;
+        if (nf == cap) files = realloc(files, sizeof(st_file) * (cap *= 2));
+        if (!files) die("out of memory");
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (st_open(path, &files[nf], err)) goto out;
+        nf++;
+    }
+    if (nf == 0) { snprintf(err, ST_ERR_LEN, "%s: no *.safetensors weights", dir); goto out; }
+    for (int i = 0; i < m->n_params; i++) {
+        const param_info *p = &m->params[i];
+        int k = 0;
+        while (k < nf && !st_find(&files[k], p->name)) k++;
+        if (k == nf) {
+            snprintf(err, ST_ERR_LEN, "%s: tensor '%s': missing from every *.safetensors file", dir, p->name);
+            goto out;
+        }
+        if (st_read_f32(&files[k], p->name, p->ndim, p->shape, m->w + p->offset, err)) goto out;
+    }
+    rc = 0;
+out:
+    for (int k = 0; k < nf; k++) st_close(&files[k]);
+    free(files);
+    closedir(dh);
+    if (rc) model_free(m);
+    return rc;
+}

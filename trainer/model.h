@@ -1,0 +1,86 @@
+/* model.h - the Transfusion model (shared/spec/model.md): parameters, init,
+ * checkpoint I/O, and one fused forward + backward over a batch plan.
+ *
+ * All parameters live in one flat float array (and the gradients, Adam
+ * moments in arrays of the same layout), so the optimizer and the gradient
+ * all-reduce work on one buffer. The table `params` names each tensor with
+ * its safetensors name, shape and offset. Within a layer q, k, v are
+ * adjacent (one [3d, d] GEMM) and so are gate and up ([2f, d]). */
+#ifndef TRAINER_MODEL_H
+#define TRAINER_MODEL_H
+
+#include "../common/config.h"
+#include "batch.h"
+
+#include <stddef.h>
+
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    size_t offset, numel;
+    int decay;                  /* 1: AdamW weight decay applies (matrices) */
+} param_info;
+
+typedef struct { float *ln1, *wqkv, *wo, *ln2, *wgu, *wd; } layer_weights;
+
+/* Views into a flat parameter-shaped array (weights or gradients). */
+typedef struct {
+    float *embed, *norm, *lm_head;
+    float *patch_in_w, *patch_in_b, *pos_embed;
+    float *time0_w, *time0_b, *time2_w, *time2_b;
+    float *patch_out_w, *patch_out_b;
+    layer_weights *layers;
+} weights;
+
+typedef struct workspace workspace;
+
+typedef struct {
+    model_config cfg;
+    int n_params;
+    param_info *params;
+    size_t numel;               /* total floats */
+    float *w, *g;               /* weights, gradients (flat) */
+    weights W, G;               /* views */
+    workspace *ws;              /* activations, sized for the last plan */
+} model;
+
+/* Loss sums of one forward pass; the loss is
+ * ce_sum / N_lm + lambda * se_sum / N_latent with the step's counts. */
+typedef struct {
+    double ce_sum, se_sum;
+    long n_lm, n_latent;
+} loss_sums;
+
+void model_create(model *m, const model_config *c);
+void model_free(model *m);
+/* Normal(0, 0.02) matrices and embeddings, o_proj/down_proj scaled by
+ * 1/sqrt(2 * layers), norms 1, biases 0; deterministic in the seed. */
+void model_init_weights(model *m, unsigned long long seed);
+
+/* Checkpoint folder: config.json + model.safetensors (every *.safetensors
+ * file in the folder is searched for each tensor on load). */
+int model_load(model *m, const char *dir, char *err);
+int model_save(const model *m, const char *dir, char *err);
+/* Writes a parameter-shaped flat array (e.g. gradients) to safetensors. */
+int model_save_flat(const model *m, const float *flat, const char *path, char *err);
+
+/* Forward over the plan, and with want_grads the backward too, adding the
+ * gradient of  ce_sum / norm_lm + lambda * se_sum / norm_latent  into m->g
+ * (the caller zeroes it once per optimizer step). norm_lm and norm_latent are
+ * the counts over the whole step (every micro-batch and rank). */
+loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads);
+
+/* Forward only to the final norm; returns h_final [N, d] (valid until the
+ * next call). Tests use it to check what each position can see. */
+const float *model_hidden(model *m, const plan *p);
+
+/* Floats of the activations that backward needs for this plan (what the
+ * workspace keeps per layer plus the final norm's input and output). */
+size_t model_activation_floats(const model *m, const plan *p);
+
+/* FLOPs of one forward + backward over the plan (matmuls and attention over
+ * the allowed key ranges only). */
+double model_step_flops(const model *m, const plan *p);
+
+#endif

@@ -1,0 +1,52 @@
+/* optim.c - AdamW, clipping and the learning-rate schedule (optim.h). */
+#include "optim.h"
+#include "../nn/kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+optim_config optim_defaults(float lr, int warmup_steps, int total_steps) {
+    return (optim_config){.lr = lr, .warmup_steps = warmup_steps, .total_steps = total_steps,
+                          .min_lr_ratio = 0.1f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
+                          .weight_decay = 0.1f, .clip_norm = 1.0f};
+}
+
+void optim_create(optimizer *o, const model *m, optim_config cfg) {
+    memset(o, 0, sizeof *o);
+    o->cfg = cfg;
+    o->m = nn_alloc(m->numel);
+    o->v = nn_alloc(m->numel);
+}
+
+void optim_free(optimizer *o) {
+    nn_free(o->m);
+    nn_free(o->v);
+    memset(o, 0, sizeof *o);
+}
+
+float optim_lr(const optim_config *c, long s) {
+    if (s < c->warmup_steps) return c->lr * (float)(s + 1) / (float)c->warmup_steps;
+    double span = c->total_steps - c->warmup_steps;
+    double progress = span > 0 ? (double)(s - c->warmup_steps) / span : 1.0;
+    if (progress > 1.0) progress = 1.0;
+    double floor = c->min_lr_ratio;
+    return (float)(c->lr * (floor + (1.0 - floor) * 0.5 * (1.0 + cos(M_PI * progress))));
+}
+
+double grad_norm(const model *m) {
+    return sqrt(nn_sum_squared_diff(m->g, NULL, m->numel));
+}
+
+float optim_step(optimizer *o, model *m, double gnorm) {
+    const optim_config *c = &o->cfg;
+    if (c->clip_norm > 0 && gnorm > c->clip_norm) nn_scale(m->g, (float)(c->clip_norm / gnorm), m->numel);
+    float lr = optim_lr(c, o->step);
+    o->step++;
+    float bc1 = 1.0f - powf(c->beta1, (float)o->step), bc2 = 1.0f - powf(c->beta2, (float)o->step);
+    for (int i = 0; i < m->n_params; i++) {
+        const param_info *p = &m->params[i];
+        nn_adamw(m->w + p->offset, m->g + p->offset, o->m + p->offset, o->v + p->offset, p->numel,
+                 lr, c->beta1, c->beta2, c->eps, p->decay ? c->weight_decay : 0.0f, bc1, bc2);
+    }
+    return lr;
+}
