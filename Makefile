@@ -51,7 +51,7 @@ fuzz: build/fuzz_safetensors
 	build/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -timeout=5 -rss_limit_mb=2048 \
 	    -artifact_prefix=build/ build/fuzz_corpus tests/fuzz_corpus
 
-build/fuzz_safetensors: tests/fuzz_safetensors.c common/safetensors.c common/error.c
+build/fuzz_safetensors: tests/fuzz_safetensors.c common/safetensors.c common/atomic_file.c common/error.c
 	@mkdir -p build/fuzz_corpus
 	clang -g -O1 -fsanitize=fuzzer,address,undefined $^ -o $@ -lcjson
 

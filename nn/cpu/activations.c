@@ -1,9 +1,11 @@
 /* activations.c - CPU SiLU and SwiGLU (Llama 2's MLP: silu(gate) * up). */
 #include "../kernels.h"
+#include "vexp.h"
 
 #include <math.h>
 
-static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+#pragma omp declare simd
+static inline float sigmoid(float x) { return 1.0f / (1.0f + vexpf(-x)); }
 
 void nn_silu_forward(float *y, const float *x, size_t n) {
     #pragma omp parallel for simd schedule(static)

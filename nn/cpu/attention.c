@@ -10,6 +10,7 @@
  * One task owns all of its row-head's outputs, so no two threads write the
  * same element and the result does not depend on scheduling. */
 #include "../kernels.h"
+#include "vexp.h"
 
 #include <float.h>
 #include <math.h>
@@ -56,11 +57,15 @@ void nn_attention_forward(float *out, float *lse, const float *qkv,
                     float *s = S + (size_t)r * ks.nk;
                     int a = lo_b[q0 + r] - ks.k0, e = hi_b[q0 + r] - ks.k0;
                     float mx = -FLT_MAX, sum = 0.0f;
+                    #pragma omp simd reduction(max:mx)
                     for (int j = a; j <= e; j++) mx = s[j] > mx ? s[j] : mx;
-                    for (int j = 0; j < a; j++) s[j] = 0.0f;
-                    for (int j = a; j <= e; j++) { s[j] = expf(s[j] - mx); sum += s[j]; }
-                    for (int j = e + 1; j < ks.nk; j++) s[j] = 0.0f;
+                    #pragma omp simd reduction(+:sum)
+                    for (int j = 0; j < ks.nk; j++) {
+                        s[j] = (j >= a && j <= e) ? vexpf(s[j] - mx) : 0.0f;
+                        sum += s[j];
+                    }
                     float inv = 1.0f / sum;
+                    #pragma omp simd
                     for (int j = a; j <= e; j++) s[j] *= inv;
                     lse[((size_t)b * L + q0 + r) * H + h] = mx + logf(sum);
                 }
@@ -100,7 +105,8 @@ void nn_attention_backward(float *dqkv, const float *dout, const float *out,
                     float *p = P + (size_t)r * ks.nk;
                     int a = lo_b[q0 + r] - ks.k0, e = hi_b[q0 + r] - ks.k0;
                     float l = lse[(row0 + q0 + r) * H + h];
-                    for (int j = 0; j < ks.nk; j++) p[j] = (j >= a && j <= e) ? expf(p[j] - l) : 0.0f;
+                    #pragma omp simd
+                    for (int j = 0; j < ks.nk; j++) p[j] = (j >= a && j <= e) ? vexpf(p[j] - l) : 0.0f;
                 }
                 const float *dOb = dO + (size_t)q0 * d;
                 nn_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld,

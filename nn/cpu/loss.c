@@ -1,6 +1,7 @@
 /* loss.c - CPU losses: cross-entropy fused with its gradient (so a chunk of
  * logits is turned into dlogits in place and never kept), and squared error. */
 #include "../kernels.h"
+#include "vexp.h"
 
 #include <float.h>
 #include <math.h>
@@ -12,14 +13,16 @@ double nn_cross_entropy(float *logits, const int32_t *targets, int n, int V, flo
     for (int i = 0; i < n; i++) {
         float *z = logits + (size_t)i * V;
         float mx = -FLT_MAX;
+        #pragma omp simd reduction(max:mx)
         for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
         float sum = 0.0f;
-        for (int j = 0; j < V; j++) sum += expf(z[j] - mx);
+        #pragma omp simd reduction(+:sum)
+        for (int j = 0; j < V; j++) sum += vexpf(z[j] - mx);
         float lse = mx + logf(sum);
         row_loss[i] = (double)(lse - z[targets[i]]);
         if (grad_scale != 0.0f) {
             #pragma omp simd
-            for (int j = 0; j < V; j++) z[j] = grad_scale * expf(z[j] - lse);
+            for (int j = 0; j < V; j++) z[j] = grad_scale * vexpf(z[j] - lse);
             z[targets[i]] -= grad_scale;
         }
     }

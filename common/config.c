@@ -1,0 +1,283 @@
+/* config.c - the model's config.json (config.h, shared/spec/model.md
+ * section 6): JSON via cJSON, defaults, validation and atomic saving.
+ * Messages go into err, which must hold ST_ERR_LEN (512) bytes like the
+ * safetensors functions' buffers. */
+#include "config.h"
+#include "atomic_file.h"
+#include "error.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define ERR_LEN 512
+/* A config is a few hundred bytes; a huge file is some other file passed by
+ * mistake, which should not be read into memory whole. */
+#define MAX_CONFIG_BYTES (1 << 20)
+
+typedef struct {
+    const char *name;
+    size_t offset;              /* into model_config */
+    int is_float;
+    int required;
+} field;
+
+#define INT_FIELD(f, req) { #f, offsetof(model_config, f), 0, req }
+#define FLOAT_FIELD(f) { #f, offsetof(model_config, f), 1, 0 }
+
+/* In the order of model_config, which is the order config_save writes. */
+static const field fields[] = {
+    INT_FIELD(vocab_size, 1),
+    INT_FIELD(hidden_size, 1),
+    INT_FIELD(num_hidden_layers, 1),
+    INT_FIELD(num_attention_heads, 1),
+    INT_FIELD(intermediate_size, 1),
+    FLOAT_FIELD(rms_norm_eps),
+    FLOAT_FIELD(rope_theta),
+    INT_FIELD(latent_channels, 1),
+    INT_FIELD(latent_size, 1),
+    INT_FIELD(patch_size, 1),
+    INT_FIELD(max_image_patches, 1),
+    INT_FIELD(timestep_dim, 0),
+    INT_FIELD(diffusion_steps, 0),
+    FLOAT_FIELD(lambda_diffusion),
+    INT_FIELD(bos_token_id, 0),
+    INT_FIELD(eos_token_id, 0),
+    INT_FIELD(boi_token_id, 0),
+    INT_FIELD(eoi_token_id, 0),
+};
+#define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
+
+__attribute__((format(printf, 2, 3)))
+static int fail(char *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, ERR_LEN, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Reads a whole (small) file, NUL-terminated. */
+static char *read_text(const char *path, char *err)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        fail(err, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat sb;
+    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        fail(err, "%s: not a readable regular file", path);
+        fclose(fp);
+        return NULL;
+    }
+    if (sb.st_size > MAX_CONFIG_BYTES) {
+        fail(err, "%s: %lld bytes, too large to be a config", path, (long long)sb.st_size);
+        fclose(fp);
+        return NULL;
+    }
+    size_t size = (size_t)sb.st_size;
+    char *text = xmalloc(size + 1);
+    size_t got = fread(text, 1, size, fp);
+    fclose(fp);
+    if (got != size) {
+        fail(err, "%s: cannot read", path);
+        free(text);
+        return NULL;
+    }
+    text[size] = '\0';
+    return text;
+}
+
+int config_load(const char *path, model_config *c, char *err)
+{
+    char *text = read_text(path, err);
+    if (!text)
+        return -1;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(text, &end, 1);
+    if (!root) {
+        int line = 1;
+        for (const char *p = text; end && p < end; p++)
+            line += *p == '\n';
+        free(text);
+        return fail(err, "%s: not valid JSON (line %d)", path, line);
+    }
+    free(text);
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fail(err, "%s: not a JSON object", path);
+    }
+
+    *c = (model_config){
+        .rms_norm_eps = 1e-5f, .rope_theta = 10000.0f, .timestep_dim = 256,
+        .diffusion_steps = 1000, .lambda_diffusion = 5.0f,
+        .bos_token_id = 1, .eos_token_id = 2, .boi_token_id = -1, .eoi_token_id = -1,
+    };
+    int rc = 0;
+    for (int i = 0; i < N_FIELDS && rc == 0; i++) {
+        const field *f = &fields[i];
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, f->name);
+        char *dst = (char *)c + f->offset;
+        if (!v) {
+            if (f->required)
+                rc = fail(err, "%s: field '%s': missing", path, f->name);
+            continue;
+        }
+        if (!cJSON_IsNumber(v)) {
+            rc = fail(err, "%s: field '%s': not a number", path, f->name);
+            continue;
+        }
+        double d = v->valuedouble;
+        if (f->is_float) {
+            if (!(d >= -FLT_MAX && d <= FLT_MAX)) {
+                rc = fail(err, "%s: field '%s': %g is out of range", path, f->name, d);
+            } else {
+                float x = (float)d;
+                memcpy(dst, &x, sizeof x);
+            }
+        } else {
+            if (!(d >= -2147483648.0 && d <= 2147483647.0)) {
+                rc = fail(err, "%s: field '%s': %g is out of range", path, f->name, d);
+            } else if (d != (double)(int)d) {
+                rc = fail(err, "%s: field '%s': %g is not an integer", path, f->name, d);
+            } else {
+                int x = (int)d;
+                memcpy(dst, &x, sizeof x);
+            }
+        }
+    }
+    /* BOI and EOI default to the two ids appended after the SentencePiece
+     * vocabulary (spec section 1). */
+    if (!cJSON_GetObjectItemCaseSensitive(root, "boi_token_id"))
+        c->boi_token_id = c->vocab_size - 2;
+    if (!cJSON_GetObjectItemCaseSensitive(root, "eoi_token_id"))
+        c->eoi_token_id = c->vocab_size - 1;
+    cJSON_Delete(root);
+    return rc != 0 ? rc : config_validate(c, path, err);
+}
+
+int config_validate(const model_config *c, const char *path, char *err)
+{
+    const struct { const char *name; int value; } positive[] = {
+        { "vocab_size", c->vocab_size },
+        { "hidden_size", c->hidden_size },
+        { "num_hidden_layers", c->num_hidden_layers },
+        { "num_attention_heads", c->num_attention_heads },
+        { "intermediate_size", c->intermediate_size },
+        { "latent_channels", c->latent_channels },
+        { "latent_size", c->latent_size },
+        { "patch_size", c->patch_size },
+        { "max_image_patches", c->max_image_patches },
+        { "timestep_dim", c->timestep_dim },
+    };
+    for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
+        if (positive[i].value <= 0)
+            return fail(err, "%s: field '%s': must be > 0", path, positive[i].name);
+
+    if (c->hidden_size % c->num_attention_heads != 0)
+        return fail(err, "%s: field 'hidden_size': %d is not divisible by num_attention_heads %d",
+                    path, c->hidden_size, c->num_attention_heads);
+    if (cfg_head_dim(c) % 2 != 0)
+        return fail(err, "%s: field 'hidden_size': head_dim %d (hidden_size / "
+                    "num_attention_heads) must be even for RoPE", path, cfg_head_dim(c));
+    if (c->latent_size % c->patch_size != 0)
+        return fail(err, "%s: field 'patch_size': %d does not divide latent_size %d",
+                    path, c->patch_size, c->latent_size);
+    /* In 64 bits: the square of a large grid would overflow an int. */
+    long long grid = c->latent_size / c->patch_size;
+    if (c->max_image_patches < grid * grid)
+        return fail(err, "%s: field 'max_image_patches': %d is less than the %lld patches "
+                    "of one image", path, c->max_image_patches, grid * grid);
+    if (c->timestep_dim % 2 != 0)
+        return fail(err, "%s: field 'timestep_dim': %d must be even", path, c->timestep_dim);
+    if (c->diffusion_steps < 2)
+        return fail(err, "%s: field 'diffusion_steps': %d must be >= 2", path,
+                    c->diffusion_steps);
+
+    /* Written as !(x > 0) so that NaN fails too. */
+    if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
+        return fail(err, "%s: field 'rms_norm_eps': %g must be > 0", path, c->rms_norm_eps);
+    if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
+        return fail(err, "%s: field 'rope_theta': %g must be > 0", path, c->rope_theta);
+    if (!(c->lambda_diffusion >= 0) || !isfinite(c->lambda_diffusion))
+        return fail(err, "%s: field 'lambda_diffusion': %g must be >= 0", path,
+                    c->lambda_diffusion);
+
+    const struct { const char *name; int value; } ids[] = {
+        { "bos_token_id", c->bos_token_id },
+        { "eos_token_id", c->eos_token_id },
+        { "boi_token_id", c->boi_token_id },
+        { "eoi_token_id", c->eoi_token_id },
+    };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        if (ids[i].value < 0 || ids[i].value >= c->vocab_size)
+            return fail(err, "%s: field '%s': %d is not in [0, vocab_size %d)", path,
+                        ids[i].name, ids[i].value, c->vocab_size);
+    return 0;
+}
+
+/* The shortest decimal that reads back as exactly v: "1e-05", not the
+ * "9.99999975e-06" that a fixed %.9g would give, and "10000" rather than
+ * "1e+04" for whole numbers. */
+static void format_float(char *buf, size_t size, float v)
+{
+    if (v > -1e15f && v < 1e15f && v == (float)(long long)v) {
+        snprintf(buf, size, "%.0f", v);
+        return;
+    }
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, size, "%.*g", prec, v);
+        if (strtof(buf, NULL) == v)
+            return;
+    }
+}
+
+int config_save(const char *path, const model_config *c, char *err)
+{
+    /* Never write a config that config_load would refuse. */
+    if (config_validate(c, path, err) != 0)
+        return -1;
+    cJSON *root = cJSON_CreateObject();
+    int ok = root != NULL;
+    for (int i = 0; ok && i < N_FIELDS; i++) {
+        const field *f = &fields[i];
+        const char *src = (const char *)c + f->offset;
+        cJSON *v;
+        if (f->is_float) {
+            float x;
+            char num[32];
+            memcpy(&x, src, sizeof x);
+            format_float(num, sizeof num, x);
+            v = cJSON_CreateRaw(num);
+        } else {
+            int x;
+            memcpy(&x, src, sizeof x);
+            v = cJSON_CreateNumber(x);
+        }
+        ok = v && cJSON_AddItemToObject(root, f->name, v);
+        if (v && !ok)
+            cJSON_Delete(v);
+    }
+    char *text = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!text)
+        die("out of memory writing %s", path);
+
+    size_t len = strlen(text);
+    char *line = xmalloc(len + 2);
+    memcpy(line, text, len);
+    memcpy(line + len, "\n", 2);
+    cJSON_free(text);
+    int rc = atomic_write(path, &(file_piece){line, len + 1}, 1, err);
+    free(line);
+    return rc;
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# install-deps.sh - installs the Debian 12 packages the project needs, skipping
+# those already present. Used by the README's quickstart and by .ci/run.
+set -euo pipefail
+
+packages=(
+    build-essential     # gcc, make
+    clang               # libFuzzer target
+    libclang-rt-14-dev  # libFuzzer and sanitizer runtimes for clang
+    libcjson-dev        # JSON headers of safetensors and configs
+    libdnnl-dev         # oneDNN: GEMM of the CPU backend
+    python3-torch       # PyTorch reference (tests, benchmark peer)
+    python3-numpy
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all ${#packages[@]} packages present"
+    exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -q
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"

@@ -1,0 +1,92 @@
+/* test_train.c - training as a whole: an overfit run on one batch, bitwise
+ * determinism, the learning-rate schedule and where weight decay applies. */
+#include "check.h"
+#include "../trainer/model.h"
+#include "../trainer/optim.h"
+#include "../nn/kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+static const model_config tiny = {
+    .vocab_size = 64, .hidden_size = 48, .num_hidden_layers = 2, .num_attention_heads = 4,
+    .intermediate_size = 96, .rms_norm_eps = 1e-5f, .rope_theta = 10000, .latent_channels = 4,
+    .latent_size = 4, .patch_size = 2, .max_image_patches = 4, .timestep_dim = 32,
+    .diffusion_steps = 1000, .lambda_diffusion = 5, .bos_token_id = 1, .eos_token_id = 2,
+    .boi_token_id = 62, .eoi_token_id = 63};
+
+/* Trains `steps` steps on one generated batch; returns first and last loss. */
+static void train(model *m, int steps, float lr, double *first, double *last) {
+    rng r;
+    rng_seed(&r, 1);
+    batch b;
+    plan p;
+    optimizer o;
+    batch_generate(&b, &m->cfg, 2, 64, &r);
+    plan_build(&p, &b, &m->cfg);
+    optim_create(&o, m, optim_defaults(lr, 10, steps));
+    double n_latent = (double)p.n_patch * cfg_patch_dim(&m->cfg);
+    for (int s = 0; s < steps; s++) {
+        nn_zero(m->g, m->numel);
+        loss_sums ls = model_step(m, &p, p.n_lm, n_latent, 1);
+        double loss = ls.ce_sum / p.n_lm + m->cfg.lambda_diffusion * ls.se_sum / n_latent;
+        if (s == 0) *first = loss;
+        *last = loss;
+        optim_step(&o, m, grad_norm(m));
+    }
+    optim_free(&o);
+    plan_free(&p);
+    batch_free(&b);
+}
+
+int main(void) {
+    nn_init(2);
+    model a, b;
+    double first, last;
+
+    model_create(&a, &tiny);
+    model_init_weights(&a, 3);
+    train(&a, 300, 3e-3f, &first, &last);
+    CHECK(last * 10 <= first, "overfitting one batch lowers the loss 10x (%.4f -> %.4f)", first, last);
+    model_free(&a);
+
+    double f2, l2;
+    model_create(&a, &tiny); model_init_weights(&a, 4); train(&a, 5, 1e-3f, &first, &last);
+    model_create(&b, &tiny); model_init_weights(&b, 4); train(&b, 5, 1e-3f, &f2, &l2);
+    CHECK(memcmp(a.w, b.w, a.numel * sizeof(float)) == 0 && last == l2,
+          "two runs with the same seed and threads give bitwise the same weights");
+    model_free(&a); model_free(&b);
+
+    optim_config oc = optim_defaults(1.0f, 10, 110);
+    CHECK(fabsf(optim_lr(&oc, 0) - 0.1f) < 1e-6f && fabsf(optim_lr(&oc, 9) - 1.0f) < 1e-6f,
+          "linear warmup reaches the peak at the end of warmup");
+    CHECK(fabsf(optim_lr(&oc, 60) - 0.55f) < 1e-6f && fabsf(optim_lr(&oc, 110) - 0.1f) < 1e-6f
+          && fabsf(optim_lr(&oc, 500) - 0.1f) < 1e-6f, "cosine decay to 10%% of the peak, then flat");
+
+    /* With zero gradients an AdamW step only decays: matrices shrink by
+     * lr * wd, norms, biases, embeddings and pos_embed stay. */
+    model_create(&a, &tiny);
+    model_init_weights(&a, 5);
+    for (size_t k = 0; k < a.numel; k++) a.w[k] += 0.5f;
+    float *before = nn_alloc(a.numel);
+    nn_copy(before, a.w, a.numel);
+    optimizer o;
+    optim_create(&o, &a, optim_defaults(0.01f, 0, 100));
+    nn_zero(a.g, a.numel);
+    float lr = optim_step(&o, &a, 0.0);
+    int ok = 1;
+    for (int i = 0; i < a.n_params; i++) {
+        const param_info *p = &a.params[i];
+        for (size_t k = 0; k < p->numel; k++) {
+            float w0 = before[p->offset + k], want = p->decay ? w0 - lr * 0.1f * w0 : w0;
+            if (fabsf(a.w[p->offset + k] - want) > 1e-6f) ok = 0;
+        }
+        int matrix = p->ndim == 2 && !strstr(p->name, "embed_tokens") && !strstr(p->name, "pos_embed");
+        if (p->decay != matrix) ok = 0;
+    }
+    CHECK(ok, "weight decay applies to linear weight matrices only");
+    optim_free(&o);
+    nn_free(before);
+    model_free(&a);
+    return CHECK_DONE();
+}
