@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# test_parity.sh - the C trainer against the independent PyTorch reference
+# (tests/torch_ref.py, float64): on a randomized checkpoint and a packed batch
+# with several documents per row, images of both orders, a document with two
+# images and pads, `trainer loss` must print the same loss, lm_loss,
+# diffusion_loss, n_lm, n_latent (and grad_norm) as the reference, and every
+# parameter gradient must match at rtol 1e-4 (max|ref-test| <= 1e-4 max|ref|).
+# Two cases: a tiny model, and a vocabulary of 3000 with > 128 LM positions so
+# that the trainer's chunked cross-entropy crosses chunk boundaries.
+#
+# Prints "ok NAME" / "FAIL NAME: why"; exits non-zero on any failure.
+# Env: BIN (default bin) holds the trainer; PyTorch is /usr/bin/python3's.
+set -u
+BIN=${BIN:-bin}
+case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=/usr/bin/python3
+REF="$ROOT/tests/torch_ref.py"
+fails=0
+
+fail() { echo "FAIL $1"; fails=$((fails + 1)); }
+
+if [ ! -x "$BIN/trainer" ]; then
+    echo "FAIL parity: $BIN/trainer not found or not executable (build it first)"
+    exit 1
+fi
+if ! "$PY" -c 'import torch, numpy' 2>/dev/null; then
+    echo "FAIL parity: $PY cannot import torch and numpy (Debian python3-torch)"
+    exit 1
+fi
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# run_case NAME CONFIG_JSON ROWS SEQ_LEN MIN_N_LM
+run_case() {
+    local name=$1 cfg=$2 rows=$3 len=$4 min_lm=$5
+    local d="$TMP/$name"
+    mkdir -p "$d"
+    cd "$d" || return
+    echo "$cfg" > cfg.json
+    if ! "$BIN/trainer" init --config cfg.json --out ck --seed 1 >init.out 2>&1; then
+        fail "$name init: trainer init failed: $(tail -n 3 init.out | tr '\n' ' ')"; cd "$ROOT"; return
+    fi
+    if ! "$PY" "$REF" randomize --ckpt ck --seed 2 >rand.out 2>&1; then
+        fail "$name randomize: $(tail -n 3 rand.out | tr '\n' ' ')"; cd "$ROOT"; return
+    fi
+    if ! "$PY" "$REF" make-batch --config cfg.json --out batch.safetensors --rows "$rows" \
+            --seq-len "$len" --seed 3 >batch.out 2>&1; then
+        fail "$name make-batch: $(tail -n 3 batch.out | tr '\n' ' ')"; cd "$ROOT"; return
+    fi
+    if ! "$BIN/trainer" loss --ckpt ck --batch batch.safetensors --grads g_c.safetensors \
+            >c.out 2>c.err; then
+        fail "$name trainer-loss: exited non-zero: $(tail -n 3 c.err | tr '\n' ' ')"; cd "$ROOT"; return
+    fi
+    if ! "$PY" "$REF" loss --ckpt ck --batch batch.safetensors --grads g_t.safetensors \
+            >t.out 2>t.err; then
+        fail "$name torch-loss: $(tail -n 3 t.err | tr '\n' ' ')"; cd "$ROOT"; return
+    fi
+    # scalars: loss terms at 1e-5 relative, counts exact, grad_norm at 1e-4
+    "$PY" - "$name" "$min_lm" <<'EOF'
+import json, sys
+name, min_lm = sys.argv[1], int(sys.argv[2])
+def last_json(path):
+    for line in reversed(open(path).read().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit(f"FAIL {name} trainer-json: no JSON line in trainer loss output")
+c, t = last_json("c.out"), last_json("t.out")
+bad = 0
+for k, tol in [("loss", 1e-5), ("lm_loss", 1e-5), ("diffusion_loss", 1e-5), ("grad_norm", 1e-4)]:
+    if k not in c:
+        print(f"FAIL {name} {k}: missing in trainer output"); bad += 1; continue
+    err = abs(float(c[k]) - t[k])
+    if err <= tol * abs(t[k]):
+        print(f"ok {name} {k} (trainer {c[k]:.9g}, torch {t[k]:.9g})")
+    else:
+        print(f"FAIL {name} {k}: trainer {c[k]!r}, torch {t[k]!r}, |diff| {err:.3g} > {tol:g} * |torch|"); bad += 1
+for k in ["n_lm", "n_latent"]:
+    if c.get(k) == t[k]:
+        print(f"ok {name} {k} ({t[k]})")
+    else:
+        print(f"FAIL {name} {k}: trainer {c.get(k)!r}, torch {t[k]!r}"); bad += 1
+if t["n_lm"] > min_lm:
+    print(f"ok {name} batch-has-over-{min_lm}-lm-positions ({t['n_lm']})")
+else:
+    print(f"FAIL {name} batch-has-over-{min_lm}-lm-positions: only {t['n_lm']}"); bad += 1
+sys.exit(1 if bad else 0)
+EOF
+    [ $? -eq 0 ] || fails=$((fails + 1))
+    "$PY" "$REF" compare --ref g_t.safetensors --test g_c.safetensors --rtol 1e-4 >cmp.out 2>&1
+    local rc=$?
+    sed -e "s/^ok /ok $name /" -e "s/^FAIL /FAIL $name /" cmp.out
+    if [ $rc -ne 0 ]; then
+        grep -q '^FAIL ' cmp.out || echo "FAIL $name compare: exited $rc: $(tail -n 3 cmp.out | tr '\n' ' ')"
+        fails=$((fails + 1))
+    fi
+    cd "$ROOT"
+}
+
+TINY='{"vocab_size":97,"hidden_size":48,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":80,"latent_channels":4,"latent_size":4,"patch_size":2,"max_image_patches":6,"rope_theta":10000}'
+BIGV='{"vocab_size":3000,"hidden_size":48,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":80,"latent_channels":4,"latent_size":4,"patch_size":2,"max_image_patches":6,"rope_theta":10000}'
+
+run_case tiny "$TINY" 3 48 0
+run_case vocab3000 "$BIGV" 2 160 128
+
+[ "$fails" -eq 0 ]
