@@ -1,7 +1,6 @@
 /* atomic_file.c - temp file, fsync, rename, directory fsync (atomic_file.h). */
 #include "atomic_file.h"
 #include "error.h"
-#include "safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -47,7 +46,7 @@ int atomic_write(const char *path, const file_piece *pieces, int n, char *err) {
     snprintf(tmp, tlen, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        snprintf(err, ST_ERR_LEN, "%s: cannot create %s: %s", path, tmp, strerror(errno));
+        set_error(err, "%s: cannot create %s: %s", path, tmp, strerror(errno));
         free(tmp);
         return -1;
     }
@@ -59,14 +58,14 @@ int atomic_write(const char *path, const file_piece *pieces, int n, char *err) {
     if (close(fd) != 0 && !step) { step = "close"; saved = errno; }
     if (!step && rename(tmp, path) != 0) { step = "rename"; saved = errno; }
     if (step) {
-        snprintf(err, ST_ERR_LEN, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
+        set_error(err, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
         unlink(tmp);
         free(tmp);
         return -1;
     }
     free(tmp);
     if (fsync_dir_of(path) != 0) {
-        snprintf(err, ST_ERR_LEN, "%s: cannot sync its directory: %s", path, strerror(errno));
+        set_error(err, "%s: cannot sync its directory: %s", path, strerror(errno));
         return -1;
     }
     return 0;

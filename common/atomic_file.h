@@ -12,7 +12,7 @@ typedef struct {
 } file_piece;
 
 /* Writes the pieces, in order, as the new contents of path. On failure the
- * temp file is removed, err (ST_ERR_LEN bytes) names path and the failed
+ * temp file is removed, err (ERR_LEN bytes) names path and the failed
  * step, and the result is non-zero. */
 int atomic_write(const char *path, const file_piece *pieces, int n, char *err);
 

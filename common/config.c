@@ -1,6 +1,6 @@
 /* config.c - the model's config.json (config.h, shared/spec/model.md
  * section 6): JSON via cJSON, defaults, validation and atomic saving.
- * Messages go into err, which must hold ST_ERR_LEN (512) bytes like the
+ * Messages go into err, which must hold ERR_LEN (512) bytes like the
  * safetensors functions' buffers. */
 #include "config.h"
 #include "atomic_file.h"
@@ -17,7 +17,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define ERR_LEN 512
 /* A config is a few hundred bytes; a huge file is some other file passed by
  * mistake, which should not be read into memory whole. */
 #define MAX_CONFIG_BYTES (1 << 20)
@@ -55,32 +54,23 @@ static const field fields[] = {
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
-__attribute__((format(printf, 2, 3)))
-static int fail(char *err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, ERR_LEN, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 /* Reads a whole (small) file, NUL-terminated. */
 static char *read_text(const char *path, char *err)
 {
     FILE *fp = fopen(path, "rb");
     if (!fp) {
-        fail(err, "%s: cannot open: %s", path, strerror(errno));
+        set_error(err, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat sb;
     if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        fail(err, "%s: not a readable regular file", path);
+        set_error(err, "%s: not a readable regular file", path);
         fclose(fp);
         return NULL;
     }
     if (sb.st_size > MAX_CONFIG_BYTES) {
-        fail(err, "%s: %lld bytes, too large to be a config", path, (long long)sb.st_size);
+        set_error(err, "%s: %lld bytes, too large to be a config", path, (long long)sb.st_size);
         fclose(fp);
         return NULL;
     }
@@ -89,7 +79,7 @@ static char *read_text(const char *path, char *err)
     size_t got = fread(text, 1, size, fp);
     fclose(fp);
     if (got != size) {
-        fail(err, "%s: cannot read", path);
+        set_error(err, "%s: cannot read", path);
         free(text);
         return NULL;
     }
@@ -109,12 +99,12 @@ int config_load(const char *path, model_config *c, char *err)
         for (const char *p = text; end && p < end; p++)
             line += *p == '\n';
         free(text);
-        return fail(err, "%s: not valid JSON (line %d)", path, line);
+        return set_error(err, "%s: not valid JSON (line %d)", path, line);
     }
     free(text);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return fail(err, "%s: not a JSON object", path);
+        return set_error(err, "%s: not a JSON object", path);
     }
 
     *c = (model_config){
@@ -129,26 +119,26 @@ int config_load(const char *path, model_config *c, char *err)
         char *dst = (char *)c + f->offset;
         if (!v) {
             if (f->required)
-                rc = fail(err, "%s: field '%s': missing", path, f->name);
+                rc = set_error(err, "%s: field '%s': missing", path, f->name);
             continue;
         }
         if (!cJSON_IsNumber(v)) {
-            rc = fail(err, "%s: field '%s': not a number", path, f->name);
+            rc = set_error(err, "%s: field '%s': not a number", path, f->name);
             continue;
         }
         double d = v->valuedouble;
         if (f->is_float) {
             if (!(d >= -FLT_MAX && d <= FLT_MAX)) {
-                rc = fail(err, "%s: field '%s': %g is out of range", path, f->name, d);
+                rc = set_error(err, "%s: field '%s': %g is out of range", path, f->name, d);
             } else {
                 float x = (float)d;
                 memcpy(dst, &x, sizeof x);
             }
         } else {
             if (!(d >= -2147483648.0 && d <= 2147483647.0)) {
-                rc = fail(err, "%s: field '%s': %g is out of range", path, f->name, d);
+                rc = set_error(err, "%s: field '%s': %g is out of range", path, f->name, d);
             } else if (d != (double)(int)d) {
-                rc = fail(err, "%s: field '%s': %g is not an integer", path, f->name, d);
+                rc = set_error(err, "%s: field '%s': %g is not an integer", path, f->name, d);
             } else {
                 int x = (int)d;
                 memcpy(dst, &x, sizeof x);
@@ -181,35 +171,35 @@ int config_validate(const model_config *c, const char *path, char *err)
     };
     for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
         if (positive[i].value <= 0)
-            return fail(err, "%s: field '%s': must be > 0", path, positive[i].name);
+            return set_error(err, "%s: field '%s': must be > 0", path, positive[i].name);
 
     if (c->hidden_size % c->num_attention_heads != 0)
-        return fail(err, "%s: field 'hidden_size': %d is not divisible by num_attention_heads %d",
+        return set_error(err, "%s: field 'hidden_size': %d is not divisible by num_attention_heads %d",
                     path, c->hidden_size, c->num_attention_heads);
     if (cfg_head_dim(c) % 2 != 0)
-        return fail(err, "%s: field 'hidden_size': head_dim %d (hidden_size / "
+        return set_error(err, "%s: field 'hidden_size': head_dim %d (hidden_size / "
                     "num_attention_heads) must be even for RoPE", path, cfg_head_dim(c));
     if (c->latent_size % c->patch_size != 0)
-        return fail(err, "%s: field 'patch_size': %d does not divide latent_size %d",
+        return set_error(err, "%s: field 'patch_size': %d does not divide latent_size %d",
                     path, c->patch_size, c->latent_size);
     /* In 64 bits: the square of a large grid would overflow an int. */
     long long grid = c->latent_size / c->patch_size;
     if (c->max_image_patches < grid * grid)
-        return fail(err, "%s: field 'max_image_patches': %d is less than the %lld patches "
+        return set_error(err, "%s: field 'max_image_patches': %d is less than the %lld patches "
                     "of one image", path, c->max_image_patches, grid * grid);
     if (c->timestep_dim % 2 != 0)
-        return fail(err, "%s: field 'timestep_dim': %d must be even", path, c->timestep_dim);
+        return set_error(err, "%s: field 'timestep_dim': %d must be even", path, c->timestep_dim);
     if (c->diffusion_steps < 2)
-        return fail(err, "%s: field 'diffusion_steps': %d must be >= 2", path,
+        return set_error(err, "%s: field 'diffusion_steps': %d must be >= 2", path,
                     c->diffusion_steps);
 
     /* Written as !(x > 0) so that NaN fails too. */
     if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
-        return fail(err, "%s: field 'rms_norm_eps': %g must be > 0", path, c->rms_norm_eps);
+        return set_error(err, "%s: field 'rms_norm_eps': %g must be > 0", path, c->rms_norm_eps);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
-        return fail(err, "%s: field 'rope_theta': %g must be > 0", path, c->rope_theta);
+        return set_error(err, "%s: field 'rope_theta': %g must be > 0", path, c->rope_theta);
     if (!(c->lambda_diffusion >= 0) || !isfinite(c->lambda_diffusion))
-        return fail(err, "%s: field 'lambda_diffusion': %g must be >= 0", path,
+        return set_error(err, "%s: field 'lambda_diffusion': %g must be >= 0", path,
                     c->lambda_diffusion);
 
     const struct { const char *name; int value; } ids[] = {
@@ -220,7 +210,7 @@ int config_validate(const model_config *c, const char *path, char *err)
     };
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
         if (ids[i].value < 0 || ids[i].value >= c->vocab_size)
-            return fail(err, "%s: field '%s': %d is not in [0, vocab_size %d)", path,
+            return set_error(err, "%s: field '%s': %d is not in [0, vocab_size %d)", path,
                         ids[i].name, ids[i].value, c->vocab_size);
     return 0;
 }

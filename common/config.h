@@ -3,6 +3,8 @@
 #ifndef COMMON_CONFIG_H
 #define COMMON_CONFIG_H
 
+#include "error.h"
+
 typedef struct {
     int vocab_size;
     int hidden_size;

@@ -16,6 +16,18 @@ static void vreport(const char *fmt, va_list ap)
     fflush(stderr);
 }
 
+int set_error(char *err, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, ERR_LEN, fmt, ap);
+    va_end(ap);
+    for (char *p = err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    return -1;
+}
+
 void die_input(const char *fmt, ...)
 {
     va_list ap;

@@ -8,6 +8,14 @@
 
 #define EXIT_BAD_INPUT 2
 
+/* Size of the message buffer that library functions fill on failure. */
+#define ERR_LEN 512
+
+/* Formats a one-line message into err (ERR_LEN bytes); control characters
+ * (which may come from a file's contents) become '?'. Returns -1, so that
+ * `return set_error(err, ...);` reports a failure. */
+__attribute__((format(printf, 2, 3))) int set_error(char *err, const char *fmt, ...);
+
 __attribute__((noreturn, format(printf, 1, 2))) void die_input(const char *fmt, ...);
 __attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...);
 

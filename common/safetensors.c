@@ -32,19 +32,6 @@ static const char *const dtype_names[] = {
 };
 #define N_DTYPES ((int)(sizeof dtype_names / sizeof dtype_names[0]))
 
-__attribute__((format(printf, 2, 3)))
-static void set_err(char *err, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, ST_ERR_LEN, fmt, ap);
-    va_end(ap);
-    /* Tensor names come from the file; a control character in one must not
-     * break the one-line message (or a terminal). */
-    for (char *p = err; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = '?';
-}
 
 size_t st_dtype_size(st_dtype t)
 {
@@ -111,28 +98,28 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
 {
     const char *name = e->string;
     if (!cJSON_IsObject(e)) {
-        set_err(err, "%s: tensor '%s': entry is not an object", path, name);
+        set_error(err, "%s: tensor '%s': entry is not an object", path, name);
         return -1;
     }
 
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
     if (!cJSON_IsString(dt)) {
-        set_err(err, "%s: tensor '%s': dtype missing or not a string", path, name);
+        set_error(err, "%s: tensor '%s': dtype missing or not a string", path, name);
         return -1;
     }
     if (!dtype_from_name(dt->valuestring, &t->dtype)) {
-        set_err(err, "%s: tensor '%s': unknown dtype '%s'", path, name, dt->valuestring);
+        set_error(err, "%s: tensor '%s': unknown dtype '%s'", path, name, dt->valuestring);
         return -1;
     }
 
     const cJSON *shape = cJSON_GetObjectItemCaseSensitive(e, "shape");
     if (!cJSON_IsArray(shape)) {
-        set_err(err, "%s: tensor '%s': shape missing or not an array", path, name);
+        set_error(err, "%s: tensor '%s': shape missing or not an array", path, name);
         return -1;
     }
     int ndim = cJSON_GetArraySize(shape);
     if (ndim > ST_MAX_DIMS) {
-        set_err(err, "%s: tensor '%s': shape has %d dims, at most %d are supported",
+        set_error(err, "%s: tensor '%s': shape has %d dims, at most %d are supported",
                 path, name, ndim, ST_MAX_DIMS);
         return -1;
     }
@@ -141,11 +128,11 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
     cJSON_ArrayForEach(dim, shape) {
         uint64_t v;
         if (cJSON_IsNumber(dim) && dim->valuedouble < 0) {
-            set_err(err, "%s: tensor '%s': shape dim %d is negative", path, name, t->ndim);
+            set_error(err, "%s: tensor '%s': shape dim %d is negative", path, name, t->ndim);
             return -1;
         }
         if (!json_uint(dim, &v)) {
-            set_err(err, "%s: tensor '%s': shape dim %d is not an integer", path, name, t->ndim);
+            set_error(err, "%s: tensor '%s': shape dim %d is not an integer", path, name, t->ndim);
             return -1;
         }
         t->shape[t->ndim++] = (int64_t)v;
@@ -153,7 +140,7 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
     uint64_t nbytes;
     char sbuf[256];
     if (tensor_bytes(t->dtype, t->ndim, t->shape, &nbytes) != 0) {
-        set_err(err, "%s: tensor '%s': shape %s overflows", path, name,
+        set_error(err, "%s: tensor '%s': shape %s overflows", path, name,
                 shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
         return -1;
     }
@@ -162,23 +149,23 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
     uint64_t begin, end;
     if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 ||
         !json_uint(off->child, &begin) || !json_uint(off->child->next, &end)) {
-        set_err(err, "%s: tensor '%s': data_offsets missing or not two non-negative integers",
+        set_error(err, "%s: tensor '%s': data_offsets missing or not two non-negative integers",
                 path, name);
         return -1;
     }
     if (begin > end) {
-        set_err(err, "%s: tensor '%s': data_offsets [%llu,%llu] begin after end", path, name,
+        set_error(err, "%s: tensor '%s': data_offsets [%llu,%llu] begin after end", path, name,
                 (unsigned long long)begin, (unsigned long long)end);
         return -1;
     }
     if (end > data_len) {
-        set_err(err, "%s: tensor '%s': data_offsets [%llu,%llu] outside the data section "
+        set_error(err, "%s: tensor '%s': data_offsets [%llu,%llu] outside the data section "
                 "(%zu bytes)", path, name, (unsigned long long)begin,
                 (unsigned long long)end, data_len);
         return -1;
     }
     if (end - begin != nbytes) {
-        set_err(err, "%s: tensor '%s': data_offsets [%llu,%llu] hold %llu bytes, "
+        set_error(err, "%s: tensor '%s': data_offsets [%llu,%llu] hold %llu bytes, "
                 "but %s %s needs %llu", path, name, (unsigned long long)begin,
                 (unsigned long long)end, (unsigned long long)(end - begin),
                 dtype_names[t->dtype], shape_str(sbuf, sizeof sbuf, t->ndim, t->shape),
@@ -200,14 +187,14 @@ int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char
 {
     memset(f, 0, sizeof *f);
     if (size < 8) {
-        set_err(err, "%s: truncated: %zu bytes, too short for the 8-byte header length",
+        set_error(err, "%s: truncated: %zu bytes, too short for the 8-byte header length",
                 path, size);
         return -1;
     }
     uint64_t hlen;
     memcpy(&hlen, buf, 8);
     if (hlen > size - 8) {
-        set_err(err, "%s: header length %llu is larger than the file (%zu bytes)", path,
+        set_error(err, "%s: header length %llu is larger than the file (%zu bytes)", path,
                 (unsigned long long)hlen, size);
         return -1;
     }
@@ -216,7 +203,7 @@ int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char
     const char *json_end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)hlen, &json_end, 0);
     if (!root) {
-        set_err(err, "%s: header is not valid JSON (near byte %td of the header)", path,
+        set_error(err, "%s: header is not valid JSON (near byte %td of the header)", path,
                 json_end ? json_end - json : 0);
         return -1;
     }
@@ -224,14 +211,14 @@ int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char
      * object means a corrupt or foreign file. */
     for (const char *p = json_end; p < json + hlen; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            set_err(err, "%s: header has garbage after the JSON object (byte %td)", path,
+            set_error(err, "%s: header has garbage after the JSON object (byte %td)", path,
                     p - json);
             cJSON_Delete(root);
             return -1;
         }
     }
     if (!cJSON_IsObject(root)) {
-        set_err(err, "%s: header is not a JSON object", path);
+        set_error(err, "%s: header is not a JSON object", path);
         cJSON_Delete(root);
         return -1;
     }
@@ -246,7 +233,7 @@ int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char
         if (strcmp(e->string, "__metadata__") == 0)
             continue;
         if (st_find(f, e->string)) {
-            set_err(err, "%s: tensor '%s': appears twice in the header", path, e->string);
+            set_error(err, "%s: tensor '%s': appears twice in the header", path, e->string);
             goto fail;
         }
         st_tensor *t = &f->tensors[f->n];
@@ -269,12 +256,12 @@ int st_open(const char *path, st_file *f, char *err)
     memset(f, 0, sizeof *f);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        set_err(err, "%s: cannot open: %s", path, strerror(errno));
+        set_error(err, "%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        set_err(err, "%s: not a readable regular file", path);
+        set_error(err, "%s: not a readable regular file", path);
         close(fd);
         return -1;
     }
@@ -284,7 +271,7 @@ int st_open(const char *path, st_file *f, char *err)
     if (size > 0) {
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
-            set_err(err, "%s: cannot mmap: %s", path, strerror(errno));
+            set_error(err, "%s: cannot mmap: %s", path, strerror(errno));
             close(fd);
             return -1;
         }
@@ -326,11 +313,11 @@ static const st_tensor *find_checked(const st_file *f, const char *name, unsigne
 {
     const st_tensor *t = st_find(f, name);
     if (!t) {
-        set_err(err, "%s: tensor '%s' not found", f->path, name);
+        set_error(err, "%s: tensor '%s' not found", f->path, name);
         return NULL;
     }
     if (!(dtypes & (1u << t->dtype))) {
-        set_err(err, "%s: tensor '%s': dtype %s, expected %s", f->path, name,
+        set_error(err, "%s: tensor '%s': dtype %s, expected %s", f->path, name,
                 dtype_names[t->dtype], want_dtype);
         return NULL;
     }
@@ -339,7 +326,7 @@ static const st_tensor *find_checked(const st_file *f, const char *name, unsigne
         same = t->shape[i] == shape[i];
     if (!same) {
         char got[256], want[256];
-        set_err(err, "%s: tensor '%s': shape %s, expected %s", f->path, name,
+        set_error(err, "%s: tensor '%s': shape %s, expected %s", f->path, name,
                 shape_str(got, sizeof got, t->ndim, t->shape),
                 shape_str(want, sizeof want, ndim, shape));
         return NULL;
@@ -413,7 +400,7 @@ static char *build_header(const char *path, const st_entry *entries, int n, uint
             : strcmp(e->name, "__metadata__") == 0 ? "uses a reserved name"
             : NULL;
         if (why) {
-            set_err(err, "%s: tensor '%s' %s", path, e->name ? e->name : "", why);
+            set_error(err, "%s: tensor '%s' %s", path, e->name ? e->name : "", why);
             cJSON_Delete(root);
             return NULL;
         }

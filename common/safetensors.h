@@ -7,16 +7,17 @@
  * the start of the data section.
  *
  * Every function that can fail on bad input returns non-zero and writes a
- * one-line message into err that names the file and the tensor or field;
- * callers that are command-line tools print it and exit with status 2. */
+ * one-line message into err (ERR_LEN bytes, see error.h) that names the file
+ * and the tensor or field; command-line tools print it and exit with 2. */
 #ifndef COMMON_SAFETENSORS_H
 #define COMMON_SAFETENSORS_H
+
+#include "error.h"
 
 #include <stddef.h>
 #include <stdint.h>
 
 #define ST_MAX_DIMS 8
-#define ST_ERR_LEN 512
 
 typedef enum { ST_F32, ST_BF16, ST_F16, ST_I32, ST_I64, ST_U8 } st_dtype;
 

@@ -13,7 +13,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     st_file f;
-    char err[ST_ERR_LEN];
+    char err[ERR_LEN];
     if (st_parse(data, size, "fuzz.safetensors", &f, err) != 0)
         return 0;
     for (int i = 0; i < f.n; i++) {

@@ -11,7 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define ERR_LEN 512
 
 static char dir[] = "/tmp/test_config.XXXXXX";
 

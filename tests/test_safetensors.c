@@ -102,7 +102,7 @@ static void test_round_trip(void)
         { "scalar", ST_F32, 0, { 0 }, &scalar },
         { "empty", ST_F32, 2, { 0, 5 }, NULL },
     };
-    char err[ST_ERR_LEN] = "";
+    char err[ERR_LEN] = "";
     int rc = st_write(in_dir("rt.safetensors"), entries, 5, err);
     CHECK(rc == 0, "round_trip_write %s", err);
 
@@ -144,7 +144,7 @@ static void test_round_trip(void)
 
 static void test_atomic_write(void)
 {
-    char err[ST_ERR_LEN] = "";
+    char err[ERR_LEN] = "";
     int32_t v1[2] = { 1, 2 }, v2[3] = { 7, 8, 9 };
     st_entry e1 = { "v", ST_I32, 1, { 2 }, v1 };
     st_entry e2 = { "v", ST_I32, 1, { 3 }, v2 };
@@ -180,7 +180,7 @@ static void test_atomic_write(void)
 
 static void test_malformed(void)
 {
-    char err[ST_ERR_LEN];
+    char err[ERR_LEN];
     uint8_t data[64] = { 0 };
 
     write_bytes("empty.safetensors", "", 0);
@@ -288,7 +288,7 @@ static void test_malformed(void)
 
 static void test_readers(void)
 {
-    char err[ST_ERR_LEN] = "";
+    char err[ERR_LEN] = "";
     uint8_t data[256];
     for (int i = 0; i < 256; i++)
         data[i] = (uint8_t)i;

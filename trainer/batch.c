@@ -36,11 +36,11 @@ static int batch_validate(const batch *b, const model_config *c, const char *pat
             size_t at = (size_t)r * b->L + i;
             int m = b->modality[at];
             if (m < MOD_TOKEN || m > MOD_PAD) {
-                snprintf(err, ST_ERR_LEN, "%s: tensor 'modality': row %d position %d: value %d is not 0, 1 or 2", path, r, i, m);
+                set_error(err, "%s: tensor 'modality': row %d position %d: value %d is not 0, 1 or 2", path, r, i, m);
                 goto out;
             }
             if (m == MOD_TOKEN && (b->tokens[at] < 0 || b->tokens[at] >= c->vocab_size)) {
-                snprintf(err, ST_ERR_LEN, "%s: tensor 'tokens': row %d position %d: id %d outside 0..%d", path, r, i, b->tokens[at], c->vocab_size - 1);
+                set_error(err, "%s: tensor 'tokens': row %d position %d: id %d outside 0..%d", path, r, i, b->tokens[at], c->vocab_size - 1);
                 goto out;
             }
             if (m != MOD_PATCH || (i > 0 && b->modality[at - 1] == MOD_PATCH && b->image[at - 1] == b->image[at]))
@@ -48,31 +48,31 @@ static int batch_validate(const batch *b, const model_config *c, const char *pat
             /* The first patch of an image: the whole run must be there. */
             int img = b->image[at];
             if (img < 0 || img >= b->n_images) {
-                snprintf(err, ST_ERR_LEN, "%s: tensor 'image': row %d position %d: image %d outside 0..%d", path, r, i, img, b->n_images - 1);
+                set_error(err, "%s: tensor 'image': row %d position %d: image %d outside 0..%d", path, r, i, img, b->n_images - 1);
                 goto out;
             }
             if (used[img]) {
-                snprintf(err, ST_ERR_LEN, "%s: tensor 'image': row %d position %d: image %d appears twice", path, r, i, img);
+                set_error(err, "%s: tensor 'image': row %d position %d: image %d appears twice", path, r, i, img);
                 goto out;
             }
             used[img] = 1;
             int run = 0;
             while (i + run < b->L && b->modality[at + run] == MOD_PATCH && b->image[at + run] == img) {
                 if (b->doc[at + run] != b->doc[at]) {
-                    snprintf(err, ST_ERR_LEN, "%s: tensor 'doc': row %d position %d: image %d spans two documents", path, r, i + run, img);
+                    set_error(err, "%s: tensor 'doc': row %d position %d: image %d spans two documents", path, r, i + run, img);
                     goto out;
                 }
                 run++;
             }
             if (run != G) {
-                snprintf(err, ST_ERR_LEN, "%s: tensor 'image': row %d position %d: image %d has %d patch positions, expected %d", path, r, i, img, run, G);
+                set_error(err, "%s: tensor 'image': row %d position %d: image %d has %d patch positions, expected %d", path, r, i, img, run, G);
                 goto out;
             }
         }
     }
     for (int k = 0; k < b->n_images; k++) {
         if (b->timesteps[k] < 1 || b->timesteps[k] > c->diffusion_steps) {
-            snprintf(err, ST_ERR_LEN, "%s: tensor 'timesteps': image %d: t = %d outside 1..%d", path, k, b->timesteps[k], c->diffusion_steps);
+            set_error(err, "%s: tensor 'timesteps': image %d: t = %d outside 1..%d", path, k, b->timesteps[k], c->diffusion_steps);
             goto out;
         }
     }
@@ -89,11 +89,11 @@ int batch_load(const char *path, const model_config *c, batch *b, char *err) {
     int rc = 1;
     const st_tensor *tok = st_find(&f, "tokens"), *lat = st_find(&f, "latents");
     if (!tok || tok->ndim != 2) {
-        snprintf(err, ST_ERR_LEN, "%s: tensor 'tokens': %s", path, tok ? "must be 2-D [B, L]" : "missing");
+        set_error(err, "%s: tensor 'tokens': %s", path, tok ? "must be 2-D [B, L]" : "missing");
         goto out;
     }
     if (!lat || lat->ndim != 4) {
-        snprintf(err, ST_ERR_LEN, "%s: tensor 'latents': %s", path, lat ? "must be 4-D [n, C, h, w]" : "missing");
+        set_error(err, "%s: tensor 'latents': %s", path, lat ? "must be 4-D [n, C, h, w]" : "missing");
         goto out;
     }
     int B = (int)tok->shape[0], L = (int)tok->shape[1], n = (int)lat->shape[0];

@@ -71,7 +71,7 @@ static args parse_args(int argc, char **argv, const char *cmd, const char *const
 
 static model_config load_config(const char *path) {
     model_config c;
-    char err[ST_ERR_LEN];
+    char err[ERR_LEN];
     if (config_load(path, &c, err)) die_input("%s", err);
     return c;
 }
@@ -94,7 +94,7 @@ static int cmd_init(const args *a) {
     model_config c = load_config(arg_required(a, "config"));
     const char *out = arg_required(a, "out");
     model m;
-    char err[ST_ERR_LEN];
+    char err[ERR_LEN];
     model_create(&m, &c);
     model_init_weights(&m, (unsigned long long)arg_int(a, "seed", 0, 0));
     if (model_save(&m, out, err)) die("%s", err);
@@ -110,7 +110,7 @@ static int cmd_loss(const args *a) {
     model m;
     batch b;
     plan p;
-    char err[ST_ERR_LEN];
+    char err[ERR_LEN];
     if (model_load(&m, ckpt, err)) die_input("%s", err);
     if (batch_load(bpath, &m.cfg, &b, err)) die_input("%s", err);
     plan_build(&p, &b, &m.cfg);
@@ -125,13 +125,46 @@ static int cmd_loss(const args *a) {
     return 0;
 }
 
-/* One optimizer step on one plan; returns the loss. */
-static double train_step(model *m, optimizer *o, const plan *p, double *gnorm, float *lr) {
+/* A fresh model, its optimizer and one generated batch (with the flags
+ * --config, --batch-rows, --seq-len, --seed, --threads): what bench and train
+ * run on until the dataloader feeds real data. */
+typedef struct {
+    batch b;
+    plan p;
+    model m;
+    optimizer o;
+} generated_run;
+
+static void generated_run_open(generated_run *g, const args *a, int rows, int len, float lr,
+                               int warmup, int steps) {
+    model_config c = load_config(arg_required(a, "config"));
+    int B = (int)arg_int(a, "batch-rows", rows, 1), L = (int)arg_int(a, "seq-len", len, 2);
+    unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    rng r;
+    rng_seed(&r, seed);
+    batch_generate(&g->b, &c, B, L, &r);
+    plan_build(&g->p, &g->b, &c);
+    model_create(&g->m, &c);
+    model_init_weights(&g->m, seed);
+    optim_create(&g->o, &g->m, optim_defaults(lr, warmup, steps));
+}
+
+static void generated_run_close(generated_run *g) {
+    optim_free(&g->o);
+    model_free(&g->m);
+    plan_free(&g->p);
+    batch_free(&g->b);
+}
+
+/* One optimizer step on the generated batch; returns the loss. */
+static double train_step(generated_run *g, double *gnorm, float *lr) {
+    model *m = &g->m;
     nn_zero(m->g, m->numel);
-    double n_latent = (double)p->n_patch * cfg_patch_dim(&m->cfg);
-    loss_sums s = model_step(m, p, (double)p->n_lm, n_latent, 1);
+    double n_latent = (double)g->p.n_patch * cfg_patch_dim(&m->cfg);
+    loss_sums s = model_step(m, &g->p, (double)g->p.n_lm, n_latent, 1);
     *gnorm = grad_norm(m);
-    *lr = optim_step(o, m, *gnorm);
+    *lr = optim_step(&g->o, m, *gnorm);
     return (s.n_lm ? s.ce_sum / s.n_lm : 0.0) + m->cfg.lambda_diffusion * (n_latent ? s.se_sum / n_latent : 0.0);
 }
 
@@ -141,71 +174,45 @@ static int compare_double(const void *x, const void *y) {
 }
 
 static int cmd_bench(const args *a) {
-    model_config c = load_config(arg_required(a, "config"));
-    int B = (int)arg_int(a, "batch-rows", 8, 1), L = (int)arg_int(a, "seq-len", 256, 2);
     int steps = (int)arg_int(a, "steps", 10, 1);
-    nn_init((int)arg_int(a, "threads", 0, 1));
-    rng r;
-    rng_seed(&r, (unsigned long long)arg_int(a, "seed", 0, 0));
-    batch b;
-    plan p;
-    model m;
-    optimizer o;
-    batch_generate(&b, &c, B, L, &r);
-    plan_build(&p, &b, &c);
-    model_create(&m, &c);
-    model_init_weights(&m, 0);
-    optim_create(&o, &m, optim_defaults(3e-4f, 10, 1000));
+    generated_run g;
+    generated_run_open(&g, a, 8, 256, 3e-4f, 10, 1000);
     double gnorm, *times = xcalloc(steps, sizeof(double));
     float lr;
-    train_step(&m, &o, &p, &gnorm, &lr);                   /* warm-up: allocations, caches */
+    train_step(&g, &gnorm, &lr);                        /* warm-up: allocations, caches */
     for (int s = 0; s < steps; s++) {
         double t0 = now_s();
-        train_step(&m, &o, &p, &gnorm, &lr);
+        train_step(&g, &gnorm, &lr);
         times[s] = now_s() - t0;
     }
     qsort(times, steps, sizeof(double), compare_double);
-    double med = times[steps / 2], flops = model_step_flops(&m, &p);
-    double state_mb = 4.0 * m.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
-    double act_mb = model_activation_floats(&m, &p) * sizeof(float) / 1048576.0;
+    const plan *p = &g.p;
+    double med = times[steps / 2], flops = model_step_flops(&g.m, p);
+    double state_mb = 4.0 * g.m.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
+    double act_mb = model_activation_floats(&g.m, p) * sizeof(float) / 1048576.0;
     printf("{\"step_s\":%.6f,\"min_step_s\":%.6f,\"positions_per_s\":%.1f,\"gflops_per_s\":%.1f,"
            "\"gflop_per_step\":%.2f,\"threads\":%d,\"params\":%zu,\"patch_fraction\":%.3f,"
            "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f}\n",
-           med, times[0], p.N / med, flops / med / 1e9, flops / 1e9, nn_threads(), m.numel,
-           (double)p.n_patch / p.N, peak_rss_mb(), state_mb, act_mb);
+           med, times[0], p->N / med, flops / med / 1e9, flops / 1e9, nn_threads(), g.m.numel,
+           (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb);
     free(times);
-    optim_free(&o);
-    model_free(&m);
-    plan_free(&p);
-    batch_free(&b);
+    generated_run_close(&g);
     return 0;
 }
 
 static int cmd_train(const args *a) {
-    model_config c = load_config(arg_required(a, "config"));
-    int B = (int)arg_int(a, "batch-rows", 4, 1), L = (int)arg_int(a, "seq-len", 128, 2);
     int steps = (int)arg_int(a, "steps", 300, 1), warmup = (int)arg_int(a, "warmup", 20, 0);
     int log_every = (int)arg_int(a, "log-every", 10, 1);
-    unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
     const char *out = arg_str(a, "out", NULL);
-    nn_init((int)arg_int(a, "threads", 0, 1));
-    rng r;
-    rng_seed(&r, seed);
-    batch b;
-    plan p;
-    model m;
-    optimizer o;
-    batch_generate(&b, &c, B, L, &r);
-    plan_build(&p, &b, &c);
-    model_create(&m, &c);
-    model_init_weights(&m, seed);
-    optim_create(&o, &m, optim_defaults((float)arg_float(a, "lr", 1e-3), warmup, steps));
+    generated_run g;
+    generated_run_open(&g, a, 4, 128, (float)arg_float(a, "lr", 1e-3), warmup, steps);
     printf("training %zu parameters on one generated batch: %d rows x %d positions, "
-           "%d LM targets, %d patches in %d images\n", m.numel, B, L, p.n_lm, p.n_patch, p.n_images);
+           "%d LM targets, %d patches in %d images\n",
+           g.m.numel, g.p.B, g.p.L, g.p.n_lm, g.p.n_patch, g.p.n_images);
     double first = 0, loss = 0, gnorm, t0 = now_s();
     float lr;
     for (int s = 0; s < steps; s++) {
-        loss = train_step(&m, &o, &p, &gnorm, &lr);
+        loss = train_step(&g, &gnorm, &lr);
         if (s == 0) first = loss;
         if (s % log_every == 0 || s == steps - 1)
             printf("step %4d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.2f s\n",
@@ -213,12 +220,9 @@ static int cmd_train(const args *a) {
         fflush(stdout);
     }
     printf("loss %.4f -> %.4f (%.1fx lower)\n", first, loss, first / loss);
-    char err[ST_ERR_LEN];
-    if (out && model_save(&m, out, err)) die("%s", err);
-    optim_free(&o);
-    model_free(&m);
-    plan_free(&p);
-    batch_free(&b);
+    char err[ERR_LEN];
+    if (out && model_save(&g.m, out, err)) die("%s", err);
+    generated_run_close(&g);
     return 0;
 }
 

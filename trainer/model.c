@@ -400,7 +400,7 @@ int model_save_flat(const model *m, const float *flat, const char *path, char *e
 int model_save(const model *m, const char *dir, char *err) {
     char path[4096];
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        snprintf(err, ST_ERR_LEN, "%s: cannot create folder: %s", dir, strerror(errno));
+        set_error(err, "%s: cannot create folder: %s", dir, strerror(errno));
         return 1;
     }
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -417,7 +417,7 @@ int model_load(model *m, const char *dir, char *err) {
     model_create(m, &c);
 
     DIR *dh = opendir(dir);
-    if (!dh) { snprintf(err, ST_ERR_LEN, "%s: cannot open folder: %s", dir, strerror(errno)); return 1; }
+    if (!dh) { set_error(err, "%s: cannot open folder: %s", dir, strerror(errno)); return 1; }
     int nf = 0, cap = 4, rc = 1;
     st_file *files = xcalloc(cap, sizeof(st_file));
     struct dirent *de;
@@ -429,13 +429,13 @@ int model_load(model *m, const char *dir, char *err) {
         if (st_open(path, &files[nf], err)) goto out;
         nf++;
     }
-    if (nf == 0) { snprintf(err, ST_ERR_LEN, "%s: no *.safetensors weights", dir); goto out; }
+    if (nf == 0) { set_error(err, "%s: no *.safetensors weights", dir); goto out; }
     for (int i = 0; i < m->n_params; i++) {
         const param_info *p = &m->params[i];
         int k = 0;
         while (k < nf && !st_find(&files[k], p->name)) k++;
         if (k == nf) {
-            snprintf(err, ST_ERR_LEN, "%s: tensor '%s': missing from every *.safetensors file", dir, p->name);
+            set_error(err, "%s: tensor '%s': missing from every *.safetensors file", dir, p->name);
             goto out;
         }
         if (st_read_f32(&files[k], p->name, p->ndim, p->shape, m->w + p->offset, err)) goto out;
