@@ -59,7 +59,7 @@ med = {}
 print(f"\nB={rows} L={length}, median over {len(next(iter(runs.values())))} runs:")
 for (side, t), rs in sorted(runs.items()):
     m = {"step_s": statistics.median(r["step_s"] for r in rs)}
-    for k in ("gflops_per_s", "peak_rss_mb"):
+    for k in ("gflops_per_s", "peak_rss_mb", "memory_ratio"):
         if all(k in r for r in rs):
             m[k] = statistics.median(float(r[k]) for r in rs)
     med[(side, t)] = m
@@ -68,6 +68,8 @@ for (side, t), rs in sorted(runs.items()):
         extra += f"  {m['gflops_per_s']:7.1f} GFLOP/s ({100 * m['gflops_per_s'] / peak:.1f}% of {peak:.0f})"
     if "peak_rss_mb" in m:
         extra += f"  peak RSS {m['peak_rss_mb']:.0f} MB"
+    if "memory_ratio" in m:
+        extra += f" ({m['memory_ratio']:.2f}x state + activations)"
     print(f"  {side:8s} T={t}: {m['step_s']:.4f} s/step  {rows * length / m['step_s']:9.1f} positions/s{extra}")
 best = {}
 for side in ("trainer", "torch"):

@@ -190,11 +190,13 @@ static int cmd_bench(const args *a) {
     double med = times[steps / 2], flops = model_step_flops(&g.m, p);
     double state_mb = 4.0 * g.m.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
     double act_mb = model_activation_floats(&g.m, p) * sizeof(float) / 1048576.0;
+    /* memory_ratio: peak RSS over what training needs at the least (weights,
+     * gradients, Adam moments, and the activations backward reads). */
     printf("{\"step_s\":%.6f,\"min_step_s\":%.6f,\"positions_per_s\":%.1f,\"gflops_per_s\":%.1f,"
            "\"gflop_per_step\":%.2f,\"threads\":%d,\"params\":%zu,\"patch_fraction\":%.3f,"
-           "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f}\n",
+           "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f,\"memory_ratio\":%.2f}\n",
            med, times[0], p->N / med, flops / med / 1e9, flops / 1e9, nn_threads(), g.m.numel,
-           (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb);
+           (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb, peak_rss_mb() / (state_mb + act_mb));
     free(times);
     generated_run_close(&g);
     return 0;
