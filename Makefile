@@ -25,7 +25,7 @@ else
 endif
 
 COMMON_SRC := $(wildcard common/*.c)
-NN_SRC     := $(wildcard nn/cpu/*.c)
+NN_SRC     := $(wildcard nn/*.c nn/cpu/*.c)
 TRAINER_SRC := $(filter-out trainer/main.c,$(wildcard trainer/*.c))
 LIB_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(NN_SRC) $(TRAINER_SRC))
 TESTS      := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))

@@ -34,20 +34,20 @@ int main(void) {
     plan_build(&p, &b, &c);
     model_create(&m, &c);
     /* Random weights everywhere (norms and biases too) so every path counts. */
-    for (int i = 0; i < m.n_params; i++) {
-        const param_info *pi = &m.params[i];
+    for (int i = 0; i < m.ps.n; i++) {
+        const param_info *pi = &m.ps.info[i];
         int is_norm = strstr(pi->name, "norm.weight") != NULL;
         for (size_t k = 0; k < pi->numel; k++)
-            m.w[pi->offset + k] = (float)((is_norm ? 1.0 : 0.0) + 0.2 * rng_normal(&r));
+            m.ps.w[pi->offset + k] = (float)((is_norm ? 1.0 : 0.0) + 0.2 * rng_normal(&r));
     }
     CHECK(p.n_lm > 0 && p.n_patch > 0, "gradcheck batch has LM targets (%d) and patches (%d)", p.n_lm, p.n_patch);
-    nn_zero(m.g, m.numel);
+    nn_zero(m.ps.g, m.ps.numel);
     model_step(&m, &p, p.n_lm, (double)p.n_patch * cfg_patch_dim(&c), 1);
 
     const float h = 1e-2f;
-    for (int i = 0; i < m.n_params; i++) {
-        const param_info *pi = &m.params[i];
-        const float *g = m.g + pi->offset;
+    for (int i = 0; i < m.ps.n; i++) {
+        const param_info *pi = &m.ps.info[i];
+        const float *g = m.ps.g + pi->offset;
         size_t argmax = 0;
         float gmax = 0;
         for (size_t k = 0; k < pi->numel; k++)
@@ -55,7 +55,7 @@ int main(void) {
         double worst = 0;
         size_t probes[3] = {argmax, rng_u64(&r) % pi->numel, rng_u64(&r) % pi->numel};
         for (int q = 0; q < 3; q++) {
-            float *w = m.w + pi->offset + probes[q], w0 = *w;
+            float *w = m.ps.w + pi->offset + probes[q], w0 = *w;
             *w = w0 + h; double lp = loss_of(&m, &p);
             *w = w0 - h; double lm = loss_of(&m, &p);
             *w = w0;

@@ -57,7 +57,7 @@ int main(void) {
     nn_init(2);
     model_create(&m, &c);
     model_init_weights(&m, 11);
-    for (size_t k = 0; k < m.numel; k++) m.w[k] *= 5.0f;   /* every path visible, softmax not yet one-hot */
+    for (size_t k = 0; k < m.ps.numel; k++) m.ps.w[k] *= 5.0f;   /* every path visible, softmax not yet one-hot */
 
     /* modality per position: T token, P patch, _ pad */
     const char *rows[2] = {"TTTTPPPPTTTTTTTT________", "TTPPPPTTTT______________"};
@@ -134,10 +134,10 @@ int main(void) {
     int lm_on_pad = 0;
     for (int k = 0; k < p.n_lm; k++) lm_on_pad |= b.modality[p.lm_row[k]] != MOD_TOKEN;
     CHECK(!lm_on_pad && p.n_lm == 5 + 4 + 4, "LM targets are token->token pairs of one document only (%d)", p.n_lm);
-    nn_zero(m.g, m.numel);
+    nn_zero(m.ps.g, m.ps.numel);
     loss_sums s = model_step(&m, &p, p.n_lm, (double)p.n_patch * cfg_patch_dim(&c), 1);
     double gsum = 0;
-    for (size_t k = 0; k < m.numel; k++) gsum += m.g[k];
+    for (size_t k = 0; k < m.ps.numel; k++) gsum += m.ps.g[k];
     CHECK(isfinite(s.ce_sum) && isfinite(s.se_sum) && isfinite(gsum), "loss and gradients are finite with pads");
     plan_free(&p);
     free(base);

@@ -2,7 +2,7 @@
  * determinism, the learning-rate schedule and where weight decay applies. */
 #include "check.h"
 #include "../trainer/model.h"
-#include "../trainer/optim.h"
+#include "../nn/optim.h"
 #include "../nn/kernels.h"
 
 #include <math.h>
@@ -24,15 +24,15 @@ static void train(model *m, int steps, float lr, double *first, double *last) {
     optimizer o;
     batch_generate(&b, &m->cfg, 2, 64, &r);
     plan_build(&p, &b, &m->cfg);
-    optim_create(&o, m, optim_defaults(lr, 10, steps));
+    optim_create(&o, &m->ps, optim_defaults(lr, 10, steps));
     double n_latent = (double)p.n_patch * cfg_patch_dim(&m->cfg);
     for (int s = 0; s < steps; s++) {
-        nn_zero(m->g, m->numel);
+        nn_zero(m->ps.g, m->ps.numel);
         loss_sums ls = model_step(m, &p, p.n_lm, n_latent, 1);
         double loss = ls.ce_sum / p.n_lm + m->cfg.lambda_diffusion * ls.se_sum / n_latent;
         if (s == 0) *first = loss;
         *last = loss;
-        optim_step(&o, m, grad_norm(m));
+        optim_step(&o, &m->ps, grad_norm(&m->ps));
     }
     optim_free(&o);
     plan_free(&p);
@@ -53,7 +53,7 @@ int main(void) {
     double f2, l2;
     model_create(&a, &tiny); model_init_weights(&a, 4); train(&a, 5, 1e-3f, &first, &last);
     model_create(&b, &tiny); model_init_weights(&b, 4); train(&b, 5, 1e-3f, &f2, &l2);
-    CHECK(memcmp(a.w, b.w, a.numel * sizeof(float)) == 0 && last == l2,
+    CHECK(memcmp(a.ps.w, b.ps.w, a.ps.numel * sizeof(float)) == 0 && last == l2,
           "two runs with the same seed and threads give bitwise the same weights");
     model_free(&a); model_free(&b);
 
@@ -67,19 +67,19 @@ int main(void) {
      * lr * wd, norms, biases, embeddings and pos_embed stay. */
     model_create(&a, &tiny);
     model_init_weights(&a, 5);
-    for (size_t k = 0; k < a.numel; k++) a.w[k] += 0.5f;
-    float *before = nn_alloc(a.numel);
-    nn_copy(before, a.w, a.numel);
+    for (size_t k = 0; k < a.ps.numel; k++) a.ps.w[k] += 0.5f;
+    float *before = nn_alloc(a.ps.numel);
+    nn_copy(before, a.ps.w, a.ps.numel);
     optimizer o;
-    optim_create(&o, &a, optim_defaults(0.01f, 0, 100));
-    nn_zero(a.g, a.numel);
-    float lr = optim_step(&o, &a, 0.0);
+    optim_create(&o, &a.ps, optim_defaults(0.01f, 0, 100));
+    nn_zero(a.ps.g, a.ps.numel);
+    float lr = optim_step(&o, &a.ps, 0.0);
     int ok = 1;
-    for (int i = 0; i < a.n_params; i++) {
-        const param_info *p = &a.params[i];
+    for (int i = 0; i < a.ps.n; i++) {
+        const param_info *p = &a.ps.info[i];
         for (size_t k = 0; k < p->numel; k++) {
             float w0 = before[p->offset + k], want = p->decay ? w0 - lr * 0.1f * w0 : w0;
-            if (fabsf(a.w[p->offset + k] - want) > 1e-6f) ok = 0;
+            if (fabsf(a.ps.w[p->offset + k] - want) > 1e-6f) ok = 0;
         }
         int matrix = p->ndim == 2 && !strstr(p->name, "embed_tokens") && !strstr(p->name, "pos_embed");
         if (p->decay != matrix) ok = 0;

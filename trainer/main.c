@@ -10,7 +10,7 @@
  * stderr naming the file and the field or tensor. */
 #include "batch.h"
 #include "model.h"
-#include "optim.h"
+#include "../nn/optim.h"
 #include "../common/error.h"
 #include "../common/safetensors.h"
 #include "../nn/kernels.h"
@@ -98,7 +98,7 @@ static int cmd_init(const args *a) {
     model_create(&m, &c);
     model_init_weights(&m, (unsigned long long)arg_int(a, "seed", 0, 0));
     if (model_save(&m, out, err)) die("%s", err);
-    printf("wrote %s: %zu parameters\n", out, m.numel);
+    printf("wrote %s: %zu parameters\n", out, m.ps.numel);
     model_free(&m);
     return 0;
 }
@@ -117,8 +117,8 @@ static int cmd_loss(const args *a) {
     loss_sums s = model_step(&m, &p, (double)p.n_lm, (double)p.n_patch * cfg_patch_dim(&m.cfg), 1);
     double lm = s.n_lm ? s.ce_sum / s.n_lm : 0.0, diff = s.n_latent ? s.se_sum / s.n_latent : 0.0;
     printf("{\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"n_lm\":%ld,\"n_latent\":%ld,\"grad_norm\":%.9g}\n",
-           lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m));
-    if (gpath && model_save_flat(&m, m.g, gpath, err)) die("%s", err);
+           lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m.ps));
+    if (gpath && params_save(&m.ps, m.ps.g, gpath, err)) die("%s", err);
     plan_free(&p);
     batch_free(&b);
     model_free(&m);
@@ -147,7 +147,7 @@ static void generated_run_open(generated_run *g, const args *a, int rows, int le
     plan_build(&g->p, &g->b, &c);
     model_create(&g->m, &c);
     model_init_weights(&g->m, seed);
-    optim_create(&g->o, &g->m, optim_defaults(lr, warmup, steps));
+    optim_create(&g->o, &g->m.ps, optim_defaults(lr, warmup, steps));
 }
 
 static void generated_run_close(generated_run *g) {
@@ -160,11 +160,11 @@ static void generated_run_close(generated_run *g) {
 /* One optimizer step on the generated batch; returns the loss. */
 static double train_step(generated_run *g, double *gnorm, float *lr) {
     model *m = &g->m;
-    nn_zero(m->g, m->numel);
+    nn_zero(m->ps.g, m->ps.numel);
     double n_latent = (double)g->p.n_patch * cfg_patch_dim(&m->cfg);
     loss_sums s = model_step(m, &g->p, (double)g->p.n_lm, n_latent, 1);
-    *gnorm = grad_norm(m);
-    *lr = optim_step(&g->o, m, *gnorm);
+    *gnorm = grad_norm(&m->ps);
+    *lr = optim_step(&g->o, &m->ps, *gnorm);
     return (s.n_lm ? s.ce_sum / s.n_lm : 0.0) + m->cfg.lambda_diffusion * (n_latent ? s.se_sum / n_latent : 0.0);
 }
 
@@ -188,14 +188,14 @@ static int cmd_bench(const args *a) {
     qsort(times, steps, sizeof(double), compare_double);
     const plan *p = &g.p;
     double med = times[steps / 2], flops = model_step_flops(&g.m, p);
-    double state_mb = 4.0 * g.m.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
+    double state_mb = 4.0 * g.m.ps.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
     double act_mb = model_activation_floats(&g.m, p) * sizeof(float) / 1048576.0;
     /* memory_ratio: peak RSS over what training needs at the least (weights,
      * gradients, Adam moments, and the activations backward reads). */
     printf("{\"step_s\":%.6f,\"min_step_s\":%.6f,\"positions_per_s\":%.1f,\"gflops_per_s\":%.1f,"
            "\"gflop_per_step\":%.2f,\"threads\":%d,\"params\":%zu,\"patch_fraction\":%.3f,"
            "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f,\"memory_ratio\":%.2f}\n",
-           med, times[0], p->N / med, flops / med / 1e9, flops / 1e9, nn_threads(), g.m.numel,
+           med, times[0], p->N / med, flops / med / 1e9, flops / 1e9, nn_threads(), g.m.ps.numel,
            (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb, peak_rss_mb() / (state_mb + act_mb));
     free(times);
     generated_run_close(&g);
@@ -210,7 +210,7 @@ static int cmd_train(const args *a) {
     generated_run_open(&g, a, 4, 128, (float)arg_float(a, "lr", 1e-3), warmup, steps);
     printf("training %zu parameters on one generated batch: %d rows x %d positions, "
            "%d LM targets, %d patches in %d images\n",
-           g.m.numel, g.p.B, g.p.L, g.p.n_lm, g.p.n_patch, g.p.n_images);
+           g.m.ps.numel, g.p.B, g.p.L, g.p.n_lm, g.p.n_patch, g.p.n_images);
     double first = 0, loss = 0, gnorm, t0 = now_s();
     float lr;
     for (int s = 0; s < steps; s++) {

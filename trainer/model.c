@@ -4,37 +4,25 @@
 #include "model.h"
 #include "../common/error.h"
 #include "../common/rng.h"
-#include "../common/safetensors.h"
 #include "../nn/kernels.h"
 
-#include <dirent.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
-#define PARAMS_PER_LAYER 9
 #define CE_CHUNK 256          /* LM positions per cross-entropy chunk */
 
 /* ---------------------------------------------------------------- layout */
 
 static void add_param(model *m, const char *name, int64_t rows, int64_t cols, int decay) {
-    param_info *p = &m->params[m->n_params++];
-    snprintf(p->name, sizeof p->name, "%s", name);
-    p->ndim = cols ? 2 : 1;
-    p->shape[0] = rows;
-    p->shape[1] = cols;
-    p->numel = (size_t)rows * (cols ? cols : 1);
-    p->offset = m->numel;
-    p->decay = decay;
-    m->numel += p->numel;
+    int64_t shape[2] = {rows, cols};
+    params_add(&m->ps, name, cols ? 2 : 1, shape, decay);
 }
 
 /* Points the views of `v` into a flat array laid out as m->params. */
 static void bind_views(weights *v, float *base, const model *m) {
-    const param_info *p = m->params;
+    const param_info *p = m->ps.info;
     int nl = m->cfg.num_hidden_layers, i = 0;
     v->embed = base + p[i++].offset;
     for (int l = 0; l < nl; l++) {
@@ -64,7 +52,6 @@ void model_create(model *m, const model_config *c) {
     m->cfg = *c;
     int d = c->hidden_size, f = c->intermediate_size, V = c->vocab_size, nl = c->num_hidden_layers;
     int P = cfg_patch_dim(c);
-    m->params = xcalloc((size_t)nl * PARAMS_PER_LAYER + 16, sizeof(param_info));
     char name[96];
     add_param(m, "model.embed_tokens.weight", V, d, 0);
     for (int l = 0; l < nl; l++) {
@@ -96,12 +83,11 @@ void model_create(model *m, const model_config *c) {
     add_param(m, "image.time_embed.2.bias", d, 0, 0);
     add_param(m, "image.patch_out.weight", P, d, 1);
     add_param(m, "image.patch_out.bias", P, 0, 0);
-    m->w = nn_alloc(m->numel);
-    m->g = nn_alloc(m->numel);
+    params_alloc(&m->ps);
     m->W.layers = xcalloc(nl, sizeof(layer_weights));
     m->G.layers = xcalloc(nl, sizeof(layer_weights));
-    bind_views(&m->W, m->w, m);
-    bind_views(&m->G, m->g, m);
+    bind_views(&m->W, m->ps.w, m);
+    bind_views(&m->G, m->ps.g, m);
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -113,9 +99,9 @@ void model_init_weights(model *m, unsigned long long seed) {
     rng r;
     rng_seed(&r, seed);
     double out_std = 0.02 / sqrt(2.0 * m->cfg.num_hidden_layers);
-    for (int i = 0; i < m->n_params; i++) {
-        const param_info *p = &m->params[i];
-        float *w = m->w + p->offset;
+    for (int i = 0; i < m->ps.n; i++) {
+        const param_info *p = &m->ps.info[i];
+        float *w = m->ps.w + p->offset;
         if (ends_with(p->name, "norm.weight")) {
             for (size_t k = 0; k < p->numel; k++) w[k] = 1.0f;
         } else if (ends_with(p->name, ".bias")) {
@@ -195,8 +181,8 @@ static workspace *workspace_for(model *m, const plan *p) {
 
 void model_free(model *m) {
     workspace_free(m->ws, m->cfg.num_hidden_layers);
-    nn_free(m->w); nn_free(m->g);
-    free(m->W.layers); free(m->G.layers); free(m->params);
+    params_free(&m->ps);
+    free(m->W.layers); free(m->G.layers);
     memset(m, 0, sizeof *m);
 }
 
@@ -381,70 +367,22 @@ double model_step_flops(const model *m, const plan *p) {
 
 /* ------------------------------------------------------------ checkpoints */
 
-int model_save_flat(const model *m, const float *flat, const char *path, char *err) {
-    st_entry *e = xcalloc(m->n_params, sizeof(st_entry));
-    for (int i = 0; i < m->n_params; i++) {
-        const param_info *p = &m->params[i];
-        e[i].name = p->name;
-        e[i].dtype = ST_F32;
-        e[i].ndim = p->ndim;
-        e[i].shape[0] = p->shape[0];
-        e[i].shape[1] = p->shape[1];
-        e[i].data = flat + p->offset;
-    }
-    int rc = st_write(path, e, m->n_params, err);
-    free(e);
-    return rc;
-}
-
 int model_save(const model *m, const char *dir, char *err) {
     char path[4096];
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-        set_error(err, "%s: cannot create folder: %s", dir, strerror(errno));
-        return 1;
-    }
+    if (make_dir(dir, err)) return -1;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (config_save(path, &m->cfg, err)) return 1;
+    if (config_save(path, &m->cfg, err)) return -1;
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    return model_save_flat(m, m->w, path, err);
+    return params_save(&m->ps, m->ps.w, path, err);
 }
 
 int model_load(model *m, const char *dir, char *err) {
     char path[4096];
     model_config c;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if (config_load(path, &c, err)) return 1;
+    if (config_load(path, &c, err)) return -1;
     model_create(m, &c);
-
-    DIR *dh = opendir(dir);
-    if (!dh) { set_error(err, "%s: cannot open folder: %s", dir, strerror(errno)); return 1; }
-    int nf = 0, cap = 4, rc = 1;
-    st_file *files = xcalloc(cap, sizeof(st_file));
-    struct dirent *de;
-    while ((de = readdir(dh))) {
-        if (!ends_with(de->d_name, ".safetensors")) continue;
-        if (nf == cap) files = realloc(files, sizeof(st_file) * (cap *= 2));
-        if (!files) die("out of memory");
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        if (st_open(path, &files[nf], err)) goto out;
-        nf++;
-    }
-    if (nf == 0) { set_error(err, "%s: no *.safetensors weights", dir); goto out; }
-    for (int i = 0; i < m->n_params; i++) {
-        const param_info *p = &m->params[i];
-        int k = 0;
-        while (k < nf && !st_find(&files[k], p->name)) k++;
-        if (k == nf) {
-            set_error(err, "%s: tensor '%s': missing from every *.safetensors file", dir, p->name);
-            goto out;
-        }
-        if (st_read_f32(&files[k], p->name, p->ndim, p->shape, m->w + p->offset, err)) goto out;
-    }
-    rc = 0;
-out:
-    for (int k = 0; k < nf; k++) st_close(&files[k]);
-    free(files);
-    closedir(dh);
-    if (rc) model_free(m);
-    return rc;
+    if (params_load_dir(&m->ps, dir, err) == 0) return 0;
+    model_free(m);
+    return -1;
 }

@@ -1,26 +1,18 @@
 /* model.h - the Transfusion model (shared/spec/model.md): parameters, init,
  * checkpoint I/O, and one fused forward + backward over a batch plan.
  *
- * All parameters live in one flat float array (and the gradients, Adam
- * moments in arrays of the same layout), so the optimizer and the gradient
- * all-reduce work on one buffer. The table `params` names each tensor with
- * its safetensors name, shape and offset. Within a layer q, k, v are
- * adjacent (one [3d, d] GEMM) and so are gate and up ([2f, d]). */
+ * All parameters live in one flat param_set (nn/params.h), so the optimizer
+ * and the gradient all-reduce work on one buffer; each tensor keeps its
+ * safetensors name. Within a layer q, k, v are adjacent (one [3d, d] GEMM)
+ * and so are gate and up ([2f, d]). */
 #ifndef TRAINER_MODEL_H
 #define TRAINER_MODEL_H
 
 #include "../common/config.h"
 #include "batch.h"
+#include "../nn/params.h"
 
 #include <stddef.h>
-
-typedef struct {
-    char name[96];
-    int ndim;
-    int64_t shape[2];
-    size_t offset, numel;
-    int decay;                  /* 1: AdamW weight decay applies (matrices) */
-} param_info;
 
 typedef struct { float *ln1, *wqkv, *wo, *ln2, *wgu, *wd; } layer_weights;
 
@@ -37,11 +29,8 @@ typedef struct workspace workspace;
 
 typedef struct {
     model_config cfg;
-    int n_params;
-    param_info *params;
-    size_t numel;               /* total floats */
-    float *w, *g;               /* weights, gradients (flat) */
-    weights W, G;               /* views */
+    param_set ps;               /* names, shapes; flat weights ps.w, gradients ps.g */
+    weights W, G;               /* views into ps.w and ps.g */
     workspace *ws;              /* activations, sized for the last plan */
 } model;
 
@@ -62,11 +51,9 @@ void model_init_weights(model *m, unsigned long long seed);
  * file in the folder is searched for each tensor on load). */
 int model_load(model *m, const char *dir, char *err);
 int model_save(const model *m, const char *dir, char *err);
-/* Writes a parameter-shaped flat array (e.g. gradients) to safetensors. */
-int model_save_flat(const model *m, const float *flat, const char *path, char *err);
 
 /* Forward over the plan, and with want_grads the backward too, adding the
- * gradient of  ce_sum / norm_lm + lambda * se_sum / norm_latent  into m->g
+ * gradient of  ce_sum / norm_lm + lambda * se_sum / norm_latent  into m->ps.g
  * (the caller zeroes it once per optimizer step). norm_lm and norm_latent are
  * the counts over the whole step (every micro-batch and rank). */
 loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads);

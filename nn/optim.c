@@ -1,6 +1,6 @@
 /* optim.c - AdamW, clipping and the learning-rate schedule (optim.h). */
 #include "optim.h"
-#include "../nn/kernels.h"
+#include "kernels.h"
 
 #include <math.h>
 #include <string.h>
@@ -11,11 +11,11 @@ optim_config optim_defaults(float lr, int warmup_steps, int total_steps) {
                           .weight_decay = 0.1f, .clip_norm = 1.0f};
 }
 
-void optim_create(optimizer *o, const model *m, optim_config cfg) {
+void optim_create(optimizer *o, const param_set *ps, optim_config cfg) {
     memset(o, 0, sizeof *o);
     o->cfg = cfg;
-    o->m = nn_alloc(m->numel);
-    o->v = nn_alloc(m->numel);
+    o->m = nn_alloc(ps->numel);
+    o->v = nn_alloc(ps->numel);
 }
 
 void optim_free(optimizer *o) {
@@ -33,19 +33,19 @@ float optim_lr(const optim_config *c, long s) {
     return (float)(c->lr * (floor + (1.0 - floor) * 0.5 * (1.0 + cos(M_PI * progress))));
 }
 
-double grad_norm(const model *m) {
-    return sqrt(nn_sum_squared_diff(m->g, NULL, m->numel));
+double grad_norm(const param_set *ps) {
+    return sqrt(nn_sum_squared_diff(ps->g, NULL, ps->numel));
 }
 
-float optim_step(optimizer *o, model *m, double gnorm) {
+float optim_step(optimizer *o, param_set *ps, double gnorm) {
     const optim_config *c = &o->cfg;
-    if (c->clip_norm > 0 && gnorm > c->clip_norm) nn_scale(m->g, (float)(c->clip_norm / gnorm), m->numel);
+    if (c->clip_norm > 0 && gnorm > c->clip_norm) nn_scale(ps->g, (float)(c->clip_norm / gnorm), ps->numel);
     float lr = optim_lr(c, o->step);
     o->step++;
     float bc1 = 1.0f - powf(c->beta1, (float)o->step), bc2 = 1.0f - powf(c->beta2, (float)o->step);
-    for (int i = 0; i < m->n_params; i++) {
-        const param_info *p = &m->params[i];
-        nn_adamw(m->w + p->offset, m->g + p->offset, o->m + p->offset, o->v + p->offset, p->numel,
+    for (int i = 0; i < ps->n; i++) {
+        const param_info *p = &ps->info[i];
+        nn_adamw(ps->w + p->offset, ps->g + p->offset, o->m + p->offset, o->v + p->offset, p->numel,
                  lr, c->beta1, c->beta2, c->eps, p->decay ? c->weight_decay : 0.0f, bc1, bc2);
     }
     return lr;

@@ -1,9 +1,9 @@
-/* optim.h - AdamW with global-norm gradient clipping and the learning-rate
- * schedule (linear warmup, then cosine decay to a floor). */
-#ifndef TRAINER_OPTIM_H
-#define TRAINER_OPTIM_H
+/* optim.h - AdamW over a param_set, with global-norm gradient clipping and
+ * the learning-rate schedule (linear warmup, then cosine decay to a floor). */
+#ifndef NN_OPTIM_H
+#define NN_OPTIM_H
 
-#include "model.h"
+#include "params.h"
 
 typedef struct {
     float lr;                   /* peak learning rate */
@@ -21,17 +21,17 @@ typedef struct {
     float *m, *v;               /* moments, laid out as the parameters */
 } optimizer;
 
-void optim_create(optimizer *o, const model *m, optim_config cfg);
+void optim_create(optimizer *o, const param_set *ps, optim_config cfg);
 void optim_free(optimizer *o);
 
 /* Learning rate for step s (0-based). */
 float optim_lr(const optim_config *c, long s);
 
 /* Global L2 norm of the gradients (float64 accumulation). */
-double grad_norm(const model *m);
+double grad_norm(const param_set *ps);
 
-/* Clips m->g to cfg.clip_norm, applies AdamW (weight decay on the params
+/* Clips ps->g to cfg.clip_norm, applies AdamW (weight decay on the tensors
  * marked `decay` only), advances the step. Returns the learning rate used. */
-float optim_step(optimizer *o, model *m, double gnorm);
+float optim_step(optimizer *o, param_set *ps, double gnorm);
 
 #endif

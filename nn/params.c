@@ -1,0 +1,111 @@
+/* params.c - the flat parameter table (params.h) and its safetensors I/O. */
+#include "params.h"
+#include "kernels.h"
+#include "../common/error.h"
+#include "../common/safetensors.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shape, int decay) {
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? 2 * ps->cap : 64;
+        ps->info = realloc(ps->info, sizeof(param_info) * ps->cap);
+        if (!ps->info) die("out of memory");
+    }
+    param_info *p = &ps->info[ps->n++];
+    memset(p, 0, sizeof *p);
+    if (snprintf(p->name, sizeof p->name, "%s", name) >= (int)sizeof p->name) die("parameter name too long: %s", name);
+    p->ndim = ndim;
+    p->numel = 1;
+    for (int k = 0; k < ndim; k++) {
+        p->shape[k] = shape[k];
+        p->numel *= (size_t)shape[k];
+    }
+    p->offset = ps->numel;
+    p->decay = decay;
+    ps->numel += p->numel;
+    return p->offset;
+}
+
+void params_alloc(param_set *ps) {
+    ps->w = nn_alloc(ps->numel);
+    ps->g = nn_alloc(ps->numel);
+}
+
+void params_free(param_set *ps) {
+    nn_free(ps->w);
+    nn_free(ps->g);
+    free(ps->info);
+    memset(ps, 0, sizeof *ps);
+}
+
+const param_info *params_find(const param_set *ps, const char *name) {
+    for (int i = 0; i < ps->n; i++)
+        if (strcmp(ps->info[i].name, name) == 0) return &ps->info[i];
+    return NULL;
+}
+
+int params_save(const param_set *ps, const float *flat, const char *path, char *err) {
+    st_entry *e = xcalloc(ps->n, sizeof(st_entry));
+    for (int i = 0; i < ps->n; i++) {
+        const param_info *p = &ps->info[i];
+        e[i].name = p->name;
+        e[i].dtype = ST_F32;
+        e[i].ndim = p->ndim;
+        memcpy(e[i].shape, p->shape, sizeof(int64_t) * p->ndim);
+        e[i].data = flat + p->offset;
+    }
+    int rc = st_write(path, e, ps->n, err);
+    free(e);
+    return rc;
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+int params_load_dir(param_set *ps, const char *dir, char *err) {
+    char path[4096];
+    DIR *dh = opendir(dir);
+    if (!dh) return set_error(err, "%s: cannot open folder: %s", dir, strerror(errno));
+    int nf = 0, cap = 4, rc = -1;
+    st_file *files = xcalloc(cap, sizeof(st_file));
+    struct dirent *de;
+    while ((de = readdir(dh))) {
+        if (!ends_with(de->d_name, ".safetensors")) continue;
+        if (nf == cap) files = realloc(files, sizeof(st_file) * (cap *= 2));
+        if (!files) die("out of memory");
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        if (st_open(path, &files[nf], err)) goto out;
+        nf++;
+    }
+    if (nf == 0) { set_error(err, "%s: no *.safetensors weights", dir); goto out; }
+    for (int i = 0; i < ps->n; i++) {
+        const param_info *p = &ps->info[i];
+        int k = 0;
+        while (k < nf && !st_find(&files[k], p->name)) k++;
+        if (k == nf) {
+            set_error(err, "%s: tensor '%s': missing from every *.safetensors file", dir, p->name);
+            goto out;
+        }
+        if (st_read_f32(&files[k], p->name, p->ndim, p->shape, ps->w + p->offset, err)) goto out;
+    }
+    rc = 0;
+out:
+    for (int k = 0; k < nf; k++) st_close(&files[k]);
+    free(files);
+    closedir(dh);
+    return rc;
+}
+
+int make_dir(const char *dir, char *err) {
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return set_error(err, "%s: cannot create folder: %s", dir, strerror(errno));
+    return 0;
+}

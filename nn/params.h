@@ -1,0 +1,45 @@
+/* params.h - a model's parameters as one flat array: a table of named
+ * tensors (name, shape, offset), the weights, and gradients of the same
+ * layout. Models (trainer/model.c, vae_service/vae.c) declare their tensors
+ * here; the optimizer, gradient all-reduce and checkpoint I/O then work on
+ * whole buffers without knowing the model. */
+#ifndef NN_PARAMS_H
+#define NN_PARAMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PARAM_MAX_DIMS 4
+
+typedef struct {
+    char name[112];
+    int ndim;
+    int64_t shape[PARAM_MAX_DIMS];
+    size_t offset, numel;
+    int decay;                  /* 1: AdamW weight decay applies */
+} param_info;
+
+typedef struct {
+    int n, cap;
+    param_info *info;
+    size_t numel;               /* total floats */
+    float *w, *g;               /* weights, gradients (flat), after params_alloc */
+} param_set;
+
+/* Appends a tensor; returns its offset in the flat arrays. */
+size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shape, int decay);
+/* Allocates zeroed weights and gradients once every tensor is added. */
+void params_alloc(param_set *ps);
+void params_free(param_set *ps);
+const param_info *params_find(const param_set *ps, const char *name);
+
+/* Reads every tensor, by name, from the *.safetensors files in dir (F32 or
+ * BF16, shapes checked). Errors name the file or folder and the tensor. */
+int params_load_dir(param_set *ps, const char *dir, char *err);
+/* Writes a parameter-shaped flat array (weights or gradients) as F32. */
+int params_save(const param_set *ps, const float *flat, const char *path, char *err);
+
+/* Creates dir if missing (one level). */
+int make_dir(const char *dir, char *err);
+
+#endif
