@@ -3,7 +3,7 @@
  * Messages go into err, which must hold ERR_LEN (512) bytes like the
  * safetensors functions' buffers. */
 #include "config.h"
-#include "atomic_file.h"
+#include "json_file.h"
 #include "error.h"
 
 #include <cjson/cJSON.h>
@@ -17,9 +17,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* A config is a few hundred bytes; a huge file is some other file passed by
- * mistake, which should not be read into memory whole. */
-#define MAX_CONFIG_BYTES (1 << 20)
 
 typedef struct {
     const char *name;
@@ -55,57 +52,11 @@ static const field fields[] = {
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
 
-/* Reads a whole (small) file, NUL-terminated. */
-static char *read_text(const char *path, char *err)
-{
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        set_error(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        set_error(err, "%s: not a readable regular file", path);
-        fclose(fp);
-        return NULL;
-    }
-    if (sb.st_size > MAX_CONFIG_BYTES) {
-        set_error(err, "%s: %lld bytes, too large to be a config", path, (long long)sb.st_size);
-        fclose(fp);
-        return NULL;
-    }
-    size_t size = (size_t)sb.st_size;
-    char *text = xmalloc(size + 1);
-    size_t got = fread(text, 1, size, fp);
-    fclose(fp);
-    if (got != size) {
-        set_error(err, "%s: cannot read", path);
-        free(text);
-        return NULL;
-    }
-    text[size] = '\0';
-    return text;
-}
-
 int config_load(const char *path, model_config *c, char *err)
 {
-    char *text = read_text(path, err);
-    if (!text)
+    cJSON *root = json_read_object(path, err);
+    if (!root)
         return -1;
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithOpts(text, &end, 1);
-    if (!root) {
-        int line = 1;
-        for (const char *p = text; end && p < end; p++)
-            line += *p == '\n';
-        free(text);
-        return set_error(err, "%s: not valid JSON (line %d)", path, line);
-    }
-    free(text);
-    if (!cJSON_IsObject(root)) {
-        cJSON_Delete(root);
-        return set_error(err, "%s: not a JSON object", path);
-    }
 
     *c = (model_config){
         .rms_norm_eps = 1e-5f, .rope_theta = 10000.0f, .timestep_dim = 256,
@@ -257,17 +208,7 @@ int config_save(const char *path, const model_config *c, char *err)
         if (v && !ok)
             cJSON_Delete(v);
     }
-    char *text = ok ? cJSON_Print(root) : NULL;
-    cJSON_Delete(root);
-    if (!text)
+    if (!ok)
         die("out of memory writing %s", path);
-
-    size_t len = strlen(text);
-    char *line = xmalloc(len + 2);
-    memcpy(line, text, len);
-    memcpy(line + len, "\n", 2);
-    cJSON_free(text);
-    int rc = atomic_write(path, &(file_piece){line, len + 1}, 1, err);
-    free(line);
-    return rc;
+    return json_write(path, root, err);
 }

@@ -84,11 +84,50 @@ void nn_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n
 /* dst[idx[i]] = src[i]. */
 void nn_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int d);
 
+/* ---- images: convolution, group norm, upsampling (the VAE) ----
+ * Feature maps are channel-major over the whole batch, [C, n, H, W] ("CNHW"),
+ * so that a convolution is one GEMM over every image of the batch. */
+typedef struct {
+    int c_in, c_out, n, h, w;   /* input: [c_in, n, h, w] */
+    int k, stride;              /* square kernel */
+    int pad_t, pad_l, pad_b, pad_r;
+} conv_shape;
+
+static inline int conv_out_h(const conv_shape *s) { return (s->h + s->pad_t + s->pad_b - s->k) / s->stride + 1; }
+static inline int conv_out_w(const conv_shape *s) { return (s->w + s->pad_l + s->pad_r - s->k) / s->stride + 1; }
+
+/* y[c_out, n, ho, wo] = conv(x, w[c_out, c_in, k, k]) + b (b may be NULL). */
+void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s);
+/* dx = (overwritten, may be NULL), dw += , db += (may be NULL). */
+void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                        const float *w, const conv_shape *s);
+
+/* GroupNorm over [C, n, hw]: per image and group of C/groups channels;
+ * mean and rstd [n, groups] are kept for backward. */
+void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
+                           const float *b, int C, int n, int hw, int groups, float eps);
+/* dx (overwritten), dw += , db += . */
+void nn_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *w,
+                            int C, int n, int hw, int groups);
+
+/* Nearest-neighbour 2x upsampling of `planes` planes of h x w; backward sums
+ * each 2x2 block of dy into dx (overwritten). */
+void nn_upsample2x_forward(float *y, const float *x, int planes, int h, int w);
+void nn_upsample2x_backward(float *dx, const float *dy, int planes, int h, int w);
+
+/* dst[cols, rows] = src[rows, cols]^T */
+void nn_transpose(float *dst, const float *src, int rows, int cols);
+
 /* ---- losses ----
  * Cross-entropy of logits[n, V] against targets[n], fused with its gradient:
  * returns the summed loss (float64) and, when grad_scale != 0, overwrites
  * logits with grad_scale * (softmax - onehot). */
 double nn_cross_entropy(float *logits, const int32_t *targets, int n, int V, float grad_scale);
+/* Sum of |pred - target| over n elements (float64, any thread count gives
+ * the same); when grad_scale != 0, writes dpred = grad_scale * sign(pred -
+ * target) (dpred may be pred). */
+double nn_abs_error(float *dpred, const float *pred, const float *target, size_t n, float grad_scale);
 /* Sum of (pred - target)^2 over n elements; when grad_scale != 0, writes
  * dpred = grad_scale * 2 * (pred - target) (dpred may be pred). */
 double nn_squared_error(float *dpred, const float *pred, const float *target,

@@ -96,3 +96,13 @@ void nn_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n
         }
     }
 }
+
+void nn_transpose(float *dst, const float *src, int rows, int cols) {
+    /* Blocks of 32 x 32 keep both sides in cache. */
+    #pragma omp parallel for schedule(static) collapse(2)
+    for (int r0 = 0; r0 < rows; r0 += 32)
+        for (int c0 = 0; c0 < cols; c0 += 32)
+            for (int r = r0; r < r0 + 32 && r < rows; r++)
+                for (int c = c0; c < c0 + 32 && c < cols; c++)
+                    dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}

@@ -1,0 +1,81 @@
+/* group_norm.c - CPU GroupNorm on channel-major [C, n, hw] maps: statistics
+ * per image over each group of C/groups channels (diffusers' VAE uses it
+ * with eps 1e-6 everywhere). */
+#include "../kernels.h"
+
+#include <math.h>
+
+void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
+                           const float *b, int C, int n, int hw, int groups, float eps) {
+    int cpg = C / groups;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < n * groups; t++) {
+        int i = t / groups, g = t % groups;
+        double sum = 0.0, sq = 0.0;
+        for (int c = g * cpg; c < (g + 1) * cpg; c++) {
+            const float *p = x + ((size_t)c * n + i) * hw;
+            for (int j = 0; j < hw; j++) sum += p[j];
+        }
+        double mu = sum / ((double)cpg * hw);
+        for (int c = g * cpg; c < (g + 1) * cpg; c++) {
+            const float *p = x + ((size_t)c * n + i) * hw;
+            for (int j = 0; j < hw; j++) sq += (p[j] - mu) * (p[j] - mu);
+        }
+        float r = (float)(1.0 / sqrt(sq / ((double)cpg * hw) + eps));
+        mean[t] = (float)mu;
+        rstd[t] = r;
+        for (int c = g * cpg; c < (g + 1) * cpg; c++) {
+            const float *p = x + ((size_t)c * n + i) * hw;
+            float *q = y + ((size_t)c * n + i) * hw;
+            float scale = r * w[c], shift = b[c] - (float)mu * r * w[c];
+            #pragma omp simd
+            for (int j = 0; j < hw; j++) q[j] = p[j] * scale + shift;
+        }
+    }
+}
+
+/* With xhat = (x - mean) * rstd and g = dy * w:
+ *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   over the group
+ *   dw += sum(dy * xhat), db += sum(dy)                  per channel */
+void nn_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *w,
+                            int C, int n, int hw, int groups) {
+    int cpg = C / groups;
+    double count = (double)cpg * hw;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < n * groups; t++) {
+        int i = t / groups, g = t % groups;
+        float mu = mean[t], r = rstd[t];
+        double sg = 0.0, sgx = 0.0;
+        for (int c = g * cpg; c < (g + 1) * cpg; c++) {
+            const float *p = x + ((size_t)c * n + i) * hw, *d = dy + ((size_t)c * n + i) * hw;
+            for (int j = 0; j < hw; j++) {
+                double gj = (double)d[j] * w[c];
+                sg += gj;
+                sgx += gj * (p[j] - mu) * r;
+            }
+        }
+        float mg = (float)(sg / count), mgx = (float)(sgx / count);
+        for (int c = g * cpg; c < (g + 1) * cpg; c++) {
+            const float *p = x + ((size_t)c * n + i) * hw, *d = dy + ((size_t)c * n + i) * hw;
+            float *q = dx + ((size_t)c * n + i) * hw;
+            #pragma omp simd
+            for (int j = 0; j < hw; j++) q[j] = r * (d[j] * w[c] - mg - (p[j] - mu) * r * mgx);
+        }
+    }
+    /* Channels in parallel, images and pixels in order: deterministic. */
+    #pragma omp parallel for schedule(static)
+    for (int c = 0; c < C; c++) {
+        double sw = 0.0, sb = 0.0;
+        for (int i = 0; i < n; i++) {
+            int t = i * groups + c / cpg;
+            const float *p = x + ((size_t)c * n + i) * hw, *d = dy + ((size_t)c * n + i) * hw;
+            for (int j = 0; j < hw; j++) {
+                sw += (double)d[j] * (p[j] - mean[t]) * rstd[t];
+                sb += d[j];
+            }
+        }
+        dw[c] += (float)sw;
+        db[c] += (float)sb;
+    }
+}
