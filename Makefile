@@ -1,6 +1,6 @@
 # Transfusion training system - top-level build.
 #
-#   make                 build bin/trainer (CPU)
+#   make                 build bin/trainer and bin/vae_service (CPU)
 #   make test            build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz            build and run the safetensors header fuzzer briefly
@@ -11,7 +11,7 @@ endif
 ARCH    ?= -march=native
 CFLAGS  ?= -O3 $(ARCH)
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP
-LDLIBS  := -ldnnl -lcjson -lm
+LDLIBS  := -ldnnl -lcjson -lwebp -lstb -lm
 FUZZ_SECONDS ?= 60
 
 ifeq ($(SANITIZE),1)
@@ -24,27 +24,31 @@ else
   BIN     := bin
 endif
 
-COMMON_SRC := $(wildcard common/*.c)
-NN_SRC     := $(wildcard nn/*.c nn/cpu/*.c)
-TRAINER_SRC := $(filter-out trainer/main.c,$(wildcard trainer/*.c))
-LIB_OBJ    := $(patsubst %.c,$(BUILD)/%.o,$(COMMON_SRC) $(NN_SRC) $(TRAINER_SRC))
-TESTS      := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c))
+TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)))
+VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
+TESTS       := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
 
-all: $(BIN)/trainer
+all: $(BIN)/trainer $(BIN)/vae_service
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BIN)/trainer: $(BUILD)/trainer/main.o $(LIB_OBJ)
+$(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BIN)/tests/%: $(BUILD)/tests/%.o $(LIB_OBJ)
+$(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-test: $(BIN)/trainer $(TESTS)
+$(BIN)/tests/%: $(BUILD)/tests/%.o $(TRAINER_OBJ) $(VAE_OBJ) $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+test: $(BIN)/trainer $(BIN)/vae_service $(TESTS)
 	BIN=$(BIN) tests/run.sh
 
 fuzz: build/fuzz_safetensors

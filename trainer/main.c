@@ -11,6 +11,7 @@
 #include "batch.h"
 #include "model.h"
 #include "../nn/optim.h"
+#include "../common/cli.h"
 #include "../common/error.h"
 #include "../common/safetensors.h"
 #include "../nn/kernels.h"
@@ -20,54 +21,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
-
-/* ------------------------------------------------------------ arguments */
-
-typedef struct { int argc; char **argv; const char *cmd; } args;
-
-/* Value of --name, or def when absent. Every flag takes one value. */
-static const char *arg_str(const args *a, const char *name, const char *def) {
-    for (int i = 0; i + 1 < a->argc; i += 2)
-        if (strcmp(a->argv[i] + 2, name) == 0) return a->argv[i + 1];
-    return def;
-}
-
-static const char *arg_required(const args *a, const char *name) {
-    const char *v = arg_str(a, name, NULL);
-    if (!v) die_input("trainer %s: missing --%s", a->cmd, name);
-    return v;
-}
-
-static long arg_int(const args *a, const char *name, long def, long min) {
-    const char *v = arg_str(a, name, NULL);
-    if (!v) return def;
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (*v == '\0' || *end != '\0' || x < min) die_input("trainer %s: --%s %s: expected an integer >= %ld", a->cmd, name, v, min);
-    return x;
-}
-
-static double arg_float(const args *a, const char *name, double def) {
-    const char *v = arg_str(a, name, NULL);
-    if (!v) return def;
-    char *end;
-    double x = strtod(v, &end);
-    if (*v == '\0' || *end != '\0' || !(x > 0)) die_input("trainer %s: --%s %s: expected a positive number", a->cmd, name, v);
-    return x;
-}
-
-/* Checks that every argument is a known --flag with a value. */
-static args parse_args(int argc, char **argv, const char *cmd, const char *const *known) {
-    args a = {argc, argv, cmd};
-    for (int i = 0; i < argc; i += 2) {
-        int ok = strncmp(argv[i], "--", 2) == 0 && i + 1 < argc;
-        for (int k = 0; ok && known[k]; k++)
-            if (strcmp(argv[i] + 2, known[k]) == 0) goto next;
-        die_input("trainer %s: unknown or incomplete argument '%s'", cmd, argv[i]);
-    next:;
-    }
-    return a;
-}
 
 static model_config load_config(const char *path) {
     model_config c;
@@ -228,14 +181,12 @@ static int cmd_train(const args *a) {
     return 0;
 }
 
-static void usage(void) {
-    fprintf(stderr,
-            "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
-            "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
-            "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
-            "       trainer train --config MODEL.json [--steps N] [--batch-rows B] [--seq-len L] [--lr LR]\n"
-            "                     [--warmup W] [--seed S] [--log-every K] [--threads T] [--out DIR]\n");
-}
+static const char usage[] =
+    "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
+    "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
+    "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
+    "       trainer train --config MODEL.json [--steps N] [--batch-rows B] [--seq-len L] [--lr LR]\n"
+    "                     [--warmup W] [--seed S] [--log-every K] [--threads T] [--out DIR]\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
@@ -243,16 +194,9 @@ int main(int argc, char **argv) {
     static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
     static const char *const train_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed",
                                               "lr", "warmup", "log-every", "out", NULL};
-    static const struct { const char *name; int (*run)(const args *); const char *const *flags; } cmds[] = {
+    static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
         {"bench", cmd_bench, bench_flags}, {"train", cmd_train, train_flags},
     };
-    if (argc < 2) { usage(); return EXIT_BAD_INPUT; }
-    for (size_t k = 0; k < sizeof cmds / sizeof *cmds; k++) {
-        if (strcmp(argv[1], cmds[k].name) != 0) continue;
-        args a = parse_args(argc - 2, argv + 2, cmds[k].name, cmds[k].flags);
-        return cmds[k].run(&a);
-    }
-    usage();
-    return EXIT_BAD_INPUT;
+    return cli_main("trainer", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
 }

@@ -1,0 +1,114 @@
+/* main.c - the VAE service's command line.
+ *
+ *   vae_service init    --config VAE.json --out VAE_DIR [--seed S]
+ *   vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors
+ *   vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W
+ *
+ * Bad input exits with status 2 and one line naming the file and field. */
+#include "vae.h"
+#include "../common/cli.h"
+#include "../common/safetensors.h"
+#include "../nn/kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static vae_model *load_vae(const args *a) {
+    char err[ERR_LEN];
+    vae_model *v = vae_load(arg_required(a, "vae"), err);
+    if (!v) die_input("%s", err);
+    return v;
+}
+
+/* An images file: `images` F32 [n, in_channels, H, W], H and W multiples of
+ * the VAE's downscale; optionally `eps` F32 [n, C, H/f, W/f]. */
+typedef struct { int n, H, W; float *images, *eps; } image_batch;
+
+static image_batch load_images(const char *path, const vae_config *c, int want_eps) {
+    char err[ERR_LEN];
+    st_file f;
+    if (st_open(path, &f, err)) die_input("%s", err);
+    const st_tensor *t = st_find(&f, "images");
+    if (!t || t->ndim != 4 || t->shape[1] != c->in_channels)
+        die_input("%s: tensor 'images': %s", path, t ? "expected [n, in_channels, H, W]" : "missing");
+    int f8 = vae_downscale(c);
+    image_batch b = {(int)t->shape[0], (int)t->shape[2], (int)t->shape[3], NULL, NULL};
+    if (b.H % f8 || b.W % f8 || b.n < 1)
+        die_input("%s: tensor 'images': H and W must be multiples of %d", path, f8);
+    b.images = xmalloc(sizeof(float) * b.n * c->in_channels * b.H * b.W);
+    if (st_read_f32(&f, "images", 4, t->shape, b.images, err)) die_input("%s", err);
+    if (want_eps) {
+        int64_t shape[4] = {b.n, c->latent_channels, b.H / f8, b.W / f8};
+        b.eps = xmalloc(sizeof(float) * shape[0] * shape[1] * shape[2] * shape[3]);
+        if (st_read_f32(&f, "eps", 4, shape, b.eps, err)) die_input("%s", err);
+    }
+    st_close(&f);
+    return b;
+}
+
+static int cmd_init(const args *a) {
+    char err[ERR_LEN];
+    vae_config c;
+    if (vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
+    vae_model *v = vae_create(&c);
+    vae_init_weights(v, (unsigned long long)arg_int(a, "seed", 0, 0));
+    if (vae_save(v, arg_required(a, "out"), err)) die("%s", err);
+    printf("wrote %s: %zu parameters\n", arg_required(a, "out"), vae_params(v)->numel);
+    vae_free(v);
+    return 0;
+}
+
+static int cmd_forward(const args *a) {
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    vae_model *v = load_vae(a);
+    const vae_config *c = vae_cfg(v);
+    image_batch b = load_images(arg_required(a, "images"), c, 0);
+    int f = vae_downscale(c), h = b.H / f, w = b.W / f, C = c->latent_channels;
+    size_t lat = (size_t)b.n * C * h * w;
+    float *mean = xmalloc(sizeof(float) * lat), *logvar = xmalloc(sizeof(float) * lat);
+    float *recon = xmalloc(sizeof(float) * b.n * c->out_channels * b.H * b.W);
+    vae_encode(v, b.images, b.n, b.H, b.W, mean, logvar);
+    vae_decode(v, mean, b.n, h, w, recon);
+    st_entry e[3] = {{"mean", ST_F32, 4, {b.n, C, h, w}, mean},
+                     {"logvar", ST_F32, 4, {b.n, C, h, w}, logvar},
+                     {"recon", ST_F32, 4, {b.n, c->out_channels, b.H, b.W}, recon}};
+    char err[ERR_LEN];
+    if (st_write(arg_required(a, "out"), e, 3, err)) die("%s", err);
+    free(mean); free(logvar); free(recon); free(b.images);
+    vae_free(v);
+    return 0;
+}
+
+static int cmd_grads(const args *a) {
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    vae_model *v = load_vae(a);
+    image_batch b = load_images(arg_required(a, "images"), vae_cfg(v), 1);
+    float kl_weight = (float)arg_float(a, "kl-weight", 1e-6);
+    param_set *ps = vae_params(v);
+    vae_losses l = vae_train_step(v, b.images, b.eps, b.n, b.H, b.W, kl_weight, 1);
+    printf("{\"loss\":%.9g,\"rec_loss\":%.9g,\"kl\":%.9g,\"psnr\":%.4f}\n", l.loss, l.rec_loss, l.kl, l.psnr);
+    char err[ERR_LEN];
+    if (params_save(ps, ps->g, arg_required(a, "out"), err)) die("%s", err);
+    free(b.images); free(b.eps);
+    vae_free(v);
+    return 0;
+}
+
+static const char usage[] =
+    "usage: vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
+    "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
+    "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
+    "                           --kl-weight W [--threads T]\n";
+
+int main(int argc, char **argv) {
+    static const char *const init_flags[] = {"config", "out", "seed", NULL};
+    static const char *const forward_flags[] = {"vae", "images", "out", "threads", NULL};
+    static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "threads", NULL};
+    static const command cmds[] = {
+        {"init", cmd_init, init_flags},
+        {"forward", cmd_forward, forward_flags},
+        {"grads", cmd_grads, grads_flags},
+    };
+    return cli_main("vae_service", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
+}

@@ -1,0 +1,65 @@
+/* vae.h - the VAE of the image side: diffusers' AutoencoderKL architecture
+ * (the Stable Diffusion VAE), configured by the same config.json fields and
+ * stored under the same tensor names, so a pretrained diffusers VAE loads as
+ * it is. Forward (encode, decode) and backward for training, on the backend
+ * interface of nn/kernels.h.
+ *
+ * Images are [n, 3, H, W] in [-1, 1]; latents [n, C, H/f, W/f] with
+ * f = 2^(len(block_out_channels) - 1). Internally maps are [C, n, H, W]. */
+#ifndef VAE_SERVICE_VAE_H
+#define VAE_SERVICE_VAE_H
+
+#include "../common/error.h"
+#include "../nn/params.h"
+
+#define VAE_MAX_BLOCKS 8
+
+typedef struct {
+    int in_channels, out_channels, latent_channels;
+    int n_blocks, block_out_channels[VAE_MAX_BLOCKS];
+    int layers_per_block, norm_num_groups, sample_size;
+    float scaling_factor, shift_factor;   /* shift 0 when the config says null */
+    int use_quant_conv, use_post_quant_conv, mid_block_add_attention;
+} vae_config;
+
+/* Reads and validates a diffusers AutoencoderKL config.json. */
+int vae_config_load(const char *path, vae_config *c, char *err);
+int vae_config_save(const char *path, const vae_config *c, char *err);
+static inline int vae_downscale(const vae_config *c) { return 1 << (c->n_blocks - 1); }
+
+typedef struct vae_model vae_model;
+
+vae_model *vae_create(const vae_config *c);
+void vae_free(vae_model *v);
+const vae_config *vae_cfg(const vae_model *v);
+param_set *vae_params(vae_model *v);
+/* PyTorch's default init for convs and linears (kaiming-uniform, a = sqrt(5),
+ * and uniform biases), GroupNorm weight 1 and bias 0; from one seed. */
+void vae_init_weights(vae_model *v, unsigned long long seed);
+
+/* VAE folder: config.json + diffusion_pytorch_model.safetensors. */
+vae_model *vae_load(const char *dir, char *err);
+int vae_save(vae_model *v, const char *dir, char *err);
+
+/* Encoder: mean and logvar [n, C, h, w] (after quant_conv, logvar clamped
+ * to [-30, 20]). Inference only. */
+void vae_encode(vae_model *v, const float *images, int n, int H, int W, float *mean, float *logvar);
+/* Decoder: images [n, 3, H, W] from latents [n, C, h, w]. Inference only. */
+void vae_decode(vae_model *v, const float *latents, int n, int h, int w, float *images);
+
+typedef struct {
+    double loss, rec_loss, kl;   /* loss = rec_loss + kl_weight * kl */
+    double psnr;                 /* mean over images, of the reconstruction */
+} vae_losses;
+
+/* One training evaluation: z = mean + exp(logvar/2) * eps (eps [n, C, h, w]),
+ * recon = decode(z), rec_loss = mean |recon - x| over all elements,
+ * kl = sum(mean^2 + exp(logvar) - 1 - logvar) / 2 / (n * 3 * H * W).
+ * With want_grads, adds the gradient of loss into the params' g. */
+vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, int n, int H, int W,
+                          float kl_weight, int want_grads);
+
+/* PSNR (dB) of a reconstruction against the original, both in [-1, 1]. */
+double vae_psnr(const float *recon, const float *orig, size_t n);
+
+#endif
