@@ -1,10 +1,13 @@
 /* main.c - the VAE service's command line.
  *
+ *   vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] ... (train.c)
+ *   vae_service eval    --vae VAE_DIR --data SHARDS [--grid FILE.png]     (train.c)
  *   vae_service init    --config VAE.json --out VAE_DIR [--seed S]
  *   vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors
  *   vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W
  *
  * Bad input exits with status 2 and one line naming the file and field. */
+#include "commands.h"
 #include "vae.h"
 #include "../common/cli.h"
 #include "../common/safetensors.h"
@@ -96,7 +99,10 @@ static int cmd_grads(const args *a) {
 }
 
 static const char usage[] =
-    "usage: vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
+    "usage: vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] [--size S] [--steps N]\n"
+    "                           [--batch B] [--lr LR] [--kl-weight W] [--resume] [--seed S] [--threads T]\n"
+    "       vae_service eval    --vae VAE_DIR --data SHARDS [--size S] [--grid FILE.png] [--threads T]\n"
+    "       vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
     "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
     "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
     "                           --kl-weight W [--threads T]\n";
@@ -105,7 +111,13 @@ int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
     static const char *const forward_flags[] = {"vae", "images", "out", "threads", NULL};
     static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "threads", NULL};
+    static const char *const train_flags[] = {"data", "out", "config", "size", "steps", "batch", "lr",
+                                              "kl-weight", "resume!", "seed", "threads", "log-every",
+                                              "save-every", NULL};
+    static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
     static const command cmds[] = {
+        {"train", vae_cmd_train, train_flags},
+        {"eval", vae_cmd_eval, eval_flags},
         {"init", cmd_init, init_flags},
         {"forward", cmd_forward, forward_flags},
         {"grads", cmd_grads, grads_flags},

@@ -59,9 +59,9 @@ void nn_linear_backward(float *dx, float *dW, float *db, const float *dy,
     /* Columns in parallel, rows in order: the sum does not depend on threads. */
     #pragma omp parallel for schedule(static)
     for (int j = 0; j < out; j++) {
-        float s = 0.0f;
+        double s = 0.0;
         for (int i = 0; i < N; i++) s += dy[(size_t)i * out + j];
-        db[j] += s;
+        db[j] += (float)s;
     }
 }
 

@@ -120,9 +120,9 @@ void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     #pragma omp parallel for schedule(static)
     for (int c = 0; c < s->c_out; c++) {
         const float *row = dy + (size_t)c * ldy;
-        float sum = 0.0f;
+        double sum = 0.0;
         for (int j = 0; j < ldy; j++) sum += row[j];
-        db[c] += sum;
+        db[c] += (float)sum;
     }
 }
 

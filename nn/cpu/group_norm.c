@@ -27,9 +27,9 @@ void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, c
         for (int c = g * cpg; c < (g + 1) * cpg; c++) {
             const float *p = x + ((size_t)c * n + i) * hw;
             float *q = y + ((size_t)c * n + i) * hw;
-            float scale = r * w[c], shift = b[c] - (float)mu * r * w[c];
+            float scale = r * w[c], m = (float)mu;
             #pragma omp simd
-            for (int j = 0; j < hw; j++) q[j] = p[j] * scale + shift;
+            for (int j = 0; j < hw; j++) q[j] = (p[j] - m) * scale + b[c];
         }
     }
 }

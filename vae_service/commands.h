@@ -1,0 +1,10 @@
+/* commands.h - the vae_service commands that live outside main.c. */
+#ifndef VAE_SERVICE_COMMANDS_H
+#define VAE_SERVICE_COMMANDS_H
+
+#include "../common/cli.h"
+
+int vae_cmd_train(const args *a);   /* train.c */
+int vae_cmd_eval(const args *a);    /* train.c */
+
+#endif

@@ -1,0 +1,260 @@
+/* train.c - `vae_service train` and `vae_service eval`.
+ *
+ * train: the whole image set is decoded once into memory (8-bit, exact: the
+ * decoder's floats are x / 127.5 - 1 of 8-bit pixels), then AdamW steps on
+ * random batches with L1 reconstruction + kl_weight * KL (vae.h). The VAE
+ * folder is rewritten atomically every --save-every steps and at the end;
+ * VAE_DIR/train_state/state.safetensors holds weights, Adam moments, step
+ * and sampler state in one file, so --resume continues exactly.
+ *
+ * eval: mean PSNR of the reconstructions (decoded from the posterior mean)
+ * over a dataset, and optionally a PNG grid of originals over
+ * reconstructions for a person to look at. */
+#include "commands.h"
+#include "image_source.h"
+#include "vae.h"
+#include "../common/rng.h"
+#include "../common/safetensors.h"
+#include "../nn/kernels.h"
+#include "../nn/optim.h"
+
+#include <math.h>
+#include <stb/stb_image_write.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* ------------------------------------------------------------ image set */
+
+typedef struct {
+    int n, size;
+    uint8_t *pixels;            /* [n, 3, size, size] */
+} image_set;
+
+static uint8_t to_u8(float x) {
+    float v = (x + 1.0f) * 127.5f + 0.5f;
+    return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+static void to_float(float *dst, const uint8_t *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = src[i] / 127.5f - 1.0f;
+}
+
+/* Decodes every good sample of spec; prints progress and the skip summary. */
+static image_set load_image_set(const char *spec, int size) {
+    char err[ERR_LEN], summary[512];
+    image_source *src = image_source_open(spec, size, 0, 1, err);
+    if (!src) die_input("%s", err);
+    image_set s = {0, size, NULL};
+    size_t per = (size_t)3 * size * size, cap = 0;
+    image_sample smp;
+    double t0 = now_s();
+    while (image_source_next(src, &smp) == 1) {
+        if ((size_t)s.n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            s.pixels = realloc(s.pixels, cap * per);
+            if (!s.pixels) die("out of memory loading images");
+        }
+        for (size_t k = 0; k < per; k++) s.pixels[(size_t)s.n * per + k] = to_u8(smp.rgb[k]);
+        if (++s.n % 2000 == 0) fprintf(stderr, "loaded %d images (%.0f/s)\n", s.n, s.n / (now_s() - t0));
+    }
+    image_source_summary(src, summary, sizeof summary);
+    fprintf(stderr, "images: %s\n", summary);
+    image_source_close(src);
+    if (s.n == 0) die_input("%s: no usable images", spec);
+    return s;
+}
+
+/* ---------------------------------------------------------- train state */
+
+#define STATE_DIR "train_state"
+
+static int save_all(vae_model *v, const optimizer *o, const rng *r, const char *dir, char *err) {
+    char path[4096];
+    param_set *ps = vae_params(v);
+    if (make_dir(dir, err)) return -1;
+    snprintf(path, sizeof path, "%s/" STATE_DIR, dir);
+    if (make_dir(path, err)) return -1;
+    int64_t counters[2] = {o->step, (int64_t)r->state};
+    st_entry e[4] = {{"weights", ST_F32, 1, {(int64_t)ps->numel}, ps->w},
+                     {"adam_m", ST_F32, 1, {(int64_t)ps->numel}, o->m},
+                     {"adam_v", ST_F32, 1, {(int64_t)ps->numel}, o->v},
+                     {"step_and_rng", ST_I64, 1, {2}, counters}};
+    snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
+    /* The state file alone is enough to resume; the diffusers folder is
+     * rewritten from it, so a crash in between loses nothing. */
+    if (st_write(path, e, 4, err)) return -1;
+    return vae_save(v, dir, err);
+}
+
+static int load_state(vae_model *v, optimizer *o, rng *r, const char *dir, char *err) {
+    char path[4096];
+    param_set *ps = vae_params(v);
+    snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
+    st_file f;
+    if (st_open(path, &f, err)) return -1;
+    int64_t n[1] = {(int64_t)ps->numel}, counters[2];
+    const st_tensor *t = st_find(&f, "step_and_rng");
+    int rc = -1;
+    if (st_read_f32(&f, "weights", 1, n, ps->w, err) || st_read_f32(&f, "adam_m", 1, n, o->m, err) ||
+        st_read_f32(&f, "adam_v", 1, n, o->v, err))
+        goto out;
+    if (!t || t->dtype != ST_I64 || t->ndim != 1 || t->shape[0] != 2) {
+        set_error(err, "%s: tensor 'step_and_rng': expected I64 [2]", path);
+        goto out;
+    }
+    memcpy(counters, f.buf + f.data_start + t->begin, sizeof counters);
+    o->step = counters[0];
+    r->state = (uint64_t)counters[1];
+    rc = 0;
+out:
+    st_close(&f);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- train */
+
+int vae_cmd_train(const args *a) {
+    const char *out = arg_required(a, "out");
+    int size = (int)arg_int(a, "size", 64, 8), steps = (int)arg_int(a, "steps", 1500, 1);
+    int batch = (int)arg_int(a, "batch", 16, 1), log_every = (int)arg_int(a, "log-every", 25, 1);
+    int save_every = (int)arg_int(a, "save-every", 250, 1);
+    float lr = (float)arg_float(a, "lr", 1e-3), kl_weight = (float)arg_float(a, "kl-weight", 1e-3);
+    int resume = arg_switch(a, "resume");
+    char err[ERR_LEN], path[4096];
+    nn_init((int)arg_int(a, "threads", 0, 1));
+
+    vae_model *v;
+    if (resume) {
+        snprintf(path, sizeof path, "%s/config.json", out);
+        vae_config c;
+        if (vae_config_load(path, &c, err)) die_input("--resume: %s", err);
+        v = vae_create(&c);
+    } else {
+        vae_config c;
+        if (vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
+        v = vae_create(&c);
+        vae_init_weights(v, (unsigned long long)arg_int(a, "seed", 0, 0));
+    }
+    const vae_config *c = vae_cfg(v);
+    int f = vae_downscale(c);
+    if (size % f) die_input("vae_service train: --size %d is not a multiple of the VAE's downscale %d", size, f);
+    optimizer o;
+    optim_create(&o, vae_params(v), optim_defaults(lr, steps / 20 + 1, steps));
+    o.cfg.weight_decay = 0.0f;          /* a small conv VAE: no decay, as diffusers' VAE training */
+    rng r;
+    rng_seed(&r, (unsigned long long)arg_int(a, "seed", 0, 0) + 1);
+    if (resume) {
+        if (load_state(v, &o, &r, out, err)) die_input("--resume: %s", err);
+        fprintf(stderr, "resuming %s at step %ld\n", out, o.step);
+    }
+
+    image_set set = load_image_set(arg_required(a, "data"), size);
+    size_t per = (size_t)3 * size * size, lat = (size_t)c->latent_channels * (size / f) * (size / f);
+    float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
+    fprintf(stderr, "training %zu parameters on %d images of %dx%d, batch %d, %d steps\n",
+            vae_params(v)->numel, set.n, size, size, batch, steps);
+    double t0 = now_s(), acc_loss = 0, acc_psnr = 0;
+    long start = o.step, seen = 0;
+    int acc_n = 0;
+    while (o.step < steps) {
+        for (int i = 0; i < batch; i++) to_float(x + i * per, set.pixels + (rng_u64(&r) % set.n) * per, per);
+        for (size_t k = 0; k < batch * lat; k++) eps[k] = (float)rng_normal(&r);
+        param_set *ps = vae_params(v);
+        nn_zero(ps->g, ps->numel);
+        vae_losses l = vae_train_step(v, x, eps, batch, size, size, kl_weight, 1);
+        optim_step(&o, ps, grad_norm(ps));
+        acc_loss += l.loss; acc_psnr += l.psnr; acc_n++; seen += batch;
+        if (o.step % log_every == 0 || o.step == steps) {
+            double dt = now_s() - t0;
+            printf("step %5ld/%d  loss %.4f  psnr %.2f dB  %.1f images/s  eta %.0f s\n", o.step, steps,
+                   acc_loss / acc_n, acc_psnr / acc_n, seen / dt, (steps - o.step) * (dt / (o.step - start)));
+            fflush(stdout);
+            acc_loss = acc_psnr = 0;
+            acc_n = 0;
+        }
+        if (o.step % save_every == 0 || o.step == steps)
+            if (save_all(v, &o, &r, out, err)) die("%s", err);
+    }
+    printf("saved %s\n", out);
+    free(x); free(eps); free(set.pixels);
+    optim_free(&o);
+    vae_free(v);
+    return 0;
+}
+
+/* ----------------------------------------------------------------- eval */
+
+/* Writes originals (top rows) over reconstructions (bottom rows), up to
+ * `cols` images per row pair. */
+static int write_grid(const char *path, const uint8_t *orig, const uint8_t *recon, int n, int size, char *err) {
+    int cols = n < 8 ? n : 8, pairs = (n + cols - 1) / cols, W = cols * size, H = 2 * pairs * size;
+    uint8_t *img = calloc((size_t)W * H * 3, 1);
+    for (int i = 0; i < n; i++)
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *src = (half ? recon : orig) + (size_t)i * 3 * size * size;
+            int x0 = (i % cols) * size, y0 = ((i / cols) * 2 + half) * size;
+            for (int y = 0; y < size; y++)
+                for (int xx = 0; xx < size; xx++)
+                    for (int ch = 0; ch < 3; ch++)
+                        img[(((size_t)y0 + y) * W + x0 + xx) * 3 + ch] = src[((size_t)ch * size + y) * size + xx];
+        }
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.png", path);
+    int ok = stbi_write_png(tmp, W, H, 3, img, W * 3) && rename(tmp, path) == 0;
+    free(img);
+    return ok ? 0 : set_error(err, "%s: cannot write the image grid", path);
+}
+
+int vae_cmd_eval(const args *a) {
+    char err[ERR_LEN], summary[512];
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    vae_model *v = vae_load(arg_required(a, "vae"), err);
+    if (!v) die_input("%s", err);
+    const vae_config *c = vae_cfg(v);
+    int size = (int)arg_int(a, "size", 64, 8), batch = (int)arg_int(a, "batch", 32, 1), f = vae_downscale(c);
+    if (size % f) die_input("vae_service eval: --size %d is not a multiple of the VAE's downscale %d", size, f);
+    const char *grid = arg_str(a, "grid", NULL);
+    image_source *src = image_source_open(arg_required(a, "data"), size, 0, 1, err);
+    if (!src) die_input("%s", err);
+    size_t per = (size_t)3 * size * size, lat = (size_t)c->latent_channels * (size / f) * (size / f);
+    float *x = xmalloc(sizeof(float) * batch * per), *rec = xmalloc(sizeof(float) * batch * per);
+    float *mean = xmalloc(sizeof(float) * batch * lat), *logvar = xmalloc(sizeof(float) * batch * lat);
+    enum { GRID = 32 };
+    uint8_t *g_orig = xcalloc(GRID * per, 1), *g_rec = xcalloc(GRID * per, 1);
+    double psnr_sum = 0;
+    long count = 0;
+    image_sample smp;
+    for (int done = 0; !done;) {
+        int n = 0;
+        while (n < batch && !(done = image_source_next(src, &smp) != 1)) memcpy(x + n++ * per, smp.rgb, per * sizeof(float));
+        if (n == 0) break;
+        vae_encode(v, x, n, size, size, mean, logvar);
+        vae_decode(v, mean, n, size / f, size / f, rec);
+        for (int i = 0; i < n; i++, count++) {
+            psnr_sum += vae_psnr(rec + i * per, x + i * per, per);
+            if (count < GRID)
+                for (size_t k = 0; k < per; k++) {
+                    g_orig[count * per + k] = to_u8(x[i * per + k]);
+                    g_rec[count * per + k] = to_u8(rec[i * per + k]);
+                }
+        }
+    }
+    image_source_summary(src, summary, sizeof summary);
+    fprintf(stderr, "images: %s\n", summary);
+    image_source_close(src);
+    if (count == 0) die_input("%s: no usable images", arg_required(a, "data"));
+    printf("{\"images\":%ld,\"psnr_db\":%.3f}\n", count, psnr_sum / count);
+    if (grid && write_grid(grid, g_orig, g_rec, count < GRID ? (int)count : GRID, size, err)) die("%s", err);
+    free(x); free(rec); free(mean); free(logvar); free(g_orig); free(g_rec);
+    vae_free(v);
+    return 0;
+}
