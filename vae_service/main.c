@@ -2,6 +2,8 @@
  *
  *   vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] ... (train.c)
  *   vae_service eval    --vae VAE_DIR --data SHARDS [--grid FILE.png]     (train.c)
+ *   vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR        (latents.c)
+ *   vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR       (latents.c)
  *   vae_service init    --config VAE.json --out VAE_DIR [--seed S]
  *   vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors
  *   vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W
@@ -102,6 +104,9 @@ static const char usage[] =
     "usage: vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] [--size S] [--steps N]\n"
     "                           [--batch B] [--lr LR] [--kl-weight W] [--resume] [--seed S] [--threads T]\n"
     "       vae_service eval    --vae VAE_DIR --data SHARDS [--size S] [--grid FILE.png] [--threads T]\n"
+    "       vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR [--size S] [--logvar]\n"
+    "                           [--batch B] [--threads T]\n"
+    "       vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR [--limit N] [--threads T]\n"
     "       vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
     "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
     "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
@@ -115,9 +120,13 @@ int main(int argc, char **argv) {
                                               "kl-weight", "resume!", "seed", "threads", "log-every",
                                               "save-every", NULL};
     static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
+    static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};
+    static const char *const decode_flags[] = {"vae", "latents", "out", "limit", "threads", NULL};
     static const command cmds[] = {
         {"train", vae_cmd_train, train_flags},
         {"eval", vae_cmd_eval, eval_flags},
+        {"encode", vae_cmd_encode, encode_flags},
+        {"decode", vae_cmd_decode, decode_flags},
         {"init", cmd_init, init_flags},
         {"forward", cmd_forward, forward_flags},
         {"grads", cmd_grads, grads_flags},
