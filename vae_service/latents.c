@@ -266,7 +266,7 @@ int vae_cmd_encode(const args *a) {
     cJSON_AddItemToObject(root, "channel_mean", cJSON_CreateDoubleArray(ch_mean, C));
     cJSON_AddItemToObject(root, "channel_std", cJSON_CreateDoubleArray(ch_std, C));
     cJSON_AddItemToObject(root, "vae", id);
-    cJSON_AddStringToObject(root, "images", summary);
+    cJSON_AddStringToObject(root, "last_run", summary);      /* what this run read and skipped */
     snprintf(path, sizeof path, "%s/dataset.json", out);
     if (json_write(path, root, err)) die("%s", err);
     printf("encoded %ld images this run; dataset %ld latents in %d shards (%s)\n", total, count, n_shards, summary);

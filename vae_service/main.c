@@ -118,7 +118,7 @@ int main(int argc, char **argv) {
     static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "threads", NULL};
     static const char *const train_flags[] = {"data", "out", "config", "size", "steps", "batch", "lr",
                                               "kl-weight", "resume!", "seed", "threads", "log-every",
-                                              "save-every", NULL};
+                                              "save-every", "stop-at", NULL};
     static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
     static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};
     static const char *const decode_flags[] = {"vae", "latents", "out", "limit", "threads", NULL};

@@ -127,6 +127,8 @@ int vae_cmd_train(const args *a) {
     int size = (int)arg_int(a, "size", 64, 8), steps = (int)arg_int(a, "steps", 1500, 1);
     int batch = (int)arg_int(a, "batch", 16, 1), log_every = (int)arg_int(a, "log-every", 25, 1);
     int save_every = (int)arg_int(a, "save-every", 250, 1);
+    /* --stop-at: end after that step as if interrupted (time-sliced jobs, resume tests). */
+    long stop_at = arg_int(a, "stop-at", steps, 1);
     float lr = (float)arg_float(a, "lr", 1e-3), kl_weight = (float)arg_float(a, "kl-weight", 1e-3);
     int resume = arg_switch(a, "resume");
     char err[ERR_LEN], path[4096];
@@ -165,7 +167,7 @@ int vae_cmd_train(const args *a) {
     double t0 = now_s(), acc_loss = 0, acc_psnr = 0;
     long start = o.step, seen = 0;
     int acc_n = 0;
-    while (o.step < steps) {
+    while (o.step < steps && o.step < stop_at) {
         for (int i = 0; i < batch; i++) to_float(x + i * per, set.pixels + (rng_u64(&r) % set.n) * per, per);
         for (size_t k = 0; k < batch * lat; k++) eps[k] = (float)rng_normal(&r);
         param_set *ps = vae_params(v);
@@ -181,7 +183,7 @@ int vae_cmd_train(const args *a) {
             acc_loss = acc_psnr = 0;
             acc_n = 0;
         }
-        if (o.step % save_every == 0 || o.step == steps)
+        if (o.step % save_every == 0 || o.step == steps || o.step == stop_at)
             if (save_all(v, &o, &r, out, err)) die("%s", err);
     }
     printf("saved %s\n", out);

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# test_vae_service.sh - vae_service end to end on generated image shards
+# (tests/make_image_shards.py, with one bad sample of each kind): train, exact
+# resume, eval, encode to latent shards (skips counted, resumable, pinned to
+# one VAE), decode, and the exit-2 errors for bad VAE folders and latents.
+set -u
+BIN=${BIN:-bin}
+PY=/usr/bin/python3
+export OMP_WAIT_POLICY=passive
+fails=0
+ok() { echo "ok $*"; }
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+check() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+[ -x "$BIN/vae_service" ] || { echo "FAIL vae_service: $BIN/vae_service not found"; exit 1; }
+VS=$(realpath "$BIN/vae_service")
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+$PY tests/make_image_shards.py --out "$t" --shards 2 --per-shard 24 --size 16 --bad
+data="$t/shard-*.tar"
+train() { "$VS" train --config configs/vae-tiny.json --data "$data" --size 16 --batch 8 --lr 2e-3 --log-every 10 "$@"; }
+
+# Training lowers the loss; the run logs the skipped samples by reason.
+train --out "$t/a" --steps 60 >"$t/a.log" 2>"$t/a.err"
+check "train exits 0" [ $? -eq 0 ]
+first=$(grep -m1 '^step' "$t/a.log" | awk '{print $4}'); last=$(grep '^step' "$t/a.log" | tail -1 | awk '{print $4}')
+check "training lowers the loss ($first -> $last)" $PY -c "import sys; sys.exit(not $last < 0.7 * $first)"
+check "bad samples are skipped and counted by reason" \
+    grep -q '48 good, 6 skipped (corrupt image: 1, not an image: 2, no caption: 1, bad utf-8: 1, duplicate key: 1)' "$t/a.err"
+check "each skip is one line naming shard and key" grep -q 'skip .*shard-00001.tar bad_utf8: bad utf-8' "$t/a.err"
+check "the VAE folder is a diffusers folder" [ -f "$t/a/config.json" -a -f "$t/a/diffusion_pytorch_model.safetensors" ]
+
+# An interrupted run resumed gives bitwise the same weights.
+train --out "$t/b" --steps 60 --stop-at 30 >/dev/null 2>&1
+train --out "$t/b" --steps 60 --resume >"$t/b.log" 2>&1
+check "--resume continues to bitwise the same weights" \
+    cmp -s "$t/a/diffusion_pytorch_model.safetensors" "$t/b/diffusion_pytorch_model.safetensors"
+
+# eval: mean PSNR and an image grid.
+"$VS" eval --vae "$t/a" --data "$data" --size 16 --grid "$t/grid.png" >"$t/eval.json" 2>/dev/null
+check "eval prints the mean PSNR of 48 images" grep -q '"images":48,"psnr_db":' "$t/eval.json"
+check "eval writes the image grid" [ -s "$t/grid.png" ]
+
+# encode: one shard per input, dataset.json with counts, checksums, stats.
+"$VS" encode --vae "$t/a" --data "$data" --out "$t/lat" --size 16 >"$t/enc.log" 2>&1
+check "encode exits 0" [ $? -eq 0 ]
+check "encode writes one latent shard per input" [ -f "$t/lat/shard-00000.safetensors" -a -f "$t/lat/shard-00001.safetensors" ]
+check "dataset.json counts, checksums and normalizes every latent" $PY - "$t/lat" <<'PYEOF'
+import json, sys, zlib, os
+d = sys.argv[1]
+ds = json.load(open(f"{d}/dataset.json"))
+def crc32c(b):
+    crc = 0xFFFFFFFF
+    for x in b:
+        crc ^= x
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFF
+ok = ds["count"] == 48 and ds["C"] == 4 and ds["h"] == 8 and len(ds["channel_std"]) == 4
+for s in ds["shards"]:
+    b = open(f"{d}/{s['file']}", "rb").read()
+    ok &= s["bytes"] == len(b) and s["crc32c"] == f"{crc32c(b):08x}"
+ok &= all(v > 0 for v in ds["channel_std"]) and "weights_crc32c" in ds["vae"]
+sys.exit(0 if ok else 1)
+PYEOF
+"$VS" encode --vae "$t/a" --data "$data" --out "$t/lat" --size 16 >"$t/enc2.log" 2>&1
+check "a rerun of encode skips the complete shards" grep -q '2 shards were already encoded' "$t/enc2.log"
+"$VS" encode --vae "$t/b/../a" --data "$data" --out "$t/lat" --size 16 >/dev/null 2>&1
+check "the same VAE by another path is accepted" [ $? -eq 0 ]
+"$VS" init --config configs/vae-tiny.json --out "$t/other" --seed 9 >/dev/null
+"$VS" encode --vae "$t/other" --data "$data" --out "$t/lat" --size 16 >/dev/null 2>"$t/err"
+rc=$?
+check "encoding into latents of another VAE exits 2 ($rc)" [ $rc -eq 2 ]
+check "... with one line naming encode.json" grep -q 'encode.json: latents of another VAE' "$t/err"
+
+# decode: WebP images named by key.
+"$VS" decode --vae "$t/a" --latents "$t/lat" --out "$t/dec" --limit 5 >/dev/null 2>&1
+check "decode writes 5 WebP images named by key" [ "$(ls "$t/dec" | grep -c '^s00_.*\.webp$')" -eq 5 ]
+
+# Bad input: exit 2 with one line naming the file.
+expect_2() {  # NAME PATTERN CMD...
+    local name=$1 pattern=$2; shift 2
+    "$@" >/dev/null 2>"$t/err"; local rc=$?
+    if [ $rc -eq 2 ] && [ "$(wc -l <"$t/err")" -eq 1 ] && grep -q -- "$pattern" "$t/err"; then ok "$name"
+    else fail "$name (exit $rc: $(head -c 300 "$t/err"))"; fi
+}
+mkdir -p "$t/novae" && cp "$t/a/config.json" "$t/novae/"
+expect_2 "a VAE folder without weights exits 2" "no \*.safetensors" "$VS" eval --vae "$t/novae" --data "$data" --size 16
+$PY - "$t/a" "$t/shape" <<'PYEOF'
+import sys, os, shutil, json, struct
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+shutil.copy(f"{src}/config.json", dst)
+b = open(f"{src}/diffusion_pytorch_model.safetensors", "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+h["encoder.conv_in.bias"]["shape"] = [4, 2]          # 8 floats, wrong shape
+raw = json.dumps(h).encode()
+raw += b" " * (-len(raw) % 8)
+open(f"{dst}/diffusion_pytorch_model.safetensors", "wb").write(struct.pack("<Q", len(raw)) + raw + b[8 + n:])
+PYEOF
+expect_2 "a tensor of the wrong shape exits 2 naming it" "encoder.conv_in.bias" "$VS" eval --vae "$t/shape" --data "$data" --size 16
+cat > "$t/vae8.json" <<'JSON'
+{"block_out_channels": [8, 16], "layers_per_block": 1, "latent_channels": 8, "norm_num_groups": 4}
+JSON
+"$VS" init --config "$t/vae8.json" --out "$t/vae8" >/dev/null
+expect_2 "latents of another VAE exit 2 in decode" "latents of another VAE" \
+    "$VS" decode --vae "$t/vae8" --latents "$t/lat/shard-00000.safetensors" --out "$t/dec8"
+echo '{"block_out_channels": [8]}' >"$t/nolatent.json"
+expect_2 "a config without latent_channels exits 2" "field 'latent_channels': missing" \
+    "$VS" init --config "$t/nolatent.json" --out "$t/x"
+[ "$fails" -eq 0 ]
