@@ -11,7 +11,10 @@ endif
 ARCH    ?= -march=native
 CFLAGS  ?= -O3 $(ARCH)
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP
-LDLIBS  := -ldnnl -lcjson -lwebp -lstb -lm
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
+CFLAGS  += $(MPI_CFLAGS)
+LDLIBS  := -ldnnl -lcjson -lwebp -lstb -lzmq $(MPI_LIBS) -lm
 FUZZ_SECONDS ?= 60
 
 ifeq ($(SANITIZE),1)

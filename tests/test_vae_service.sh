@@ -76,6 +76,24 @@ check "... with one line naming encode.json" grep -q 'encode.json: latents of an
 "$VS" decode --vae "$t/a" --latents "$t/lat" --out "$t/dec" --limit 5 >/dev/null 2>&1
 check "decode writes 5 WebP images named by key" [ "$(ls "$t/dec" | grep -c '^s00_.*\.webp$')" -eq 5 ]
 
+# Under mpirun: encode splits the shards across ranks with the same result,
+# and data-parallel training runs with rank 0 writing.
+MPIRUN="mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY -np 2"
+OMP_NUM_THREADS=1 "$VS" encode --vae "$t/a" --data "$data" --out "$t/lat1" --size 16 >/dev/null 2>&1
+$MPIRUN "$VS" encode --vae "$t/a" --data "$data" --out "$t/lat2" --size 16 >"$t/mpi.log" 2>&1
+check "mpirun -np 2 encode exits 0" [ $? -eq 0 ]
+same_shards() { cmp -s "$t/lat1/shard-00000.safetensors" "$t/lat2/shard-00000.safetensors" &&
+                cmp -s "$t/lat1/shard-00001.safetensors" "$t/lat2/shard-00001.safetensors"; }
+check "2 ranks encode every sample once, as 1 process does" same_shards
+check "... and dataset.json counts all 48" grep -q '"count":.*48' "$t/lat2/dataset.json"
+$MPIRUN "$VS" train --config configs/vae-tiny.json --data "$data" --size 16 --batch 4 --steps 6 --log-every 3 \
+    --out "$t/m" >"$t/mpi_train.log" 2>&1
+check "mpirun -np 2 train writes a VAE" [ -f "$t/m/diffusion_pytorch_model.safetensors" ]
+check "... logging from rank 0 only" [ "$(grep -c '^step' "$t/mpi_train.log")" -eq 2 ]
+check "... with batch 4 x 2 ranks" grep -q 'batch 4 x 2 ranks' "$t/mpi_train.log"
+"$VS" train --out "$t/m" --data "$data" --size 16 --steps 9 --resume >/dev/null 2>"$t/err"
+check "resuming a 2-rank run with 1 process exits 2" [ $? -eq 2 ]
+
 # Bad input: exit 2 with one line naming the file.
 expect_2() {  # NAME PATTERN CMD...
     local name=$1 pattern=$2; shift 2

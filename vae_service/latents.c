@@ -13,7 +13,9 @@
  * run cannot mix latents of two VAEs; LATENT_DIR/dataset.json (written last)
  * lists the shards with sizes and CRC-32C, C/h/w, the VAE's config and weight
  * checksum, and the per-channel mean and std of the latents that the trainer
- * normalizes with: x0 = (z - mean) / std. */
+ * normalizes with: x0 = (z - mean) / std.
+ * Under mpirun the input shards are split across ranks (input i goes to rank
+ * i mod N): no sample is encoded twice or lost; rank 0 writes the JSON files. */
 #include "commands.h"
 #include "image_source.h"
 #include "vae.h"
@@ -21,6 +23,7 @@
 #include "../common/crc32c.h"
 #include "../common/json_file.h"
 #include "../common/safetensors.h"
+#include "../nn/dist.h"
 #include "../nn/kernels.h"
 
 #include <libgen.h>
@@ -51,6 +54,35 @@ static void shard_name(char *out, size_t len, const char *input) {
     char *base = basename(tmp), *dot = strrchr(base, '.');
     if (dot && dot != base) *dot = '\0';
     snprintf(out, len, "%s", base);
+}
+
+/* LATENT_DIR file names of the inputs' shards, in input order. */
+static char **shard_file_names(const image_source *src, int n) {
+    char **names = xcalloc(n, sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        char name[1024];
+        shard_name(name, sizeof name, image_source_input_path(src, i));
+        names[i] = xmalloc(strlen(name) + 16);
+        sprintf(names[i], "%s.safetensors", name);
+    }
+    return names;
+}
+
+/* "N good, M skipped (reason: k, ...)" summed over every rank. */
+static void run_summary(const image_source *src, char *buf, size_t len) {
+    int64_t counts[1 + SKIP_REASONS], skipped = 0;
+    counts[0] = image_source_good(src);
+    for (int r = 0; r < SKIP_REASONS; r++) counts[1 + r] = image_source_skipped(src, (skip_reason)r);
+    dist_allreduce_sum_i64(counts, 1 + SKIP_REASONS);
+    for (int r = 0; r < SKIP_REASONS; r++) skipped += counts[1 + r];
+    size_t at = (size_t)snprintf(buf, len, "%lld good, %lld skipped", (long long)counts[0], (long long)skipped);
+    for (int r = 0, first = 1; r < SKIP_REASONS && at < len; r++) {
+        if (!counts[1 + r]) continue;
+        at += (size_t)snprintf(buf + at, len - at, "%s%s: %lld", first ? " (" : ", ", skip_reason_name((skip_reason)r),
+                               (long long)counts[1 + r]);
+        first = 0;
+    }
+    if (skipped && at < len) snprintf(buf + at, len - at, ")");
 }
 
 /* What identifies a VAE in encode.json and dataset.json: its config and a
@@ -205,15 +237,17 @@ int vae_cmd_encode(const args *a) {
     int size = (int)arg_int(a, "size", 64, 8), batch = (int)arg_int(a, "batch", 32, 1);
     int keep_logvar = arg_switch(a, "logvar"), f = vae_downscale(c);
     if (size % f) die_input("vae_service encode: --size %d is not a multiple of the VAE's downscale %d", size, f);
-    image_source *src = image_source_open(arg_required(a, "data"), size, 0, 1, err);
+    int rank = dist_rank();
+    image_source *src = image_source_open(arg_required(a, "data"), size, rank, dist_size(), err);
     if (!src) die_input("%s", err);
-    if (make_dir(out, err)) die("%s", err);
+    if (rank == 0 && make_dir(out, err)) die("%s", err);
 
     /* encode.json pins the VAE: resuming with another one would mix latents. */
     cJSON *id = vae_identity(v, vae_dir, size, err);
     if (!id) die_input("%s", err);
     snprintf(path, sizeof path, "%s/encode.json", out);
-    if (file_exists(path)) {
+    if (rank != 0 || file_exists(path)) {
+        dist_barrier();             /* rank 0 has checked or written it */
         cJSON *old = json_read_object(path, err);
         if (!old) die_input("%s", err);
         int same = cJSON_Compare(cJSON_GetObjectItem(old, "vae"), id, 1);
@@ -223,17 +257,14 @@ int vae_cmd_encode(const args *a) {
         cJSON *root = cJSON_CreateObject();
         cJSON_AddItemReferenceToObject(root, "vae", id);
         if (json_write(path, root, err)) die("%s", err);
+        dist_barrier();
     }
 
     int n_inputs = image_source_count_inputs(src);
-    char **names = xcalloc(n_inputs, sizeof(char *));
+    char **names = shard_file_names(src, n_inputs);
     long total = 0, skipped_inputs = 0;
     double t0 = now_s();
     for (int i = 0; i < n_inputs; i++) {
-        char name[1024];
-        shard_name(name, sizeof name, image_source_input_path(src, i));
-        names[i] = xmalloc(strlen(name) + 16);
-        sprintf(names[i], "%s.safetensors", name);
         snprintf(path, sizeof path, "%s/%s", out, names[i]);
         if (file_exists(path)) { skipped_inputs++; continue; }     /* complete: renamed into place */
         encode_input(v, src, i, path, size, batch, keep_logvar, t0, &total);
@@ -241,11 +272,26 @@ int vae_cmd_encode(const args *a) {
         fprintf(stderr, "\rshard %d/%d %s: %ld images, %.1f images/s, eta %.0f s\n", i + 1, n_inputs, names[i],
                 total, total / dt, dt / (i + 1 - skipped_inputs) * (n_inputs - i - 1));
     }
-    image_source_summary(src, summary, sizeof summary);
+    run_summary(src, summary, sizeof summary);
+    int64_t encoded = total;
+    dist_allreduce_sum_i64(&encoded, 1);
     if (skipped_inputs) fprintf(stderr, "%ld shards were already encoded\n", skipped_inputs);
+    for (int i = 0; i < n_inputs; i++) free(names[i]);
+    free(names);
+    image_source_close(src);
+    dist_barrier();                 /* every rank's shards are in place */
+    if (rank != 0) {
+        cJSON_Delete(id);
+        vae_free(v);
+        return 0;
+    }
 
-    /* dataset.json, from the shards as they are on disk. An input that had no
-     * good sample has no shard. */
+    /* dataset.json, from the shards of every input as they are on disk (an
+     * input that had no good sample has no shard). */
+    src = image_source_open(arg_required(a, "data"), size, 0, 1, err);
+    if (!src) die_input("%s", err);
+    n_inputs = image_source_count_inputs(src);
+    names = shard_file_names(src, n_inputs);
     int n_shards = 0;
     for (int i = 0; i < n_inputs; i++) {
         snprintf(path, sizeof path, "%s/%s", out, names[i]);
@@ -269,7 +315,8 @@ int vae_cmd_encode(const args *a) {
     cJSON_AddStringToObject(root, "last_run", summary);      /* what this run read and skipped */
     snprintf(path, sizeof path, "%s/dataset.json", out);
     if (json_write(path, root, err)) die("%s", err);
-    printf("encoded %ld images this run; dataset %ld latents in %d shards (%s)\n", total, count, n_shards, summary);
+    printf("encoded %lld images this run; dataset %ld latents in %d shards (%s)\n", (long long)encoded, count,
+           n_shards, summary);
     for (int i = 0; i < n_shards; i++) free(names[i]);
     free(names); free(ch_mean); free(ch_std);
     image_source_close(src);

@@ -13,6 +13,7 @@
 #include "vae.h"
 #include "../common/cli.h"
 #include "../common/safetensors.h"
+#include "../nn/dist.h"
 #include "../nn/kernels.h"
 
 #include <stdio.h>
@@ -131,5 +132,8 @@ int main(int argc, char **argv) {
         {"forward", cmd_forward, forward_flags},
         {"grads", cmd_grads, grads_flags},
     };
-    return cli_main("vae_service", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
+    dist_init(&argc, &argv);            /* MPI only when started by mpirun */
+    int rc = cli_main("vae_service", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
+    dist_finalize();
+    return rc;
 }

@@ -5,7 +5,10 @@
  * random batches with L1 reconstruction + kl_weight * KL (vae.h). The VAE
  * folder is rewritten atomically every --save-every steps and at the end;
  * VAE_DIR/train_state/state.safetensors holds weights, Adam moments, step
- * and sampler state in one file, so --resume continues exactly.
+ * and every rank's sampler state in one file, so --resume continues exactly
+ * (with the same number of ranks). Under mpirun each rank draws its own
+ * batches and the gradients are averaged over ranks: N ranks of batch B
+ * train as one process of batch N*B. Rank 0 logs and writes.
  *
  * eval: mean PSNR of the reconstructions (decoded from the posterior mean)
  * over a dataset, and optionally a PNG grid of originals over
@@ -15,6 +18,7 @@
 #include "vae.h"
 #include "../common/rng.h"
 #include "../common/safetensors.h"
+#include "../nn/dist.h"
 #include "../nn/kernels.h"
 #include "../nn/optim.h"
 
@@ -77,22 +81,29 @@ static image_set load_image_set(const char *spec, int size) {
 
 #define STATE_DIR "train_state"
 
+/* Collective: every rank calls it; rank 0 writes. */
 static int save_all(vae_model *v, const optimizer *o, const rng *r, const char *dir, char *err) {
     char path[4096];
     param_set *ps = vae_params(v);
-    if (make_dir(dir, err)) return -1;
+    int nr = dist_size();
+    int64_t *counters = xmalloc(sizeof(int64_t) * (1 + nr));
+    counters[0] = o->step;
+    dist_allgather_i64((int64_t)r->state, counters + 1);
+    if (dist_rank() != 0) { free(counters); return 0; }
+    if (make_dir(dir, err)) { free(counters); return -1; }
     snprintf(path, sizeof path, "%s/" STATE_DIR, dir);
-    if (make_dir(path, err)) return -1;
-    int64_t counters[2] = {o->step, (int64_t)r->state};
+    int rc = make_dir(path, err);
     st_entry e[4] = {{"weights", ST_F32, 1, {(int64_t)ps->numel}, ps->w},
                      {"adam_m", ST_F32, 1, {(int64_t)ps->numel}, o->m},
                      {"adam_v", ST_F32, 1, {(int64_t)ps->numel}, o->v},
-                     {"step_and_rng", ST_I64, 1, {2}, counters}};
+                     {"step_and_rng", ST_I64, 1, {1 + nr}, counters}};
     snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
     /* The state file alone is enough to resume; the diffusers folder is
      * rewritten from it, so a crash in between loses nothing. */
-    if (st_write(path, e, 4, err)) return -1;
-    return vae_save(v, dir, err);
+    if (!rc) rc = st_write(path, e, 4, err);
+    if (!rc) rc = vae_save(v, dir, err);
+    free(counters);
+    return rc;
 }
 
 static int load_state(vae_model *v, optimizer *o, rng *r, const char *dir, char *err) {
@@ -102,16 +113,18 @@ static int load_state(vae_model *v, optimizer *o, rng *r, const char *dir, char 
     st_file f;
     if (st_open(path, &f, err)) return -1;
     int64_t n[1] = {(int64_t)ps->numel}, counters[2];
+    int nr = dist_size();
     const st_tensor *t = st_find(&f, "step_and_rng");
     int rc = -1;
     if (st_read_f32(&f, "weights", 1, n, ps->w, err) || st_read_f32(&f, "adam_m", 1, n, o->m, err) ||
         st_read_f32(&f, "adam_v", 1, n, o->v, err))
         goto out;
-    if (!t || t->dtype != ST_I64 || t->ndim != 1 || t->shape[0] != 2) {
-        set_error(err, "%s: tensor 'step_and_rng': expected I64 [2]", path);
+    if (!t || t->dtype != ST_I64 || t->ndim != 1 || t->shape[0] != 1 + nr) {
+        set_error(err, "%s: tensor 'step_and_rng': expected I64 [%d] (resume with the ranks that wrote it)", path, 1 + nr);
         goto out;
     }
-    memcpy(counters, f.buf + f.data_start + t->begin, sizeof counters);
+    memcpy(&counters[0], f.buf + f.data_start + t->begin, sizeof(int64_t));
+    memcpy(&counters[1], f.buf + f.data_start + t->begin + sizeof(int64_t) * (1 + dist_rank()), sizeof(int64_t));
     o->step = counters[0];
     r->state = (uint64_t)counters[1];
     rc = 0;
@@ -153,17 +166,19 @@ int vae_cmd_train(const args *a) {
     optim_create(&o, vae_params(v), optim_defaults(lr, steps / 20 + 1, steps));
     o.cfg.weight_decay = 0.0f;          /* a small conv VAE: no decay, as diffusers' VAE training */
     rng r;
-    rng_seed(&r, (unsigned long long)arg_int(a, "seed", 0, 0) + 1);
+    int rank = dist_rank(), ranks = dist_size();
+    rng_seed(&r, (unsigned long long)arg_int(a, "seed", 0, 0) + 1 + 0x9E3779B9ull * rank);
     if (resume) {
         if (load_state(v, &o, &r, out, err)) die_input("--resume: %s", err);
-        fprintf(stderr, "resuming %s at step %ld\n", out, o.step);
+        if (rank == 0) fprintf(stderr, "resuming %s at step %ld\n", out, o.step);
     }
 
     image_set set = load_image_set(arg_required(a, "data"), size);
     size_t per = (size_t)3 * size * size, lat = (size_t)c->latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
-    fprintf(stderr, "training %zu parameters on %d images of %dx%d, batch %d, %d steps\n",
-            vae_params(v)->numel, set.n, size, size, batch, steps);
+    if (rank == 0)
+        fprintf(stderr, "training %zu parameters on %d images of %dx%d, batch %d x %d ranks, %d steps\n",
+                vae_params(v)->numel, set.n, size, size, batch, ranks, steps);
     double t0 = now_s(), acc_loss = 0, acc_psnr = 0;
     long start = o.step, seen = 0;
     int acc_n = 0;
@@ -173,9 +188,15 @@ int vae_cmd_train(const args *a) {
         param_set *ps = vae_params(v);
         nn_zero(ps->g, ps->numel);
         vae_losses l = vae_train_step(v, x, eps, batch, size, size, kl_weight, 1);
+        double stats[2] = {l.loss, l.psnr};
+        if (ranks > 1) {
+            dist_allreduce_sum(ps->g, ps->numel);
+            nn_scale(ps->g, 1.0f / ranks, ps->numel);
+            dist_allreduce_sum_f64(stats, 2);
+        }
         optim_step(&o, ps, grad_norm(ps));
-        acc_loss += l.loss; acc_psnr += l.psnr; acc_n++; seen += batch;
-        if (o.step % log_every == 0 || o.step == steps) {
+        acc_loss += stats[0] / ranks; acc_psnr += stats[1] / ranks; acc_n++; seen += (long)batch * ranks;
+        if (rank == 0 && (o.step % log_every == 0 || o.step == steps)) {
             double dt = now_s() - t0;
             printf("step %5ld/%d  loss %.4f  psnr %.2f dB  %.1f images/s  eta %.0f s\n", o.step, steps,
                    acc_loss / acc_n, acc_psnr / acc_n, seen / dt, (steps - o.step) * (dt / (o.step - start)));
@@ -186,7 +207,7 @@ int vae_cmd_train(const args *a) {
         if (o.step % save_every == 0 || o.step == steps || o.step == stop_at)
             if (save_all(v, &o, &r, out, err)) die("%s", err);
     }
-    printf("saved %s\n", out);
+    if (rank == 0) printf("saved %s\n", out);
     free(x); free(eps); free(set.pixels);
     optim_free(&o);
     vae_free(v);
