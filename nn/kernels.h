@@ -96,7 +96,8 @@ typedef struct {
 static inline int conv_out_h(const conv_shape *s) { return (s->h + s->pad_t + s->pad_b - s->k) / s->stride + 1; }
 static inline int conv_out_w(const conv_shape *s) { return (s->w + s->pad_l + s->pad_r - s->k) / s->stride + 1; }
 
-/* y[c_out, n, ho, wo] = conv(x, w[c_out, c_in, k, k]) + b (b may be NULL). */
+/* y[c_out, n, ho, wo] = conv(x, w[c_out, c_in, k, k]) + b (b may be NULL).
+ * Call from one thread at a time (it keeps scratch buffers between calls). */
 void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s);
 /* dx = (overwritten, may be NULL), dw += , db += (may be NULL). */
 void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,

@@ -8,5 +8,6 @@ int vae_cmd_train(const args *a);   /* train.c */
 int vae_cmd_eval(const args *a);    /* train.c */
 int vae_cmd_encode(const args *a);  /* latents.c */
 int vae_cmd_decode(const args *a);  /* latents.c */
+int vae_cmd_serve(const args *a);   /* serve.c */
 
 #endif

@@ -4,6 +4,7 @@
  *   vae_service eval    --vae VAE_DIR --data SHARDS [--grid FILE.png]     (train.c)
  *   vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR        (latents.c)
  *   vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR       (latents.c)
+ *   vae_service serve   --vae VAE_DIR --endpoint tcp://HOST:PORT            (serve.c)
  *   vae_service init    --config VAE.json --out VAE_DIR [--seed S]
  *   vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors
  *   vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W
@@ -108,6 +109,7 @@ static const char usage[] =
     "       vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR [--size S] [--logvar]\n"
     "                           [--batch B] [--threads T]\n"
     "       vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR [--limit N] [--threads T]\n"
+    "       vae_service serve   --vae VAE_DIR --endpoint tcp://HOST:PORT [--threads T] [--batch B]\n"
     "       vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
     "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
     "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
@@ -123,11 +125,13 @@ int main(int argc, char **argv) {
     static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
     static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};
     static const char *const decode_flags[] = {"vae", "latents", "out", "limit", "threads", NULL};
+    static const char *const serve_flags[] = {"vae", "endpoint", "threads", "batch", NULL};
     static const command cmds[] = {
         {"train", vae_cmd_train, train_flags},
         {"eval", vae_cmd_eval, eval_flags},
         {"encode", vae_cmd_encode, encode_flags},
         {"decode", vae_cmd_decode, decode_flags},
+        {"serve", vae_cmd_serve, serve_flags},
         {"init", cmd_init, init_flags},
         {"forward", cmd_forward, forward_flags},
         {"grads", cmd_grads, grads_flags},

@@ -12,6 +12,20 @@
 
 #define COL_FLOATS (8u << 20)   /* 32 MB of columns at most */
 
+/* Column matrices reuse one buffer per role: allocating (and zeroing) tens
+ * of megabytes per call cost more page faults than the GEMM took. Convolution
+ * is called from one thread at a time (it parallelizes inside). */
+static float *scratch(int which, size_t n) {
+    static float *buf[2];
+    static size_t cap[2];
+    if (n > cap[which]) {
+        nn_free(buf[which]);
+        buf[which] = nn_alloc(n);
+        cap[which] = n;
+    }
+    return buf[which];
+}
+
 static int is_pointwise(const conv_shape *s) {
     return s->k == 1 && s->stride == 1 && !s->pad_t && !s->pad_l && !s->pad_b && !s->pad_r;
 }
@@ -74,7 +88,7 @@ static void col2im(float *dx, const float *dcol, const conv_shape *s, int i0, in
 void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
     int hw_out = conv_out_h(s) * conv_out_w(s), K = s->c_in * s->k * s->k;
     int ldy = s->n * hw_out, step = images_per_chunk(s);
-    float *col = is_pointwise(s) ? NULL : nn_alloc((size_t)K * step * hw_out);
+    float *col = is_pointwise(s) ? NULL : scratch(0, (size_t)K * step * hw_out);
     for (int i0 = 0; i0 < s->n; i0 += step) {
         int m = s->n - i0 < step ? s->n - i0 : step;
         const float *B = x + (size_t)i0 * hw_out;   /* pointwise: x is its own column matrix */
@@ -82,7 +96,6 @@ void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b,
         if (col) { im2col(col, x, s, i0, m); B = col; ldb = m * hw_out; }
         nn_gemm(0, 0, s->c_out, m * hw_out, K, 1.0f, w, K, B, ldb, 0.0f, y + (size_t)i0 * hw_out, ldy);
     }
-    nn_free(col);
     if (!b) return;
     #pragma omp parallel for schedule(static)
     for (int c = 0; c < s->c_out; c++) {
@@ -96,8 +109,8 @@ void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     int hw_out = conv_out_h(s) * conv_out_w(s), K = s->c_in * s->k * s->k;
     int ldy = s->n * hw_out, step = images_per_chunk(s);
     int pointwise = is_pointwise(s);
-    float *col = pointwise ? NULL : nn_alloc((size_t)K * step * hw_out);
-    float *dcol = pointwise ? NULL : nn_alloc((size_t)K * step * hw_out);
+    float *col = pointwise ? NULL : scratch(0, (size_t)K * step * hw_out);
+    float *dcol = pointwise ? NULL : scratch(1, (size_t)K * step * hw_out);
     if (dx && !pointwise) nn_zero(dx, (size_t)s->c_in * s->n * s->h * s->w);
     for (int i0 = 0; i0 < s->n; i0 += step) {
         int m = s->n - i0 < step ? s->n - i0 : step;
@@ -114,8 +127,6 @@ void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
             col2im(dx, dcol, s, i0, m);
         }
     }
-    nn_free(col);
-    nn_free(dcol);
     if (!db) return;
     #pragma omp parallel for schedule(static)
     for (int c = 0; c < s->c_out; c++) {
