@@ -4,7 +4,7 @@
 #   make test            build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz            build and run the safetensors header fuzzer briefly
-#   make bench           trainer vs PyTorch on the reference config
+#   make bench           trainer and VAE service against their peers (PyTorch, dwebp)
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -33,7 +33,7 @@ TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
 TESTS       := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
 
-all: $(BIN)/trainer $(BIN)/vae_service
+all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/bench_image_decode
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -44,6 +44,10 @@ $(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(CORE_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BIN)/bench_image_decode: $(BUILD)/bench/bench_image_decode.o $(VAE_OBJ) $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -62,8 +66,9 @@ build/fuzz_safetensors: tests/fuzz_safetensors.c common/safetensors.c common/ato
 	@mkdir -p build/fuzz_corpus
 	clang -g -O1 -fsanitize=fuzzer,address,undefined $^ -o $@ -lcjson
 
-bench: $(BIN)/trainer
+bench: all
 	bench/bench_vs_torch.sh
+	bench/bench_vae.sh
 
 clean:
 	rm -rf build bin

@@ -14,6 +14,12 @@
 #include <stdint.h>
 
 /* ---- setup and memory ---- */
+/* Call first in main(). On the CPU it makes idle OpenMP threads sleep
+ * instead of spin (OMP_WAIT_POLICY=passive, unless the user set a policy):
+ * spinning threads cost up to 10x on a machine whose cores are shared with
+ * other processes, as the services beside a trainer are. The runtime reads
+ * the variable once at load, so this re-executes the program with it set. */
+void nn_startup(char **argv);
 void nn_init(int threads);               /* threads <= 0: library default */
 int nn_threads(void);
 float *nn_alloc(size_t n);               /* n floats, zeroed, dies on failure */

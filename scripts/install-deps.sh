@@ -5,11 +5,18 @@ set -euo pipefail
 
 packages=(
     build-essential     # gcc, make
+    pkg-config
     clang               # libFuzzer target
     libclang-rt-14-dev  # libFuzzer and sanitizer runtimes for clang
     libcjson-dev        # JSON headers of safetensors and configs
     libdnnl-dev         # oneDNN: GEMM of the CPU backend
-    python3-torch       # PyTorch reference (tests, benchmark peer)
+    libwebp-dev         # WebP decode (datasets) and encode (decoded latents)
+    webp                # dwebp: the decode-speed peer of bench/bench_vae.sh
+    libstb-dev          # PNG/JPEG decode, resizing, PNG grids
+    libzmq3-dev         # vae_service serve
+    libopenmpi-dev      # data-parallel ranks under mpirun
+    openmpi-bin
+    python3-torch       # PyTorch references (tests, benchmark peers)
     python3-numpy
 )
 

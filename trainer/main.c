@@ -198,5 +198,6 @@ int main(int argc, char **argv) {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
         {"bench", cmd_bench, bench_flags}, {"train", cmd_train, train_flags},
     };
+    nn_startup(argv);
     return cli_main("trainer", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
 }

@@ -16,10 +16,14 @@
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
+#include "../nn/optim.h"
+#include "../common/rng.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 
 static vae_model *load_vae(const args *a) {
     char err[ERR_LEN];
@@ -102,6 +106,65 @@ static int cmd_grads(const args *a) {
     return 0;
 }
 
+static int compare_double(const void *x, const void *y) {
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+/* Times encoding (the encoder mean, as `encode` runs it) or full training
+ * steps (forward, backward, AdamW) on random images; one JSON line with the
+ * median over --steps batches after one warm-up batch. */
+static int cmd_bench(const args *a) {
+    char err[ERR_LEN];
+    vae_config c;
+    if (vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
+    int size = (int)arg_int(a, "size", 64, 8), batch = (int)arg_int(a, "batch", 16, 1);
+    int steps = (int)arg_int(a, "steps", 5, 1), train = arg_switch(a, "train"), f = vae_downscale(&c);
+    if (size % f) die_input("vae_service bench: --size %d is not a multiple of the VAE's downscale %d", size, f);
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    vae_model *v = vae_create(&c);
+    vae_init_weights(v, 0);
+    param_set *ps = vae_params(v);
+    size_t per = (size_t)3 * size * size, lat = (size_t)c.latent_channels * (size / f) * (size / f);
+    float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
+    float *mean = xmalloc(sizeof(float) * batch * lat), *logvar = xmalloc(sizeof(float) * batch * lat);
+    rng r;
+    rng_seed(&r, 1);
+    for (size_t k = 0; k < batch * per; k++) x[k] = (float)(2.0 * rng_uniform(&r) - 1.0);
+    for (size_t k = 0; k < batch * lat; k++) eps[k] = (float)rng_normal(&r);
+    optimizer o;
+    optim_create(&o, ps, optim_defaults(1e-4f, 0, steps + 1));
+    double *times = xcalloc(steps, sizeof(double));
+    for (int s = -1; s < steps; s++) {
+        double t0 = now_s();
+        if (train) {
+            nn_zero(ps->g, ps->numel);
+            vae_train_step(v, x, eps, batch, size, size, 1e-6f, 1);
+            optim_step(&o, ps, grad_norm(ps));
+        } else {
+            vae_encode(v, x, batch, size, size, mean, logvar);
+        }
+        if (s >= 0) times[s] = now_s() - t0;
+    }
+    qsort(times, steps, sizeof(double), compare_double);
+    double med = times[steps / 2];
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    printf("{\"images_per_s\":%.2f,\"size\":%d,\"threads\":%d,\"batch\":%d,\"mode\":\"%s\",\"batch_s\":%.4f,"
+           "\"parameters\":%zu,\"peak_rss_mb\":%.1f}\n",
+           batch / med, size, nn_threads(), batch, train ? "train" : "encode", med, ps->numel, u.ru_maxrss / 1024.0);
+    free(x); free(eps); free(mean); free(logvar); free(times);
+    optim_free(&o);
+    vae_free(v);
+    return 0;
+}
+
 static const char usage[] =
     "usage: vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] [--size S] [--steps N]\n"
     "                           [--batch B] [--lr LR] [--kl-weight W] [--resume] [--seed S] [--threads T]\n"
@@ -110,6 +173,7 @@ static const char usage[] =
     "                           [--batch B] [--threads T]\n"
     "       vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR [--limit N] [--threads T]\n"
     "       vae_service serve   --vae VAE_DIR --endpoint tcp://HOST:PORT [--threads T] [--batch B]\n"
+    "       vae_service bench   --config VAE.json [--size S] [--batch B] [--steps N] [--train] [--threads T]\n"
     "       vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
     "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
     "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
@@ -126,7 +190,9 @@ int main(int argc, char **argv) {
     static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};
     static const char *const decode_flags[] = {"vae", "latents", "out", "limit", "threads", NULL};
     static const char *const serve_flags[] = {"vae", "endpoint", "threads", "batch", NULL};
+    static const char *const bench_flags[] = {"config", "size", "batch", "steps", "train!", "threads", NULL};
     static const command cmds[] = {
+        {"bench", cmd_bench, bench_flags},
         {"train", vae_cmd_train, train_flags},
         {"eval", vae_cmd_eval, eval_flags},
         {"encode", vae_cmd_encode, encode_flags},
@@ -136,6 +202,7 @@ int main(int argc, char **argv) {
         {"forward", cmd_forward, forward_flags},
         {"grads", cmd_grads, grads_flags},
     };
+    nn_startup(argv);
     dist_init(&argc, &argv);            /* MPI only when started by mpirun */
     int rc = cli_main("vae_service", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
     dist_finalize();

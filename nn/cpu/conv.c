@@ -1,61 +1,82 @@
-/* conv.c - CPU 2-D convolution as im2col + one GEMM per chunk of images,
- * on channel-major [C, n, H, W] maps (see kernels.h), and nearest 2x
- * upsampling.
+/* conv.c - CPU 2-D convolution on channel-major [C, n, H, W] maps (see
+ * kernels.h) as im2col + GEMM, and nearest 2x upsampling.
  *
- * The column matrix of a chunk is [c_in*k*k, m*ho*wo]; chunks are sized so
- * it stays under COL_FLOATS, which bounds memory at large image sizes.
- * Chunks run in order and accumulate dw with beta = 1, so results do not
- * depend on the thread count of the GEMM library beyond its own blocking. */
+ * The output columns (image, row, column) are cut into tiles whose column
+ * matrix fits in L2; threads take tiles, and each builds its tile's columns
+ * and runs a single-threaded GEMM on them while they are in cache. A whole-
+ * batch column matrix is 9x the input and made every GEMM wait on memory.
+ * Each output element is computed by one GEMM call, so results do not depend
+ * on the thread count; the weight gradient sums per-thread partials in thread
+ * order (the same bits for the same thread count). */
 #include "../kernels.h"
+#include "../../common/error.h"
+
+#include <omp.h>
+#include <stdlib.h>
 
 #include <string.h>
 
-#define COL_FLOATS (8u << 20)   /* 32 MB of columns at most */
-
-/* Column matrices reuse one buffer per role: allocating (and zeroing) tens
- * of megabytes per call cost more page faults than the GEMM took. Convolution
- * is called from one thread at a time (it parallelizes inside). */
-static float *scratch(int which, size_t n) {
-    static float *buf[2];
-    static size_t cap[2];
-    if (n > cap[which]) {
-        nn_free(buf[which]);
-        buf[which] = nn_alloc(n);
-        cap[which] = n;
-    }
-    return buf[which];
-}
 
 static int is_pointwise(const conv_shape *s) {
     return s->k == 1 && s->stride == 1 && !s->pad_t && !s->pad_l && !s->pad_b && !s->pad_r;
 }
 
-static int images_per_chunk(const conv_shape *s) {
-    size_t per_image = (size_t)s->c_in * s->k * s->k * conv_out_h(s) * conv_out_w(s);
-    size_t m = per_image ? COL_FLOATS / per_image : 1;
-    if (m < 1) m = 1;
-    return m > (size_t)s->n ? s->n : (int)m;
+#define TILE_BYTES (512 << 10)   /* a tile's column matrix: half of a Zen core's L2 */
+
+/* This thread's tile buffer, kept between calls: a fresh 512 KB allocation
+ * per call is an mmap, and its page faults cost as much as the im2col. */
+static float *tile_buffer(size_t floats) {
+    static __thread float *buf;
+    static __thread size_t cap;
+    if (floats > cap) {
+        free(buf);
+        buf = xmalloc(sizeof(float) * floats);
+        cap = floats;
+    }
+    return buf;
 }
 
-/* col[(c, ky, kx), (i, oy, ox)] = x[c, i0 + i, oy*stride - pad_t + ky, ox*stride - pad_l + kx] */
-static void im2col(float *col, const float *x, const conv_shape *s, int i0, int m) {
-    int ho = conv_out_h(s), wo = conv_out_w(s), k = s->k, rows = s->c_in * k * k;
-    size_t cols = (size_t)m * ho * wo;
-    #pragma omp parallel for schedule(static)
+/* Output columns per tile for a column matrix of `rows` rows. */
+static int tile_cols(int rows) {
+    int t = (int)(TILE_BYTES / sizeof(float) / (size_t)rows) & ~15;
+    return t < 64 ? 64 : t;
+}
+
+/* Output columns [ox0, ox1) of a kernel tap read input columns ox*stride +
+ * shift, shift = kx - pad_l; outside that range they read the zero padding. */
+static void tap_range(const conv_shape *s, int kx, int wo, int *ox0, int *ox1) {
+    int shift = kx - s->pad_l;
+    *ox0 = shift >= 0 ? 0 : (-shift + s->stride - 1) / s->stride;
+    int last = s->w - 1 - shift;                 /* largest ox*stride allowed */
+    *ox1 = last < 0 ? 0 : last / s->stride + 1;
+    if (*ox1 > wo) *ox1 = wo;
+    if (*ox0 > *ox1) *ox0 = *ox1;
+}
+
+/* Columns [j0, j0 + cnt) of the column matrix, column j = (i*ho + oy)*wo + ox:
+ * col[(c, ky, kx), j] = x[c, i, oy*stride - pad_t + ky, ox*stride - pad_l + kx] (0 outside). */
+static void im2col_tile(float *col, const float *x, const conv_shape *s, size_t j0, int cnt) {
+    int ho = conv_out_h(s), wo = conv_out_w(s), k = s->k, st = s->stride, rows = s->c_in * k * k;
     for (int r = 0; r < rows; r++) {
-        int c = r / (k * k), ky = (r / k) % k, kx = r % k;
-        float *out = col + (size_t)r * cols;
-        for (int i = 0; i < m; i++) {
-            const float *plane = x + ((size_t)c * s->n + i0 + i) * s->h * s->w;
-            for (int oy = 0; oy < ho; oy++) {
-                int y = oy * s->stride - s->pad_t + ky;
-                float *o = out + ((size_t)i * ho + oy) * wo;
-                if (y < 0 || y >= s->h) { memset(o, 0, sizeof(float) * wo); continue; }
-                for (int ox = 0; ox < wo; ox++) {
-                    int xx = ox * s->stride - s->pad_l + kx;
-                    o[ox] = (xx >= 0 && xx < s->w) ? plane[(size_t)y * s->w + xx] : 0.0f;
-                }
+        int c = r / (k * k), ky = (r / k) % k, kx = r % k, ox0, ox1, shift = kx - s->pad_l;
+        tap_range(s, kx, wo, &ox0, &ox1);
+        float *out = col + (size_t)r * cnt;
+        for (int done = 0; done < cnt;) {
+            size_t j = j0 + done, row = j / wo;
+            int ox = (int)(j % wo), i = (int)(row / ho), oy = (int)(row % ho);
+            int len = wo - ox < cnt - done ? wo - ox : cnt - done;
+            float *o = out + done - ox;                 /* o[ox'] for ox' in [ox, ox + len) */
+            int y = oy * st - s->pad_t + ky, a = ox > ox0 ? ox : ox0, e = ox + len < ox1 ? ox + len : ox1;
+            if (y < 0 || y >= s->h || a >= e) {
+                memset(o + ox, 0, sizeof(float) * len);
+            } else {
+                const float *in = x + ((size_t)c * s->n + i) * s->h * s->w + (size_t)y * s->w + shift;
+                for (int q = ox; q < a; q++) o[q] = 0.0f;
+                if (st == 1) memcpy(o + a, in + a, sizeof(float) * (e - a));
+                else for (int q = a; q < e; q++) o[q] = in[q * st];
+                for (int q = e; q < ox + len; q++) o[q] = 0.0f;
             }
+            done += len;
         }
     }
 }
@@ -63,22 +84,26 @@ static void im2col(float *col, const float *x, const conv_shape *s, int i0, int 
 /* The adjoint of im2col: dx[c, i0 + i, ...] += dcol[...]. One thread owns
  * all rows of a channel, so no two threads add into the same element. */
 static void col2im(float *dx, const float *dcol, const conv_shape *s, int i0, int m) {
-    int ho = conv_out_h(s), wo = conv_out_w(s), k = s->k;
+    int ho = conv_out_h(s), wo = conv_out_w(s), k = s->k, st = s->stride;
     size_t cols = (size_t)m * ho * wo;
     #pragma omp parallel for schedule(static)
     for (int c = 0; c < s->c_in; c++)
         for (int kk = 0; kk < k * k; kk++) {
-            int ky = kk / k, kx = kk % k;
+            int ky = kk / k, kx = kk % k, ox0, ox1, shift = kx - s->pad_l;
+            tap_range(s, kx, wo, &ox0, &ox1);
             const float *in = dcol + ((size_t)c * k * k + kk) * cols;
             for (int i = 0; i < m; i++) {
                 float *plane = dx + ((size_t)c * s->n + i0 + i) * s->h * s->w;
                 for (int oy = 0; oy < ho; oy++) {
-                    int y = oy * s->stride - s->pad_t + ky;
+                    int y = oy * st - s->pad_t + ky;
                     if (y < 0 || y >= s->h) continue;
                     const float *g = in + ((size_t)i * ho + oy) * wo;
-                    for (int ox = 0; ox < wo; ox++) {
-                        int xx = ox * s->stride - s->pad_l + kx;
-                        if (xx >= 0 && xx < s->w) plane[(size_t)y * s->w + xx] += g[ox];
+                    float *row = plane + (size_t)y * s->w + shift;
+                    if (st == 1) {
+                        #pragma omp simd
+                        for (int ox = ox0; ox < ox1; ox++) row[ox] += g[ox];
+                    } else {
+                        for (int ox = ox0; ox < ox1; ox++) row[ox * st] += g[ox];
                     }
                 }
             }
@@ -86,53 +111,104 @@ static void col2im(float *dx, const float *dcol, const conv_shape *s, int i0, in
 }
 
 void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
-    int hw_out = conv_out_h(s) * conv_out_w(s), K = s->c_in * s->k * s->k;
-    int ldy = s->n * hw_out, step = images_per_chunk(s);
-    float *col = is_pointwise(s) ? NULL : scratch(0, (size_t)K * step * hw_out);
-    for (int i0 = 0; i0 < s->n; i0 += step) {
-        int m = s->n - i0 < step ? s->n - i0 : step;
-        const float *B = x + (size_t)i0 * hw_out;   /* pointwise: x is its own column matrix */
-        int ldb = ldy;
-        if (col) { im2col(col, x, s, i0, m); B = col; ldb = m * hw_out; }
-        nn_gemm(0, 0, s->c_out, m * hw_out, K, 1.0f, w, K, B, ldb, 0.0f, y + (size_t)i0 * hw_out, ldy);
+    int K = s->c_in * s->k * s->k;
+    size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s);
+    if (is_pointwise(s)) {                      /* x is its own column matrix */
+        nn_gemm(0, 0, s->c_out, (int)total, K, 1.0f, w, K, x, (int)total, 0.0f, y, (int)total);
+    } else {
+        int tc = tile_cols(K);
+        size_t tiles = (total + tc - 1) / tc;
+        #pragma omp parallel
+        {
+            float *col = tile_buffer((size_t)K * tc);
+            #pragma omp for schedule(static)
+            for (size_t t = 0; t < tiles; t++) {
+                size_t j0 = t * tc;
+                int cnt = total - j0 < (size_t)tc ? (int)(total - j0) : tc;
+                im2col_tile(col, x, s, j0, cnt);
+                nn_gemm(0, 0, s->c_out, cnt, K, 1.0f, w, K, col, cnt, 0.0f, y + j0, (int)total);
+            }
+        }
     }
     if (!b) return;
     #pragma omp parallel for schedule(static)
     for (int c = 0; c < s->c_out; c++) {
-        float *row = y + (size_t)c * ldy;
-        for (int j = 0; j < ldy; j++) row[j] += b[c];
+        float *row = y + (size_t)c * total;
+        for (size_t j = 0; j < total; j++) row[j] += b[c];
     }
+}
+
+/* dx of a stride-1 convolution is itself a convolution of dy: with the
+ * kernel flipped and its in/out channels swapped, and padding k-1-pad on each
+ * side. That is one im2col + GEMM with inner dimension c_out*k*k, instead of
+ * a GEMM with inner dimension c_out writing a k*k times larger column matrix
+ * that col2im then scatters. */
+static void conv_backward_data_stride1(float *dx, const float *dy, const float *w, const conv_shape *s) {
+    int k = s->k, kk = k * k;
+    float *flipped = nn_alloc((size_t)s->c_in * s->c_out * kk);
+    for (int co = 0; co < s->c_out; co++)
+        for (int ci = 0; ci < s->c_in; ci++)
+            for (int t = 0; t < kk; t++)
+                flipped[((size_t)ci * s->c_out + co) * kk + (kk - 1 - t)] = w[((size_t)co * s->c_in + ci) * kk + t];
+    conv_shape t = {s->c_out, s->c_in, s->n, conv_out_h(s), conv_out_w(s), k, 1,
+                    k - 1 - s->pad_t, k - 1 - s->pad_l, k - 1 - s->pad_b, k - 1 - s->pad_r};
+    nn_conv2d_forward(dx, dy, flipped, NULL, &t);
+    nn_free(flipped);
+}
+
+/* dw += dy @ col^T over tiles; per-thread partial sums, added in thread order. */
+static void conv_backward_weights(float *dw, const float *dy, const float *x, const conv_shape *s) {
+    int K = s->c_in * s->k * s->k, tc = tile_cols(K), nt = omp_get_max_threads();
+    size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s), tiles = (total + tc - 1) / tc;
+    size_t wsize = (size_t)s->c_out * K;
+    float *partial = nn_alloc(wsize * nt);
+    #pragma omp parallel num_threads(nt)
+    {
+        float *col = tile_buffer((size_t)K * tc), *mine = partial + wsize * omp_get_thread_num();
+        #pragma omp for schedule(static)
+        for (size_t t = 0; t < tiles; t++) {
+            size_t j0 = t * tc;
+            int cnt = total - j0 < (size_t)tc ? (int)(total - j0) : tc;
+            im2col_tile(col, x, s, j0, cnt);
+            nn_gemm(0, 1, s->c_out, K, cnt, 1.0f, dy + j0, (int)total, col, cnt, 1.0f, mine, K);
+        }
+    }
+    for (int t = 0; t < nt; t++) nn_add(dw, partial + wsize * t, wsize);
+    nn_free(partial);
+}
+
+/* dx of a strided convolution: dcol = w^T dy per image, scattered back by
+ * col2im (images in order, so the sums are deterministic). */
+static void conv_backward_data_strided(float *dx, const float *dy, const float *w, const conv_shape *s) {
+    int K = s->c_in * s->k * s->k, hw_out = conv_out_h(s) * conv_out_w(s);
+    size_t total = (size_t)s->n * hw_out;
+    float *col = nn_alloc((size_t)K * hw_out);
+    nn_zero(dx, (size_t)s->c_in * s->n * s->h * s->w);
+    for (int i = 0; i < s->n; i++) {
+        nn_gemm(1, 0, K, hw_out, s->c_out, 1.0f, w, K, dy + (size_t)i * hw_out, (int)total, 0.0f, col, hw_out);
+        col2im(dx, col, s, i, 1);
+    }
+    nn_free(col);
 }
 
 void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                         const float *w, const conv_shape *s) {
-    int hw_out = conv_out_h(s) * conv_out_w(s), K = s->c_in * s->k * s->k;
-    int ldy = s->n * hw_out, step = images_per_chunk(s);
-    int pointwise = is_pointwise(s);
-    float *col = pointwise ? NULL : scratch(0, (size_t)K * step * hw_out);
-    float *dcol = pointwise ? NULL : scratch(1, (size_t)K * step * hw_out);
-    if (dx && !pointwise) nn_zero(dx, (size_t)s->c_in * s->n * s->h * s->w);
-    for (int i0 = 0; i0 < s->n; i0 += step) {
-        int m = s->n - i0 < step ? s->n - i0 : step;
-        const float *dyc = dy + (size_t)i0 * hw_out;
-        const float *B = x + (size_t)i0 * hw_out;
-        int ldb = ldy;
-        if (col) { im2col(col, x, s, i0, m); B = col; ldb = m * hw_out; }
-        nn_gemm(0, 1, s->c_out, K, m * hw_out, 1.0f, dyc, ldy, B, ldb, 1.0f, dw, K);
-        if (!dx) continue;
-        if (pointwise) {
-            nn_gemm(1, 0, K, m * hw_out, s->c_out, 1.0f, w, K, dyc, ldy, 0.0f, dx + (size_t)i0 * hw_out, ldy);
-        } else {
-            nn_gemm(1, 0, K, m * hw_out, s->c_out, 1.0f, w, K, dyc, ldy, 0.0f, dcol, m * hw_out);
-            col2im(dx, dcol, s, i0, m);
-        }
+    int K = s->c_in * s->k * s->k;
+    size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s);
+    if (is_pointwise(s)) {
+        nn_gemm(0, 1, s->c_out, K, (int)total, 1.0f, dy, (int)total, x, (int)total, 1.0f, dw, K);
+        if (dx) nn_gemm(1, 0, K, (int)total, s->c_out, 1.0f, w, K, dy, (int)total, 0.0f, dx, (int)total);
+    } else {
+        conv_backward_weights(dw, dy, x, s);
+        if (dx && s->stride == 1) conv_backward_data_stride1(dx, dy, w, s);
+        else if (dx) conv_backward_data_strided(dx, dy, w, s);
     }
     if (!db) return;
     #pragma omp parallel for schedule(static)
     for (int c = 0; c < s->c_out; c++) {
-        const float *row = dy + (size_t)c * ldy;
+        const float *row = dy + (size_t)c * total;
         double sum = 0.0;
-        for (int j = 0; j < ldy; j++) sum += row[j];
+        for (size_t j = 0; j < total; j++) sum += row[j];
         db[c] += (float)sum;
     }
 }
