@@ -334,9 +334,10 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
     const st_tensor *t = st_find(&f, "mean");
     if (!t || t->ndim != 4) { st_close(&f); return set_error(err, "%s: tensor 'mean': missing or not [n, C, h, w]", path); }
     if (t->shape[1] != c->latent_channels) {
+        set_error(err, "%s: tensor 'mean': %lld channels, but this VAE has %d (latents of another VAE)", path,
+                  (long long)t->shape[1], c->latent_channels);
         st_close(&f);
-        return set_error(err, "%s: tensor 'mean': %lld channels, but this VAE has %d (latents of another VAE)",
-                         path, (long long)t->shape[1], c->latent_channels);
+        return -1;
     }
     int n = (int)t->shape[0], h = (int)t->shape[2], w = (int)t->shape[3], fct = vae_downscale(c);
     int H = h * fct, W_ = w * fct;
