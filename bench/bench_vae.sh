@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # bench_vae.sh - the VAE service against its peers, in one run on this machine:
-#   1. image input: decode + crop + resize images/s on one core
-#      (bin/bench_image_decode) against dwebp's own decode time (`dwebp -v`),
-#      on WebP files from the dataset's test shard at 64 px and upscaled to 256 px;
+#   1. image input: decode + crop + resize to 64 px, images/s on one core
+#      (bin/bench_image_decode), against dwebp's own decode time (`dwebp -v`,
+#      which reports milliseconds: so the files are the dataset's test images
+#      upscaled to 256 and 1024 px, lossless WebP); the 64 px originals are
+#      timed for our side alone;
 #   2. encode images/s at 64 and 256 px: `vae_service bench` against the
 #      PyTorch AutoencoderKL of tests/vae_ref.py, same config (configs/vae-small.json);
 #   3. training images/s at 64 px (forward, backward, AdamW), both sides.
@@ -27,18 +29,19 @@ command -v dwebp >/dev/null && command -v cwebp >/dev/null || { echo "error: dwe
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 res="$t/results"
-mkdir -p "$t/64" "$t/256"
+mkdir -p "$t/64" "$t/256" "$t/1024"
 tar -xf "$SHARD" -C "$t/64" --wildcards '*.webp'
-ls "$t/64" | head -n 200 | while read -r f; do
-    cwebp -quiet -lossless -resize 256 256 "$t/64/$f" -o "$t/256/$f"
-done
 find "$t/64" -name '*.webp' | sort | tail -n +201 | xargs -r rm -f
+ls "$t/64" | while read -r f; do cwebp -quiet -lossless -resize 256 256 "$t/64/$f" -o "$t/256/$f"; done
+ls "$t/64" | head -n 50 | while read -r f; do cwebp -quiet -lossless -resize 1024 1024 "$t/64/$f" -o "$t/1024/$f"; done
 
 median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 json() { $PY -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
-echo "== 1. image input, one core (200 WebP files)"
-for S in 64 256; do
+echo "== 1. image input, one core"
+o=$(OMP_NUM_THREADS=1 "$BIN/bench_image_decode" --size 64 "$t/64"/*.webp)
+echo "  64px WebP (200 files): vae_service decode+crop+resize $(json "$o" images_per_s)/s (dwebp's timer cannot resolve these)"
+for S in 256 1024; do
     files=("$t/$S"/*.webp)
     for r in $(seq "$REPEATS"); do
         dw=$(for f in "${files[@]}"; do dwebp -v "$f" -ppm -o /dev/null 2>&1 | sed -n 's/.*Time to decode picture: *\([0-9.]*\)s.*/\1/p'; done |
@@ -48,7 +51,7 @@ for S in 64 256; do
         echo "decode$S ours $(json "$ours" images_per_s)" >>"$res"
     done
     d=$(grep "^decode$S dwebp" "$res" | awk '{print $3}' | median); o=$(grep "^decode$S ours" "$res" | awk '{print $3}' | median)
-    echo "  ${S}px WebP: dwebp decode ${d}/s; vae_service decode+crop+resize to 64 ${o}/s; ratio $($PY -c "print(f'{$o/$d:.2f}')")"
+    echo "  ${S}px WebP (${#files[@]} files): dwebp decode ${d}/s; vae_service decode+crop+resize to 64 ${o}/s; ratio $($PY -c "print(f'{$o/$d:.2f}')")"
 done
 
 echo "== 2. encode (encoder mean), and 3. training step, $CFG"

@@ -72,6 +72,25 @@ rc=$?
 check "encoding into latents of another VAE exits 2 ($rc)" [ $rc -eq 2 ]
 check "... with one line naming encode.json" grep -q 'encode.json: latents of another VAE' "$t/err"
 
+# Real images (tests/data/real-64.tar: 24 emoji and stamps from the dataset):
+# every one decodes and encodes, and each latent keeps its key and caption.
+"$VS" encode --vae "$t/a" --data tests/data/real-64.tar --out "$t/real" --size 16 >"$t/real.log" 2>&1
+check "real WebP images: 24 encoded, none skipped" grep -q 'dataset 24 latents in 1 shards (24 good, 0 skipped)' "$t/real.log"
+check "... with the keys and captions of the shard" $PY - "$t/real/real-64.safetensors" tests/data/real-64.tar <<'PYEOF'
+import json, struct, sys, tarfile
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); data = b[8 + n:]
+def strings(name):
+    o = h[name + "_offsets"]["data_offsets"]; offs = struct.unpack(f"<{(o[1] - o[0]) // 8}q", data[o[0]:o[1]])
+    bb = h[name + "_bytes"]["data_offsets"]; raw = data[bb[0]:bb[1]]
+    return [raw[offs[i]:offs[i + 1]].decode() for i in range(len(offs) - 1)]
+tar = tarfile.open(sys.argv[2])
+want = {m.name[:-4]: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.name.endswith(".txt")}
+keys, caps = strings("key"), strings("caption")
+sys.exit(0 if len(keys) == 24 and all(want[k] == c for k, c in zip(keys, caps)) and h["mean"]["shape"] == [24, 4, 8, 8] else 1)
+PYEOF
+
 # decode: WebP images named by key.
 "$VS" decode --vae "$t/a" --latents "$t/lat" --out "$t/dec" --limit 5 >/dev/null 2>&1
 check "decode writes 5 WebP images named by key" [ "$(ls "$t/dec" | grep -c '^s00_.*\.webp$')" -eq 5 ]
