@@ -36,10 +36,14 @@ static float *tile_buffer(size_t floats) {
     return buf;
 }
 
-/* Output columns per tile for a column matrix of `rows` rows. */
-static int tile_cols(int rows) {
+#define TILE_SEGMENTS 64          /* output-row pieces of one tile (im2col_tile) */
+
+/* Output columns per tile for a column matrix of `rows` rows and output rows
+ * of wo columns: fits TILE_BYTES and spans at most TILE_SEGMENTS - 2 rows. */
+static int tile_cols(int rows, int wo) {
     int t = (int)(TILE_BYTES / sizeof(float) / (size_t)rows) & ~15;
-    return t < 64 ? 64 : t;
+    if (t > (TILE_SEGMENTS - 2) * wo) t = (TILE_SEGMENTS - 2) * wo;
+    return t < 16 ? 16 : t;
 }
 
 /* Output columns [ox0, ox1) of a kernel tap read input columns ox*stride +
@@ -54,29 +58,42 @@ static void tap_range(const conv_shape *s, int kx, int wo, int *ox0, int *ox1) {
 }
 
 /* Columns [j0, j0 + cnt) of the column matrix, column j = (i*ho + oy)*wo + ox:
- * col[(c, ky, kx), j] = x[c, i, oy*stride - pad_t + ky, ox*stride - pad_l + kx] (0 outside). */
+ * col[(c, ky, kx), j] = x[c, i, oy*stride - pad_t + ky, ox*stride - pad_l + kx] (0 outside).
+ * The tile is first cut into output-row segments, which every kernel tap
+ * then copies from. */
 static void im2col_tile(float *col, const float *x, const conv_shape *s, size_t j0, int cnt) {
     int ho = conv_out_h(s), wo = conv_out_w(s), k = s->k, st = s->stride, rows = s->c_in * k * k;
+    typedef struct { int i, oy, ox, len, at; } segment;
+    segment seg[TILE_SEGMENTS];                 /* tile_cols keeps cnt / wo + 2 within this */
+    int nseg = 0;
+    for (int done = 0; done < cnt;) {
+        size_t j = j0 + done, row = j / wo;
+        int ox = (int)(j % wo), len = wo - ox < cnt - done ? wo - ox : cnt - done;
+        seg[nseg++] = (segment){(int)(row / ho), (int)(row % ho), ox, len, done};
+        done += len;
+    }
     for (int r = 0; r < rows; r++) {
         int c = r / (k * k), ky = (r / k) % k, kx = r % k, ox0, ox1, shift = kx - s->pad_l;
         tap_range(s, kx, wo, &ox0, &ox1);
-        float *out = col + (size_t)r * cnt;
-        for (int done = 0; done < cnt;) {
-            size_t j = j0 + done, row = j / wo;
-            int ox = (int)(j % wo), i = (int)(row / ho), oy = (int)(row % ho);
-            int len = wo - ox < cnt - done ? wo - ox : cnt - done;
-            float *o = out + done - ox;                 /* o[ox'] for ox' in [ox, ox + len) */
-            int y = oy * st - s->pad_t + ky, a = ox > ox0 ? ox : ox0, e = ox + len < ox1 ? ox + len : ox1;
+        const float *xc = x + (size_t)c * s->n * s->h * s->w;
+        for (int g = 0; g < nseg; g++) {
+            const segment *q = &seg[g];
+            float *o = col + (size_t)r * cnt + q->at - q->ox;   /* o[ox'] for ox' in [ox, ox + len) */
+            int y = q->oy * st - s->pad_t + ky, end = q->ox + q->len;
+            int a = q->ox > ox0 ? q->ox : ox0, e = end < ox1 ? end : ox1;
             if (y < 0 || y >= s->h || a >= e) {
-                memset(o + ox, 0, sizeof(float) * len);
-            } else {
-                const float *in = x + ((size_t)c * s->n + i) * s->h * s->w + (size_t)y * s->w + shift;
-                for (int q = ox; q < a; q++) o[q] = 0.0f;
-                if (st == 1) memcpy(o + a, in + a, sizeof(float) * (e - a));
-                else for (int q = a; q < e; q++) o[q] = in[q * st];
-                for (int q = e; q < ox + len; q++) o[q] = 0.0f;
+                for (int u = q->ox; u < end; u++) o[u] = 0.0f;
+                continue;
             }
-            done += len;
+            const float *in = xc + ((size_t)q->i * s->h + y) * s->w + shift;
+            for (int u = q->ox; u < a; u++) o[u] = 0.0f;
+            if (st == 1) {
+                #pragma omp simd
+                for (int u = a; u < e; u++) o[u] = in[u];
+            } else {
+                for (int u = a; u < e; u++) o[u] = in[u * st];
+            }
+            for (int u = e; u < end; u++) o[u] = 0.0f;
         }
     }
 }
@@ -116,7 +133,7 @@ void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b,
     if (is_pointwise(s)) {                      /* x is its own column matrix */
         nn_gemm(0, 0, s->c_out, (int)total, K, 1.0f, w, K, x, (int)total, 0.0f, y, (int)total);
     } else {
-        int tc = tile_cols(K);
+        int tc = tile_cols(K, conv_out_w(s));
         size_t tiles = (total + tc - 1) / tc;
         #pragma omp parallel
         {
@@ -158,7 +175,7 @@ static void conv_backward_data_stride1(float *dx, const float *dy, const float *
 
 /* dw += dy @ col^T over tiles; per-thread partial sums, added in thread order. */
 static void conv_backward_weights(float *dw, const float *dy, const float *x, const conv_shape *s) {
-    int K = s->c_in * s->k * s->k, tc = tile_cols(K), nt = omp_get_max_threads();
+    int K = s->c_in * s->k * s->k, tc = tile_cols(K, conv_out_w(s)), nt = omp_get_max_threads();
     size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s), tiles = (total + tc - 1) / tc;
     size_t wsize = (size_t)s->c_out * K;
     float *partial = nn_alloc(wsize * nt);
