@@ -52,105 +52,15 @@ import json
 import math
 import os
 import resource
-import struct
 import sys
 import time
 
 import numpy as np
 import torch
+
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------
-# safetensors
-
-_NP_OF = {"F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8,
-          "F16": np.float16, "BF16": np.uint16}
-
-
-def st_read(path):
-    """Returns ({name: np.ndarray}, metadata). BF16 is widened to float32."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    if len(buf) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    (n,) = struct.unpack("<Q", buf[:8])
-    if 8 + n > len(buf):
-        raise ValueError(f"{path}: header length {n} exceeds the file")
-    header = json.loads(buf[8:8 + n].decode("utf-8"))
-    data = memoryview(buf)[8 + n:]
-    meta = header.pop("__metadata__", None)
-    out = {}
-    for name, ent in header.items():
-        dt = ent["dtype"]
-        if dt not in _NP_OF:
-            raise ValueError(f"{path}: tensor {name}: unsupported dtype {dt}")
-        b, e = ent["data_offsets"]
-        shape = tuple(ent["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        npdt = _NP_OF[dt]
-        if e - b != count * np.dtype(npdt).itemsize or e > len(data):
-            raise ValueError(f"{path}: tensor {name}: bad data_offsets")
-        a = np.frombuffer(data[b:e], dtype=npdt).copy().reshape(shape)
-        if dt == "BF16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        out[name] = a
-    return out, meta
-
-
-def _to_bf16_bits(a):
-    """float32 -> bfloat16 bits, round to nearest even (NaN kept NaN)."""
-    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    nan = np.isnan(a)
-    r[nan] = 0x7FC0
-    return r
-
-
-def st_write(path, tensors, dtypes=None, meta=None):
-    """Atomically writes {name: array}. dtypes: {name: "F32"|"BF16"|"I32"};
-    default F32 for floats and I32 for integers."""
-    dtypes = dtypes or {}
-    header = {}
-    chunks = []
-    off = 0
-    for name, a in tensors.items():
-        a = np.asarray(a)
-        dt = dtypes.get(name) or ("I32" if np.issubdtype(a.dtype, np.integer) else "F32")
-        if dt == "F32":
-            raw = np.ascontiguousarray(a, dtype="<f4").tobytes()
-        elif dt == "BF16":
-            raw = _to_bf16_bits(a).astype("<u2").tobytes()
-        elif dt == "I32":
-            raw = np.ascontiguousarray(a, dtype="<i4").tobytes()
-        else:
-            raise ValueError(f"cannot write dtype {dt}")
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
-        chunks.append(raw)
-        off += len(raw)
-    if meta is not None:
-        header["__metadata__"] = meta
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    _atomic_write(path, [struct.pack("<Q", len(hb)), hb] + chunks)
-
-
-def st_dtypes(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n).decode("utf-8"))
-    header.pop("__metadata__", None)
-    return {k: v["dtype"] for k, v in header.items()}
-
-
-def _atomic_write(path, parts):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        for p in parts:
-            f.write(p)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
+from st_io import atomic_write, compare, st_dtypes, st_read, st_write
 
 # ----------------------------------------------------------------------------
 # config and parameters
@@ -615,7 +525,7 @@ def cmd_init(a):
     os.makedirs(a.out, exist_ok=True)
     w = init_params(c, np.random.default_rng(a.seed))
     st_write(os.path.join(a.out, "model.safetensors"), w)
-    _atomic_write(os.path.join(a.out, "config.json"), [(json.dumps(c, indent=2) + "\n").encode()])
+    atomic_write(os.path.join(a.out, "config.json"), [(json.dumps(c, indent=2) + "\n").encode()])
     print(f"wrote {a.out}/config.json and {a.out}/model.safetensors")
 
 
@@ -641,39 +551,7 @@ def cmd_loss(a):
 
 
 def cmd_compare(a):
-    ref, _ = st_read(a.ref)
-    test, _ = st_read(a.test)
-    bad = 0
-    for name, A in ref.items():
-        if name not in test:
-            print(f"FAIL grad {name}: missing in {a.test}")
-            bad += 1
-            continue
-        Bt = test[name]
-        if A.shape != Bt.shape:
-            print(f"FAIL grad {name}: shape {list(Bt.shape)}, want {list(A.shape)}")
-            bad += 1
-            continue
-        A64, B64 = A.astype(np.float64), Bt.astype(np.float64)
-        if not np.all(np.isfinite(B64)):
-            print(f"FAIL grad {name}: non-finite values in {a.test}")
-            bad += 1
-            continue
-        amax = float(np.abs(A64).max()) if A64.size else 0.0
-        err = float(np.abs(A64 - B64).max()) if A64.size else 0.0
-        if amax == 0.0:
-            ok = err <= 1e-6
-            why = f"reference is all zero, max|test| = {err:.3g} > 1e-6"
-        else:
-            ok = err <= a.rtol * amax
-            why = f"max|ref-test| = {err:.3g} > {a.rtol:g} * max|ref| = {a.rtol * amax:.3g}"
-        if ok:
-            rel = err / amax if amax else err
-            print(f"ok grad {name} (err {rel:.3g})")
-        else:
-            print(f"FAIL grad {name}: {why}")
-            bad += 1
-    sys.exit(1 if bad else 0)
+    sys.exit(1 if compare(a.ref, a.test, a.rtol, "grad ") else 0)
 
 
 def cmd_bench(a):

@@ -99,92 +99,19 @@ import argparse
 import json
 import os
 import resource
-import struct
 import sys
 import time
 
 import numpy as np
 import torch
+
 import torch.nn as nn
 import torch.nn.functional as F
 
+from st_io import compare, st_read, st_write
+
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 GN_EPS = 1e-6
-ZERO_REF = 1e-12  # compare: a reference tensor with max|A| <= this counts as zero
-
-# ----------------------------------------------------------------------------
-# safetensors
-
-_NP_OF = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
-          "I32": np.int32, "I64": np.int64, "U8": np.uint8}
-
-
-def st_read(path):
-    """Returns ({name: np.ndarray}, metadata). BF16 is widened to float32."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    if len(buf) < 8:
-        raise ValueError(f"{path}: too short for a safetensors file")
-    (n,) = struct.unpack("<Q", buf[:8])
-    if 8 + n > len(buf):
-        raise ValueError(f"{path}: header length {n} exceeds the file")
-    header = json.loads(buf[8:8 + n].decode("utf-8"))
-    data = memoryview(buf)[8 + n:]
-    meta = header.pop("__metadata__", None)
-    out = {}
-    for name, ent in header.items():
-        dt = ent["dtype"]
-        if dt not in _NP_OF:
-            raise ValueError(f"{path}: tensor {name}: unsupported dtype {dt}")
-        b, e = ent["data_offsets"]
-        shape = tuple(ent["shape"])
-        count = int(np.prod(shape)) if shape else 1
-        npdt = np.dtype(_NP_OF[dt]).newbyteorder("<")
-        if e - b != count * npdt.itemsize or b > e or e > len(data):
-            raise ValueError(f"{path}: tensor {name}: bad data_offsets")
-        a = np.frombuffer(data[b:e], dtype=npdt).reshape(shape)
-        if dt == "BF16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        out[name] = np.array(a, dtype=a.dtype.newbyteorder("="))
-    return out, meta
-
-
-def _to_bf16_bits(a):
-    """float32 -> bfloat16 bits, round to nearest even (NaN kept NaN)."""
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    u = a.view(np.uint32).astype(np.uint64)
-    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-    r[np.isnan(a)] = 0x7FC0
-    return r
-
-
-def st_write(path, tensors, dtype="F32", meta=None):
-    """Atomically writes {name: array} with every tensor as `dtype` (F32 or BF16)."""
-    header, chunks, off = {}, [], 0
-    for name, a in tensors.items():
-        a = np.asarray(a)
-        if dtype == "F32":
-            raw = np.ascontiguousarray(a, dtype="<f4").tobytes()
-        elif dtype == "BF16":
-            raw = _to_bf16_bits(a).astype("<u2").tobytes()
-        else:
-            raise ValueError(f"cannot write dtype {dtype}")
-        header[name] = {"dtype": dtype, "shape": list(a.shape),
-                        "data_offsets": [off, off + len(raw)]}
-        chunks.append(raw)
-        off += len(raw)
-    if meta is not None:
-        header["__metadata__"] = meta
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for c in chunks:
-            f.write(c)
-    os.replace(tmp, path)
-
 
 # ----------------------------------------------------------------------------
 # config
@@ -497,7 +424,7 @@ def cmd_init(a):
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(full_config(c), f, indent=2)
         f.write("\n")
-    st_write(os.path.join(a.out, WEIGHTS), params_np(model), dtype=a.weights_dtype,
+    st_write(os.path.join(a.out, WEIGHTS), params_np(model), a.weights_dtype,
              meta={"format": "pt"})
     print(json.dumps({"out": a.out, "parameters": sum(p.numel() for p in model.parameters())}))
 
@@ -571,41 +498,7 @@ def cmd_train_step(a):
 
 
 def cmd_compare(a):
-    ref, _ = st_read(a.ref)
-    test, _ = st_read(a.test)
-    bad = 0
-    for name, A in ref.items():
-        if name not in test:
-            print(f"FAIL {name}: missing in {a.test}")
-            bad += 1
-            continue
-        B = test[name]
-        if A.shape != B.shape:
-            print(f"FAIL {name}: shape {list(B.shape)}, want {list(A.shape)}")
-            bad += 1
-            continue
-        A64, B64 = A.astype(np.float64), B.astype(np.float64)
-        if not np.all(np.isfinite(B64)):
-            print(f"FAIL {name}: non-finite values in {a.test}")
-            bad += 1
-            continue
-        amax = float(np.abs(A64).max()) if A64.size else 0.0
-        err = float(np.abs(A64 - B64).max()) if A64.size else 0.0
-        if amax <= ZERO_REF:
-            # an all-zero (or rounding-noise) reference, e.g. to_k.bias gradients
-            err = float(np.abs(B64).max()) if B64.size else 0.0
-            ok = err <= 1e-6
-            why = f"reference is zero (max|ref| = {amax:.3g}), max|test| = {err:.3g} > 1e-6"
-            amax = 0.0
-        else:
-            ok = err <= a.rtol * amax
-            why = f"max|ref-test| = {err:.3g} > {a.rtol:g} * max|ref| = {a.rtol * amax:.3g}"
-        if ok:
-            print(f"ok {name} (err {err / amax if amax else err:.3g})")
-        else:
-            print(f"FAIL {name}: {why}")
-            bad += 1
-    sys.exit(1 if bad else 0)
+    sys.exit(1 if compare(a.ref, a.test, a.rtol, "") else 0)
 
 
 def cmd_bench(a):
