@@ -6,17 +6,11 @@
  * prints {"images_per_s":..., "files":N, "size":S}. bench/bench_vae.sh runs
  * it beside dwebp on the same files. */
 #include "../vae_service/image_source.h"
+#include "../common/timing.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv) {
     int size = 64, repeats = 5, first = 1;

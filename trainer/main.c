@@ -11,6 +11,7 @@
 #include "batch.h"
 #include "model.h"
 #include "../nn/optim.h"
+#include "../common/timing.h"
 #include "../common/cli.h"
 #include "../common/error.h"
 #include "../common/safetensors.h"
@@ -20,19 +21,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 static model_config load_config(const char *path) {
     model_config c;
     char err[ERR_LEN];
     if (config_load(path, &c, err)) die_input("%s", err);
     return c;
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 static double peak_rss_mb(void) {
@@ -121,11 +115,6 @@ static double train_step(generated_run *g, double *gnorm, float *lr) {
     return (s.n_lm ? s.ce_sum / s.n_lm : 0.0) + m->cfg.lambda_diffusion * (n_latent ? s.se_sum / n_latent : 0.0);
 }
 
-static int compare_double(const void *x, const void *y) {
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
 static int cmd_bench(const args *a) {
     int steps = (int)arg_int(a, "steps", 10, 1);
     generated_run g;
@@ -138,9 +127,8 @@ static int cmd_bench(const args *a) {
         train_step(&g, &gnorm, &lr);
         times[s] = now_s() - t0;
     }
-    qsort(times, steps, sizeof(double), compare_double);
     const plan *p = &g.p;
-    double med = times[steps / 2], flops = model_step_flops(&g.m, p);
+    double med = median_sorted(times, steps), flops = model_step_flops(&g.m, p);   /* times now sorted */
     double state_mb = 4.0 * g.m.ps.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
     double act_mb = model_activation_floats(&g.m, p) * sizeof(float) / 1048576.0;
     /* memory_ratio: peak RSS over what training needs at the least (weights,

@@ -19,6 +19,7 @@
 #include "commands.h"
 #include "image_source.h"
 #include "vae.h"
+#include "../common/timing.h"
 #include "../common/atomic_file.h"
 #include "../common/crc32c.h"
 #include "../common/json_file.h"
@@ -33,14 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <webp/encode.h>
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 static int file_exists(const char *path) {
     struct stat st;

@@ -12,6 +12,7 @@
  * Bad input exits with status 2 and one line naming the file and field. */
 #include "commands.h"
 #include "vae.h"
+#include "../common/timing.h"
 #include "../common/cli.h"
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
@@ -23,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
 
 static vae_model *load_vae(const args *a) {
     char err[ERR_LEN];
@@ -106,17 +106,6 @@ static int cmd_grads(const args *a) {
     return 0;
 }
 
-static int compare_double(const void *x, const void *y) {
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
 /* Times encoding (the encoder mean, as `encode` runs it) or full training
  * steps (forward, backward, AdamW) on random images; one JSON line with the
  * median over --steps batches after one warm-up batch. */
@@ -152,8 +141,7 @@ static int cmd_bench(const args *a) {
         }
         if (s >= 0) times[s] = now_s() - t0;
     }
-    qsort(times, steps, sizeof(double), compare_double);
-    double med = times[steps / 2];
+    double med = median_sorted(times, steps);
     struct rusage u;
     getrusage(RUSAGE_SELF, &u);
     printf("{\"images_per_s\":%.2f,\"size\":%d,\"threads\":%d,\"batch\":%d,\"mode\":\"%s\",\"batch_s\":%.4f,"

@@ -48,6 +48,7 @@
  * SIGINT and SIGTERM end the loop after the request in progress; the exit
  * line on stderr counts the requests served. */
 #include "commands.h"
+#include "../common/timing.h"
 #include "image_source.h"
 #include "vae.h"
 #include "../nn/kernels.h"
@@ -60,7 +61,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <webp/encode.h>
 #include <zmq.h>
 
@@ -433,12 +433,6 @@ static int bad_tcp_port(const char *endpoint) {
     if (strncmp(endpoint, "tcp://", 6) != 0 || !colon || !colon[1] || colon[strspn(colon + 1, "0123456789") + 1])
         return 0;
     return strlen(colon + 1) > 5 || atol(colon + 1) > 65535;
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
 int vae_cmd_serve(const args *a) {

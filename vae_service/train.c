@@ -16,6 +16,7 @@
 #include "commands.h"
 #include "image_source.h"
 #include "vae.h"
+#include "../common/timing.h"
 #include "../common/rng.h"
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
@@ -28,13 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 /* ------------------------------------------------------------ image set */
 
