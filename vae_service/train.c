@@ -131,12 +131,12 @@ out:
 
 int vae_cmd_train(const args *a) {
     const char *out = arg_required(a, "out");
-    int size = (int)arg_int(a, "size", 64, 8), steps = (int)arg_int(a, "steps", 1500, 1);
-    int batch = (int)arg_int(a, "batch", 16, 1), log_every = (int)arg_int(a, "log-every", 25, 1);
+    int size = (int)arg_int(a, "size", 64, 8), steps = (int)arg_int(a, "steps", 2000, 1);
+    int batch = (int)arg_int(a, "batch", 8, 1), log_every = (int)arg_int(a, "log-every", 25, 1);
     int save_every = (int)arg_int(a, "save-every", 250, 1);
     /* --stop-at: end after that step as if interrupted (time-sliced jobs, resume tests). */
     long stop_at = arg_int(a, "stop-at", steps, 1);
-    float lr = (float)arg_float(a, "lr", 1e-3), kl_weight = (float)arg_float(a, "kl-weight", 1e-3);
+    float lr = (float)arg_float(a, "lr", 2e-3), kl_weight = (float)arg_float(a, "kl-weight", 1e-3);
     int resume = arg_switch(a, "resume");
     char err[ERR_LEN], path[4096];
     nn_init((int)arg_int(a, "threads", 0, 1));
