@@ -144,7 +144,7 @@ raw = open(os.path.join(good, "model.safetensors"), "rb").read()
 (n,) = struct.unpack("<Q", raw[:8])
 open(checkpoint("ck_cut"), "wb").write(raw[:8 + n + (b + e) // 2])
 open(os.path.join(T, "last_tensor"), "w").write(last)
-open(checkpoint("ck_stub"), "wb").write(raw[:5])
+open(checkpoint("ck_short"), "wb").write(raw[:5])
 
 write_st(checkpoint("ck_hlen"), model_header, model_data, overlong=True)
 
@@ -234,7 +234,7 @@ expect_ok loss_valid loss "$T/ck" "$GOOD"
 expect_ok loss_rewritten_checkpoint loss "$T/ck_same" "$GOOD"
 
 expect_bad model_truncated model.safetensors "$LAST" -- loss "$T/ck_cut" "$GOOD"
-expect_bad model_truncated_header model.safetensors -- loss "$T/ck_stub" "$GOOD"
+expect_bad model_truncated_header model.safetensors -- loss "$T/ck_short" "$GOOD"
 expect_bad model_header_length model.safetensors -- loss "$T/ck_hlen" "$GOOD"
 expect_bad model_offsets_outside model.safetensors lm_head.weight -- loss "$T/ck_offs" "$GOOD"
 expect_bad model_wrong_dtype model.safetensors lm_head.weight -- loss "$T/ck_dtype" "$GOOD"
