@@ -9,6 +9,7 @@
  * on the thread count; the weight gradient sums per-thread partials in thread
  * order (the same bits for the same thread count). */
 #include "../kernels.h"
+#include "conv_onednn.h"
 #include "../../common/error.h"
 
 #include <omp.h>
@@ -130,6 +131,7 @@ static void col2im(float *dx, const float *dcol, const conv_shape *s, int i0, in
 void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
     int K = s->c_in * s->k * s->k;
     size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s);
+    if (!is_pointwise(s) && conv_onednn_forward(y, x, w, b, s)) return;
     if (is_pointwise(s)) {                      /* x is its own column matrix */
         nn_gemm(0, 0, s->c_out, (int)total, K, 1.0f, w, K, x, (int)total, 0.0f, y, (int)total);
     } else {
