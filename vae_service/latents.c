@@ -353,9 +353,11 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
         if (kb && ko && ko->dtype == ST_I64 && ko->shape[0] > i + 1) {
             int64_t o[2];
             memcpy(o, f.buf + f.data_start + ko->begin + i * sizeof(int64_t), sizeof o);
-            if (o[0] >= 0 && o[1] >= o[0] && (size_t)o[1] <= kb->end - kb->begin && o[1] - o[0] < (int64_t)sizeof key)
+            /* Offsets come from the file: use them only when they are sane. */
+            if (o[0] >= 0 && o[1] >= o[0] && (size_t)o[1] <= kb->end - kb->begin && o[1] - o[0] < (int64_t)sizeof key) {
                 memcpy(key, f.buf + f.data_start + kb->begin + o[0], (size_t)(o[1] - o[0]));
-            key[o[1] - o[0] < (int64_t)sizeof key ? o[1] - o[0] : 0] = '\0';
+                key[o[1] - o[0]] = '\0';
+            }
         }
         if (!key[0] || strchr(key, '/')) snprintf(key, sizeof key, "%06d", i);
         uint8_t *webp = NULL;

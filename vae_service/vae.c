@@ -423,20 +423,16 @@ static float *attn_bwd(vae_model *v, const attn_p *p, const attn_rec *r, const f
 
 /* ---------------------------------------------------- encoder, decoder */
 
-#define MAX_RESNETS (VAE_MAX_BLOCKS * 4 + 2)
-
 typedef struct {
     int n, h_in, w_in;
     const float *in;
-    resnet_rec res[MAX_RESNETS];   /* blocks' in order, then mid1, mid2 */
+    resnet_rec res[VAE_MAX_RESNETS];   /* blocks' in order, then mid1, mid2 */
     float *sampler_in[VAE_MAX_BLOCKS];
     attn_rec attn;
     float *h_in_mid;               /* attention input */
     norm_act_rec out;
     float *quant_in;
 } coder_rec;
-
-static int max_layers_ok(const vae_config *c) { return c->n_blocks * (c->layers_per_block + 1) + 2 <= MAX_RESNETS; }
 
 static float *mid_fwd(vae_model *v, const coder_p *cp, coder_rec *r, int *k, float *h, int n, int hh, int ww) {
     h = resnet_fwd(v, &cp->mid1, &r->res[(*k)++], h, n, hh, ww);
@@ -597,7 +593,6 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
     int C = c->latent_channels, f = vae_downscale(c), h = H / f, w = W_ / f;
     size_t hw = (size_t)h * w, half = (size_t)C * n * hw, npix = (size_t)c->out_channels * n * H * W_;
     vae_losses out = {0};
-    if (!max_layers_ok(c)) die("VAE config has too many ResNet blocks (at most %d)", MAX_RESNETS);
     arena_reset(&v->arena);
     float *x = arena_alloc(&v->arena, (size_t)c->in_channels * n * H * W_);
     swap_outer(x, images, n, c->in_channels, (size_t)H * W_);
@@ -651,10 +646,6 @@ vae_model *vae_load(const char *dir, char *err) {
     vae_config c;
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (vae_config_load(path, &c, err)) return NULL;
-    if (c.n_blocks * (c.layers_per_block + 1) + 2 > MAX_RESNETS) {
-        set_error(err, "%s: field 'layers_per_block': too many ResNet blocks", path);
-        return NULL;
-    }
     vae_model *v = vae_create(&c);
     if (params_load_dir(&v->ps, dir, err) == 0) return v;
     vae_free(v);

@@ -13,6 +13,9 @@
 #include "../nn/params.h"
 
 #define VAE_MAX_BLOCKS 8
+/* ResNet blocks of the decoder (blocks x (layers_per_block + 1) + 2 in the
+ * mid block) are bounded so that a pass records them in a fixed array. */
+#define VAE_MAX_RESNETS (VAE_MAX_BLOCKS * 4 + 2)
 
 typedef struct {
     int in_channels, out_channels, latent_channels;
@@ -22,7 +25,8 @@ typedef struct {
     int use_quant_conv, use_post_quant_conv, mid_block_add_attention;
 } vae_config;
 
-/* Reads and validates a diffusers AutoencoderKL config.json. */
+/* Reads and validates a diffusers AutoencoderKL config.json (every check of
+ * a config is here, so a model built from a loaded config is always valid). */
 int vae_config_load(const char *path, vae_config *c, char *err);
 int vae_config_save(const char *path, const vae_config *c, char *err);
 static inline int vae_downscale(const vae_config *c) { return 1 << (c->n_blocks - 1); }

@@ -46,6 +46,9 @@ static int validate(const vae_config *c, const char *path, char *err) {
         return set_error(err, "%s: field 'in_channels/out_channels/latent_channels': must be > 0", path);
     if (c->layers_per_block <= 0) return set_error(err, "%s: field 'layers_per_block': must be > 0", path);
     if (c->norm_num_groups <= 0) return set_error(err, "%s: field 'norm_num_groups': must be > 0", path);
+    if (c->n_blocks * (c->layers_per_block + 1) + 2 > VAE_MAX_RESNETS)
+        return set_error(err, "%s: field 'layers_per_block': %d blocks of %d ResNets exceed %d", path, c->n_blocks,
+                         c->layers_per_block + 1, VAE_MAX_RESNETS - 2);
     for (int b = 0; b < c->n_blocks; b++) {
         int ch = c->block_out_channels[b];
         if (ch <= 0 || ch % c->norm_num_groups)
