@@ -28,6 +28,12 @@ check "bad samples are skipped and counted by reason" \
     grep -q '48 good, 6 skipped (corrupt image: 1, not an image: 2, no caption: 1, bad utf-8: 1, duplicate key: 1)' "$t/a.err"
 check "each skip is one line naming shard and key" grep -q 'skip .*shard-00001.tar bad_utf8: bad utf-8' "$t/a.err"
 check "the VAE folder is a diffusers folder" [ -f "$t/a/config.json" -a -f "$t/a/diffusion_pytorch_model.safetensors" ]
+train --out "$t/l1" --steps 2 --loss l1 >"$t/l1.log" 2>&1
+check "train --loss l1 runs" grep -q '^step *2/2' "$t/l1.log"
+train --out "$t/huber" --steps 2 --loss huber >/dev/null 2>"$t/huber.err"
+rc=$?
+check "train --loss huber exits 2 ($rc) with one line" [ $rc -eq 2 -a "$(wc -l <"$t/huber.err")" -eq 1 ]
+check "... naming --loss" grep -q -- "--loss must be l1 or l2, not 'huber'" "$t/huber.err"
 
 # An interrupted run resumed gives bitwise the same weights.
 train --out "$t/b" --steps 60 --stop-at 30 >/dev/null 2>&1

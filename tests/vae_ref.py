@@ -43,7 +43,8 @@ Loss of train-step (the C side must match exactly):
   mean, logvar = encode(x)              (logvar clamped to [-30, 20])
   z            = mean + exp(0.5 * logvar) * eps
   recon        = decode(z)
-  rec_loss     = sum |recon - x| / (n * 3 * H * W)                       (L1 mean)
+  rec_loss     = sum (recon - x)^2 / (n * 3 * H * W)                     (L2, the default)
+               or sum |recon - x| / (n * 3 * H * W)                      (--loss l1)
   kl           = sum_{n,c,h,w} 0.5 * (mean^2 + exp(logvar) - 1 - logvar) / (n * 3 * H * W)
                (= mean over the batch of the per-image KL sum, divided by the
                 number of pixel values 3*H*W of one image)
@@ -66,7 +67,7 @@ Subcommands:
       OUT: `mean`, `logvar` [n, C, H/f, W/f] (after quant_conv and the clamp)
       and `recon` = decode(mean) [n, 3, H, W], all written as F32.
   train-step --vae DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W
-             [--seed S] [--dtype float64|float32]
+             [--loss l2|l1] [--seed S] [--dtype float64|float32]
       One loss evaluation as above (float64 by default); `eps` is taken from IN
       (if IN has none, eps = numpy default_rng(S).standard_normal, float64).
       Prints {"loss","rec_loss","kl","min_abs_residual"} as one JSON line and writes the gradient
@@ -459,15 +460,15 @@ def cmd_forward(a):
     st_write(a.out, {"mean": mean.numpy(), "logvar": logvar.numpy(), "recon": recon.numpy()})
 
 
-def vae_loss(model, x, eps, kl_weight):
+def vae_loss(model, x, eps, kl_weight, loss="l2"):
     """The train-step loss (see the top of the file). Returns (loss, rec, kl,
-    min |recon - x|): the L1 gradient flips sign where recon crosses x, so a
-    gradient comparison is only meaningful when no residual is near zero."""
+    min |recon - x|): the L1 gradient flips sign where recon crosses x, so an
+    L1 gradient comparison is only meaningful when no residual is near zero."""
     mean, logvar = model.encode(x)
     z = mean + torch.exp(0.5 * logvar) * eps
     recon = model.decode(z)
     denom = x.numel()  # n * 3 * H * W
-    rec = torch.abs(recon - x).sum() / denom
+    rec = (torch.abs(recon - x) if loss == "l1" else (recon - x) ** 2).sum() / denom
     kl = 0.5 * (mean * mean + torch.exp(logvar) - 1.0 - logvar).sum() / denom
     return rec + kl_weight * kl, rec, kl, float(torch.abs(recon - x).min())
 
@@ -486,7 +487,7 @@ def cmd_train_step(a):
     else:
         eps = torch.from_numpy(np.random.default_rng(a.seed).standard_normal(shape)).to(dt)
     model.zero_grad(set_to_none=True)
-    loss, rec, kl, min_residual = vae_loss(model, x, eps, a.kl_weight)
+    loss, rec, kl, min_residual = vae_loss(model, x, eps, a.kl_weight, a.loss)
     loss.backward()
     grads = {}
     for k, p in model.named_parameters():
@@ -591,6 +592,7 @@ def main():
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--kl-weight", type=float, required=True)
+    p.add_argument("--loss", default="l2", choices=["l2", "l1"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.set_defaults(fn=cmd_train_step)

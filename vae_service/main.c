@@ -7,7 +7,7 @@
  *   vae_service serve   --vae VAE_DIR --endpoint tcp://HOST:PORT            (serve.c)
  *   vae_service init    --config VAE.json --out VAE_DIR [--seed S]
  *   vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors
- *   vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W
+ *   vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W [--loss L]
  *
  * Bad input exits with status 2 and one line naming the file and field. */
 #include "commands.h"
@@ -97,7 +97,7 @@ static int cmd_grads(const args *a) {
     image_batch b = load_images(arg_required(a, "images"), vae_cfg(v), 1);
     float kl_weight = (float)arg_float(a, "kl-weight", 1e-6);
     param_set *ps = vae_params(v);
-    vae_losses l = vae_train_step(v, b.images, b.eps, b.n, b.H, b.W, kl_weight, 1);
+    vae_losses l = vae_train_step(v, b.images, b.eps, b.n, b.H, b.W, vae_loss_arg(a, "grads"), kl_weight, 1);
     printf("{\"loss\":%.9g,\"rec_loss\":%.9g,\"kl\":%.9g,\"psnr\":%.4f}\n", l.loss, l.rec_loss, l.kl, l.psnr);
     char err[ERR_LEN];
     if (params_save(ps, ps->g, arg_required(a, "out"), err)) die("%s", err);
@@ -134,7 +134,7 @@ static int cmd_bench(const args *a) {
         double t0 = now_s();
         if (train) {
             nn_zero(ps->g, ps->numel);
-            vae_train_step(v, x, eps, batch, size, size, 1e-6f, 1);
+            vae_train_step(v, x, eps, batch, size, size, VAE_LOSS_L2, 1e-6f, 1);
             optim_step(&o, ps, grad_norm(ps));
         } else {
             vae_encode(v, x, batch, size, size, mean, logvar);
@@ -155,7 +155,8 @@ static int cmd_bench(const args *a) {
 
 static const char usage[] =
     "usage: vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] [--size S] [--steps N]\n"
-    "                           [--batch B] [--lr LR] [--kl-weight W] [--resume] [--seed S] [--threads T]\n"
+    "                           [--batch B] [--lr LR] [--loss l2|l1] [--kl-weight W] [--resume] [--seed S]\n"
+    "                           [--threads T]\n"
     "       vae_service eval    --vae VAE_DIR --data SHARDS [--size S] [--grid FILE.png] [--threads T]\n"
     "       vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR [--size S] [--logvar]\n"
     "                           [--batch B] [--threads T]\n"
@@ -165,14 +166,14 @@ static const char usage[] =
     "       vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
     "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
     "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
-    "                           --kl-weight W [--threads T]\n";
+    "                           --kl-weight W [--loss l2|l1] [--threads T]\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
     static const char *const forward_flags[] = {"vae", "images", "out", "threads", NULL};
-    static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "threads", NULL};
+    static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "loss", "threads", NULL};
     static const char *const train_flags[] = {"data", "out", "config", "size", "steps", "batch", "lr",
-                                              "kl-weight", "resume!", "seed", "threads", "log-every",
+                                              "loss", "kl-weight", "resume!", "seed", "threads", "log-every",
                                               "save-every", "stop-at", NULL};
     static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
     static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};

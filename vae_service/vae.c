@@ -588,7 +588,7 @@ double vae_psnr(const float *recon, const float *orig, size_t n) {
 }
 
 vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, int n, int H, int W_,
-                          float kl_weight, int want_grads) {
+                          vae_loss_kind loss, float kl_weight, int want_grads) {
     const vae_config *c = &v->cfg;
     int C = c->latent_channels, f = vae_downscale(c), h = H / f, w = W_ / f;
     size_t hw = (size_t)h * w, half = (size_t)C * n * hw, npix = (size_t)c->out_channels * n * H * W_;
@@ -610,7 +610,9 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
     }
     float *recon = decoder_fwd(v, dr, z, n, h, w);
     float *drecon = arena_alloc(&v->arena, npix);
-    out.rec_loss = nn_abs_error(drecon, recon, x, npix, want_grads ? 1.0f / (float)npix : 0.0f) / (double)npix;
+    float scale = want_grads ? 1.0f / (float)npix : 0.0f;
+    out.rec_loss = (loss == VAE_LOSS_L1 ? nn_abs_error(drecon, recon, x, npix, scale)
+                                        : nn_squared_error(drecon, recon, x, npix, scale)) / (double)npix;
     out.kl = kl / (double)npix;
     out.loss = out.rec_loss + kl_weight * out.kl;
     double psnr = 0.0;

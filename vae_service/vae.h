@@ -51,17 +51,21 @@ void vae_encode(vae_model *v, const float *images, int n, int H, int W, float *m
 /* Decoder: images [n, 3, H, W] from latents [n, C, h, w]. Inference only. */
 void vae_decode(vae_model *v, const float *latents, int n, int h, int w, float *images);
 
+/* The reconstruction term: mean |recon - x| (L1) or mean (recon - x)^2
+ * (L2) over all pixel values. */
+typedef enum { VAE_LOSS_L1, VAE_LOSS_L2 } vae_loss_kind;
+
 typedef struct {
     double loss, rec_loss, kl;   /* loss = rec_loss + kl_weight * kl */
     double psnr;                 /* mean over images, of the reconstruction */
 } vae_losses;
 
 /* One training evaluation: z = mean + exp(logvar/2) * eps (eps [n, C, h, w]),
- * recon = decode(z), rec_loss = mean |recon - x| over all elements,
+ * recon = decode(z), rec_loss of `loss` over all elements,
  * kl = sum(mean^2 + exp(logvar) - 1 - logvar) / 2 / (n * 3 * H * W).
  * With want_grads, adds the gradient of loss into the params' g. */
 vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, int n, int H, int W,
-                          float kl_weight, int want_grads);
+                          vae_loss_kind loss, float kl_weight, int want_grads);
 
 /* PSNR (dB) of a reconstruction against the original, both in [-1, 1]. */
 double vae_psnr(const float *recon, const float *orig, size_t n);

@@ -218,7 +218,7 @@ void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
         nn_gemm(0, 1, s->c_out, K, (int)total, 1.0f, dy, (int)total, x, (int)total, 1.0f, dw, K);
         if (dx) nn_gemm(1, 0, K, (int)total, s->c_out, 1.0f, w, K, dy, (int)total, 0.0f, dx, (int)total);
     } else {
-        conv_backward_weights(dw, dy, x, s);
+        if (!conv_onednn_backward_weights(dw, dy, x, s)) conv_backward_weights(dw, dy, x, s);
         if (dx && s->stride == 1) conv_backward_data_stride1(dx, dy, w, s);
         else if (dx) conv_backward_data_strided(dx, dy, w, s);
     }
