@@ -22,4 +22,17 @@ void dist_allreduce_sum_i64(int64_t *x, int n);
 void dist_allgather_i64(int64_t value, int64_t *all);
 void dist_barrier(void);
 
+/* Non-blocking collectives for gradient buckets, started while backward is
+ * still running and finished together by dist_wait_all (dist_progress lets
+ * MPI move them along in between). Buffers must stay untouched until then.
+ * - reduce-scatter: x[0, n) is summed over ranks, and each rank receives
+ *   counts[rank] elements of the sum (those of its part) into recv;
+ * - all-reduce: x[0, n) is summed over ranks in place. */
+void dist_reduce_scatter_start(const float *x, size_t n, const int *counts, float *recv);
+void dist_allreduce_start(float *x, size_t n);
+void dist_progress(void);
+void dist_wait_all(void);
+/* In place: rank r's counts[r] floats at x + offsets[r] go to every rank. */
+void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts);
+
 #endif

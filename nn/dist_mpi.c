@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int use_mpi, rank, size = 1;
 
@@ -47,4 +48,54 @@ void dist_allgather_i64(int64_t value, int64_t *all) {
 
 void dist_barrier(void) {
     if (use_mpi) MPI_Barrier(MPI_COMM_WORLD);
+}
+
+/* Outstanding non-blocking collectives (a step's buckets). */
+#define MAX_PENDING 4096
+static MPI_Request pending[MAX_PENDING];
+static int n_pending;
+
+static MPI_Request *next_request(void) {
+    if (n_pending == MAX_PENDING) die("dist: more than %d collectives in flight", MAX_PENDING);
+    return &pending[n_pending++];
+}
+
+static int as_count(size_t n) {
+    if (n > INT_MAX) die("dist: a bucket of %zu floats exceeds MPI's int count", n);
+    return (int)n;
+}
+
+void dist_reduce_scatter_start(const float *x, size_t n, const int *counts, float *recv) {
+    if (!use_mpi) {
+        if (counts[0]) memmove(recv, x, sizeof(float) * (size_t)counts[0]);
+        return;
+    }
+    as_count(n);
+    MPI_Ireduce_scatter(x, recv, counts, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, next_request());
+}
+
+void dist_allreduce_start(float *x, size_t n) {
+    if (use_mpi) MPI_Iallreduce(MPI_IN_PLACE, x, as_count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, next_request());
+}
+
+void dist_progress(void) {
+    int done;
+    if (n_pending) MPI_Testall(n_pending, pending, &done, MPI_STATUSES_IGNORE);
+}
+
+void dist_wait_all(void) {
+    if (n_pending) MPI_Waitall(n_pending, pending, MPI_STATUSES_IGNORE);
+    n_pending = 0;
+}
+
+void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts) {
+    if (!use_mpi) return;
+    int *cnt = xmalloc(sizeof(int) * size), *displ = xmalloc(sizeof(int) * size);
+    for (int r = 0; r < size; r++) {
+        cnt[r] = as_count(counts[r]);
+        displ[r] = as_count(offsets[r]);
+    }
+    MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, x, cnt, displ, MPI_FLOAT, MPI_COMM_WORLD);
+    free(cnt);
+    free(displ);
 }

@@ -11,11 +11,17 @@ optim_config optim_defaults(float lr, int warmup_steps, int total_steps) {
                           .weight_decay = 0.1f, .clip_norm = 1.0f};
 }
 
-void optim_create(optimizer *o, const param_set *ps, optim_config cfg) {
+void optim_create_part(optimizer *o, optim_config cfg, size_t off, size_t n) {
     memset(o, 0, sizeof *o);
     o->cfg = cfg;
-    o->m = nn_alloc(ps->numel);
-    o->v = nn_alloc(ps->numel);
+    o->off = off;
+    o->n = n;
+    o->m = nn_alloc(n);
+    o->v = nn_alloc(n);
+}
+
+void optim_create(optimizer *o, const param_set *ps, optim_config cfg) {
+    optim_create_part(o, cfg, 0, ps->numel);
 }
 
 void optim_free(optimizer *o) {
@@ -39,13 +45,17 @@ double grad_norm(const param_set *ps) {
 
 float optim_step(optimizer *o, param_set *ps, double gnorm) {
     const optim_config *c = &o->cfg;
-    if (c->clip_norm > 0 && gnorm > c->clip_norm) nn_scale(ps->g, (float)(c->clip_norm / gnorm), ps->numel);
+    if (c->clip_norm > 0 && gnorm > c->clip_norm) nn_scale(ps->g + o->off, (float)(c->clip_norm / gnorm), o->n);
     float lr = optim_lr(c, o->step);
     o->step++;
     float bc1 = 1.0f - powf(c->beta1, (float)o->step), bc2 = 1.0f - powf(c->beta2, (float)o->step);
-    for (int i = 0; i < ps->n; i++) {
+    size_t end = o->off + o->n;
+    for (int i = 0; i < ps->n; i++) {            /* each tensor's overlap with the part */
         const param_info *p = &ps->info[i];
-        nn_adamw(ps->w + p->offset, ps->g + p->offset, o->m + p->offset, o->v + p->offset, p->numel,
+        size_t a = p->offset > o->off ? p->offset : o->off;
+        size_t b = p->offset + p->numel < end ? p->offset + p->numel : end;
+        if (a >= b) continue;
+        nn_adamw(ps->w + a, ps->g + a, o->m + (a - o->off), o->v + (a - o->off), b - a,
                  lr, c->beta1, c->beta2, c->eps, p->decay ? c->weight_decay : 0.0f, bc1, bc2);
     }
     return lr;

@@ -15,13 +15,17 @@ typedef struct {
 /* beta1 0.9, beta2 0.95, eps 1e-8, weight decay 0.1, clip 1.0, floor 10%. */
 optim_config optim_defaults(float lr, int warmup_steps, int total_steps);
 
+/* An optimizer updates the flat parameter elements [off, off + n): all of
+ * them, or with ZeRO-1 one rank's part, whose moments are all it keeps. */
 typedef struct {
     optim_config cfg;
     long step;                  /* optimizer steps taken */
-    float *m, *v;               /* moments, laid out as the parameters */
+    size_t off, n;              /* the part of the flat parameters it owns */
+    float *m, *v;               /* moments of that part: m[0] is element off */
 } optimizer;
 
 void optim_create(optimizer *o, const param_set *ps, optim_config cfg);
+void optim_create_part(optimizer *o, optim_config cfg, size_t off, size_t n);
 void optim_free(optimizer *o);
 
 /* Learning rate for step s (0-based). */
@@ -30,8 +34,10 @@ float optim_lr(const optim_config *c, long s);
 /* Global L2 norm of the gradients (float64 accumulation). */
 double grad_norm(const param_set *ps);
 
-/* Clips ps->g to cfg.clip_norm, applies AdamW (weight decay on the tensors
- * marked `decay` only), advances the step. Returns the learning rate used. */
+/* Clips the owned part of ps->g to cfg.clip_norm (gnorm is the norm of the
+ * whole gradient), applies AdamW to the owned part of ps->w (weight decay on
+ * the tensors marked `decay` only), advances the step. Returns the learning
+ * rate used. */
 float optim_step(optimizer *o, param_set *ps, double gnorm);
 
 #endif

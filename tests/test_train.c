@@ -88,5 +88,38 @@ int main(void) {
     optim_free(&o);
     nn_free(before);
     model_free(&a);
+
+    /* Noise draws: keyed by (seed, step, global row, image in row), so a row
+     * sliced out of a bigger batch draws what it drew in place. */
+    rng r;
+    rng_seed(&r, 9);
+    batch whole, part;
+    batch_generate(&whole, &tiny, 6, 64, &r);
+    batch_slice(&part, &whole, &tiny, 2, 3);
+    batch_draw_noise(&whole, &tiny, 5, 11, 100);
+    batch_draw_noise(&part, &tiny, 5, 11, 102);
+    size_t lat = (size_t)tiny.latent_channels * tiny.latent_size * tiny.latent_size;
+    int first_img = -1, same = part.n_images > 0;  /* the generator numbers images in row order */
+    for (int i = 2 * 64; i < 6 * 64 && first_img < 0; i++) first_img = whole.image[i];
+    for (int k = 0; k < part.n_images; k++)
+        same &= part.timesteps[k] == whole.timesteps[first_img + k] &&
+                memcmp(part.noise + k * lat, whole.noise + (first_img + k) * lat, lat * sizeof(float)) == 0;
+    CHECK(same, "a slice of rows draws the same timesteps and noise as in the whole batch (%d images)", part.n_images);
+    int32_t t0 = whole.timesteps[0];
+    float e0 = whole.noise[0];
+    batch_draw_noise(&whole, &tiny, 5, 12, 100);
+    CHECK(whole.timesteps[0] != t0 || whole.noise[0] != e0, "the next step draws new noise");
+    int limited = 0, in_range = 1;
+    for (int s = 0; s < 50; s++) {
+        batch_draw_noise(&whole, &tiny, 5, s, 0);
+        for (int k = 0; k < whole.n_images; k++) {
+            int T = whole.noise_limit[k] ? tiny.diffusion_steps / 2 : tiny.diffusion_steps;
+            in_range &= whole.timesteps[k] >= 1 && whole.timesteps[k] <= T;
+            limited += whole.noise_limit[k];
+        }
+    }
+    CHECK(in_range && limited > 0, "t in 1..T, and 1..T/2 for image-first images (%d limited draws)", limited);
+    batch_free(&whole);
+    batch_free(&part);
     return CHECK_DONE();
 }

@@ -10,7 +10,7 @@
 
 void batch_free(batch *b) {
     free(b->tokens); free(b->modality); free(b->doc); free(b->image);
-    free(b->latents); free(b->noise); free(b->timesteps);
+    free(b->latents); free(b->noise); free(b->timesteps); free(b->noise_limit);
     memset(b, 0, sizeof *b);
 }
 
@@ -24,6 +24,7 @@ static void batch_alloc(batch *b, const model_config *c, int B, int L, int n_ima
     b->latents = xcalloc(lat ? lat : 1, sizeof(float));
     b->noise = xcalloc(lat ? lat : 1, sizeof(float));
     b->timesteps = xcalloc(n_images ? n_images : 1, sizeof(int32_t));
+    b->noise_limit = xcalloc(n_images ? n_images : 1, sizeof(int32_t));
 }
 
 /* Checks what the model relies on; see batch.h. */
@@ -162,6 +163,7 @@ static int put_document(batch *b, const model_config *c, rng *r, int row, int at
     if (with_image) {
         int T = c->diffusion_steps;
         b->timesteps[img] = caption_first ? rng_int(r, 1, T) : rng_int(r, 1, T / 2 > 0 ? T / 2 : 1);
+        b->noise_limit[img] = !caption_first;
     }
     return i - at;
 }
@@ -187,4 +189,51 @@ void batch_generate(batch *b, const model_config *c, int B, int L, rng *r) {
     size_t lat = (size_t)n_images * c->latent_channels * c->latent_size * c->latent_size;
     for (size_t k = 0; k < lat; k++) b->latents[k] = (float)rng_normal(r);
     for (size_t k = 0; k < lat; k++) b->noise[k] = (float)rng_normal(r);
+}
+
+void batch_slice(batch *dst, const batch *src, const model_config *c, int row0, int rows) {
+    size_t N = (size_t)rows * src->L, lat = (size_t)c->latent_channels * c->latent_size * c->latent_size;
+    int *map = xmalloc(sizeof(int) * (src->n_images ? src->n_images : 1)), n = 0;
+    for (int k = 0; k < src->n_images; k++) map[k] = -1;
+    const int32_t *img = src->image + (size_t)row0 * src->L;
+    for (size_t i = 0; i < N; i++)
+        if (img[i] >= 0 && map[img[i]] < 0) map[img[i]] = n++;
+    batch_alloc(dst, c, rows, src->L, n);
+    memcpy(dst->tokens, src->tokens + (size_t)row0 * src->L, sizeof(int32_t) * N);
+    memcpy(dst->modality, src->modality + (size_t)row0 * src->L, sizeof(int32_t) * N);
+    memcpy(dst->doc, src->doc + (size_t)row0 * src->L, sizeof(int32_t) * N);
+    for (size_t i = 0; i < N; i++) dst->image[i] = img[i] >= 0 ? map[img[i]] : -1;
+    for (int k = 0; k < src->n_images; k++) {
+        int j = map[k];
+        if (j < 0) continue;
+        memcpy(dst->latents + j * lat, src->latents + k * lat, sizeof(float) * lat);
+        memcpy(dst->noise + j * lat, src->noise + k * lat, sizeof(float) * lat);
+        dst->timesteps[j] = src->timesteps[k];
+        dst->noise_limit[j] = src->noise_limit ? src->noise_limit[k] : 0;
+    }
+    free(map);
+}
+
+static uint64_t mix(uint64_t a, uint64_t b) {
+    rng r;
+    rng_seed(&r, a ^ (b * 0xD1B54A32D192ED03ull));
+    return rng_u64(&r);
+}
+
+void batch_draw_noise(batch *b, const model_config *c, uint64_t seed, long step, long first_row) {
+    size_t lat = (size_t)c->latent_channels * c->latent_size * c->latent_size;
+    int T = c->diffusion_steps;
+    for (int row = 0; row < b->B; row++) {
+        const int32_t *img = b->image + (size_t)row * b->L;
+        int ordinal = 0;
+        for (int i = 0; i < b->L; i++) {
+            int k = img[i];
+            if (k < 0 || (i > 0 && img[i - 1] == k)) continue;      /* not an image's first patch */
+            rng r;
+            rng_seed(&r, mix(mix(mix(seed, (uint64_t)step), (uint64_t)(first_row + row)), (uint64_t)ordinal++));
+            int limited = b->noise_limit && b->noise_limit[k];
+            b->timesteps[k] = rng_int(&r, 1, limited && T / 2 > 0 ? T / 2 : T);
+            for (size_t e = 0; e < lat; e++) b->noise[k * lat + e] = (float)rng_normal(&r);
+        }
+    }
 }

@@ -21,6 +21,7 @@ typedef struct {
     int32_t *tokens, *modality, *doc, *image;   /* [B*L] each */
     float *latents, *noise;                     /* [n_images, C, h, w] */
     int32_t *timesteps;                         /* [n_images], 1..T */
+    int32_t *noise_limit;                       /* [n_images]: 1 = image first, t in 1..T/2 */
 } batch;
 
 /* Reads and validates a batch file against the config: dtypes, shapes, token
@@ -35,6 +36,17 @@ void batch_free(batch *b);
  * image-caption pairs (both orders) and text documents, about half of the
  * positions in image patches, pads at row ends; random tokens and latents. */
 void batch_generate(batch *b, const model_config *c, int B, int L, rng *r);
+
+/* dst = rows [row0, row0 + rows) of src, its images renumbered in order of
+ * appearance (a rank's or a micro-batch's share of a global batch). */
+void batch_slice(batch *dst, const batch *src, const model_config *c, int row0, int rows);
+
+/* Draws every image's timestep (1..T, or 1..T/2 where noise_limit is set)
+ * and noise from a counter-based generator keyed by (seed, step, global row,
+ * image within the row), where row r of b is global row first_row + r. The
+ * draws are a pure function of the key, so a run gives the same noise on any
+ * number of ranks or accumulation steps. */
+void batch_draw_noise(batch *b, const model_config *c, uint64_t seed, long step, long first_row);
 
 typedef struct {
     int B, L, N;                 /* N = B*L */

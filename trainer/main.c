@@ -3,18 +3,21 @@
  *   trainer init  --config MODEL.json --out DIR [--seed S]
  *   trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors]
  *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
- *   trainer train --config MODEL.json [--steps N] [--batch-rows B] [--seq-len L]
- *                 [--lr LR] [--warmup W] [--seed S] [--out DIR]
+ *   trainer train --config MODEL.json [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
+ *                 [--lr LR] [--warmup W] [--seed S] [--no-zero] [--out DIR]
+ *   (mpirun -np N trainer train ...: N data-parallel ranks)
  *
  * Bad input (flags, files, records) exits with status 2 and one line on
  * stderr naming the file and the field or tensor. */
 #include "batch.h"
+#include "data_parallel.h"
 #include "model.h"
 #include "../nn/optim.h"
 #include "../common/timing.h"
 #include "../common/cli.h"
 #include "../common/error.h"
 #include "../common/safetensors.h"
+#include "../nn/dist.h"
 #include "../nn/kernels.h"
 
 #include <stdio.h>
@@ -73,8 +76,7 @@ static int cmd_loss(const args *a) {
 }
 
 /* A fresh model, its optimizer and one generated batch (with the flags
- * --config, --batch-rows, --seq-len, --seed, --threads): what bench and train
- * run on until the dataloader feeds real data. */
+ * --config, --batch-rows, --seq-len, --seed, --threads): what bench times. */
 typedef struct {
     batch b;
     plan p;
@@ -143,29 +145,88 @@ static int cmd_bench(const args *a) {
     return 0;
 }
 
+/* Data-parallel training on generated rows, until the dataloader feeds real
+ * ones. A step's global batch is world x grad-accum x batch-rows rows of one
+ * generated set: rank r's micro-batch j is global rows (r*A + j)*B .. +B, so
+ * any split of the same global batch over ranks and accumulation steps trains
+ * the same model. The noise is drawn anew each step (batch_draw_noise). */
 static int cmd_train(const args *a) {
     int steps = (int)arg_int(a, "steps", 300, 1), warmup = (int)arg_int(a, "warmup", 20, 0);
-    int log_every = (int)arg_int(a, "log-every", 10, 1);
+    int log_every = (int)arg_int(a, "log-every", 10, 1), B = (int)arg_int(a, "batch-rows", 4, 1);
+    int A = (int)arg_int(a, "grad-accum", 1, 1), L = (int)arg_int(a, "seq-len", 128, 2);
+    unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
     const char *out = arg_str(a, "out", NULL);
-    generated_run g;
-    generated_run_open(&g, a, 4, 128, (float)arg_float(a, "lr", 1e-3), warmup, steps);
-    printf("training %zu parameters on one generated batch: %d rows x %d positions, "
-           "%d LM targets, %d patches in %d images\n",
-           g.m.ps.numel, g.p.B, g.p.L, g.p.n_lm, g.p.n_patch, g.p.n_images);
-    double first = 0, loss = 0, gnorm, t0 = now_s();
-    float lr;
-    for (int s = 0; s < steps; s++) {
-        loss = train_step(&g, &gnorm, &lr);
-        if (s == 0) first = loss;
-        if (s % log_every == 0 || s == steps - 1)
-            printf("step %4d/%d  loss %.4f  grad_norm %.3f  lr %.2e  %.2f s\n",
-                   s + 1, steps, loss, gnorm, lr, now_s() - t0);
-        fflush(stdout);
+    model_config c = load_config(arg_required(a, "config"));
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    int world = dist_size(), rank = dist_rank();
+
+    rng r;
+    rng_seed(&r, seed);
+    batch global, *micro = xcalloc(A, sizeof(batch));
+    batch_generate(&global, &c, world * A * B, L, &r);
+    for (int j = 0; j < A; j++) batch_slice(&micro[j], &global, &c, (rank * A + j) * B, B);
+    batch_free(&global);
+    model m;
+    model_create(&m, &c);
+    model_init_weights(&m, seed);
+    data_parallel dp;
+    dp_init(&dp, &m, !arg_switch(a, "no-zero"));
+    optimizer o;
+    dp_optimizer(&dp, &o, optim_defaults((float)arg_float(a, "lr", 1e-3), warmup, steps));
+
+    /* The loss is normalized by the counts of the whole step (contract
+     * section 5): every micro-batch of every rank. */
+    int64_t counts[2] = {0, 0};
+    double flops = 0;
+    plan p;
+    for (int j = 0; j < A; j++) {
+        plan_build(&p, &micro[j], &c);
+        counts[0] += p.n_lm;
+        counts[1] += (int64_t)p.n_patch * cfg_patch_dim(&c);
+        flops += model_step_flops(&m, &p);
+        plan_free(&p);
     }
-    printf("loss %.4f -> %.4f (%.1fx lower)\n", first, loss, first / loss);
+    dist_allreduce_sum_i64(counts, 2);
+    dist_allreduce_sum_f64(&flops, 1);
+    if (rank == 0)
+        printf("training %zu parameters on generated rows: %d ranks x %d accumulation steps x %d rows x %d "
+               "positions, ZeRO-1 %s\n", m.ps.numel, world, A, B, L, dp.zero ? "on" : "off");
+    double first = 0, loss = 0, t0 = now_s();
+    for (int s = 0; s < steps; s++) {
+        double ts = now_s(), sums[2] = {0, 0};
+        nn_zero(m.ps.g, m.ps.numel);
+        for (int j = 0; j < A; j++) {
+            batch_draw_noise(&micro[j], &c, seed, s, (long)(rank * A + j) * B);
+            plan_build(&p, &micro[j], &c);
+            if (j == A - 1) dp_start_reduction(&dp);
+            loss_sums ls = model_step(&m, &p, (double)counts[0], (double)counts[1], 1);
+            sums[0] += ls.ce_sum;
+            sums[1] += ls.se_sum;
+            plan_free(&p);
+        }
+        double gnorm = dp_finish_reduction(&dp);
+        float lr = dp_update(&dp, &o, gnorm);
+        dist_allreduce_sum_f64(sums, 2);
+        double lm = counts[0] ? sums[0] / counts[0] : 0, diff = counts[1] ? sums[1] / counts[1] : 0;
+        loss = lm + c.lambda_diffusion * diff;
+        if (s == 0) first = loss;
+        double dt = now_s() - ts;
+        if (rank == 0 && (s % log_every == 0 || s == steps - 1)) {
+            printf("step %4d/%d  loss %.9f  lm %.6f  diffusion %.6f  lr %.2e  grad_norm %.4f  "
+                   "%.0f positions/s  %.1f GFLOP/s  data 0.000 s  %.1f s\n",
+                   s + 1, steps, loss, lm, diff, lr, gnorm, (double)world * A * B * L / dt, flops / dt / 1e9,
+                   now_s() - t0);
+            fflush(stdout);
+        }
+    }
+    if (rank == 0) printf("loss %.4f -> %.4f (%.1fx lower)\n", first, loss, first / loss);
     char err[ERR_LEN];
-    if (out && model_save(&g.m, out, err)) die("%s", err);
-    generated_run_close(&g);
+    if (out && rank == 0 && model_save(&m, out, err)) die("%s", err);
+    for (int j = 0; j < A; j++) batch_free(&micro[j]);
+    free(micro);
+    optim_free(&o);
+    dp_free(&dp);
+    model_free(&m);
     return 0;
 }
 
@@ -173,19 +234,23 @@ static const char usage[] =
     "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
     "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
     "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
-    "       trainer train --config MODEL.json [--steps N] [--batch-rows B] [--seq-len L] [--lr LR]\n"
-    "                     [--warmup W] [--seed S] [--log-every K] [--threads T] [--out DIR]\n";
+    "       trainer train --config MODEL.json [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]\n"
+    "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--log-every K] [--threads T]\n"
+    "                     [--out DIR]    (under mpirun: data-parallel ranks)\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
     static const char *const loss_flags[] = {"ckpt", "batch", "grads", "threads", NULL};
     static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
-    static const char *const train_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed",
-                                              "lr", "warmup", "log-every", "out", NULL};
+    static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
+                                              "seed", "lr", "warmup", "log-every", "no-zero!", "out", NULL};
     static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
         {"bench", cmd_bench, bench_flags}, {"train", cmd_train, train_flags},
     };
     nn_startup(argv);
-    return cli_main("trainer", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
+    dist_init(&argc, &argv);            /* MPI only when started by mpirun */
+    int rc = cli_main("trainer", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
+    dist_finalize();
+    return rc;
 }

@@ -339,9 +339,21 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
 
     nn_zero(ws->dx, (size_t)p->N * d);
     nn_rmsnorm_backward(ws->dx, m->G.norm, ws->dh, ws->x_final, m->W.norm, p->N, d, c->rms_norm_eps);
-    for (int l = nl - 1; l >= 0; l--)
+    /* Flat layout: embed_tokens | layers 0..nl-1 | norm | lm_head | image.*
+     * (model_create). Layer l's range is final once its backward is done; the
+     * norm and lm_head go with the last layer, the ends after embed_backward. */
+    size_t heads_end = (size_t)(m->G.lm_head - m->ps.g) + (size_t)c->vocab_size * d, next = heads_end;
+    for (int l = nl - 1; l >= 0; l--) {
         layer_backward(c, &m->W.layers[l], &m->G.layers[l], &ws->layers[l], ws, p);
+        size_t start = (size_t)(m->G.layers[l].ln1 - m->ps.g);
+        if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, start, next - start);
+        next = start;
+    }
     embed_backward(m, p, ws);
+    if (m->grad_ready) {
+        m->grad_ready(m->grad_ready_ctx, 0, next);
+        m->grad_ready(m->grad_ready_ctx, heads_end, m->ps.numel - heads_end);
+    }
     return s;
 }
 

@@ -27,11 +27,18 @@ typedef struct {
 
 typedef struct workspace workspace;
 
+/* Told during backward that the gradients of flat elements [off, off + n)
+ * are final, so data-parallel training can start reducing them while the
+ * rest of backward runs. Every element is reported once per model_step. */
+typedef void (*grad_ready_fn)(void *ctx, size_t off, size_t n);
+
 typedef struct {
     model_config cfg;
     param_set ps;               /* names, shapes; flat weights ps.w, gradients ps.g */
     weights W, G;               /* views into ps.w and ps.g */
     workspace *ws;              /* activations, sized for the last plan */
+    grad_ready_fn grad_ready;   /* NULL: nobody listens */
+    void *grad_ready_ctx;
 } model;
 
 /* Loss sums of one forward pass; the loss is
