@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 /* fork + execv with stdout (and, when err_fd is given, stderr) to pipes. */
-static pid_t spawn(char *const argv[], int *out_fd, int *err_fd)
+static inline pid_t spawn(char *const argv[], int *out_fd, int *err_fd)
 {
     int po[2], pe[2] = {-1, -1};
     if (pipe(po) || (err_fd && pipe(pe)))
@@ -42,7 +42,7 @@ static pid_t spawn(char *const argv[], int *out_fd, int *err_fd)
 }
 
 /* Reads what fd gives until EOF, a newline (stop_at_newline) or the timeout. */
-static int read_text(int fd, char *buf, size_t len, int stop_at_newline, int timeout_ms)
+static inline int read_text(int fd, char *buf, size_t len, int stop_at_newline, int timeout_ms)
 {
     size_t n = 0;
     buf[0] = '\0';
@@ -62,7 +62,7 @@ static int read_text(int fd, char *buf, size_t len, int stop_at_newline, int tim
 }
 
 /* waitpid with a deadline: 0 and *status when the child ended in time. */
-static int wait_exit(pid_t pid, int timeout_ms, int *status)
+static inline int wait_exit(pid_t pid, int timeout_ms, int *status)
 {
     for (int t = 0; t < timeout_ms; t += 20) {
         pid_t r = waitpid(pid, status, WNOHANG);
@@ -75,13 +75,13 @@ static int wait_exit(pid_t pid, int timeout_ms, int *status)
     return -1;
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+static inline int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
     return remove(path);
 }
 
-static int remove_tree(const char *dir)
+static inline int remove_tree(const char *dir)
 {
     return nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
