@@ -262,11 +262,11 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
         int at = 0;
         for (int k = pl->row_items[r]; k < pl->row_items[r + 1]; k++) {
             const pack_item *it = &pl->items[k];
-            int d = k - pl->row_items[r];
-            for (uint32_t i = 0; i < it->len; i++) {
-                doc[at + i] = d;
-                mod[at + i] = 0;
-                im[at + i] = -1;
+            int d = k - pl->row_items[r], len = (int)it->len;
+            for (int i = at; i < at + len; i++) {
+                doc[i] = d;
+                mod[i] = 0;
+                im[i] = -1;
             }
             if (!it->image) {
                 b->sample_ids[k] = s->doc_id[it->index];
@@ -297,11 +297,13 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
             const uint8_t *z = s->latent[it->index];
             float *x = b->latents + (size_t)img * per;
             for (int c = 0; c < s->C; c++) {
-                double m = s->ch_mean[c], sd = s->ch_std[c];
+                double m = s->ch_mean[c], inv = 1.0 / s->ch_std[c];
+                const uint8_t *zc = z + c * plane * sizeof(float);   /* maybe unaligned in the shard */
+                float *xc = x + c * plane;
                 for (size_t q = 0; q < plane; q++) {
                     float v;
-                    memcpy(&v, z + (c * plane + q) * sizeof(float), sizeof v);
-                    x[c * plane + q] = (float)(((double)v - m) / sd);
+                    memcpy(&v, zc + q * sizeof(float), sizeof v);
+                    xc[q] = (float)(((double)v - m) * inv);
                 }
             }
             img++;

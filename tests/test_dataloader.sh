@@ -112,6 +112,25 @@ else
     fail "serve starts: $(cat "$t/serve.err")"
 fi
 
+# A model without <boi>/<eoi> (as Llama 2's): they are appended after its vocabulary.
+spm_train --input="$t/a.txt" --model_prefix="$t/plain" --vocab_size=300 --byte_fallback=true --minloglevel=2 >/dev/null 2>&1
+"$DL" tokenize --tokenizer "$t/plain.model" --input "$t/a.txt" --out "$t/text_plain" >/dev/null 2>&1
+check "plain model: dataset.json appends BOI 300 and EOI 301 (vocabulary 302)" $PY -c "
+import json, sys; t = json.load(open('$t/text_plain/dataset.json'))['tokenizer']
+sys.exit(not (t['pieces'] == 300 and t['vocab_size'] == 302 and t['boi'] == 300 and t['eoi'] == 301))"
+if serve --text "$t/text_plain" --latents "$t/lat" --tokenizer "$t/plain.model" --patch-size 2 --rows-per-rank 2; then
+    "$DL" inspect --endpoint "$ep" --step 0 --world 1 --dump "$t/plain.safetensors" >/dev/null 2>&1
+    check "plain model: rows carry BOI 300 and EOI 301 around every image" $PY -c "
+import sys; sys.path.insert(0, 'tests'); from st_io import st_read
+import numpy as np
+b, _ = st_read('$t/plain.safetensors'); t, m = b['tokens'], b['modality']
+starts = [(r, i) for r in range(t.shape[0]) for i in range(1, t.shape[1]) if m[r, i] == 1 and m[r, i - 1] == 0]
+sys.exit(not (starts and all(t[r, i - 1] == 300 and t[r, i + 16] == 301 for r, i in starts)))"
+    stop
+else
+    fail "serve with a plain model starts: $(cat "$t/serve.err")"
+fi
+
 # Damaged shards: named at start, or left out and reported.
 cp -r "$t/text" "$t/text_bad"
 printf 'X' | dd of="$t/text_bad/b.tok" bs=1 seek=300 conv=notrunc 2>/dev/null
