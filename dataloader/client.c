@@ -70,11 +70,17 @@ dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t fir
     int linger = 0, ivl = 100;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
-    if (zmq_connect(c->sock, endpoint)) {
-        set_error(err, "%s: %s", endpoint, zmq_strerror(errno));
-        dl_client_close(c);
-        return NULL;
-    }
+    /* Several loaders (replicas): a DEALER spreads the requests over them. */
+    char *list = strdup(endpoint), *save = NULL;
+    if (!list) die("out of memory");
+    for (char *e = strtok_r(list, ",", &save); e; e = strtok_r(NULL, ",", &save))
+        if (zmq_connect(c->sock, e)) {
+            set_error(err, "%s: %s", e, zmq_strerror(errno));
+            free(list);
+            dl_client_close(c);
+            return NULL;
+        }
+    free(list);
     return c;
 }
 

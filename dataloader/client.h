@@ -26,8 +26,10 @@ typedef struct {
 
 typedef struct dl_client dl_client;
 
-/* NULL options: the defaults. Connects lazily (ZeroMQ), so this fails only on
- * a malformed endpoint or bad arguments. */
+/* NULL options: the defaults. endpoint may list several loaders serving the
+ * same data, separated by commas: requests are spread over them, and a
+ * step unanswered by one is asked again of any. Connects lazily (ZeroMQ),
+ * so this fails only on a malformed endpoint or bad arguments. */
 dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t first_step, const dl_client_options *o,
                           char *err);
 void dl_client_close(dl_client *c);

@@ -11,10 +11,13 @@
 enum { TAG_TEXT_PERM = 1, TAG_IMAGE_PERM, TAG_DROP, TAG_ORDER };
 
 /* One epoch of a stream: its permutation and the prefix sums of its
- * document lengths in that order. Two are kept: a batch may straddle an
- * epoch boundary. */
+ * document lengths in that order. A few are kept, least recently used out:
+ * a batch may straddle an epoch boundary, and ranks that run apart may ask
+ * for steps in different epochs. */
+#define CACHED_EPOCHS 8
+
 typedef struct {
-    int64_t epoch;
+    int64_t epoch, used;
     int64_t *perm, *prefix;    /* [n], [n + 1] */
 } epoch_cache;
 
@@ -23,7 +26,8 @@ struct packer {
     pack_config c;
     int N;                     /* patch positions per image */
     int64_t text_epoch;        /* text stream positions per epoch */
-    epoch_cache text[2], img[2];
+    epoch_cache text[CACHED_EPOCHS], img[CACHED_EPOCHS];
+    int64_t uses;              /* the clock of the caches' LRU */
     int64_t *img_start;        /* img_start[e]: image stream positions before epoch e */
     int64_t n_img_start, cap_img_start;
     uint64_t fingerprint;
@@ -66,12 +70,32 @@ static void permute(int64_t *perm, int64_t n, uint64_t seed, uint64_t tag, int64
     }
 }
 
+/* The cached epoch e, or the least recently used slot (epoch set to e, to fill). */
+static epoch_cache *lookup(packer *p, epoch_cache *cache, int64_t n, int64_t e, int *hit) {
+    epoch_cache *old = &cache[0];
+    for (int k = 0; k < CACHED_EPOCHS; k++) {
+        if (cache[k].epoch == e) {
+            cache[k].used = ++p->uses;
+            *hit = 1;
+            return &cache[k];
+        }
+        if (cache[k].used < old->used) old = &cache[k];
+    }
+    old->epoch = e;
+    old->used = ++p->uses;
+    *hit = 0;
+    if (!old->perm) {
+        old->perm = xmalloc(sizeof(int64_t) * (n + 1));
+        old->prefix = xmalloc(sizeof(int64_t) * (n + 1));
+    }
+    return old;
+}
+
 static const epoch_cache *text_epoch(packer *p, int64_t e) {
-    for (int k = 0; k < 2; k++)
-        if (p->text[k].epoch == e) return &p->text[k];
-    epoch_cache *c = &p->text[p->text[0].epoch < p->text[1].epoch ? 0 : 1];   /* the older one */
+    int hit;
+    epoch_cache *c = lookup(p, p->text, p->s->n_docs, e, &hit);
+    if (hit) return c;
     int64_t n = p->s->n_docs;
-    c->epoch = e;
     permute(c->perm, n, p->c.seed, TAG_TEXT_PERM, e);
     c->prefix[0] = 0;
     for (int64_t k = 0; k < n; k++) c->prefix[k + 1] = c->prefix[k] + p->s->doc_len[c->perm[k]] + 2;
@@ -79,11 +103,10 @@ static const epoch_cache *text_epoch(packer *p, int64_t e) {
 }
 
 static const epoch_cache *image_epoch(packer *p, int64_t e) {
-    for (int k = 0; k < 2; k++)
-        if (p->img[k].epoch == e) return &p->img[k];
-    epoch_cache *c = &p->img[p->img[0].epoch < p->img[1].epoch ? 0 : 1];
+    int hit;
+    epoch_cache *c = lookup(p, p->img, p->s->n_images, e, &hit);
+    if (hit) return c;
     int64_t n = p->s->n_images;
-    c->epoch = e;
     permute(c->perm, n, p->c.seed, TAG_IMAGE_PERM, e);
     c->prefix[0] = 0;
     for (int64_t k = 0; k < n; k++) c->prefix[k + 1] = c->prefix[k] + image_doc_len(p, e, c->perm[k]);
@@ -164,11 +187,7 @@ packer *packer_create(const sources *s, const pack_config *c, char *err) {
             goto fail;
         }
     }
-    for (int k = 0; k < 2; k++) {
-        p->text[k] = (epoch_cache){-1 - k, xmalloc(sizeof(int64_t) * s->n_docs), xmalloc(sizeof(int64_t) * (s->n_docs + 1))};
-        p->img[k] = (epoch_cache){-1 - k, xmalloc(sizeof(int64_t) * (s->n_images + 1)),
-                                  xmalloc(sizeof(int64_t) * (s->n_images + 1))};
-    }
+    for (int k = 0; k < CACHED_EPOCHS; k++) p->text[k].epoch = p->img[k].epoch = -1;   /* allocated when first used */
     for (int64_t d = 0; d < s->n_docs; d++) p->text_epoch += s->doc_len[d] + 2;
     p->cap_img_start = 64;
     p->img_start = xcalloc(p->cap_img_start, sizeof(int64_t));
@@ -189,7 +208,7 @@ fail:
 
 void packer_free(packer *p) {
     if (!p) return;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < CACHED_EPOCHS; k++) {
         free(p->text[k].perm); free(p->text[k].prefix);
         free(p->img[k].perm); free(p->img[k].prefix);
     }
@@ -254,7 +273,7 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
     const sources *s = p->s;
     const spm_ids *ids = &s->ids;
     int L = p->c.L, N = p->N, filler = ids->pad >= 0 ? ids->pad : 0;
-    size_t plane = (size_t)s->h * s->w, per = (size_t)s->C * plane;
+    size_t per = (size_t)s->C * s->h * s->w;
     int img = 0;
     for (int r = 0; r < pl->rows; r++) {
         int32_t *tok = b->tokens + (size_t)r * L, *mod = b->modality + (size_t)r * L;
@@ -294,18 +313,7 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
             if (!it->caption_first) { memcpy(tok + at, caption, sizeof(int32_t) * cap); at += cap; }
             tok[at++] = ids->eos;
             b->noise_limit[img] = !it->caption_first && !it->dropped;
-            const uint8_t *z = s->latent[it->index];
-            float *x = b->latents + (size_t)img * per;
-            for (int c = 0; c < s->C; c++) {
-                double m = s->ch_mean[c], inv = 1.0 / s->ch_std[c];
-                const uint8_t *zc = z + c * plane * sizeof(float);   /* maybe unaligned in the shard */
-                float *xc = x + c * plane;
-                for (size_t q = 0; q < plane; q++) {
-                    float v;
-                    memcpy(&v, zc + q * sizeof(float), sizeof v);
-                    xc[q] = (float)(((double)v - m) * inv);
-                }
-            }
+            memcpy(b->latents + (size_t)img * per, s->x0 + (size_t)it->index * per, sizeof(float) * per);
             img++;
         }
         for (; at < L; at++) {

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 uint64_t fnv1a(uint64_t h, const void *data, size_t len) {
@@ -205,8 +206,33 @@ static long *caption_problem(sources *s, const spm *tok, const char *text, size_
     return NULL;
 }
 
+/* The usable latents, normalized once into one block of memory that asks
+ * for huge pages: batches then copy them as they are (reading them from the
+ * mapped shards and normalizing per batch took most of a batch's time). */
+static void normalize_latents(sources *s, const uint8_t *const *latent) {
+    size_t plane = (size_t)s->h * s->w, per = (size_t)s->C * plane, bytes = sizeof(float) * per * s->n_images;
+    size_t huge = (size_t)2 << 20, rounded = (bytes + huge - 1) / huge * huge;
+    s->x0 = aligned_alloc(huge, rounded ? rounded : huge);
+    if (!s->x0) die("out of memory for %zu bytes of latents", bytes);
+    madvise(s->x0, rounded, MADV_HUGEPAGE);
+    for (int64_t i = 0; i < s->n_images; i++)
+        for (int c = 0; c < s->C; c++) {
+            double m = s->ch_mean[c], inv = 1.0 / s->ch_std[c];
+            const uint8_t *z = latent[i] + c * plane * sizeof(float);   /* maybe unaligned in the shard */
+            float *x = s->x0 + i * per + c * plane;
+            for (size_t q = 0; q < plane; q++) {
+                float v;
+                memcpy(&v, z + q * sizeof(float), sizeof v);
+                x[q] = (float)(((double)v - m) * inv);
+            }
+        }
+}
+
 static int open_latents(sources *s, const char *dir, const spm *tok, const source_options *o, char *err) {
     char json[4096], path[4200];
+    const uint8_t **latent = NULL;   /* [n_images] F32 [C, h, w] inside the mapped shards */
+    int n_lat = 0;
+    st_file *lat = NULL;
     snprintf(json, sizeof json, "%s/dataset.json", dir);
     cJSON *ds = json_read_object(json, err);
     if (!ds) return -1;
@@ -219,7 +245,7 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
         number_list(ds, "channel_std", s->C, 1, s->ch_std, json, err))
         goto out;
     if (!cJSON_IsArray(shards)) { set_error(err, "%s: field 'shards': missing or not a list", json); goto out; }
-    s->lat = xcalloc(cJSON_GetArraySize(shards), sizeof(st_file));
+    lat = xcalloc(cJSON_GetArraySize(shards), sizeof(st_file));
     int64_t base = 0;
     int dims[3] = {s->C, s->h, s->w};
     s->fingerprint = fnv1a(s->fingerprint, dims, sizeof dims);
@@ -235,12 +261,13 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
         snprintf(path, sizeof path, "%s/%s", dir, file);
         int64_t first_id = base;
         base += samples;
-        st_file *f = &s->lat[s->n_lat];
+        st_file *f = &lat[n_lat];
         if (check_latent_shard(path, f, bytes, crc, samples, err)) {
             if (bad_shard(s, o, err)) goto out;
             continue;
         }
-        s->n_lat++;
+        n_lat++;
+        s->n_lat_shards++;
         s->fingerprint = fnv1a(s->fingerprint, &crc, 4);
         const st_tensor *m = st_find(f, "mean"), *cb = st_find(f, "caption_bytes"), *co = st_find(f, "caption_offsets");
         if (m->shape[1] != s->C || m->shape[2] != s->h || m->shape[3] != s->w) {
@@ -250,7 +277,7 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
             continue;
         }
         size_t need = (size_t)(s->n_images + samples), per = sizeof(float) * s->C * s->h * s->w;
-        s->latent = resize(s->latent, need * sizeof(uint8_t *));
+        latent = resize(latent, need * sizeof(uint8_t *));
         s->caption = resize(s->caption, need * sizeof(int32_t *));
         s->caption_len = resize(s->caption_len, need * sizeof(int32_t));
         s->image_id = resize(s->image_id, need * sizeof(int64_t));
@@ -263,15 +290,19 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
             long *problem = caption_problem(s, tok, (const char *)data + cb->begin + off[0], (size_t)(off[1] - off[0]),
                                             o->max_caption, &ids, &n);
             if (problem) { (*problem)++; free(ids); continue; }
-            s->latent[s->n_images] = data + m->begin + (size_t)i * per;
+            latent[s->n_images] = data + m->begin + (size_t)i * per;
             s->caption[s->n_images] = ids;
             s->caption_len[s->n_images] = (int32_t)n;
             s->image_id[s->n_images] = first_id + i;
             s->n_images++;
         }
     }
+    normalize_latents(s, latent);
     rc = 0;
 out:
+    for (int i = 0; i < n_lat; i++) st_close(&lat[i]);
+    free(lat);
+    free(latent);
     cJSON_Delete(ds);
     return rc;
 }
@@ -291,10 +322,9 @@ int sources_open(sources *s, const char *text_dir, const char *latent_dir, const
 
 void sources_close(sources *s) {
     for (int i = 0; i < s->n_shards; i++) token_shard_close(&s->shards[i]);
-    for (int i = 0; i < s->n_lat; i++) st_close(&s->lat[i]);
     for (int64_t i = 0; i < s->n_images; i++) free(s->caption[i]);
     free(s->shards); free(s->doc_shard); free(s->doc_start); free(s->doc_len); free(s->doc_id);
-    free(s->ch_mean); free(s->ch_std); free(s->lat); free(s->latent); free(s->caption); free(s->caption_len);
+    free(s->ch_mean); free(s->ch_std); free(s->x0); free(s->caption); free(s->caption_len);
     free(s->image_id);
     memset(s, 0, sizeof *s);
 }
@@ -307,6 +337,6 @@ void sources_summary(const sources *s, char *buf, size_t len) {
     snprintf(buf, len,
              "%lld text documents in %d shards, %lld images [%d, %d, %d] in %d shards; left out: %ld bad shards, "
              "%ld empty documents, captions: %ld empty, %ld not tokenizable, %ld too long; %ld latents of the wrong shape",
-             (long long)s->n_docs, s->n_shards, (long long)s->n_images, s->C, s->h, s->w, s->n_lat, s->bad_shards,
+             (long long)s->n_docs, s->n_shards, (long long)s->n_images, s->C, s->h, s->w, s->n_lat_shards, s->bad_shards,
              s->empty_docs, s->caption_empty, s->caption_unknown, s->caption_long, s->wrong_shape);
 }

@@ -33,10 +33,9 @@ typedef struct {
     /* images */
     int C, h, w;
     double *ch_mean, *ch_std;  /* [C] normalization of dataset.json */
-    int n_lat;
-    st_file *lat;
+    int n_lat_shards;          /* latent shards read */
     int64_t n_images;          /* usable images */
-    const uint8_t **latent;    /* [n_images] F32 [C, h, w] inside the mapped shard */
+    float *x0;                 /* [n_images, C, h, w]: the latents normalized, (z - mean) / std */
     int32_t **caption;         /* [n_images] tokens */
     int32_t *caption_len;
     int64_t *image_id;         /* [n_images] sample id */

@@ -23,6 +23,8 @@
 
 typedef struct { void *payload; dl_batch b; size_t len; } owned;
 
+static float *raw_latents;   /* [200, C, h, w]: the fixture's shards 0 and 1, as written */
+
 /* Rank `rank` of `world` at `step`, B rows each, as the service builds it. */
 static owned get(packer *p, const sources *s, int64_t step, int rank, int world, int B) {
     static pack_plan plan;
@@ -84,12 +86,10 @@ static const char *malformed(const sources *s, const dl_batch *b, int N) {
                 for (int q = k; q < k + N; q++)
                     if (im[q] != img) return "image indices are not 0, 1, ... in order";
                 if (b->noise_limit[img] != (before == 0 && after > 0)) return "noise_limit is not 'image first'";
-                const float *x = b->latents + img * per;
+                const float *x = b->latents + img * per, *z = raw_latents + (-1 - sid) * per;
                 for (size_t q = 0; q < per; q++) {
-                    float z;
-                    memcpy(&z, s->latent[u] + q * 4, 4);
                     int c2 = (int)(q / (s->h * s->w));
-                    if (fabs(x[q] - (z - s->ch_mean[c2]) / s->ch_std[c2]) > 1e-5) return "latents not normalized";
+                    if (fabs(x[q] - (z[q] - s->ch_mean[c2]) / s->ch_std[c2]) > 1e-5) return "latents not normalized";
                 }
                 img++;
             } else {
@@ -147,6 +147,16 @@ int main(void) {
     CHECK(s.n_images == 198 && s.caption_empty == 1 && s.caption_long == 1 && s.wrong_shape == 100,
           "images: 198 usable, 1 empty and 1 long caption and 100 latents of the wrong shape counted (%lld, %ld, %ld, %ld)",
           (long long)s.n_images, s.caption_empty, s.caption_long, s.wrong_shape);
+    raw_latents = malloc(sizeof(float) * 200 * s.C * s.h * s.w);
+    for (int k = 0; k < 2; k++) {
+        char shard[256];
+        st_file f;
+        int64_t shape[4] = {100, s.C, s.h, s.w};
+        snprintf(shard, sizeof shard, "%s/shard-%05d.safetensors", fx.latents, k);
+        if (st_open(shard, &f, err) || st_read_f32(&f, "mean", 4, shape, raw_latents + (size_t)k * 100 * s.C * s.h * s.w, err))
+            CHECK(0, "read %s: %s", shard, err);
+        st_close(&f);
+    }
     CHECK(s.n_docs == 300 && s.ids.boi >= 0 && s.ids.eoi >= 0 && s.ids.bos != s.ids.eos, "text: 300 documents, special ids");
 
     pack_config c = {.L = SEQ, .patch = PATCH, .max_caption = 64, .image_fraction = 0.5, .caption_first = 0.8,
@@ -328,6 +338,7 @@ int main(void) {
     packer_free(q);
     sources_close(&s);
     spm_free(tok);
+    free(raw_latents);
     CHECK(remove_tree(fx.dir) == 0, "temporary folder removed");
     return CHECK_DONE();
 }

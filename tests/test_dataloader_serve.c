@@ -250,6 +250,24 @@ int main(void) {
     CHECK(steady, "a client rides through a loader restart: steps 50..79 in order, each correct (%s)", steady ? "" : err);
     dl_client_close(c);
 
+    /* Two replicas behind one client: the same rows, whichever answers. */
+    pid_t first = child;
+    char first_ep[256], both[600];
+    snprintf(first_ep, sizeof first_ep, "%s", endpoint);
+    child = -1;
+    int second = start_server("tcp://127.0.0.1:*", NULL) == 0;
+    snprintf(both, sizeof both, "%s,%s", first_ep, endpoint);
+    c = second ? dl_client_open(both, 2, 4, 7, NULL, err) : NULL;
+    int replicas = c != NULL;
+    for (int k = 0; k < 16 && replicas; k++)
+        replicas = dl_client_next(c, &b, err) == 0 && b.step == 7 + k &&
+                   matches(p, &s, 7 + k, 2, 4, b.sample_ids, payload_size(&b));
+    CHECK(replicas, "one client on two replicas gets steps 7..22 in order, each correct (%s)", replicas ? both : err);
+    dl_client_close(c);
+    kill_child();
+    child = first;
+    snprintf(endpoint, sizeof endpoint, "%s", first_ep);
+
     /* SIGTERM ends the server cleanly. */
     int status = 0;
     kill(child, SIGTERM);
