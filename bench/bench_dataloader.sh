@@ -19,8 +19,8 @@ BIN=${BIN:-bin}; PY=/usr/bin/python3
 REPEATS=${REPEATS:-3}; SECONDS_PER=${SECONDS_PER:-3}
 export OMP_WAIT_POLICY=passive
 t=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$t"' EXIT
+pids=""
+trap 'rc=$?; [ $rc -ne 0 ] && cat "$t"/*.err >&2 2>/dev/null; [ -n "$pids" ] && kill $pids 2>/dev/null; rm -rf "$t"' EXIT
 
 if [ -f data/text/manifest.json ]; then
     inputs=$(ls data/text/train/*.txt | paste -sd,)
@@ -53,34 +53,37 @@ $PY tests/make_image_shards.py --out "$t/img" --shards 2 --per-shard 500 --size 
 "$BIN/vae_service" init --config configs/vae-cpu.json --out "$t/vae" >/dev/null
 "$BIN/vae_service" encode --vae "$t/vae" --data "$t/img/shard-*.tar" --out "$t/lat" --size 64 >/dev/null 2>&1
 
-start() { # starts a server, sets pid and ep
-    "$@" >"$t/serve.out" 2>"$t/serve.err" &
-    pid=$!
-    ep=""
+start() { # start NAME COMMAND...: a server in the background; sets spid and sep (its endpoint)
+    local name=$1; shift
+    "$@" >"$t/$name.out" 2>"$t/$name.err" &
+    spid=$!
+    pids="$pids $spid"
+    sep=""
     for _ in $(seq 600); do
-        ep=$(sed -n 's/^serving on \([^ ]*\).*/\1/p' "$t/serve.out"); [ -n "$ep" ] && return 0; sleep 0.05
+        sep=$(sed -n 's/^serving on \([^ ]*\).*/\1/p' "$t/$name.out" 2>/dev/null); [ -n "$sep" ] && return 0
+        sleep 0.05
     done
-    cat "$t/serve.err" >&2; exit 1
+    cat "$t/$name.err" >&2; exit 1
 }
-stop() { kill $pid; wait $pid 2>/dev/null || true; pid=""; }
 
-start "$BIN/dataloader" serve --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" --patch-size 2 \
-    --seq-len 256 --rows-per-rank 8 --endpoint 'tcp://127.0.0.1:*'
+start loader "$BIN/dataloader" serve --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" \
+    --patch-size 2 --seq-len 256 --rows-per-rank 8 --endpoint 'tcp://127.0.0.1:*'
+ep=$sep
 "$BIN/dataloader" inspect --endpoint "$ep" --step 0 --world 1
-for k in 1 4; do
-    for r in $(seq "$REPEATS"); do
+bytes=$("$BIN/bench_dataloader" clients --endpoint "$ep" --clients 1 --seconds 0.5 |
+        $PY -c "import json,sys; print(int(json.load(sys.stdin)['payload_bytes']))")
+start raw "$BIN/bench_dataloader" raw-serve --bytes "$bytes" --endpoint 'tcp://127.0.0.1:*'
+rep=$sep
+# Loader and peer runs alternate, so that each pair meets the same load on
+# this shared machine.
+for r in $(seq "$REPEATS"); do
+    for k in 1 4; do
         "$BIN/bench_dataloader" clients --endpoint "$ep" --clients $k --seconds "$SECONDS_PER" | tee -a "$t/loader.$k"
+        "$BIN/bench_dataloader" clients --endpoint "$rep" --clients $k --seconds "$SECONDS_PER" --raw | tee -a "$t/raw.$k"
     done
 done
-stop
-bytes=$($PY -c "import json; print(int(json.loads(open('$t/loader.1').readline())['payload_bytes']))")
-start "$BIN/bench_dataloader" raw-serve --bytes "$bytes" --endpoint 'tcp://127.0.0.1:*'
-for k in 1 4; do
-    for r in $(seq "$REPEATS"); do
-        "$BIN/bench_dataloader" clients --endpoint "$ep" --clients $k --seconds "$SECONDS_PER" --raw | tee -a "$t/raw.$k"
-    done
-done
-stop
+kill $pids; wait $pids 2>/dev/null || true
+pids=""
 
 $PY - "$t" <<'PYEOF'
 import json, sys
@@ -91,9 +94,9 @@ for k in (1, 4):
     lo, raw = runs(f"loader.{k}"), runs(f"raw.{k}")
     rows = [r["rows_per_s"] for r in lo]; mb = [r["mb_per_s"] for r in lo]
     raw_msgs = [r["batches_per_s"] for r in raw]; raw_mb = [r["mb_per_s"] for r in raw]
-    ratio = [a["batches_per_s"] / b["batches_per_s"] for a, b in zip(lo, raw)]
+    ratio = sorted(a["batches_per_s"] / b["batches_per_s"] for a, b in zip(lo, raw))
     print(f"{k} client(s): loader {min(rows):.0f}-{max(rows):.0f} rows/s, {min(mb):.0f}-{max(mb):.0f} MB/s "
           f"({lo[0]['payload_bytes']:.0f} B a batch of 8 rows); raw ZeroMQ {min(raw_msgs):.0f}-{max(raw_msgs):.0f} msgs/s, "
-          f"{min(raw_mb):.0f}-{max(raw_mb):.0f} MB/s; loader/raw {min(ratio):.2f}-{max(ratio):.2f}; "
+          f"{min(raw_mb):.0f}-{max(raw_mb):.0f} MB/s; loader/raw {min(ratio):.2f}-{max(ratio):.2f} (median {ratio[len(ratio) // 2]:.2f}); "
           f"{min(rows) / trainer_rows_per_s:.0f}-{max(rows) / trainer_rows_per_s:.0f}x the CPU trainer's {trainer_rows_per_s:.1f} rows/s")
 PYEOF

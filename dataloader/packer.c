@@ -91,25 +91,16 @@ static epoch_cache *lookup(packer *p, epoch_cache *cache, int64_t n, int64_t e, 
     return old;
 }
 
-static const epoch_cache *text_epoch(packer *p, int64_t e) {
+/* Epoch e of the image stream (image = 1) or the text stream. */
+static const epoch_cache *epoch_of(packer *p, int image, int64_t e) {
+    int64_t n = image ? p->s->n_images : p->s->n_docs;
     int hit;
-    epoch_cache *c = lookup(p, p->text, p->s->n_docs, e, &hit);
+    epoch_cache *c = lookup(p, image ? p->img : p->text, n, e, &hit);
     if (hit) return c;
-    int64_t n = p->s->n_docs;
-    permute(c->perm, n, p->c.seed, TAG_TEXT_PERM, e);
+    permute(c->perm, n, p->c.seed, image ? TAG_IMAGE_PERM : TAG_TEXT_PERM, e);
     c->prefix[0] = 0;
-    for (int64_t k = 0; k < n; k++) c->prefix[k + 1] = c->prefix[k] + p->s->doc_len[c->perm[k]] + 2;
-    return c;
-}
-
-static const epoch_cache *image_epoch(packer *p, int64_t e) {
-    int hit;
-    epoch_cache *c = lookup(p, p->img, p->s->n_images, e, &hit);
-    if (hit) return c;
-    int64_t n = p->s->n_images;
-    permute(c->perm, n, p->c.seed, TAG_IMAGE_PERM, e);
-    c->prefix[0] = 0;
-    for (int64_t k = 0; k < n; k++) c->prefix[k + 1] = c->prefix[k] + image_doc_len(p, e, c->perm[k]);
+    for (int64_t k = 0; k < n; k++)
+        c->prefix[k + 1] = c->prefix[k] + (image ? image_doc_len(p, e, c->perm[k]) : p->s->doc_len[c->perm[k]] + 2);
     return c;
 }
 
@@ -145,7 +136,7 @@ static void images_before(packer *p, int64_t T, int64_t *a, int64_t *S) {
     if (p->s->n_images == 0 || p->c.image_fraction == 0) { *a = 0; *S = 0; return; }
     cover(p, T);
     int64_t e = last_at_most(p->img_start, p->n_img_start - 1, T);
-    const epoch_cache *c = image_epoch(p, e);
+    const epoch_cache *c = epoch_of(p, 1, e);
     int64_t k = last_at_most(c->prefix, p->s->n_images, T - p->img_start[e]);
     *a = e * p->s->n_images + k;
     *S = p->img_start[e] + c->prefix[k];
@@ -240,7 +231,7 @@ void packer_plan(packer *p, int64_t row0, int n, pack_plan *pl) {
         images_before(p, target(p, row + 1), &a1, &S1);
         pl->row_items[r] = pl->n_items;
         for (int64_t j = a0; j < a1; j++) {
-            int64_t e = j / n_img, i = image_epoch(p, e)->perm[j % n_img];
+            int64_t e = j / n_img, i = epoch_of(p, 1, e)->perm[j % n_img];
             pack_item *it = add_item(pl);
             *it = (pack_item){1, i, 0, (uint32_t)image_doc_len(p, e, i), caption_first(p, e, i), dropped(p, e, i)};
             pl->n_images++;
@@ -249,7 +240,7 @@ void packer_plan(packer *p, int64_t row0, int n, pack_plan *pl) {
         int64_t x = row * L - S0, count = L - (S1 - S0);
         while (count > 0) {
             int64_t e = x / p->text_epoch, off = x % p->text_epoch;
-            const epoch_cache *c = text_epoch(p, e);
+            const epoch_cache *c = epoch_of(p, 0, e);
             int64_t k = last_at_most(c->prefix, p->s->n_docs - 1, off), d = c->perm[k];
             int64_t from = off - c->prefix[k], take = (int64_t)p->s->doc_len[d] + 2 - from;
             if (take > count) take = count;

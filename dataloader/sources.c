@@ -3,6 +3,7 @@
 #include "../common/crc32c.h"
 #include "../common/error.h"
 #include "../common/json_file.h"
+#include "../common/safetensors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -1,6 +1,7 @@
 /* sources.h - what `dataloader serve` packs rows from: the token shards of a
  * TEXT_DIR and the latent shards of a LATENT_DIR (vae_service encode), opened
- * once, validated, memory-mapped, with each caption tokenized.
+ * once and validated: token shards stay memory-mapped, the usable latents are
+ * normalized into memory, each caption is tokenized.
  *
  * Text documents and images are numbered twice: by their index among the
  * usable ones (what the packer draws from) and by their sample id, the
@@ -11,7 +12,6 @@
 
 #include "spm.h"
 #include "token_shard.h"
-#include "../common/safetensors.h"
 
 #include <stdint.h>
 

@@ -10,10 +10,7 @@ set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
 export OMP_WAIT_POLICY=passive
-fails=0
-ok() { echo "ok $*"; }
-fail() { echo "FAIL $*"; fails=$((fails + 1)); }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+. "$(dirname "$0")/check.sh"
 DL=$(realpath "$BIN/dataloader"); VS=$(realpath "$BIN/vae_service"); TR=$(realpath "$BIN/trainer")
 t=$(mktemp -d)
 pid=""
@@ -30,11 +27,12 @@ bad() {
 
 # Starts serve in the background; sets pid and ep (the bound endpoint).
 serve() {
+    rm -f "$t/serve.out"   # else the loop below may read the last server's line
     "$DL" serve --endpoint 'tcp://127.0.0.1:*' "$@" >"$t/serve.out" 2>"$t/serve.err" &
     pid=$!
     ep=""
     for _ in $(seq 200); do
-        ep=$(sed -n 's/^serving on \([^ ]*\) .*/\1/p' "$t/serve.out")
+        ep=$(sed -n 's/^serving on \([^ ]*\) .*/\1/p' "$t/serve.out" 2>/dev/null)
         [ -n "$ep" ] && return 0
         kill -0 $pid 2>/dev/null || return 1
         sleep 0.05
@@ -119,7 +117,7 @@ check "plain model: dataset.json appends BOI 300 and EOI 301 (vocabulary 302)" $
 import json, sys; t = json.load(open('$t/text_plain/dataset.json'))['tokenizer']
 sys.exit(not (t['pieces'] == 300 and t['vocab_size'] == 302 and t['boi'] == 300 and t['eoi'] == 301))"
 if serve --text "$t/text_plain" --latents "$t/lat" --tokenizer "$t/plain.model" --patch-size 2 --rows-per-rank 2; then
-    "$DL" inspect --endpoint "$ep" --step 0 --world 1 --dump "$t/plain.safetensors" >/dev/null 2>&1
+    "$DL" inspect --endpoint "$ep" --step 0 --world 1 --dump "$t/plain.safetensors" >/dev/null 2>"$t/plain.err" || cat "$t/plain.err" "$t/serve.err"
     check "plain model: rows carry BOI 300 and EOI 301 around every image" $PY -c "
 import sys; sys.path.insert(0, 'tests'); from st_io import st_read
 import numpy as np
