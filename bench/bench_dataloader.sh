@@ -20,7 +20,7 @@ REPEATS=${REPEATS:-3}; SECONDS_PER=${SECONDS_PER:-3}
 export OMP_WAIT_POLICY=passive
 t=$(mktemp -d)
 pids=""
-trap 'rc=$?; [ $rc -ne 0 ] && cat "$t"/*.err >&2 2>/dev/null; [ -n "$pids" ] && kill $pids 2>/dev/null; rm -rf "$t"' EXIT
+trap 'rc=$?; set +e; [ $rc -ne 0 ] && cat "$t"/*.err >&2 2>/dev/null; [ -n "$pids" ] && kill $pids 2>/dev/null; rm -rf "$t"' EXIT
 
 if [ -f data/text/manifest.json ]; then
     inputs=$(ls data/text/train/*.txt | paste -sd,)
@@ -60,7 +60,7 @@ start() { # start NAME COMMAND...: a server in the background; sets spid and sep
     pids="$pids $spid"
     sep=""
     for _ in $(seq 600); do
-        sep=$(sed -n 's/^serving on \([^ ]*\).*/\1/p' "$t/$name.out" 2>/dev/null); [ -n "$sep" ] && return 0
+        sep=$(sed -n 's/^serving on \([^ ]*\).*/\1/p' "$t/$name.out" 2>/dev/null || true); [ -n "$sep" ] && return 0
         sleep 0.05
     done
     cat "$t/$name.err" >&2; exit 1
