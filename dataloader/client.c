@@ -89,6 +89,12 @@ void dl_client_close(dl_client *c) {
     for (int k = 0; k < c->window; k++)
         if (c->slots[k].state == READY) zmq_msg_close(&c->slots[k].payload);
     if (c->has_current) zmq_msg_close(&c->current);
+    for (zmq_msg_t m; c->sock;) {   /* replies still queued: closed here, not left to zmq_close */
+        zmq_msg_init(&m);
+        int got = zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT);
+        zmq_msg_close(&m);
+        if (got < 0) break;
+    }
     if (c->sock) zmq_close(c->sock);
     if (c->ctx) zmq_ctx_term(c->ctx);
     free(c->slots);

@@ -27,6 +27,13 @@
 #define STEPS 24
 #define CLIENTS 4
 
+/* LeakSanitizer (make test SANITIZE=1): in about one run in two, libzmq
+ * 4.3.4 loses one received message (about 18 kB, allocated in its I/O
+ * thread, in no call of ours) when sockets close while replies are in flight
+ * (zeromq/libzmq#4694, #2830). Leaks with libzmq in their stack are its own. */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void) { return "leak:libzmq.so"; }
+
 static fixture fx;
 static char endpoint[256], bin[512];
 static pid_t child = -1;
