@@ -1,10 +1,10 @@
 # Transfusion training system - top-level build.
 #
-#   make                 build bin/trainer and bin/vae_service (CPU)
+#   make                 build bin/trainer, bin/vae_service and bin/dataloader (CPU)
 #   make test            build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
-#   make fuzz            build and run the safetensors header fuzzer briefly
-#   make bench           trainer and VAE service against their peers (PyTorch, dwebp)
+#   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
+#   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ, spm_encode)
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -14,11 +14,15 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP
 MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
 MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
 CFLAGS  += $(MPI_CFLAGS)
+CXXFLAGS ?= -O2 $(ARCH)
+CXXFLAGS += -std=c++17 -Wall -Wextra -MMD -MP
 LDLIBS  := -ldnnl -lcjson -lwebp -lstb -lzmq $(MPI_LIBS) -lm
+SPM_LIBS := -lsentencepiece -lsentencepiece_train -lstdc++
 FUZZ_SECONDS ?= 60
 
 ifeq ($(SANITIZE),1)
   CFLAGS  += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  CXXFLAGS += -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
   BUILD   := build/asan
   BIN     := build/asan/bin
@@ -35,13 +39,19 @@ endef
 CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c))
 TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
+DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c))) $(BUILD)/dataloader/spm_shim.o
 TESTS       := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
 
-all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/bench_image_decode
+all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(BIN)/bench_image_decode $(BIN)/bench_dataloader
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
+
+# The SentencePiece shim is the project's only C++.
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
 
 $(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(CORE_OBJ)
 	$(link)
@@ -49,26 +59,44 @@ $(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(CORE_OBJ)
 $(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)
 	$(link)
 
+$(BIN)/dataloader: LDLIBS += $(SPM_LIBS)
+$(BIN)/dataloader: $(BUILD)/dataloader/main.o $(DL_OBJ) $(CORE_OBJ)
+	$(link)
+
 $(BIN)/bench_image_decode: $(BUILD)/bench/bench_image_decode.o $(VAE_OBJ) $(CORE_OBJ)
 	$(link)
 
-$(BIN)/tests/%: $(BUILD)/tests/%.o $(TRAINER_OBJ) $(VAE_OBJ) $(CORE_OBJ)
+$(BIN)/bench_dataloader: LDLIBS += $(SPM_LIBS)
+$(BIN)/bench_dataloader: $(BUILD)/bench/bench_dataloader.o $(DL_OBJ) $(CORE_OBJ)
 	$(link)
 
-test: $(BIN)/trainer $(BIN)/vae_service $(TESTS)
+$(BIN)/tests/%: LDLIBS += $(SPM_LIBS)
+$(BIN)/tests/%: $(BUILD)/tests/%.o $(TRAINER_OBJ) $(VAE_OBJ) $(DL_OBJ) $(CORE_OBJ)
+	$(link)
+
+test: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(TESTS)
 	BIN=$(BIN) tests/run.sh
 
-fuzz: build/fuzz_safetensors
-	build/fuzz_safetensors -max_total_time=$(FUZZ_SECONDS) -timeout=5 -rss_limit_mb=2048 \
-	    -artifact_prefix=build/ build/fuzz_corpus tests/fuzz_corpus
+# Each fuzzer gets half of FUZZ_SECONDS.
+FUZZERS := safetensors dl_request
+fuzz: $(patsubst %,build/fuzz_%,$(FUZZERS))
+	for f in $(FUZZERS); do \
+	    mkdir -p build/fuzz_corpus/$$f && \
+	    build/fuzz_$$f -max_total_time=$$(( $(FUZZ_SECONDS) / 2 )) -timeout=5 -rss_limit_mb=2048 \
+	        -artifact_prefix=build/ build/fuzz_corpus/$$f tests/fuzz_corpus/$$f || exit 1; \
+	done
 
-build/fuzz_safetensors: tests/fuzz_safetensors.c common/safetensors.c common/atomic_file.c common/error.c
-	@mkdir -p build/fuzz_corpus
+build/fuzz_%: tests/fuzz_%.c
+	@mkdir -p $(dir $@)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined $^ -o $@ -lcjson
+
+build/fuzz_safetensors: common/safetensors.c common/atomic_file.c common/error.c
+build/fuzz_dl_request: dataloader/wire.c common/crc32c.c common/error.c
 
 bench: all
 	bench/bench_vs_torch.sh
 	bench/bench_vae.sh
+	bench/bench_dataloader.sh
 
 clean:
 	rm -rf build bin

@@ -13,7 +13,9 @@ packages=(
     libwebp-dev         # WebP decode (datasets) and encode (decoded latents)
     webp                # dwebp: the decode-speed peer of bench/bench_vae.sh
     libstb-dev          # PNG/JPEG decode, resizing, PNG grids
-    libzmq3-dev         # vae_service serve
+    libzmq3-dev         # vae_service serve, dataloader serve and client
+    libsentencepiece-dev # dataloader tokenizer (C++ library behind a C shim)
+    sentencepiece       # spm_encode: the tokenize-speed peer of bench/bench_dataloader.sh
     libopenmpi-dev      # data-parallel ranks under mpirun
     openmpi-bin
     python3-torch       # PyTorch references (tests, benchmark peers)

@@ -5,7 +5,7 @@
  *
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icommon \
  *       tests/fuzz_safetensors.c common/safetensors.c common/error.c -lcjson -o /tmp/fuzz
- *   /tmp/fuzz -max_total_time=60 tests/fuzz_corpus */
+ *   /tmp/fuzz -max_total_time=60 tests/fuzz_corpus/safetensors */
 #include "../common/safetensors.h"
 
 #include <stdlib.h>

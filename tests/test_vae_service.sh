@@ -7,10 +7,7 @@ set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
 export OMP_WAIT_POLICY=passive
-fails=0
-ok() { echo "ok $*"; }
-fail() { echo "FAIL $*"; fails=$((fails + 1)); }
-check() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+. "$(dirname "$0")/check.sh"
 [ -x "$BIN/vae_service" ] || { echo "FAIL vae_service: $BIN/vae_service not found"; exit 1; }
 VS=$(realpath "$BIN/vae_service")
 t=$(mktemp -d)

@@ -49,14 +49,13 @@
  * line on stderr counts the requests served. */
 #include "commands.h"
 #include "../common/timing.h"
+#include "../common/zmq_service.h"
 #include "image_source.h"
 #include "vae.h"
 #include "../nn/kernels.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,16 +73,11 @@
 #define MAX_PIXELS ((int64_t)1 << 26)          /* n * H * W of one request */
 #define MAX_HEADER (64 << 10)
 #define MAX_FRAME ((int64_t)1 << 30)           /* ZMQ_MAXMSGSIZE */
-#define MAX_ENVELOPE 8                          /* identity frames a router chain may add */
-#define MAX_FRAMES (MAX_ENVELOPE + 2 + MAX_IMAGES)
+#define MAX_FRAMES (ZSVC_MAX_ENVELOPE + 2 + MAX_IMAGES)
 #define POLL_MS 200                             /* how soon a signal is noticed when idle */
 
 enum { OP_INFO, OP_ENCODE, OP_ENCODE_RGB, OP_DECODE, OPS };
 static const char *const op_names[OPS] = {"info", "encode", "encode_rgb", "decode"};
-
-static volatile sig_atomic_t stop_requested;
-
-static void on_signal(int sig) { (void)sig; stop_requested = 1; }
 
 typedef struct {
     vae_model *v;
@@ -93,24 +87,18 @@ typedef struct {
     long requests, errors, by_op[OPS], encoded, decoded, lost;
 } server;
 
-/* A reply payload frame. Sent without a copy: ZeroMQ calls release when done. */
-typedef struct {
-    void *data;
-    size_t len;
-    zmq_free_fn *release;
-} part;
-
+/* Payload frames are sent without a copy: ZeroMQ calls release when done. */
 typedef struct {
     cJSON *header;
     int n;
-    part p[MAX_IMAGES + 1];
+    zsvc_part p[MAX_IMAGES + 1];
 } reply;
 
 static void release_malloc(void *data, void *hint) { (void)hint; free(data); }
 static void release_webp(void *data, void *hint) { (void)hint; WebPFree(data); }
 
 static void reply_add(reply *r, void *data, size_t len, zmq_free_fn *release) {
-    r->p[r->n++] = (part){data, len, release};
+    r->p[r->n++] = (zsvc_part){data, len, release};
 }
 
 static void reply_clear(reply *r) {
@@ -352,64 +340,19 @@ static int handle(server *s, zmq_msg_t *frames, int nframes, reply *r, char *err
 
 /* ------------------------------------------------------------ the loop */
 
-static int recv_part(void *sock, zmq_msg_t *m) {
-    zmq_msg_init(m);
-    for (;;) {
-        if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) >= 0) return 0;
-        if (errno != EINTR) { zmq_msg_close(m); return -1; }
-    }
-}
-
-/* Sends envelope, header and payload as one message. A ROUTER send never
- * blocks (a gone or slow peer's message is dropped), so a failure here only
- * loses this reply; what was not handed to ZeroMQ is released. */
-static void send_reply(server *s, void *sock, zmq_msg_t *env, int nenv, const char *header, reply *r) {
-    int ok = 1;
-    for (int i = 0; i < nenv && ok; i++) ok = zmq_msg_send(&env[i], sock, ZMQ_SNDMORE) >= 0;
-    if (ok) ok = zmq_send(sock, header, strlen(header), r->n ? ZMQ_SNDMORE : 0) >= 0;
-    int i = 0;
-    for (; i < r->n && ok; i++) {
-        zmq_msg_t m;
-        if (zmq_msg_init_data(&m, r->p[i].data, r->p[i].len, r->p[i].release, NULL)) { ok = 0; break; }
-        if (zmq_msg_send(&m, sock, i + 1 < r->n ? ZMQ_SNDMORE : 0) < 0) {
-            zmq_msg_close(&m);   /* calls release */
-            ok = 0;
-            i++;
-            break;
-        }
-    }
-    for (; i < r->n; i++) r->p[i].release(r->p[i].data, NULL);
-    r->n = 0;
-    if (!ok) s->lost++;
-}
-
-/* Receives one whole request (ZeroMQ delivers all parts of a message
- * together, so none of these waits), answers it, and frees it. */
-static void serve_one(server *s, void *sock) {
+/* Receives one whole request, answers it, and frees it. */
+static void serve_one(server *s, zmq_service *svc) {
     static zmq_msg_t frames[MAX_FRAMES];
     static reply r;
-    int n = 0, more = 1, dropped = 0;
-    while (more) {
-        zmq_msg_t m;
-        if (recv_part(sock, &m)) break;
-        more = zmq_msg_more(&m);
-        if (n < MAX_FRAMES) frames[n++] = m;
-        else { zmq_msg_close(&m); dropped++; }
-    }
-    if (n == 0) return;
+    zsvc_request req;
+    if (!zsvc_recv(svc, frames, MAX_FRAMES, &req)) return;
     s->requests++;
-
-    /* Envelope: up to and including the first empty frame; without one (a
-     * DEALER that sent no delimiter), the identity frame alone. */
-    int nenv = 1;
-    for (int i = 1; i < n && i <= MAX_ENVELOPE; i++)
-        if (zmq_msg_size(&frames[i]) == 0) { nenv = i + 1; break; }
 
     char err[ERR_LEN];
     r.header = cJSON_CreateObject();
     cJSON_AddBoolToObject(r.header, "ok", 1);
-    int rc = dropped ? set_error(err, "too many frames (limit %d payload frames)", MAX_IMAGES)
-                     : handle(s, frames + nenv, n - nenv, &r, err);
+    int rc = req.dropped ? set_error(err, "too many frames (limit %d payload frames)", MAX_IMAGES)
+                         : handle(s, frames + req.nenv, req.n - req.nenv, &r, err);
     if (rc) {
         reply_clear(&r);
         cJSON_Delete(r.header);
@@ -420,19 +363,11 @@ static void serve_one(server *s, void *sock) {
     }
     char *text = cJSON_PrintUnformatted(r.header);
     if (!text) die("out of memory");
-    send_reply(s, sock, frames, nenv, text, &r);
+    if (zsvc_send(svc, &req, text, strlen(text), r.p, r.n)) s->lost++;
+    r.n = 0;
     cJSON_free(text);
     cJSON_Delete(r.header);
-    for (int i = 0; i < n; i++) zmq_msg_close(&frames[i]);
-}
-
-/* libzmq takes a TCP port modulo 65536 (tcp://host:99999 binds 34463), which
- * would serve on a port nobody asked for: refuse a numeric port over 65535. */
-static int bad_tcp_port(const char *endpoint) {
-    const char *colon = strrchr(endpoint, ':');
-    if (strncmp(endpoint, "tcp://", 6) != 0 || !colon || !colon[1] || colon[strspn(colon + 1, "0123456789") + 1])
-        return 0;
-    return strlen(colon + 1) > 5 || atol(colon + 1) > 65535;
+    zsvc_request_close(&req);
 }
 
 int vae_cmd_serve(const args *a) {
@@ -444,48 +379,18 @@ int vae_cmd_serve(const args *a) {
     if (!v) die_input("%s", err);
     server s = {.v = v, .c = vae_cfg(v), .dir = dir, .f = vae_downscale(vae_cfg(v)), .batch = batch};
 
-    if (bad_tcp_port(endpoint)) {
+    zmq_service svc;
+    if (zsvc_open(&svc, endpoint, MAX_FRAME, err)) {
         vae_free(v);
-        die_input("%s %s: --endpoint %s: port out of range", a->prog, a->cmd, endpoint);
+        die_input("%s %s: %s", a->prog, a->cmd, err);
     }
-    void *ctx = zmq_ctx_new();
-    void *sock = ctx ? zmq_socket(ctx, ZMQ_ROUTER) : NULL;
-    if (!sock) die("zmq: %s", zmq_strerror(errno));
-    int64_t max_frame = MAX_FRAME;
-    int linger = 1000;   /* let the last replies leave, but never hang the exit */
-    zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame);
-    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    if (zmq_bind(sock, endpoint)) {
-        int e = errno;
-        zmq_close(sock);
-        zmq_ctx_term(ctx);
-        vae_free(v);
-        die_input("%s %s: --endpoint %s: %s", a->prog, a->cmd, endpoint, zmq_strerror(e));
-    }
-    char bound[1024];
-    size_t blen = sizeof bound;
-    if (zmq_getsockopt(sock, ZMQ_LAST_ENDPOINT, bound, &blen)) snprintf(bound, sizeof bound, "%s", endpoint);
-
-    /* No SA_RESTART: the signal must interrupt zmq_poll so the loop sees it. */
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-
-    printf("serving %s on %s\n", dir, bound);
+    printf("serving %s on %s\n", dir, svc.endpoint);
     fflush(stdout);
     double t0 = now_s();
-    while (!stop_requested) {
-        zmq_pollitem_t item = {sock, 0, ZMQ_POLLIN, 0};
-        int rc = zmq_poll(&item, 1, POLL_MS);
-        if (rc < 0 && errno != EINTR) die("zmq_poll: %s", zmq_strerror(errno));
-        if (rc > 0 && (item.revents & ZMQ_POLLIN)) serve_one(&s, sock);
-    }
+    while (!zsvc_stopping())
+        if (zsvc_wait(&svc, POLL_MS)) serve_one(&s, &svc);
 
-    zmq_close(sock);
-    zmq_ctx_term(ctx);
+    zsvc_close(&svc);
     vae_free(v);
     char lost[64] = "";
     if (s.lost) snprintf(lost, sizeof lost, ", %ld replies lost", s.lost);
