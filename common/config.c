@@ -54,6 +54,11 @@ static const field fields[] = {
 
 int config_load(const char *path, model_config *c, char *err)
 {
+    return config_load_given(path, NULL, NULL, c, err);
+}
+
+int config_load_given(const char *path, const cJSON *given, const char *source, model_config *c, char *err)
+{
     cJSON *root = json_read_object(path, err);
     if (!root)
         return -1;
@@ -67,7 +72,15 @@ int config_load(const char *path, model_config *c, char *err)
     for (int i = 0; i < N_FIELDS && rc == 0; i++) {
         const field *f = &fields[i];
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, f->name);
+        const cJSON *g = given ? cJSON_GetObjectItemCaseSensitive(given, f->name) : NULL;
         char *dst = (char *)c + f->offset;
+        if (v && g && !(cJSON_IsNumber(v) && cJSON_IsNumber(g) && v->valuedouble == g->valuedouble)) {
+            rc = set_error(err, "%s: field '%s': %g, but %s has %g", path, f->name,
+                           cJSON_IsNumber(v) ? v->valuedouble : NAN, source, g->valuedouble);
+            continue;
+        }
+        if (!v)
+            v = g;
         if (!v) {
             if (f->required)
                 rc = set_error(err, "%s: field '%s': missing", path, f->name);
@@ -98,9 +111,11 @@ int config_load(const char *path, model_config *c, char *err)
     }
     /* BOI and EOI default to the two ids appended after the SentencePiece
      * vocabulary (spec section 1). */
-    if (!cJSON_GetObjectItemCaseSensitive(root, "boi_token_id"))
+    if (!cJSON_GetObjectItemCaseSensitive(root, "boi_token_id") &&
+        !(given && cJSON_GetObjectItemCaseSensitive(given, "boi_token_id")))
         c->boi_token_id = c->vocab_size - 2;
-    if (!cJSON_GetObjectItemCaseSensitive(root, "eoi_token_id"))
+    if (!cJSON_GetObjectItemCaseSensitive(root, "eoi_token_id") &&
+        !(given && cJSON_GetObjectItemCaseSensitive(given, "eoi_token_id")))
         c->eoi_token_id = c->vocab_size - 1;
     cJSON_Delete(root);
     return rc != 0 ? rc : config_validate(c, path, err);

@@ -5,6 +5,8 @@
 
 #include "error.h"
 
+#include <cjson/cJSON.h>
+
 typedef struct {
     int vocab_size;
     int hidden_size;
@@ -38,6 +40,11 @@ static inline int cfg_patches_per_image(const model_config *c) {
  * validates (see config_validate). Returns non-zero with a one-line message
  * naming the file and the field. */
 int config_load(const char *path, model_config *c, char *err);
+/* The same, with `given` (a JSON object of config fields, e.g. what the
+ * dataloader's tokenizer and latents dictate): a field the file leaves out is
+ * taken from it, and a field the file sets must agree with it. `source`
+ * names it in errors. */
+int config_load_given(const char *path, const cJSON *given, const char *source, model_config *c, char *err);
 
 /* Checks that every field makes sense: positive sizes, hidden_size divisible
  * by num_attention_heads, an even head_dim (RoPE), patch_size dividing

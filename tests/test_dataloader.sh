@@ -161,4 +161,28 @@ bad "serve: an unknown flag" "unknown argument '--bogus'" "$DL" serve --bogus 1
 bad "serve: a probability over 1" "--drop-caption 1.5" "$DL" serve "${common[@]}" --drop-caption 1.5
 bad "inspect: rank not below world" "--rank 2 is not below --world 2" "$DL" inspect --endpoint tcp://127.0.0.1:1 --rank 2 --world 2
 
+# trainer train --loader: the model JSON leaves the vocabulary, the special
+# ids and the latent shape to the loader; 2 ranks and 1 rank with 2
+# accumulation steps train on the same rows, to the same losses.
+printf '{"hidden_size":32,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":64,"max_image_patches":16}\n' >"$t/open.json"
+sed 's/"max_image_patches":16/"max_image_patches":16,"latent_channels":8/' "$t/open.json" >"$t/c8.json"
+if serve "${common[@]}" --seq-len 128; then
+    train=("$TR" train --config "$t/open.json" --loader "$ep" --steps 6 --log-every 1 --lr 3e-3 --warmup 2 --threads 1)
+    "${train[@]}" --grad-accum 2 >"$t/tr1.log" 2>&1
+    check "train --loader: 1 rank x 2 accumulation steps runs" grep -q '^step    6/6' "$t/tr1.log"
+    mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x ASAN_OPTIONS=detect_leaks=0 "${train[@]}" >"$t/tr2.log" 2>&1
+    check "train --loader: 2 ranks under mpirun run" grep -q '^step    6/6' "$t/tr2.log"
+    check "... and give the same losses" $PY - "$t/tr1.log" "$t/tr2.log" <<'PYEOF'
+import re, sys
+a, b = ([float(x) for x in re.findall(r"^step +\d+/\d+ +loss (\S+)", open(p).read(), re.M)] for p in sys.argv[1:])
+sys.exit(not (len(a) == 6 and len(b) == 6 and max(abs(x - y) / x for x, y in zip(a, b)) < 1e-5))
+PYEOF
+    check "train --loader: the rows' shape comes from the loader" grep -q '4 rows x 128 positions' "$t/tr1.log"
+    bad "train --loader: a model of other latents is refused" "field 'latent_channels': 8, but the loader at" \
+        "$TR" train --config "$t/c8.json" --loader "$ep" --steps 1
+    stop
+else
+    fail "serve for trainer train starts: $(cat "$t/serve.err")"
+fi
+
 [ $fails -eq 0 ]

@@ -191,6 +191,23 @@ void batch_generate(batch *b, const model_config *c, int B, int L, rng *r) {
     for (size_t k = 0; k < lat; k++) b->noise[k] = (float)rng_normal(r);
 }
 
+int batch_from_rows(batch *b, const model_config *c, int B, int L, int n_images, const int32_t *tokens,
+                    const int32_t *modality, const int32_t *doc, const int32_t *image,
+                    const int32_t *noise_limit, const float *latents, const char *what, char *err) {
+    size_t N = (size_t)B * L, lat = (size_t)n_images * c->latent_channels * c->latent_size * c->latent_size;
+    batch_alloc(b, c, B, L, n_images);
+    memcpy(b->tokens, tokens, sizeof(int32_t) * N);
+    memcpy(b->modality, modality, sizeof(int32_t) * N);
+    memcpy(b->doc, doc, sizeof(int32_t) * N);
+    memcpy(b->image, image, sizeof(int32_t) * N);
+    memcpy(b->noise_limit, noise_limit, sizeof(int32_t) * n_images);
+    memcpy(b->latents, latents, sizeof(float) * lat);
+    for (int k = 0; k < n_images; k++) b->timesteps[k] = 1;   /* a valid placeholder until drawn */
+    if (batch_validate(b, c, what, err) == 0) return 0;
+    batch_free(b);
+    return 1;
+}
+
 void batch_slice(batch *dst, const batch *src, const model_config *c, int row0, int rows) {
     size_t N = (size_t)rows * src->L, lat = (size_t)c->latent_channels * c->latent_size * c->latent_size;
     int *map = xmalloc(sizeof(int) * (src->n_images ? src->n_images : 1)), n = 0;

@@ -37,6 +37,13 @@ void batch_free(batch *b);
  * positions in image patches, pads at row ends; random tokens and latents. */
 void batch_generate(batch *b, const model_config *c, int B, int L, rng *r);
 
+/* A batch of B rows of L positions from arrays laid out as a batch's (the
+ * dataloader's rows): copied, then validated as batch_load does (errors name
+ * `what`). Timesteps and noise are left for batch_draw_noise. */
+int batch_from_rows(batch *b, const model_config *c, int B, int L, int n_images, const int32_t *tokens,
+                    const int32_t *modality, const int32_t *doc, const int32_t *image,
+                    const int32_t *noise_limit, const float *latents, const char *what, char *err);
+
 /* dst = rows [row0, row0 + rows) of src, its images renumbered in order of
  * appearance (a rank's or a micro-batch's share of a global batch). */
 void batch_slice(batch *dst, const batch *src, const model_config *c, int row0, int rows);

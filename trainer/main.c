@@ -3,7 +3,7 @@
  *   trainer init  --config MODEL.json --out DIR [--seed S]
  *   trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors]
  *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
- *   trainer train --config MODEL.json [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
+ *   trainer train --config MODEL.json [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
  *                 [--lr LR] [--warmup W] [--seed S] [--no-zero] [--out DIR]
  *   (mpirun -np N trainer train ...: N data-parallel ranks)
  *
@@ -12,6 +12,7 @@
 #include "batch.h"
 #include "data_parallel.h"
 #include "model.h"
+#include "rows.h"
 #include "../nn/optim.h"
 #include "../common/timing.h"
 #include "../common/cli.h"
@@ -145,27 +146,34 @@ static int cmd_bench(const args *a) {
     return 0;
 }
 
-/* Data-parallel training on generated rows, until the dataloader feeds real
- * ones. A step's global batch is world x grad-accum x batch-rows rows of one
- * generated set: rank r's micro-batch j is global rows (r*A + j)*B .. +B, so
- * any split of the same global batch over ranks and accumulation steps trains
- * the same model. The noise is drawn anew each step (batch_draw_noise). */
+/* Data-parallel training on the dataloader's rows (--loader) or, without a
+ * loader, on one generated global batch (rows.h says how ranks and
+ * accumulation steps split a step's rows). The noise is drawn anew each
+ * step (batch_draw_noise). */
 static int cmd_train(const args *a) {
     int steps = (int)arg_int(a, "steps", 300, 1), warmup = (int)arg_int(a, "warmup", 20, 0);
     int log_every = (int)arg_int(a, "log-every", 10, 1), B = (int)arg_int(a, "batch-rows", 4, 1);
     int A = (int)arg_int(a, "grad-accum", 1, 1), L = (int)arg_int(a, "seq-len", 128, 2);
     unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
-    const char *out = arg_str(a, "out", NULL);
-    model_config c = load_config(arg_required(a, "config"));
+    const char *out = arg_str(a, "out", NULL), *loader = arg_str(a, "loader", NULL);
+    char err[ERR_LEN];
     nn_init((int)arg_int(a, "threads", 0, 1));
     int world = dist_size(), rank = dist_rank();
 
-    rng r;
-    rng_seed(&r, seed);
-    batch global, *micro = xcalloc(A, sizeof(batch));
-    batch_generate(&global, &c, world * A * B, L, &r);
-    for (int j = 0; j < A; j++) batch_slice(&micro[j], &global, &c, (rank * A + j) * B, B);
-    batch_free(&global);
+    model_config c;
+    row_source *rows;
+    if (loader) {
+        int lb, ll;
+        if (!(rows = rows_open_loader(loader, arg_required(a, "config"), A, 0, &c, &lb, &ll, err))) die_input("%s", err);
+        if ((arg_str(a, "batch-rows", NULL) && lb != B) || (arg_str(a, "seq-len", NULL) && ll != L))
+            die_input("trainer train: --batch-rows %d --seq-len %d, but the loader at %s serves %d rows of %d",
+                      B, L, loader, lb, ll);
+        B = lb;
+        L = ll;
+    } else {
+        c = load_config(arg_required(a, "config"));
+        rows = rows_open_generated(&c, A, B, L, seed);
+    }
     model m;
     model_create(&m, &c);
     model_init_weights(&m, seed);
@@ -173,57 +181,56 @@ static int cmd_train(const args *a) {
     dp_init(&dp, &m, !arg_switch(a, "no-zero"));
     optimizer o;
     dp_optimizer(&dp, &o, optim_defaults((float)arg_float(a, "lr", 1e-3), warmup, steps));
-
-    /* The loss is normalized by the counts of the whole step (contract
-     * section 5): every micro-batch of every rank. */
-    int64_t counts[2] = {0, 0};
-    double flops = 0;
-    plan p;
-    for (int j = 0; j < A; j++) {
-        plan_build(&p, &micro[j], &c);
-        counts[0] += p.n_lm;
-        counts[1] += (int64_t)p.n_patch * cfg_patch_dim(&c);
-        flops += model_step_flops(&m, &p);
-        plan_free(&p);
-    }
-    dist_allreduce_sum_i64(counts, 2);
-    dist_allreduce_sum_f64(&flops, 1);
     if (rank == 0)
-        printf("training %zu parameters on generated rows: %d ranks x %d accumulation steps x %d rows x %d "
-               "positions, ZeRO-1 %s\n", m.ps.numel, world, A, B, L, dp.zero ? "on" : "off");
+        printf("training %zu parameters on %s: %d ranks x %d accumulation steps x %d rows x %d positions, "
+               "ZeRO-1 %s\n", m.ps.numel, loader ? loader : "generated rows", world, A, B, L, dp.zero ? "on" : "off");
+
     double first = 0, loss = 0, t0 = now_s();
     for (int s = 0; s < steps; s++) {
-        double ts = now_s(), sums[2] = {0, 0};
-        nn_zero(m.ps.g, m.ps.numel);
+        double ts = now_s(), wait;
+        batch *micro;
+        if (rows_next(rows, &micro, &wait, err)) die("%s", err);
+        /* The loss is normalized by the counts of the whole step (contract
+         * section 5): every micro-batch of every rank. */
+        plan *p = xcalloc(A, sizeof(plan));
+        int64_t counts[2] = {0, 0};
+        double flops = 0, sums[2] = {0, 0};
         for (int j = 0; j < A; j++) {
             batch_draw_noise(&micro[j], &c, seed, s, (long)(rank * A + j) * B);
-            plan_build(&p, &micro[j], &c);
+            plan_build(&p[j], &micro[j], &c);
+            counts[0] += p[j].n_lm;
+            counts[1] += (int64_t)p[j].n_patch * cfg_patch_dim(&c);
+            flops += model_step_flops(&m, &p[j]);
+        }
+        dist_allreduce_sum_i64(counts, 2);
+        nn_zero(m.ps.g, m.ps.numel);
+        for (int j = 0; j < A; j++) {
             if (j == A - 1) dp_start_reduction(&dp);
-            loss_sums ls = model_step(&m, &p, (double)counts[0], (double)counts[1], 1);
+            loss_sums ls = model_step(&m, &p[j], (double)counts[0], (double)counts[1], 1);
             sums[0] += ls.ce_sum;
             sums[1] += ls.se_sum;
-            plan_free(&p);
+            plan_free(&p[j]);
         }
+        free(p);
         double gnorm = dp_finish_reduction(&dp);
         float lr = dp_update(&dp, &o, gnorm);
-        dist_allreduce_sum_f64(sums, 2);
-        double lm = counts[0] ? sums[0] / counts[0] : 0, diff = counts[1] ? sums[1] / counts[1] : 0;
+        double totals[4] = {sums[0], sums[1], flops, wait};
+        dist_allreduce_sum_f64(totals, 4);
+        double lm = counts[0] ? totals[0] / counts[0] : 0, diff = counts[1] ? totals[1] / counts[1] : 0;
         loss = lm + c.lambda_diffusion * diff;
         if (s == 0) first = loss;
         double dt = now_s() - ts;
         if (rank == 0 && (s % log_every == 0 || s == steps - 1)) {
             printf("step %4d/%d  loss %.9f  lm %.6f  diffusion %.6f  lr %.2e  grad_norm %.4f  "
-                   "%.0f positions/s  %.1f GFLOP/s  data 0.000 s  %.1f s\n",
-                   s + 1, steps, loss, lm, diff, lr, gnorm, (double)world * A * B * L / dt, flops / dt / 1e9,
-                   now_s() - t0);
+                   "%.0f positions/s  %.1f GFLOP/s  data %.3f s  %.1f s\n",
+                   s + 1, steps, loss, lm, diff, lr, gnorm, (double)world * A * B * L / dt, totals[2] / dt / 1e9,
+                   totals[3] / world, now_s() - t0);
             fflush(stdout);
         }
     }
     if (rank == 0) printf("loss %.4f -> %.4f (%.1fx lower)\n", first, loss, first / loss);
-    char err[ERR_LEN];
     if (out && rank == 0 && model_save(&m, out, err)) die("%s", err);
-    for (int j = 0; j < A; j++) batch_free(&micro[j]);
-    free(micro);
+    rows_close(rows);
     optim_free(&o);
     dp_free(&dp);
     model_free(&m);
@@ -234,7 +241,8 @@ static const char usage[] =
     "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
     "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
     "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
-    "       trainer train --config MODEL.json [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]\n"
+    "       trainer train --config MODEL.json [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
+    "                     [--grad-accum A] [--seq-len L]\n"
     "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--log-every K] [--threads T]\n"
     "                     [--out DIR]    (under mpirun: data-parallel ranks)\n";
 
@@ -243,7 +251,8 @@ int main(int argc, char **argv) {
     static const char *const loss_flags[] = {"ckpt", "batch", "grads", "threads", NULL};
     static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
-                                              "seed", "lr", "warmup", "log-every", "no-zero!", "out", NULL};
+                                              "seed", "lr", "warmup", "log-every", "no-zero!", "loader", "out",
+                                              NULL};
     static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
         {"bench", cmd_bench, bench_flags}, {"train", cmd_train, train_flags},
