@@ -66,6 +66,23 @@ int ckpt_remove_tree(const char *path, char *err) {
     return 0;
 }
 
+int ckpt_remove_leftovers(const char *dir, char *err) {
+    DIR *dh = opendir(dir);
+    if (!dh) return set_error(err, "%s: cannot open folder: %s", dir, strerror(errno));
+    struct dirent *de;
+    int rc = 0;
+    while (rc == 0 && (de = readdir(dh))) {
+        if (strncmp(de->d_name, CKPT_TMP_PREFIX, strlen(CKPT_TMP_PREFIX)) != 0 &&
+            strncmp(de->d_name, CKPT_TRASH_PREFIX, strlen(CKPT_TRASH_PREFIX)) != 0)
+            continue;
+        char path[CKPT_PATH_LEN];
+        ckpt_join(path, dir, de->d_name);
+        rc = ckpt_remove_tree(path, err);
+    }
+    closedir(dh);
+    return rc;
+}
+
 int ckpt_copy_file(const char *src, const char *dst, char *err) {
     int fd = open(src, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return set_error(err, "%s: cannot open: %s", src, strerror(errno));

@@ -26,6 +26,10 @@ void ckpt_step_path(char *buf, const char *dir, const char *prefix, long step);
  * dir does not exist, -1 (err) when it cannot be read. */
 int ckpt_list_steps(const char *dir, long **steps, char *err);
 
+/* Removes the .tmp-step_* and .trash-step_* folders that interrupted saves
+ * and deletions left in dir. */
+int ckpt_remove_leftovers(const char *dir, char *err);
+
 /* rm -rf path (no symlinks followed). */
 int ckpt_remove_tree(const char *path, char *err);
 

@@ -219,11 +219,8 @@ static int apply_retention(const char *dir, const ckpt_save_request *r, char *er
 
 /* Rank 0, before anyone writes: dir exists, leftovers of interrupted saves
  * and deletions are gone, the temp folder is new and empty. */
-static int prepare(const char *dir, const char *tmp, long step, char *err) {
-    if (make_dir(dir, err)) return -1;
-    char trash[CKPT_PATH_LEN];
-    ckpt_step_path(trash, dir, CKPT_TRASH_PREFIX, step);
-    if (ckpt_remove_tree(tmp, err) || ckpt_remove_tree(trash, err)) return -1;
+static int prepare(const char *dir, const char *tmp, char *err) {
+    if (make_dir(dir, err) || ckpt_remove_leftovers(dir, err)) return -1;
     return make_dir(tmp, err);
 }
 
@@ -245,7 +242,7 @@ int ckpt_save(const char *dir, const ckpt_save_request *r, char *err) {
     char tmp[CKPT_PATH_LEN], final[CKPT_PATH_LEN];
     ckpt_step_path(tmp, dir, CKPT_TMP_PREFIX, r->step);
     ckpt_step_path(final, dir, CKPT_STEP_PREFIX, r->step);
-    if (rank == 0) rc = prepare(dir, tmp, r->step, err);
+    if (rank == 0) rc = prepare(dir, tmp, err);
     if (!all_ok(rc, tmp, err)) return -1;
 
     int64_t mine[G_N], *all = xcalloc((size_t)size * G_N, sizeof(int64_t));
