@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# test_checkpoint.sh - checkpoints across processes: a 2-rank save under
+# mpirun read back by 1 and by 2 ranks (the optimizer state resharded), a
+# 1-rank save read by 2 ranks, and `trainer export` to an inference folder
+# that `trainer loss` loads with the same loss (F32 exactly, BF16 close).
+# The helper is bin/tests/test_checkpoint (see the top of its source).
+set -u
+BIN=${BIN:-bin}
+export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
+fails=0
+ok() { echo "ok $*"; }
+fail() { echo "FAIL $*"; fails=$((fails + 1)); }
+check() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+H=$BIN/tests/test_checkpoint
+TR=$BIN/trainer
+[ -x "$H" ] && [ -x "$TR" ] || { echo "FAIL checkpoint: $H or $TR not found"; exit 1; }
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+# (Open MPI's own allocations outlive MPI_Finalize: LeakSanitizer is off for
+# the ranks, as in test_vae_service.sh.)
+MPIRUN="mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -x OMP_WAIT_POLICY
+        -x ASAN_OPTIONS=detect_leaks=0 -np 2"
+
+$MPIRUN "$H" save "$t/two" 10 3 >"$t/log" 2>&1
+check "mpirun -np 2 saves a checkpoint" [ $? -eq 0 ]
+s="$t/two/step_00000010"
+check "... with one weight shard and one optimizer part per rank" \
+    [ -f "$s/model-00001-of-00002.safetensors" -a -f "$s/model-00002-of-00002.safetensors" \
+      -a -f "$s/optimizer-00001-of-00002.safetensors" -a -f "$s/optimizer-00002-of-00002.safetensors" ]
+check "... and both shards in the weight_map" \
+    [ "$(grep -c '"model-0000[12]-of-00002.safetensors"' "$s/model.safetensors.index.json")" -gt 2 ]
+"$H" load "$t/two" 3 2>>"$t/log"
+check "2 ranks -> 1: weights and the whole optimizer state are exact" [ $? -eq 0 ]
+$MPIRUN "$H" load "$t/two" 3 >>"$t/log" 2>&1
+check "2 ranks -> 2: each rank's part is exact" [ $? -eq 0 ]
+"$H" save "$t/one" 10 3 2>>"$t/log"
+$MPIRUN "$H" load "$t/one" 3 >>"$t/log" 2>&1
+check "1 rank -> 2: each rank gets its part of the state" [ $? -eq 0 ]
+"$H" load "$t/one" 4 2>/dev/null
+check "... and the check itself fails on other weights" [ $? -ne 0 ]
+
+# export: the consolidated folder gives the loss of the original weights.
+"$TR" init --config configs/tiny.json --seed 3 --out "$t/ref" >/dev/null
+"$H" batch "$t/batch.safetensors" 5
+loss() { "$TR" loss --ckpt "$1" --batch "$t/batch.safetensors" 2>&1; }
+ref=$(loss "$t/ref")
+"$TR" export --ckpt "$s" --out "$t/e32" >/dev/null
+check "export --dtype f32 writes config.json and model.safetensors" [ -f "$t/e32/config.json" -a -f "$t/e32/model.safetensors" ]
+check "... whose loss is exactly the original's" [ "$(loss "$t/e32")" = "$ref" ]
+check "a step folder itself loads in trainer loss with the same loss" [ "$(loss "$s")" = "$ref" ]
+"$TR" export --ckpt "$s" --out "$t/e16" --dtype bf16 >/dev/null
+check "export --dtype bf16 writes BF16 tensors, about half the bytes" \
+    python3 -c "import sys,os; a,b=(os.path.getsize(f) for f in sys.argv[1:]); h=open(sys.argv[2],'rb').read(4096); sys.exit(not (b'\"BF16\"' in h and b'F32' not in h and 1.8 < a/b <= 2))" \
+    "$t/e32/model.safetensors" "$t/e16/model.safetensors"
+bf=$(loss "$t/e16")
+check "... and its loss is within 1% of the original ($bf vs $ref)" \
+    python3 -c "import json,sys; a=json.loads(sys.argv[1])['loss']; b=json.loads(sys.argv[2])['loss']; sys.exit(not (a != b and abs(a-b) <= 0.01*abs(b)))" "$bf" "$ref"
+
+# A damaged step folder is refused with exit 2 and one line naming the file.
+printf 'x' | dd of="$s/optimizer-00002-of-00002.safetensors" bs=1 seek=300 conv=notrunc 2>/dev/null
+"$TR" export --ckpt "$s" --out "$t/bad" >/dev/null 2>"$t/err"
+rc=$?
+check "export of a corrupt checkpoint exits 2 ($rc)" [ $rc -eq 2 ]
+check "... with one line naming the file" \
+    [ "$(wc -l <"$t/err")" -eq 1 -a -n "$(grep 'optimizer-00002-of-00002.safetensors: CRC32C' "$t/err")" ]
+"$TR" export --ckpt "$s" --out "$t/bad" --dtype f16 >/dev/null 2>"$t/err"
+check "an unknown --dtype exits 2" [ $? -eq 2 ]
+[ "$fails" -eq 0 ] || tail -n 20 "$t/log"
+exit 0
