@@ -4,7 +4,8 @@
 #   make test            build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz            build and run the safetensors header fuzzer briefly
-#   make bench           trainer and VAE service against their peers (PyTorch, dwebp)
+#   make bench           trainer and VAE service against their peers (PyTorch, dwebp),
+#                        checkpoint save/load against dd
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -37,7 +38,7 @@ TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)) $
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
 TESTS       := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
 
-all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/bench_image_decode
+all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/bench_image_decode $(BIN)/bench_checkpoint
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -50,6 +51,9 @@ $(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)
 	$(link)
 
 $(BIN)/bench_image_decode: $(BUILD)/bench/bench_image_decode.o $(VAE_OBJ) $(CORE_OBJ)
+	$(link)
+
+$(BIN)/bench_checkpoint: $(BUILD)/bench/bench_checkpoint.o $(TRAINER_OBJ) $(CORE_OBJ)
 	$(link)
 
 $(BIN)/tests/%: $(BUILD)/tests/%.o $(TRAINER_OBJ) $(VAE_OBJ) $(CORE_OBJ)
@@ -69,6 +73,7 @@ build/fuzz_safetensors: tests/fuzz_safetensors.c common/safetensors.c common/ato
 bench: all
 	bench/bench_vs_torch.sh
 	bench/bench_vae.sh
+	bench/bench_checkpoint.sh
 
 clean:
 	rm -rf build bin
