@@ -10,26 +10,36 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Adds every tensor of weight_map to ps with the shape its file gives. */
+/* Adds every tensor of weight_map to ps with the shape its file gives
+ * (weight_map is in offset order, so a file stays open for its run). */
 static int declare_tensors(param_set *ps, const char *dir, const cJSON *wmap, const char *index, char *err) {
     const cJSON *e;
+    st_file f = {0};
+    char open_name[CKPT_PATH_LEN] = "";
+    int rc = 0;
     cJSON_ArrayForEach(e, wmap) {
-        char path[CKPT_PATH_LEN];
-        st_file f;
         const char *file = cJSON_GetStringValue(e);
-        if (!file || !ckpt_plain_name(file)) return set_error(err, "%s: weight_map['%s']: not a file name", index, e->string);
-        ckpt_join(path, dir, file);
-        if (st_open(path, &f, err)) return -1;
+        if (!file || !ckpt_plain_name(file)) {
+            rc = set_error(err, "%s: weight_map['%s']: not a file name", index, e->string);
+            break;
+        }
+        if (strcmp(file, open_name) != 0) {
+            char path[CKPT_PATH_LEN];
+            st_close(&f);
+            ckpt_join(path, dir, file);
+            if ((rc = st_open(path, &f, err))) break;
+            snprintf(open_name, sizeof open_name, "%s", file);
+        }
         const st_tensor *t = st_find(&f, e->string);
-        int rc = !t ? set_error(err, "%s: tensor '%s' (from weight_map) not found", path, e->string)
-               : t->ndim > PARAM_MAX_DIMS ? set_error(err, "%s: tensor '%s' has %d dims", path, e->string, t->ndim)
-               : strlen(e->string) >= sizeof ps->info[0].name ? set_error(err, "%s: tensor name '%s' too long", path, e->string)
-               : 0;
-        if (rc == 0) params_add(ps, e->string, t->ndim, t->shape, 0);
-        st_close(&f);
-        if (rc) return -1;
+        rc = !t ? set_error(err, "%s: tensor '%s' (from weight_map) not found", f.path, e->string)
+           : t->ndim > PARAM_MAX_DIMS ? set_error(err, "%s: tensor '%s' has %d dims", f.path, e->string, t->ndim)
+           : strlen(e->string) >= sizeof ps->info[0].name ? set_error(err, "%s: tensor name '%s' too long", f.path, e->string)
+           : 0;
+        if (rc) break;
+        params_add(ps, e->string, t->ndim, t->shape, 0);
     }
-    return 0;
+    st_close(&f);
+    return rc;
 }
 
 int ckpt_export(const char *step_dir, const char *out, st_dtype dtype, char *err) {

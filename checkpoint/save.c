@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 void ckpt_part(size_t n, int rank, int size, size_t *offset, size_t *count) {
@@ -41,14 +42,10 @@ static int all_ok(int rc, const char *where, char *err) {
 
 static int file_sum(const char *path, int64_t *bytes, int64_t *crc, char *err) {
     uint32_t c;
+    struct stat sb;
     if (crc32c_file(path, &c, err)) return -1;
-    FILE *f = fopen(path, "rb");
-    if (!f || fseek(f, 0, SEEK_END) != 0) {
-        if (f) fclose(f);
-        return set_error(err, "%s: cannot read back: %s", path, strerror(errno));
-    }
-    *bytes = ftell(f);
-    fclose(f);
+    if (stat(path, &sb) != 0) return set_error(err, "%s: cannot stat: %s", path, strerror(errno));
+    *bytes = sb.st_size;
     *crc = c;
     return 0;
 }
@@ -99,7 +96,7 @@ static void add_file(cJSON *files, const char *name, int64_t bytes, uint32_t crc
 /* Writes a file of rank 0 into tmp (config, state, an extra) and records it. */
 static int add_local_file(cJSON *files, const char *tmp, const char *name, char *err) {
     char path[CKPT_PATH_LEN];
-    int64_t bytes, crc;
+    int64_t bytes = 0, crc = 0;    /* set by file_sum; zeroed for the compiler */
     ckpt_join(path, tmp, name);
     if (file_sum(path, &bytes, &crc, err)) return -1;
     add_file(files, name, bytes, (uint32_t)crc);
@@ -232,7 +229,11 @@ static int publish(const char *dir, const char *tmp, const char *final, const ck
     ckpt_step_path(trash, dir, CKPT_TRASH_PREFIX, r->step);
     if (access(final, F_OK) == 0 && rename(final, trash) != 0)
         return set_error(err, "%s: cannot move the old folder aside: %s", final, strerror(errno));
-    if (rename(tmp, final) != 0) return set_error(err, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
+    if (rename(tmp, final) != 0) {
+        set_error(err, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
+        rename(trash, final);           /* put the old folder back, if one was moved */
+        return -1;
+    }
     if (ckpt_sync_dir(dir, err) || ckpt_remove_tree(trash, err) || update_latest(dir, final, err)) return 1;
     return apply_retention(dir, r, err) ? 1 : 0;
 }
