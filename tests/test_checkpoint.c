@@ -4,8 +4,10 @@
  * the previous checkpoint intact, and the stop-signal flag.
  *
  * With arguments it is the helper of test_checkpoint.sh (run under mpirun):
- *   test_checkpoint save DIR STEP SEED   tiny model (configs/tiny.json) with
- *                                        weights of `seed`, Adam state value(i)
+ *   test_checkpoint save DIR STEP SEED [FAIL_RANK]
+ *                                        tiny model (configs/tiny.json) with
+ *                                        weights of `seed`, Adam state value(i);
+ *                                        FAIL_RANK's disk is "full"
  *   test_checkpoint load DIR SEED        resume auto; checks this rank's part
  *                                        and an odd range, exit 0 when exact
  *   test_checkpoint batch OUT SEED       a generated batch file */
@@ -74,6 +76,12 @@ static int save(const char *dir, long step, const model *m, int keep, int keep_e
     free(mo);
     free(vo);
     return rc;
+}
+
+/* Writes past 4 KB fail with EFBIG (a full disk, even for root). */
+static void limit_file_size(void) {
+    signal(SIGXFSZ, SIG_IGN);
+    setrlimit(RLIMIT_FSIZE, &(struct rlimit){4096, 4096});
 }
 
 static char root[] = "/tmp/test_checkpoint.XXXXXX";
@@ -337,8 +345,7 @@ static void test_failed_save(void) {
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
-        signal(SIGXFSZ, SIG_IGN);
-        setrlimit(RLIMIT_FSIZE, &(struct rlimit){4096, 4096});
+        limit_file_size();
         int r = save(dir, 20, &m, 0, 0, NULL, 0, err);
         if (write(fds[1], err, strlen(err) + 1) < 0) _exit(3);
         _exit(r ? 1 : 0);
@@ -407,10 +414,11 @@ static void test_crc32c(void) {
 
 /* ---------------------------------------------- helpers for the shell test */
 
-static int helper_save(const char *dir, long step, unsigned long long seed) {
+static int helper_save(const char *dir, long step, unsigned long long seed, int fail_rank) {
     model m;
     char err[ERR_LEN];
     tiny_model(&m, seed);
+    if (dist_rank() == fail_rank) limit_file_size();
     int rc = save(dir, step, &m, 0, 0, NULL, 0, err);
     if (rc) fprintf(stderr, "rank %d: %s\n", dist_rank(), err);
     model_free(&m);
@@ -463,7 +471,8 @@ static int helper_batch(const char *out, unsigned long long seed) {
 int main(int argc, char **argv) {
     dist_init(&argc, &argv);
     int rc;
-    if (argc == 5 && strcmp(argv[1], "save") == 0) rc = helper_save(argv[2], atol(argv[3]), strtoull(argv[4], NULL, 10));
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "save") == 0)
+        rc = helper_save(argv[2], atol(argv[3]), strtoull(argv[4], NULL, 10), argc == 6 ? atoi(argv[5]) : -1);
     else if (argc == 4 && strcmp(argv[1], "load") == 0) rc = helper_load(argv[2], strtoull(argv[3], NULL, 10));
     else if (argc == 4 && strcmp(argv[1], "batch") == 0) rc = helper_batch(argv[2], strtoull(argv[3], NULL, 10));
     else if (argc == 1) {

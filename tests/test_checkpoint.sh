@@ -29,6 +29,14 @@ check "... with one weight shard and one optimizer part per rank" \
       -a -f "$s/optimizer-00001-of-00002.safetensors" -a -f "$s/optimizer-00002-of-00002.safetensors" ]
 check "... and both shards in the weight_map" \
     [ "$(grep -c '"model-0000[12]-of-00002.safetensors"' "$s/model.safetensors.index.json")" -gt 2 ]
+# One rank's disk full: every rank fails, nothing of step 20 remains.
+$MPIRUN "$H" save "$t/two" 20 3 1 >"$t/fail.log" 2>&1
+check "a 2-rank save where rank 1 cannot write fails" [ $? -ne 0 ]
+both_say() { grep -q 'rank 1: .*tmp-step_00000020/model-00002-of-00002.safetensors.*File too large' "$t/fail.log" &&
+             grep -q 'rank 0: .*another rank failed' "$t/fail.log"; }
+check "... rank 1 names its file, rank 0 says another rank failed" both_say
+check "... no step_00000020 or temp folder, latest still step_00000010" \
+    [ ! -e "$t/two/step_00000020" -a ! -e "$t/two/.tmp-step_00000020" -a "$(readlink "$t/two/latest")" = step_00000010 ]
 "$H" load "$t/two" 3 2>>"$t/log"
 check "2 ranks -> 1: weights and the whole optimizer state are exact" [ $? -eq 0 ]
 $MPIRUN "$H" load "$t/two" 3 >>"$t/log" 2>&1
