@@ -103,11 +103,37 @@ static int add_local_file(cJSON *files, const char *tmp, const char *name, char 
     return 0;
 }
 
+static int cmp_range(const void *a, const void *b) {
+    int64_t x = ((const int64_t *)a)[0], y = ((const int64_t *)b)[0];
+    return (x > y) - (x < y);
+}
+
+/* The ranks' non-empty optimizer ranges must tile [0, numel), or the
+ * checkpoint could not be loaded: refuse before anything looks complete. */
+static int ranges_tile(const char *tmp, const int64_t *g, int size, size_t numel, char *err) {
+    int64_t *ranges = xmalloc(sizeof(int64_t) * 2 * size), end = 0;
+    int n = 0;
+    for (int k = 0; k < size; k++) {
+        if (g[(size_t)k * G_N + G_O_COUNT] == 0) continue;
+        ranges[2 * n] = g[(size_t)k * G_N + G_O_OFFSET];
+        ranges[2 * n + 1] = g[(size_t)k * G_N + G_O_COUNT];
+        n++;
+    }
+    qsort(ranges, n, 2 * sizeof(int64_t), cmp_range);
+    for (int i = 0; i < n && ranges[2 * i] == end; i++) end += ranges[2 * i + 1];
+    free(ranges);
+    if (end != (int64_t)numel)
+        return set_error(err, "%s: the ranks' optimizer ranges do not tile the %zu parameters (gap or overlap at %lld)",
+                         tmp, numel, (long long)end);
+    return 0;
+}
+
 /* Rank 0: everything but the rank files, the index last. g holds G_N values
  * per rank. */
 static int write_folder_files(const char *tmp, const ckpt_save_request *r, int size, const int64_t *g,
                               char *err) {
     char path[CKPT_PATH_LEN], name[64];
+    if (ranges_tile(tmp, g, size, r->ps->numel, err)) return -1;
     cJSON *files = need(cJSON_CreateObject());
     int rc = -1;
     ckpt_join(path, tmp, CKPT_CONFIG);

@@ -364,6 +364,12 @@ static void test_failed_save(void) {
           "... removing the temp folder, never creating step_00000020");
     CHECK(is_link_to(at("%s/%s", "full/latest"), "step_00000010") && ckpt_verify(at("%s/%s", "full/step_00000010"), err) == 0,
           "... leaving latest and the previous checkpoint intact");
+    ckpt_save_request part = {.ps = &m.ps, .cfg = &m.cfg, .step = 30, .opt_offset = 0, .opt_count = 10,
+                              .m = m.ps.w, .v = m.ps.w};
+    rc = ckpt_save(dir, &part, err);
+    CHECK(rc != 0 && strstr(err, "do not tile") && access(at("%s/%s", "full/step_00000030"), F_OK) != 0 &&
+          is_link_to(at("%s/%s", "full/latest"), "step_00000010"),
+          "optimizer ranges that do not cover the parameters are refused (%s)", err);
     write_text(at("%s/%s", "afile"), "x");
     rc = save(at("%s/%s", "afile/ckpt"), 10, &m, 0, 0, NULL, 0, err);
     CHECK(rc != 0 && strstr(err, "afile/ckpt: cannot create folder: Not a directory"),
