@@ -64,6 +64,26 @@ bf=$(loss "$t/e16")
 check "... and its loss is within 1% of the original ($bf vs $ref)" \
     python3 -c "import json,sys; a=json.loads(sys.argv[1])['loss']; b=json.loads(sys.argv[2])['loss']; sys.exit(not (a != b and abs(a-b) <= 0.01*abs(b)))" "$bf" "$ref"
 
+check "... bitwise PyTorch's .to(torch.bfloat16), and weight_map and total_size match the shards" \
+    /usr/bin/python3 - "$t/e32" "$t/e16" "$s" <<'PYEOF'
+import json, sys, torch
+sys.path.insert(0, "tests")
+from st_io import st_read
+a, _ = st_read(sys.argv[1] + "/model.safetensors")
+b, _ = st_read(sys.argv[2] + "/model.safetensors")
+ok = a.keys() == b.keys() and len(a) > 0
+for k in a:
+    ok &= torch.equal(torch.from_numpy(a[k]).to(torch.bfloat16).float(), torch.from_numpy(b[k]))
+idx = json.load(open(sys.argv[3] + "/model.safetensors.index.json"))
+wmap, total = idx["weight_map"], 0
+for f in set(wmap.values()):
+    t, _ = st_read(sys.argv[3] + "/" + f)
+    ok &= set(t) == {k for k, v in wmap.items() if v == f}
+    total += sum(x.nbytes for x in t.values())
+ok &= total == idx["metadata"]["total_size"] and set(wmap) == set(a)
+sys.exit(0 if ok else 1)
+PYEOF
+
 # A damaged step folder is refused with exit 2 and one line naming the file.
 printf 'x' | dd of="$s/optimizer-00002-of-00002.safetensors" bs=1 seek=300 conv=notrunc 2>/dev/null
 "$TR" export --ckpt "$s" --out "$t/bad" >/dev/null 2>"$t/err"
