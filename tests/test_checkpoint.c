@@ -378,6 +378,26 @@ static void test_failed_save(void) {
 }
 
 static void test_signal(void) {
+    /* Another process's SIGTERM: the "training loop" finishes its step and
+     * exits cleanly, reporting which signal stopped it. */
+    int ready[2];
+    char c = 0;
+    if (pipe(ready)) die("pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        stop_signal_install();
+        if (write(ready[1], "r", 1) != 1) _exit(2);
+        for (int step = 0; step < 100000 && !stop_signal_pending(); step++) usleep(1000);
+        _exit(stop_signal_pending() == SIGTERM ? 0 : 1);
+    }
+    if (read(ready[0], &c, 1) != 1) die("the child did not start");
+    close(ready[0]);
+    close(ready[1]);
+    kill(pid, SIGTERM);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a SIGTERM from outside stops the loop at a step boundary, exit 0");
+
     stop_signal_install();
     CHECK(stop_signal_pending() == 0 && !stop_signal_any_rank(), "no stop before a signal");
     raise(SIGUSR1);
