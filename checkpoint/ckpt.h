@@ -27,6 +27,9 @@
  * is therefore always complete; dot-folders are leftovers and are removed by
  * the next save.
  *
+ * DIR must be one file system that every rank sees (rank 0 renames what all
+ * ranks wrote).
+ *
  * Every function here is collective under MPI (nn/dist.h) unless it says it
  * is not: all ranks call it, and all ranks get the same result. Failures
  * return non-zero with a one-line message in err (ERR_LEN) naming the file. */
