@@ -4,7 +4,8 @@
 #   make test            build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
-#   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ, spm_encode)
+#   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
+#                        spm_encode), checkpoint save/load against dd
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -37,13 +38,13 @@ define link
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endef
 CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c))
-TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)))
+TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
 DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c))) $(BUILD)/dataloader/spm_shim.o
 DL_CLIENT_OBJ := $(call obj,dataloader/client.c dataloader/wire.c)   # what a trainer links of the loader
 TESTS       := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
 
-all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(BIN)/bench_image_decode $(BIN)/bench_dataloader
+all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(BIN)/bench_image_decode $(BIN)/bench_dataloader $(BIN)/bench_checkpoint
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -69,6 +70,9 @@ $(BIN)/bench_image_decode: $(BUILD)/bench/bench_image_decode.o $(VAE_OBJ) $(CORE
 
 $(BIN)/bench_dataloader: LDLIBS += $(SPM_LIBS)
 $(BIN)/bench_dataloader: $(BUILD)/bench/bench_dataloader.o $(DL_OBJ) $(CORE_OBJ)
+	$(link)
+
+$(BIN)/bench_checkpoint: $(BUILD)/bench/bench_checkpoint.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(CORE_OBJ)
 	$(link)
 
 $(BIN)/tests/%: LDLIBS += $(SPM_LIBS)
@@ -98,6 +102,9 @@ bench: all
 	bench/bench_vs_torch.sh
 	bench/bench_vae.sh
 	bench/bench_dataloader.sh
+	$(link)
+
+$(BIN)/bench_checkpoint: $(BUILD)/bench/bench_checkpoint.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(CORE_OBJ)
 
 clean:
 	rm -rf build bin

@@ -358,6 +358,22 @@ int st_read_f32(const st_file *f, const char *name, int ndim, const int64_t *sha
     return 0;
 }
 
+int st_read_f32_slice(const st_file *f, const char *name, size_t begin, size_t count, float *dst, char *err)
+{
+    const st_tensor *t = st_find(f, name);
+    if (!t)
+        return set_error(err, "%s: tensor '%s' not found", f->path, name);
+    if (t->dtype != ST_F32)
+        return set_error(err, "%s: tensor '%s': dtype %s, expected F32", f->path, name, dtype_names[t->dtype]);
+    size_t numel = (t->end - t->begin) / sizeof(float);
+    if (begin > numel || count > numel - begin)
+        return set_error(err, "%s: tensor '%s': elements [%zu,%zu) outside its %zu", f->path, name,
+                         begin, begin + count, numel);
+    if (count)
+        memcpy(dst, f->buf + f->data_start + t->begin + begin * sizeof(float), count * sizeof(float));
+    return 0;
+}
+
 int st_read_i32(const st_file *f, const char *name, int ndim, const int64_t *shape, int32_t *dst, char *err)
 {
     const st_tensor *t = find_checked(f, name, 1u << ST_I32, "I32", ndim, shape, err);
@@ -367,6 +383,23 @@ int st_read_i32(const st_file *f, const char *name, int ndim, const int64_t *sha
     if (count)
         memcpy(dst, f->buf + f->data_start + t->begin, count * sizeof(int32_t));
     return 0;
+}
+
+void st_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &src[i], 4);
+        if ((bits & 0x7fffffffu) > 0x7f800000u) {
+            dst[i] = (uint16_t)((bits >> 16) | 0x0040u);   /* keep sign, set the quiet bit */
+            continue;
+        }
+        /* Add half an ulp of bfloat16, plus one when the kept part is odd
+         * (ties go to even); overflow carries correctly into the exponent
+         * and rounds the largest finite values to infinity. */
+        bits += 0x7fffu + ((bits >> 16) & 1u);
+        dst[i] = (uint16_t)(bits >> 16);
+    }
 }
 
 /* cJSON returns NULL when out of memory; like xmalloc, treat that as fatal

@@ -56,8 +56,16 @@ const char *st_dtype_name(st_dtype t);
 /* Copies tensor `name` into dst as float32 (F32 as is, BF16 widened), after
  * checking that it exists and has exactly the given shape. */
 int st_read_f32(const st_file *f, const char *name, int ndim, const int64_t *shape, float *dst, char *err);
+/* Copies elements [begin, begin + count) of F32 tensor `name`, taken as a
+ * flat array whatever its shape, into dst (optimizer state read back by flat
+ * offset ranges). */
+int st_read_f32_slice(const st_file *f, const char *name, size_t begin, size_t count, float *dst, char *err);
 /* Same for I32 tensors (no conversion). */
 int st_read_i32(const st_file *f, const char *name, int ndim, const int64_t *shape, int32_t *dst, char *err);
+
+/* float32 -> bfloat16 with round-to-nearest-even (as PyTorch's .to(bfloat16));
+ * NaN stays a (quiet) NaN of the same sign. */
+void st_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
 
 typedef struct {
     const char *name;

@@ -51,17 +51,37 @@ const param_info *params_find(const param_set *ps, const char *name) {
 }
 
 int params_save(const param_set *ps, const float *flat, const char *path, char *err) {
-    st_entry *e = xcalloc(ps->n, sizeof(st_entry));
+    return params_save_part(ps, flat, ST_F32, 0, ps->numel, path, err);
+}
+
+int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, size_t offset, size_t count,
+                     const char *path, char *err) {
+    if (dtype != ST_F32 && dtype != ST_BF16)
+        return set_error(err, "%s: weights are written as F32 or BF16, not %s", path, st_dtype_name(dtype));
+    st_entry *e = xcalloc(ps->n ? ps->n : 1, sizeof(st_entry));
+    size_t lo = ps->numel, hi = 0;      /* the floats the chosen tensors span */
+    int n = 0;
     for (int i = 0; i < ps->n; i++) {
         const param_info *p = &ps->info[i];
-        e[i].name = p->name;
-        e[i].dtype = ST_F32;
-        e[i].ndim = p->ndim;
-        memcpy(e[i].shape, p->shape, sizeof(int64_t) * p->ndim);
-        e[i].data = flat + p->offset;
+        if (p->offset < offset || p->offset - offset >= count) continue;
+        e[n].name = p->name;
+        e[n].dtype = dtype;
+        e[n].ndim = p->ndim;
+        memcpy(e[n].shape, p->shape, sizeof(int64_t) * p->ndim);
+        e[n].data = flat + p->offset;
+        n++;
+        if (p->offset < lo) lo = p->offset;
+        if (p->offset + p->numel > hi) hi = p->offset + p->numel;
     }
-    int rc = st_write(path, e, ps->n, err);
+    uint16_t *half = NULL;
+    if (dtype == ST_BF16 && n > 0) {
+        half = xmalloc(sizeof(uint16_t) * (hi - lo + 1));
+        st_f32_to_bf16(flat + lo, half, hi - lo);
+        for (int i = 0; i < n; i++) e[i].data = half + ((const float *)e[i].data - flat - lo);
+    }
+    int rc = st_write(path, e, n, err);
     free(e);
+    free(half);
     return rc;
 }
 

@@ -6,6 +6,8 @@
 #ifndef NN_PARAMS_H
 #define NN_PARAMS_H
 
+#include "../common/safetensors.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,6 +40,11 @@ const param_info *params_find(const param_set *ps, const char *name);
 int params_load_dir(param_set *ps, const char *dir, char *err);
 /* Writes a parameter-shaped flat array (weights or gradients) as F32. */
 int params_save(const param_set *ps, const float *flat, const char *path, char *err);
+/* Writes the tensors whose first element lies in [offset, offset + count) of
+ * the flat array (a rank's shard of a checkpoint; all of them for 0, numel),
+ * as ST_F32 or ST_BF16 (rounded to nearest even: exported inference weights). */
+int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, size_t offset, size_t count,
+                     const char *path, char *err);
 
 /* Creates dir if missing (one level). */
 int make_dir(const char *dir, char *err);

@@ -340,6 +340,43 @@ static void test_readers(void)
     st_close(&f);
 }
 
+/* float32 -> bfloat16 rounds to nearest even, and a flat slice reads back. */
+static void test_bf16_and_slice(void)
+{
+    float in[6];
+    uint32_t bits[6] = {
+        0x3f808000u,    /* 1 + 2^-8: a tie, rounds down to the even 1.0 */
+        0x3f818000u,    /* 1 + 3*2^-8: a tie, rounds up to the even 1 + 2^-6 */
+        0x3f808001u,    /* just above the tie: rounds up */
+        0x7f7fffffu,    /* largest float: rounds to infinity */
+        0xffc00001u,    /* a negative NaN stays a negative NaN */
+        0x7f800001u,    /* a signalling NaN whose payload would round away */
+    };
+    uint16_t out[6], want[6] = {0x3f80, 0x3f82, 0x3f81, 0x7f80, 0xffc0, 0x7fc0};
+    memcpy(in, bits, sizeof in);
+    st_f32_to_bf16(in, out, 6);
+    int same = 1;
+    for (int i = 0; i < 6; i++)
+        same &= out[i] == want[i];
+    CHECK(same, "st_f32_to_bf16 rounds to nearest even and keeps NaN a NaN");
+
+    float x[10], got[4] = {0};
+    for (int i = 0; i < 10; i++)
+        x[i] = (float)i;
+    st_entry e = {.name = "x", .dtype = ST_F32, .ndim = 2, .shape = {2, 5}, .data = x};
+    st_file f;
+    char err[ERR_LEN];
+    int rc = st_write(in_dir("slice.safetensors"), &e, 1, err) || st_open(in_dir("slice.safetensors"), &f, err);
+    CHECK(rc == 0, "a 2x5 tensor is written");
+    if (rc)
+        return;
+    rc = st_read_f32_slice(&f, "x", 3, 4, got, err);
+    CHECK(rc == 0 && got[0] == 3 && got[3] == 6, "st_read_f32_slice reads flat elements 3..6 across rows");
+    CHECK(st_read_f32_slice(&f, "x", 7, 4, got, err) != 0 && strstr(err, "outside"),
+          "a slice past the end is refused (%s)", err);
+    st_close(&f);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) {
@@ -350,6 +387,7 @@ int main(void)
     test_atomic_write();
     test_malformed();
     test_readers();
+    test_bf16_and_slice();
     remove_dir();
     return CHECK_DONE();
 }

@@ -6,6 +6,7 @@
  *   trainer train --config MODEL.json [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
  *                 [--lr LR] [--warmup W] [--seed S] [--no-zero] [--out DIR]
  *   (mpirun -np N trainer train ...: N data-parallel ranks)
+ *   trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]
  *
  * Bad input (flags, files, records) exits with status 2 and one line on
  * stderr naming the file and the field or tensor. */
@@ -13,6 +14,7 @@
 #include "data_parallel.h"
 #include "model.h"
 #include "rows.h"
+#include "../checkpoint/ckpt.h"
 #include "../nn/optim.h"
 #include "../common/timing.h"
 #include "../common/cli.h"
@@ -237,6 +239,18 @@ static int cmd_train(const args *a) {
     return 0;
 }
 
+/* A training checkpoint's step folder as one inference checkpoint. */
+static int cmd_export(const args *a) {
+    const char *ckpt = arg_required(a, "ckpt"), *out = arg_required(a, "out");
+    const char *dtype = arg_str(a, "dtype", "f32");
+    char err[ERR_LEN];
+    if (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0) die_input("--dtype: '%s', expected bf16 or f32", dtype);
+    if (ckpt_verify(ckpt, err)) die_input("%s", err);
+    if (ckpt_export(ckpt, out, strcmp(dtype, "bf16") == 0 ? ST_BF16 : ST_F32, err)) die("%s", err);
+    printf("wrote %s (%s)\n", out, dtype);
+    return 0;
+}
+
 static const char usage[] =
     "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
     "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
@@ -244,7 +258,8 @@ static const char usage[] =
     "       trainer train --config MODEL.json [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
     "                     [--grad-accum A] [--seq-len L]\n"
     "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--log-every K] [--threads T]\n"
-    "                     [--out DIR]    (under mpirun: data-parallel ranks)\n";
+    "                     [--out DIR]    (under mpirun: data-parallel ranks)\n"
+    "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
@@ -253,9 +268,11 @@ int main(int argc, char **argv) {
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
                                               "seed", "lr", "warmup", "log-every", "no-zero!", "loader", "out",
                                               NULL};
+    static const char *const export_flags[] = {"ckpt", "out", "dtype", NULL};
     static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
         {"bench", cmd_bench, bench_flags}, {"train", cmd_train, train_flags},
+        {"export", cmd_export, export_flags},
     };
     nn_startup(argv);
     dist_init(&argc, &argv);            /* MPI only when started by mpirun */

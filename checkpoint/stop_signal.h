@@ -1,0 +1,18 @@
+/* stop_signal.h - a graceful stop for training: SIGTERM, SIGINT and SIGUSR1
+ * only set a flag; the loop checks it after each step, saves a checkpoint
+ * and exits cleanly (a batch scheduler's SIGTERM or SIGUSR1 warning, or
+ * Ctrl-C, never interrupts a step or a save). */
+#ifndef CHECKPOINT_STOP_SIGNAL_H
+#define CHECKPOINT_STOP_SIGNAL_H
+
+/* Installs the handlers (SA_RESTART, so blocking I/O is not cut short). */
+void stop_signal_install(void);
+
+/* The signal received since install (the first one), or 0. This rank only. */
+int stop_signal_pending(void);
+
+/* Collective: non-zero on every rank when any rank received a signal, so all
+ * ranks stop after the same step (mpirun may deliver to some ranks first). */
+int stop_signal_any_rank(void);
+
+#endif
