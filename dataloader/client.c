@@ -194,6 +194,12 @@ int dl_client_next(dl_client *c, dl_batch *b, char *err) {
             if (sl->tries >= c->tries)
                 return set_error(err, "%s: no reply for step %lld after %d tries of %d ms", c->endpoint, (long long)s,
                                  sl->tries, c->timeout_ms);
+            /* Say so when the step being waited for goes unanswered: the
+             * loader is busy, restarting or gone, and a person watching
+             * the run should know why it stands still. */
+            if (sl->tries > 0 && s == c->next)
+                fprintf(stderr, "rank %d: waiting for the dataloader at %s: step %lld unanswered for %d ms, asking again (%d/%d)\n",
+                        c->rank, c->endpoint, (long long)s, c->timeout_ms, sl->tries + 1, c->tries);
             if (send_request(c, DL_OP_BATCH, s, err)) return -1;
             sl->state = ASKED;
             sl->tries++;

@@ -30,6 +30,7 @@
 #include "../common/zmq_service.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +44,7 @@ typedef struct {
     packer *p;
     pack_config c;
     int B;
+    char tokenizer_path[4096], latent_stats_path[4096];   /* absolute: checkpoints copy them */
     pack_plan plan;
     long requests, batches, infos, errors, lost;
 } server;
@@ -96,6 +98,8 @@ static char *info_json(const server *sv) {
     cJSON_AddNumberToObject(j, "seed", (double)sv->c.seed);
     cJSON_AddNumberToObject(j, "text_documents", (double)s->n_docs);
     cJSON_AddNumberToObject(j, "images", (double)s->n_images);
+    cJSON_AddStringToObject(j, "tokenizer_path", sv->tokenizer_path);
+    if (sv->latent_stats_path[0]) cJSON_AddStringToObject(j, "latent_stats_path", sv->latent_stats_path);
     char *text = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     if (!text) die("out of memory");
@@ -184,6 +188,12 @@ int dl_cmd_serve(const args *a) {
     if (sources_open(&s, arg_required(a, "text"), arg_str(a, "latents", NULL), tok, tok_path, &o, err)) die_input("%s", err);
     spm_free(tok);
     server sv = {.s = &s, .c = c, .B = B};
+    if (!realpath(tok_path, sv.tokenizer_path)) die_input("%s: %s", tok_path, strerror(errno));
+    if (arg_str(a, "latents", NULL)) {
+        char stats[4096];
+        snprintf(stats, sizeof stats, "%s/dataset.json", arg_str(a, "latents", NULL));
+        if (!realpath(stats, sv.latent_stats_path)) die_input("%s: %s", stats, strerror(errno));
+    }
     sv.p = packer_create(&s, &c, err);
     if (!sv.p) die_input("%s %s: %s", a->prog, a->cmd, err);
     /* Every batch is a fresh buffer of about 100 kB freed by ZeroMQ's thread:

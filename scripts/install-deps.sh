@@ -20,6 +20,7 @@ packages=(
     openmpi-bin
     python3-torch       # PyTorch references (tests, benchmark peers)
     python3-numpy
+    gnuplot-nox         # launch/plot_metrics.sh: loss curves as PNG
 )
 
 missing=()

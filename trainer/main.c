@@ -3,17 +3,18 @@
  *   trainer init  --config MODEL.json --out DIR [--seed S]
  *   trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors]
  *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
- *   trainer train --config MODEL.json [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
+ *   trainer train --config MODEL.json|--init-from CKPT [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
  *                 [--lr LR] [--warmup W] [--seed S] [--no-zero] [--out DIR]
+ *                 [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M] [--resume auto|STEP_DIR]]
+ *                 (train.c)
  *   (mpirun -np N trainer train ...: N data-parallel ranks)
  *   trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]
  *
  * Bad input (flags, files, records) exits with status 2 and one line on
  * stderr naming the file and the field or tensor. */
 #include "batch.h"
-#include "data_parallel.h"
 #include "model.h"
-#include "rows.h"
+#include "train.h"
 #include "../checkpoint/ckpt.h"
 #include "../nn/optim.h"
 #include "../common/timing.h"
@@ -148,98 +149,6 @@ static int cmd_bench(const args *a) {
     return 0;
 }
 
-/* Data-parallel training on the dataloader's rows (--loader) or, without a
- * loader, on one generated global batch (rows.h says how ranks and
- * accumulation steps split a step's rows). The noise is drawn anew each
- * step (batch_draw_noise). */
-static int cmd_train(const args *a) {
-    int steps = (int)arg_int(a, "steps", 300, 1), warmup = (int)arg_int(a, "warmup", 20, 0);
-    int log_every = (int)arg_int(a, "log-every", 10, 1), B = (int)arg_int(a, "batch-rows", 4, 1);
-    int A = (int)arg_int(a, "grad-accum", 1, 1), L = (int)arg_int(a, "seq-len", 128, 2);
-    unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
-    const char *out = arg_str(a, "out", NULL), *loader = arg_str(a, "loader", NULL);
-    char err[ERR_LEN];
-    nn_init((int)arg_int(a, "threads", 0, 1));
-    int world = dist_size(), rank = dist_rank();
-
-    model_config c;
-    row_source *rows;
-    if (loader) {
-        int lb, ll;
-        if (!(rows = rows_open_loader(loader, arg_required(a, "config"), A, 0, &c, &lb, &ll, err))) die_input("%s", err);
-        if ((arg_str(a, "batch-rows", NULL) && lb != B) || (arg_str(a, "seq-len", NULL) && ll != L))
-            die_input("trainer train: --batch-rows %d --seq-len %d, but the loader at %s serves %d rows of %d",
-                      B, L, loader, lb, ll);
-        B = lb;
-        L = ll;
-    } else {
-        c = load_config(arg_required(a, "config"));
-        rows = rows_open_generated(&c, A, B, L, seed);
-    }
-    model m;
-    model_create(&m, &c);
-    model_init_weights(&m, seed);
-    data_parallel dp;
-    dp_init(&dp, &m, !arg_switch(a, "no-zero"));
-    optimizer o;
-    dp_optimizer(&dp, &o, optim_defaults((float)arg_float(a, "lr", 1e-3), warmup, steps));
-    if (rank == 0)
-        printf("training %zu parameters on %s: %d ranks x %d accumulation steps x %d rows x %d positions, "
-               "ZeRO-1 %s\n", m.ps.numel, loader ? loader : "generated rows", world, A, B, L, dp.zero ? "on" : "off");
-
-    double first = 0, loss = 0, t0 = now_s();
-    for (int s = 0; s < steps; s++) {
-        double ts = now_s(), wait;
-        batch *micro;
-        if (rows_next(rows, &micro, &wait, err)) die("%s", err);
-        /* The loss is normalized by the counts of the whole step (contract
-         * section 5): every micro-batch of every rank. */
-        plan *p = xcalloc(A, sizeof(plan));
-        int64_t counts[2] = {0, 0};
-        double flops = 0, sums[2] = {0, 0};
-        for (int j = 0; j < A; j++) {
-            batch_draw_noise(&micro[j], &c, seed, s, (long)(rank * A + j) * B);
-            plan_build(&p[j], &micro[j], &c);
-            counts[0] += p[j].n_lm;
-            counts[1] += (int64_t)p[j].n_patch * cfg_patch_dim(&c);
-            flops += model_step_flops(&m, &p[j]);
-        }
-        dist_allreduce_sum_i64(counts, 2);
-        nn_zero(m.ps.g, m.ps.numel);
-        for (int j = 0; j < A; j++) {
-            if (j == A - 1) dp_start_reduction(&dp);
-            loss_sums ls = model_step(&m, &p[j], (double)counts[0], (double)counts[1], 1);
-            sums[0] += ls.ce_sum;
-            sums[1] += ls.se_sum;
-            plan_free(&p[j]);
-        }
-        free(p);
-        double gnorm = dp_finish_reduction(&dp);
-        float lr = dp_update(&dp, &o, gnorm);
-        double totals[4] = {sums[0], sums[1], flops, wait};
-        dist_allreduce_sum_f64(totals, 4);
-        double lm = counts[0] ? totals[0] / counts[0] : 0, diff = counts[1] ? totals[1] / counts[1] : 0;
-        loss = lm + c.lambda_diffusion * diff;
-        if (s == 0) first = loss;
-        double dt = now_s() - ts;
-        if (rank == 0 && (s % log_every == 0 || s == steps - 1)) {
-            printf("step %4d/%d  loss %.9f  lm %.6f  diffusion %.6f  lr %.2e  grad_norm %.4f  "
-                   "%.0f positions/s  %.1f GFLOP/s  data %.3f s  %.1f s\n",
-                   s + 1, steps, loss, lm, diff, lr, gnorm, (double)world * A * B * L / dt, totals[2] / dt / 1e9,
-                   totals[3] / world, now_s() - t0);
-            fflush(stdout);
-        }
-    }
-    if (rank == 0) printf("loss %.4f -> %.4f (%.1fx lower)\n", first, loss, first / loss);
-    if (out && rank == 0 && model_save(&m, out, err)) die("%s", err);
-    rows_close(rows);
-    optim_free(&o);
-    dp_free(&dp);
-    model_free(&m);
-    return 0;
-}
-
-/* A training checkpoint's step folder as one inference checkpoint. */
 static int cmd_export(const args *a) {
     const char *ckpt = arg_required(a, "ckpt"), *out = arg_required(a, "out");
     const char *dtype = arg_str(a, "dtype", "f32");
@@ -255,10 +164,11 @@ static const char usage[] =
     "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
     "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
     "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
-    "       trainer train --config MODEL.json [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
+    "       trainer train --config MODEL.json|--init-from CKPT_DIR [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
     "                     [--grad-accum A] [--seq-len L]\n"
     "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--log-every K] [--threads T]\n"
-    "                     [--out DIR]    (under mpirun: data-parallel ranks)\n"
+    "                     [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
+    "                     [--resume auto|STEP_DIR]]    (under mpirun: data-parallel ranks)\n"
     "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]\n";
 
 int main(int argc, char **argv) {
@@ -267,11 +177,12 @@ int main(int argc, char **argv) {
     static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
                                               "seed", "lr", "warmup", "log-every", "no-zero!", "loader", "out",
+                                              "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from",
                                               NULL};
     static const char *const export_flags[] = {"ckpt", "out", "dtype", NULL};
     static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
-        {"bench", cmd_bench, bench_flags}, {"train", cmd_train, train_flags},
+        {"bench", cmd_bench, bench_flags}, {"train", trainer_cmd_train, train_flags},
         {"export", cmd_export, export_flags},
     };
     nn_startup(argv);

@@ -14,6 +14,7 @@ struct row_source {
     model_config cfg;
     int accum, B, L;
     dl_client **clients;        /* [accum], NULL for generated rows */
+    cJSON *info;                /* the loader's info */
     batch *micro;               /* [accum] */
 };
 
@@ -86,7 +87,7 @@ row_source *rows_open_loader(const char *endpoint, const char *config_path, int 
     s->cfg = *c;
     *B = s->B = rows->valueint;
     *L = s->L = len->valueint;
-    cJSON_Delete(info);
+    s->info = info;
     cJSON_Delete(given);
     return s;
 fail:
@@ -104,8 +105,11 @@ void rows_close(row_source *s) {
     }
     free(s->clients);
     free(s->micro);
+    cJSON_Delete(s->info);
     free(s);
 }
+
+const cJSON *rows_loader_info(const row_source *s) { return s->info; }
 
 int rows_next(row_source *s, batch **micro, double *wait_s, char *err) {
     *micro = s->micro;

@@ -11,6 +11,8 @@
 
 #include "batch.h"
 
+#include <cjson/cJSON.h>
+
 typedef struct row_source row_source;
 
 /* Rows of the loader at `endpoint` (comma-separated replicas allowed),
@@ -23,6 +25,9 @@ row_source *rows_open_loader(const char *endpoint, const char *config_path, int 
 /* A generated global batch (seed), the same every step. */
 row_source *rows_open_generated(const model_config *c, int accum, int B, int L, unsigned long long seed);
 void rows_close(row_source *s);
+/* The loader's info (tokenizer and latent statistics paths, fingerprint,
+ * packing settings); NULL for generated rows. */
+const cJSON *rows_loader_info(const row_source *s);
 
 /* The next step's accum micro-batches of this rank (valid until the next
  * call; their noise is still to be drawn). wait_s: time spent waiting for

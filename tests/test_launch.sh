@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# test_launch.sh - the launch scripts and the trainer's faults, through real
+# processes: launch/train.sh runs a loader and 2 trainer ranks to the end;
+# Ctrl-C (SIGTERM to the script) makes the ranks finish their step, save
+# and exit 0, and the loader stops; a loader killed and restarted mid-run leaves the trainers' losses
+# exactly those of an undisturbed run (so they got the same rows: no step
+# skipped or repeated); launch/plot_metrics.sh draws the run's loss curves.
+set -u
+BIN=${BIN:-bin}
+PY=/usr/bin/python3
+. "$(dirname "$0")/check.sh"
+export BIN OMP_NUM_THREADS=1 ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
+DL=$(realpath "$BIN/dataloader"); TR=$(realpath "$BIN/trainer")
+t=$(mktemp -d)
+pids=""
+trap 'for p in $pids; do kill -9 $p 2>/dev/null; done; rm -rf "$t"' EXIT
+
+# Data: a small text corpus, its tokenizer and tokens, and latents of a random VAE.
+$PY - "$t" <<'PYEOF'
+import random, sys
+r = random.Random(5); w = "a small boat drifts on the grey sea under low clouds and wind".split()
+with open(sys.argv[1] + "/a.txt", "w") as f:
+    for _ in range(300): f.write(" ".join(r.choice(w) for _ in range(r.randint(4, 60))) + "\n\n")
+PYEOF
+"$DL" tokenizer train --input "$t/a.txt" --vocab 300 --out "$t/tok.model" >/dev/null 2>&1 &&
+"$DL" tokenize --tokenizer "$t/tok.model" --input "$t/a.txt" --out "$t/text" >/dev/null 2>&1 &&
+mkdir -p "$t/img" && $PY tests/make_image_shards.py --out "$t/img" --shards 1 --per-shard 30 --size 16 >/dev/null &&
+"$BIN/vae_service" init --config configs/vae-tiny.json --out "$t/vae" >/dev/null &&
+"$BIN/vae_service" encode --vae "$t/vae" --data "$t/img/shard-00000.tar" --out "$t/lat" --size 16 >/dev/null 2>&1
+check "the test data is built" [ -f "$t/lat/dataset.json" -a -f "$t/text/dataset.json" ]
+printf '{"hidden_size":32,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":64,"max_image_patches":16}\n' >"$t/model.json"
+data=(--text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" --loader-args "--patch-size 2 --rows-per-rank 2 --seq-len 128")
+args=(--config "$t/model.json" --lr 3e-3 --warmup 2 --threads 1 --log-every 1)
+
+launch/train.sh --ranks 2 "${data[@]}" -- "${args[@]}" --steps 12 --ckpt-dir "$t/run" >"$t/run.log" 2>&1
+check "launch/train.sh: 2 ranks train to the end against the loader ($?)" grep -q '^step   12/12' "$t/run.log"
+check "... and save the last step" [ -d "$t/run/step_00000012" ]
+check "... with the tokenizer and the latent statistics in the checkpoint" \
+    [ -f "$t/run/step_00000012/tokenizer.model" -a -f "$t/run/step_00000012/latent_stats.json" ]
+launch/plot_metrics.sh "$t/run/metrics.jsonl" "$t/loss.png" >/dev/null
+check "plot_metrics.sh draws a PNG" sh -c "head -c 8 '$t/loss.png' | od -c | grep -q 'P   N   G'"
+
+# Ctrl-C, sent as SIGTERM (which the script treats the same): a script started
+# in the background by a non-interactive shell ignores SIGINT and cannot trap
+# it. The ranks finish their step and save; the loader stops.
+launch/train.sh --ranks 2 "${data[@]}" -- "${args[@]}" --steps 1000000 --ckpt-dir "$t/int" >"$t/int.log" 2>&1 &
+pid=$!; pids="$pids $pid"
+for _ in $(seq 600); do grep -q '^step *[2-9][0-9]*/' "$t/int.log" && break; sleep 0.05; done
+kill -TERM $pid; wait $pid; rc=$?
+check "Ctrl-C (SIGTERM): launch/train.sh exits 0 ($rc)" [ $rc -eq 0 ]
+check "Ctrl-C: every rank finished its step and the run saved it" sh -c "grep -q 'stopped by a signal' '$t/int.log' && [ -e '$t/int/latest' ]"
+check "Ctrl-C: no loader or trainer is left" sh -c "! pgrep -f '[b]in/(dataloader serve|trainer train).*$t/' >/dev/null"
+
+# The loader killed and restarted mid-run: the same losses as without.
+serve() { "$DL" serve --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" --patch-size 2 --rows-per-rank 2 \
+              --seq-len 128 --endpoint "tcp://127.0.0.1:$1" >"$t/serve$1.out" 2>&1 & pids="$pids $!"; loader=$!; }
+port=$((20000 + RANDOM % 20000))
+serve $port
+mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x ASAN_OPTIONS \
+    "$TR" train --loader "tcp://127.0.0.1:$port" "${args[@]}" --steps 40 >"$t/calm.log" 2>&1
+kill $loader; wait $loader 2>/dev/null
+serve $port
+mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x ASAN_OPTIONS \
+    "$TR" train --loader "tcp://127.0.0.1:$port" "${args[@]}" --steps 40 >"$t/restart.log" 2>&1 &
+run=$!; pids="$pids $run"
+for _ in $(seq 600); do grep -q '^step *1[0-9]/' "$t/restart.log" && break; sleep 0.02; done
+kill -9 $loader; wait $loader 2>/dev/null
+sleep 2.5                                # the trainers wait for rows meanwhile (2 s timeout)
+serve $port
+wait $run
+check "loader restart: the run ends ($?)" grep -q '^step   40/40' "$t/restart.log"
+check "loader restart: the trainers said they were waiting" grep -q 'waiting for the dataloader at tcp://127.0.0.1:' "$t/restart.log"
+check "loader restart: every step's loss equals the undisturbed run's" \
+    diff <(sed -n 's/^step *\([0-9]*\)\/40 *loss \([^ ]*\).*/\1 \2/p' "$t/calm.log") \
+         <(sed -n 's/^step *\([0-9]*\)\/40 *loss \([^ ]*\).*/\1 \2/p' "$t/restart.log")
+kill $loader 2>/dev/null
+[ $fails -eq 0 ]

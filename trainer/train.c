@@ -1,0 +1,229 @@
+/* train.c - `trainer train`: a data-parallel training run.
+ *
+ * Each rank takes its rows of every step (rows.h: the dataloader, or one
+ * generated global batch), draws the step's noise, runs forward and backward
+ * with the loss normalized by the step's global counts, and the gradients are
+ * reduced and applied by data_parallel.h (ZeRO-1 by default). Checkpoints
+ * (checkpoint/ckpt.h) are written every --ckpt-every steps, at the end, and
+ * when a rank gets SIGTERM, SIGINT or SIGUSR1 (the step is finished, saved,
+ * and the run exits 0); --resume auto|PATH continues bitwise where a
+ * checkpoint left off, on the same or another number of ranks. Rank 0 prints
+ * one line per step and appends it as JSON to CKPT_DIR/metrics.jsonl. */
+#include "train.h"
+#include "data_parallel.h"
+#include "model.h"
+#include "rows.h"
+#include "../checkpoint/ckpt.h"
+#include "../checkpoint/stop_signal.h"
+#include "../common/error.h"
+#include "../common/timing.h"
+#include "../nn/dist.h"
+#include "../nn/kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int steps, warmup, log_every, B, A, L, ckpt_every, keep, keep_every;
+    float lr;
+    unsigned long long seed;
+    const char *loader, *ckpt_dir, *resume, *out, *init_from;
+} run_options;
+
+/* trainer_state.json: what a resumed run needs besides weights and Adam. */
+static cJSON *run_state(const run_options *o, const row_source *rows, long step, int world) {
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddNumberToObject(s, "positions_seen", (double)step * world * o->A * o->B * o->L);
+    cJSON *sched = cJSON_AddObjectToObject(s, "lr_schedule");
+    cJSON_AddNumberToObject(sched, "lr", o->lr);
+    cJSON_AddNumberToObject(sched, "warmup_steps", o->warmup);
+    cJSON_AddNumberToObject(sched, "total_steps", o->steps);
+    cJSON_AddNumberToObject(sched, "min_lr_ratio", optim_defaults(o->lr, 0, 0).min_lr_ratio);
+    cJSON_AddNumberToObject(s, "seed", (double)o->seed);
+    cJSON_AddNumberToObject(s, "grad_accum", o->A);
+    cJSON_AddNumberToObject(s, "rows_per_rank", o->B);
+    cJSON_AddNumberToObject(s, "seq_len", o->L);
+    const cJSON *info = rows_loader_info(rows);
+    if (info) {
+        cJSON *l = cJSON_AddObjectToObject(s, "loader");
+        cJSON_AddStringToObject(l, "endpoint", o->loader);
+        cJSON_AddItemToObject(l, "info", cJSON_Duplicate(info, 1));
+    }
+    return s;
+}
+
+/* Loads weights and this rank's Adam part; returns the step to continue at. */
+static long resume_from(const char *path, model *m, optimizer *opt) {
+    char err[ERR_LEN];
+    ckpt_reader rd;
+    if (ckpt_open(&rd, path, err) || ckpt_load_weights(&rd, &m->ps, err) ||
+        ckpt_load_optim(&rd, opt->off, opt->n, opt->m, opt->v, NULL, err))
+        die_input("--resume: %s", err);
+    long step = rd.step;
+    if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, step, rd.world_size);
+    ckpt_close(&rd);
+    opt->step = step;
+    return step;
+}
+
+static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt, long step) {
+    char err[ERR_LEN];
+    cJSON *state = run_state(o, rows, step, dist_size());
+    const cJSON *info = rows_loader_info(rows);
+    ckpt_extra extras[2];
+    int n = 0;
+    const cJSON *tok = cJSON_GetObjectItemCaseSensitive(info, "tokenizer_path");
+    const cJSON *stats = cJSON_GetObjectItemCaseSensitive(info, "latent_stats_path");
+    if (cJSON_IsString(tok)) extras[n++] = (ckpt_extra){"tokenizer.model", tok->valuestring};
+    if (cJSON_IsString(stats)) extras[n++] = (ckpt_extra){"latent_stats.json", stats->valuestring};
+    ckpt_save_request r = {.ps = &m->ps, .cfg = &m->cfg, .step = step, .opt_offset = opt->off,
+                           .opt_count = opt->n, .m = opt->m, .v = opt->v, .state = state, .extras = extras,
+                           .n_extras = n, .keep = o->keep, .keep_every = o->keep_every};
+    double t0 = now_s();
+    /* A failed save must never end in a run that looks successful. */
+    if (ckpt_save(o->ckpt_dir, &r, err)) die("checkpoint at step %ld not saved: %s", step, err);
+    if (dist_rank() == 0) fprintf(stderr, "saved %s/step_%08ld in %.2f s\n", o->ckpt_dir, step, now_s() - t0);
+    cJSON_Delete(state);
+}
+
+static FILE *open_metrics(const char *dir) {
+    char path[4096], err[ERR_LEN];
+    if (make_dir(dir, err)) die_input("%s", err);
+    snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(path, "a");
+    if (!f) die_input("%s: cannot append", path);
+    return f;
+}
+
+int trainer_cmd_train(const args *a) {
+    run_options o = {
+        .steps = (int)arg_int(a, "steps", 300, 1), .warmup = (int)arg_int(a, "warmup", 20, 0),
+        .log_every = (int)arg_int(a, "log-every", 10, 1), .B = (int)arg_int(a, "batch-rows", 4, 1),
+        .A = (int)arg_int(a, "grad-accum", 1, 1), .L = (int)arg_int(a, "seq-len", 128, 2),
+        .ckpt_every = (int)arg_int(a, "ckpt-every", 0, 0), .keep = (int)arg_int(a, "keep", 3, 0),
+        .keep_every = (int)arg_int(a, "keep-every", 0, 0), .lr = (float)arg_float(a, "lr", 1e-3),
+        .seed = (unsigned long long)arg_int(a, "seed", 0, 0), .loader = arg_str(a, "loader", NULL),
+        .ckpt_dir = arg_str(a, "ckpt-dir", NULL), .resume = arg_str(a, "resume", NULL), .out = arg_str(a, "out", NULL),
+        .init_from = arg_str(a, "init-from", NULL),
+    };
+    /* The model: a config (fresh weights) or a checkpoint's (its weights, a
+     * fresh optimizer). */
+    char config_path[4096];
+    if (o.init_from) snprintf(config_path, sizeof config_path, "%s/config.json", o.init_from);
+    else snprintf(config_path, sizeof config_path, "%s", arg_required(a, "config"));
+    if (o.resume && !o.ckpt_dir) die_input("trainer train: --resume needs --ckpt-dir");
+    stop_signal_install();              /* before any thread starts: see stop_signal.h */
+    char err[ERR_LEN], path[4096];
+    nn_init((int)arg_int(a, "threads", 0, 1));
+    int world = dist_size(), rank = dist_rank();
+
+    /* Where to start: a checkpoint's step, or 0. */
+    long start = 0;
+    int found = 1;
+    if (o.resume) {
+        found = ckpt_resolve(o.ckpt_dir, o.resume, path, sizeof path, err);
+        if (found < 0) die_input("--resume %s: %s", o.resume, err);
+    }
+    model_config c;
+    row_source *rows;
+    if (o.loader) {
+        int lb, ll;
+        /* The step is known only after the checkpoint is read; the loader is
+         * asked from there (rows_open_loader connects lazily). */
+        ckpt_reader peek;
+        if (found == 0 && !ckpt_open(&peek, path, err)) {
+            start = peek.step;
+            ckpt_close(&peek);
+        }
+        if (!(rows = rows_open_loader(o.loader, config_path, o.A, start, &c, &lb, &ll, err)))
+            die_input("%s", err);
+        if ((arg_str(a, "batch-rows", NULL) && lb != o.B) || (arg_str(a, "seq-len", NULL) && ll != o.L))
+            die_input("trainer train: --batch-rows %d --seq-len %d, but the loader at %s serves %d rows of %d",
+                      o.B, o.L, o.loader, lb, ll);
+        o.B = lb;
+        o.L = ll;
+    } else {
+        if (config_load(config_path, &c, err)) die_input("%s", err);
+        rows = rows_open_generated(&c, o.A, o.B, o.L, o.seed);
+    }
+    model m;
+    model_create(&m, &c);
+    model_init_weights(&m, o.seed);
+    if (o.init_from && params_load_dir(&m.ps, o.init_from, err)) die_input("--init-from: %s", err);
+    data_parallel dp;
+    dp_init(&dp, &m, !arg_switch(a, "no-zero"));
+    optimizer opt;
+    dp_optimizer(&dp, &opt, optim_defaults(o.lr, o.warmup, o.steps));
+    if (found == 0) start = resume_from(path, &m, &opt);
+    FILE *metrics = rank == 0 && o.ckpt_dir ? open_metrics(o.ckpt_dir) : NULL;
+    if (rank == 0)
+        printf("training %zu parameters on %s: %d ranks x %d accumulation steps x %d rows x %d positions, "
+               "ZeRO-1 %s, steps %ld..%d\n", m.ps.numel, o.loader ? o.loader : "generated rows", world, o.A, o.B,
+               o.L, dp.zero ? "on" : "off", start + 1, o.steps);
+
+    double first = 0, loss = 0, t0 = now_s();
+    for (long s = start; s < o.steps; s++) {
+        double ts = now_s(), wait;
+        batch *micro;
+        if (rows_next(rows, &micro, &wait, err)) die("%s", err);
+        /* The loss is normalized by the counts of the whole step (contract
+         * section 5): every micro-batch of every rank. */
+        plan *p = xcalloc(o.A, sizeof(plan));
+        int64_t counts[2] = {0, 0};
+        double flops = 0, sums[2] = {0, 0};
+        for (int j = 0; j < o.A; j++) {
+            batch_draw_noise(&micro[j], &c, o.seed, s, (long)(rank * o.A + j) * o.B);
+            plan_build(&p[j], &micro[j], &c);
+            counts[0] += p[j].n_lm;
+            counts[1] += (int64_t)p[j].n_patch * cfg_patch_dim(&c);
+            flops += model_step_flops(&m, &p[j]);
+        }
+        dist_allreduce_sum_i64(counts, 2);
+        nn_zero(m.ps.g, m.ps.numel);
+        for (int j = 0; j < o.A; j++) {
+            if (j == o.A - 1) dp_start_reduction(&dp);
+            loss_sums ls = model_step(&m, &p[j], (double)counts[0], (double)counts[1], 1);
+            sums[0] += ls.ce_sum;
+            sums[1] += ls.se_sum;
+            plan_free(&p[j]);
+        }
+        free(p);
+        double gnorm = dp_finish_reduction(&dp);
+        float lr = dp_update(&dp, &opt, gnorm);
+        double totals[4] = {sums[0], sums[1], flops, wait};
+        dist_allreduce_sum_f64(totals, 4);
+        double lm = counts[0] ? totals[0] / counts[0] : 0, diff = counts[1] ? totals[1] / counts[1] : 0;
+        loss = lm + c.lambda_diffusion * diff;
+        if (s == start) first = loss;
+        double dt = now_s() - ts, pos_s = (double)world * o.A * o.B * o.L / dt, gflops = totals[2] / dt / 1e9;
+        if (rank == 0 && ((s + 1) % o.log_every == 0 || s == start || s + 1 == o.steps)) {
+            printf("step %4ld/%d  loss %.9f  lm %.6f  diffusion %.6f  lr %.2e  grad_norm %.4f  "
+                   "%.0f positions/s  %.1f GFLOP/s  data %.3f s  %.1f s\n",
+                   s + 1, o.steps, loss, lm, diff, lr, gnorm, pos_s, gflops, totals[3] / world, now_s() - t0);
+            fflush(stdout);
+        }
+        if (metrics) {
+            fprintf(metrics, "{\"step\":%ld,\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"lr\":%.6g,"
+                    "\"grad_norm\":%.6g,\"positions_per_s\":%.1f,\"gflops_per_s\":%.2f,\"data_wait_s\":%.4f,"
+                    "\"time_s\":%.3f}\n", s + 1, loss, lm, diff, lr, gnorm, pos_s, gflops, totals[3] / world,
+                    now_s() - t0);
+            fflush(metrics);
+        }
+        int stop = stop_signal_any_rank();
+        if (o.ckpt_dir && (stop || s + 1 == o.steps || (o.ckpt_every && (s + 1) % o.ckpt_every == 0)))
+            save(&o, rows, &m, &opt, s + 1);
+        if (stop) {
+            if (rank == 0) fprintf(stderr, "stopped by a signal after step %ld\n", s + 1);
+            break;
+        }
+    }
+    if (rank == 0 && start < o.steps) printf("loss %.4f -> %.4f\n", first, loss);
+    if (o.out && rank == 0 && model_save(&m, o.out, err)) die("%s", err);
+    if (metrics) fclose(metrics);
+    rows_close(rows);
+    optim_free(&opt);
+    dp_free(&dp);
+    model_free(&m);
+    return 0;
+}
