@@ -5,7 +5,7 @@
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
 #   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
-#                        spm_encode), checkpoint save/load against dd
+#                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -102,9 +102,8 @@ bench: all
 	bench/bench_vs_torch.sh
 	bench/bench_vae.sh
 	bench/bench_dataloader.sh
-	$(link)
-
-$(BIN)/bench_checkpoint: $(BUILD)/bench/bench_checkpoint.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(CORE_OBJ)
+	bench/bench_checkpoint.sh
+	bench/bench_train_scaling.sh
 
 clean:
 	rm -rf build bin

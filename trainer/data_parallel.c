@@ -1,7 +1,9 @@
 /* data_parallel.c - gradient buckets reduced during backward, ZeRO-1 parts,
  * and the update; see data_parallel.h. */
 #include "data_parallel.h"
+#include "../checkpoint/ckpt.h"
 #include "../common/error.h"
+#include "../common/timing.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
 
@@ -9,9 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-void dp_init(data_parallel *dp, model *m, int zero) {
+void dp_init(data_parallel *dp, model *m, int zero, int overlap) {
     memset(dp, 0, sizeof *dp);
     dp->m = m;
+    dp->overlap = overlap;
     dp->rank = dist_rank();
     dp->world = dist_size();
     dp->zero = zero && dp->world > 1;
@@ -20,9 +23,8 @@ void dp_init(data_parallel *dp, model *m, int zero) {
     dp->counts = xcalloc(dp->world, sizeof(int));
     size_t total = m->ps.numel;
     for (int r = 0; r < dp->world; r++) {
-        size_t a = dp->zero ? total * r / dp->world : 0, b = dp->zero ? total * (r + 1) / dp->world : total;
-        dp->part_off[r] = a;
-        dp->part_n[r] = b - a;
+        if (dp->zero) ckpt_part(total, r, dp->world, &dp->part_off[r], &dp->part_n[r]);
+        else dp->part_n[r] = total;
     }
     if (dp->zero) dp->part_grad = nn_alloc(dp->part_n[dp->rank]);
 }
@@ -59,13 +61,16 @@ static void bucket_ready(void *ctx, size_t off, size_t n) {
 }
 
 void dp_start_reduction(data_parallel *dp) {
-    dp->m->grad_ready = dp->world > 1 ? bucket_ready : NULL;
+    dp->m->grad_ready = dp->world > 1 && dp->overlap ? bucket_ready : NULL;
     dp->m->grad_ready_ctx = dp;
 }
 
 double dp_finish_reduction(data_parallel *dp) {
     param_set *ps = &dp->m->ps;
+    double t0 = now_s();
+    if (dp->world > 1 && !dp->overlap) bucket_ready(dp, 0, ps->numel);
     dist_wait_all();
+    dp->wait_s += now_s() - t0;
     dp->m->grad_ready = NULL;
     size_t off = dp->part_off[dp->rank], n = dp->part_n[dp->rank];
     if (!dp->zero) return sqrt(nn_sum_squared_diff(ps->g, NULL, ps->numel));

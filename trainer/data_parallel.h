@@ -20,13 +20,15 @@
 
 typedef struct {
     int rank, world, zero;
+    int overlap;                /* 1: buckets start during backward; 0: all after it (to measure) */
+    double wait_s;              /* time spent waiting for the reductions, summed over steps */
     size_t *part_off, *part_n;  /* [world]: every rank's part */
     int *counts;                /* [world]: scratch for one bucket */
     float *part_grad;           /* ZeRO: this rank's part of the summed gradient */
     model *m;
 } data_parallel;
 
-void dp_init(data_parallel *dp, model *m, int zero);
+void dp_init(data_parallel *dp, model *m, int zero, int overlap);
 void dp_free(data_parallel *dp);
 /* The optimizer of this rank: its part with ZeRO, else everything. */
 void dp_optimizer(const data_parallel *dp, optimizer *o, optim_config cfg);

@@ -166,7 +166,7 @@ static const char usage[] =
     "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
     "       trainer train --config MODEL.json|--init-from CKPT_DIR [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
     "                     [--grad-accum A] [--seq-len L]\n"
-    "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--log-every K] [--threads T]\n"
+    "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--no-overlap] [--log-every K] [--threads T]\n"
     "                     [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
     "                     [--resume auto|STEP_DIR]]    (under mpirun: data-parallel ranks)\n"
     "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]\n";
@@ -176,7 +176,7 @@ int main(int argc, char **argv) {
     static const char *const loss_flags[] = {"ckpt", "batch", "grads", "threads", NULL};
     static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
-                                              "seed", "lr", "warmup", "log-every", "no-zero!", "loader", "out",
+                                              "seed", "lr", "warmup", "log-every", "no-zero!", "no-overlap!", "loader", "out",
                                               "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from",
                                               NULL};
     static const char *const export_flags[] = {"ckpt", "out", "dtype", NULL};

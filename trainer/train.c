@@ -152,7 +152,7 @@ int trainer_cmd_train(const args *a) {
     model_init_weights(&m, o.seed);
     if (o.init_from && params_load_dir(&m.ps, o.init_from, err)) die_input("--init-from: %s", err);
     data_parallel dp;
-    dp_init(&dp, &m, !arg_switch(a, "no-zero"));
+    dp_init(&dp, &m, !arg_switch(a, "no-zero"), !arg_switch(a, "no-overlap"));
     optimizer opt;
     dp_optimizer(&dp, &opt, optim_defaults(o.lr, o.warmup, o.steps));
     if (found == 0) start = resume_from(path, &m, &opt);
@@ -191,8 +191,9 @@ int trainer_cmd_train(const args *a) {
         free(p);
         double gnorm = dp_finish_reduction(&dp);
         float lr = dp_update(&dp, &opt, gnorm);
-        double totals[4] = {sums[0], sums[1], flops, wait};
-        dist_allreduce_sum_f64(totals, 4);
+        double totals[5] = {sums[0], sums[1], flops, wait, dp.wait_s};
+        dp.wait_s = 0;
+        dist_allreduce_sum_f64(totals, 5);
         double lm = counts[0] ? totals[0] / counts[0] : 0, diff = counts[1] ? totals[1] / counts[1] : 0;
         loss = lm + c.lambda_diffusion * diff;
         if (s == start) first = loss;
@@ -206,8 +207,8 @@ int trainer_cmd_train(const args *a) {
         if (metrics) {
             fprintf(metrics, "{\"step\":%ld,\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"lr\":%.6g,"
                     "\"grad_norm\":%.6g,\"positions_per_s\":%.1f,\"gflops_per_s\":%.2f,\"data_wait_s\":%.4f,"
-                    "\"time_s\":%.3f}\n", s + 1, loss, lm, diff, lr, gnorm, pos_s, gflops, totals[3] / world,
-                    now_s() - t0);
+                    "\"reduce_wait_s\":%.4f,\"step_s\":%.4f,\"time_s\":%.3f}\n", s + 1, loss, lm, diff, lr, gnorm,
+                    pos_s, gflops, totals[3] / world, totals[4] / world, dt, now_s() - t0);
             fflush(metrics);
         }
         int stop = stop_signal_any_rank();
