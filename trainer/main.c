@@ -3,7 +3,7 @@
  *   trainer init  --config MODEL.json --out DIR [--seed S]
  *   trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors]
  *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
- *   trainer train --config MODEL.json|--init-from CKPT [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
+ *   trainer train --model MODEL.json|--init-from CKPT [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
  *                 [--lr LR] [--warmup W] [--seed S] [--no-zero] [--out DIR]
  *                 [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M] [--resume auto|STEP_DIR]]
  *                 (train.c)
@@ -164,7 +164,7 @@ static const char usage[] =
     "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
     "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
     "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
-    "       trainer train --config MODEL.json|--init-from CKPT_DIR [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
+    "       trainer train --model MODEL.json|--init-from CKPT_DIR [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
     "                     [--grad-accum A] [--seq-len L]\n"
     "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--no-overlap] [--log-every K] [--threads T]\n"
     "                     [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
@@ -177,7 +177,7 @@ int main(int argc, char **argv) {
     static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
                                               "seed", "lr", "warmup", "log-every", "no-zero!", "no-overlap!", "loader", "out",
-                                              "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from",
+                                              "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from", "model",
                                               NULL};
     static const char *const export_flags[] = {"ckpt", "out", "dtype", NULL};
     static const command cmds[] = {

@@ -111,7 +111,11 @@ int trainer_cmd_train(const args *a) {
      * fresh optimizer). */
     char config_path[4096];
     if (o.init_from) snprintf(config_path, sizeof config_path, "%s/config.json", o.init_from);
-    else snprintf(config_path, sizeof config_path, "%s", arg_required(a, "config"));
+    else {
+        const char *json = arg_str(a, "model", arg_str(a, "config", NULL));   /* --config as in `trainer init` */
+        if (!json) die_input("trainer train: missing --model MODEL.json (or --init-from CKPT_DIR)");
+        snprintf(config_path, sizeof config_path, "%s", json);
+    }
     if (o.resume && !o.ckpt_dir) die_input("trainer train: --resume needs --ckpt-dir");
     stop_signal_install();              /* before any thread starts: see stop_signal.h */
     char err[ERR_LEN], path[4096];
