@@ -50,6 +50,14 @@ kill -TERM $pid; wait $pid; rc=$?
 check "Ctrl-C (SIGTERM): launch/train.sh exits 0 ($rc)" [ $rc -eq 0 ]
 check "Ctrl-C: every rank finished its step and the run saved it" sh -c "grep -q 'stopped by a signal' '$t/int.log' && [ -e '$t/int/latest' ]"
 check "Ctrl-C: no loader or trainer is left" sh -c "! pgrep -f '[b]in/(dataloader serve|trainer train).*$t/' >/dev/null"
+launch/train.sh --ranks 2 "${data[@]}" -- "${args[@]}" --steps 1000000 --ckpt-dir "$t/int" --resume auto >"$t/more.log" 2>&1 &
+pid=$!; pids="$pids $pid"
+for _ in $(seq 600); do grep -q '^step' "$t/more.log" && break; sleep 0.05; done
+kill -TERM $pid; wait $pid
+check "a rerun with --resume auto continues from the saved step" grep -q 'resuming .*int/step_' "$t/more.log"
+launch/train.sh --ranks 2 "${data[@]/--seq-len 128/--seq-len 128 --seed 9}" -- "${args[@]}" --steps 1000000 \
+    --ckpt-dir "$t/int" --resume auto >"$t/other.log" 2>&1
+check "resuming on other loader data is refused (exit $?)" grep -q 'trained on loader data [0-9a-f]*, but the loader now serves [0-9a-f]*' "$t/other.log"
 
 # The loader killed and restarted mid-run: the same losses as without.
 serve() { "$DL" serve --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" --patch-size 2 --rows-per-rank 2 \

@@ -53,13 +53,26 @@ static cJSON *run_state(const run_options *o, const row_source *rows, long step,
     return s;
 }
 
-/* Loads weights and this rank's Adam part; returns the step to continue at. */
-static long resume_from(const char *path, model *m, optimizer *opt) {
+/* The loader fingerprint (dataset + tokenizer + packing) in a loader info. */
+static const char *fingerprint_of(const cJSON *info) {
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(info, "fingerprint");
+    return cJSON_IsString(f) ? f->valuestring : NULL;
+}
+
+/* Loads weights and this rank's Adam part; returns the step to continue at.
+ * A run resumes only on the data it was trained on: its rows of step s must
+ * be the rows it would have had. */
+static long resume_from(const char *path, const row_source *rows, model *m, optimizer *opt) {
     char err[ERR_LEN];
     ckpt_reader rd;
     if (ckpt_open(&rd, path, err) || ckpt_load_weights(&rd, &m->ps, err) ||
         ckpt_load_optim(&rd, opt->off, opt->n, opt->m, opt->v, NULL, err))
         die_input("--resume: %s", err);
+    const cJSON *was = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rd.state, "loader"), "info");
+    const char *then = fingerprint_of(was), *now = fingerprint_of(rows_loader_info(rows));
+    if ((then || now) && !(then && now && strcmp(then, now) == 0))
+        die_input("--resume %s: trained on loader data %s, but the loader now serves %s", path,
+                  then ? then : "(none: generated rows)", now ? now : "(none: generated rows)");
     long step = rd.step;
     if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, step, rd.world_size);
     ckpt_close(&rd);
@@ -159,7 +172,7 @@ int trainer_cmd_train(const args *a) {
     dp_init(&dp, &m, !arg_switch(a, "no-zero"), !arg_switch(a, "no-overlap"));
     optimizer opt;
     dp_optimizer(&dp, &opt, optim_defaults(o.lr, o.warmup, o.steps));
-    if (found == 0) start = resume_from(path, &m, &opt);
+    if (found == 0) start = resume_from(path, rows, &m, &opt);
     FILE *metrics = rank == 0 && o.ckpt_dir ? open_metrics(o.ckpt_dir) : NULL;
     if (rank == 0)
         printf("training %zu parameters on %s: %d ranks x %d accumulation steps x %d rows x %d positions, "
