@@ -13,13 +13,19 @@ trap 'rm -f "$tsv"' EXIT
 # A resumed run appends again from its checkpoint's step: keep each step's last line.
 /usr/bin/python3 - "$in" >"$tsv" <<'PYEOF'
 import json, sys
-rows = {}
+# A line torn by a killed run is skipped and named; a file with no metrics at all is an error.
+rows, torn = {}, []
 for n, line in enumerate(open(sys.argv[1]), 1):
     try:
         m = json.loads(line)
         rows[int(m["step"])] = (m["loss"], m["lm_loss"], m["diffusion_loss"])
-    except (ValueError, KeyError) as e:
-        sys.exit(f"error: {sys.argv[1]}: line {n}: {e}")
+    except (ValueError, KeyError, TypeError):
+        torn.append(n)
+if torn:
+    print(f"plot_metrics: {sys.argv[1]}: skipped {len(torn)} unreadable line(s): {torn[:10]}", file=sys.stderr)
+if not rows:
+    print(f"error: {sys.argv[1]}: no metrics lines", file=sys.stderr)
+    sys.exit(2)
 for s in sorted(rows):
     print(s, *rows[s], sep="\t")
 PYEOF

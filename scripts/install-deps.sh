@@ -21,6 +21,7 @@ packages=(
     python3-torch       # PyTorch references (tests, benchmark peers)
     python3-numpy
     gnuplot-nox         # launch/plot_metrics.sh: loss curves as PNG
+    procps              # pgrep/pkill: the launch and resume tests find and stop their processes
 )
 
 missing=()

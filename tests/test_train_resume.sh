@@ -35,10 +35,13 @@ kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; pid=""
 # step 10, as if it had been killed right after that save.
 rm -rf "$t/killed/step_00000015" "$t/killed/step_00000020" "$t/killed.out"
 ln -sfn step_00000010 "$t/killed/latest"
+printf '{"step":99,"lo' >>"$t/killed/metrics.jsonl"                  # a line torn by the kill
 train --batch-rows 4 --ckpt-dir "$t/killed" --ckpt-every 5 --resume auto --out "$t/killed.out" >"$t/k2.log" 2>&1
 check "the resumed run starts at step 11" grep -q 'resuming .*step_00000010 at step 10' "$t/k2.log"
 check "kill -9 and --resume auto: byte-identical weights" cmp -s "$t/full.out/model.safetensors" "$t/killed.out/model.safetensors"
 check "... and the same losses for steps 11-20" diff <(losses "$t/full.log" | sed -n '11,20p') <(losses "$t/k2.log")
+check "... and the torn metrics line stays on its own, the resumed ones whole" \
+    sh -c "grep -qx '{\"step\":99,\"lo' '$t/killed/metrics.jsonl' && tail -n 1 '$t/killed/metrics.jsonl' | grep -q '^{\"step\":20,.*}\$'"
 
 # Another world size: 2 ranks x 4 rows <-> 1 rank x 8 rows.
 $MPI -np 2 "$TR" train --config configs/tiny.json --steps 20 --seq-len 64 --lr 3e-3 --warmup 3 --seed 5 --threads 1 \

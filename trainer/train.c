@@ -59,25 +59,20 @@ static const char *fingerprint_of(const cJSON *info) {
     return cJSON_IsString(f) ? f->valuestring : NULL;
 }
 
-/* Loads weights and this rank's Adam part; returns the step to continue at.
+/* Loads weights and this rank's Adam part from an open checkpoint.
  * A run resumes only on the data it was trained on: its rows of step s must
  * be the rows it would have had. */
-static long resume_from(const char *path, const row_source *rows, model *m, optimizer *opt) {
+static void resume_from(ckpt_reader *rd, const char *path, const row_source *rows, model *m, optimizer *opt) {
     char err[ERR_LEN];
-    ckpt_reader rd;
-    if (ckpt_open(&rd, path, err) || ckpt_load_weights(&rd, &m->ps, err) ||
-        ckpt_load_optim(&rd, opt->off, opt->n, opt->m, opt->v, NULL, err))
+    if (ckpt_load_weights(rd, &m->ps, err) || ckpt_load_optim(rd, opt->off, opt->n, opt->m, opt->v, NULL, err))
         die_input("--resume: %s", err);
-    const cJSON *was = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rd.state, "loader"), "info");
+    const cJSON *was = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rd->state, "loader"), "info");
     const char *then = fingerprint_of(was), *now = fingerprint_of(rows_loader_info(rows));
     if ((then || now) && !(then && now && strcmp(then, now) == 0))
         die_input("--resume %s: trained on loader data %s, but the loader now serves %s", path,
                   then ? then : "(none: generated rows)", now ? now : "(none: generated rows)");
-    long step = rd.step;
-    if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, step, rd.world_size);
-    ckpt_close(&rd);
-    opt->step = step;
-    return step;
+    if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, rd->step, rd->world_size);
+    opt->step = rd->step;
 }
 
 static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt, long step) {
@@ -104,8 +99,11 @@ static FILE *open_metrics(const char *dir) {
     char path[4096], err[ERR_LEN];
     if (make_dir(dir, err)) die_input("%s", err);
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
-    FILE *f = fopen(path, "a");
+    FILE *f = fopen(path, "a+");
     if (!f) die_input("%s: cannot append", path);
+    /* A run killed mid-line left a torn last line: end it, so the lines this
+     * run appends stay whole. */
+    if (fseek(f, -1, SEEK_END) == 0 && fgetc(f) != '\n') fputc('\n', f);
     return f;
 }
 
@@ -135,24 +133,21 @@ int trainer_cmd_train(const args *a) {
     nn_init((int)arg_int(a, "threads", 0, 1));
     int world = dist_size(), rank = dist_rank();
 
-    /* Where to start: a checkpoint's step, or 0. */
+    /* Where to start: a checkpoint's step (read first: the loader is asked
+     * from there), or 0. */
     long start = 0;
     int found = 1;
+    ckpt_reader rd;
     if (o.resume) {
         found = ckpt_resolve(o.ckpt_dir, o.resume, path, sizeof path, err);
         if (found < 0) die_input("--resume %s: %s", o.resume, err);
+        if (found == 0 && ckpt_open(&rd, path, err)) die_input("--resume: %s", err);
+        if (found == 0) start = rd.step;
     }
     model_config c;
     row_source *rows;
     if (o.loader) {
         int lb, ll;
-        /* The step is known only after the checkpoint is read; the loader is
-         * asked from there (rows_open_loader connects lazily). */
-        ckpt_reader peek;
-        if (found == 0 && !ckpt_open(&peek, path, err)) {
-            start = peek.step;
-            ckpt_close(&peek);
-        }
         if (!(rows = rows_open_loader(o.loader, config_path, o.A, start, &c, &lb, &ll, err)))
             die_input("%s", err);
         if ((arg_str(a, "batch-rows", NULL) && lb != o.B) || (arg_str(a, "seq-len", NULL) && ll != o.L))
@@ -172,7 +167,10 @@ int trainer_cmd_train(const args *a) {
     dp_init(&dp, &m, !arg_switch(a, "no-zero"), !arg_switch(a, "no-overlap"));
     optimizer opt;
     dp_optimizer(&dp, &opt, optim_defaults(o.lr, o.warmup, o.steps));
-    if (found == 0) start = resume_from(path, rows, &m, &opt);
+    if (found == 0) {
+        resume_from(&rd, path, rows, &m, &opt);
+        ckpt_close(&rd);
+    }
     FILE *metrics = rank == 0 && o.ckpt_dir ? open_metrics(o.ckpt_dir) : NULL;
     if (rank == 0)
         printf("training %zu parameters on %s: %d ranks x %d accumulation steps x %d rows x %d positions, "
