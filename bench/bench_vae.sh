@@ -7,7 +7,9 @@
 #      timed for our side alone;
 #   2. encode images/s at 64 and 256 px: `vae_service bench` against the
 #      PyTorch AutoencoderKL of tests/vae_ref.py, same config (configs/vae-small.json);
-#   3. training images/s at 64 px (forward, backward, AdamW), both sides.
+#   3. training images/s at 64 px (forward, backward, AdamW), both sides, in
+#      float32 and in mixed precision (bf16 convolutions: `--precision bf16`
+#      here, torch.autocast on the PyTorch side).
 # Both sides run with the same OMP_NUM_THREADS and OMP_WAIT_POLICY=passive
 # (what vae_service sets for itself). REPEATS (default 3) runs per setting,
 # median reported. Prints ratios (project / peer) and one JSON line.
@@ -70,6 +72,7 @@ for th in $THREADS; do
     run_pair "encode64_T$th" 64 32 "$th"
     run_pair "encode256_T$th" 256 4 "$th"
     run_pair "train64_T$th" 64 16 "$th" --train
+    run_pair "train64bf16_T$th" 64 16 "$th" "--train --precision bf16"
 done
 $PY - "$res" <<'PYEOF'
 import json, statistics, sys

@@ -17,11 +17,7 @@
 #include <unistd.h>
 
 void ckpt_part(size_t n, int rank, int size, size_t *offset, size_t *count) {
-    /* (r * n) / size without overflow for any n that fits in memory. */
-    size_t q = n / size, rem = n % size;
-    size_t lo = rank * q + rank * rem / size, hi = (rank + 1) * q + (rank + 1) * rem / size;
-    *offset = lo;
-    *count = hi - lo;
+    dist_part(n, rank, size, offset, count);
 }
 
 /* What each rank reports to rank 0 after writing its files. */

@@ -32,6 +32,9 @@ void dist_reduce_scatter_start(const float *x, size_t n, const int *counts, floa
 void dist_allreduce_start(float *x, size_t n);
 void dist_progress(void);
 void dist_wait_all(void);
+/* Rank r's part of n elements tiled over `size` ranks: [r*n/size,
+ * (r+1)*n/size), computed without overflow. */
+void dist_part(size_t n, int rank, int size, size_t *offset, size_t *count);
 /* In place: rank r's counts[r] floats at x + offsets[r] go to every rank. */
 void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts);
 

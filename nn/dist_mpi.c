@@ -88,6 +88,13 @@ void dist_wait_all(void) {
     n_pending = 0;
 }
 
+void dist_part(size_t n, int rank, int size, size_t *offset, size_t *count) {
+    size_t q = n / size, rem = n % size;
+    size_t lo = rank * q + rank * rem / size, hi = (rank + 1) * q + (rank + 1) * rem / size;
+    *offset = lo;
+    *count = hi - lo;
+}
+
 void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts) {
     if (!use_mpi) return;
     int *cnt = xmalloc(sizeof(int) * size), *displ = xmalloc(sizeof(int) * size);

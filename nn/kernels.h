@@ -91,25 +91,33 @@ void nn_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n
 void nn_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int d);
 
 /* ---- images: convolution, group norm, upsampling (the VAE) ----
- * Feature maps are channel-major over the whole batch, [C, n, H, W] ("CNHW"),
- * so that a convolution is one GEMM over every image of the batch. */
+ * Feature maps are [n, H, W, C] ("NHWC"): a pixel's channels are adjacent.
+ * That is the layout oneDNN's direct convolutions read and write natively (a
+ * channel-major map costs two reorders per convolution, 15-20% of a VAE
+ * pass), a 1x1 convolution is a linear layer over pixels, and the rows of an
+ * attention layer over pixels are the map itself. */
 typedef struct {
-    int c_in, c_out, n, h, w;   /* input: [c_in, n, h, w] */
+    int c_in, c_out, n, h, w;   /* input: [n, h, w, c_in] */
     int k, stride;              /* square kernel */
     int pad_t, pad_l, pad_b, pad_r;
+    /* 1: a k > 1 or strided convolution reads its inputs rounded to bfloat16
+     * (float32 accumulation and outputs), twice as fast where the CPU has
+     * bf16 dot products; shapes without such a kernel stay float32. */
+    int bf16;
 } conv_shape;
 
 static inline int conv_out_h(const conv_shape *s) { return (s->h + s->pad_t + s->pad_b - s->k) / s->stride + 1; }
 static inline int conv_out_w(const conv_shape *s) { return (s->w + s->pad_l + s->pad_r - s->k) / s->stride + 1; }
 
-/* y[c_out, n, ho, wo] = conv(x, w[c_out, c_in, k, k]) + b (b may be NULL).
- * Call from one thread at a time (it keeps scratch buffers between calls). */
+/* y[n, ho, wo, c_out] = conv(x, w[c_out, c_in, k, k]) + b (b may be NULL);
+ * w keeps PyTorch's layout. Call from one thread at a time (primitives and
+ * their buffers are cached per shape). */
 void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s);
 /* dx = (overwritten, may be NULL), dw += , db += (may be NULL). */
 void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                         const float *w, const conv_shape *s);
 
-/* GroupNorm over [C, n, hw]: per image and group of C/groups channels;
+/* GroupNorm over [n, hw, C]: per image and group of C/groups channels;
  * mean and rstd [n, groups] are kept for backward. */
 void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
                            const float *b, int C, int n, int hw, int groups, float eps);
@@ -118,10 +126,14 @@ void nn_group_norm_backward(float *dx, float *dw, float *db, const float *dy, co
                             const float *mean, const float *rstd, const float *w,
                             int C, int n, int hw, int groups);
 
-/* Nearest-neighbour 2x upsampling of `planes` planes of h x w; backward sums
- * each 2x2 block of dy into dx (overwritten). */
-void nn_upsample2x_forward(float *y, const float *x, int planes, int h, int w);
-void nn_upsample2x_backward(float *dx, const float *dy, int planes, int h, int w);
+/* Nearest-neighbour 2x upsampling of [n, h, w, C] to [n, 2h, 2w, C];
+ * backward sums each 2x2 block of dy into dx (overwritten). */
+void nn_upsample2x_forward(float *y, const float *x, int n, int h, int w, int C);
+void nn_upsample2x_backward(float *dx, const float *dy, int n, int h, int w, int C);
+
+/* sums[c] += sum over rows of x[rows, cols] (a bias gradient); the same
+ * bits for any thread count. */
+void nn_add_column_sums(float *sums, const float *x, size_t rows, int cols);
 
 /* dst[cols, rows] = src[rows, cols]^T */
 void nn_transpose(float *dst, const float *src, int rows, int cols);

@@ -5,20 +5,21 @@
  * analytic backward (itself checked against central finite differences in
  * float64), nearest upsampling by index arithmetic.
  *
- * Feature maps are channel-major over the batch, [C, n, H, W]. Outputs that
+ * Feature maps are [n, H, W, C] (NHWC); the references index them through
+ * AT() and keep their own padded copies channel-major. Outputs that
  * the interface says are overwritten are prefilled with NaN; outputs that
  * are accumulated (dw, db) are prefilled with random values and must come
  * back as prefill + gradient. Tolerances are relative to the largest
  * magnitude of the reference: 1e-5 for forward values, 1e-4 for gradients.
- * Two convolutions (3x3 and 1x1) are large enough that the kernel cuts the
- * batch into several chunks; there only sampled outputs are compared (every
- * chunk's first and last image included), plus adjoint identities
+ * Two convolutions (3x3 and 1x1) are VAE-sized; there only sampled outputs
+ * are compared (first, last and random images), plus adjoint identities
  * <conv(x), g> = <x, dx> = <w, dw> summed in float64 over whole tensors. */
 #include "check.h"
 #include "../common/rng.h"
 #include "../nn/kernels.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,9 +27,12 @@
 #define TOL_GRAD 1e-4
 /* Adjoint identities <A x, g> = <x, A^T g> in float64 over the kernel's
  * float32 outputs, relative to the sum of |terms| (the scale of float32
- * rounding in the products): observed ~1e-8, a wrong image or chunk moves
+ * rounding in the products): observed ~1e-8, a wrong image or pixel moves
  * them by far more than 1e-6. */
 #define TOL_ADJ 1e-6
+
+/* Element (image i, row y, column x, channel c) of an NHWC map of H x W x C. */
+#define AT(i, y, x, c, H, W, C) ((((size_t)(i) * (H) + (y)) * (W) + (x)) * (C) + (c))
 
 static rng R;
 
@@ -77,14 +81,6 @@ static size_t x_numel(const conv_shape *s) { return (size_t)s->c_in * s->n * s->
 static size_t y_numel(const conv_shape *s) { return (size_t)s->c_out * s->n * conv_out_h(s) * conv_out_w(s); }
 static size_t w_numel(const conv_shape *s) { return (size_t)s->c_out * s->c_in * s->k * s->k; }
 
-/* The kernel's chunking rule, replicated to pick chunk-boundary images. */
-static int chunk_images(const conv_shape *s) {
-    size_t per_image = (size_t)s->c_in * s->k * s->k * conv_out_h(s) * conv_out_w(s);
-    size_t m = per_image ? (8u << 20) / per_image : 1;
-    if (m < 1) m = 1;
-    return m > (size_t)s->n ? s->n : (int)m;
-}
-
 /* x copied into a zero border: [c_in, n, HP, WP]. */
 static double *padded(const float *x, const conv_shape *s, int *HP, int *WP) {
     int hp = s->h + s->pad_t + s->pad_b, wp = s->w + s->pad_l + s->pad_r;
@@ -94,7 +90,7 @@ static double *padded(const float *x, const conv_shape *s, int *HP, int *WP) {
             for (int y = 0; y < s->h; y++)
                 for (int x0 = 0; x0 < s->w; x0++)
                     xp[(((size_t)c * s->n + i) * hp + y + s->pad_t) * wp + x0 + s->pad_l] =
-                        x[(((size_t)c * s->n + i) * s->h + y) * s->w + x0];
+                        x[AT(i, y, x0, c, s->h, s->w, s->c_in)];
     *HP = hp;
     *WP = wp;
     return xp;
@@ -115,7 +111,7 @@ static void ref_conv_forward(double *y, const float *x, const float *w, const fl
                             for (int kx = 0; kx < k; kx++)
                                 acc += (double)w[((co * s->c_in + ci) * k + ky) * k + kx] *
                                        xp[(((size_t)ci * s->n + i) * hp + oy * S + ky) * wp + ox * S + kx];
-                    y[(((size_t)co * s->n + i) * ho + oy) * wo + ox] = acc;
+                    y[AT(i, oy, ox, co, ho, wo, s->c_out)] = acc;
                 }
     free(xp);
 }
@@ -132,7 +128,7 @@ static void ref_conv_backward(double *dx, double *dw, double *db, const float *g
         for (int i = 0; i < s->n; i++)
             for (int oy = 0; oy < ho; oy++)
                 for (int ox = 0; ox < wo; ox++) {
-                    double gv = g[(((size_t)co * s->n + i) * ho + oy) * wo + ox];
+                    double gv = g[AT(i, oy, ox, co, ho, wo, s->c_out)];
                     db[co] += gv;
                     for (int ci = 0; ci < s->c_in; ci++)
                         for (int ky = 0; ky < k; ky++)
@@ -148,7 +144,7 @@ static void ref_conv_backward(double *dx, double *dw, double *db, const float *g
         for (int i = 0; i < s->n; i++)
             for (int y = 0; y < s->h; y++)
                 for (int x0 = 0; x0 < s->w; x0++)
-                    dx[(((size_t)c * s->n + i) * s->h + y) * s->w + x0] =
+                    dx[AT(i, y, x0, c, s->h, s->w, s->c_in)] =
                         dxp[(((size_t)c * s->n + i) * hp + y + s->pad_t) * wp + x0 + s->pad_l];
     free(xp);
     free(dxp);
@@ -157,7 +153,7 @@ static void ref_conv_backward(double *dx, double *dw, double *db, const float *g
 /* Point references for the large case (bounds checks instead of padding). */
 static double xat(const float *x, const conv_shape *s, int c, int i, int y, int x0) {
     if (y < 0 || y >= s->h || x0 < 0 || x0 >= s->w) return 0.0;
-    return x[(((size_t)c * s->n + i) * s->h + y) * s->w + x0];
+    return x[AT(i, y, x0, c, s->h, s->w, s->c_in)];
 }
 
 static double ref_y_at(const float *x, const float *w, const float *b, const conv_shape *s,
@@ -183,7 +179,7 @@ static double ref_dx_at(const float *g, const float *w, const conv_shape *s, int
                 int oy = ty / s->stride, ox = tx / s->stride;
                 if (oy >= ho || ox >= wo) continue;
                 acc += (double)w[((co * s->c_in + ci) * k + ky) * k + kx] *
-                       g[(((size_t)co * s->n + i) * ho + oy) * wo + ox];
+                       g[AT(i, oy, ox, co, ho, wo, s->c_out)];
             }
     return acc;
 }
@@ -194,7 +190,7 @@ static double ref_dw_at(const float *g, const float *x, const conv_shape *s, int
     for (int i = 0; i < s->n; i++)
         for (int oy = 0; oy < ho; oy++)
             for (int ox = 0; ox < wo; ox++)
-                acc += (double)g[(((size_t)co * s->n + i) * ho + oy) * wo + ox] *
+                acc += (double)g[AT(i, oy, ox, co, ho, wo, s->c_out)] *
                        xat(x, s, ci, i, oy * s->stride - s->pad_t + ky, ox * s->stride - s->pad_l + kx);
     return acc;
 }
@@ -288,14 +284,69 @@ static void conv_case(const char *tag, conv_shape s, int with_bias) {
     nn_free(dx); nn_free(dw); nn_free(db); nn_free(dw0); nn_free(db0); nn_free(dw2);
 }
 
-/* Large shape cut into several chunks: sampled entries, full identities. */
-static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int samples_per_image) {
+/* x rounded to the nearest bfloat16 (ties to even), as oneDNN's reorder does. */
+static float bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000u;
+    memcpy(&x, &u, sizeof u);
+    return x;
+}
+
+/* s.bf16: the kernel reads its inputs as bfloat16 and accumulates in
+ * float32. The products of bf16 values are exact in float32, so against the
+ * float64 reference on the rounded inputs it must agree as closely as the
+ * float32 path does with the plain reference; db sums the unrounded dy. On a
+ * CPU without bf16 dot products the kernel stays float32 and must match the
+ * plain reference. */
+static void conv_case_bf16(const char *tag, conv_shape s, int with_bias) {
+    char nm[256], what[400];
+    s.bf16 = 1;
+    shape_name(nm, sizeof nm, tag, &s);
+    int native = __builtin_cpu_supports("avx512bf16");
+    size_t nx = x_numel(&s), ny = y_numel(&s), nw = w_numel(&s);
+    float *x = nn_alloc(nx), *w = nn_alloc(nw), *b = nn_alloc(s.c_out), *g = nn_alloc(ny);
+    float *xr = nn_alloc(nx), *wr = nn_alloc(nw), *gr = nn_alloc(ny);
+    float *y = nn_alloc(ny), *dx = nn_alloc(nx), *dw = nn_alloc(nw), *db = nn_alloc(s.c_out);
+    fill(x, nx, -1, 1);
+    fill(w, nw, -1, 1);
+    fill(b, s.c_out, -1, 1);
+    fill(g, ny, -1, 1);
+    for (size_t i = 0; i < nx; i++) xr[i] = native ? bf16_round(x[i]) : x[i];
+    for (size_t i = 0; i < nw; i++) wr[i] = native ? bf16_round(w[i]) : w[i];
+    for (size_t i = 0; i < ny; i++) gr[i] = native ? bf16_round(g[i]) : g[i];
+    const float *bias = with_bias ? b : NULL;
+    double *yr = dalloc(ny), *dxr = dalloc(nx), *dwr = dalloc(nw), *dbr = dalloc(s.c_out);
+    double *unused_dx = dalloc(nx), *unused_dw = dalloc(nw);
+    ref_conv_forward(yr, xr, wr, bias, &s);
+    ref_conv_backward(dxr, dwr, dbr, gr, xr, wr, &s);
+    ref_conv_backward(unused_dx, unused_dw, dbr, g, x, w, &s);
+    const char *path = native ? "bf16 inputs" : "no bf16 on this CPU: float32";
+
+    fill_nan(y, ny);
+    nn_conv2d_forward(y, x, w, bias, &s);
+    snprintf(what, sizeof what, "%s%s forward y (%s)", nm, with_bias ? " +bias" : "", path);
+    compare(what, y, NULL, yr, ny, TOL_FWD);
+    fill_nan(dx, nx);
+    nn_zero(dw, nw);
+    nn_zero(db, s.c_out);
+    nn_conv2d_backward(dx, dw, db, g, x, w, &s);
+    snprintf(what, sizeof what, "%s backward dx (%s)", nm, path);
+    compare(what, dx, NULL, dxr, nx, TOL_GRAD);
+    snprintf(what, sizeof what, "%s backward dw (%s)", nm, path);
+    compare(what, dw, NULL, dwr, nw, TOL_GRAD);
+    snprintf(what, sizeof what, "%s backward db (float32 dy)", nm);
+    compare(what, db, NULL, dbr, s.c_out, TOL_GRAD);
+    free(yr); free(dxr); free(dwr); free(dbr); free(unused_dx); free(unused_dw);
+    nn_free(x); nn_free(w); nn_free(b); nn_free(g); nn_free(xr); nn_free(wr); nn_free(gr);
+    nn_free(y); nn_free(dx); nn_free(dw); nn_free(db);
+}
+
+/* A VAE-sized shape: sampled entries, full identities. */
+static void conv_case_large(const char *tag, conv_shape s, int with_bias, int samples_per_image) {
     char nm[256], what[400];
     shape_name(nm, sizeof nm, tag, &s);
-    int step = chunk_images(&s), chunks = (s.n + step - 1) / step;
     int ho = conv_out_h(&s), wo = conv_out_w(&s);
-    snprintf(what, sizeof what, "%s: kernel cuts the batch into %d chunks of <= %d images", nm, chunks, step);
-    CHECK(chunks >= 2, "%s", what);
 
     size_t nx = x_numel(&s), ny = y_numel(&s), nw = w_numel(&s);
     float *x = nn_alloc(nx), *w = nn_alloc(nw), *b = nn_alloc(s.c_out), *g = nn_alloc(ny);
@@ -307,13 +358,11 @@ static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int 
     fill(g, ny, -1, 1);
     const float *bias = with_bias ? b : NULL;
 
-    /* images to sample: both ends of every chunk, and a random one */
-    int imgs[64], ni = 0;
-    for (int i0 = 0; i0 < s.n && ni < 60; i0 += step) {
-        imgs[ni++] = i0;
-        imgs[ni++] = (i0 + step < s.n ? i0 + step : s.n) - 1;
-    }
-    imgs[ni++] = rng_int(&R, 0, s.n - 1);
+    /* images to sample: the first, the last and random ones */
+    int imgs[8], ni = 0;
+    imgs[ni++] = 0;
+    imgs[ni++] = s.n - 1;
+    while (ni < 8) imgs[ni++] = rng_int(&R, 0, s.n - 1);
 
     fill_nan(y, ny);
     nn_conv2d_forward(y, x, w, bias, &s);
@@ -327,7 +376,7 @@ static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int 
                 int co = rng_int(&R, 0, s.c_out - 1), oy, ox;
                 if (q < 4) { oy = (q & 1) ? ho - 1 : 0; ox = (q & 2) ? wo - 1 : 0; }   /* corners */
                 else { oy = rng_int(&R, 0, ho - 1); ox = rng_int(&R, 0, wo - 1); }
-                got[m] = y[(((size_t)co * s.n + i) * ho + oy) * wo + ox];
+                got[m] = y[AT(i, oy, ox, co, ho, wo, s.c_out)];
                 ref[m++] = ref_y_at(x, w, bias, &s, co, i, oy, ox);
             }
         }
@@ -357,7 +406,7 @@ static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int 
                 int ci = rng_int(&R, 0, s.c_in - 1), yy, xx;
                 if (q < 4) { yy = (q & 1) ? s.h - 1 : 0; xx = (q & 2) ? s.w - 1 : 0; }
                 else { yy = rng_int(&R, 0, s.h - 1); xx = rng_int(&R, 0, s.w - 1); }
-                got[m] = dx[(((size_t)ci * s.n + i) * s.h + yy) * s.w + xx];
+                got[m] = dx[AT(i, yy, xx, ci, s.h, s.w, s.c_in)];
                 ref[m++] = ref_dx_at(g, w, &s, ci, i, yy, xx);
             }
         }
@@ -388,7 +437,7 @@ static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int 
         double *dbr = dalloc(s.c_out);
         size_t per = (size_t)s.n * ho * wo;
         for (int co = 0; co < s.c_out; co++)
-            for (size_t j = 0; j < per; j++) dbr[co] += g[(size_t)co * per + j];
+            for (size_t j = 0; j < per; j++) dbr[co] += g[j * s.c_out + co];
         snprintf(what, sizeof what, "%s backward db (added to prefill)", nm);
         compare(what, db, db0, dbr, s.c_out, TOL_GRAD);
         free(dbr);
@@ -399,7 +448,8 @@ static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int 
         size_t per = (size_t)s.n * ho * wo;
         for (int co = 0; co < s.c_out; co++)
             for (size_t j = 0; j < per; j++) {
-                double p = ((double)y[(size_t)co * per + j] - (bias ? bias[co] : 0.0)) * g[(size_t)co * per + j];
+                size_t q = j * s.c_out + co;
+                double p = ((double)y[q] - (bias ? bias[co] : 0.0)) * g[q];
                 a += p;
                 sa += fabs(p);
             }
@@ -408,7 +458,7 @@ static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int 
         nn_conv2d_backward(NULL, dw, NULL, g, x, w, &s);
         double cw = dot(w, dw, nw, &sc);
         double scale = fmax(sa, fmax(sb, sc));
-        snprintf(what, sizeof what, "%s adjoint <conv(x),g> = <x,dx> over all chunks", nm);
+        snprintf(what, sizeof what, "%s adjoint <conv(x),g> = <x,dx> over the whole batch", nm);
         compare_scalar(what, a, bx, scale, TOL_ADJ);
         snprintf(what, sizeof what, "%s adjoint <conv(x),g> = <w,dw> (dx NULL, db NULL)", nm);
         compare_scalar(what, a, cw, scale, TOL_ADJ);
@@ -420,7 +470,7 @@ static void conv_case_chunked(const char *tag, conv_shape s, int with_bias, int 
 /* ---------------------------------------------------------------------- */
 /* group norm                                                              */
 
-/* float64 forward on [C, n, hw]; mean, rstd [n, groups] may be NULL. */
+/* float64 forward on [n, hw, C]; mean, rstd [n, groups] may be NULL. */
 static void ref_gn_forward(double *y, double *mean, double *rstd, const double *x, const double *w,
                            const double *b, int C, int n, int hw, int groups, double eps) {
     int cpg = C / groups;
@@ -428,11 +478,11 @@ static void ref_gn_forward(double *y, double *mean, double *rstd, const double *
         for (int gq = 0; gq < groups; gq++) {
             double s = 0.0, v = 0.0, cnt = (double)cpg * hw;
             for (int c = gq * cpg; c < (gq + 1) * cpg; c++)
-                for (int j = 0; j < hw; j++) s += x[((size_t)c * n + i) * hw + j];
+                for (int j = 0; j < hw; j++) s += x[AT(i, 0, j, c, 1, hw, C)];
             double mu = s / cnt;
             for (int c = gq * cpg; c < (gq + 1) * cpg; c++)
                 for (int j = 0; j < hw; j++) {
-                    double d = x[((size_t)c * n + i) * hw + j] - mu;
+                    double d = x[AT(i, 0, j, c, 1, hw, C)] - mu;
                     v += d * d;
                 }
             double r = 1.0 / sqrt(v / cnt + eps);
@@ -440,7 +490,7 @@ static void ref_gn_forward(double *y, double *mean, double *rstd, const double *
             if (rstd) rstd[i * groups + gq] = r;
             for (int c = gq * cpg; c < (gq + 1) * cpg; c++)
                 for (int j = 0; j < hw; j++) {
-                    size_t k = ((size_t)c * n + i) * hw + j;
+                    size_t k = AT(i, 0, j, c, 1, hw, C);
                     y[k] = (x[k] - mu) * r * w[c] + b[c];
                 }
         }
@@ -456,17 +506,17 @@ static void ref_gn_backward(double *dx, double *dw, double *db, const double *g,
         for (int gq = 0; gq < groups; gq++) {
             double s = 0.0, v = 0.0;
             for (int c = gq * cpg; c < (gq + 1) * cpg; c++)
-                for (int j = 0; j < hw; j++) s += x[((size_t)c * n + i) * hw + j];
+                for (int j = 0; j < hw; j++) s += x[AT(i, 0, j, c, 1, hw, C)];
             double mu = s / cnt;
             for (int c = gq * cpg; c < (gq + 1) * cpg; c++)
                 for (int j = 0; j < hw; j++) {
-                    double d = x[((size_t)c * n + i) * hw + j] - mu;
+                    double d = x[AT(i, 0, j, c, 1, hw, C)] - mu;
                     v += d * d;
                 }
             double r = 1.0 / sqrt(v / cnt + eps), mg = 0.0, mgx = 0.0;
             for (int c = gq * cpg; c < (gq + 1) * cpg; c++)
                 for (int j = 0; j < hw; j++) {
-                    size_t k = ((size_t)c * n + i) * hw + j;
+                    size_t k = AT(i, 0, j, c, 1, hw, C);
                     double xh = (x[k] - mu) * r;
                     mg += g[k] * w[c];
                     mgx += g[k] * w[c] * xh;
@@ -477,7 +527,7 @@ static void ref_gn_backward(double *dx, double *dw, double *db, const double *g,
             mgx /= cnt;
             for (int c = gq * cpg; c < (gq + 1) * cpg; c++)
                 for (int j = 0; j < hw; j++) {
-                    size_t k = ((size_t)c * n + i) * hw + j;
+                    size_t k = AT(i, 0, j, c, 1, hw, C);
                     double xh = (x[k] - mu) * r;
                     dx[k] = r * (g[k] * w[c] - mg - xh * mgx);
                 }
@@ -526,7 +576,7 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
         double sc = spread * (0.2 + 2.0 * rng_uniform(&R)), sh = offset + spread * 0.5 * (rng_uniform(&R) - 0.5);
         for (int i = 0; i < n; i++)
             for (int j = 0; j < hw; j++)
-                x[((size_t)c * n + i) * hw + j] = (float)(sh + sc * (2 * rng_uniform(&R) - 1));
+                x[AT(i, 0, j, c, 1, hw, C)] = (float)(sh + sc * (2 * rng_uniform(&R) - 1));
     }
     fill(w, C, -1.5, 1.5);
     fill(b, C, -1, 1);
@@ -552,6 +602,16 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
     compare(what, mean, NULL, mr, (size_t)n * groups, TOL_FWD);
     snprintf(what, sizeof what, "%s forward rstd", nm);
     compare(what, rstd, NULL, rr, (size_t)n * groups, TOL_FWD);
+    {   /* chunked sums: the same bits for any thread count */
+        float *y1 = nn_alloc(N);
+        int threads = nn_threads();
+        nn_init(1);
+        nn_group_norm_forward(y1, mean, rstd, x, w, b, C, n, hw, groups, eps);
+        nn_init(threads);
+        CHECK(memcmp(y, y1, N * sizeof(float)) == 0, "%s forward: 1 thread and %d threads give the same bits",
+              nm, threads);
+        nn_free(y1);
+    }
 
     fill_nan(dx, N);
     fill(dw0, C, -1, 1);
@@ -599,32 +659,33 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
 /* ---------------------------------------------------------------------- */
 /* upsampling, transpose, L1 loss                                          */
 
-static void upsample_case(int planes, int h, int w) {
+static void upsample_case(int n, int h, int w, int C) {
     char what[200];
-    size_t nx = (size_t)planes * h * w, ny = 4 * nx;
+    size_t nx = (size_t)n * h * w * C, ny = 4 * nx;
     float *x = nn_alloc(nx), *y = nn_alloc(ny), *g = nn_alloc(ny), *dx = nn_alloc(nx);
     double *dxr = dalloc(nx);
     fill(x, nx, -1, 1);
     fill(g, ny, -1, 1);
     fill_nan(y, ny);
-    nn_upsample2x_forward(y, x, planes, h, w);
+    nn_upsample2x_forward(y, x, n, h, w, C);
     size_t bad = 0;
-    for (int p = 0; p < planes; p++)
+    for (int i = 0; i < n; i++)
         for (int r = 0; r < 2 * h; r++)
-            for (int c = 0; c < 2 * w; c++) {
-                float want = x[((size_t)p * h + r / 2) * w + c / 2];
-                if (memcmp(&y[((size_t)p * 2 * h + r) * 2 * w + c], &want, sizeof want)) bad++;
-                dxr[((size_t)p * h + r / 2) * w + c / 2] += g[((size_t)p * 2 * h + r) * 2 * w + c];
-            }
-    CHECK(bad == 0, "upsample2x forward %d planes %dx%d: exact copy, %zu of %zu outputs differ",
-          planes, h, w, bad, ny);
+            for (int c = 0; c < 2 * w; c++)
+                for (int k = 0; k < C; k++) {
+                    size_t src = AT(i, r / 2, c / 2, k, h, w, C), dst = AT(i, r, c, k, 2 * h, 2 * w, C);
+                    if (memcmp(&y[dst], &x[src], sizeof(float))) bad++;
+                    dxr[src] += g[dst];
+                }
+    CHECK(bad == 0, "upsample2x forward n %d %dx%d C %d: exact copy, %zu of %zu outputs differ",
+          n, h, w, C, bad, ny);
     fill_nan(dx, nx);
-    nn_upsample2x_backward(dx, g, planes, h, w);
-    snprintf(what, sizeof what, "upsample2x backward %d planes %dx%d dx (overwritten) vs 2x2 block sums",
-             planes, h, w);
+    nn_upsample2x_backward(dx, g, n, h, w, C);
+    snprintf(what, sizeof what, "upsample2x backward n %d %dx%d C %d dx (overwritten) vs 2x2 block sums",
+             n, h, w, C);
     compare(what, dx, NULL, dxr, nx, TOL_FWD);
     double sa, sb, a = dot(y, g, ny, &sa), bb = dot(x, dx, nx, &sb);
-    snprintf(what, sizeof what, "upsample2x %d planes %dx%d adjoint <up(x),g> = <x,up^T(g)>", planes, h, w);
+    snprintf(what, sizeof what, "upsample2x n %d %dx%d C %d adjoint <up(x),g> = <x,up^T(g)>", n, h, w, C);
     compare_scalar(what, a, bb, fmax(sa, sb), TOL_ADJ);
     nn_free(x); nn_free(y); nn_free(g); nn_free(dx);
     free(dxr);
@@ -719,14 +780,21 @@ int main(void) {
     conv_case("asym", (conv_shape){.c_in = 4, .c_out = 3, .n = 3, .h = 5, .w = 9, .k = 3, .stride = 1,
                                    .pad_t = 0, .pad_l = 2, .pad_b = 2, .pad_r = 1}, 0);
 
-    /* several im2col chunks: 32*9*64*64 floats per image, 7 images a chunk */
-    conv_case_chunked("3x3 chunked", (conv_shape){.c_in = 32, .c_out = 4, .n = 40, .h = 64, .w = 64, .k = 3,
+    /* the VAE's first level at 64 px, and a wide pointwise one */
+    conv_case_large("3x3 large", (conv_shape){.c_in = 32, .c_out = 4, .n = 40, .h = 64, .w = 64, .k = 3,
                                                   .stride = 1, .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1},
                       1, 40);
-    /* pointwise chunks: 32*64*64 floats per image, 64 images a chunk */
-    conv_case_chunked("1x1 chunked", (conv_shape){.c_in = 32, .c_out = 8, .n = 70, .h = 64, .w = 64, .k = 1,
+    conv_case_large("1x1 large", (conv_shape){.c_in = 32, .c_out = 8, .n = 70, .h = 64, .w = 64, .k = 1,
                                                   .stride = 1},
                       1, 20);
+
+    /* bf16 inputs: the VAE's 3x3, downsampling and output convolutions */
+    conv_case_bf16("3x3", (conv_shape){.c_in = 16, .c_out = 32, .n = 2, .h = 9, .w = 7, .k = 3, .stride = 1,
+                                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 1);
+    conv_case_bf16("down", (conv_shape){.c_in = 32, .c_out = 32, .n = 2, .h = 8, .w = 8, .k = 3, .stride = 2,
+                                        .pad_b = 1, .pad_r = 1}, 1);
+    conv_case_bf16("out", (conv_shape){.c_in = 16, .c_out = 3, .n = 3, .h = 6, .w = 5, .k = 3, .stride = 1,
+                                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 0);
 
     gn_case(6, 2, 10, 3, 0.3, 1.0, 1);
     gn_case(6, 2, 10, 2, 0.3, 1.0, 1);
@@ -736,8 +804,9 @@ int main(void) {
     /* VAE-like width with a mean four times the spread */
     gn_case(64, 3, 257, 32, 4.0, 1.0, 0);
 
-    upsample_case(6, 3, 5);
-    upsample_case(2, 1, 1);
+    upsample_case(2, 3, 5, 6);
+    upsample_case(1, 1, 1, 2);
+    upsample_case(3, 4, 2, 17);
 
     transpose_case(37, 70);
     transpose_case(70, 37);

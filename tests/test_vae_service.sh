@@ -116,6 +116,13 @@ $MPIRUN "$VS" train --config configs/vae-tiny.json --data "$data" --size 16 --ba
 check "mpirun -np 2 train writes a VAE" [ -f "$t/m/diffusion_pytorch_model.safetensors" ]
 check "... logging from rank 0 only" [ "$(grep -c '^step' "$t/mpi_train.log")" -eq 2 ]
 check "... with batch 4 x 2 ranks" grep -q 'batch 4 x 2 ranks' "$t/mpi_train.log"
+# Each rank keeps the Adam moments of its part only: the state file gathers
+# them, and a resumed 2-rank run continues to the same bits.
+$MPIRUN "$VS" train --config configs/vae-tiny.json --data "$data" --size 16 --batch 4 --steps 6 --stop-at 3 \
+    --out "$t/m2" >/dev/null 2>&1
+$MPIRUN "$VS" train --data "$data" --size 16 --batch 4 --steps 6 --resume --out "$t/m2" >/dev/null 2>&1
+check "mpirun -np 2 train stopped and resumed gives bitwise the same weights" \
+    cmp -s "$t/m/diffusion_pytorch_model.safetensors" "$t/m2/diffusion_pytorch_model.safetensors"
 "$VS" train --out "$t/m" --data "$data" --size 16 --steps 9 --resume >/dev/null 2>"$t/err"
 check "resuming a 2-rank run with 1 process exits 2" [ $? -eq 2 ]
 

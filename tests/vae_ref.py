@@ -80,7 +80,7 @@ Subcommands:
       leaves ~1e-23 rounding noise there). Prints
       "ok NAME (err X)" (X relative to max|A|) or "FAIL NAME: why" per tensor;
       exit 1 on any failure.
-  bench --config CFG.json --size S --batch N --threads T [--steps K] [--train]
+  bench --config CFG.json --size S --batch N --threads T [--steps K] [--train] [--precision fp32|bf16]
       Encode throughput: encoder + quant_conv, mean only, float32, eval,
       torch.no_grad; median over K batches after one warmup batch. With --train:
       one training step (encode, sample, decode, loss above with kl_weight 1e-6,
@@ -520,7 +520,9 @@ def cmd_bench(a):
         for step in range(a.steps + 1):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = vae_loss(model, x, eps, 1e-6)[0]
+            # bf16: PyTorch's own mixed precision (autocast runs the convolutions in bf16)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                loss = vae_loss(model, x, eps, 1e-6)[0]
             loss.backward()
             opt.step()
             dt = time.perf_counter() - t0
@@ -608,6 +610,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--train", action="store_true")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.set_defaults(fn=cmd_bench)
     p = sp.add_parser("info")
     p.add_argument("--config", required=True)

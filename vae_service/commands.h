@@ -13,5 +13,7 @@ int vae_cmd_serve(const args *a);   /* serve.c */
 
 /* --loss l2 (the default) or l1; bad input exits 2 naming the command. */
 vae_loss_kind vae_loss_arg(const args *a, const char *command);   /* train.c */
+/* --precision bf16|fp32 (fallback when absent): 1 for bf16. train.c */
+int vae_precision_arg(const args *a, const char *command, const char *fallback);
 
 #endif

@@ -96,6 +96,7 @@ static int cmd_grads(const args *a) {
     vae_model *v = load_vae(a);
     image_batch b = load_images(arg_required(a, "images"), vae_cfg(v), 1);
     float kl_weight = (float)arg_float(a, "kl-weight", 1e-6);
+    vae_set_bf16(v, vae_precision_arg(a, "grads", "fp32"));
     param_set *ps = vae_params(v);
     vae_losses l = vae_train_step(v, b.images, b.eps, b.n, b.H, b.W, vae_loss_arg(a, "grads"), kl_weight, 1);
     printf("{\"loss\":%.9g,\"rec_loss\":%.9g,\"kl\":%.9g,\"psnr\":%.4f}\n", l.loss, l.rec_loss, l.kl, l.psnr);
@@ -119,6 +120,7 @@ static int cmd_bench(const args *a) {
     nn_init((int)arg_int(a, "threads", 0, 1));
     vae_model *v = vae_create(&c);
     vae_init_weights(v, 0);
+    vae_set_bf16(v, vae_precision_arg(a, "bench", "fp32"));
     param_set *ps = vae_params(v);
     size_t per = (size_t)3 * size * size, lat = (size_t)c.latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
@@ -156,30 +158,31 @@ static int cmd_bench(const args *a) {
 static const char usage[] =
     "usage: vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] [--size S] [--steps N]\n"
     "                           [--batch B] [--lr LR] [--loss l2|l1] [--kl-weight W] [--resume] [--seed S]\n"
-    "                           [--threads T]\n"
+    "                           [--precision bf16|fp32] [--threads T]\n"
     "       vae_service eval    --vae VAE_DIR --data SHARDS [--size S] [--grid FILE.png] [--threads T]\n"
     "       vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR [--size S] [--logvar]\n"
     "                           [--batch B] [--threads T]\n"
     "       vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR [--limit N] [--threads T]\n"
     "       vae_service serve   --vae VAE_DIR --endpoint tcp://HOST:PORT [--threads T] [--batch B]\n"
     "       vae_service bench   --config VAE.json [--size S] [--batch B] [--steps N] [--train] [--threads T]\n"
+    "                           [--precision fp32|bf16]\n"
     "       vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
     "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
     "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
-    "                           --kl-weight W [--loss l2|l1] [--threads T]\n";
+    "                           --kl-weight W [--loss l2|l1] [--precision fp32|bf16] [--threads T]\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
     static const char *const forward_flags[] = {"vae", "images", "out", "threads", NULL};
-    static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "loss", "threads", NULL};
+    static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "loss", "precision", "threads", NULL};
     static const char *const train_flags[] = {"data", "out", "config", "size", "steps", "batch", "lr",
                                               "loss", "kl-weight", "resume!", "seed", "threads", "log-every",
-                                              "save-every", "stop-at", NULL};
+                                              "save-every", "stop-at", "precision", NULL};
     static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
     static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};
     static const char *const decode_flags[] = {"vae", "latents", "out", "limit", "threads", NULL};
     static const char *const serve_flags[] = {"vae", "endpoint", "threads", "batch", NULL};
-    static const char *const bench_flags[] = {"config", "size", "batch", "steps", "train!", "threads", NULL};
+    static const char *const bench_flags[] = {"config", "size", "batch", "steps", "train!", "threads", "precision", NULL};
     static const command cmds[] = {
         {"bench", cmd_bench, bench_flags},
         {"train", vae_cmd_train, train_flags},

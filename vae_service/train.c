@@ -2,13 +2,19 @@
  *
  * train: the whole image set is decoded once into memory (8-bit, exact: the
  * decoder's floats are x / 127.5 - 1 of 8-bit pixels), then AdamW steps on
- * random batches with L2 (or L1) reconstruction + kl_weight * KL (vae.h). The VAE
+ * random batches, each image mirrored left-right with probability 1/2, with
+ * L2 (or L1) reconstruction + kl_weight * KL (vae.h). The VAE
  * folder is rewritten atomically every --save-every steps and at the end;
  * VAE_DIR/train_state/state.safetensors holds weights, Adam moments, step
  * and every rank's sampler state in one file, so --resume continues exactly
  * (with the same number of ranks). Under mpirun each rank draws its own
  * batches and the gradients are averaged over ranks: N ranks of batch B
- * train as one process of batch N*B. Rank 0 logs and writes.
+ * train as one process of batch N*B. The update is split ZeRO-1 style: rank
+ * r keeps Adam moments for its part of the flat parameters only, receives
+ * the averaged gradient of that part (reduce-scatter), updates it and sends
+ * it to the others (all-gather): the traffic of one all-reduce, and each
+ * rank runs 1/N of AdamW, a memory-bound pass over 7 floats per parameter.
+ * Rank 0 logs and writes.
  *
  * eval: mean PSNR of the reconstructions (decoded from the posterior mean)
  * over a dataset, and optionally a PNG grid of originals over
@@ -42,8 +48,11 @@ static uint8_t to_u8(float x) {
     return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
-static void to_float(float *dst, const uint8_t *src, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = src[i] / 127.5f - 1.0f;
+/* A training sample: image [3, size, size], mirrored left-right when flip. */
+static void to_float_sample(float *dst, const uint8_t *src, int size, int flip) {
+    for (int row = 0; row < 3 * size; row++)
+        for (int c = 0; c < size; c++)
+            dst[(size_t)row * size + c] = src[(size_t)row * size + (flip ? size - 1 - c : c)] / 127.5f - 1.0f;
 }
 
 /* Decodes every good sample of spec; prints progress and the skip summary. */
@@ -71,36 +80,90 @@ static image_set load_image_set(const char *spec, int size) {
     return s;
 }
 
+/* ----------------------------------------------------------- rank parts */
+
+typedef struct {
+    int rank, ranks;
+    size_t *off, *n;            /* [ranks]: every rank's part of the flat parameters */
+    int *counts;
+    float *grad;                /* this rank's part of the averaged gradient */
+} rank_parts;
+
+static void parts_init(rank_parts *p, size_t numel) {
+    p->rank = dist_rank();
+    p->ranks = dist_size();
+    p->off = xcalloc(p->ranks, sizeof(size_t));
+    p->n = xcalloc(p->ranks, sizeof(size_t));
+    p->counts = xcalloc(p->ranks, sizeof(int));
+    for (int r = 0; r < p->ranks; r++) {
+        dist_part(numel, r, p->ranks, &p->off[r], &p->n[r]);
+        p->counts[r] = (int)p->n[r];
+    }
+    p->grad = nn_alloc(p->n[p->rank]);
+}
+
+static void parts_free(rank_parts *p) {
+    free(p->off); free(p->n); free(p->counts);
+    nn_free(p->grad);
+}
+
+/* Averages this rank's part of the gradient over ranks (into ps->g at the
+ * part's offset); returns the global gradient norm. */
+static double parts_reduce(rank_parts *p, param_set *ps) {
+    if (p->ranks == 1) return grad_norm(ps);
+    size_t off = p->off[p->rank], n = p->n[p->rank];
+    dist_reduce_scatter_start(ps->g, ps->numel, p->counts, p->grad);
+    dist_wait_all();
+    for (size_t k = 0; k < n; k++) ps->g[off + k] = p->grad[k] / p->ranks;
+    double sq = nn_sum_squared_diff(ps->g + off, NULL, n);
+    dist_allreduce_sum_f64(&sq, 1);
+    return sqrt(sq);
+}
+
+/* Collective: `mine` (this rank's part) into full[numel] on every rank. */
+static void parts_gather(const rank_parts *p, const float *mine, float *full) {
+    memcpy(full + p->off[p->rank], mine, sizeof(float) * p->n[p->rank]);
+    dist_allgather_parts(full, p->off, p->n);
+}
+
 /* ---------------------------------------------------------- train state */
 
 #define STATE_DIR "train_state"
 
-/* Collective: every rank calls it; rank 0 writes. */
-static int save_all(vae_model *v, const optimizer *o, const rng *r, const char *dir, char *err) {
+/* Collective: every rank calls it; rank 0 writes (the moments of every
+ * rank's part gathered into whole tensors). */
+static int save_all(vae_model *v, const optimizer *o, const rank_parts *p, const rng *r, const char *dir,
+                    char *err) {
     char path[4096];
     param_set *ps = vae_params(v);
-    int nr = dist_size();
+    int nr = dist_size(), rc = 0;
     int64_t *counters = xmalloc(sizeof(int64_t) * (1 + nr));
+    float *m = nn_alloc(ps->numel), *vv = nn_alloc(ps->numel);
     counters[0] = o->step;
     dist_allgather_i64((int64_t)r->state, counters + 1);
-    if (dist_rank() != 0) { free(counters); return 0; }
-    if (make_dir(dir, err)) { free(counters); return -1; }
-    snprintf(path, sizeof path, "%s/" STATE_DIR, dir);
-    int rc = make_dir(path, err);
-    st_entry e[4] = {{"weights", ST_F32, 1, {(int64_t)ps->numel}, ps->w},
-                     {"adam_m", ST_F32, 1, {(int64_t)ps->numel}, o->m},
-                     {"adam_v", ST_F32, 1, {(int64_t)ps->numel}, o->v},
-                     {"step_and_rng", ST_I64, 1, {1 + nr}, counters}};
-    snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
-    /* The state file alone is enough to resume; the diffusers folder is
-     * rewritten from it, so a crash in between loses nothing. */
-    if (!rc) rc = st_write(path, e, 4, err);
-    if (!rc) rc = vae_save(v, dir, err);
+    parts_gather(p, o->m, m);
+    parts_gather(p, o->v, vv);
+    if (dist_rank() == 0) {
+        rc = make_dir(dir, err);
+        snprintf(path, sizeof path, "%s/" STATE_DIR, dir);
+        if (!rc) rc = make_dir(path, err);
+        st_entry e[4] = {{"weights", ST_F32, 1, {(int64_t)ps->numel}, ps->w},
+                         {"adam_m", ST_F32, 1, {(int64_t)ps->numel}, m},
+                         {"adam_v", ST_F32, 1, {(int64_t)ps->numel}, vv},
+                         {"step_and_rng", ST_I64, 1, {1 + nr}, counters}};
+        snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
+        /* The state file alone is enough to resume; the diffusers folder is
+         * rewritten from it, so a crash in between loses nothing. */
+        if (!rc) rc = st_write(path, e, 4, err);
+        if (!rc) rc = vae_save(v, dir, err);
+    }
     free(counters);
+    nn_free(m);
+    nn_free(vv);
     return rc;
 }
 
-static int load_state(vae_model *v, optimizer *o, rng *r, const char *dir, char *err) {
+static int load_state(vae_model *v, optimizer *o, const rank_parts *p, rng *r, const char *dir, char *err) {
     char path[4096];
     param_set *ps = vae_params(v);
     snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
@@ -109,10 +172,13 @@ static int load_state(vae_model *v, optimizer *o, rng *r, const char *dir, char 
     int64_t n[1] = {(int64_t)ps->numel}, counters[2];
     int nr = dist_size();
     const st_tensor *t = st_find(&f, "step_and_rng");
+    float *m = nn_alloc(ps->numel), *vv = nn_alloc(ps->numel);
     int rc = -1;
-    if (st_read_f32(&f, "weights", 1, n, ps->w, err) || st_read_f32(&f, "adam_m", 1, n, o->m, err) ||
-        st_read_f32(&f, "adam_v", 1, n, o->v, err))
+    if (st_read_f32(&f, "weights", 1, n, ps->w, err) || st_read_f32(&f, "adam_m", 1, n, m, err) ||
+        st_read_f32(&f, "adam_v", 1, n, vv, err))
         goto out;
+    memcpy(o->m, m + p->off[p->rank], sizeof(float) * p->n[p->rank]);
+    memcpy(o->v, vv + p->off[p->rank], sizeof(float) * p->n[p->rank]);
     if (!t || t->dtype != ST_I64 || t->ndim != 1 || t->shape[0] != 1 + nr) {
         set_error(err, "%s: tensor 'step_and_rng': expected I64 [%d] (resume with the ranks that wrote it)", path, 1 + nr);
         goto out;
@@ -124,6 +190,8 @@ static int load_state(vae_model *v, optimizer *o, rng *r, const char *dir, char 
     rc = 0;
 out:
     st_close(&f);
+    nn_free(m);
+    nn_free(vv);
     return rc;
 }
 
@@ -136,11 +204,18 @@ vae_loss_kind vae_loss_arg(const args *a, const char *command) {
     die_input("vae_service %s: --loss must be l1 or l2, not '%s'", command, name);
 }
 
+int vae_precision_arg(const args *a, const char *command, const char *fallback) {
+    const char *name = arg_str(a, "precision", fallback);
+    if (strcmp(name, "bf16") == 0) return 1;
+    if (strcmp(name, "fp32") == 0) return 0;
+    die_input("vae_service %s: --precision must be bf16 or fp32, not '%s'", command, name);
+}
+
 int vae_cmd_train(const args *a) {
     const char *out = arg_required(a, "out");
     int size = (int)arg_int(a, "size", 64, 8), steps = (int)arg_int(a, "steps", 2000, 1);
     int batch = (int)arg_int(a, "batch", 8, 1), log_every = (int)arg_int(a, "log-every", 25, 1);
-    int save_every = (int)arg_int(a, "save-every", 250, 1);
+    int save_every = (int)arg_int(a, "save-every", 1000, 1);
     /* --stop-at: end after that step as if interrupted (time-sliced jobs, resume tests). */
     long stop_at = arg_int(a, "stop-at", steps, 1);
     /* lr 1e-3 and L2: on the 64 px set, 2e-3 and L1 (the first recipe) ended
@@ -163,17 +238,23 @@ int vae_cmd_train(const args *a) {
         v = vae_create(&c);
         vae_init_weights(v, (unsigned long long)arg_int(a, "seed", 0, 0));
     }
+    /* bf16 convolutions by default: 1.4x the steps in the same time, and
+     * within 0.1 dB of float32 at equal steps (docs/conventions.md). */
+    vae_set_bf16(v, vae_precision_arg(a, "train", "bf16"));
     const vae_config *c = vae_cfg(v);
     int f = vae_downscale(c);
     if (size % f) die_input("vae_service train: --size %d is not a multiple of the VAE's downscale %d", size, f);
+    rank_parts parts;
+    parts_init(&parts, vae_params(v)->numel);
+    int rank = parts.rank, ranks = parts.ranks;
+    optim_config oc = optim_defaults(lr, steps / 20 + 1, steps);
+    oc.weight_decay = 0.0f;             /* a small conv VAE: no decay, as diffusers' VAE training */
     optimizer o;
-    optim_create(&o, vae_params(v), optim_defaults(lr, steps / 20 + 1, steps));
-    o.cfg.weight_decay = 0.0f;          /* a small conv VAE: no decay, as diffusers' VAE training */
+    optim_create_part(&o, oc, parts.off[rank], parts.n[rank]);
     rng r;
-    int rank = dist_rank(), ranks = dist_size();
     rng_seed(&r, (unsigned long long)arg_int(a, "seed", 0, 0) + 1 + 0x9E3779B9ull * rank);
     if (resume) {
-        if (load_state(v, &o, &r, out, err)) die_input("--resume: %s", err);
+        if (load_state(v, &o, &parts, &r, out, err)) die_input("--resume: %s", err);
         if (rank == 0) fprintf(stderr, "resuming %s at step %ld\n", out, o.step);
     }
 
@@ -187,18 +268,18 @@ int vae_cmd_train(const args *a) {
     long start = o.step, seen = 0;
     int acc_n = 0;
     while (o.step < steps && o.step < stop_at) {
-        for (int i = 0; i < batch; i++) to_float(x + i * per, set.pixels + (rng_u64(&r) % set.n) * per, per);
+        for (int i = 0; i < batch; i++) {
+            uint64_t draw = rng_u64(&r);
+            to_float_sample(x + i * per, set.pixels + (draw >> 1) % set.n * per, size, (int)(draw & 1));
+        }
         for (size_t k = 0; k < batch * lat; k++) eps[k] = (float)rng_normal(&r);
         param_set *ps = vae_params(v);
         nn_zero(ps->g, ps->numel);
         vae_losses l = vae_train_step(v, x, eps, batch, size, size, loss, kl_weight, 1);
         double stats[2] = {l.loss, l.psnr};
-        if (ranks > 1) {
-            dist_allreduce_sum(ps->g, ps->numel);
-            nn_scale(ps->g, 1.0f / ranks, ps->numel);
-            dist_allreduce_sum_f64(stats, 2);
-        }
-        optim_step(&o, ps, grad_norm(ps));
+        dist_allreduce_sum_f64(stats, 2);
+        optim_step(&o, ps, parts_reduce(&parts, ps));
+        dist_allgather_parts(ps->w, parts.off, parts.n);
         acc_loss += stats[0] / ranks; acc_psnr += stats[1] / ranks; acc_n++; seen += (long)batch * ranks;
         if (rank == 0 && (o.step % log_every == 0 || o.step == steps)) {
             double dt = now_s() - t0;
@@ -209,11 +290,12 @@ int vae_cmd_train(const args *a) {
             acc_n = 0;
         }
         if (o.step % save_every == 0 || o.step == steps || o.step == stop_at)
-            if (save_all(v, &o, &r, out, err)) die("%s", err);
+            if (save_all(v, &o, &parts, &r, out, err)) die("%s", err);
     }
     if (rank == 0) printf("saved %s\n", out);
     free(x); free(eps); free(set.pixels);
     optim_free(&o);
+    parts_free(&parts);
     vae_free(v);
     return 0;
 }

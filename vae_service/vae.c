@@ -9,7 +9,8 @@
  *
  * Every activation of a pass comes from an arena that is reset at the start
  * of the next pass; a forward pass records in small structs what its
- * backward needs. Maps are [C, n, H, W] (see nn/kernels.h). */
+ * backward needs. Maps are [n, H, W, C] (see nn/kernels.h); the interface
+ * takes and returns PyTorch's [n, C, H, W]. */
 #include "vae.h"
 #include "../common/rng.h"
 #include "../nn/kernels.h"
@@ -78,6 +79,7 @@ struct vae_model {
     param_set ps;
     coder_p enc, dec;
     conv_p quant, post_quant;
+    int bf16;                   /* convolutions read bf16 (vae_set_bf16) */
     arena arena;
 };
 
@@ -244,6 +246,7 @@ void vae_free(vae_model *v) {
 }
 
 const vae_config *vae_cfg(const vae_model *v) { return &v->cfg; }
+void vae_set_bf16(vae_model *v, int on) { v->bf16 = on; }
 param_set *vae_params(vae_model *v) { return &v->ps; }
 
 void vae_init_weights(vae_model *v, unsigned long long seed) {
@@ -274,14 +277,14 @@ void vae_init_weights(vae_model *v, unsigned long long seed) {
 
 /* ----------------------------------------------------------- layer ops */
 
-static conv_shape shape_of(const conv_p *c, int n, int h, int w) {
+static conv_shape shape_of(const vae_model *v, const conv_p *c, int n, int h, int w) {
     return (conv_shape){c->c_in, c->c_out, n, h, w, c->k, c->stride,
                         c->k == 3 && !c->pad_b, c->k == 3 && !c->pad_b,
-                        c->k == 3 ? 1 : 0, c->k == 3 ? 1 : 0};
+                        c->k == 3 ? 1 : 0, c->k == 3 ? 1 : 0, v->bf16};
 }
 
 static float *conv_fwd(vae_model *v, const conv_p *c, const float *x, int n, int *h, int *w) {
-    conv_shape s = shape_of(c, n, *h, *w);
+    conv_shape s = shape_of(v, c, n, *h, *w);
     int ho = conv_out_h(&s), wo = conv_out_w(&s);
     float *y = arena_alloc(&v->arena, (size_t)c->c_out * n * ho * wo);
     nn_conv2d_forward(y, x, W(v, c->w), W(v, c->b), &s);
@@ -293,7 +296,7 @@ static float *conv_fwd(vae_model *v, const conv_p *c, const float *x, int n, int
 /* Returns dx (NULL when not wanted); h, w are the input's. */
 static float *conv_bwd(vae_model *v, const conv_p *c, const float *dy, const float *x, int n, int h, int w,
                        int want_dx) {
-    conv_shape s = shape_of(c, n, h, w);
+    conv_shape s = shape_of(v, c, n, h, w);
     float *dx = want_dx ? arena_alloc(&v->arena, (size_t)c->c_in * n * h * w) : NULL;
     nn_conv2d_backward(dx, G(v, c->w), G(v, c->b), dy, x, W(v, c->w), &s);
     return dx;
@@ -381,17 +384,16 @@ static float *resnet_bwd(vae_model *v, const resnet_p *p, const resnet_rec *r, c
 /* ------------------------------------------------------------ attention */
 
 /* Single-head self-attention over the h*w pixels of each image, reusing the
- * transformer's attention kernel with every key allowed (lo 0, hi hw - 1). */
-typedef struct { const float *x; norm_rec norm; float *t, *qkv, *att, *lse; int32_t *lo, *hi; } attn_rec;
+ * transformer's attention kernel with every key allowed (lo 0, hi hw - 1).
+ * The NHWC map is already the [pixels, C] rows the linears take. */
+typedef struct { const float *x; norm_rec norm; float *qkv, *att, *lse; int32_t *lo, *hi; } attn_rec;
 
 static float *attn_fwd(vae_model *v, const attn_p *p, attn_rec *r, const float *x, int n, int hw) {
     int C = p->C, N = n * hw;
     r->x = x;
     r->norm = norm_fwd(v, &p->norm, x, n, hw);
-    r->t = arena_alloc(&v->arena, (size_t)N * C);
-    nn_transpose(r->t, r->norm.y, C, N);                    /* [C, N] -> [N, C] */
     r->qkv = arena_alloc(&v->arena, (size_t)N * 3 * C);
-    nn_linear_forward(r->qkv, r->t, W(v, p->wqkv), W(v, p->bqkv), N, C, 3 * C);
+    nn_linear_forward(r->qkv, r->norm.y, W(v, p->wqkv), W(v, p->bqkv), N, C, 3 * C);
     /* int32 key ranges share the float arena: both are 4 bytes. */
     r->lo = (int32_t *)arena_alloc(&v->arena, (size_t)N);
     r->hi = (int32_t *)arena_alloc(&v->arena, (size_t)N);
@@ -399,25 +401,22 @@ static float *attn_fwd(vae_model *v, const attn_p *p, attn_rec *r, const float *
     r->att = arena_alloc(&v->arena, (size_t)N * C);
     r->lse = arena_alloc(&v->arena, (size_t)N);
     nn_attention_forward(r->att, r->lse, r->qkv, r->lo, r->hi, n, hw, 1, C);
-    float *o = arena_alloc(&v->arena, (size_t)N * C), *out = arena_alloc(&v->arena, (size_t)C * N);
-    nn_linear_forward(o, r->att, W(v, p->wo), W(v, p->bo), N, C, C);
-    nn_transpose(out, o, N, C);
-    nn_add(out, x, (size_t)C * N);
+    float *out = arena_alloc(&v->arena, (size_t)N * C);
+    nn_linear_forward(out, r->att, W(v, p->wo), W(v, p->bo), N, C, C);
+    nn_add(out, x, (size_t)N * C);
     return out;
 }
 
 static float *attn_bwd(vae_model *v, const attn_p *p, const attn_rec *r, const float *dout, int n, int hw) {
     int C = p->C, N = n * hw;
-    float *d_o = arena_alloc(&v->arena, (size_t)N * C), *datt = arena_alloc(&v->arena, (size_t)N * C);
-    nn_transpose(d_o, dout, C, N);
-    nn_linear_backward(datt, G(v, p->wo), G(v, p->bo), d_o, r->att, W(v, p->wo), N, C, C, 0);
+    float *datt = arena_alloc(&v->arena, (size_t)N * C);
+    nn_linear_backward(datt, G(v, p->wo), G(v, p->bo), dout, r->att, W(v, p->wo), N, C, C, 0);
     float *dqkv = arena_alloc(&v->arena, (size_t)N * 3 * C);
     nn_attention_backward(dqkv, datt, r->att, r->lse, r->qkv, r->lo, r->hi, n, hw, 1, C);
-    float *dt = arena_alloc(&v->arena, (size_t)N * C), *dy = arena_alloc(&v->arena, (size_t)C * N);
-    nn_linear_backward(dt, G(v, p->wqkv), G(v, p->bqkv), dqkv, r->t, W(v, p->wqkv), N, C, 3 * C, 0);
-    nn_transpose(dy, dt, N, C);
+    float *dy = arena_alloc(&v->arena, (size_t)N * C);
+    nn_linear_backward(dy, G(v, p->wqkv), G(v, p->bqkv), dqkv, r->norm.y, W(v, p->wqkv), N, C, 3 * C, 0);
     float *dx = norm_bwd(v, &p->norm, &r->norm, dy, r->x, n, hw);
-    nn_add(dx, dout, (size_t)C * N);
+    nn_add(dx, dout, (size_t)N * C);
     return dx;
 }
 
@@ -446,7 +445,7 @@ static float *mid_bwd(vae_model *v, const coder_p *cp, const coder_rec *r, int *
     return resnet_bwd(v, &cp->mid1, &r->res[--(*k)], d, n, hh, ww);
 }
 
-/* x [in_channels, n, H, W] -> moments [2C, n, H/f, W/f] */
+/* x [n, H, W, in_channels] -> moments [n, H/f, W/f, 2C] (mean | logvar per pixel) */
 static float *encoder_fwd(vae_model *v, coder_rec *r, const float *x, int n, int H, int W_) {
     const coder_p *e = &v->enc;
     int hh = H, ww = W_, k = 0;
@@ -492,7 +491,7 @@ static void encoder_bwd(vae_model *v, const coder_rec *r, float *d) {
     conv_bwd(v, &e->conv_in, d, r->in, n, hh, ww, 0);
 }
 
-/* z [C, n, h, w] -> images [out_channels, n, h*f, w*f] */
+/* z [n, h, w, C] -> images [n, h*f, w*f, out_channels] */
 static float *decoder_fwd(vae_model *v, coder_rec *r, const float *z, int n, int h, int w) {
     const coder_p *dcp = &v->dec;
     int hh = h, ww = w, k = 0;
@@ -510,7 +509,7 @@ static float *decoder_fwd(vae_model *v, coder_rec *r, const float *z, int n, int
         if (blk->has_sampler) {
             int C = blk->sampler.c_in;
             float *up = arena_alloc(&v->arena, (size_t)C * n * 4 * hh * ww);
-            nn_upsample2x_forward(up, x, C * n, hh, ww);
+            nn_upsample2x_forward(up, x, n, hh, ww, C);
             hh *= 2; ww *= 2;
             r->sampler_in[b] = up;
             x = conv_fwd(v, &blk->sampler, up, n, &hh, &ww);
@@ -533,7 +532,7 @@ static float *decoder_bwd(vae_model *v, const coder_rec *r, float *d) {
             float *dup = conv_bwd(v, &blk->sampler, d, r->sampler_in[b], n, hh, ww, 1);
             hh /= 2; ww /= 2;
             d = arena_alloc(&v->arena, (size_t)blk->sampler.c_in * n * hh * ww);
-            nn_upsample2x_backward(d, dup, blk->sampler.c_in * n, hh, ww);
+            nn_upsample2x_backward(d, dup, n, hh, ww, blk->sampler.c_in);
         }
         for (int j = blk->n_res - 1; j >= 0; j--) d = resnet_bwd(v, &blk->res[j], &r->res[--k], d, n, hh, ww);
     }
@@ -545,11 +544,13 @@ static float *decoder_bwd(vae_model *v, const coder_rec *r, float *d) {
 
 /* ------------------------------------------------------------ interface */
 
-/* [n, C, hw] <-> [C, n, hw] */
-static void swap_outer(float *dst, const float *src, int a, int b, size_t hw) {
-    #pragma omp parallel for schedule(static) collapse(2)
-    for (int i = 0; i < a; i++)
-        for (int j = 0; j < b; j++) memcpy(dst + ((size_t)j * a + i) * hw, src + ((size_t)i * b + j) * hw, hw * sizeof(float));
+/* [n, C, hw] (the interface's NCHW) -> [n, hw, C] (the maps here), and back. */
+static void to_nhwc(float *dst, const float *src, int n, int C, size_t hw) {
+    for (int i = 0; i < n; i++) nn_transpose(dst + (size_t)i * C * hw, src + (size_t)i * C * hw, C, (int)hw);
+}
+
+static void to_nchw(float *dst, const float *src, int n, int C, size_t hw) {
+    for (int i = 0; i < n; i++) nn_transpose(dst + (size_t)i * C * hw, src + (size_t)i * C * hw, (int)hw, C);
 }
 
 static float clamp_logvar(float x) { return x < LOGVAR_MIN ? LOGVAR_MIN : (x > LOGVAR_MAX ? LOGVAR_MAX : x); }
@@ -557,15 +558,19 @@ static float clamp_logvar(float x) { return x < LOGVAR_MIN ? LOGVAR_MIN : (x > L
 void vae_encode(vae_model *v, const float *images, int n, int H, int W_, float *mean, float *logvar) {
     const vae_config *c = &v->cfg;
     int C = c->latent_channels, f = vae_downscale(c);
-    size_t hw = (size_t)(H / f) * (W_ / f), half = (size_t)C * n * hw;
+    size_t hw = (size_t)(H / f) * (W_ / f), per = (size_t)C * hw;
     arena_reset(&v->arena);
     float *x = arena_alloc(&v->arena, (size_t)c->in_channels * n * H * W_);
-    swap_outer(x, images, n, c->in_channels, (size_t)H * W_);
+    to_nhwc(x, images, n, c->in_channels, (size_t)H * W_);
     coder_rec *r = xcalloc(1, sizeof *r);
     float *mom = encoder_fwd(v, r, x, n, H, W_);
-    for (size_t i = 0; i < half; i++) mom[half + i] = clamp_logvar(mom[half + i]);
-    swap_outer(mean, mom, C, n, hw);
-    swap_outer(logvar, mom + half, C, n, hw);
+    float *planes = arena_alloc(&v->arena, 2 * per * n);    /* [n, 2C, hw]: mean planes, then logvar's */
+    to_nchw(planes, mom, n, 2 * C, hw);
+    for (int i = 0; i < n; i++) {
+        const float *m = planes + 2 * per * i;
+        memcpy(mean + per * i, m, per * sizeof(float));
+        for (size_t k = 0; k < per; k++) logvar[per * i + k] = clamp_logvar(m[per + k]);
+    }
     free(r);
 }
 
@@ -574,10 +579,10 @@ void vae_decode(vae_model *v, const float *latents, int n, int h, int w, float *
     int f = vae_downscale(c);
     arena_reset(&v->arena);
     float *z = arena_alloc(&v->arena, (size_t)c->latent_channels * n * h * w);
-    swap_outer(z, latents, n, c->latent_channels, (size_t)h * w);
+    to_nhwc(z, latents, n, c->latent_channels, (size_t)h * w);
     coder_rec *r = xcalloc(1, sizeof *r);
     float *x = decoder_fwd(v, r, z, n, h, w);
-    swap_outer(images, x, c->out_channels, n, (size_t)h * f * w * f);
+    to_nchw(images, x, n, c->out_channels, (size_t)h * f * w * f);
     free(r);
 }
 
@@ -591,23 +596,26 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
                           vae_loss_kind loss, float kl_weight, int want_grads) {
     const vae_config *c = &v->cfg;
     int C = c->latent_channels, f = vae_downscale(c), h = H / f, w = W_ / f;
-    size_t hw = (size_t)h * w, half = (size_t)C * n * hw, npix = (size_t)c->out_channels * n * H * W_;
+    size_t hw = (size_t)h * w, pixels = (size_t)n * hw, half = (size_t)C * pixels;
+    size_t npix = (size_t)c->out_channels * n * H * W_;
     vae_losses out = {0};
     arena_reset(&v->arena);
     float *x = arena_alloc(&v->arena, (size_t)c->in_channels * n * H * W_);
-    swap_outer(x, images, n, c->in_channels, (size_t)H * W_);
+    to_nhwc(x, images, n, c->in_channels, (size_t)H * W_);
     float *e = arena_alloc(&v->arena, half);
-    swap_outer(e, eps, n, C, hw);
+    to_nhwc(e, eps, n, C, hw);
     coder_rec *er = xcalloc(1, sizeof *er), *dr = xcalloc(1, sizeof *dr);
-    float *mom = encoder_fwd(v, er, x, n, H, W_);
+    float *mom = encoder_fwd(v, er, x, n, H, W_);           /* [pixels, 2C] */
     float *z = arena_alloc(&v->arena, half), *stdv = arena_alloc(&v->arena, half);
     double kl = 0.0;
-    for (size_t i = 0; i < half; i++) {
-        float mu = mom[i], lv = clamp_logvar(mom[half + i]);
-        stdv[i] = expf(0.5f * lv);
-        z[i] = mu + stdv[i] * e[i];
-        kl += 0.5 * ((double)mu * mu + (double)stdv[i] * stdv[i] - 1.0 - lv);
-    }
+    for (size_t p = 0; p < pixels; p++)
+        for (int ch = 0; ch < C; ch++) {
+            size_t k = p * C + ch;
+            float mu = mom[2 * p * C + ch], lv = clamp_logvar(mom[(2 * p + 1) * C + ch]);
+            stdv[k] = expf(0.5f * lv);
+            z[k] = mu + stdv[k] * e[k];
+            kl += 0.5 * ((double)mu * mu + (double)stdv[k] * stdv[k] - 1.0 - lv);
+        }
     float *recon = decoder_fwd(v, dr, z, n, h, w);
     float *drecon = arena_alloc(&v->arena, npix);
     float scale = want_grads ? 1.0f / (float)npix : 0.0f;
@@ -615,23 +623,20 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
                                         : nn_squared_error(drecon, recon, x, npix, scale)) / (double)npix;
     out.kl = kl / (double)npix;
     out.loss = out.rec_loss + kl_weight * out.kl;
-    double psnr = 0.0;
-    float *img_r = arena_alloc(&v->arena, npix), *img_x = arena_alloc(&v->arena, npix);
-    swap_outer(img_r, recon, c->out_channels, n, (size_t)H * W_);
-    swap_outer(img_x, x, c->in_channels, n, (size_t)H * W_);
-    size_t per = npix / n;
-    for (int i = 0; i < n; i++) psnr += vae_psnr(img_r + i * per, img_x + i * per, per);
-    out.psnr = psnr / n;
+    size_t per = npix / n;                  /* an image is contiguous in NHWC too */
+    for (int i = 0; i < n; i++) out.psnr += vae_psnr(recon + i * per, x + i * per, per) / n;
     if (want_grads) {
         float *dz = decoder_bwd(v, dr, drecon);
         float *dmom = arena_alloc(&v->arena, 2 * half);
         float kscale = kl_weight / (float)npix;
-        for (size_t i = 0; i < half; i++) {
-            float lv = mom[half + i];
-            int inside = lv >= LOGVAR_MIN && lv <= LOGVAR_MAX;   /* clamp passes gradient inside */
-            dmom[i] = dz[i] + kscale * mom[i];
-            dmom[half + i] = inside ? dz[i] * e[i] * 0.5f * stdv[i] + kscale * 0.5f * (stdv[i] * stdv[i] - 1.0f) : 0.0f;
-        }
+        for (size_t p = 0; p < pixels; p++)
+            for (int ch = 0; ch < C; ch++) {
+                size_t k = p * C + ch, mi = 2 * p * C + ch, li = mi + C;
+                float lv = mom[li];
+                int inside = lv >= LOGVAR_MIN && lv <= LOGVAR_MAX;   /* clamp passes gradient inside */
+                dmom[mi] = dz[k] + kscale * mom[mi];
+                dmom[li] = inside ? dz[k] * e[k] * 0.5f * stdv[k] + kscale * 0.5f * (stdv[k] * stdv[k] - 1.0f) : 0.0f;
+            }
         encoder_bwd(v, er, dmom);
     }
     free(er);

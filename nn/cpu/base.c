@@ -62,14 +62,34 @@ void nn_linear_backward(float *dx, float *dW, float *db, const float *dy,
                         const float *x, const float *W, int N, int in, int out, int acc) {
     if (dx) nn_gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, acc ? 1.0f : 0.0f, dx, in);
     nn_gemm(1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
-    if (!db) return;
-    /* Columns in parallel, rows in order: the sum does not depend on threads. */
+    if (db) nn_add_column_sums(db, dy, (size_t)N, out);
+}
+
+#define SUM_ROWS 64   /* rows per float partial sum */
+
+void nn_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
+    /* Fixed blocks of rows summed in float (vectorized along the row), then
+     * the blocks of each column in order in float64: the blocks do not
+     * depend on the thread count, so neither do the bits. */
+    size_t nb = (rows + SUM_ROWS - 1) / SUM_ROWS;
+    float *part = nn_alloc(nb * cols);
     #pragma omp parallel for schedule(static)
-    for (int j = 0; j < out; j++) {
-        double s = 0.0;
-        for (int i = 0; i < N; i++) s += dy[(size_t)i * out + j];
-        db[j] += (float)s;
+    for (size_t b = 0; b < nb; b++) {
+        float *p = part + b * cols;
+        size_t r1 = (b + 1) * SUM_ROWS < rows ? (b + 1) * SUM_ROWS : rows;
+        for (size_t r = b * SUM_ROWS; r < r1; r++) {
+            const float *row = x + r * cols;
+            #pragma omp simd
+            for (int c = 0; c < cols; c++) p[c] += row[c];
+        }
     }
+    #pragma omp parallel for schedule(static)
+    for (int c = 0; c < cols; c++) {
+        double s = 0.0;
+        for (size_t b = 0; b < nb; b++) s += part[b * cols + c];
+        sums[c] += (float)s;
+    }
+    nn_free(part);
 }
 
 void nn_add(float *y, const float *x, size_t n) {

@@ -1,18 +1,24 @@
-/* conv_onednn.c - convolutions through oneDNN's direct kernels (brgconv and
- * the jit weight-gradient kernel on AVX-512), used by conv.c for k > 1: the
- * forward pass (which also serves the stride-1 input gradient, see conv.c)
- * and the weight gradient.
+/* conv_onednn.c - k > 1 (or strided) convolutions through oneDNN's direct
+ * kernels: forward, input gradient and weight gradient, on NHWC maps.
  *
- * oneDNN's fast convolutions need its blocked layouts: a plain strided
- * [C, n, H, W] map gets the reference implementation, 100x slower. So each
- * call reorders its two inputs into the primitive's layouts, runs it, and
- * reorders the result back (the weight gradient is added into dw by the
- * reorder's sum post-op). That costs passes over the maps, and the
- * convolution still runs about twice as fast as im2col + GEMM at 16-32
- * channels (measured: 32->32 channels, 64x64, 32 images: 11 ms against 24).
- * Primitives are built once per shape and pass and kept for the process.
- * oneDNN splits the work in a fixed way for a given thread count, so results
- * repeat bit for bit, as the rest of the backend's. */
+ * oneDNN's AVX-512 kernels (brgconv, jit) read and write NHWC activations
+ * as they are, so the maps go to the primitive without copies; only the
+ * weights are reordered from PyTorch's [c_out, c_in, k, k] into the blocked
+ * layout the kernel picked (a few KB per call). Where no fast kernel takes
+ * NHWC for a shape, the primitive is rebuilt with layouts of oneDNN's choice
+ * and reorders around it; its reference kernel is the last resort, correct
+ * but slow. The weight gradient always goes through a reorder with a sum
+ * post-op, which adds it into dw.
+ *
+ * With s->bf16 each pass reads bf16 and writes float32 (forward: x, w ->
+ * y; input gradient: dy, w -> dx; weight gradient: x, dy -> dw): the
+ * reorders in front round the float32 inputs, and the outputs need none. A
+ * shape with no bf16 kernel falls back to float32.
+ *
+ * Primitives are built once per shape and pass and kept (up to MAX_SHAPES,
+ * then the oldest is replaced). oneDNN splits the work in a fixed way for a
+ * given thread count, so results repeat bit for bit, as the rest of the
+ * backend's. */
 #include "conv_onednn.h"
 #include "../../common/error.h"
 
@@ -21,43 +27,63 @@
 
 #define MAX_SHAPES 256
 
-typedef enum { PASS_FORWARD, PASS_WEIGHTS } conv_pass;
+typedef enum { PASS_FORWARD, PASS_DATA, PASS_WEIGHTS } conv_pass;
 
-/* The forward reads (src, weights) and writes dst; the weight gradient reads
- * (src, diff_dst) and writes diff_weights: inputs a and b, output out. */
+/* One tensor a primitive reads or writes: the caller's memory, and when the
+ * primitive wants another layout its own buffer and the reorder between. */
+typedef struct {
+    int arg;
+    dnnl_memory_t user, own;          /* own NULL: the primitive uses user */
+    dnnl_primitive_t reorder;
+} operand;
+
+/* forward: src, weights -> dst; data: diff_dst, weights -> diff_src;
+ * weights: src, diff_dst -> diff_weights (added into the caller's). */
 typedef struct {
     conv_shape s;
     conv_pass pass;
-    int bias, usable;
-    dnnl_primitive_t conv, to_a, to_b, from_out;
-    dnnl_memory_t user_a, user_b, user_out, user_bias, a, b, out;
+    int bias, built;
+    dnnl_primitive_t conv;
+    operand in[2], out;
+    dnnl_memory_t bias_mem;
 } conv_entry;
 
 static dnnl_engine_t engine;
 static dnnl_stream_t stream;
 static conv_entry cache[MAX_SHAPES];
-static int n_cached;
+static int n_cached, next_victim;
 
 #define OK(call) ((call) == dnnl_success)
+#define MUST(call) do { if (!OK(call)) die("oneDNN: %s failed", #call); } while (0)
 
-/* A reorder from -> to; with accumulate, it adds into the destination. */
-static int make_reorder(dnnl_primitive_t *p, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
-                        int accumulate) {
+static void make_reorder(dnnl_primitive_t *p, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
+                         int accumulate) {
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t ops = NULL;
     dnnl_primitive_desc_t pd;
-    int ok = 1;
-    if (accumulate)
-        ok = OK(dnnl_primitive_attr_create(&attr)) && OK(dnnl_post_ops_create(&ops)) &&
-             OK(dnnl_post_ops_append_sum(ops, 1.0f)) && OK(dnnl_primitive_attr_set_post_ops(attr, ops));
-    ok = ok && OK(dnnl_reorder_primitive_desc_create(&pd, from, engine, to, engine, attr));
-    if (ok) {
-        ok = OK(dnnl_primitive_create(p, pd));
-        dnnl_primitive_desc_destroy(pd);
+    if (accumulate) {
+        MUST(dnnl_primitive_attr_create(&attr));
+        MUST(dnnl_post_ops_create(&ops));
+        MUST(dnnl_post_ops_append_sum(ops, 1.0f));
+        MUST(dnnl_primitive_attr_set_post_ops(attr, ops));
     }
+    MUST(dnnl_reorder_primitive_desc_create(&pd, from, engine, to, engine, attr));
+    MUST(dnnl_primitive_create(p, pd));
+    dnnl_primitive_desc_destroy(pd);
     if (ops) dnnl_post_ops_destroy(ops);
     if (attr) dnnl_primitive_attr_destroy(attr);
-    return ok;
+}
+
+/* The caller's layout `user` against the primitive's `prim`: a reorder
+ * unless they are the same (and the result is not to be accumulated). */
+static void bind(operand *o, int arg, const dnnl_memory_desc_t *user, const dnnl_memory_desc_t *prim,
+                 int is_output, int accumulate) {
+    o->arg = arg;
+    MUST(dnnl_memory_create(&o->user, user, engine, DNNL_MEMORY_NONE));
+    if (!accumulate && dnnl_memory_desc_equal(user, prim)) return;
+    MUST(dnnl_memory_create(&o->own, prim, engine, DNNL_MEMORY_ALLOCATE));
+    if (is_output) make_reorder(&o->reorder, prim, user, accumulate);
+    else make_reorder(&o->reorder, user, prim, 0);
 }
 
 static int is_reference(const_dnnl_primitive_desc_t pd) {
@@ -66,71 +92,135 @@ static int is_reference(const_dnnl_primitive_desc_t pd) {
     return strncmp(impl, "ref", 3) == 0;
 }
 
-/* Builds the primitives of one shape and pass; usable = 0 when oneDNN offers
- * only its reference implementation (then conv.c keeps im2col + GEMM). */
-static void build(conv_entry *e) {
+/* The primitive descriptor of e's pass with activations in `act` layout
+ * (nhwc, or any: oneDNN's choice), reading bf16 when lowp. */
+static dnnl_primitive_desc_t make_pd(const conv_entry *e, dnnl_format_tag_t act, int lowp) {
     const conv_shape *s = &e->s;
-    int ho = conv_out_h(s), wo = conv_out_w(s);
-    dnnl_dims_t src_dims = {s->n, s->c_in, s->h, s->w}, dst_dims = {s->n, s->c_out, ho, wo};
-    dnnl_dims_t src_strides = {(dnnl_dim_t)s->h * s->w, (dnnl_dim_t)s->n * s->h * s->w, s->w, 1};
-    dnnl_dims_t dst_strides = {(dnnl_dim_t)ho * wo, (dnnl_dim_t)s->n * ho * wo, wo, 1};
+    dnnl_dims_t src_dims = {s->n, s->c_in, s->h, s->w}, dst_dims = {s->n, s->c_out, conv_out_h(s), conv_out_w(s)};
     dnnl_dims_t wei_dims = {s->c_out, s->c_in, s->k, s->k}, bias_dims = {s->c_out};
     dnnl_dims_t strides = {s->stride, s->stride}, pad_l = {s->pad_t, s->pad_l}, pad_r = {s->pad_b, s->pad_r};
-    dnnl_memory_desc_t user_src, user_dst, user_wei, bias, any_src, any_dst, any_wei;
-    dnnl_memory_desc_init_by_strides(&user_src, 4, src_dims, dnnl_f32, src_strides);
-    dnnl_memory_desc_init_by_strides(&user_dst, 4, dst_dims, dnnl_f32, dst_strides);
-    dnnl_memory_desc_init_by_tag(&user_wei, 4, wei_dims, dnnl_f32, dnnl_oihw);
+    dnnl_data_type_t in = lowp ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src, dst, wei, bias, fsrc, fdst, fwei;
+    /* the pass's inputs in `in`, its output in float32 */
+    dnnl_memory_desc_init_by_tag(&src, 4, src_dims, e->pass == PASS_DATA ? dnnl_f32 : in, act);
+    dnnl_memory_desc_init_by_tag(&dst, 4, dst_dims, e->pass == PASS_FORWARD ? dnnl_f32 : in, act);
+    dnnl_memory_desc_init_by_tag(&wei, 4, wei_dims, e->pass == PASS_WEIGHTS ? dnnl_f32 : in, dnnl_format_tag_any);
     dnnl_memory_desc_init_by_tag(&bias, 1, bias_dims, dnnl_f32, dnnl_a);
-    dnnl_memory_desc_init_by_tag(&any_src, 4, src_dims, dnnl_f32, dnnl_format_tag_any);
-    dnnl_memory_desc_init_by_tag(&any_dst, 4, dst_dims, dnnl_f32, dnnl_format_tag_any);
-    dnnl_memory_desc_init_by_tag(&any_wei, 4, wei_dims, dnnl_f32, dnnl_format_tag_any);
-    int forward = e->pass == PASS_FORWARD;
     dnnl_convolution_desc_t fd, bd;
-    dnnl_primitive_desc_t fpd = NULL, pd = NULL;
-    if (!OK(dnnl_convolution_forward_desc_init(&fd, forward ? dnnl_forward_inference : dnnl_forward_training,
-                                               dnnl_convolution_direct, &any_src, &any_wei,
-                                               forward && e->bias ? &bias : NULL, &any_dst, strides, pad_l,
-                                               pad_r)) ||
-        !OK(dnnl_primitive_desc_create(&fpd, &fd, NULL, engine, NULL)))
-        return;
-    if (forward) {
-        pd = fpd;
-        fpd = NULL;
-    } else if (!OK(dnnl_convolution_backward_weights_desc_init(&bd, dnnl_convolution_direct, &any_src, &any_wei,
-                                                               NULL, &any_dst, strides, pad_l, pad_r)) ||
-               !OK(dnnl_primitive_desc_create(&pd, &bd, NULL, engine, fpd))) {
-        dnnl_primitive_desc_destroy(fpd);
-        return;
+    dnnl_primitive_desc_t hint = NULL, pd = NULL;
+    if (e->pass == PASS_FORWARD) {
+        if (!OK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_inference, dnnl_convolution_direct, &src, &wei,
+                                                   e->bias ? &bias : NULL, &dst, strides, pad_l, pad_r)) ||
+            !OK(dnnl_primitive_desc_create(&pd, &fd, NULL, engine, NULL)))
+            return NULL;
+        return pd;
     }
-    const dnnl_memory_desc_t *src = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
-    const dnnl_memory_desc_t *b = forward ? dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0)
-                                          : dnnl_primitive_desc_query_md(pd, dnnl_query_diff_dst_md, 0);
-    const dnnl_memory_desc_t *out = forward ? dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0)
-                                            : dnnl_primitive_desc_query_md(pd, dnnl_query_diff_weights_md, 0);
-    const dnnl_memory_desc_t *user_b = forward ? &user_wei : &user_dst, *user_out = forward ? &user_dst : &user_wei;
-    e->usable = !is_reference(pd) && OK(dnnl_primitive_create(&e->conv, pd)) &&
-                make_reorder(&e->to_a, &user_src, src, 0) && make_reorder(&e->to_b, user_b, b, 0) &&
-                make_reorder(&e->from_out, out, user_out, !forward) &&
-                OK(dnnl_memory_create(&e->user_a, &user_src, engine, DNNL_MEMORY_NONE)) &&
-                OK(dnnl_memory_create(&e->user_b, user_b, engine, DNNL_MEMORY_NONE)) &&
-                OK(dnnl_memory_create(&e->user_out, user_out, engine, DNNL_MEMORY_NONE)) &&
-                OK(dnnl_memory_create(&e->user_bias, &bias, engine, DNNL_MEMORY_NONE)) &&
-                OK(dnnl_memory_create(&e->a, src, engine, DNNL_MEMORY_ALLOCATE)) &&
-                OK(dnnl_memory_create(&e->b, b, engine, DNNL_MEMORY_ALLOCATE)) &&
-                OK(dnnl_memory_create(&e->out, out, engine, DNNL_MEMORY_ALLOCATE));
-    dnnl_primitive_desc_destroy(pd);
-    if (fpd) dnnl_primitive_desc_destroy(fpd);
+    /* A backward pass is created with the forward it differentiates as a
+     * hint: that forward reads and writes `in` throughout. */
+    dnnl_memory_desc_init_by_tag(&fsrc, 4, src_dims, in, act);
+    dnnl_memory_desc_init_by_tag(&fdst, 4, dst_dims, in, act);
+    dnnl_memory_desc_init_by_tag(&fwei, 4, wei_dims, in, dnnl_format_tag_any);
+    if (!OK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &fsrc, &fwei,
+                                               NULL, &fdst, strides, pad_l, pad_r)) ||
+        !OK(dnnl_primitive_desc_create(&hint, &fd, NULL, engine, NULL)))
+        return NULL;
+    int ok = e->pass == PASS_DATA
+                 ? OK(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &src, &wei, &dst,
+                                                               strides, pad_l, pad_r))
+                 : OK(dnnl_convolution_backward_weights_desc_init(&bd, dnnl_convolution_direct, &src, &wei, NULL,
+                                                                  &dst, strides, pad_l, pad_r));
+    if (ok) ok = OK(dnnl_primitive_desc_create(&pd, &bd, NULL, engine, hint));
+    dnnl_primitive_desc_destroy(hint);
+    return ok ? pd : NULL;
 }
 
-static conv_entry *entry_for(const conv_shape *s, conv_pass pass, int bias) {
+/* The first fast kernel of: NHWC, then oneDNN's layouts; bf16 (if asked),
+ * then float32. A reference kernel only when there is nothing else. */
+static dnnl_primitive_desc_t choose_pd(const conv_entry *e) {
+    dnnl_primitive_desc_t slow = NULL;
+    for (int attempt = e->s.bf16 ? 0 : 2; attempt < 4; attempt++) {
+        dnnl_primitive_desc_t pd = make_pd(e, attempt % 2 ? dnnl_format_tag_any : dnnl_nhwc, attempt < 2);
+        if (!pd) continue;
+        if (!is_reference(pd)) {
+            if (slow) dnnl_primitive_desc_destroy(slow);
+            return pd;
+        }
+        if (slow) dnnl_primitive_desc_destroy(pd);
+        else slow = pd;
+    }
+    return slow;
+}
+
+static void build(conv_entry *e) {
+    const conv_shape *s = &e->s;
+    dnnl_primitive_desc_t pd = choose_pd(e);
+    if (!pd) die("oneDNN: no convolution for k %d stride %d, %d -> %d channels", s->k, s->stride, s->c_in, s->c_out);
+    dnnl_dims_t src_dims = {s->n, s->c_in, s->h, s->w}, dst_dims = {s->n, s->c_out, conv_out_h(s), conv_out_w(s)};
+    dnnl_dims_t wei_dims = {s->c_out, s->c_in, s->k, s->k}, bias_dims = {s->c_out};
+    dnnl_memory_desc_t src, dst, wei, bias;
+    dnnl_memory_desc_init_by_tag(&src, 4, src_dims, dnnl_f32, dnnl_nhwc);
+    dnnl_memory_desc_init_by_tag(&dst, 4, dst_dims, dnnl_f32, dnnl_nhwc);
+    dnnl_memory_desc_init_by_tag(&wei, 4, wei_dims, dnnl_f32, dnnl_oihw);
+    dnnl_memory_desc_init_by_tag(&bias, 1, bias_dims, dnnl_f32, dnnl_a);
+#define MD(q) dnnl_primitive_desc_query_md(pd, q, 0)
+    switch (e->pass) {
+    case PASS_FORWARD:
+        bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), 0, 0);
+        bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), 0, 0);
+        bind(&e->out, DNNL_ARG_DST, &dst, MD(dnnl_query_dst_md), 1, 0);
+        MUST(dnnl_memory_create(&e->bias_mem, &bias, engine, DNNL_MEMORY_NONE));
+        break;
+    case PASS_DATA:
+        bind(&e->in[0], DNNL_ARG_DIFF_DST, &dst, MD(dnnl_query_diff_dst_md), 0, 0);
+        bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), 0, 0);
+        bind(&e->out, DNNL_ARG_DIFF_SRC, &src, MD(dnnl_query_diff_src_md), 1, 0);
+        break;
+    case PASS_WEIGHTS:
+        bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), 0, 0);
+        bind(&e->in[1], DNNL_ARG_DIFF_DST, &dst, MD(dnnl_query_diff_dst_md), 0, 0);
+        bind(&e->out, DNNL_ARG_DIFF_WEIGHTS, &wei, MD(dnnl_query_diff_weights_md), 1, 1);
+        break;
+    }
+#undef MD
+    MUST(dnnl_primitive_create(&e->conv, pd));
+    dnnl_primitive_desc_destroy(pd);
+    e->built = 1;
+}
+
+static void release_operand(operand *o) {
+    if (o->user) dnnl_memory_destroy(o->user);
+    if (o->own) dnnl_memory_destroy(o->own);
+    if (o->reorder) dnnl_primitive_destroy(o->reorder);
+}
+
+static void release(conv_entry *e) {
+    if (!e->built) return;
+    dnnl_primitive_destroy(e->conv);
+    release_operand(&e->in[0]);
+    release_operand(&e->in[1]);
+    release_operand(&e->out);
+    if (e->bias_mem) dnnl_memory_destroy(e->bias_mem);
+}
+
+/* The cached entry of (s, pass, bias), built if new; a full cache replaces
+ * its oldest entry, never `keep` (an entry the caller still holds). */
+static conv_entry *entry_for(const conv_shape *s, conv_pass pass, int bias, const conv_entry *keep) {
     for (int i = 0; i < n_cached; i++)
         if (cache[i].pass == pass && cache[i].bias == bias && memcmp(&cache[i].s, s, sizeof *s) == 0)
             return &cache[i];
-    if (n_cached == MAX_SHAPES) return NULL;
-    if (!engine && (!OK(dnnl_engine_create(&engine, dnnl_cpu, 0)) ||
-                    !OK(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags))))
-        die("oneDNN: cannot create the CPU engine");
-    conv_entry *e = &cache[n_cached++];
+    if (!engine) {
+        MUST(dnnl_engine_create(&engine, dnnl_cpu, 0));
+        MUST(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
+    }
+    conv_entry *e;
+    if (n_cached < MAX_SHAPES) {
+        e = &cache[n_cached++];
+    } else {                        /* e.g. a server seeing many batch sizes */
+        if (&cache[next_victim] == keep) next_victim = (next_victim + 1) % MAX_SHAPES;
+        e = &cache[next_victim];
+        next_victim = (next_victim + 1) % MAX_SHAPES;
+        release(e);
+    }
     memset(e, 0, sizeof *e);
     e->s = *s;
     e->pass = pass;
@@ -143,32 +233,50 @@ static void run(dnnl_primitive_t p, int n, const dnnl_exec_arg_t *a) {
     if (!OK(dnnl_primitive_execute(p, stream, n, a))) die("oneDNN: a convolution failed");
 }
 
-/* Reorders a and b in, runs the convolution with them as (arg_a, arg_b) and
- * its result as arg_out, and reorders the result out. */
-static void run_entry(conv_entry *e, const float *a, const float *b, float *out, const float *bias, int arg_b,
-                      int arg_out) {
-    dnnl_memory_set_data_handle(e->user_a, (void *)a);
-    dnnl_memory_set_data_handle(e->user_b, (void *)b);
-    dnnl_memory_set_data_handle(e->user_out, out);
-    if (bias) dnnl_memory_set_data_handle(e->user_bias, (void *)bias);
-    run(e->to_a, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, e->user_a}, {DNNL_ARG_TO, e->a}});
-    run(e->to_b, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, e->user_b}, {DNNL_ARG_TO, e->b}});
-    dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, e->a}, {arg_b, e->b}, {arg_out, e->out}, {DNNL_ARG_BIAS, e->user_bias}};
+static dnnl_memory_t used(const operand *o) { return o->own ? o->own : o->user; }
+
+/* Runs e on inputs a, b into out. ready[i] (may be NULL) is input i already
+ * in the primitive's layout, made by another pass: used as it is. */
+static void run_entry(conv_entry *e, const float *a, const float *b, float *out, const float *bias,
+                      const dnnl_memory_t ready[2]) {
+    dnnl_memory_set_data_handle(e->in[0].user, (void *)a);
+    dnnl_memory_set_data_handle(e->in[1].user, (void *)b);
+    dnnl_memory_set_data_handle(e->out.user, out);
+    dnnl_memory_t in[2];
+    for (int i = 0; i < 2; i++) {
+        in[i] = ready && ready[i] ? ready[i] : used(&e->in[i]);
+        if (e->in[i].reorder && in[i] == e->in[i].own)
+            run(e->in[i].reorder, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, e->in[i].user}, {DNNL_ARG_TO, in[i]}});
+    }
+    dnnl_exec_arg_t args[4] = {{e->in[0].arg, in[0]}, {e->in[1].arg, in[1]},
+                               {e->out.arg, used(&e->out)}, {DNNL_ARG_BIAS, e->bias_mem}};
+    if (bias) dnnl_memory_set_data_handle(e->bias_mem, (void *)bias);
     run(e->conv, bias ? 4 : 3, args);
-    run(e->from_out, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, e->out}, {DNNL_ARG_TO, e->user_out}});
+    if (e->out.reorder)
+        run(e->out.reorder, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, e->out.own}, {DNNL_ARG_TO, e->out.user}});
     dnnl_stream_wait(stream);
 }
 
-int conv_onednn_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
-    conv_entry *e = entry_for(s, PASS_FORWARD, b != NULL);
-    if (!e || !e->usable) return 0;
-    run_entry(e, x, w, y, b, DNNL_ARG_WEIGHTS, DNNL_ARG_DST);
-    return 1;
+static int same_layout(dnnl_memory_t a, dnnl_memory_t b) {
+    const dnnl_memory_desc_t *ma, *mb;
+    return a && b && OK(dnnl_memory_get_memory_desc(a, &ma)) && OK(dnnl_memory_get_memory_desc(b, &mb)) &&
+           dnnl_memory_desc_equal(ma, mb);
 }
 
-int conv_onednn_backward_weights(float *dw, const float *dy, const float *x, const conv_shape *s) {
-    conv_entry *e = entry_for(s, PASS_WEIGHTS, 0);
-    if (!e || !e->usable) return 0;
-    run_entry(e, x, dy, dw, NULL, DNNL_ARG_DIFF_DST, DNNL_ARG_DIFF_WEIGHTS);
-    return 1;
+void conv_onednn_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
+    run_entry(entry_for(s, PASS_FORWARD, b != NULL, NULL), x, w, y, b, NULL);
+}
+
+void conv_onednn_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                          const conv_shape *s) {
+    conv_entry *wg = entry_for(s, PASS_WEIGHTS, 0, NULL);
+    dnnl_memory_t dy_ready = NULL;
+    if (dx) {
+        conv_entry *dg = entry_for(s, PASS_DATA, 0, wg);
+        run_entry(dg, dy, w, dx, NULL, NULL);
+        /* Both passes read dy; when they want it in the same layout (bf16
+         * NHWC), it is rounded once. */
+        if (same_layout(dg->in[0].own, wg->in[1].own)) dy_ready = dg->in[0].own;
+    }
+    run_entry(wg, x, dy, dw, NULL, (dnnl_memory_t[2]){NULL, dy_ready});
 }
