@@ -8,7 +8,7 @@
  * Each output element is computed by one GEMM call, so results do not depend
  * on the thread count; the weight gradient sums per-thread partials in thread
  * order (the same bits for the same thread count). */
-#include "../kernels.h"
+#include "cpu.h"
 #include "conv_onednn.h"
 #include "../../common/error.h"
 
@@ -128,12 +128,12 @@ static void col2im(float *dx, const float *dcol, const conv_shape *s, int i0, in
         }
 }
 
-void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
+void cpu_conv2d_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
     int K = s->c_in * s->k * s->k;
     size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s);
     if (!is_pointwise(s) && conv_onednn_forward(y, x, w, b, s)) return;
     if (is_pointwise(s)) {                      /* x is its own column matrix */
-        nn_gemm(0, 0, s->c_out, (int)total, K, 1.0f, w, K, x, (int)total, 0.0f, y, (int)total);
+        cpu_gemm(0, 0, s->c_out, (int)total, K, 1.0f, w, K, x, (int)total, 0.0f, y, (int)total);
     } else {
         int tc = tile_cols(K, conv_out_w(s));
         size_t tiles = (total + tc - 1) / tc;
@@ -145,7 +145,7 @@ void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b,
                 size_t j0 = t * tc;
                 int cnt = total - j0 < (size_t)tc ? (int)(total - j0) : tc;
                 im2col_tile(col, x, s, j0, cnt);
-                nn_gemm(0, 0, s->c_out, cnt, K, 1.0f, w, K, col, cnt, 0.0f, y + j0, (int)total);
+                cpu_gemm(0, 0, s->c_out, cnt, K, 1.0f, w, K, col, cnt, 0.0f, y + j0, (int)total);
             }
         }
     }
@@ -164,15 +164,15 @@ void nn_conv2d_forward(float *y, const float *x, const float *w, const float *b,
  * that col2im then scatters. */
 static void conv_backward_data_stride1(float *dx, const float *dy, const float *w, const conv_shape *s) {
     int k = s->k, kk = k * k;
-    float *flipped = nn_alloc((size_t)s->c_in * s->c_out * kk);
+    float *flipped = cpu_alloc((size_t)s->c_in * s->c_out * kk);
     for (int co = 0; co < s->c_out; co++)
         for (int ci = 0; ci < s->c_in; ci++)
             for (int t = 0; t < kk; t++)
                 flipped[((size_t)ci * s->c_out + co) * kk + (kk - 1 - t)] = w[((size_t)co * s->c_in + ci) * kk + t];
     conv_shape t = {s->c_out, s->c_in, s->n, conv_out_h(s), conv_out_w(s), k, 1,
                     k - 1 - s->pad_t, k - 1 - s->pad_l, k - 1 - s->pad_b, k - 1 - s->pad_r};
-    nn_conv2d_forward(dx, dy, flipped, NULL, &t);
-    nn_free(flipped);
+    cpu_conv2d_forward(dx, dy, flipped, NULL, &t);
+    cpu_free(flipped);
 }
 
 /* dw += dy @ col^T over tiles; per-thread partial sums, added in thread order. */
@@ -180,7 +180,7 @@ static void conv_backward_weights(float *dw, const float *dy, const float *x, co
     int K = s->c_in * s->k * s->k, tc = tile_cols(K, conv_out_w(s)), nt = omp_get_max_threads();
     size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s), tiles = (total + tc - 1) / tc;
     size_t wsize = (size_t)s->c_out * K;
-    float *partial = nn_alloc(wsize * nt);
+    float *partial = cpu_alloc(wsize * nt);
     #pragma omp parallel num_threads(nt)
     {
         float *col = tile_buffer((size_t)K * tc), *mine = partial + wsize * omp_get_thread_num();
@@ -189,11 +189,11 @@ static void conv_backward_weights(float *dw, const float *dy, const float *x, co
             size_t j0 = t * tc;
             int cnt = total - j0 < (size_t)tc ? (int)(total - j0) : tc;
             im2col_tile(col, x, s, j0, cnt);
-            nn_gemm(0, 1, s->c_out, K, cnt, 1.0f, dy + j0, (int)total, col, cnt, 1.0f, mine, K);
+            cpu_gemm(0, 1, s->c_out, K, cnt, 1.0f, dy + j0, (int)total, col, cnt, 1.0f, mine, K);
         }
     }
-    for (int t = 0; t < nt; t++) nn_add(dw, partial + wsize * t, wsize);
-    nn_free(partial);
+    for (int t = 0; t < nt; t++) cpu_add(dw, partial + wsize * t, wsize);
+    cpu_free(partial);
 }
 
 /* dx of a strided convolution: dcol = w^T dy per image, scattered back by
@@ -201,22 +201,22 @@ static void conv_backward_weights(float *dw, const float *dy, const float *x, co
 static void conv_backward_data_strided(float *dx, const float *dy, const float *w, const conv_shape *s) {
     int K = s->c_in * s->k * s->k, hw_out = conv_out_h(s) * conv_out_w(s);
     size_t total = (size_t)s->n * hw_out;
-    float *col = nn_alloc((size_t)K * hw_out);
-    nn_zero(dx, (size_t)s->c_in * s->n * s->h * s->w);
+    float *col = cpu_alloc((size_t)K * hw_out);
+    cpu_zero(dx, (size_t)s->c_in * s->n * s->h * s->w);
     for (int i = 0; i < s->n; i++) {
-        nn_gemm(1, 0, K, hw_out, s->c_out, 1.0f, w, K, dy + (size_t)i * hw_out, (int)total, 0.0f, col, hw_out);
+        cpu_gemm(1, 0, K, hw_out, s->c_out, 1.0f, w, K, dy + (size_t)i * hw_out, (int)total, 0.0f, col, hw_out);
         col2im(dx, col, s, i, 1);
     }
-    nn_free(col);
+    cpu_free(col);
 }
 
-void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+void cpu_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                         const float *w, const conv_shape *s) {
     int K = s->c_in * s->k * s->k;
     size_t total = (size_t)s->n * conv_out_h(s) * conv_out_w(s);
     if (is_pointwise(s)) {
-        nn_gemm(0, 1, s->c_out, K, (int)total, 1.0f, dy, (int)total, x, (int)total, 1.0f, dw, K);
-        if (dx) nn_gemm(1, 0, K, (int)total, s->c_out, 1.0f, w, K, dy, (int)total, 0.0f, dx, (int)total);
+        cpu_gemm(0, 1, s->c_out, K, (int)total, 1.0f, dy, (int)total, x, (int)total, 1.0f, dw, K);
+        if (dx) cpu_gemm(1, 0, K, (int)total, s->c_out, 1.0f, w, K, dy, (int)total, 0.0f, dx, (int)total);
     } else {
         if (!conv_onednn_backward_weights(dw, dy, x, s)) conv_backward_weights(dw, dy, x, s);
         if (dx && s->stride == 1) conv_backward_data_stride1(dx, dy, w, s);
@@ -232,7 +232,7 @@ void nn_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const 
     }
 }
 
-void nn_upsample2x_forward(float *y, const float *x, int planes, int h, int w) {
+void cpu_upsample2x_forward(float *y, const float *x, int planes, int h, int w) {
     #pragma omp parallel for schedule(static)
     for (int p = 0; p < planes; p++)
         for (int r = 0; r < 2 * h; r++) {
@@ -242,7 +242,7 @@ void nn_upsample2x_forward(float *y, const float *x, int planes, int h, int w) {
         }
 }
 
-void nn_upsample2x_backward(float *dx, const float *dy, int planes, int h, int w) {
+void cpu_upsample2x_backward(float *dx, const float *dy, int planes, int h, int w) {
     #pragma omp parallel for schedule(static)
     for (int p = 0; p < planes; p++)
         for (int r = 0; r < h; r++) {

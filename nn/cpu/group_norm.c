@@ -1,11 +1,11 @@
 /* group_norm.c - CPU GroupNorm on channel-major [C, n, hw] maps: statistics
  * per image over each group of C/groups channels (diffusers' VAE uses it
  * with eps 1e-6 everywhere). */
-#include "../kernels.h"
+#include "cpu.h"
 
 #include <math.h>
 
-void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
+void cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
                            const float *b, int C, int n, int hw, int groups, float eps) {
     int cpg = C / groups;
     #pragma omp parallel for schedule(static)
@@ -46,7 +46,7 @@ void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, c
 /* With xhat = (x - mean) * rstd and g = dy * w:
  *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   over the group
  *   dw += sum(dy * xhat), db += sum(dy)                  per channel */
-void nn_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+void cpu_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                             const float *mean, const float *rstd, const float *w,
                             int C, int n, int hw, int groups) {
     int cpg = C / groups;
