@@ -22,8 +22,9 @@
  * the variable once at load, so this re-executes the program with it set. */
 void nn_startup(char **argv);
 void nn_init(int threads);               /* the CPU backend; threads <= 0: library default */
-/* Selects the backend by name ("cpu", "cuda") and initializes it; an unknown
- * or unavailable device is bad input (exit 2). Call after dist_init. */
+/* Selects the backend by name ("cpu", "cuda", or "cpu-device": the CPU's
+ * kernels on a device backend's code path, for tests) and initializes it; an
+ * unknown or unavailable device is bad input (exit 2). Call after dist_init. */
 void nn_init_device(const char *device, int threads);
 int nn_threads(void);
 /* 1 when the selected backend's buffers are host memory (the CPU): then

@@ -2,7 +2,7 @@
  * dispatch, the CUDA backend's buffer table, the attention tile ranges its
  * kernels visit, and the model's device path (separate parameter copies, the
  * plan mirror, uploads and downloads) run on a CPU backend that claims not to
- * work in host memory, against the ordinary CPU path. */
+ * work in host memory ("cpu-device"), against the ordinary CPU path. */
 #include "check.h"
 #include "../nn/attn_tiles.h"
 #include "../nn/backend.h"
@@ -112,12 +112,11 @@ static void run_step(model *m, const plan *p, loss_sums *s, float *grads) {
 
 /* The device path of model.c on the CPU's kernels gives bitwise the CPU path. */
 static void test_device_path(const model_config *c, const plan *p) {
-    nn_backend device = nn_cpu_backend;
-    device.host_memory = 0;
+    const nn_backend *device = nn_backend_by_name("cpu-device");
     model a, b;
     model_create(&a, c);
     model_init_weights(&a, 7);
-    nn_use_backend(&device);
+    nn_use_backend(device);
     model_create(&b, c);
     model_init_weights(&b, 7);
     model_upload_weights(&b);
@@ -127,7 +126,7 @@ static void test_device_path(const model_config *c, const plan *p) {
     loss_sums sa, sb;
     nn_use_backend(&nn_cpu_backend);
     run_step(&a, p, &sa, ga);
-    nn_use_backend(&device);
+    nn_use_backend(device);
     run_step(&b, p, &sb, gb);
     CHECK(sa.ce_sum == sb.ce_sum && sa.se_sum == sb.se_sum && memcmp(ga, gb, sizeof(float) * n) == 0,
           "through the plan mirror and device copies: the same loss and gradients (%.6f %.6f)", sa.ce_sum, sb.ce_sum);
@@ -136,7 +135,7 @@ static void test_device_path(const model_config *c, const plan *p) {
     optim_create(&ob, &b.ps, optim_defaults(1e-3f, 1, 10));
     nn_use_backend(&nn_cpu_backend);
     optim_step(&oa, &a.dev, grad_norm(&a.dev));
-    nn_use_backend(&device);
+    nn_use_backend(device);
     optim_step(&ob, &b.dev, grad_norm(&b.dev));
     model_download(&b, 1, 0);
     float *m1, *m2;

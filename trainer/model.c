@@ -86,7 +86,8 @@ void model_create(model *m, const model_config *c) {
     add_param(m, "image.patch_out.bias", P, 0, 0);
     params_alloc(&m->ps);
     m->dev = m->ps;
-    if (!nn_host_memory()) {
+    m->dev_copies = !nn_host_memory();
+    if (m->dev_copies) {
         m->dev.w = nn_alloc_f32(m->ps.numel);
         m->dev.g = nn_alloc_f32(m->ps.numel);
     }
@@ -97,12 +98,12 @@ void model_create(model *m, const model_config *c) {
 }
 
 void model_upload_weights(model *m) {
-    if (m->dev.w != m->ps.w) nn_upload(m->dev.w, m->ps.w, m->ps.numel);
+    if (m->dev_copies) nn_upload(m->dev.w, m->ps.w, m->ps.numel);
 }
 
 void model_download(model *m, int weights, int grads) {
-    if (weights && m->dev.w != m->ps.w) nn_download(m->ps.w, m->dev.w, m->ps.numel);
-    if (grads && m->dev.g != m->ps.g) nn_download(m->ps.g, m->dev.g, m->ps.numel);
+    if (weights && m->dev_copies) nn_download(m->ps.w, m->dev.w, m->ps.numel);
+    if (grads && m->dev_copies) nn_download(m->ps.g, m->dev.g, m->ps.numel);
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -204,7 +205,7 @@ static const plan *kernel_plan(workspace *ws, const plan *p) {
 
 void model_free(model *m) {
     workspace_free(m->ws, m->cfg.num_hidden_layers);
-    if (m->dev.w != m->ps.w) {
+    if (m->dev_copies) {
         nn_free(m->dev.w);
         nn_free(m->dev.g);
     }

@@ -37,6 +37,7 @@ typedef struct {
     param_set ps;               /* names, shapes; flat weights ps.w, gradients ps.g (host) */
     param_set dev;              /* what the kernels use: ps itself where the backend works
                                  * in host memory, else float32 copies in its buffers */
+    int dev_copies;             /* 1: dev.w and dev.g are those copies (the model frees them) */
     weights W, G;               /* views into dev.w and dev.g */
     workspace *ws;              /* activations, sized for the last plan */
     grad_ready_fn grad_ready;   /* NULL: nobody listens */

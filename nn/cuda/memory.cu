@@ -9,7 +9,6 @@ extern "C" {
 }
 
 #include <stdlib.h>
-#include <string.h>
 #include <vector>
 
 cudaStream_t cuda_stream;
@@ -137,10 +136,7 @@ extern "C" void cuda_download(float *host, const float *src, size_t n) {
     std::vector<uint16_t> b(n);
     CUDA_CHECK(cudaMemcpyAsync(b.data(), src, n * 2, cudaMemcpyDeviceToHost, cuda_stream));
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream));
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits = (uint32_t)b[i] << 16;
-        memcpy(&host[i], &bits, 4);
-    }
+    st_bf16_to_f32(b.data(), host, n);
 }
 
 extern "C" void cuda_upload_i32(int32_t *dst, const int32_t *host, size_t n) {

@@ -28,10 +28,7 @@ static float *randn(size_t n, float scale) {
 static float *bf16_round(float *x, size_t n) {
     uint16_t *b = xmalloc(2 * (n ? n : 1));
     st_f32_to_bf16(x, b, n);
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits = (uint32_t)b[i] << 16;
-        memcpy(&x[i], &bits, 4);
-    }
+    st_bf16_to_f32(b, x, n);
     free(b);
     return x;
 }
