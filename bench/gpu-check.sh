@@ -20,7 +20,7 @@
 # 6 (stage 3 uses it only to write a batch file). Prints "ok STAGE" or
 # "FAIL STAGE: why" per stage, a JSON summary last; exits 1 if any failed.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 PYTHON=${PYTHON:-python3}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 JOBS=${JOBS:-$(nproc)}

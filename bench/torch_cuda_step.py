@@ -15,7 +15,6 @@ PyTorch >= 2.5 with CUDA (flex attention), which Debian's python3-torch is not:
 run it with a CUDA build of PyTorch (PYTHON=... in bench/gpu-check.sh)."""
 import argparse
 import json
-import math
 import os
 import sys
 import time
