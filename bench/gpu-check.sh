@@ -3,7 +3,8 @@
 # H200 (issue 7), in order, each stage under its own time limit:
 #   1. build: make CUDA=1 (bin/cuda/)
 #   2. kernels: bin/cuda/tests/cuda/test_kernels, every CUDA kernel and the
-#      model's loss and gradients against the CPU backend (2e-2 relative)
+#      model's loss and gradients against the CPU backend (2e-2 relative);
+#      then the same under compute-sanitizer memcheck when it is installed
 #   3. parity: `trainer loss` --device cuda against --device cpu on the same
 #      checkpoint and batch file: loss and every gradient tensor within 2e-2
 #   4. training: 200 steps of configs/bench.json on each device; the CUDA run
@@ -54,6 +55,18 @@ if stage build 420 make -j"$JOBS" CUDA=1; then echo "ok build"; else fail build 
 stage kernels 180 bin/cuda/tests/cuda/test_kernels
 grep -E '^(ok|FAIL) ' "$T/kernels.log"
 if grep -q '^FAIL ' "$T/kernels.log" || ! grep -q '^ok ' "$T/kernels.log"; then fail kernels "see above"; else echo "ok kernels"; fi
+
+# 2b. the same under compute-sanitizer: out-of-bounds and misaligned accesses
+SAN=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+if [ -x "$SAN" ]; then
+    if stage memcheck 300 "$SAN" --tool memcheck --error-exitcode 3 bin/cuda/tests/cuda/test_kernels; then
+        echo "ok memcheck"
+    else
+        grep -m 5 -E '^=+ (Invalid|Error|Program hit)' "$T/memcheck.log"; fail memcheck "compute-sanitizer found errors"
+    fi
+else
+    echo "# memcheck: not run (no compute-sanitizer)"
+fi
 
 # 3. parity of `trainer loss` on one checkpoint and batch
 "$TR" init --config configs/bench.json --out "$T/ck" --seed 3 >/dev/null &&

@@ -33,6 +33,15 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b_col;
 /* Rows [0, n) of a [*, ld] bfloat16 matrix, columns [0, hd), into a BQ x HD
  * (or BK x HD) tile zero-padded to HD columns and 64 rows. */
 template <int HD> __device__ void load_tile(bf16 *dst, const bf16 *src, size_t ld, int n, int hd) {
+    if (hd == HD && (uintptr_t)src % 16 == 0 && ld % 8 == 0) {      /* 8 values (16 bytes) per load */
+        for (int e = threadIdx.x; e < 64 * HD / 8; e += blockDim.x) {
+            int r = e / (HD / 8), c = e % (HD / 8) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r < n) v = *(const uint4 *)(src + (size_t)r * ld + c);
+            *(uint4 *)(dst + r * HD + c) = v;
+        }
+        return;
+    }
     for (int e = threadIdx.x; e < 64 * HD; e += blockDim.x) {
         int r = e / HD, c = e % HD;
         dst[e] = (r < n && c < hd) ? src[(size_t)r * ld + c] : __float2bfloat16(0.0f);
