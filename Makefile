@@ -3,6 +3,8 @@
 #   make                 build bin/trainer, bin/vae_service and bin/dataloader (CPU)
 #   make test            build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
+#   make CUDA=1          the same programs with the CUDA backend too (--device cuda; bin/cuda/), and
+#                        its kernel tests (bin/cuda/tests/cuda/, run by bench/gpu-check.sh on a GPU)
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
 #   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
 #                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks
@@ -27,9 +29,27 @@ ifeq ($(SANITIZE),1)
   LDFLAGS += -fsanitize=address,undefined
   BUILD   := build/asan
   BIN     := build/asan/bin
+else ifeq ($(CUDA),1)
+  BUILD   := build/cuda
+  BIN     := bin/cuda
 else
   BUILD   := build/release
   BIN     := bin
+endif
+
+# The CUDA backend: sm_90a (H100/H200) code plus PTX that newer GPUs compile.
+CUDA_HOME ?= /usr/local/cuda
+NVCC      := $(CUDA_HOME)/bin/nvcc
+NVCCFLAGS ?= -O3 -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90
+NVCCFLAGS += -std=c++17 -D_GNU_SOURCE -Xcompiler -Wall,-Wextra -MMD -MP
+CUDA_OBJ  :=
+ifeq ($(CUDA),1)
+  ifeq ($(wildcard $(NVCC)),)
+    $(error CUDA=1: no nvcc at $(NVCC) (install the CUDA toolkit or set CUDA_HOME))
+  endif
+  CFLAGS    += -DNN_CUDA -I$(CUDA_HOME)/include
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lnccl -lstdc++
+  CUDA_OBJ  := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard nn/cuda/*.cu)) $(patsubst %.c,$(BUILD)/%.o,$(wildcard nn/cuda/*.c))
 endif
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
@@ -37,7 +57,7 @@ define link
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endef
-CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c))
+CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c)) $(CUDA_OBJ)
 TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
 DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c))) $(BUILD)/dataloader/spm_shim.o
@@ -45,12 +65,19 @@ DL_CLIENT_OBJ := $(call obj,dataloader/client.c dataloader/wire.c)   # what a tr
 TESTS       := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
 
 all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(BIN)/bench_image_decode $(BIN)/bench_dataloader $(BIN)/bench_checkpoint
+ifeq ($(CUDA),1)
+all: $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/cuda/test_*.c))
+endif
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-# The SentencePiece shim is the project's only C++.
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+# The SentencePiece shim is the project's only C++ (besides the CUDA kernels).
 $(BUILD)/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@

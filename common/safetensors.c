@@ -348,14 +348,20 @@ int st_read_f32(const st_file *f, const char *name, int ndim, const int64_t *sha
             memcpy(dst, src, count * sizeof(float));
         return 0;
     }
-    /* bfloat16 is the top half of a float32, so widening is exact. */
-    for (size_t i = 0; i < count; i++) {
+    st_bf16_to_f32(src, dst, count);
+    return 0;
+}
+
+void st_bf16_to_f32(const void *src, float *dst, size_t n)
+{
+    /* bfloat16 is the top half of a float32, so widening is exact. The
+     * source may be unaligned (a file's data section): copy, never cast. */
+    for (size_t i = 0; i < n; i++) {
         uint16_t h;
-        memcpy(&h, src + 2 * i, 2);
+        memcpy(&h, (const uint8_t *)src + 2 * i, 2);
         uint32_t bits = (uint32_t)h << 16;
         memcpy(&dst[i], &bits, 4);
     }
-    return 0;
 }
 
 int st_read_f32_slice(const st_file *f, const char *name, size_t begin, size_t count, float *dst, char *err)

@@ -66,6 +66,8 @@ int st_read_i32(const st_file *f, const char *name, int ndim, const int64_t *sha
 /* float32 -> bfloat16 with round-to-nearest-even (as PyTorch's .to(bfloat16));
  * NaN stays a (quiet) NaN of the same sign. */
 void st_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
+/* bfloat16 (n values at src, any alignment) -> float32, exactly. */
+void st_bf16_to_f32(const void *src, float *dst, size_t n);
 
 typedef struct {
     const char *name;

@@ -3,7 +3,9 @@
  * Under mpirun (Open MPI sets OMPI_COMM_WORLD_SIZE in each rank's
  * environment) this is MPI; a process started on its own is rank 0 of 1 and
  * never touches MPI, so single-process runs and tests need no launcher.
- * (A CUDA backend would reduce gradients with NCCL behind the same calls.) */
+ * The collectives on gradient and weight buffers (the non-blocking ones and
+ * dist_allgather_parts) go through MPI on host memory, or through the ops a
+ * device backend installs (NCCL on GPU buffers, nn/cuda/dist_nccl.c). */
 #ifndef NN_DIST_H
 #define NN_DIST_H
 
@@ -37,5 +39,17 @@ void dist_wait_all(void);
 void dist_part(size_t n, int rank, int size, size_t *offset, size_t *count);
 /* In place: rank r's counts[r] floats at x + offsets[r] go to every rank. */
 void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts);
+
+/* Bytes from rank root to every rank (blocking). */
+void dist_broadcast(void *buf, size_t bytes, int root);
+
+/* The buffer collectives of a device backend, replacing MPI's for them. */
+typedef struct {
+    void (*reduce_scatter_start)(const float *x, size_t n, const int *counts, float *recv);
+    void (*allreduce_start)(float *x, size_t n);
+    void (*wait_all)(void);
+    void (*allgather_parts)(float *x, const size_t *offsets, const size_t *counts);
+} dist_buffer_ops;
+void dist_set_buffer_ops(const dist_buffer_ops *ops);
 
 #endif

@@ -9,6 +9,18 @@
 
 static int use_mpi, rank, size = 1;
 
+static int as_count_bytes(size_t n) {
+    if (n > INT_MAX) die("dist: a broadcast of %zu bytes exceeds MPI's int count", n);
+    return (int)n;
+}
+static const dist_buffer_ops *ops;      /* a device backend's, or NULL: MPI */
+
+void dist_set_buffer_ops(const dist_buffer_ops *o) { ops = o; }
+
+void dist_broadcast(void *buf, size_t bytes, int root) {
+    if (use_mpi) MPI_Bcast(buf, as_count_bytes(bytes), MPI_BYTE, root, MPI_COMM_WORLD);
+}
+
 void dist_init(int *argc, char ***argv) {
     if (!getenv("OMPI_COMM_WORLD_SIZE")) return;
     if (MPI_Init(argc, argv) != MPI_SUCCESS) die("MPI_Init failed");
@@ -66,6 +78,10 @@ static int as_count(size_t n) {
 }
 
 void dist_reduce_scatter_start(const float *x, size_t n, const int *counts, float *recv) {
+    if (ops && use_mpi) {
+        ops->reduce_scatter_start(x, n, counts, recv);
+        return;
+    }
     if (!use_mpi) {
         if (counts[0]) memmove(recv, x, sizeof(float) * (size_t)counts[0]);
         return;
@@ -75,7 +91,8 @@ void dist_reduce_scatter_start(const float *x, size_t n, const int *counts, floa
 }
 
 void dist_allreduce_start(float *x, size_t n) {
-    if (use_mpi) MPI_Iallreduce(MPI_IN_PLACE, x, as_count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, next_request());
+    if (ops && use_mpi) ops->allreduce_start(x, n);
+    else if (use_mpi) MPI_Iallreduce(MPI_IN_PLACE, x, as_count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, next_request());
 }
 
 void dist_progress(void) {
@@ -84,6 +101,7 @@ void dist_progress(void) {
 }
 
 void dist_wait_all(void) {
+    if (ops && use_mpi) ops->wait_all();
     if (n_pending) MPI_Waitall(n_pending, pending, MPI_STATUSES_IGNORE);
     n_pending = 0;
 }
@@ -97,6 +115,10 @@ void dist_part(size_t n, int rank, int size, size_t *offset, size_t *count) {
 
 void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts) {
     if (!use_mpi) return;
+    if (ops) {
+        ops->allgather_parts(x, offsets, counts);
+        return;
+    }
     int *cnt = xmalloc(sizeof(int) * size), *displ = xmalloc(sizeof(int) * size);
     for (int r = 0; r < size; r++) {
         cnt[r] = as_count(counts[r]);

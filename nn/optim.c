@@ -1,8 +1,10 @@
 /* optim.c - AdamW, clipping and the learning-rate schedule (optim.h). */
 #include "optim.h"
 #include "kernels.h"
+#include "../common/error.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 optim_config optim_defaults(float lr, int warmup_steps, int total_steps) {
@@ -16,8 +18,8 @@ void optim_create_part(optimizer *o, optim_config cfg, size_t off, size_t n) {
     o->cfg = cfg;
     o->off = off;
     o->n = n;
-    o->m = nn_alloc(n);
-    o->v = nn_alloc(n);
+    o->m = nn_alloc_f32(n);
+    o->v = nn_alloc_f32(n);
 }
 
 void optim_create(optimizer *o, const param_set *ps, optim_config cfg) {
@@ -28,6 +30,27 @@ void optim_free(optimizer *o) {
     nn_free(o->m);
     nn_free(o->v);
     memset(o, 0, sizeof *o);
+}
+
+void optim_host_moments(const optimizer *o, float **m, float **v, int fetch) {
+    *m = o->m;
+    *v = o->v;
+    if (nn_host_memory()) return;
+    *m = xmalloc(sizeof(float) * (o->n ? o->n : 1));
+    *v = xmalloc(sizeof(float) * (o->n ? o->n : 1));
+    if (!fetch) return;
+    nn_download(*m, o->m, o->n);
+    nn_download(*v, o->v, o->n);
+}
+
+void optim_host_release(const optimizer *o, float *m, float *v, int store) {
+    if (nn_host_memory()) return;
+    if (store) {
+        nn_upload(o->m, m, o->n);
+        nn_upload(o->v, v, o->n);
+    }
+    free(m);
+    free(v);
 }
 
 float optim_lr(const optim_config *c, long s) {

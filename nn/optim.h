@@ -28,6 +28,12 @@ void optim_create(optimizer *o, const param_set *ps, optim_config cfg);
 void optim_create_part(optimizer *o, optim_config cfg, size_t off, size_t n);
 void optim_free(optimizer *o);
 
+/* The moments in host memory (checkpoint I/O): the moments themselves when
+ * the backend works in host memory, else copies, downloaded when `fetch`.
+ * optim_host_release uploads the copies when `store`, and frees them. */
+void optim_host_moments(const optimizer *o, float **m, float **v, int fetch);
+void optim_host_release(const optimizer *o, float *m, float *v, int store);
+
 /* Learning rate for step s (0-based). */
 float optim_lr(const optim_config *c, long s);
 

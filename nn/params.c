@@ -1,6 +1,6 @@
 /* params.c - the flat parameter table (params.h) and its safetensors I/O. */
 #include "params.h"
-#include "kernels.h"
+#include "cpu/cpu.h"
 #include "../common/error.h"
 #include "../common/safetensors.h"
 
@@ -33,13 +33,13 @@ size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shap
 }
 
 void params_alloc(param_set *ps) {
-    ps->w = nn_alloc(ps->numel);
-    ps->g = nn_alloc(ps->numel);
+    ps->w = cpu_alloc_f32(ps->numel);    /* host memory whatever the backend */
+    ps->g = cpu_alloc_f32(ps->numel);
 }
 
 void params_free(param_set *ps) {
-    nn_free(ps->w);
-    nn_free(ps->g);
+    cpu_free(ps->w);
+    cpu_free(ps->g);
     free(ps->info);
     memset(ps, 0, sizeof *ps);
 }

@@ -23,6 +23,8 @@ packages=(
     gnuplot-nox         # launch/plot_metrics.sh: loss curves as PNG
     procps              # pgrep/pkill: the launch and resume tests find and stop their processes
 )
+# make CUDA=1 (CI builds it) also needs NVIDIA's CUDA 13 toolkit with cuBLASLt and
+# NCCL under /usr/local/cuda (CUDA_HOME): not Debian packages, not installed here.
 
 missing=()
 for p in "${packages[@]}"; do

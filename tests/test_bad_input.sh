@@ -260,4 +260,8 @@ expect_bad batch_token_beyond_vocab b_vocab.safetensors tokens -- loss "$T/ck" "
 expect_bad batch_timestep_zero b_zero.safetensors timesteps -- loss "$T/ck" "$T/b_zero.safetensors"
 expect_bad batch_timestep_beyond_T b_late.safetensors timesteps -- loss "$T/ck" "$T/b_late.safetensors"
 
+# --device: an unknown name, and cuda in this (plain make) build.
+expect_bad device_unknown tpu -- "$TRAINER" loss --ckpt "$T/ck" --batch "$GOOD" --device tpu
+expect_bad device_cuda_not_built cuda "make CUDA=1" -- "$TRAINER" loss --ckpt "$T/ck" --batch "$GOOD" --device cuda
+
 [ "$failures" -eq 0 ]

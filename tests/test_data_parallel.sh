@@ -4,7 +4,8 @@
 # 2 ranks x 6 rows (ZeRO-1, and without it), 3 ranks x 4 rows (ZeRO parts
 # that cut tensors unevenly) and 1 rank x 6 rows x 2 accumulation steps gives
 # the same per-step losses and the same final weights (each tensor's norm of
-# the difference), within 1e-5 relative, over 20 steps.
+# the difference), within 1e-5 relative, over 20 steps; 2 ranks on the GPU's
+# code path with the CPU's kernels (--device cpu-device) give bitwise 2 ranks'.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -64,10 +65,19 @@ run two 2 6 1
 run two_no_zero 2 6 1 --no-zero
 run three 3 4 1
 run accum 1 6 2
+run two_device 2 6 1 --device cpu-device
 grep -q 'ZeRO-1 on' "$t/two.log" && ok "2 ranks run ZeRO-1 by default" || fail "2 ranks: no 'ZeRO-1 on' in the log"
 grep -q 'ZeRO-1 off' "$t/two_no_zero.log" && ok "--no-zero turns it off" || fail "--no-zero: no 'ZeRO-1 off' in the log"
 same two one
 same two_no_zero one
 same three one
 same accum one
+# The GPU's code path (parameter copies, ZeRO part copied back) on CPU kernels.
+losses() { grep -o '^step *[0-9]*/[0-9]*  loss [0-9.]*' "$1"; }
+if cmp -s "$t/two/model.safetensors" "$t/two_device/model.safetensors" &&
+   diff <(losses "$t/two.log") <(losses "$t/two_device.log") >/dev/null; then
+    ok "2 ranks on the device path (--device cpu-device) give the same weights and losses bitwise"
+else
+    fail "2 ranks on the device path differ from the CPU path"
+fi
 [ "$fails" -eq 0 ]

@@ -26,7 +26,7 @@ void dp_init(data_parallel *dp, model *m, int zero, int overlap) {
         if (dp->zero) ckpt_part(total, r, dp->world, &dp->part_off[r], &dp->part_n[r]);
         else dp->part_n[r] = total;
     }
-    if (dp->zero) dp->part_grad = nn_alloc(dp->part_n[dp->rank]);
+    if (dp->zero) dp->part_grad = nn_alloc_f32(dp->part_n[dp->rank]);
 }
 
 void dp_free(data_parallel *dp) {
@@ -44,7 +44,7 @@ void dp_optimizer(const data_parallel *dp, optimizer *o, optim_config cfg) {
 /* model.h's grad_ready: starts the reduction of one finished bucket. */
 static void bucket_ready(void *ctx, size_t off, size_t n) {
     data_parallel *dp = ctx;
-    float *g = dp->m->ps.g + off;
+    float *g = dp->m->dev.g + off;
     if (n == 0) return;
     if (!dp->zero) {
         dist_allreduce_start(g, n);
@@ -66,7 +66,7 @@ void dp_start_reduction(data_parallel *dp) {
 }
 
 double dp_finish_reduction(data_parallel *dp) {
-    param_set *ps = &dp->m->ps;
+    param_set *ps = &dp->m->dev;
     double t0 = now_s();
     if (dp->world > 1 && !dp->overlap) bucket_ready(dp, 0, ps->numel);
     dist_wait_all();
@@ -74,14 +74,14 @@ double dp_finish_reduction(data_parallel *dp) {
     dp->m->grad_ready = NULL;
     size_t off = dp->part_off[dp->rank], n = dp->part_n[dp->rank];
     if (!dp->zero) return sqrt(nn_sum_squared_diff(ps->g, NULL, ps->numel));
-    memcpy(ps->g + off, dp->part_grad, sizeof(float) * n);
+    nn_copy(ps->g + off, dp->part_grad, n);
     double sq = nn_sum_squared_diff(ps->g + off, NULL, n);
     dist_allreduce_sum_f64(&sq, 1);
     return sqrt(sq);
 }
 
 float dp_update(data_parallel *dp, optimizer *o, double gnorm) {
-    float lr = optim_step(o, &dp->m->ps, gnorm);
-    if (dp->zero) dist_allgather_parts(dp->m->ps.w, dp->part_off, dp->part_n);
+    float lr = optim_step(o, &dp->m->dev, gnorm);
+    if (dp->zero) dist_allgather_parts(dp->m->dev.w, dp->part_off, dp->part_n);
     return lr;
 }

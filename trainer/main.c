@@ -3,6 +3,7 @@
  *   trainer init  --config MODEL.json --out DIR [--seed S]
  *   trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors]
  *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
+ *                 [--device cpu|cuda] [--peak-tflops P] [--batch BATCH.safetensors]
  *   trainer train --model MODEL.json|--init-from CKPT [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
  *                 [--lr LR] [--warmup W] [--seed S] [--no-zero] [--out DIR]
  *                 [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M] [--resume auto|STEP_DIR]]
@@ -60,7 +61,7 @@ static int cmd_init(const args *a) {
 static int cmd_loss(const args *a) {
     const char *ckpt = arg_required(a, "ckpt"), *bpath = arg_required(a, "batch");
     const char *gpath = arg_str(a, "grads", NULL);
-    nn_init((int)arg_int(a, "threads", 0, 1));
+    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
     model m;
     batch b;
     plan p;
@@ -71,7 +72,8 @@ static int cmd_loss(const args *a) {
     loss_sums s = model_step(&m, &p, (double)p.n_lm, (double)p.n_patch * cfg_patch_dim(&m.cfg), 1);
     double lm = s.n_lm ? s.ce_sum / s.n_lm : 0.0, diff = s.n_latent ? s.se_sum / s.n_latent : 0.0;
     printf("{\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"n_lm\":%ld,\"n_latent\":%ld,\"grad_norm\":%.9g}\n",
-           lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m.ps));
+           lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m.dev));
+    model_download(&m, 0, 1);
     if (gpath && params_save(&m.ps, m.ps.g, gpath, err)) die("%s", err);
     plan_free(&p);
     batch_free(&b);
@@ -80,7 +82,8 @@ static int cmd_loss(const args *a) {
 }
 
 /* A fresh model, its optimizer and one generated batch (with the flags
- * --config, --batch-rows, --seq-len, --seed, --threads): what bench times. */
+ * --config, --batch-rows, --seq-len, --seed, --threads; or the batch file
+ * of --batch): what bench times. */
 typedef struct {
     batch b;
     plan p;
@@ -93,13 +96,17 @@ static void generated_run_open(generated_run *g, const args *a, int rows, int le
     model_config c = load_config(arg_required(a, "config"));
     int B = (int)arg_int(a, "batch-rows", rows, 1), L = (int)arg_int(a, "seq-len", len, 2);
     unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
-    nn_init((int)arg_int(a, "threads", 0, 1));
+    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
     rng r;
     rng_seed(&r, seed);
-    batch_generate(&g->b, &c, B, L, &r);
+    const char *bpath = arg_str(a, "batch", NULL);      /* a peer's batch, to time the same work */
+    char err[ERR_LEN];
+    if (bpath && batch_load(bpath, &c, &g->b, err)) die_input("%s", err);
+    if (!bpath) batch_generate(&g->b, &c, B, L, &r);
     plan_build(&g->p, &g->b, &c);
     model_create(&g->m, &c);
     model_init_weights(&g->m, seed);
+    model_upload_weights(&g->m);
     optim_create(&g->o, &g->m.ps, optim_defaults(lr, warmup, steps));
 }
 
@@ -113,11 +120,12 @@ static void generated_run_close(generated_run *g) {
 /* One optimizer step on the generated batch; returns the loss. */
 static double train_step(generated_run *g, double *gnorm, float *lr) {
     model *m = &g->m;
-    nn_zero(m->ps.g, m->ps.numel);
+    nn_zero(m->dev.g, m->ps.numel);
     double n_latent = (double)g->p.n_patch * cfg_patch_dim(&m->cfg);
     loss_sums s = model_step(m, &g->p, (double)g->p.n_lm, n_latent, 1);
-    *gnorm = grad_norm(&m->ps);
-    *lr = optim_step(&g->o, &m->ps, *gnorm);
+    *gnorm = grad_norm(&m->dev);
+    *lr = optim_step(&g->o, &m->dev, *gnorm);
+    nn_sync();                          /* a step ends when the device is done */
     return (s.n_lm ? s.ce_sum / s.n_lm : 0.0) + m->cfg.lambda_diffusion * (n_latent ? s.se_sum / n_latent : 0.0);
 }
 
@@ -141,9 +149,14 @@ static int cmd_bench(const args *a) {
      * gradients, Adam moments, and the activations backward reads). */
     printf("{\"step_s\":%.6f,\"min_step_s\":%.6f,\"positions_per_s\":%.1f,\"gflops_per_s\":%.1f,"
            "\"gflop_per_step\":%.2f,\"threads\":%d,\"params\":%zu,\"patch_fraction\":%.3f,"
-           "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f,\"memory_ratio\":%.2f}\n",
+           "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f,\"memory_ratio\":%.2f,\"device\":\"%s\"",
            med, times[0], p->N / med, flops / med / 1e9, flops / 1e9, nn_threads(), g.m.ps.numel,
-           (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb, peak_rss_mb() / (state_mb + act_mb));
+           (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb, peak_rss_mb() / (state_mb + act_mb),
+           arg_str(a, "device", "cpu"));
+    /* Model FLOPs utilization against a given dense peak (989 TFLOP/s: H100 SXM bf16). */
+    double peak = arg_float(a, "peak-tflops", 0);
+    if (peak > 0) printf(",\"mfu\":%.4f", flops / med / (peak * 1e12));
+    printf("}\n");
     free(times);
     generated_run_close(&g);
     return 0;
@@ -162,23 +175,25 @@ static int cmd_export(const args *a) {
 
 static const char usage[] =
     "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
-    "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T]\n"
+    "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T] [--device D]\n"
     "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
+    "                     [--device cpu|cuda] [--peak-tflops P] [--batch BATCH.safetensors]\n"
     "       trainer train --model MODEL.json|--init-from CKPT_DIR [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
     "                     [--grad-accum A] [--seq-len L]\n"
     "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--no-overlap] [--log-every K] [--threads T]\n"
-    "                     [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
+    "                     [--device cpu|cuda] [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
     "                     [--resume auto|STEP_DIR]]    (under mpirun: data-parallel ranks)\n"
     "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
-    static const char *const loss_flags[] = {"ckpt", "batch", "grads", "threads", NULL};
-    static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", NULL};
+    static const char *const loss_flags[] = {"ckpt", "batch", "grads", "threads", "device", NULL};
+    static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", "device",
+                                              "peak-tflops", "batch", NULL};
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
                                               "seed", "lr", "warmup", "log-every", "no-zero!", "no-overlap!", "loader", "out",
                                               "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from", "model",
-                                              NULL};
+                                              "device", NULL};
     static const char *const export_flags[] = {"ckpt", "out", "dtype", NULL};
     static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},

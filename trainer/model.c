@@ -2,6 +2,7 @@
  * parameter layout, init, checkpoint I/O, forward and backward.
  * The math is model.md's; this file only sequences kernels. */
 #include "model.h"
+#include "plan_mirror.h"
 #include "../common/error.h"
 #include "../common/rng.h"
 #include "../nn/kernels.h"
@@ -84,10 +85,25 @@ void model_create(model *m, const model_config *c) {
     add_param(m, "image.patch_out.weight", P, d, 1);
     add_param(m, "image.patch_out.bias", P, 0, 0);
     params_alloc(&m->ps);
+    m->dev = m->ps;
+    m->dev_copies = !nn_host_memory();
+    if (m->dev_copies) {
+        m->dev.w = nn_alloc_f32(m->ps.numel);
+        m->dev.g = nn_alloc_f32(m->ps.numel);
+    }
     m->W.layers = xcalloc(nl, sizeof(layer_weights));
     m->G.layers = xcalloc(nl, sizeof(layer_weights));
-    bind_views(&m->W, m->ps.w, m);
-    bind_views(&m->G, m->ps.g, m);
+    bind_views(&m->W, m->dev.w, m);
+    bind_views(&m->G, m->dev.g, m);
+}
+
+void model_upload_weights(model *m) {
+    if (m->dev_copies) nn_upload(m->dev.w, m->ps.w, m->ps.numel);
+}
+
+void model_download(model *m, int weights, int grads) {
+    if (weights && m->dev_copies) nn_download(m->ps.w, m->dev.w, m->ps.numel);
+    if (grads && m->dev_copies) nn_download(m->ps.g, m->dev.g, m->ps.numel);
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -129,6 +145,7 @@ struct workspace {
     float *rows;                    /* gathered rows [N, d] */
     float *dh, *dx, *dn, *datt, *dqkv, *dgu, *dact;
     float *logits, *lm_h, *lm_dh;   /* one cross-entropy chunk */
+    plan_mirror *pm;                /* the plan in backend buffers; NULL in host memory */
 };
 
 static void workspace_free(workspace *ws, int nl) {
@@ -143,6 +160,7 @@ static void workspace_free(workspace *ws, int nl) {
                      ws->rows, ws->dh, ws->dx, ws->dn, ws->datt, ws->dqkv, ws->dgu, ws->dact,
                      ws->logits, ws->lm_h, ws->lm_dh};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    plan_mirror_free(ws->pm);
     free(ws);
 }
 
@@ -161,7 +179,7 @@ static workspace *workspace_for(model *m, const plan *p) {
     for (int l = 0; l < nl; l++) {
         layer_acts *a = &ws->layers[l];
         a->x = nn_alloc(N * d); a->n1 = nn_alloc(N * d); a->qkv = nn_alloc(N * 3 * d);
-        a->att = nn_alloc(N * d); a->lse = nn_alloc(N * H); a->x_mid = nn_alloc(N * d);
+        a->att = nn_alloc(N * d); a->lse = nn_alloc_f32(N * H); a->x_mid = nn_alloc(N * d);
         a->n2 = nn_alloc(N * d); a->gu = nn_alloc(N * 2 * f); a->act = nn_alloc(N * f);
     }
     ws->x_final = nn_alloc(N * d); ws->h = nn_alloc(N * d);
@@ -175,12 +193,22 @@ static workspace *workspace_for(model *m, const plan *p) {
     ws->dgu = nn_alloc(N * 2 * f); ws->dact = nn_alloc(N * f);
     ws->logits = nn_alloc((size_t)CE_CHUNK * c->vocab_size);
     ws->lm_h = nn_alloc((size_t)CE_CHUNK * d); ws->lm_dh = nn_alloc((size_t)CE_CHUNK * d);
+    if (!nn_host_memory()) ws->pm = plan_mirror_create(p->N, p->n_patch, p->n_images, c);
     m->ws = ws;
     return ws;
 }
 
+/* The plan the kernels read: p itself, or its copy in backend buffers. */
+static const plan *kernel_plan(workspace *ws, const plan *p) {
+    return ws->pm ? plan_mirror_upload(ws->pm, p) : p;
+}
+
 void model_free(model *m) {
     workspace_free(m->ws, m->cfg.num_hidden_layers);
+    if (m->dev_copies) {
+        nn_free(m->dev.w);
+        nn_free(m->dev.g);
+    }
     params_free(&m->ps);
     free(m->W.layers); free(m->G.layers);
     memset(m, 0, sizeof *m);
@@ -216,8 +244,7 @@ static void layer_forward(const model_config *c, const layer_weights *w, layer_a
     int H = c->num_attention_heads, hd = cfg_head_dim(c);
     nn_rmsnorm_forward(a->n1, a->x, w->ln1, N, d, c->rms_norm_eps);
     nn_linear_forward(a->qkv, a->n1, w->wqkv, NULL, N, d, 3 * d);
-    nn_rope(a->qkv, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 0);
-    nn_rope(a->qkv + d, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 0);
+    nn_rope(a->qkv, 3 * d, p->pos, N, 2 * H, hd, p->rope_cos, p->rope_sin, 0);     /* q and k */
     nn_attention_forward(a->att, a->lse, a->qkv, p->lo, p->hi, p->B, p->L, H, hd);
     nn_linear_forward(a->x_mid, a->att, w->wo, NULL, N, d, d);
     nn_add(a->x_mid, a->x, (size_t)N * d);
@@ -240,7 +267,7 @@ static void forward_trunk(model *m, const plan *p, workspace *ws) {
 
 const float *model_hidden(model *m, const plan *p) {
     workspace *ws = workspace_for(m, p);
-    forward_trunk(m, p, ws);
+    forward_trunk(m, kernel_plan(ws, p), ws);
     return ws->h;
 }
 
@@ -295,8 +322,7 @@ static void layer_backward(const model_config *c, const layer_weights *w, layer_
 
     nn_linear_backward(ws->datt, g->wo, NULL, ws->dx, a->att, w->wo, N, d, d, 0);
     nn_attention_backward(ws->dqkv, ws->datt, a->att, a->lse, a->qkv, p->lo, p->hi, p->B, p->L, H, hd);
-    nn_rope(ws->dqkv, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 1);
-    nn_rope(ws->dqkv + d, 3 * d, p->pos, N, H, hd, p->rope_cos, p->rope_sin, 1);
+    nn_rope(ws->dqkv, 3 * d, p->pos, N, 2 * H, hd, p->rope_cos, p->rope_sin, 1);
     nn_linear_backward(ws->dn, g->wqkv, NULL, ws->dqkv, a->n1, w->wqkv, N, d, 3 * d, 0);
     nn_rmsnorm_backward(ws->dx, g->ln1, ws->dn, a->x, w->ln1, N, d, eps);
 }
@@ -328,6 +354,7 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
     const model_config *c = &m->cfg;
     int d = c->hidden_size, nl = c->num_hidden_layers;
     workspace *ws = workspace_for(m, p);
+    p = kernel_plan(ws, p);
     loss_sums s = {0, 0, p->n_lm, (long)p->n_patch * cfg_patch_dim(c)};
     forward_trunk(m, p, ws);
     if (want_grads) nn_zero(ws->dh, (size_t)p->N * d);
@@ -342,10 +369,10 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
     /* Flat layout: embed_tokens | layers 0..nl-1 | norm | lm_head | image.*
      * (model_create). Layer l's range is final once its backward is done; the
      * norm and lm_head go with the last layer, the ends after embed_backward. */
-    size_t heads_end = (size_t)(m->G.lm_head - m->ps.g) + (size_t)c->vocab_size * d, next = heads_end;
+    size_t heads_end = (size_t)(m->G.lm_head - m->dev.g) + (size_t)c->vocab_size * d, next = heads_end;
     for (int l = nl - 1; l >= 0; l--) {
         layer_backward(c, &m->W.layers[l], &m->G.layers[l], &ws->layers[l], ws, p);
-        size_t start = (size_t)(m->G.layers[l].ln1 - m->ps.g);
+        size_t start = (size_t)(m->G.layers[l].ln1 - m->dev.g);
         if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, start, next - start);
         next = start;
     }
@@ -394,7 +421,10 @@ int model_load(model *m, const char *dir, char *err) {
     snprintf(path, sizeof path, "%s/config.json", dir);
     if (config_load(path, &c, err)) return -1;
     model_create(m, &c);
-    if (params_load_dir(&m->ps, dir, err) == 0) return 0;
+    if (params_load_dir(&m->ps, dir, err) == 0) {
+        model_upload_weights(m);
+        return 0;
+    }
     model_free(m);
     return -1;
 }

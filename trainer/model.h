@@ -34,8 +34,11 @@ typedef void (*grad_ready_fn)(void *ctx, size_t off, size_t n);
 
 typedef struct {
     model_config cfg;
-    param_set ps;               /* names, shapes; flat weights ps.w, gradients ps.g */
-    weights W, G;               /* views into ps.w and ps.g */
+    param_set ps;               /* names, shapes; flat weights ps.w, gradients ps.g (host) */
+    param_set dev;              /* what the kernels use: ps itself where the backend works
+                                 * in host memory, else float32 copies in its buffers */
+    int dev_copies;             /* 1: dev.w and dev.g are those copies (the model frees them) */
+    weights W, G;               /* views into dev.w and dev.g */
     workspace *ws;              /* activations, sized for the last plan */
     grad_ready_fn grad_ready;   /* NULL: nobody listens */
     void *grad_ready_ctx;
@@ -50,12 +53,18 @@ typedef struct {
 
 void model_create(model *m, const model_config *c);
 void model_free(model *m);
+/* Copy ps.w to dev.w (after weights were set on the host), and dev to ps
+ * (before the host reads weights or gradients); nothing when they are one. */
+void model_upload_weights(model *m);
+void model_download(model *m, int weights, int grads);
+
 /* Normal(0, 0.02) matrices and embeddings, o_proj/down_proj scaled by
  * 1/sqrt(2 * layers), norms 1, biases 0; deterministic in the seed. */
 void model_init_weights(model *m, unsigned long long seed);
 
 /* Checkpoint folder: config.json + model.safetensors (every *.safetensors
- * file in the folder is searched for each tensor on load). */
+ * file in the folder is searched for each tensor on load). Load creates the
+ * model and uploads its weights; save writes ps (download first). */
 int model_load(model *m, const char *dir, char *err);
 int model_save(const model *m, const char *dir, char *err);
 
@@ -66,7 +75,7 @@ int model_save(const model *m, const char *dir, char *err);
 loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads);
 
 /* Forward only to the final norm; returns h_final [N, d] (valid until the
- * next call). Tests use it to check what each position can see. */
+ * next call; a backend buffer). Tests use it to check what each position can see. */
 const float *model_hidden(model *m, const plan *p);
 
 /* Floats of the activations that backward needs for this plan (what the

@@ -64,8 +64,12 @@ static const char *fingerprint_of(const cJSON *info) {
  * be the rows it would have had. */
 static void resume_from(ckpt_reader *rd, const char *path, const row_source *rows, model *m, optimizer *opt) {
     char err[ERR_LEN];
-    if (ckpt_load_weights(rd, &m->ps, err) || ckpt_load_optim(rd, opt->off, opt->n, opt->m, opt->v, NULL, err))
+    float *mom1, *mom2;
+    optim_host_moments(opt, &mom1, &mom2, 0);
+    if (ckpt_load_weights(rd, &m->ps, err) || ckpt_load_optim(rd, opt->off, opt->n, mom1, mom2, NULL, err))
         die_input("--resume: %s", err);
+    optim_host_release(opt, mom1, mom2, 1);
+    model_upload_weights(m);
     const cJSON *was = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rd->state, "loader"), "info");
     const char *then = fingerprint_of(was), *now = fingerprint_of(rows_loader_info(rows));
     if ((then || now) && !(then && now && strcmp(then, now) == 0))
@@ -85,14 +89,18 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
     const cJSON *stats = cJSON_GetObjectItemCaseSensitive(info, "latent_stats_path");
     if (cJSON_IsString(tok)) extras[n++] = (ckpt_extra){"tokenizer.model", tok->valuestring};
     if (cJSON_IsString(stats)) extras[n++] = (ckpt_extra){"latent_stats.json", stats->valuestring};
+    float *mom1, *mom2;
+    model_download(m, 1, 0);
+    optim_host_moments(opt, &mom1, &mom2, 1);
     ckpt_save_request r = {.ps = &m->ps, .cfg = &m->cfg, .step = step, .opt_offset = opt->off,
-                           .opt_count = opt->n, .m = opt->m, .v = opt->v, .state = state, .extras = extras,
+                           .opt_count = opt->n, .m = mom1, .v = mom2, .state = state, .extras = extras,
                            .n_extras = n, .keep = o->keep, .keep_every = o->keep_every};
     double t0 = now_s();
     /* A failed save must never end in a run that looks successful. */
     if (ckpt_save(o->ckpt_dir, &r, err)) die("checkpoint at step %ld not saved: %s", step, err);
     if (dist_rank() == 0) fprintf(stderr, "saved %s/step_%08ld in %.2f s\n", o->ckpt_dir, step, now_s() - t0);
     cJSON_Delete(state);
+    optim_host_release(opt, mom1, mom2, 0);
 }
 
 static FILE *open_metrics(const char *dir) {
@@ -130,7 +138,7 @@ int trainer_cmd_train(const args *a) {
     if (o.resume && !o.ckpt_dir) die_input("trainer train: --resume needs --ckpt-dir");
     stop_signal_install();              /* before any thread starts: see stop_signal.h */
     char err[ERR_LEN], path[4096];
-    nn_init((int)arg_int(a, "threads", 0, 1));
+    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
     int world = dist_size(), rank = dist_rank();
 
     /* Where to start: a checkpoint's step (read first: the loader is asked
@@ -163,6 +171,7 @@ int trainer_cmd_train(const args *a) {
     model_create(&m, &c);
     model_init_weights(&m, o.seed);
     if (o.init_from && params_load_dir(&m.ps, o.init_from, err)) die_input("--init-from: %s", err);
+    model_upload_weights(&m);
     data_parallel dp;
     dp_init(&dp, &m, !arg_switch(a, "no-zero"), !arg_switch(a, "no-overlap"));
     optimizer opt;
@@ -195,7 +204,7 @@ int trainer_cmd_train(const args *a) {
             flops += model_step_flops(&m, &p[j]);
         }
         dist_allreduce_sum_i64(counts, 2);
-        nn_zero(m.ps.g, m.ps.numel);
+        nn_zero(m.dev.g, m.ps.numel);
         for (int j = 0; j < o.A; j++) {
             if (j == o.A - 1) dp_start_reduction(&dp);
             loss_sums ls = model_step(&m, &p[j], (double)counts[0], (double)counts[1], 1);
@@ -235,6 +244,7 @@ int trainer_cmd_train(const args *a) {
         }
     }
     if (rank == 0 && start < o.steps) printf("loss %.4f -> %.4f\n", first, loss);
+    if (o.out) model_download(&m, 1, 0);
     if (o.out && rank == 0 && model_save(&m, o.out, err)) die("%s", err);
     if (metrics) fclose(metrics);
     rows_close(rows);

@@ -1,5 +1,5 @@
 /* activations.c - CPU SiLU and SwiGLU (Llama 2's MLP: silu(gate) * up). */
-#include "../kernels.h"
+#include "cpu.h"
 #include "vexp.h"
 
 #include <math.h>
@@ -7,13 +7,13 @@
 #pragma omp declare simd
 static inline float sigmoid(float x) { return 1.0f / (1.0f + vexpf(-x)); }
 
-void nn_silu_forward(float *y, const float *x, size_t n) {
+void cpu_silu_forward(float *y, const float *x, size_t n) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoid(x[i]);
 }
 
 /* silu'(x) = s + x * s * (1 - s), s = sigmoid(x) */
-void nn_silu_backward(float *dx, const float *dy, const float *x, size_t n) {
+void cpu_silu_backward(float *dx, const float *dy, const float *x, size_t n) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float s = sigmoid(x[i]);
@@ -21,7 +21,7 @@ void nn_silu_backward(float *dx, const float *dy, const float *x, size_t n) {
     }
 }
 
-void nn_swiglu_forward(float *act, const float *gu, int N, int f) {
+void cpu_swiglu_forward(float *act, const float *gu, int N, int f) {
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *g = gu + (size_t)i * 2 * f, *u = g + f;
@@ -31,7 +31,7 @@ void nn_swiglu_forward(float *act, const float *gu, int N, int f) {
     }
 }
 
-void nn_swiglu_backward(float *dgu, const float *dact, const float *gu, int N, int f) {
+void cpu_swiglu_backward(float *dgu, const float *dact, const float *gu, int N, int f) {
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *g = gu + (size_t)i * 2 * f, *u = g + f, *da = dact + (size_t)i * f;

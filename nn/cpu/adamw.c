@@ -1,14 +1,14 @@
 /* adamw.c - CPU optimizer kernels: scaling (clipping) and AdamW. */
-#include "../kernels.h"
+#include "cpu.h"
 
 #include <math.h>
 
-void nn_scale(float *x, float s, size_t n) {
+void cpu_scale(float *x, float s, size_t n) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
-void nn_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr,
+void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr,
               float beta1, float beta2, float eps, float wd, float bc1, float bc2) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {

@@ -9,7 +9,7 @@
  * kept (O(L) per head), and backward recomputes the probabilities from it.
  * One task owns all of its row-head's outputs, so no two threads write the
  * same element and the result does not depend on scheduling. */
-#include "../kernels.h"
+#include "cpu.h"
 #include "vexp.h"
 
 #include <float.h>
@@ -31,18 +31,18 @@ static key_span block_span(const int32_t *lo, const int32_t *hi, int q0, int nq)
 /* Scores of a query block: S[r, j] = scale * q_{q0+r} . k_{k0+j}. */
 static void block_scores(float *S, const float *Q, const float *K, int ld, int q0, int nq,
                          key_span ks, int head_dim, float scale) {
-    nn_gemm(0, 1, nq, ks.nk, head_dim, scale, Q + (size_t)q0 * ld, ld,
+    cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, Q + (size_t)q0 * ld, ld,
             K + (size_t)ks.k0 * ld, ld, 0.0f, S, ks.nk);
 }
 
-void nn_attention_forward(float *out, float *lse, const float *qkv,
+void cpu_attention_forward(float *out, float *lse, const float *qkv,
                           const int32_t *lo, const int32_t *hi,
                           int B, int L, int H, int head_dim) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
     #pragma omp parallel
     {
-        float *S = nn_alloc((size_t)QBLOCK * L);
+        float *S = cpu_alloc((size_t)QBLOCK * L);
         #pragma omp for schedule(static)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
@@ -69,26 +69,26 @@ void nn_attention_forward(float *out, float *lse, const float *qkv,
                     for (int j = a; j <= e; j++) s[j] *= inv;
                     lse[((size_t)b * L + q0 + r) * H + h] = mx + logf(sum);
                 }
-                nn_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld,
+                cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld,
                         0.0f, out + ((size_t)b * L + q0) * d + h * head_dim, d);
             }
         }
-        nn_free(S);
+        cpu_free(S);
     }
 }
 
 /* With P the probabilities and D_i = dout_i . out_i:
  *   dV += P^T dO,  dS = P * (dO V^T - D),  dQ = scale dS K,  dK += scale dS^T Q */
-void nn_attention_backward(float *dqkv, const float *dout, const float *out,
+void cpu_attention_backward(float *dqkv, const float *dout, const float *out,
                            const float *lse, const float *qkv,
                            const int32_t *lo, const int32_t *hi,
                            int B, int L, int H, int head_dim) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
-    nn_zero(dqkv, (size_t)B * L * ld);
+    cpu_zero(dqkv, (size_t)B * L * ld);
     #pragma omp parallel
     {
-        float *P = nn_alloc((size_t)QBLOCK * L), *dS = nn_alloc((size_t)QBLOCK * L);
+        float *P = cpu_alloc((size_t)QBLOCK * L), *dS = cpu_alloc((size_t)QBLOCK * L);
         #pragma omp for schedule(static)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
@@ -109,9 +109,9 @@ void nn_attention_backward(float *dqkv, const float *dout, const float *out,
                     for (int j = 0; j < ks.nk; j++) p[j] = (j >= a && j <= e) ? vexpf(p[j] - l) : 0.0f;
                 }
                 const float *dOb = dO + (size_t)q0 * d;
-                nn_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld,
+                cpu_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld,
                         0.0f, dS, ks.nk);
-                nn_gemm(1, 0, ks.nk, head_dim, nq, 1.0f, P, ks.nk, dOb, d,
+                cpu_gemm(1, 0, ks.nk, head_dim, nq, 1.0f, P, ks.nk, dOb, d,
                         1.0f, dV + (size_t)ks.k0 * ld, ld);
                 for (int r = 0; r < nq; r++) {
                     const float *o = O + (size_t)(q0 + r) * d, *g = dOb + (size_t)r * d;
@@ -123,13 +123,13 @@ void nn_attention_backward(float *dqkv, const float *dout, const float *out,
                     #pragma omp simd
                     for (int j = 0; j < ks.nk; j++) ds[j] = p[j] * (ds[j] - Di);
                 }
-                nn_gemm(0, 0, nq, head_dim, ks.nk, scale, dS, ks.nk, K + (size_t)ks.k0 * ld, ld,
+                cpu_gemm(0, 0, nq, head_dim, ks.nk, scale, dS, ks.nk, K + (size_t)ks.k0 * ld, ld,
                         0.0f, dQ + (size_t)q0 * ld, ld);
-                nn_gemm(1, 0, ks.nk, head_dim, nq, scale, dS, ks.nk, Q + (size_t)q0 * ld, ld,
+                cpu_gemm(1, 0, ks.nk, head_dim, nq, scale, dS, ks.nk, Q + (size_t)q0 * ld, ld,
                         1.0f, dK + (size_t)ks.k0 * ld, ld);
             }
         }
-        nn_free(P);
-        nn_free(dS);
+        cpu_free(P);
+        cpu_free(dS);
     }
 }

@@ -4,7 +4,7 @@
  * fastest fp32 GEMM available as a Debian package (see README, Speed). oneDNN
  * uses the same OpenMP runtime as the rest of the backend; inside an OpenMP
  * parallel region it runs on the calling thread only. */
-#include "../kernels.h"
+#include "cpu.h"
 #include "../../common/error.h"
 
 #include <oneapi/dnnl/dnnl.h>
@@ -25,22 +25,30 @@ void nn_init(int threads) {
 
 int nn_threads(void) { return omp_get_max_threads(); }
 
-float *nn_alloc(size_t n) {
+static void *aligned_zeroed(size_t n, size_t size) {
     void *p = NULL;
-    size_t bytes = (n ? n : 1) * sizeof(float);
+    size_t bytes = (n ? n : 1) * size;
     bytes = (bytes + 63) / 64 * 64;
     if (posix_memalign(&p, 64, bytes) != 0) die("out of memory allocating %zu bytes", bytes);
     memset(p, 0, bytes);
     return p;
 }
 
-void nn_free(void *p) { free(p); }
+float *cpu_alloc(size_t n) { return aligned_zeroed(n, sizeof(float)); }
+float *cpu_alloc_f32(size_t n) { return aligned_zeroed(n, sizeof(float)); }
+int32_t *cpu_alloc_i32(size_t n) { return aligned_zeroed(n, sizeof(int32_t)); }
 
-void nn_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+void cpu_free(void *p) { free(p); }
 
-void nn_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
+void cpu_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
 
-void nn_gemm(int transA, int transB, int M, int N, int K, float alpha,
+void cpu_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
+void cpu_upload(float *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); }
+void cpu_download(float *host, const float *src, size_t n) { memcpy(host, src, n * sizeof(float)); }
+void cpu_sync(void) {}
+void cpu_upload_i32(int32_t *dst, const int32_t *host, size_t n) { memcpy(dst, host, n * sizeof(int32_t)); }
+
+void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha,
              const float *A, int lda, const float *B, int ldb, float beta,
              float *C, int ldc) {
     if (M == 0 || N == 0) return;
@@ -49,30 +57,30 @@ void nn_gemm(int transA, int transB, int M, int N, int K, float alpha,
     if (st != dnnl_success) die("dnnl_sgemm failed (status %d) for M=%d N=%d K=%d", (int)st, M, N, K);
 }
 
-void nn_linear_forward(float *y, const float *x, const float *W, const float *b,
+void cpu_linear_forward(float *y, const float *x, const float *W, const float *b,
                        int N, int in, int out) {
-    nn_gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    cpu_gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
     if (!b) return;
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++)
         for (int j = 0; j < out; j++) y[(size_t)i * out + j] += b[j];
 }
 
-void nn_linear_backward(float *dx, float *dW, float *db, const float *dy,
+void cpu_linear_backward(float *dx, float *dW, float *db, const float *dy,
                         const float *x, const float *W, int N, int in, int out, int acc) {
-    if (dx) nn_gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, acc ? 1.0f : 0.0f, dx, in);
-    nn_gemm(1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
-    if (db) nn_add_column_sums(db, dy, (size_t)N, out);
+    if (dx) cpu_gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, acc ? 1.0f : 0.0f, dx, in);
+    cpu_gemm(1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    if (db) cpu_add_column_sums(db, dy, (size_t)N, out);
 }
 
 #define SUM_ROWS 64   /* rows per float partial sum */
 
-void nn_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
+void cpu_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
     /* Fixed blocks of rows summed in float (vectorized along the row), then
      * the blocks of each column in order in float64: the blocks do not
      * depend on the thread count, so neither do the bits. */
     size_t nb = (rows + SUM_ROWS - 1) / SUM_ROWS;
-    float *part = nn_alloc(nb * cols);
+    float *part = cpu_alloc(nb * cols);
     #pragma omp parallel for schedule(static)
     for (size_t b = 0; b < nb; b++) {
         float *p = part + b * cols;
@@ -89,27 +97,27 @@ void nn_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
         for (size_t b = 0; b < nb; b++) s += part[b * cols + c];
         sums[c] += (float)s;
     }
-    nn_free(part);
+    cpu_free(part);
 }
 
-void nn_add(float *y, const float *x, size_t n) {
+void cpu_add(float *y, const float *x, size_t n) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-void nn_gather_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
+void cpu_gather_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++)
         memcpy(dst + (size_t)i * d, src + (size_t)idx[i] * d, d * sizeof(float));
 }
 
-void nn_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
+void cpu_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++)
         memcpy(dst + (size_t)idx[i] * d, src + (size_t)i * d, d * sizeof(float));
 }
 
-void nn_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
+void cpu_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
     /* Rows may repeat (the same token twice), so split the columns, not the
      * rows, across threads: each element is summed in the order of i. */
     #pragma omp parallel
@@ -124,7 +132,7 @@ void nn_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n
     }
 }
 
-void nn_transpose(float *dst, const float *src, int rows, int cols) {
+void cpu_transpose(float *dst, const float *src, int rows, int cols) {
     /* Blocks of 32 x 32 keep both sides in cache. */
     #pragma omp parallel for schedule(static) collapse(2)
     for (int r0 = 0; r0 < rows; r0 += 32)

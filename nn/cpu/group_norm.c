@@ -7,7 +7,7 @@
  * pixels in float, then added up per group in float64 in chunk order, so
  * the result does not depend on the thread count. Then y = x * a + c with
  * per-image, per-channel a and c (forward), and likewise dx (backward). */
-#include "../kernels.h"
+#include "cpu.h"
 
 #include <math.h>
 
@@ -43,11 +43,11 @@ static void spread(const gn_dims *d, float *per_channel, const float *per_group)
         for (int c = 0; c < d->C; c++) per_channel[(size_t)i * d->C + c] = per_group[i * d->groups + c / d->cpg];
 }
 
-void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
+void cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
                            const float *b, int C, int n, int hw, int groups, float eps) {
     gn_dims d = dims_of(C, n, hw, groups);
     size_t tasks = (size_t)n * d.chunks;
-    float *part = nn_alloc(tasks * C), *mu = nn_alloc((size_t)n * C), *a = nn_alloc((size_t)n * C);
+    float *part = cpu_alloc(tasks * C), *mu = cpu_alloc((size_t)n * C), *a = cpu_alloc((size_t)n * C);
     double count = (double)d.cpg * hw;
     /* Two passes (mean, then squared deviations from it), as a one-pass
      * variance loses digits when the mean is large against the spread. */
@@ -64,7 +64,7 @@ void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, c
     for (int i = 0; i < n; i++)
         for (int g = 0; g < groups; g++) mean[i * groups + g] = (float)(group_sum(&d, part, i, g) / count);
     spread(&d, mu, mean);
-    nn_zero(part, tasks * C);
+    cpu_zero(part, tasks * C);
     #pragma omp parallel for schedule(static)
     for (size_t t = 0; t < tasks; t++) {
         int p0, p1, i;
@@ -98,23 +98,23 @@ void nn_group_norm_forward(float *y, float *mean, float *rstd, const float *x, c
             for (int c = 0; c < C; c++) yi[(size_t)p * C + c] = xi[(size_t)p * C + c] * ai[c] + ci[c];
         }
     }
-    nn_free(part);
-    nn_free(mu);
-    nn_free(a);
+    cpu_free(part);
+    cpu_free(mu);
+    cpu_free(a);
 }
 
 /* With xhat = (x - mean) * rstd and g = dy * w:
  *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   over the group
  *   dw += sum(dy * xhat), db += sum(dy)                  per channel
  * from the per-channel sums S1 = sum(dy) and S2 = sum(dy * (x - mean)). */
-void nn_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+void cpu_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                             const float *mean, const float *rstd, const float *w,
                             int C, int n, int hw, int groups) {
     gn_dims d = dims_of(C, n, hw, groups);
     size_t tasks = (size_t)n * d.chunks, nc = (size_t)n * C;
-    float *p1s = nn_alloc(tasks * C), *p2s = nn_alloc(tasks * C);
-    float *mu = nn_alloc(nc), *r = nn_alloc(nc), *a = nn_alloc(nc), *bcoef = nn_alloc(nc), *ccoef = nn_alloc(nc);
-    double *s1 = (double *)nn_alloc(2 * nc), *s2 = (double *)nn_alloc(2 * nc);
+    float *p1s = cpu_alloc(tasks * C), *p2s = cpu_alloc(tasks * C);
+    float *mu = cpu_alloc(nc), *r = cpu_alloc(nc), *a = cpu_alloc(nc), *bcoef = cpu_alloc(nc), *ccoef = cpu_alloc(nc);
+    double *s1 = (double *)cpu_alloc(2 * nc), *s2 = (double *)cpu_alloc(2 * nc);
     double count = (double)d.cpg * hw;
     spread(&d, mu, mean);
     spread(&d, r, rstd);
@@ -181,6 +181,6 @@ void nn_group_norm_backward(float *dx, float *dw, float *db, const float *dy, co
             }
         }
     }
-    nn_free(p1s); nn_free(p2s); nn_free(mu); nn_free(r); nn_free(a); nn_free(bcoef); nn_free(ccoef);
-    nn_free(s1); nn_free(s2);
+    cpu_free(p1s); cpu_free(p2s); cpu_free(mu); cpu_free(r); cpu_free(a); cpu_free(bcoef); cpu_free(ccoef);
+    cpu_free(s1); cpu_free(s2);
 }

@@ -1,14 +1,14 @@
 /* loss.c - CPU losses: cross-entropy fused with its gradient (so a chunk of
  * logits is turned into dlogits in place and never kept), and squared error. */
-#include "../kernels.h"
+#include "cpu.h"
 #include "vexp.h"
 
 #include <float.h>
 #include <math.h>
 #include <stddef.h>
 
-double nn_cross_entropy(float *logits, const int32_t *targets, int n, int V, float grad_scale) {
-    double *row_loss = (double *)nn_alloc(2 * (size_t)n);   /* summed in order below */
+double cpu_cross_entropy(float *logits, const int32_t *targets, int n, int V, float grad_scale) {
+    double *row_loss = (double *)cpu_alloc(2 * (size_t)n);   /* summed in order below */
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         float *z = logits + (size_t)i * V;
@@ -28,13 +28,13 @@ double nn_cross_entropy(float *logits, const int32_t *targets, int n, int V, flo
     }
     double total = 0.0;
     for (int i = 0; i < n; i++) total += row_loss[i];
-    nn_free(row_loss);
+    cpu_free(row_loss);
     return total;
 }
 
-double nn_squared_error(float *dpred, const float *pred, const float *target,
+double cpu_squared_error(float *dpred, const float *pred, const float *target,
                         size_t n, float grad_scale) {
-    double total = nn_sum_squared_diff(pred, target, n);     /* before dpred may overwrite pred */
+    double total = cpu_sum_squared_diff(pred, target, n);     /* before dpred may overwrite pred */
     if (grad_scale != 0.0f) {
         #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) dpred[i] = grad_scale * 2.0f * (pred[i] - target[i]);

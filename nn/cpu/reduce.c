@@ -2,7 +2,7 @@
  * that give the same bits for any thread count: the array is cut into blocks
  * of a fixed size, each summed by one thread, and the block sums are added in
  * order. */
-#include "../kernels.h"
+#include "cpu.h"
 
 #include <math.h>
 
@@ -11,7 +11,7 @@
 /* sum of (x - y)^2, or of |x - y| when absolute; y may be NULL (zeros). */
 static double block_sum(const float *x, const float *y, size_t n, int absolute) {
     size_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
-    double *block = (double *)nn_alloc(2 * (nb ? nb : 1));
+    double *block = (double *)cpu_alloc(2 * (nb ? nb : 1));
     #pragma omp parallel for schedule(static)
     for (size_t b = 0; b < nb; b++) {
         size_t i0 = b * SUM_BLOCK, i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
@@ -24,13 +24,13 @@ static double block_sum(const float *x, const float *y, size_t n, int absolute) 
     }
     double total = 0.0;
     for (size_t b = 0; b < nb; b++) total += block[b];
-    nn_free(block);
+    cpu_free(block);
     return total;
 }
 
-double nn_sum_squared_diff(const float *x, const float *y, size_t n) { return block_sum(x, y, n, 0); }
+double cpu_sum_squared_diff(const float *x, const float *y, size_t n) { return block_sum(x, y, n, 0); }
 
-double nn_abs_error(float *dpred, const float *pred, const float *target, size_t n, float grad_scale) {
+double cpu_abs_error(float *dpred, const float *pred, const float *target, size_t n, float grad_scale) {
     double total = block_sum(pred, target, n, 1);      /* before dpred may overwrite pred */
     if (grad_scale != 0.0f) {
         #pragma omp parallel for simd schedule(static)

@@ -1,5 +1,5 @@
 /* rmsnorm.c - CPU RMSNorm: y = x * rsqrt(mean(x^2) + eps) * w (Llama 2). */
-#include "../kernels.h"
+#include "cpu.h"
 
 #include <math.h>
 
@@ -10,7 +10,7 @@ static float inv_rms(const float *x, int d, float eps) {
     return 1.0f / sqrtf(ss / d + eps);
 }
 
-void nn_rmsnorm_forward(float *y, const float *x, const float *w, int N, int d, float eps) {
+void cpu_rmsnorm_forward(float *y, const float *x, const float *w, int N, int d, float eps) {
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * d;
@@ -24,9 +24,9 @@ void nn_rmsnorm_forward(float *y, const float *x, const float *w, int N, int d, 
 /* With r = rsqrt(mean(x^2) + eps):
  *   dx_j = r * w_j * dy_j - x_j * r^3 / d * sum_k dy_k w_k x_k
  *   dw_j = sum_rows dy_j * x_j * r                                         */
-void nn_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
+void cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
                          const float *w, int N, int d, float eps) {
-    float *r = nn_alloc((size_t)N);
+    float *r = cpu_alloc((size_t)N);
     #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *xi = x + (size_t)i * d, *gi = dy + (size_t)i * d;
@@ -47,5 +47,5 @@ void nn_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
         for (int i = 0; i < N; i++) s += dy[(size_t)i * d + j] * x[(size_t)i * d + j] * r[i];
         dw[j] += s;
     }
-    nn_free(r);
+    cpu_free(r);
 }

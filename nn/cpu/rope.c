@@ -1,8 +1,8 @@
 /* rope.c - CPU rotary position embedding, Hugging Face rotate_half layout:
  * element j of a head pairs with element j + head_dim/2. */
-#include "../kernels.h"
+#include "cpu.h"
 
-void nn_rope(float *x, int stride, const int32_t *pos, int N, int n_heads,
+void cpu_rope(float *x, int stride, const int32_t *pos, int N, int n_heads,
              int head_dim, const float *cos_tab, const float *sin_tab, int inverse) {
     int half = head_dim / 2;
     float sign = inverse ? -1.0f : 1.0f;    /* R(-a) = R(a)^T */

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# gpu-check.sh - the CUDA backend's check on a machine with an NVIDIA H100 or
+# H200 (issue 7), in order, each stage under its own time limit:
+#   1. build: make CUDA=1 (bin/cuda/)
+#   2. kernels: bin/cuda/tests/cuda/test_kernels, every CUDA kernel and the
+#      model's loss and gradients against the CPU backend (2e-2 relative);
+#      then the same under compute-sanitizer memcheck when it is installed
+#   3. parity: `trainer loss` --device cuda against --device cpu on the same
+#      checkpoint and batch file: loss and every gradient tensor within 2e-2
+#   4. training: 200 steps of configs/bench.json on each device; the CUDA run
+#      must lower the loss and end within 5% of the CPU run's last loss
+#   5. data parallel (only with 2 or more GPUs): 2 ranks over NCCL against 1
+#      rank with twice the rows, 20 steps, the same losses within 2e-2
+#   6. speed: `trainer bench --device cuda` on configs/gpu-0.16b.json (0.16B
+#      parameters, B=8 x L=2048) and the same model and step in PyTorch
+#      (bench/torch_cuda_step.py: torch.compile + flex attention) on the same
+#      batch file; prints tokens/s, MFU against PEAK_TFLOPS (989: H100 SXM
+#      dense bf16) and torch_step_s / trainer_step_s (targets: MFU >= 0.40,
+#      ratio > 1)
+# PYTHON (default python3) must have numpy and a CUDA PyTorch >= 2.5 for stage
+# 6 (stage 3 uses it only to write a batch file). Prints "ok STAGE" or
+# "FAIL STAGE: why" per stage, a JSON summary last; exits 1 if any failed.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+PYTHON=${PYTHON:-python3}
+PEAK_TFLOPS=${PEAK_TFLOPS:-989}
+JOBS=${JOBS:-$(nproc)}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+TR=bin/cuda/trainer
+failed=0
+fail() { echo "FAIL $1: $2"; failed=1; }
+# stage NAME SECONDS CMD...: runs CMD with a time limit, output in $T/NAME.log.
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" >"$T/$name.log" 2>&1
+    local rc=$?
+    echo "# $name: exit $rc in $((SECONDS - t0)) s"
+    if [ "$rc" -ne 0 ]; then tail -n 15 "$T/$name.log" | sed 's/^/    | /'; fi
+    return "$rc"
+}
+last_json() { grep '^{' "$1" | tail -n 1; }
+json() { "$PYTHON" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "FAIL gpu: nvidia-smi"; exit 1; }
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+NGPU=$(nvidia-smi -L | wc -l)
+
+# 1. build
+if stage build 420 make -j"$JOBS" CUDA=1; then echo "ok build"; else fail build "make CUDA=1"; exit 1; fi
+
+# 2. kernel tests
+stage kernels 180 bin/cuda/tests/cuda/test_kernels
+grep -E '^(ok|FAIL) ' "$T/kernels.log"
+if grep -q '^FAIL ' "$T/kernels.log" || ! grep -q '^ok ' "$T/kernels.log"; then fail kernels "see above"; else echo "ok kernels"; fi
+
+# 2b. the same under compute-sanitizer: out-of-bounds and misaligned accesses
+SAN=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+if [ -x "$SAN" ]; then
+    if stage memcheck 300 "$SAN" --tool memcheck --error-exitcode 3 bin/cuda/tests/cuda/test_kernels; then
+        echo "ok memcheck"
+    else
+        grep -m 5 -E '^=+ (Invalid|Error|Program hit)' "$T/memcheck.log"; fail memcheck "compute-sanitizer found errors"
+    fi
+else
+    echo "# memcheck: not run (no compute-sanitizer)"
+fi
+
+# 3. parity of `trainer loss` on one checkpoint and batch
+"$TR" init --config configs/bench.json --out "$T/ck" --seed 3 >/dev/null &&
+    "$PYTHON" tests/torch_ref.py make-batch --config configs/bench.json --out "$T/batch.safetensors" --rows 4 \
+        --seq-len 256 --seed 1 >/dev/null || fail parity "could not write the checkpoint or batch"
+for dev in cpu cuda; do
+    stage "loss_$dev" 120 "$TR" loss --ckpt "$T/ck" --batch "$T/batch.safetensors" --grads "$T/grads_$dev.safetensors" \
+        --device "$dev" || fail parity "trainer loss --device $dev"
+done
+LOSS_CPU=$(last_json "$T/loss_cpu.log"); LOSS_CUDA=$(last_json "$T/loss_cuda.log")
+echo "loss cpu:  $LOSS_CPU"; echo "loss cuda: $LOSS_CUDA"
+if "$PYTHON" - "$LOSS_CPU" "$LOSS_CUDA" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+bad = [k for k in ("loss", "lm_loss", "diffusion_loss", "grad_norm") if abs(b[k] - a[k]) > 2e-2 * abs(a[k])]
+bad += [k for k in ("n_lm", "n_latent") if a[k] != b[k]]
+print("parity: " + ("differs in " + ", ".join(bad) if bad else "loss, terms, counts and grad_norm within 2e-2"))
+sys.exit(1 if bad else 0)
+PY
+then
+    if "$PYTHON" tests/torch_ref.py compare --ref "$T/grads_cpu.safetensors" --test "$T/grads_cuda.safetensors" \
+        --rtol 2e-2 >"$T/compare.log" 2>&1; then echo "ok parity"; else tail -n 5 "$T/compare.log"; fail parity "gradients"; fi
+else
+    fail parity "loss"
+fi
+
+# 4. 200 training steps on each device
+for dev in cuda cpu; do
+    stage "train_$dev" 240 "$TR" train --model configs/bench.json --steps 200 --batch-rows 8 --seq-len 256 \
+        --lr 1e-3 --log-every 50 --device "$dev" || fail training "trainer train --device $dev"
+    grep -E '^step|->' "$T/train_$dev.log" | sed "s/^/$dev: /"
+done
+if "$PYTHON" - "$T/train_cpu.log" "$T/train_cuda.log" <<'PY'
+import re, sys
+def ends(path):
+    m = re.search(r"^loss ([\d.]+) -> ([\d.]+)$", open(path).read(), re.M)
+    return (float(m.group(1)), float(m.group(2))) if m else None
+cpu, gpu = ends(sys.argv[1]), ends(sys.argv[2])
+ok = bool(cpu and gpu) and gpu[1] < gpu[0] and abs(gpu[1] - cpu[1]) <= 0.05 * cpu[1]
+print(f"training: cpu {cpu}, cuda {gpu}")
+sys.exit(0 if ok else 1)
+PY
+then echo "ok training"; else fail training "the CUDA run's loss does not follow the CPU run's"; fi
+
+# 5. NCCL data parallel (needs a GPU per rank)
+if [ "$NGPU" -ge 2 ]; then
+    stage dp1 120 "$TR" train --model configs/bench.json --steps 20 --batch-rows 8 --seq-len 256 --log-every 1 \
+        --device cuda
+    stage dp2 180 mpirun --allow-run-as-root -np 2 --bind-to none "$TR" train --model configs/bench.json \
+        --steps 20 --batch-rows 4 --seq-len 256 --log-every 1 --device cuda
+    if "$PYTHON" - "$T/dp1.log" "$T/dp2.log" <<'PY'
+import re, sys
+l1, l2 = ([float(x) for x in re.findall(r"^step +\d+/\d+ +loss ([\d.]+)", open(p).read(), re.M)] for p in sys.argv[1:])
+ok = len(l1) == len(l2) == 20 and all(abs(a - b) <= 2e-2 * a for a, b in zip(l1, l2))
+print(f"data parallel: 1 rank {l1[-1:]} 2 ranks {l2[-1:]}")
+sys.exit(0 if ok else 1)
+PY
+    then echo "ok data_parallel"; else fail data_parallel "2 NCCL ranks differ from 1 rank"; fi
+else
+    echo "# data_parallel: not run ($NGPU GPU; NCCL needs one GPU per rank)"
+fi
+
+# 6. speed against PyTorch on the same batch
+CFG=configs/gpu-0.16b.json
+"$PYTHON" bench/torch_cuda_step.py --config "$CFG" --batch-rows 8 --seq-len 2048 --write-batch "$T/bench.safetensors" ||
+    fail speed "could not write the bench batch"
+stage bench 180 "$TR" bench --config "$CFG" --batch "$T/bench.safetensors" --steps 10 --device cuda \
+    --peak-tflops "$PEAK_TFLOPS" || fail speed "trainer bench"
+stage torch 300 "$PYTHON" bench/torch_cuda_step.py --config "$CFG" --batch "$T/bench.safetensors" --steps 10 ||
+    fail speed "torch_cuda_step.py"
+OURS=$(last_json "$T/bench.log"); THEIRS=$(last_json "$T/torch.log")
+echo "trainer: $OURS"; echo "torch:   $THEIRS"
+if [ -n "$OURS" ] && [ -n "$THEIRS" ]; then
+    "$PYTHON" - "$OURS" "$THEIRS" "$GPU" "$PEAK_TFLOPS" <<'PY'
+import json, sys
+o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ratio = t["step_s"] / o["step_s"]
+s = {"gpu": sys.argv[3], "peak_tflops": float(sys.argv[4]), "tokens_per_s": o["positions_per_s"],
+     "mfu": o["mfu"], "step_s": o["step_s"], "torch_step_s": t["step_s"], "torch_over_trainer": ratio,
+     "mfu_target_met": o["mfu"] >= 0.40, "faster_than_torch": ratio > 1}
+print(json.dumps(s))
+PY
+    echo "ok speed"
+fi
+[ "$failed" -eq 0 ] && echo "gpu-check: all stages passed on $GPU" || echo "gpu-check: some stages FAILED on $GPU"
+exit "$failed"

@@ -1,0 +1,32 @@
+/* typed.cuh - device-side access to a backend buffer in its own type
+ * (bfloat16 activations, float32 parameters and statistics): kernels take a
+ * tview per tensor argument and compute in float32. */
+#ifndef NN_CUDA_TYPED_CUH
+#define NN_CUDA_TYPED_CUH
+
+#include "cuda_backend.h"
+
+#include <cuda_bf16.h>
+
+extern "C" {
+#include "../../common/error.h"
+}
+
+struct tview {
+    void *p;
+    int f32;                    /* 1: float32, 0: bfloat16 */
+};
+
+__device__ __forceinline__ float ld(const tview &v, size_t i) {
+    return v.f32 ? ((const float *)v.p)[i] : __bfloat162float(((const __nv_bfloat16 *)v.p)[i]);
+}
+
+__device__ __forceinline__ void st(const tview &v, size_t i, float x) {
+    if (v.f32) ((float *)v.p)[i] = x;
+    else ((__nv_bfloat16 *)v.p)[i] = __float2bfloat16_rn(x);
+}
+
+/* The view of a float tensor argument (host side). */
+static inline tview tv(const void *p, const char *what) { return tview{(void *)p, cuda_is_f32(p, what)}; }
+
+#endif

@@ -1,0 +1,314 @@
+/* test_kernels.c (CUDA=1 only; run by bench/gpu-check.sh on a GPU) - each
+ * CUDA kernel against the CPU backend on the same inputs, rounded to
+ * bfloat16 first where the GPU keeps them in bfloat16, and the model's
+ * loss and gradients on both backends. Tolerance: the largest error at most
+ * 2e-2 of the largest reference value. */
+#include "../check.h"
+#include "../../nn/backend.h"
+#include "../../nn/optim.h"
+#include "../../trainer/model.h"
+#include "../../common/error.h"
+#include "../../common/safetensors.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOL 2e-2
+
+static rng r;
+
+static float *randn(size_t n, float scale) {
+    float *x = xmalloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * rng_normal(&r));
+    return x;
+}
+
+/* x rounded to bfloat16 in place: what an activation buffer holds. */
+static float *bf16_round(float *x, size_t n) {
+    uint16_t *b = xmalloc(2 * (n ? n : 1));
+    st_f32_to_bf16(x, b, n);
+    st_bf16_to_f32(b, x, n);
+    free(b);
+    return x;
+}
+
+/* A GPU buffer (activation, or float32 when f32) holding host x. */
+static float *gpu(const float *x, size_t n, int f32) {
+    nn_use_backend(&nn_cuda_backend);
+    float *d = f32 ? nn_alloc_f32(n) : nn_alloc(n);
+    nn_upload(d, x, n);
+    return d;
+}
+
+static int32_t *gpu_i32(const int32_t *x, size_t n) {
+    nn_use_backend(&nn_cuda_backend);
+    int32_t *d = nn_alloc_i32(n);
+    nn_upload_i32(d, x, n);
+    return d;
+}
+
+static float *host(const float *d, size_t n) {
+    nn_use_backend(&nn_cuda_backend);
+    float *h = xmalloc(sizeof(float) * (n ? n : 1));
+    nn_download(h, d, n);
+    return h;
+}
+
+static double rel_err(const float *got, const float *ref, size_t n) {
+    double e = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        e = d > e || isnan(d) ? d : e;
+        m = fabs(ref[i]) > m ? fabs(ref[i]) : m;
+    }
+    return e / m;
+}
+
+/* Compares GPU buffer d with host reference ref; frees the download. */
+static void close_to(const char *what, const float *d, const float *ref, size_t n) {
+    float *h = host(d, n);
+    double e = rel_err(h, ref, n);
+    CHECK(e <= TOL, "%s: error %.2e of the largest value (n %zu)", what, e, n);
+    free(h);
+}
+
+static void cpu(void) { nn_use_backend(&nn_cpu_backend); }
+
+static void test_linear(int N, int in, int out) {
+    /* W and b inside one float32 "parameter" buffer, b at an odd offset, as
+     * in the model's flat array (the bias then misses the epilogue's alignment). */
+    size_t nw = (size_t)out * in, np = nw + 1 + out;
+    float *params = randn(np, 0.05f), *x = bf16_round(randn((size_t)N * in, 1), (size_t)N * in);
+    float *y = xmalloc(sizeof(float) * N * out);
+    cpu();
+    nn_linear_forward(y, x, params, params + nw + 1, N, in, out);
+    float *dp = gpu(params, np, 1), *dx = gpu(x, (size_t)N * in, 0), *dy = gpu(y, (size_t)N * out, 0);
+    nn_linear_forward(dy, dx, dp, dp + nw + 1, N, in, out);
+    close_to("linear_forward with bias", dy, y, (size_t)N * out);
+
+    float *g = bf16_round(randn((size_t)N * out, 1), (size_t)N * out);
+    float *gx = bf16_round(randn((size_t)N * in, 1), (size_t)N * in), *gw = randn(np, 0.1f);
+    float *dg = gpu(g, (size_t)N * out, 0), *dgx = gpu(gx, (size_t)N * in, 0), *dgw = gpu(gw, np, 1);
+    cpu();
+    nn_linear_backward(gx, gw, gw + nw + 1, g, x, params, N, in, out, 1);
+    nn_use_backend(&nn_cuda_backend);
+    nn_linear_backward(dgx, dgw, dgw + nw + 1, dg, dx, dp, N, in, out, 1);
+    close_to("linear_backward dx (accumulated)", dgx, gx, (size_t)N * in);
+    close_to("linear_backward dW (accumulated)", dgw, gw, nw);
+    close_to("linear_backward db (accumulated)", dgw + nw + 1, gw + nw + 1, out);
+
+    /* An AdamW step on the parameters must reach the GEMMs' bfloat16 copy. */
+    float *m = randn(np, 0.01f), *v = randn(np, 0.0f);
+    float *dm = gpu(m, np, 1), *dv = gpu(v, np, 1);
+    cpu();
+    nn_adamw(params, gw, m, v, np, 0.5f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.1f, 0.05f);
+    nn_linear_forward(y, x, params, params + nw + 1, N, in, out);
+    nn_use_backend(&nn_cuda_backend);
+    nn_adamw(dp, dgw, dm, dv, np, 0.5f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.1f, 0.05f);
+    close_to("adamw parameters", dp, params, np);
+    close_to("adamw second moments", dv, v, np);
+    nn_linear_forward(dy, dx, dp, dp + nw + 1, N, in, out);
+    close_to("linear_forward after AdamW (the bfloat16 copy follows)", dy, y, (size_t)N * out);
+    void *bufs[] = {dp, dx, dy, dg, dgx, dgw, dm, dv};
+    for (int k = 0; k < 8; k++) nn_free(bufs[k]);
+    free(params); free(x); free(y); free(g); free(gx); free(gw); free(m); free(v);
+}
+
+static void test_norm_rope_act(int N, int d, int H) {
+    size_t n = (size_t)N * d;
+    float *x = bf16_round(randn(n, 1), n), *w = randn(d, 1), *y = xmalloc(sizeof(float) * n);
+    cpu();
+    nn_rmsnorm_forward(y, x, w, N, d, 1e-5f);
+    float *dx = gpu(x, n, 0), *dw = gpu(w, d, 1), *dy = gpu(y, n, 0);
+    nn_rmsnorm_forward(dy, dx, dw, N, d, 1e-5f);
+    close_to("rmsnorm_forward", dy, y, n);
+    float *g = bf16_round(randn(n, 1), n), *gx = bf16_round(randn(n, 1), n), *gw = randn(d, 1);
+    float *dg = gpu(g, n, 0), *dgx = gpu(gx, n, 0), *dgw = gpu(gw, d, 1);
+    cpu();
+    nn_rmsnorm_backward(gx, gw, g, x, w, N, d, 1e-5f);
+    nn_use_backend(&nn_cuda_backend);
+    nn_rmsnorm_backward(dgx, dgw, dg, dx, dw, N, d, 1e-5f);
+    close_to("rmsnorm_backward dx", dgx, gx, n);
+    close_to("rmsnorm_backward dw", dgw, gw, d);
+
+    /* RoPE over q and k of a [N, 3d] row (2H heads), forward and inverse. */
+    int hd = d / H, half = hd / 2;
+    size_t nq = (size_t)N * 3 * d;
+    float *qkv = bf16_round(randn(nq, 1), nq), *cs = xmalloc(sizeof(float) * N * half), *sn = xmalloc(sizeof(float) * N * half);
+    int32_t *pos = xmalloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) pos[i] = (i * 7) % N;
+    for (int t = 0; t < N * half; t++) { cs[t] = cosf(0.01f * t); sn[t] = sinf(0.01f * t); }
+    float *dq = gpu(qkv, nq, 0), *dcs = gpu(cs, (size_t)N * half, 1), *dsn = gpu(sn, (size_t)N * half, 1);
+    int32_t *dpos = gpu_i32(pos, N);
+    for (int inv = 0; inv < 2; inv++) {
+        cpu();
+        nn_rope(qkv, 3 * d, pos, N, 2 * H, hd, cs, sn, inv);
+        nn_use_backend(&nn_cuda_backend);
+        nn_rope(dq, 3 * d, dpos, N, 2 * H, hd, dcs, dsn, inv);
+        close_to(inv ? "rope inverse" : "rope", dq, qkv, nq);
+    }
+
+    /* SwiGLU, SiLU, add on [N, d] halves. */
+    int f = d / 2;
+    float *gu = bf16_round(randn(n, 2), n), *act = xmalloc(sizeof(float) * N * f);
+    float *dgu = gpu(gu, n, 0), *dact = gpu(act, (size_t)N * f, 0);
+    cpu(); nn_swiglu_forward(act, gu, N, f);
+    nn_use_backend(&nn_cuda_backend); nn_swiglu_forward(dact, dgu, N, f);
+    close_to("swiglu_forward", dact, act, (size_t)N * f);
+    float *ga = bf16_round(randn((size_t)N * f, 1), (size_t)N * f), *ggu = xmalloc(sizeof(float) * n);
+    float *dga = gpu(ga, (size_t)N * f, 0), *dggu = gpu(ggu, n, 0);
+    cpu(); nn_swiglu_backward(ggu, ga, gu, N, f);
+    nn_use_backend(&nn_cuda_backend); nn_swiglu_backward(dggu, dga, dgu, N, f);
+    close_to("swiglu_backward", dggu, ggu, n);
+    cpu(); nn_silu_forward(y, x, n); nn_silu_backward(gx, g, x, n); nn_add(y, gx, n);
+    nn_use_backend(&nn_cuda_backend); nn_silu_forward(dy, dx, n); nn_silu_backward(dgx, dg, dx, n);
+    close_to("silu_backward", dgx, gx, n);
+    nn_add(dy, dgx, n);
+    close_to("silu_forward + add", dy, y, n);
+    void *bufs[] = {dx, dw, dy, dg, dgx, dgw, dq, dcs, dsn, dpos, dgu, dact, dga, dggu};
+    for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    free(x); free(w); free(y); free(g); free(gx); free(gw); free(qkv); free(cs); free(sn); free(pos);
+    free(gu); free(act); free(ga); free(ggu);
+}
+
+static void test_rows_and_losses(void) {
+    int n = 300, d = 40, rows = 12, V = 1000;
+    float *table = randn((size_t)rows * d, 1), *src = bf16_round(randn((size_t)n * d, 1), (size_t)n * d);
+    int32_t *idx = xmalloc(sizeof(int32_t) * n);
+    for (int i = 0; i < n; i++) idx[i] = (int32_t)(rng_u64(&r) % rows);     /* many repeats */
+    float *got = xmalloc(sizeof(float) * n * d), *acc = randn((size_t)rows * d, 1);
+    float *dt = gpu(table, (size_t)rows * d, 1), *dsrc = gpu(src, (size_t)n * d, 0), *dgot = gpu(got, (size_t)n * d, 0);
+    float *dacc = gpu(acc, (size_t)rows * d, 1);
+    int32_t *didx = gpu_i32(idx, n);
+    cpu(); nn_gather_rows(got, table, idx, n, d); nn_scatter_add_rows(acc, src, idx, n, d);
+    nn_use_backend(&nn_cuda_backend); nn_gather_rows(dgot, dt, didx, n, d); nn_scatter_add_rows(dacc, dsrc, didx, n, d);
+    close_to("gather_rows (float32 table to activations)", dgot, got, (size_t)n * d);
+    close_to("scatter_add_rows with repeated rows", dacc, acc, (size_t)rows * d);
+    int32_t *perm = xmalloc(sizeof(int32_t) * rows);
+    for (int i = 0; i < rows; i++) perm[i] = (i * 5) % rows;
+    int32_t *dperm = gpu_i32(perm, rows);
+    cpu(); nn_scatter_rows(acc, table, perm, rows, d);
+    nn_use_backend(&nn_cuda_backend); nn_scatter_rows(dacc, dt, dperm, rows, d);
+    close_to("scatter_rows", dacc, acc, (size_t)rows * d);
+
+    float *logits = bf16_round(randn((size_t)n * V, 3), (size_t)n * V);
+    int32_t *tgt = xmalloc(sizeof(int32_t) * n);
+    for (int i = 0; i < n; i++) tgt[i] = (int32_t)(rng_u64(&r) % V);
+    float *dl = gpu(logits, (size_t)n * V, 0);
+    int32_t *dtgt = gpu_i32(tgt, n);
+    cpu();
+    double ce = nn_cross_entropy(logits, tgt, n, V, 0.01f);
+    nn_use_backend(&nn_cuda_backend);
+    double ce_gpu = nn_cross_entropy(dl, dtgt, n, V, 0.01f);
+    CHECK(fabs(ce_gpu - ce) <= TOL * fabs(ce), "cross_entropy loss (%.6f, CPU %.6f)", ce_gpu, ce);
+    close_to("cross_entropy gradient", dl, logits, (size_t)n * V);
+
+    size_t m = 5000;
+    float *pred = bf16_round(randn(m, 1), m), *target = randn(m, 1);
+    float *dpred = gpu(pred, m, 0), *dtarget = gpu(target, m, 1);
+    cpu();
+    double se = nn_squared_error(pred, pred, target, m, 0.5f), ss = nn_sum_squared_diff(target, NULL, m);
+    nn_use_backend(&nn_cuda_backend);
+    double se_gpu = nn_squared_error(dpred, dpred, dtarget, m, 0.5f), ss_gpu = nn_sum_squared_diff(dtarget, NULL, m);
+    CHECK(fabs(se_gpu - se) <= TOL * se && fabs(ss_gpu - ss) <= 1e-6 * ss,
+          "squared_error %.4f (CPU %.4f), sum of squares %.6f (CPU %.6f)", se_gpu, se, ss_gpu, ss);
+    close_to("squared_error gradient", dpred, pred, m);
+    cpu(); nn_scale(target, 0.3f, m);
+    nn_use_backend(&nn_cuda_backend); nn_scale(dtarget, 0.3f, m);
+    close_to("scale", dtarget, target, m);
+    void *bufs[] = {dt, dsrc, dgot, dacc, didx, dperm, dl, dtgt, dpred, dtarget};
+    for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    free(table); free(src); free(idx); free(got); free(acc); free(perm); free(logits); free(tgt);
+    free(pred); free(target);
+}
+
+/* Attention on the key ranges of a generated batch's plan. */
+static void test_attention(const model_config *c, int B, int L) {
+    batch b;
+    plan p;
+    batch_generate(&b, c, B, L, &r);
+    plan_build(&p, &b, c);
+    int H = c->num_attention_heads, hd = cfg_head_dim(c), d = c->hidden_size;
+    size_t N = (size_t)B * L;
+    float *qkv = bf16_round(randn(N * 3 * d, 1), N * 3 * d), *dout = bf16_round(randn(N * d, 1), N * d);
+    float *out = xmalloc(sizeof(float) * N * d), *lse = xmalloc(sizeof(float) * N * H);
+    float *dqkv = xmalloc(sizeof(float) * N * 3 * d);
+    float *g_qkv = gpu(qkv, N * 3 * d, 0), *g_dout = gpu(dout, N * d, 0), *g_out = gpu(out, N * d, 0);
+    float *g_lse = gpu(lse, N * H, 1), *g_dqkv = gpu(dqkv, N * 3 * d, 0);
+    int32_t *g_lo = gpu_i32(p.lo, N), *g_hi = gpu_i32(p.hi, N);
+    cpu();
+    nn_attention_forward(out, lse, qkv, p.lo, p.hi, B, L, H, hd);
+    nn_attention_backward(dqkv, dout, out, lse, qkv, p.lo, p.hi, B, L, H, hd);
+    nn_use_backend(&nn_cuda_backend);
+    nn_attention_forward(g_out, g_lse, g_qkv, g_lo, g_hi, B, L, H, hd);
+    nn_attention_backward(g_dqkv, g_dout, g_out, g_lse, g_qkv, g_lo, g_hi, B, L, H, hd);
+    char what[96];
+    snprintf(what, sizeof what, "attention forward out (B %d L %d H %d head_dim %d)", B, L, H, hd);
+    close_to(what, g_out, out, N * d);
+    snprintf(what, sizeof what, "attention forward lse (head_dim %d)", hd);
+    close_to(what, g_lse, lse, N * H);
+    snprintf(what, sizeof what, "attention backward dq dk dv (head_dim %d)", hd);
+    close_to(what, g_dqkv, dqkv, N * 3 * d);
+    void *bufs[] = {g_qkv, g_dout, g_out, g_lse, g_dqkv, g_lo, g_hi};
+    for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    free(qkv); free(dout); free(out); free(lse); free(dqkv);
+    plan_free(&p);
+    batch_free(&b);
+}
+
+/* model_step on both backends: loss sums, and every tensor's gradient. */
+static void test_model(const model_config *c, int B, int L) {
+    batch b;
+    plan p;
+    batch_generate(&b, c, B, L, &r);
+    plan_build(&p, &b, c);
+    double n_latent = (double)p.n_patch * cfg_patch_dim(c);
+    model a, g;
+    cpu();
+    model_create(&a, c);
+    model_init_weights(&a, 11);
+    loss_sums sa = model_step(&a, &p, p.n_lm, n_latent, 1);
+    nn_use_backend(&nn_cuda_backend);
+    model_create(&g, c);
+    model_init_weights(&g, 11);
+    model_upload_weights(&g);
+    loss_sums sg = model_step(&g, &p, p.n_lm, n_latent, 1);
+    model_download(&g, 0, 1);
+    CHECK(fabs(sg.ce_sum - sa.ce_sum) <= TOL * sa.ce_sum && fabs(sg.se_sum - sa.se_sum) <= TOL * sa.se_sum,
+          "model loss sums: CE %.4f (CPU %.4f), SE %.4f (CPU %.4f)", sg.ce_sum, sa.ce_sum, sg.se_sum, sa.se_sum);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < a.ps.n; i++) {
+        const param_info *t = &a.ps.info[i];
+        double e = rel_err(g.ps.g + t->offset, a.ps.g + t->offset, t->numel);
+        if (e > worst) { worst = e; worst_name = t->name; }
+    }
+    CHECK(worst <= TOL, "model gradients, every tensor: worst %.2e (%s)", worst, worst_name);
+    model_free(&g);
+    cpu();
+    model_free(&a);
+    plan_free(&p);
+    batch_free(&b);
+}
+
+int main(void) {
+    nn_init_device("cuda", 0);
+    rng_seed(&r, 42);
+    test_linear(100, 96, 80);
+    test_linear(33, 256, 200);
+    test_norm_rope_act(70, 128, 4);
+    test_rows_and_losses();
+    model_config c;
+    char err[ERR_LEN];
+    if (config_load("configs/bench.json", &c, err)) die_input("%s", err);
+    static const int heads[][2] = {{384, 6}, {384, 24}, {384, 12}, {512, 4}, {240, 5}};   /* head_dim 64 16 32 128 48 */
+    for (int k = 0; k < 5; k++) {
+        model_config ck = c;
+        ck.hidden_size = heads[k][0];
+        ck.num_attention_heads = heads[k][1];
+        test_attention(&ck, 2, 300);
+    }
+    test_model(&c, 2, 256);
+    return CHECK_DONE();
+}
