@@ -38,7 +38,7 @@ define link
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endef
 CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c))
-TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
+TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c trainer/sample.c,$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
 DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c))) $(BUILD)/dataloader/spm_shim.o
 DL_CLIENT_OBJ := $(call obj,dataloader/client.c dataloader/wire.c)   # what a trainer links of the loader
@@ -55,7 +55,9 @@ $(BUILD)/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(CORE_OBJ)
+# The trainer samples too: it decodes images with the VAE and text with SentencePiece.
+$(BIN)/trainer: LDLIBS += $(SPM_LIBS)
+$(BIN)/trainer: $(BUILD)/trainer/main.o $(BUILD)/trainer/sample.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(VAE_OBJ) $(BUILD)/dataloader/spm_shim.o $(CORE_OBJ)
 	$(link)
 
 $(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)

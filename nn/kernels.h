@@ -73,6 +73,14 @@ void nn_attention_backward(float *dqkv, const float *dout, const float *out,
                            const int32_t *lo, const int32_t *hi,
                            int B, int L, int H, int head_dim);
 
+/* Inference over stored keys and values (a KV cache): query r (row r of q,
+ * row stride ldq, RoPE applied) attends to rows [lo[r], hi[r]] of k and v
+ * (row stride ldkv; heads at column h * head_dim, as in qkv). out[n, H *
+ * head_dim]. Cost: each query's own key range (queries in a run sharing lo
+ * are computed together). */
+void nn_attention_rows(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                       const int32_t *lo, const int32_t *hi, int n, int H, int head_dim);
+
 /* ---- activations ---- */
 /* gu[N, 2f] = gate | up; act[N, f] = silu(gate) * up. */
 void nn_swiglu_forward(float *act, const float *gu, int N, int f);
