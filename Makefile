@@ -5,7 +5,8 @@
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
 #   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
-#                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks
+#                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks,
+#                        generation with and without the KV cache and guidance
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -106,6 +107,7 @@ bench: all
 	bench/bench_dataloader.sh
 	bench/bench_checkpoint.sh
 	bench/bench_train_scaling.sh
+	bench/bench_sample.sh
 
 clean:
 	rm -rf build bin

@@ -166,6 +166,42 @@ static void image_io_close(image_io *io) {
     free(io->std);
 }
 
+/* What sample and caption open: the checkpoint's model, tokenizer, VAE and
+ * latent statistics, and the context. */
+typedef struct {
+    char dir[4096];
+    model m;
+    spm *tok;
+    image_io io;
+    int context;
+} session;
+
+static void session_open(session *s, const args *a) {
+    load_checkpoint(arg_required(a, "ckpt"), &s->m, s->dir, sizeof s->dir);
+    s->tok = load_tokenizer(a, s->dir, &s->m.cfg);
+    image_io_open(&s->io, a, s->dir, &s->m.cfg);
+    s->context = context_of(a, s->dir);
+}
+
+static void session_close(session *s) {
+    image_io_close(&s->io);
+    spm_free(s->tok);
+    model_free(&s->m);
+}
+
+/* The prompt's ids into *ids (malloc'ed); refused when they and `extra`
+ * more positions (BOS, an image) do not fit the context. */
+static long encode_prompt(session *s, const char *prompt, long extra, int32_t **ids) {
+    char err[ERR_LEN];
+    size_t cap = 0;
+    *ids = NULL;
+    long n = spm_encode(s->tok, prompt, strlen(prompt), ids, &cap, err);
+    if (n < 0) die_input("--prompt: %s", err);
+    if (n + extra > s->context)
+        die_input("--prompt: %ld tokens need %ld positions, but the model's context is %d", n, n + extra, s->context);
+    return n;
+}
+
 /* ---------------------------------------------------------------- options */
 
 static double arg_nonneg(const args *a, const char *name, double def) {
@@ -242,25 +278,19 @@ static void decode_latents(image_io *io, const model_config *c, const float *x, 
 /* ---------------------------------------------------------------- sample */
 
 int trainer_cmd_sample(const args *a) {
-    char dir[4096], err[ERR_LEN];
+    char err[ERR_LEN];
     nn_init((int)arg_int(a, "threads", 0, 1));
-    model m;
-    load_checkpoint(arg_required(a, "ckpt"), &m, dir, sizeof dir);
-    const model_config *c = &m.cfg;
-    spm *tok = load_tokenizer(a, dir, c);
-    image_io io;
-    image_io_open(&io, a, dir, c);
+    session ss;
+    session_open(&ss, a);
+    model *m = &ss.m;
+    const model_config *c = &m->cfg;
+    const spm *tok = ss.tok;
+    image_io *io = &ss.io;
     const char *prompt = arg_required(a, "prompt"), *out = arg_required(a, "out");
-    int K = (int)arg_int(a, "n", 1, 1), force_image = arg_switch(a, "image"), context = context_of(a, dir);
-    gen_options o = options_from(a, c, context, K, 1.0f);
-
-    int32_t *ids = NULL;
-    size_t cap = 0;
-    long n = spm_encode(tok, prompt, strlen(prompt), &ids, &cap, err);
-    if (n < 0) die_input("--prompt: %s", err);
-    long need = n + 1 + (force_image ? 1 + cfg_patches_per_image(c) + 1 : 0);
-    if (need > context)
-        die_input("--prompt: %ld tokens need %ld positions, but the model's context is %d", n, need, context);
+    int K = (int)arg_int(a, "n", 1, 1), force_image = arg_switch(a, "image");
+    gen_options o = options_from(a, c, ss.context, K, 1.0f);
+    int32_t *ids;
+    long n = encode_prompt(&ss, prompt, 1 + (force_image ? 1 + cfg_patches_per_image(c) + 1 : 0), &ids);
     infer_rows prefix = {0};
     for (int i = 0; i < K; i++) {
         infer_rows_token(&prefix, i, c->bos_token_id);
@@ -270,16 +300,16 @@ int trainer_cmd_sample(const args *a) {
     if (make_dir(out, err)) die_input("--out: %s", err);
     gen_sample *gs = xcalloc(K, sizeof(gen_sample));
     double t0 = now_s();
-    if (generate(&m, &o, &prefix, gs, NULL, NULL, err)) die_input("%s", err);
+    if (generate(m, &o, &prefix, gs, NULL, NULL, err)) die_input("%s", err);
     double gen_s = now_s() - t0;
 
-    int total = 0, S = io.size;
+    int total = 0, S = io->size;
     for (int i = 0; i < K; i++) total += gs[i].n_img;
     uint8_t *rgb = xmalloc((size_t)(total + 1) * S * S * 3);
     char *jsonl = NULL, path[4200], name[64];
     size_t jlen = 0;
     for (int i = 0, done = 0; i < K; i++) {
-        decode_latents(&io, c, gs[i].img, gs[i].n_img, rgb + (size_t)done * S * S * 3);
+        decode_latents(io, c, gs[i].img, gs[i].n_img, rgb + (size_t)done * S * S * 3);
         cJSON *line = cJSON_CreateObject(), *images = cJSON_CreateArray();
         char *text = NULL;
         size_t tlen = 0;
@@ -327,9 +357,7 @@ int trainer_cmd_sample(const args *a) {
     for (int i = 0; i < K; i++) gen_sample_free(&gs[i]);
     free(gs); free(rgb); free(jsonl); free(ids);
     infer_rows_free(&prefix);
-    image_io_close(&io);
-    spm_free(tok);
-    model_free(&m);
+    session_close(&ss);
     return 0;
 }
 
@@ -348,7 +376,7 @@ static unsigned char *read_file(const char *path, size_t *len) {
 }
 
 int trainer_cmd_caption(const args *a) {
-    char dir[4096], err[ERR_LEN];
+    char err[ERR_LEN];
     nn_init((int)arg_int(a, "threads", 0, 1));
     int K = 0;
     const char **files = xcalloc(a->argc, sizeof(char *));
@@ -356,24 +384,16 @@ int trainer_cmd_caption(const args *a) {
         if (strcmp(a->argv[i], "--image") == 0) files[K++] = a->argv[++i];
         else if (strncmp(a->argv[i], "--", 2) == 0) i++;             /* every other flag takes a value */
     if (K == 0) die_input("%s %s: missing --image", a->prog, a->cmd);
-    model m;
-    load_checkpoint(arg_required(a, "ckpt"), &m, dir, sizeof dir);
-    const model_config *c = &m.cfg;
-    spm *tok = load_tokenizer(a, dir, c);
-    image_io io;
-    image_io_open(&io, a, dir, c);
-    int context = context_of(a, dir), C = c->latent_channels, hw = c->latent_size * c->latent_size, S = io.size;
-    gen_options o = options_from(a, c, context, K, 0.0f);
+    session ss;
+    session_open(&ss, a);
+    const model_config *c = &ss.m.cfg;
+    image_io *io = &ss.io;
+    int C = c->latent_channels, hw = c->latent_size * c->latent_size, S = io->size;
+    gen_options o = options_from(a, c, ss.context, K, 0.0f);
     o.text_only = 1;
     o.cfg = 1.0f;
-    const char *prompt = arg_str(a, "prompt", "");
-    int32_t *ids = NULL;
-    size_t cap = 0;
-    long n = spm_encode(tok, prompt, strlen(prompt), &ids, &cap, err);
-    if (n < 0) die_input("--prompt: %s", err);
-    long need = 3 + cfg_patches_per_image(c) + n;
-    if (need > context)
-        die_input("--prompt: %ld tokens and the image need %ld positions, but the model's context is %d", n, need, context);
+    int32_t *ids;
+    long n = encode_prompt(&ss, arg_str(a, "prompt", ""), 3 + cfg_patches_per_image(c), &ids);
 
     /* Pixels (decoded, center-cropped, resized), the VAE's mean, normalized
      * exactly as the dataloader normalizes training latents. */
@@ -387,13 +407,13 @@ int trainer_cmd_caption(const args *a) {
             die_input("--image %s: cannot read the image: %s", files[i], skip_reason_name(why));
         free(data);
     }
-    vae_encode(io.vae, rgb, K, S, S, mean, logvar);
+    vae_encode(io->vae, rgb, K, S, S, mean, logvar);
     infer_rows prefix = {0};
     for (int i = 0; i < K; i++) {
         float *x = mean + (size_t)i * C * hw;
         for (int ch = 0; ch < C; ch++)
             for (int q = 0; q < hw; q++)
-                x[ch * hw + q] = (float)(((double)x[ch * hw + q] - io.mean[ch]) * (1.0 / io.std[ch]));
+                x[ch * hw + q] = (float)(((double)x[ch * hw + q] - io->mean[ch]) * (1.0 / io->std[ch]));
         infer_rows_token(&prefix, i, c->bos_token_id);
         infer_rows_token(&prefix, i, c->boi_token_id);
         infer_rows_image(&prefix, i, x, 1, c);
@@ -401,18 +421,16 @@ int trainer_cmd_caption(const args *a) {
         for (long q = 0; q < n; q++) infer_rows_token(&prefix, i, ids[q]);
     }
     gen_sample *gs = xcalloc(K, sizeof(gen_sample));
-    if (generate(&m, &o, &prefix, gs, NULL, NULL, err)) die_input("%s", err);
+    if (generate(&ss.m, &o, &prefix, gs, NULL, NULL, err)) die_input("%s", err);
     for (int i = 0; i < K; i++) {
-        char *text = decode_text(tok, gs[i].tok, gs[i].n_tok);
+        char *text = decode_text(ss.tok, gs[i].tok, gs[i].n_tok);
         printf("%s\t%s\n", files[i], text);
         free(text);
         gen_sample_free(&gs[i]);
     }
     free(gs); free(rgb); free(mean); free(logvar); free(ids); free(files);
     infer_rows_free(&prefix);
-    image_io_close(&io);
-    spm_free(tok);
-    model_free(&m);
+    session_close(&ss);
     return 0;
 }
 
