@@ -74,12 +74,15 @@ static int sample_token(gen_state *g, float *l, rng *r) {
         cs[v].p = (float)exp((l[v] - l[best]) / o->temperature);
         sum += cs[v].p;
     }
-    qsort(cs, V, sizeof(cand), by_prob);
     int keep = o->top_k > 0 && o->top_k < V ? o->top_k : V;
-    double kept = 0;
-    for (int i = 0; i < keep; i++) {
-        kept += cs[i].p;
-        if (kept >= o->top_p * sum) { keep = i + 1; break; }
+    double kept = sum;
+    if (keep < V || o->top_p < 1) {                /* filtering needs them by probability */
+        qsort(cs, V, sizeof(cand), by_prob);
+        kept = 0;
+        for (int i = 0; i < keep; i++) {
+            kept += cs[i].p;
+            if (kept >= o->top_p * sum) { keep = i + 1; break; }
+        }
     }
     double u = rng_uniform(r) * kept, acc = 0;
     int tok = cs[keep - 1].id;
@@ -179,10 +182,10 @@ int generate(model *m, const gen_options *o, const infer_rows *prefix, gen_sampl
 
     /* Prefill: the prefixes, and BOS BOI of every unconditional branch. */
     for (int i = 0; i < prefix->n; i++) {
-        if (prefix->mod[i] == MOD_TOKEN) infer_rows_token(&g.rows, prefix->seq[i], prefix->tok[i]);
-        else if (prefix->k[i] == 0)
-            infer_rows_image(&g.rows, prefix->seq[i], prefix->x + (size_t)prefix->img[i] * g.lat, prefix->t[prefix->img[i]], c);
-        if (prefix->mod[i] == MOD_TOKEN) g.last[prefix->seq[i]] = prefix->tok[i];
+        int s = prefix->seq[i], im = prefix->img[i];
+        if (prefix->mod[i] == MOD_TOKEN) infer_rows_token(&g.rows, s, prefix->tok[i]);
+        else if (prefix->k[i] == 0) infer_rows_image(&g.rows, s, prefix->x + (size_t)im * g.lat, prefix->t[im], c);
+        g.last[s] = prefix->mod[i] == MOD_TOKEN ? prefix->tok[i] : -1;
     }
     for (int i = 0; g.guided && i < K; i++) {
         infer_rows_token(&g.rows, K + i, c->bos_token_id);
