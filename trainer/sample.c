@@ -331,6 +331,7 @@ int trainer_cmd_sample(const args *a) {
             append(&text, &tlen, "] ");
             j++;
         }
+        while (tlen && text[tlen - 1] == ' ') text[--tlen] = '\0';
         done += gs[i].n_img;
         printf("[%d] %s%s%s\n", i, prompt, text[0] == '[' ? " " : "", text);
         cJSON_AddNumberToObject(line, "sample", i);
