@@ -7,7 +7,8 @@
 #                        its kernel tests (bin/cuda/tests/cuda/, run by bench/gpu-check.sh on a GPU)
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
 #   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
-#                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks
+#                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks,
+#                        generation with and without the KV cache and guidance
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -58,7 +59,7 @@ define link
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endef
 CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c)) $(CUDA_OBJ)
-TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
+TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c trainer/sample.c,$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
 DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c))) $(BUILD)/dataloader/spm_shim.o
 DL_CLIENT_OBJ := $(call obj,dataloader/client.c dataloader/wire.c)   # what a trainer links of the loader
@@ -82,7 +83,9 @@ $(BUILD)/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-$(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(CORE_OBJ)
+# The trainer samples too: it decodes images with the VAE and text with SentencePiece.
+$(BIN)/trainer: LDLIBS += $(SPM_LIBS)
+$(BIN)/trainer: $(BUILD)/trainer/main.o $(BUILD)/trainer/sample.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(VAE_OBJ) $(BUILD)/dataloader/spm_shim.o $(CORE_OBJ)
 	$(link)
 
 $(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)
@@ -131,6 +134,7 @@ bench: all
 	bench/bench_dataloader.sh
 	bench/bench_checkpoint.sh
 	bench/bench_train_scaling.sh
+	bench/bench_sample.sh
 
 clean:
 	rm -rf build bin

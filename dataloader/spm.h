@@ -1,5 +1,5 @@
 /* spm.h - the C face of SentencePiece (dataloader/spm_shim.cc, the project's
- * only C++): train a model, load one, encode text to ids.
+ * only C++): train a model, load one, encode text to ids, decode ids to text.
  *
  * Special ids follow model.md section 1: BOS/EOS are the model's own; BOI and
  * EOI are its `<boi>`/`<eoi>` pieces when it has them, else they are appended
@@ -34,5 +34,9 @@ const spm_ids *spm_get_ids(const spm *s);
  * as needed; *cap is its capacity). Returns the number of ids, or -1 with err.
  * Safe to call from several threads on one spm. */
 long spm_encode(const spm *s, const char *text, size_t len, int32_t **ids, size_t *cap, char *err);
+
+/* Decodes ids (each < pieces) to UTF-8 text, malloc'ed into *text. Returns
+ * its length, or -1 with err. */
+long spm_decode(const spm *s, const int32_t *ids, size_t n, char **text, char *err);
 
 #endif

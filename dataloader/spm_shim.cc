@@ -109,3 +109,14 @@ long spm_encode(const spm *s, const char *text, size_t len, int32_t **ids, size_
     for (size_t i = 0; i < out.size(); i++) (*ids)[i] = out[i];
     return (long)out.size();
 }
+
+long spm_decode(const spm *s, const int32_t *ids, size_t n, char **text, char *err) {
+    std::vector<int> in(ids, ids + n);
+    std::string out;
+    auto st = s->proc.Decode(in, &out);
+    if (!st.ok()) return set_error(err, "decode: %s", st.ToString().c_str());
+    *text = static_cast<char *>(std::malloc(out.size() + 1));
+    if (!*text) return set_error(err, "out of memory");
+    std::memcpy(*text, out.data(), out.size() + 1);
+    return (long)out.size();
+}

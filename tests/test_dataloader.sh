@@ -16,15 +16,6 @@ t=$(mktemp -d)
 pid=""
 trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$t"' EXIT
 
-# exit 2 and exactly one stderr line containing $2; the command follows.
-bad() {
-    local name=$1 want=$2; shift 2
-    "$@" >/dev/null 2>"$t/err"
-    local rc=$? lines; lines=$(wc -l <"$t/err")
-    if [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -qF -- "$want" "$t/err"; then ok "$name: exit 2, one line ($(cat "$t/err"))"
-    else fail "$name: rc $rc, $lines lines: $(head -c 300 "$t/err")"; fi
-}
-
 # Starts serve in the background; sets pid and ep (the bound endpoint).
 serve() {
     rm -f "$t/serve.out"   # else the loop below may read the last server's line

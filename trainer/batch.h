@@ -70,6 +70,10 @@ typedef struct {
     float *time_feat;            /* [n_images, timestep_dim] */
 } plan;
 
+/* RoPE cosines and sines [L, head_dim/2] of positions 0..L-1 (angles in
+ * float64, rounded to float32). */
+void rope_tables(float *rope_cos, float *rope_sin, int L, const model_config *c);
+
 /* Builds the plan of a validated batch. */
 void plan_build(plan *p, const batch *b, const model_config *c);
 void plan_free(plan *p);

@@ -47,3 +47,24 @@ void diffusion_patchify(float *patch, const float *x, int k, const model_config 
 void diffusion_unpatchify(float *x, const float *patch, int k, const model_config *c) {
     patch_copy((float *)patch, x, k, c, 1);
 }
+
+void diffusion_timesteps(int *ts, int D, int T) {
+    for (int i = 0; i <= D; i++) ts[i] = (int)(((long)i * T + D - 1) / D);
+}
+
+void diffusion_reverse_step(float *x, const float *eps, const float *z, size_t n, double ab_t,
+                            double ab_prev, double eta, double clip) {
+    double sigma = eta * sqrt((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev));
+    double dir = sqrt(fmax(1.0 - ab_prev - sigma * sigma, 0.0));
+    double inv_sa = 1.0 / sqrt(ab_t), sb = sqrt(1.0 - ab_t), sa_prev = sqrt(ab_prev);
+    for (size_t i = 0; i < n; i++) {
+        double x0 = (x[i] - sb * eps[i]) * inv_sa, e = eps[i];
+        if (clip > 0 && fabs(x0) > clip) {
+            x0 = x0 > 0 ? clip : -clip;
+            e = (x[i] - sqrt(ab_t) * x0) / sb;     /* the noise that x0 implies */
+        }
+        double v = sa_prev * x0 + dir * e;
+        if (sigma > 0) v += sigma * z[i];
+        x[i] = (float)v;
+    }
+}

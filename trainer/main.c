@@ -10,11 +10,15 @@
  *                 (train.c)
  *   (mpirun -np N trainer train ...: N data-parallel ranks)
  *   trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]
+ *   trainer sample --ckpt DIR --vae VAE_DIR --prompt TEXT --out OUT_DIR [...]   (sample.c)
+ *   trainer caption --ckpt DIR --vae VAE_DIR --image FILE [--image FILE ...] [--prompt TEXT]
+ *   trainer sample-bench --config MODEL.json [--n K] [--prompt-len P] [--tokens M] [--steps D] [--cfg G]
  *
  * Bad input (flags, files, records) exits with status 2 and one line on
  * stderr naming the file and the field or tensor. */
 #include "batch.h"
 #include "model.h"
+#include "sample.h"
 #include "train.h"
 #include "../checkpoint/ckpt.h"
 #include "../nn/optim.h"
@@ -183,7 +187,15 @@ static const char usage[] =
     "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--no-overlap] [--log-every K] [--threads T]\n"
     "                     [--device cpu|cuda] [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
     "                     [--resume auto|STEP_DIR]]    (under mpirun: data-parallel ranks)\n"
-    "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]\n";
+    "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]\n"
+    "       trainer sample --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --prompt TEXT --out OUT_DIR [--n K]\n"
+    "                      [--seed S] [--max-tokens M] [--temperature T] [--top-p P] [--top-k K] [--steps D]\n"
+    "                      [--sampler ddpm|ddim] [--eta E] [--cfg G] [--clip X] [--image] [--context C] [--no-cache] [--threads T]\n"
+    "       trainer caption --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --image FILE [--image FILE ...]\n"
+    "                       [--prompt TEXT] [--max-tokens M] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+    "                       [--context C] [--threads T]\n"
+    "       trainer sample-bench --config MODEL.json [--n K] [--prompt-len P] [--tokens M] [--steps D] [--cfg G]\n"
+    "                       [--seed S] [--threads T]\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
@@ -195,10 +207,19 @@ int main(int argc, char **argv) {
                                               "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from", "model",
                                               "device", NULL};
     static const char *const export_flags[] = {"ckpt", "out", "dtype", NULL};
+    static const char *const sample_flags[] = {"ckpt", "vae", "tokenizer", "prompt", "out", "n", "seed", "max-tokens",
+                                               "temperature", "top-p", "top-k", "steps", "sampler", "eta", "cfg",
+                                               "clip", "image!", "context", "no-cache!", "threads", NULL};
+    /* caption: every flag takes a value (its --image list is read by scanning argv) */
+    static const char *const caption_flags[] = {"ckpt", "vae", "tokenizer", "image", "prompt", "max-tokens",
+                                                "temperature", "top-p", "top-k", "seed", "context", "threads", NULL};
+    static const char *const sbench_flags[] = {"config", "n", "prompt-len", "tokens", "steps", "cfg", "seed",
+                                               "threads", NULL};
     static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
         {"bench", cmd_bench, bench_flags}, {"train", trainer_cmd_train, train_flags},
-        {"export", cmd_export, export_flags},
+        {"export", cmd_export, export_flags}, {"sample", trainer_cmd_sample, sample_flags},
+        {"caption", trainer_cmd_caption, caption_flags}, {"sample-bench", trainer_cmd_sample_bench, sbench_flags},
     };
     nn_startup(argv);
     dist_init(&argc, &argv);            /* MPI only when started by mpirun */

@@ -238,21 +238,31 @@ static void embed_inputs(model *m, const plan *p, workspace *ws, float *x) {
     nn_scatter_rows(x, ws->patch_in, p->patch_row, p->n_patch, d);
 }
 
+void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv,
+               const int32_t *pos, const float *rope_cos, const float *rope_sin, int N) {
+    int d = c->hidden_size, H = c->num_attention_heads, hd = cfg_head_dim(c);
+    nn_rmsnorm_forward(n1, x, w->ln1, N, d, c->rms_norm_eps);
+    nn_linear_forward(qkv, n1, w->wqkv, NULL, N, d, 3 * d);
+    nn_rope(qkv, 3 * d, pos, N, 2 * H, hd, rope_cos, rope_sin, 0);     /* q and k */
+}
+
+void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att,
+               float *x_mid, float *n2, float *gu, float *act, float *x_out, int N) {
+    int d = c->hidden_size, f = c->intermediate_size;
+    nn_linear_forward(x_mid, att, w->wo, NULL, N, d, d);
+    nn_add(x_mid, x, (size_t)N * d);
+    nn_rmsnorm_forward(n2, x_mid, w->ln2, N, d, c->rms_norm_eps);
+    nn_linear_forward(gu, n2, w->wgu, NULL, N, d, 2 * f);
+    nn_swiglu_forward(act, gu, N, f);
+    nn_linear_forward(x_out, act, w->wd, NULL, N, f, d);
+    nn_add(x_out, x_mid, (size_t)N * d);
+}
+
 static void layer_forward(const model_config *c, const layer_weights *w, layer_acts *a,
                           float *x_out, const plan *p) {
-    int N = p->N, d = c->hidden_size, f = c->intermediate_size;
-    int H = c->num_attention_heads, hd = cfg_head_dim(c);
-    nn_rmsnorm_forward(a->n1, a->x, w->ln1, N, d, c->rms_norm_eps);
-    nn_linear_forward(a->qkv, a->n1, w->wqkv, NULL, N, d, 3 * d);
-    nn_rope(a->qkv, 3 * d, p->pos, N, 2 * H, hd, p->rope_cos, p->rope_sin, 0);     /* q and k */
-    nn_attention_forward(a->att, a->lse, a->qkv, p->lo, p->hi, p->B, p->L, H, hd);
-    nn_linear_forward(a->x_mid, a->att, w->wo, NULL, N, d, d);
-    nn_add(a->x_mid, a->x, (size_t)N * d);
-    nn_rmsnorm_forward(a->n2, a->x_mid, w->ln2, N, d, c->rms_norm_eps);
-    nn_linear_forward(a->gu, a->n2, w->wgu, NULL, N, d, 2 * f);
-    nn_swiglu_forward(a->act, a->gu, N, f);
-    nn_linear_forward(x_out, a->act, w->wd, NULL, N, f, d);
-    nn_add(x_out, a->x_mid, (size_t)N * d);
+    block_qkv(c, w, a->x, a->n1, a->qkv, p->pos, p->rope_cos, p->rope_sin, p->N);
+    nn_attention_forward(a->att, a->lse, a->qkv, p->lo, p->hi, p->B, p->L, c->num_attention_heads, cfg_head_dim(c));
+    block_out(c, w, a->x, a->att, a->x_mid, a->n2, a->gu, a->act, x_out, p->N);
 }
 
 static void forward_trunk(model *m, const plan *p, workspace *ws) {
@@ -263,6 +273,11 @@ static void forward_trunk(model *m, const plan *p, workspace *ws) {
         layer_forward(c, &m->W.layers[l], &ws->layers[l],
                       l + 1 < nl ? ws->layers[l + 1].x : ws->x_final, p);
     nn_rmsnorm_forward(ws->h, ws->x_final, m->W.norm, p->N, c->hidden_size, c->rms_norm_eps);
+}
+
+void model_embed(model *m, const plan *p, float *x) {
+    workspace *ws = workspace_for(m, p);
+    embed_inputs(m, kernel_plan(ws, p), ws, x);
 }
 
 const float *model_hidden(model *m, const plan *p) {

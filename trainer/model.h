@@ -78,6 +78,21 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
  * next call; a backend buffer). Tests use it to check what each position can see. */
 const float *model_hidden(model *m, const plan *p);
 
+/* The input vectors of a plan's positions (model.md section 3: token
+ * embeddings, patch_in(x) + pos_embed[k] + temb(t), zeros at pads) into
+ * x [N, d]. Inference (infer.c) embeds its new rows with it. */
+void model_embed(model *m, const plan *p, float *x);
+
+/* A transformer block in two halves around attention, shared by training and
+ * inference (infer.c, which attends over a KV cache instead):
+ * block_qkv: n1 = RMSNorm(x), qkv = n1 Wqkv^T with RoPE at pos on q and k;
+ * block_out: x_mid = x + att Wo^T, x_out = x_mid + down(swiglu(gate|up(RMSNorm(x_mid)))).
+ * Rows are N positions; rope tables as in plan. */
+void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv,
+               const int32_t *pos, const float *rope_cos, const float *rope_sin, int N);
+void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att,
+               float *x_mid, float *n2, float *gu, float *act, float *x_out, int N);
+
 /* Floats of the activations that backward needs for this plan (what the
  * workspace keeps per layer plus the final norm's input and output). */
 size_t model_activation_floats(const model *m, const plan *p);

@@ -39,16 +39,21 @@ static void plan_ranges(plan *p, const batch *b) {
     }
 }
 
+void rope_tables(float *rope_cos, float *rope_sin, int L, const model_config *c) {
+    int half = cfg_head_dim(c) / 2;
+    for (int t = 0; t < L; t++)
+        for (int j = 0; j < half; j++) {
+            double a = t * pow((double)c->rope_theta, -2.0 * j / (2 * half));
+            rope_cos[t * half + j] = (float)cos(a);
+            rope_sin[t * half + j] = (float)sin(a);
+        }
+}
+
 static void plan_rope_tables(plan *p, const model_config *c) {
     int half = cfg_head_dim(c) / 2;
     p->rope_cos = xmalloc(sizeof(float) * p->L * half);
     p->rope_sin = xmalloc(sizeof(float) * p->L * half);
-    for (int t = 0; t < p->L; t++)
-        for (int j = 0; j < half; j++) {
-            double a = t * pow((double)c->rope_theta, -2.0 * j / (2 * half));
-            p->rope_cos[t * half + j] = (float)cos(a);
-            p->rope_sin[t * half + j] = (float)sin(a);
-        }
+    rope_tables(p->rope_cos, p->rope_sin, p->L, c);
 }
 
 /* x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, alpha_bar cast to

@@ -18,9 +18,9 @@
  * i mod N): no sample is encoded twice or lost; rank 0 writes the JSON files. */
 #include "commands.h"
 #include "image_source.h"
+#include "image_write.h"
 #include "vae.h"
 #include "../common/timing.h"
-#include "../common/atomic_file.h"
 #include "../common/crc32c.h"
 #include "../common/json_file.h"
 #include "../common/safetensors.h"
@@ -34,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <webp/encode.h>
 
 static int file_exists(const char *path) {
     struct stat st;
@@ -343,12 +342,7 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
     uint8_t *rgb = xmalloc((size_t)H * W_ * 3);
     for (int i = 0; i < n; i++) {
         vae_decode(v, z + i * lat, 1, h, w, img);
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W_; x++)
-                for (int ch = 0; ch < 3; ch++) {
-                    float val = (img[((size_t)ch * H + y) * W_ + x] + 1.0f) * 127.5f + 0.5f;
-                    rgb[((size_t)y * W_ + x) * 3 + ch] = (uint8_t)(val < 0 ? 0 : val > 255 ? 255 : val);
-                }
+        image_to_rgb8(rgb, img, H, W_);
         char key[512] = "";
         if (kb && ko && ko->dtype == ST_I64 && ko->shape[0] > i + 1) {
             int64_t o[2];
@@ -360,14 +354,9 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
             }
         }
         if (!key[0] || strchr(key, '/')) snprintf(key, sizeof key, "%06d", i);
-        uint8_t *webp = NULL;
-        size_t bytes = WebPEncodeLosslessRGB(rgb, W_, H, W_ * 3, &webp);
         char file[4096];
         snprintf(file, sizeof file, "%s/%s.webp", out, key);
-        int rc = bytes ? atomic_write(file, &(file_piece){webp, bytes}, 1, err)
-                       : set_error(err, "%s: WebP encoding failed", file);
-        WebPFree(webp);
-        if (rc) { n = -1; break; }
+        if (image_write_webp(file, rgb, H, W_, err)) { n = -1; break; }
     }
     st_close(&f);
     free(z); free(img); free(rgb);

@@ -21,6 +21,7 @@
  * reconstructions for a person to look at. */
 #include "commands.h"
 #include "image_source.h"
+#include "image_write.h"
 #include "vae.h"
 #include "../common/timing.h"
 #include "../common/rng.h"
@@ -42,11 +43,6 @@ typedef struct {
     int n, size;
     uint8_t *pixels;            /* [n, 3, size, size] */
 } image_set;
-
-static uint8_t to_u8(float x) {
-    float v = (x + 1.0f) * 127.5f + 0.5f;
-    return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
-}
 
 /* A training sample: image [3, size, size], mirrored left-right when flip. */
 static void to_float_sample(float *dst, const uint8_t *src, int size, int flip) {
@@ -70,7 +66,7 @@ static image_set load_image_set(const char *spec, int size) {
             s.pixels = realloc(s.pixels, cap * per);
             if (!s.pixels) die("out of memory loading images");
         }
-        for (size_t k = 0; k < per; k++) s.pixels[(size_t)s.n * per + k] = to_u8(smp.rgb[k]);
+        for (size_t k = 0; k < per; k++) s.pixels[(size_t)s.n * per + k] = image_u8(smp.rgb[k]);
         if (++s.n % 2000 == 0) fprintf(stderr, "loaded %d images (%.0f/s)\n", s.n, s.n / (now_s() - t0));
     }
     image_source_summary(src, summary, sizeof summary);
@@ -352,8 +348,8 @@ int vae_cmd_eval(const args *a) {
             psnr_sum += vae_psnr(rec + i * per, x + i * per, per);
             if (count < GRID)
                 for (size_t k = 0; k < per; k++) {
-                    g_orig[count * per + k] = to_u8(x[i * per + k]);
-                    g_rec[count * per + k] = to_u8(rec[i * per + k]);
+                    g_orig[count * per + k] = image_u8(x[i * per + k]);
+                    g_rec[count * per + k] = image_u8(rec[i * per + k]);
                 }
         }
     }

@@ -11,9 +11,11 @@
  * same element and the result does not depend on scheduling. */
 #include "cpu.h"
 #include "vexp.h"
+#include "../../common/error.h"
 
 #include <float.h>
 #include <math.h>
+#include <stdlib.h>
 
 #define QBLOCK 64
 
@@ -35,6 +37,23 @@ static void block_scores(float *S, const float *Q, const float *K, int ld, int q
             K + (size_t)ks.k0 * ld, ld, 0.0f, S, ks.nk);
 }
 
+/* Softmax of s[a..e] in place, zero elsewhere in s[0..nk); returns the
+ * log-sum-exp of the scores. */
+static inline float softmax_range(float *s, int a, int e, int nk) {
+    float mx = -FLT_MAX, sum = 0.0f;
+    #pragma omp simd reduction(max:mx)
+    for (int j = a; j <= e; j++) mx = s[j] > mx ? s[j] : mx;
+    #pragma omp simd reduction(+:sum)
+    for (int j = 0; j < nk; j++) {
+        s[j] = (j >= a && j <= e) ? vexpf(s[j] - mx) : 0.0f;
+        sum += s[j];
+    }
+    float inv = 1.0f / sum;
+    #pragma omp simd
+    for (int j = a; j <= e; j++) s[j] *= inv;
+    return mx + logf(sum);
+}
+
 void cpu_attention_forward(float *out, float *lse, const float *qkv,
                           const int32_t *lo, const int32_t *hi,
                           int B, int L, int H, int head_dim) {
@@ -53,22 +72,9 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv,
                 int nq = L - q0 < QBLOCK ? L - q0 : QBLOCK;
                 key_span ks = block_span(lo_b, hi_b, q0, nq);
                 block_scores(S, Q, K, ld, q0, nq, ks, head_dim, scale);
-                for (int r = 0; r < nq; r++) {
-                    float *s = S + (size_t)r * ks.nk;
-                    int a = lo_b[q0 + r] - ks.k0, e = hi_b[q0 + r] - ks.k0;
-                    float mx = -FLT_MAX, sum = 0.0f;
-                    #pragma omp simd reduction(max:mx)
-                    for (int j = a; j <= e; j++) mx = s[j] > mx ? s[j] : mx;
-                    #pragma omp simd reduction(+:sum)
-                    for (int j = 0; j < ks.nk; j++) {
-                        s[j] = (j >= a && j <= e) ? vexpf(s[j] - mx) : 0.0f;
-                        sum += s[j];
-                    }
-                    float inv = 1.0f / sum;
-                    #pragma omp simd
-                    for (int j = a; j <= e; j++) s[j] *= inv;
-                    lse[((size_t)b * L + q0 + r) * H + h] = mx + logf(sum);
-                }
+                for (int r = 0; r < nq; r++)
+                    lse[((size_t)b * L + q0 + r) * H + h] =
+                        softmax_range(S + (size_t)r * ks.nk, lo_b[q0 + r] - ks.k0, hi_b[q0 + r] - ks.k0, ks.nk);
                 cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld,
                         0.0f, out + ((size_t)b * L + q0) * d + h * head_dim, d);
             }
@@ -132,4 +138,39 @@ void cpu_attention_backward(float *dqkv, const float *dout, const float *out,
         cpu_free(P);
         cpu_free(dS);
     }
+}
+
+/* Queries are grouped into blocks of up to QBLOCK consecutive rows with the
+ * same lo (one sequence's new rows): a block's keys are one span, so its
+ * scores are one GEMM, while queries of different sequences never pay for
+ * each other's keys. */
+void cpu_attention_rows(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
+                       const int32_t *lo, const int32_t *hi, int n, int H, int head_dim) {
+    int d = H * head_dim, nb = 0, max_span = 1;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    int *start = xmalloc(sizeof(int) * (n + 1));
+    for (int r = 0; r < n; r++)
+        if (r == 0 || lo[r] != lo[r - 1] || r - start[nb - 1] == QBLOCK) start[nb++] = r;
+    start[nb] = n;
+    for (int b = 0; b < nb; b++) {
+        key_span ks = block_span(lo, hi, start[b], start[b + 1] - start[b]);
+        if (ks.nk > max_span) max_span = ks.nk;
+    }
+    #pragma omp parallel
+    {
+        float *S = cpu_alloc((size_t)QBLOCK * max_span);
+        #pragma omp for schedule(static)
+        for (int task = 0; task < nb * H; task++) {
+            int b = task / H, h = task % H, q0 = start[b], nq = start[b + 1] - q0;
+            key_span ks = block_span(lo, hi, q0, nq);
+            cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, q + (size_t)q0 * ldq + h * head_dim, ldq,
+                    k + (size_t)ks.k0 * ldkv + h * head_dim, ldkv, 0.0f, S, ks.nk);
+            for (int r = 0; r < nq; r++)
+                softmax_range(S + (size_t)r * ks.nk, lo[q0 + r] - ks.k0, hi[q0 + r] - ks.k0, ks.nk);
+            cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, v + (size_t)ks.k0 * ldkv + h * head_dim, ldkv,
+                    0.0f, out + (size_t)q0 * d + h * head_dim, d);
+        }
+        cpu_free(S);
+    }
+    free(start);
 }

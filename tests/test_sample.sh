@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# test_sample.sh - `trainer sample` and `trainer caption` end to end, on a
+# tiny model overfit (through the real dataloader and `trainer train`) on four
+# image-caption pairs: text-to-image with a training caption gives back its
+# image (PSNR >= 20 dB against the training latent decoded, and nearer to it
+# than to the other images), captioning a training image gives back its
+# caption exactly (also from a larger copy of the image, which is resized);
+# outputs (WebP, grid, samples.jsonl), determinism, a sharded and a
+# consolidated checkpoint; and bad input: a prompt longer than the context, an
+# unreadable image, a checkpoint without image parameters, a bad flag value:
+# one line, exit 2.
+set -u
+BIN=${BIN:-bin}
+PY=/usr/bin/python3
+export OMP_WAIT_POLICY=passive ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
+. "$(dirname "$0")/check.sh"
+DL=$(realpath "$BIN/dataloader"); VS=$(realpath "$BIN/vae_service"); TR=$(realpath "$BIN/trainer")
+t=$(mktemp -d)
+pid=""
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$t"' EXIT
+
+# Four 16 px images with distinct captions (and a 48 px copy of the first),
+# the captions as text documents too.
+mkdir -p "$t/img"
+$PY - "$t" <<'PYEOF'
+import sys; sys.path.insert(0, "tests")
+from make_image_shards import png
+d = sys.argv[1]
+pairs = [("red", "circle"), ("blue", "square"), ("green", "ring"), ("yellow", "cross")]
+cols = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 30)}
+def image(size, colour, shape):
+    rows = []
+    for y in range(size):
+        row = []
+        for x in range(size):
+            u, v = (x + 0.5) / size - 0.5, (y + 0.5) / size - 0.5
+            r2 = u * u + v * v
+            inside = {"circle": r2 < 0.12, "square": abs(u) < 0.3 and abs(v) < 0.3,
+                      "ring": 0.06 < r2 < 0.16, "cross": abs(u) < 0.1 or abs(v) < 0.1}[shape]
+            row.extend(cols[colour] if inside else (255, 255, 255))
+        rows.append(row)
+    return png(size, size, rows)
+with open(f"{d}/captions.txt", "w") as text:
+    for i, (c, s) in enumerate(pairs):
+        open(f"{d}/img/k{i}.png", "wb").write(image(16, c, s))
+        open(f"{d}/img/k{i}.txt", "w").write(f"a {c} {s}")
+        text.write(f"a {c} {s}\n")
+open(f"{d}/big0.png", "wb").write(image(48, *pairs[0]))
+open(f"{d}/not_an_image.png", "w").write("hello")
+PYEOF
+"$DL" tokenizer train --input "$t/captions.txt" --vocab 280 --out "$t/tok.model" >/dev/null 2>&1 &&
+"$DL" tokenize --tokenizer "$t/tok.model" --input "$t/captions.txt" --out "$t/text" >/dev/null 2>&1 &&
+"$VS" init --config configs/vae-tiny.json --out "$t/vae" --seed 1 >/dev/null &&
+"$VS" encode --vae "$t/vae" --data "$t/img" --out "$t/lat" --size 16 >/dev/null 2>&1 &&
+"$VS" decode --vae "$t/vae" --latents "$t/lat" --out "$t/dec" >/dev/null 2>&1
+check "the test data is built (tokenizer, random tiny VAE, latents, their decodes)" [ -f "$t/dec/k0.webp" ]
+
+# Train: the loader serves caption-first and image-first pairs (and dropped captions).
+"$DL" serve --endpoint 'tcp://127.0.0.1:*' --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" \
+    --patch-size 2 --seq-len 128 --rows-per-rank 8 --image-fraction 0.6 --caption-first 0.5 --max-caption 16 >"$t/serve.out" 2>"$t/serve.err" &
+pid=$!
+ep=""
+for _ in $(seq 200); do
+    ep=$(sed -n 's/^serving on \([^ ]*\) .*/\1/p' "$t/serve.out" 2>/dev/null); [ -n "$ep" ] && break; sleep 0.05
+done
+[ -n "$ep" ] || { fail "the dataloader serves: $(cat "$t/serve.err")"; exit 1; }
+printf '{"hidden_size":96,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"max_image_patches":16}\n' >"$t/model.json"
+"$TR" train --model "$t/model.json" --loader "$ep" --steps ${STEPS:-600} --lr 3e-3 --warmup 20 --threads 2 \
+    --log-every 100 --ckpt-dir "$t/run" >"$t/train.log" 2>&1
+check "the tiny model trains against the loader ($(grep '^step' "$t/train.log" | tail -1 | cut -c1-60))" [ -d "$t/run/latest" ] ||
+    tail -3 "$t/train.log" "$t/serve.err"
+kill $pid 2>/dev/null; wait $pid 2>/dev/null; pid=""
+
+psnr() { $PY - "$@" <<'PYEOF'
+import sys, numpy as np
+from PIL import Image
+a = np.asarray(Image.open(sys.argv[1]).convert("RGB"), dtype=np.float64)
+for other in sys.argv[2:]:
+    b = np.asarray(Image.open(other).convert("RGB"), dtype=np.float64)
+    mse = ((a - b) ** 2).mean()
+    print("%.2f" % (99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)))
+PYEOF
+}
+
+# Text-to-image: each training caption gives back its image.
+common=(--ckpt "$t/run" --vae "$t/vae" --threads 2)
+"$TR" sample "${common[@]}" --prompt "a blue square" --image --out "$t/s1" --n 2 --steps 50 --sampler ddim \
+    --max-tokens 4 --seed 3 >"$t/s1.out" 2>"$t/s1.err"
+rc=$?
+check "sample --image exits 0 ($(tail -1 "$t/s1.err"))" [ $rc -eq 0 ]
+check "sample writes one WebP per image, the grid and samples.jsonl" \
+    [ -f "$t/s1/sample0-0.webp" -a -f "$t/s1/sample1-0.webp" -a -f "$t/s1/grid.png" -a -f "$t/s1/samples.jsonl" ]
+check "samples.jsonl: one line per sample with its images" $PY -c "
+import json, sys; L = [json.loads(l) for l in open('$t/s1/samples.jsonl')]
+sys.exit(not (len(L) == 2 and L[0]['images'] == ['sample0-0.webp'] and L[1]['prompt'] == 'a blue square'))"
+p=($(psnr "$t/s1/sample0-0.webp" "$t/dec/k1.webp" "$t/dec/k0.webp" "$t/dec/k2.webp" "$t/dec/k3.webp"))
+q=($(psnr "$t/s1/sample1-0.webp" "$t/dec/k1.webp"))
+check "text-to-image: 'a blue square' gives its training image back (PSNR ${p[0]} and ${q[0]} dB >= 20)" \
+    $PY -c "import sys; sys.exit(not (${p[0]} >= 20 and ${q[0]} >= 20))"
+check "... nearer to it than to the other three images (${p[1]}, ${p[2]}, ${p[3]} dB)" \
+    $PY -c "import sys; sys.exit(not (${p[0]} > max(${p[1]}, ${p[2]}, ${p[3]}) + 3))"
+"$TR" sample "${common[@]}" --prompt "a green ring" --image --out "$t/s2" --steps 25 --max-tokens 0 --seed 1 >/dev/null 2>&1
+r=($(psnr "$t/s2/sample0-0.webp" "$t/dec/k2.webp"))
+check "text-to-image with DDPM (25 steps, cfg 5): 'a green ring' (PSNR ${r[0]} dB >= 20)" $PY -c "import sys; sys.exit(not ${r[0]} >= 20)"
+"$TR" sample "${common[@]}" --prompt "a blue square" --image --out "$t/s3" --n 2 --steps 50 --sampler ddim \
+    --max-tokens 4 --seed 3 >"$t/s3.out" 2>/dev/null
+check "the same seed gives the same samples" sh -c "cmp -s '$t/s1/sample1-0.webp' '$t/s3/sample1-0.webp' && cmp -s '$t/s1.out' '$t/s3.out'"
+
+# Captioning: every training image gives back its caption.
+"$TR" caption "${common[@]}" --image "$t/img/k0.png" --image "$t/img/k1.png" --image "$t/img/k2.png" \
+    --image "$t/img/k3.png" --image "$t/big0.png" >"$t/cap.out" 2>"$t/cap.err"
+rc=$?
+check "caption exits 0 ($(tail -1 "$t/cap.err"))" [ $rc -eq 0 ]
+cat "$t/cap.out"
+for i in 0 1 2 3; do
+    got=$(sed -n "$((i + 1))p" "$t/cap.out" | cut -f2); want=$(cat "$t/img/k$i.txt")
+    check "caption of training image $i: '$got' = '$want'" [ "$got" = "$want" ]
+done
+check "caption of a 48 px copy (resized to 16 px): '$(sed -n 5p "$t/cap.out" | cut -f2)'" \
+    [ "$(sed -n 5p "$t/cap.out" | cut -f2)" = "$(cat "$t/img/k0.txt")" ]
+
+# A consolidated checkpoint (trainer export) samples the same as its step folder.
+"$TR" export --ckpt "$t/run/latest" --out "$t/cons" >/dev/null
+"$TR" caption --ckpt "$t/cons" --vae "$t/vae" --threads 2 --image "$t/img/k3.png" >"$t/cons.out" 2>/dev/null
+check "a consolidated checkpoint captions the same" [ "$(cut -f2 "$t/cons.out")" = "$(cat "$t/img/k3.txt")" ]
+
+# Bad input.
+long=$(printf 'a red circle %.0s' $(seq 60))
+bad "a prompt longer than the context" "context is 128" \
+    "$TR" sample "${common[@]}" --prompt "$long" --out "$t/x"
+bad "an unreadable image" "not_an_image.png: cannot read the image" \
+    "$TR" caption "${common[@]}" --image "$t/not_an_image.png"
+bad "a missing image" "none.png: cannot open" "$TR" caption "${common[@]}" --image "$t/none.png"
+mkdir -p "$t/noimg" && cp "$t/cons/config.json" "$t/noimg/" &&
+$PY - "$t" <<'PYEOF'
+import sys; sys.path.insert(0, "tests")
+from st_io import st_read, st_write
+d = sys.argv[1]
+w, _ = st_read(f"{d}/cons/model.safetensors")
+st_write(f"{d}/noimg/model.safetensors", {k: v for k, v in w.items() if not k.startswith("image.")})
+PYEOF
+bad "a checkpoint without image parameters" "no image parameters" \
+    "$TR" sample --ckpt "$t/noimg" --vae "$t/vae" --tokenizer "$t/tok.model" --prompt "a" --out "$t/x"
+bad "a bad sampler" "--sampler euler" "$TR" sample "${common[@]}" --prompt a --out "$t/x" --sampler euler
+"$VS" init --config configs/vae-cpu.json --out "$t/vae8" >/dev/null
+bad "a VAE of other latents" "latent channels" "$TR" sample --ckpt "$t/run" --vae "$t/vae8" --prompt a --out "$t/x"
+bad "a folder that holds no checkpoint" "no config.json" \
+    "$TR" caption --ckpt "$t/img" --vae "$t/vae" --image "$t/img/k0.png"
+exit $((fails > 0))
