@@ -114,6 +114,16 @@ from st_io import compare, st_read, st_write
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 GN_EPS = 1e-6
 
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm of bf16 maps in float32 (as Stable Diffusion's own code):
+    under the benchmark's bf16 autocast the convolutions hand it bf16 maps,
+    which PyTorch 1.13's CPU group_norm does not take. float32 and float64
+    maps pass as they are."""
+
+    def forward(self, x):
+        return super().forward(x.float() if x.dtype == torch.bfloat16 else x)
+
 # ----------------------------------------------------------------------------
 # config
 
@@ -193,9 +203,9 @@ def down_factor(c):
 class ResnetBlock2D(nn.Module):
     def __init__(self, cin, cout, groups):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin, eps=GN_EPS, affine=True)
+        self.norm1 = GroupNorm32(groups, cin, eps=GN_EPS, affine=True)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=1, padding=1)
-        self.norm2 = nn.GroupNorm(groups, cout, eps=GN_EPS, affine=True)
+        self.norm2 = GroupNorm32(groups, cout, eps=GN_EPS, affine=True)
         self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1)
         self.conv_shortcut = nn.Conv2d(cin, cout, 1, stride=1, padding=0) if cin != cout else None
 
@@ -213,7 +223,7 @@ class Attention(nn.Module):
 
     def __init__(self, ch, groups):
         super().__init__()
-        self.group_norm = nn.GroupNorm(groups, ch, eps=GN_EPS, affine=True)
+        self.group_norm = GroupNorm32(groups, ch, eps=GN_EPS, affine=True)
         self.to_q = nn.Linear(ch, ch, bias=True)
         self.to_k = nn.Linear(ch, ch, bias=True)
         self.to_v = nn.Linear(ch, ch, bias=True)
@@ -300,7 +310,7 @@ class Encoder(nn.Module):
             blocks.append(DownEncoderBlock2D(cin, cout, L, g, add_downsample=i < len(boc) - 1))
         self.down_blocks = nn.ModuleList(blocks)
         self.mid_block = UNetMidBlock2D(boc[-1], g, c["mid_block_add_attention"])
-        self.conv_norm_out = nn.GroupNorm(g, boc[-1], eps=GN_EPS, affine=True)
+        self.conv_norm_out = GroupNorm32(g, boc[-1], eps=GN_EPS, affine=True)
         self.conv_out = nn.Conv2d(boc[-1], 2 * c["latent_channels"], 3, padding=1)  # double_z
 
     def forward(self, x):
@@ -323,7 +333,7 @@ class Decoder(nn.Module):
             cin, cout = cout, ch
             blocks.append(UpDecoderBlock2D(cin, cout, L + 1, g, add_upsample=i < len(rboc) - 1))
         self.up_blocks = nn.ModuleList(blocks)
-        self.conv_norm_out = nn.GroupNorm(g, boc[0], eps=GN_EPS, affine=True)
+        self.conv_norm_out = GroupNorm32(g, boc[0], eps=GN_EPS, affine=True)
         self.conv_out = nn.Conv2d(boc[0], c["out_channels"], 3, padding=1)
 
     def forward(self, z):
