@@ -602,6 +602,16 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
     compare(what, mean, NULL, mr, (size_t)n * groups, TOL_FWD);
     snprintf(what, sizeof what, "%s forward rstd", nm);
     compare(what, rstd, NULL, rr, (size_t)n * groups, TOL_FWD);
+    {   /* the fused inference kernel: silu of the same y, bit for bit */
+        float *act = nn_alloc(N), *act2 = nn_alloc(N);
+        nn_silu_forward(act, y, N);
+        fill_nan(act2, N);
+        nn_group_norm_silu_forward(act2, mean, rstd, x, w, b, C, n, hw, groups, eps);
+        CHECK(memcmp(act, act2, N * sizeof(float)) == 0, "%s group_norm_silu_forward equals silu(group_norm) bitwise",
+              nm);
+        nn_free(act);
+        nn_free(act2);
+    }
     {   /* chunked sums: the same bits for any thread count */
         float *y1 = nn_alloc(N);
         int threads = nn_threads();

@@ -31,7 +31,6 @@
 #include "../nn/optim.h"
 
 #include <math.h>
-#include <stb/stb_image_write.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,27 +297,6 @@ int vae_cmd_train(const args *a) {
 
 /* ----------------------------------------------------------------- eval */
 
-/* Writes originals (top rows) over reconstructions (bottom rows), up to
- * `cols` images per row pair. */
-static int write_grid(const char *path, const uint8_t *orig, const uint8_t *recon, int n, int size, char *err) {
-    int cols = n < 8 ? n : 8, pairs = (n + cols - 1) / cols, W = cols * size, H = 2 * pairs * size;
-    uint8_t *img = calloc((size_t)W * H * 3, 1);
-    for (int i = 0; i < n; i++)
-        for (int half = 0; half < 2; half++) {
-            const uint8_t *src = (half ? recon : orig) + (size_t)i * 3 * size * size;
-            int x0 = (i % cols) * size, y0 = ((i / cols) * 2 + half) * size;
-            for (int y = 0; y < size; y++)
-                for (int xx = 0; xx < size; xx++)
-                    for (int ch = 0; ch < 3; ch++)
-                        img[(((size_t)y0 + y) * W + x0 + xx) * 3 + ch] = src[((size_t)ch * size + y) * size + xx];
-        }
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.png", path);
-    int ok = stbi_write_png(tmp, W, H, 3, img, W * 3) && rename(tmp, path) == 0;
-    free(img);
-    return ok ? 0 : set_error(err, "%s: cannot write the image grid", path);
-}
-
 int vae_cmd_eval(const args *a) {
     char err[ERR_LEN], summary[512];
     nn_init((int)arg_int(a, "threads", 0, 1));
@@ -333,8 +311,10 @@ int vae_cmd_eval(const args *a) {
     size_t per = (size_t)3 * size * size, lat = (size_t)c->latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *rec = xmalloc(sizeof(float) * batch * per);
     float *mean = xmalloc(sizeof(float) * batch * lat), *logvar = xmalloc(sizeof(float) * batch * lat);
-    enum { GRID = 32 };
-    uint8_t *g_orig = xcalloc(GRID * per, 1), *g_rec = xcalloc(GRID * per, 1);
+    /* The grid: rows of GRID_COLS originals, each over a row of their
+     * reconstructions (tiles of [size, size, 3]; unused ones stay black). */
+    enum { GRID = 32, GRID_COLS = 8 };
+    uint8_t *tiles = xcalloc(2 * GRID * per, 1);
     double psnr_sum = 0;
     long count = 0;
     image_sample smp;
@@ -346,11 +326,11 @@ int vae_cmd_eval(const args *a) {
         vae_decode(v, mean, n, size / f, size / f, rec);
         for (int i = 0; i < n; i++, count++) {
             psnr_sum += vae_psnr(rec + i * per, x + i * per, per);
-            if (count < GRID)
-                for (size_t k = 0; k < per; k++) {
-                    g_orig[count * per + k] = image_u8(x[i * per + k]);
-                    g_rec[count * per + k] = image_u8(rec[i * per + k]);
-                }
+            if (count < GRID) {
+                size_t tile = (count / GRID_COLS) * 2 * GRID_COLS + count % GRID_COLS;
+                image_to_rgb8(tiles + tile * per, x + i * per, size, size);
+                image_to_rgb8(tiles + (tile + GRID_COLS) * per, rec + i * per, size, size);
+            }
         }
     }
     image_source_summary(src, summary, sizeof summary);
@@ -358,8 +338,12 @@ int vae_cmd_eval(const args *a) {
     image_source_close(src);
     if (count == 0) die_input("%s: no usable images", arg_required(a, "data"));
     printf("{\"images\":%ld,\"psnr_db\":%.3f}\n", count, psnr_sum / count);
-    if (grid && write_grid(grid, g_orig, g_rec, count < GRID ? (int)count : GRID, size, err)) die("%s", err);
-    free(x); free(rec); free(mean); free(logvar); free(g_orig); free(g_rec);
+    int shown = count < GRID ? (int)count : GRID, cols = shown < GRID_COLS ? shown : GRID_COLS;
+    int rows = 2 * ((shown + GRID_COLS - 1) / GRID_COLS);
+    if (cols < GRID_COLS)                   /* one short row pair: its reconstructions move up */
+        memmove(tiles + cols * per, tiles + GRID_COLS * per, cols * per);
+    if (grid && image_write_grid_png(grid, tiles, rows * cols, cols, size, size, err)) die("%s", err);
+    free(x); free(rec); free(mean); free(logvar); free(tiles);
     vae_free(v);
     return 0;
 }

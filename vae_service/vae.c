@@ -80,6 +80,7 @@ struct vae_model {
     coder_p enc, dec;
     conv_p quant, post_quant;
     int bf16;                   /* convolutions read bf16 (vae_set_bf16) */
+    int training;               /* the pass keeps what backward needs */
     arena arena;
 };
 
@@ -337,6 +338,14 @@ typedef struct { const float *x; norm_rec norm; float *act; } norm_act_rec;
 
 static float *norm_act_fwd(vae_model *v, const norm_p *p, norm_act_rec *r, const float *x, int n, int hw) {
     r->x = x;
+    if (!v->training) {         /* inference: one fused pass, the norm's output is not kept */
+        int groups = v->cfg.norm_num_groups;
+        r->act = arena_alloc(&v->arena, (size_t)p->C * n * hw);
+        float *stats = arena_alloc(&v->arena, (size_t)2 * n * groups);
+        nn_group_norm_silu_forward(r->act, stats, stats + (size_t)n * groups, x, W(v, p->w), W(v, p->b), p->C, n,
+                                   hw, groups, GN_EPS);
+        return r->act;
+    }
     r->norm = norm_fwd(v, p, x, n, hw);
     r->act = silu_fwd(v, r->norm.y, (size_t)p->C * n * hw);
     return r->act;
@@ -559,6 +568,7 @@ void vae_encode(vae_model *v, const float *images, int n, int H, int W_, float *
     const vae_config *c = &v->cfg;
     int C = c->latent_channels, f = vae_downscale(c);
     size_t hw = (size_t)(H / f) * (W_ / f), per = (size_t)C * hw;
+    v->training = 0;
     arena_reset(&v->arena);
     float *x = arena_alloc(&v->arena, (size_t)c->in_channels * n * H * W_);
     to_nhwc(x, images, n, c->in_channels, (size_t)H * W_);
@@ -577,6 +587,7 @@ void vae_encode(vae_model *v, const float *images, int n, int H, int W_, float *
 void vae_decode(vae_model *v, const float *latents, int n, int h, int w, float *images) {
     const vae_config *c = &v->cfg;
     int f = vae_downscale(c);
+    v->training = 0;
     arena_reset(&v->arena);
     float *z = arena_alloc(&v->arena, (size_t)c->latent_channels * n * h * w);
     to_nhwc(z, latents, n, c->latent_channels, (size_t)h * w);
@@ -599,6 +610,7 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
     size_t hw = (size_t)h * w, pixels = (size_t)n * hw, half = (size_t)C * pixels;
     size_t npix = (size_t)c->out_channels * n * H * W_;
     vae_losses out = {0};
+    v->training = 1;
     arena_reset(&v->arena);
     float *x = arena_alloc(&v->arena, (size_t)c->in_channels * n * H * W_);
     to_nhwc(x, images, n, c->in_channels, (size_t)H * W_);

@@ -4,9 +4,6 @@
 
 #include <math.h>
 
-#pragma omp declare simd
-static inline float sigmoid(float x) { return 1.0f / (1.0f + vexpf(-x)); }
-
 void cpu_silu_forward(float *y, const float *x, size_t n) {
     #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoid(x[i]);

@@ -8,6 +8,7 @@
  * the result does not depend on the thread count. Then y = x * a + c with
  * per-image, per-channel a and c (forward), and likewise dx (backward). */
 #include "cpu.h"
+#include "vexp.h"
 
 #include <math.h>
 
@@ -43,8 +44,9 @@ static void spread(const gn_dims *d, float *per_channel, const float *per_group)
         for (int c = 0; c < d->C; c++) per_channel[(size_t)i * d->C + c] = per_group[i * d->groups + c / d->cpg];
 }
 
-void cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
-                           const float *b, int C, int n, int hw, int groups, float eps) {
+/* y = group_norm(x), or silu of it with `silu`. */
+static void forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b, int C,
+                    int n, int hw, int groups, float eps, int silu) {
     gn_dims d = dims_of(C, n, hw, groups);
     size_t tasks = (size_t)n * d.chunks;
     float *part = cpu_alloc(tasks * C), *mu = cpu_alloc((size_t)n * C), *a = cpu_alloc((size_t)n * C);
@@ -95,12 +97,25 @@ void cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x, 
         float *yi = y + (size_t)i * hw * C;
         for (int p = p0; p < p1; p++) {
             #pragma omp simd
-            for (int c = 0; c < C; c++) yi[(size_t)p * C + c] = xi[(size_t)p * C + c] * ai[c] + ci[c];
+            for (int c = 0; c < C; c++) {
+                float v = xi[(size_t)p * C + c] * ai[c] + ci[c];
+                yi[(size_t)p * C + c] = silu ? v * sigmoid(v) : v;
+            }
         }
     }
     cpu_free(part);
     cpu_free(mu);
     cpu_free(a);
+}
+
+void cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
+                           const float *b, int C, int n, int hw, int groups, float eps) {
+    forward(y, mean, rstd, x, w, b, C, n, hw, groups, eps, 0);
+}
+
+void cpu_group_norm_silu_forward(float *act, float *mean, float *rstd, const float *x, const float *w,
+                                const float *b, int C, int n, int hw, int groups, float eps) {
+    forward(act, mean, rstd, x, w, b, C, n, hw, groups, eps, 1);
 }
 
 /* With xhat = (x - mean) * rstd and g = dy * w:

@@ -25,4 +25,7 @@ static inline float vexpf(float x) {
     return p * scale.f;
 }
 
+#pragma omp declare simd
+static inline float sigmoid(float x) { return 1.0f / (1.0f + vexpf(-x)); }
+
 #endif
