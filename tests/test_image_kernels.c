@@ -778,10 +778,10 @@ int main(void) {
                                    .pad_t = 0, .pad_l = 0, .pad_b = 1, .pad_r = 1}, 1);
     conv_case("down", (conv_shape){.c_in = 3, .c_out = 5, .n = 3, .h = 8, .w = 6, .k = 3, .stride = 2,
                                    .pad_t = 0, .pad_l = 0, .pad_b = 1, .pad_r = 1}, 0);
-    /* 1x1 pointwise (no im2col) */
+    /* 1x1 pointwise (a GEMM over the pixels) */
     conv_case("1x1", (conv_shape){.c_in = 5, .c_out = 3, .n = 3, .h = 7, .w = 5, .k = 1, .stride = 1}, 1);
     conv_case("1x1", (conv_shape){.c_in = 4, .c_out = 6, .n = 3, .h = 5, .w = 7, .k = 1, .stride = 1}, 0);
-    /* no padding at all with k 3, and a 1x1 with stride 2 (im2col path) */
+    /* no padding at all with k 3, and a 1x1 with stride 2 (through oneDNN) */
     conv_case("valid", (conv_shape){.c_in = 3, .c_out = 2, .n = 3, .h = 7, .w = 5, .k = 3, .stride = 1}, 1);
     conv_case("1x1s2", (conv_shape){.c_in = 4, .c_out = 3, .n = 3, .h = 7, .w = 5, .k = 1, .stride = 2}, 1);
     /* every padding different, so a swapped pad_t / pad_l or h / w shows */
