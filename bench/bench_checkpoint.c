@@ -32,7 +32,7 @@ int main(int argc, char **argv) {
     }
     params_alloc(&ps);
     size_t off, count;
-    ckpt_part(ps.numel, dist_rank(), dist_size(), &off, &count);
+    dist_part(ps.numel, dist_rank(), dist_size(), &off, &count);
     float *m = xmalloc(sizeof(float) * count), *v = xmalloc(sizeof(float) * count);
     for (size_t i = 0; i < ps.numel; i++) ps.w[i] = (float)i;
     for (size_t i = 0; i < count; i++) m[i] = v[i] = (float)(off + i);

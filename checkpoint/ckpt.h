@@ -16,7 +16,7 @@
  *   DIR/latest -> step_00000020
  *
  * Weights: rank r of N writes the tensors whose first element lies in
- * ckpt_part(numel, r, N) of the flat parameter array (nn/params.h), so every
+ * dist_part(numel, r, N) of the flat parameter array (nn/dist.h), so every
  * tensor is written once, whole. Optimizer state: each rank writes the flat
  * range it owns (ZeRO-1), and a reader asks for any range: the state is
  * resharded for another world size on load.
@@ -42,11 +42,6 @@
 
 #include <cjson/cJSON.h>
 #include <stddef.h>
-
-/* The even split of n floats over size ranks: rank r gets
- * [r*n/size, (r+1)*n/size). Names each rank's weight shard; a ZeRO-1 loop
- * may use it for its optimizer ranges too (any contiguous tiling works). */
-void ckpt_part(size_t n, int rank, int size, size_t *offset, size_t *count);
 
 /* A file copied into the checkpoint (tokenizer model, latent statistics). */
 typedef struct {

@@ -16,10 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-void ckpt_part(size_t n, int rank, int size, size_t *offset, size_t *count) {
-    dist_part(n, rank, size, offset, count);
-}
-
 /* What each rank reports to rank 0 after writing its files. */
 enum { G_W_BYTES, G_W_CRC, G_O_BYTES, G_O_CRC, G_O_OFFSET, G_O_COUNT, G_N };
 
@@ -51,7 +47,7 @@ static int write_rank_files(const char *tmp, const ckpt_save_request *r, int ran
                             int64_t *g, char *err) {
     char name[64], path[CKPT_PATH_LEN];
     size_t off, count;
-    ckpt_part(r->ps->numel, rank, size, &off, &count);
+    dist_part(r->ps->numel, rank, size, &off, &count);
     shard_name(name, sizeof name, "model", rank, size);
     ckpt_join(path, tmp, name);
     if (params_save_part(r->ps, r->ps->w, ST_F32, off, count, path, err) ||
@@ -172,7 +168,7 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
     for (int i = 0; i < ps->n; i++) {
         size_t off, count;
         for (;;) {
-            ckpt_part(ps->numel, owner, size, &off, &count);
+            dist_part(ps->numel, owner, size, &off, &count);
             if (ps->info[i].offset < off + count || owner == size - 1) break;
             owner++;
         }

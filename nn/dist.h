@@ -35,8 +35,12 @@ void dist_allreduce_start(float *x, size_t n);
 void dist_progress(void);
 void dist_wait_all(void);
 /* Rank r's part of n elements tiled over `size` ranks: [r*n/size,
- * (r+1)*n/size), computed without overflow. */
+ * (r+1)*n/size), computed without overflow. Names each rank's checkpoint
+ * shard and its ZeRO-1 optimizer range. */
 void dist_part(size_t n, int rank, int size, size_t *offset, size_t *count);
+/* The L2 norm of a vector split over the ranks, from this rank's part
+ * (collective; with one process, the part's norm). */
+double dist_norm_of_parts(const float *part, size_t n);
 /* In place: rank r's counts[r] floats at x + offsets[r] go to every rank. */
 void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts);
 

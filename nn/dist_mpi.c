@@ -1,8 +1,10 @@
 /* dist_mpi.c - dist.h over MPI (Open MPI), or a single process without it. */
 #include "dist.h"
 #include "../common/error.h"
+#include "kernels.h"
 
 #include <limits.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,6 +113,12 @@ void dist_part(size_t n, int rank, int size, size_t *offset, size_t *count) {
     size_t lo = rank * q + rank * rem / size, hi = (rank + 1) * q + (rank + 1) * rem / size;
     *offset = lo;
     *count = hi - lo;
+}
+
+double dist_norm_of_parts(const float *part, size_t n) {
+    double sq = nn_sum_squared_diff(part, NULL, n);
+    dist_allreduce_sum_f64(&sq, 1);
+    return sqrt(sq);
 }
 
 void dist_allgather_parts(float *x, const size_t *offsets, const size_t *counts) {

@@ -61,7 +61,7 @@ static void tiny_model(model *m, unsigned long long seed) {
 static int save(const char *dir, long step, const model *m, int keep, int keep_every, const ckpt_extra *extras,
                 int n_extras, char *err) {
     size_t off, count;
-    ckpt_part(m->ps.numel, dist_rank(), dist_size(), &off, &count);
+    dist_part(m->ps.numel, dist_rank(), dist_size(), &off, &count);
     float *mo = xmalloc(sizeof(float) * (count + 1)), *vo = xmalloc(sizeof(float) * (count + 1));
     fill(mo, off, count, 1);
     fill(vo, off, count, 2);
@@ -414,7 +414,7 @@ static void test_part(void) {
     size_t off, count, end = 0;
     int tiles = 1;
     for (int r = 0; r < 3; r++) {
-        ckpt_part(10, r, 3, &off, &count);
+        dist_part(10, r, 3, &off, &count);
         tiles &= off == end;
         end = off + count;
     }
@@ -467,7 +467,7 @@ static int helper_load(const char *dir, unsigned long long seed) {
         return 1;
     }
     size_t n = m.ps.numel, off, count;
-    ckpt_part(n, dist_rank(), dist_size(), &off, &count);
+    dist_part(n, dist_rank(), dist_size(), &off, &count);
     float *mo = xmalloc(sizeof(float) * n), *vo = xmalloc(sizeof(float) * n);
     int bad = memcmp(back.ps.w, m.ps.w, sizeof(float) * n) != 0;
     bad |= ckpt_load_optim(&r, off, count, mo, vo, NULL, err) || !same_values(mo, off, count, 1) ||

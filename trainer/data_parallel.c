@@ -1,7 +1,6 @@
 /* data_parallel.c - gradient buckets reduced during backward, ZeRO-1 parts,
  * and the update; see data_parallel.h. */
 #include "data_parallel.h"
-#include "../checkpoint/ckpt.h"
 #include "../common/error.h"
 #include "../common/timing.h"
 #include "../nn/dist.h"
@@ -23,7 +22,7 @@ void dp_init(data_parallel *dp, model *m, int zero, int overlap) {
     dp->counts = xcalloc(dp->world, sizeof(int));
     size_t total = m->ps.numel;
     for (int r = 0; r < dp->world; r++) {
-        if (dp->zero) ckpt_part(total, r, dp->world, &dp->part_off[r], &dp->part_n[r]);
+        if (dp->zero) dist_part(total, r, dp->world, &dp->part_off[r], &dp->part_n[r]);
         else dp->part_n[r] = total;
     }
     if (dp->zero) dp->part_grad = nn_alloc_f32(dp->part_n[dp->rank]);
@@ -75,9 +74,7 @@ double dp_finish_reduction(data_parallel *dp) {
     size_t off = dp->part_off[dp->rank], n = dp->part_n[dp->rank];
     if (!dp->zero) return sqrt(nn_sum_squared_diff(ps->g, NULL, ps->numel));
     nn_copy(ps->g + off, dp->part_grad, n);
-    double sq = nn_sum_squared_diff(ps->g + off, NULL, n);
-    dist_allreduce_sum_f64(&sq, 1);
-    return sqrt(sq);
+    return dist_norm_of_parts(ps->g + off, n);
 }
 
 float dp_update(data_parallel *dp, optimizer *o, double gnorm) {

@@ -105,14 +105,13 @@ static void parts_free(rank_parts *p) {
 /* Averages this rank's part of the gradient over ranks (into ps->g at the
  * part's offset); returns the global gradient norm. */
 static double parts_reduce(rank_parts *p, param_set *ps) {
-    if (p->ranks == 1) return grad_norm(ps);
     size_t off = p->off[p->rank], n = p->n[p->rank];
-    dist_reduce_scatter_start(ps->g, ps->numel, p->counts, p->grad);
-    dist_wait_all();
-    for (size_t k = 0; k < n; k++) ps->g[off + k] = p->grad[k] / p->ranks;
-    double sq = nn_sum_squared_diff(ps->g + off, NULL, n);
-    dist_allreduce_sum_f64(&sq, 1);
-    return sqrt(sq);
+    if (p->ranks > 1) {
+        dist_reduce_scatter_start(ps->g, ps->numel, p->counts, p->grad);
+        dist_wait_all();
+        for (size_t k = 0; k < n; k++) ps->g[off + k] = p->grad[k] / p->ranks;
+    }
+    return dist_norm_of_parts(ps->g + off, n);
 }
 
 /* Collective: `mine` (this rank's part) into full[numel] on every rank. */
