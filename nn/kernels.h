@@ -45,6 +45,12 @@ typedef struct {
      * (float32 accumulation and outputs), twice as fast where the CPU has
      * bf16 dot products; shapes without such a kernel stay float32. */
     int bf16;
+    /* 1: w holds the same values call after call (inference), so a forward
+     * may transform it once and keep the result. A float32 3x3 stride-1
+     * forward then runs as Winograd F(4x4, 3x3), with 4x fewer
+     * multiplications; the kept form is compared with w on every call, so a
+     * changed w is never read stale. */
+    int fixed_weights;
 } conv_shape;
 
 static inline int conv_out_h(const conv_shape *s) { return (s->h + s->pad_t + s->pad_b - s->k) / s->stride + 1; }

@@ -342,6 +342,58 @@ static void conv_case_bf16(const char *tag, conv_shape s, int with_bias) {
     nn_free(y); nn_free(dx); nn_free(dw); nn_free(db);
 }
 
+/* s.fixed_weights (inference): the forward may keep its transform of w
+ * between calls, and a float32 3x3 stride-1 shape runs as Winograd. It must
+ * match the float64 reference; repeat bit for bit; follow w when the same
+ * buffer gets new values (the kept transform is checked, never read stale);
+ * and keep two weight tensors of one shape apart. Where oneDNN has its
+ * AVX-512 Winograd kernel (`winograd`: 1), the result must differ in some
+ * bits from the direct kernel's, which shows Winograd ran. */
+static void conv_case_fixed(const char *tag, conv_shape s, int with_bias, int winograd) {
+    char nm[256], what[400];
+    s.fixed_weights = 1;
+    shape_name(nm, sizeof nm, tag, &s);
+    conv_shape direct = s;
+    direct.fixed_weights = 0;
+    size_t nx = x_numel(&s), ny = y_numel(&s), nw = w_numel(&s);
+    float *x = nn_alloc(nx), *w = nn_alloc(nw), *w2 = nn_alloc(nw), *b = nn_alloc(s.c_out);
+    float *y = nn_alloc(ny), *y2 = nn_alloc(ny), *yd = nn_alloc(ny);
+    double *yr = dalloc(ny), *yr2 = dalloc(ny);
+    fill(x, nx, -1, 1);
+    fill(w, nw, -1, 1);
+    fill(w2, nw, -1, 1);
+    fill(b, s.c_out, -1, 1);
+    const float *bias = with_bias ? b : NULL;
+
+    ref_conv_forward(yr, x, w, bias, &s);
+    fill_nan(y, ny);
+    nn_conv2d_forward(y, x, w, bias, &s);
+    snprintf(what, sizeof what, "%s fixed weights: forward y", nm);
+    compare(what, y, NULL, yr, ny, TOL_FWD);
+    fill_nan(y2, ny);
+    nn_conv2d_forward(y2, x, w, bias, &s);
+    snprintf(what, sizeof what, "%s fixed weights: the kept transform repeats bit for bit", nm);
+    CHECK(memcmp(y, y2, ny * sizeof(float)) == 0, "%s", what);
+    nn_conv2d_forward(yd, x, w, bias, &direct);
+    snprintf(what, sizeof what, "%s fixed weights: %s the direct kernel's bits", nm,
+             winograd ? "Winograd differs from" : "same as");
+    CHECK((memcmp(y, yd, ny * sizeof(float)) != 0) == winograd, "%s", what);
+
+    /* a second tensor of the same shape, then new values in the first */
+    ref_conv_forward(yr2, x, w2, bias, &s);
+    nn_conv2d_forward(y2, x, w2, bias, &s);
+    snprintf(what, sizeof what, "%s fixed weights: a second tensor of the shape has its own transform", nm);
+    compare(what, y2, NULL, yr2, ny, TOL_FWD);
+    fill(w, nw, -1, 1);
+    ref_conv_forward(yr, x, w, bias, &s);
+    nn_conv2d_forward(y, x, w, bias, &s);
+    snprintf(what, sizeof what, "%s fixed weights: new values in the same buffer are followed", nm);
+    compare(what, y, NULL, yr, ny, TOL_FWD);
+
+    free(yr); free(yr2);
+    nn_free(x); nn_free(w); nn_free(w2); nn_free(b); nn_free(y); nn_free(y2); nn_free(yd);
+}
+
 /* A VAE-sized shape: sampled entries, full identities. */
 static void conv_case_large(const char *tag, conv_shape s, int with_bias, int samples_per_image) {
     char nm[256], what[400];
@@ -805,6 +857,20 @@ int main(void) {
                                         .pad_b = 1, .pad_r = 1}, 1);
     conv_case_bf16("out", (conv_shape){.c_in = 16, .c_out = 3, .n = 3, .h = 6, .w = 5, .k = 3, .stride = 1,
                                        .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 0);
+
+    /* fixed weights (inference): Winograd where oneDNN has it (3x3, stride
+     * 1, channels in multiples of 16, AVX-512), the direct kernel with its
+     * weight reorder kept elsewhere */
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    conv_case_fixed("3x3", (conv_shape){.c_in = 16, .c_out = 32, .n = 2, .h = 9, .w = 7, .k = 3, .stride = 1,
+                                        .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 1, avx512);
+    conv_case_fixed("3x3", (conv_shape){.c_in = 32, .c_out = 16, .n = 3, .h = 8, .w = 8, .k = 3, .stride = 1,
+                                        .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 0, avx512);
+    conv_case_fixed("down", (conv_shape){.c_in = 32, .c_out = 32, .n = 2, .h = 8, .w = 8, .k = 3, .stride = 2,
+                                         .pad_b = 1, .pad_r = 1}, 1, 0);
+    conv_case_fixed("in", (conv_shape){.c_in = 3, .c_out = 32, .n = 2, .h = 6, .w = 5, .k = 3, .stride = 1,
+                                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 1, 0);
 
     gn_case(6, 2, 10, 3, 0.3, 1.0, 1);
     gn_case(6, 2, 10, 2, 0.3, 1.0, 1);

@@ -281,7 +281,7 @@ void vae_init_weights(vae_model *v, unsigned long long seed) {
 static conv_shape shape_of(const vae_model *v, const conv_p *c, int n, int h, int w) {
     return (conv_shape){c->c_in, c->c_out, n, h, w, c->k, c->stride,
                         c->k == 3 && !c->pad_b, c->k == 3 && !c->pad_b,
-                        c->k == 3 ? 1 : 0, c->k == 3 ? 1 : 0, v->bf16};
+                        c->k == 3 ? 1 : 0, c->k == 3 ? 1 : 0, v->bf16, !v->training};
 }
 
 static float *conv_fwd(vae_model *v, const conv_p *c, const float *x, int n, int *h, int *w) {
