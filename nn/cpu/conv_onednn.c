@@ -17,8 +17,8 @@
  *
  * With s->fixed_weights (inference) a float32 forward runs as Winograd
  * where oneDNN has it (3x3, stride 1; asked only for channels in multiples
- * of 16, which it does not pad): twice
- * as fast as the direct kernel here, within 1e-6 relative of it. Winograd
+ * of 16, which it does not pad): twice as fast as the direct kernel here,
+ * within 1e-6 relative of it. Winograd
  * wants its own layouts (a reorder of the map on each side) and a
  * transform of the weights that costs as much as the convolution itself,
  * so the transformed weights are kept (KEPT_WEIGHTS of them, keyed by the
@@ -100,17 +100,16 @@ static void make_reorder(dnnl_primitive_t *p, const dnnl_memory_desc_t *from, co
 enum {
     BIND_OUTPUT = 1,        /* the primitive writes it */
     BIND_ACCUMULATE = 2,    /* ... adding into the caller's values */
-    BIND_TRANSIENT = 4,     /* its own buffer lives only while the primitive runs */
+    BIND_LENT = 4,          /* its own buffer is lent at run time (lend_workspace, kept_form) */
 };
 
 /* The caller's layout `user` against the primitive's `prim`: a reorder
- * unless they are the same (and the result is not to be accumulated). A
- * transient operand's buffer is lent at run time (lend_workspace). */
+ * unless they are the same (and the result is not to be accumulated). */
 static void bind(operand *o, int arg, const dnnl_memory_desc_t *user, const dnnl_memory_desc_t *prim, int flags) {
     o->arg = arg;
     MUST(dnnl_memory_create(&o->user, user, engine, DNNL_MEMORY_NONE));
     if (!(flags & BIND_ACCUMULATE) && dnnl_memory_desc_equal(user, prim)) return;
-    MUST(dnnl_memory_create(&o->own, prim, engine, flags & BIND_TRANSIENT ? DNNL_MEMORY_NONE : DNNL_MEMORY_ALLOCATE));
+    MUST(dnnl_memory_create(&o->own, prim, engine, flags & BIND_LENT ? DNNL_MEMORY_NONE : DNNL_MEMORY_ALLOCATE));
     if (flags & BIND_OUTPUT) make_reorder(&o->reorder, prim, user, flags & BIND_ACCUMULATE);
     else make_reorder(&o->reorder, user, prim, 0);
 }
@@ -204,9 +203,9 @@ static void build(conv_entry *e) {
 #define MD(q) dnnl_primitive_desc_query_md(pd, q, 0)
     switch (e->pass) {
     case PASS_FORWARD:
-        bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), BIND_TRANSIENT);
-        bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), 0);
-        bind(&e->out, DNNL_ARG_DST, &dst, MD(dnnl_query_dst_md), BIND_OUTPUT | BIND_TRANSIENT);
+        bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), BIND_LENT);
+        bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), s->fixed_weights ? BIND_LENT : 0);
+        bind(&e->out, DNNL_ARG_DST, &dst, MD(dnnl_query_dst_md), BIND_OUTPUT | BIND_LENT);
         MUST(dnnl_memory_create(&e->bias_mem, &bias, engine, DNNL_MEMORY_NONE));
         break;
     case PASS_DATA:
