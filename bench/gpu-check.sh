@@ -39,7 +39,9 @@ PYTHON=${PYTHON:-python3}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 JOBS=${JOBS:-$(nproc)}
 T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+# LOG_DIR (on the lent device machine: LOG_DIR=$OUT) keeps every stage's
+# whole log; only the output's tail comes back otherwise.
+trap '[ -n "${LOG_DIR:-}" ] && mkdir -p "$LOG_DIR" && cp "$T"/*.log "$LOG_DIR"/ 2>/dev/null; rm -rf "$T"' EXIT
 TR=bin/cuda/trainer
 failed=0
 fail() { echo "FAIL $1: $2"; failed=1; }
@@ -55,7 +57,6 @@ stage() {
     return "$rc"
 }
 last_json() { grep '^{' "$1" | tail -n 1; }
-json() { "$PYTHON" -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || { echo "FAIL gpu: nvidia-smi"; exit 1; }
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
