@@ -39,21 +39,24 @@ PYTHON=${PYTHON:-python3}
 PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 JOBS=${JOBS:-$(nproc)}
 T=$(mktemp -d)
-# LOG_DIR (on the lent device machine: LOG_DIR=$OUT) keeps every stage's
-# whole log; only the output's tail comes back otherwise.
-trap '[ -n "${LOG_DIR:-}" ] && mkdir -p "$LOG_DIR" && cp "$T"/*.log "$LOG_DIR"/ 2>/dev/null; rm -rf "$T"' EXIT
+trap 'rm -rf "$T"' EXIT
+# Stage logs: in LOG_DIR when given (on the lent device machine LOG_DIR=$OUT,
+# whose files come back even when the command is killed at its time limit),
+# else with the work files.
+L=${LOG_DIR:-$T}
+mkdir -p "$L" || exit 1
 TR=bin/cuda/trainer
 failed=0
 fail() { echo "FAIL $1: $2"; failed=1; }
-# stage NAME SECONDS CMD...: runs CMD with a time limit, output in $T/NAME.log.
+# stage NAME SECONDS CMD...: runs CMD with a time limit, output in $L/NAME.log.
 stage() {
     local name=$1 limit=$2
     shift 2
     local t0=$SECONDS
-    timeout "$limit" "$@" >"$T/$name.log" 2>&1
+    timeout "$limit" "$@" >"$L/$name.log" 2>&1
     local rc=$?
     echo "# $name: exit $rc in $((SECONDS - t0)) s"
-    if [ "$rc" -ne 0 ]; then tail -n 15 "$T/$name.log" | sed 's/^/    | /'; fi
+    if [ "$rc" -ne 0 ]; then tail -n 15 "$L/$name.log" | sed 's/^/    | /'; fi
     return "$rc"
 }
 last_json() { grep '^{' "$1" | tail -n 1; }
@@ -84,8 +87,8 @@ if [ -n "$(missing_libs)" ]; then fail build "shared libraries not found: $(miss
 # 2. kernel tests
 stage kernels 180 bin/cuda/tests/cuda/test_kernels
 kernels_rc=$?
-grep -E '^(ok|FAIL) ' "$T/kernels.log"
-if [ "$kernels_rc" -ne 0 ] || grep -q '^FAIL ' "$T/kernels.log" || ! grep -q '^ok ' "$T/kernels.log"; then
+grep -E '^(ok|FAIL) ' "$L/kernels.log"
+if [ "$kernels_rc" -ne 0 ] || grep -q '^FAIL ' "$L/kernels.log" || ! grep -q '^ok ' "$L/kernels.log"; then
     fail kernels "see above"
 else
     echo "ok kernels"
@@ -98,10 +101,10 @@ if [ "$kernels_rc" -eq 124 ]; then
 elif [ -x "$SAN" ]; then
     if stage memcheck 300 "$SAN" --tool memcheck --error-exitcode 3 bin/cuda/tests/cuda/test_kernels; then
         echo "ok memcheck"
-    elif grep -q 'Device not supported' "$T/memcheck.log"; then
+    elif grep -q 'Device not supported' "$L/memcheck.log"; then
         echo "# memcheck: not run (compute-sanitizer does not support this device, as on gVisor machines)"
     else
-        grep -m 5 -E '^=+ (Invalid|Error|Program hit)' "$T/memcheck.log"; fail memcheck "compute-sanitizer found errors"
+        grep -m 5 -E '^=+ (Invalid|Error|Program hit)' "$L/memcheck.log"; fail memcheck "compute-sanitizer found errors"
     fi
 else
     echo "# memcheck: not run (no compute-sanitizer)"
@@ -115,7 +118,7 @@ for dev in cpu cuda; do
     stage "loss_$dev" 120 "$TR" loss --ckpt "$T/ck" --batch "$T/batch.safetensors" --grads "$T/grads_$dev.safetensors" \
         --device "$dev" || fail parity "trainer loss --device $dev"
 done
-LOSS_CPU=$(last_json "$T/loss_cpu.log"); LOSS_CUDA=$(last_json "$T/loss_cuda.log")
+LOSS_CPU=$(last_json "$L/loss_cpu.log"); LOSS_CUDA=$(last_json "$L/loss_cuda.log")
 echo "loss cpu:  $LOSS_CPU"; echo "loss cuda: $LOSS_CUDA"
 if "$PYTHON" - "$LOSS_CPU" "$LOSS_CUDA" <<'PY'
 import json, sys
@@ -127,7 +130,7 @@ sys.exit(1 if bad else 0)
 PY
 then
     if "$PYTHON" tests/torch_ref.py compare --ref "$T/grads_cpu.safetensors" --test "$T/grads_cuda.safetensors" \
-        --rtol 2e-2 >"$T/compare.log" 2>&1; then echo "ok parity"; else tail -n 5 "$T/compare.log"; fail parity "gradients"; fi
+        --rtol 2e-2 >"$L/compare.log" 2>&1; then echo "ok parity"; else tail -n 5 "$L/compare.log"; fail parity "gradients"; fi
 else
     fail parity "loss"
 fi
@@ -136,9 +139,9 @@ fi
 for dev in cuda cpu; do
     stage "train_$dev" 240 "$TR" train --model configs/bench.json --steps 200 --batch-rows 8 --seq-len 256 \
         --lr 1e-3 --log-every 50 --device "$dev" || fail training "trainer train --device $dev"
-    grep -E '^step|->' "$T/train_$dev.log" | sed "s/^/$dev: /"
+    grep -E '^step|->' "$L/train_$dev.log" | sed "s/^/$dev: /"
 done
-if "$PYTHON" - "$T/train_cpu.log" "$T/train_cuda.log" <<'PY'
+if "$PYTHON" - "$L/train_cpu.log" "$L/train_cuda.log" <<'PY'
 import re, sys
 def ends(path):
     m = re.search(r"^loss ([\d.]+) -> ([\d.]+)$", open(path).read(), re.M)
@@ -156,7 +159,7 @@ if [ "$NGPU" -ge 2 ]; then
         --device cuda
     stage dp2 180 mpirun --allow-run-as-root -np 2 --bind-to none "$TR" train --model configs/bench.json \
         --steps 20 --batch-rows 4 --seq-len 256 --log-every 1 --device cuda
-    if "$PYTHON" - "$T/dp1.log" "$T/dp2.log" <<'PY'
+    if "$PYTHON" - "$L/dp1.log" "$L/dp2.log" <<'PY'
 import re, sys
 l1, l2 = ([float(x) for x in re.findall(r"^step +\d+/\d+ +loss ([\d.]+)", open(p).read(), re.M)] for p in sys.argv[1:])
 ok = len(l1) == len(l2) == 20 and all(abs(a - b) <= 2e-2 * a for a, b in zip(l1, l2))
@@ -176,7 +179,7 @@ stage bench 180 "$TR" bench --config "$CFG" --batch "$T/bench.safetensors" --ste
     --peak-tflops "$PEAK_TFLOPS" || fail speed "trainer bench"
 stage torch 300 "$PYTHON" bench/torch_cuda_step.py --config "$CFG" --batch "$T/bench.safetensors" --steps 10 ||
     fail speed "torch_cuda_step.py"
-OURS=$(last_json "$T/bench.log"); THEIRS=$(last_json "$T/torch.log")
+OURS=$(last_json "$L/bench.log"); THEIRS=$(last_json "$L/torch.log")
 echo "trainer: $OURS"; echo "torch:   $THEIRS"
 if [ -n "$OURS" ] && [ -n "$THEIRS" ]; then
     if "$PYTHON" - "$OURS" "$THEIRS" "$GPU" "$PEAK_TFLOPS" <<'PY'
