@@ -2,46 +2,18 @@
 #include "json_file.h"
 #include "atomic_file.h"
 #include "error.h"
+#include "file_read.h"
 
-#include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 /* A config or dataset index is kilobytes; a huge file is some other file
  * passed by mistake, which should not be read into memory whole. */
 #define MAX_JSON_BYTES (16 << 20)
 
-static char *read_text(const char *path, char *err) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) {
-        set_error(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat sb;
-    char *text = NULL;
-    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        set_error(err, "%s: not a readable regular file", path);
-    } else if (sb.st_size > MAX_JSON_BYTES) {
-        set_error(err, "%s: %lld bytes, too large for a JSON config", path, (long long)sb.st_size);
-    } else {
-        size_t size = (size_t)sb.st_size;
-        text = xmalloc(size + 1);
-        if (fread(text, 1, size, fp) != size) {
-            set_error(err, "%s: cannot read", path);
-            free(text);
-            text = NULL;
-        } else {
-            text[size] = '\0';
-        }
-    }
-    fclose(fp);
-    return text;
-}
-
 cJSON *json_read_object(const char *path, char *err) {
-    char *text = read_text(path, err);
+    size_t len;
+    char *text = file_read(path, MAX_JSON_BYTES, &len, err);
     if (!text) return NULL;
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithOpts(text, &end, 1);
@@ -59,6 +31,20 @@ cJSON *json_read_object(const char *path, char *err) {
         return NULL;
     }
     return root;
+}
+
+int json_number_list(const cJSON *obj, const char *name, int n, int positive, double *out, const char *path,
+                     char *err) {
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, name), *e;
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n)
+        return set_error(err, "%s: field '%s': expected a list of %d numbers", path, name, n);
+    int k = 0;
+    cJSON_ArrayForEach(e, a) {
+        if (!cJSON_IsNumber(e) || (positive && !(e->valuedouble > 0)) || e->valuedouble != e->valuedouble)
+            return set_error(err, "%s: field '%s': entry %d is not a%s number", path, name, k, positive ? " positive" : "");
+        out[k++] = e->valuedouble;
+    }
+    return 0;
 }
 
 int json_write(const char *path, cJSON *root, char *err) {

@@ -131,19 +131,6 @@ out:
 }
 
 /* Reads a list of n numbers (std: each > 0) into out. */
-static int number_list(const cJSON *ds, const char *name, int n, int positive, double *out, const char *json, char *err) {
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(ds, name), *e;
-    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != n)
-        return set_error(err, "%s: field '%s': expected a list of %d numbers", json, name, n);
-    int k = 0;
-    cJSON_ArrayForEach(e, a) {
-        if (!cJSON_IsNumber(e) || (positive && !(e->valuedouble > 0)) || e->valuedouble != e->valuedouble)
-            return set_error(err, "%s: field '%s': entry %d is not a%s number", json, name, k, positive ? " positive" : "");
-        out[k++] = e->valuedouble;
-    }
-    return 0;
-}
-
 static int dim(const cJSON *ds, const char *name, const char *json, int *out, char *err) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(ds, name);
     if (!cJSON_IsNumber(j) || !(j->valuedouble >= 1 && j->valuedouble <= 4096) || j->valuedouble != (int)j->valuedouble)
@@ -242,8 +229,8 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
     if (dim(ds, "C", json, &s->C, err) || dim(ds, "h", json, &s->h, err) || dim(ds, "w", json, &s->w, err)) goto out;
     s->ch_mean = xcalloc(s->C, sizeof(double));
     s->ch_std = xcalloc(s->C, sizeof(double));
-    if (number_list(ds, "channel_mean", s->C, 0, s->ch_mean, json, err) ||
-        number_list(ds, "channel_std", s->C, 1, s->ch_std, json, err))
+    if (json_number_list(ds, "channel_mean", s->C, 0, s->ch_mean, json, err) ||
+        json_number_list(ds, "channel_std", s->C, 1, s->ch_std, json, err))
         goto out;
     if (!cJSON_IsArray(shards)) { set_error(err, "%s: field 'shards': missing or not a list", json); goto out; }
     lat = xcalloc(cJSON_GetArraySize(shards), sizeof(st_file));

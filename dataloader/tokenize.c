@@ -15,14 +15,15 @@
 #include "token_shard.h"
 #include "../common/crc32c.h"
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "../common/json_file.h"
 #include "../common/timing.h"
 #include "../nn/params.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <libgen.h>
 #include <omp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,21 +45,6 @@ static int blank(const char *p, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n') return 0;
     return 1;
-}
-
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die_input("%s: cannot open: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (n < 0) die_input("%s: cannot read", path);
-    char *buf = xmalloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) die_input("%s: read error", path);
-    fclose(f);
-    buf[n] = '\0';
-    *len = (size_t)n;
-    return buf;
 }
 
 /* Splits a .txt file into documents: runs of non-blank lines when the
@@ -131,7 +117,9 @@ typedef struct { long docs, empty; uint64_t tokens, bytes; } counts;
 static void tokenize_input(const spm *tok, const char *path, const char *out_path, uint64_t tok_crc,
                            cJSON *shards, const char *name, counts *total, double *encode_s) {
     size_t len;
-    char *buf = read_file(path, &len);
+    char read_err[ERR_LEN];
+    char *buf = file_read(path, SIZE_MAX, &len, read_err);
+    if (!buf) die_input("%s", read_err);
     span_list docs = {0};
     char **owned = NULL;
     size_t n_owned = 0;

@@ -15,6 +15,7 @@
 #include "../checkpoint/ckpt.h"
 #include "../common/atomic_file.h"
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "../common/json_file.h"
 #include "../common/timing.h"
 #include "../dataloader/spm.h"
@@ -24,11 +25,10 @@
 #include "../vae_service/vae.h"
 
 #include <dirent.h>
-#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------ checkpoint */
@@ -129,18 +129,6 @@ typedef struct {
     int size;                   /* image side in pixels */
 } image_io;
 
-static void stats_list(const cJSON *ds, const char *key, int C, int positive, double *out, const char *path) {
-    const cJSON *l = cJSON_GetObjectItemCaseSensitive(ds, key), *e;
-    int n = 0;
-    if (!cJSON_IsArray(l) || cJSON_GetArraySize(l) != C)
-        die_input("%s: field '%s': needs a list of %d numbers (latent channels)", path, key, C);
-    cJSON_ArrayForEach(e, l) {
-        if (!cJSON_IsNumber(e) || (positive && !(e->valuedouble > 0)))
-            die_input("%s: field '%s': element %d is not a %snumber", path, key, n, positive ? "positive " : "");
-        out[n++] = e->valuedouble;
-    }
-}
-
 static void image_io_open(image_io *io, const args *a, const char *dir, const model_config *c) {
     char err[ERR_LEN], path[4400];
     io->vae = vae_load(arg_required(a, "vae"), err);
@@ -155,8 +143,9 @@ static void image_io_open(image_io *io, const args *a, const char *dir, const mo
     if (!ds) die_input("%s (the latent statistics the checkpoint records)", err);
     io->mean = xmalloc(sizeof(double) * c->latent_channels);
     io->std = xmalloc(sizeof(double) * c->latent_channels);
-    stats_list(ds, "channel_mean", c->latent_channels, 0, io->mean, path);
-    stats_list(ds, "channel_std", c->latent_channels, 1, io->std, path);
+    if (json_number_list(ds, "channel_mean", c->latent_channels, 0, io->mean, path, err) ||
+        json_number_list(ds, "channel_std", c->latent_channels, 1, io->std, path, err))
+        die_input("%s", err);
     cJSON_Delete(ds);
 }
 
@@ -364,18 +353,6 @@ int trainer_cmd_sample(const args *a) {
 
 /* --------------------------------------------------------------- caption */
 
-static unsigned char *read_file(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) die_input("--image %s: cannot open: %s", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fileno(fp), &sb) != 0 || !S_ISREG(sb.st_mode)) die_input("--image %s: not a regular file", path);
-    *len = (size_t)sb.st_size;
-    unsigned char *buf = xmalloc(*len + 1);
-    if (fread(buf, 1, *len, fp) != *len) die_input("--image %s: cannot read", path);
-    fclose(fp);
-    return buf;
-}
-
 int trainer_cmd_caption(const args *a) {
     char err[ERR_LEN];
     nn_init((int)arg_int(a, "threads", 0, 1));
@@ -402,7 +379,8 @@ int trainer_cmd_caption(const args *a) {
     float *logvar = xmalloc(sizeof(float) * K * C * hw);
     for (int i = 0; i < K; i++) {
         size_t len;
-        unsigned char *data = read_file(files[i], &len);
+        unsigned char *data = (unsigned char *)file_read(files[i], SIZE_MAX, &len, err);
+        if (!data) die_input("--image %s", err);
         skip_reason why;
         if (image_decode(data, len, S, rgb + (size_t)i * 3 * S * S, &why))
             die_input("--image %s: cannot read the image: %s", files[i], skip_reason_name(why));
