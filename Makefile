@@ -5,6 +5,9 @@
 #   make test SANITIZE=1 the same under AddressSanitizer + UBSan (build/asan/)
 #   make CUDA=1          the same programs with the CUDA backend too (--device cuda; bin/cuda/), and
 #                        its kernel tests (bin/cuda/tests/cuda/, run by bench/gpu-check.sh on a GPU)
+#   make gpu-bundle      build/gpu-bundle.tar.xz: the CUDA build for any x86-64-v3 host, the shared
+#                        libraries it needs besides glibc and CUDA, and a tiny trained run, for
+#                        bench/gpu-check.sh on a GPU machine without this project's libraries
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
 #   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
 #                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks,
@@ -20,7 +23,7 @@ MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
 CFLAGS  += $(MPI_CFLAGS)
 CXXFLAGS ?= -O2 $(ARCH)
 CXXFLAGS += -std=c++17 -Wall -Wextra -MMD -MP
-LDLIBS  := -ldnnl -lcjson -lwebp -lstb -lzmq $(MPI_LIBS) -lm
+LDLIBS  := -ldnnl -lcjson -lwebp -lstb -lzmq -llapacke $(MPI_LIBS) -lm
 SPM_LIBS := -lsentencepiece -lsentencepiece_train -lstdc++
 FUZZ_SECONDS ?= 60
 
@@ -59,7 +62,10 @@ define link
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endef
 CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c)) $(CUDA_OBJ)
-TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c trainer/sample.c,$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
+# Generation and evaluation read images and text: they need the VAE and the tokenizer.
+GEN_SRC     := trainer/sample.c trainer/session.c trainer/eval.c
+TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c $(GEN_SRC),$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
+GEN_OBJ     := $(call obj,$(GEN_SRC))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
 DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c))) $(BUILD)/dataloader/spm_shim.o
 DL_CLIENT_OBJ := $(call obj,dataloader/client.c dataloader/wire.c)   # what a trainer links of the loader
@@ -85,7 +91,7 @@ $(BUILD)/%.o: %.cc
 
 # The trainer samples too: it decodes images with the VAE and text with SentencePiece.
 $(BIN)/trainer: LDLIBS += $(SPM_LIBS)
-$(BIN)/trainer: $(BUILD)/trainer/main.o $(BUILD)/trainer/sample.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(VAE_OBJ) $(BUILD)/dataloader/spm_shim.o $(CORE_OBJ)
+$(BIN)/trainer: $(BUILD)/trainer/main.o $(GEN_OBJ) $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(VAE_OBJ) $(BUILD)/dataloader/spm_shim.o $(CORE_OBJ)
 	$(link)
 
 $(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)
@@ -105,12 +111,24 @@ $(BIN)/bench_dataloader: $(BUILD)/bench/bench_dataloader.o $(DL_OBJ) $(CORE_OBJ)
 $(BIN)/bench_checkpoint: $(BUILD)/bench/bench_checkpoint.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(CORE_OBJ)
 	$(link)
 
+# The image data build's rasterizer (data/fetch-images.sh): librsvg + cairo + libwebp only.
+all: $(BIN)/render_images
+$(BUILD)/data/render_images.o: CFLAGS += $(shell pkg-config --cflags librsvg-2.0 cairo)
+$(BIN)/render_images: $(BUILD)/data/render_images.o
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(shell pkg-config --libs librsvg-2.0 cairo) -lwebp
+
 $(BIN)/tests/%: LDLIBS += $(SPM_LIBS)
-$(BIN)/tests/%: $(BUILD)/tests/%.o $(TRAINER_OBJ) $(VAE_OBJ) $(DL_OBJ) $(CORE_OBJ)
+$(BIN)/tests/%: $(BUILD)/tests/%.o $(GEN_OBJ) $(TRAINER_OBJ) $(VAE_OBJ) $(DL_OBJ) $(CORE_OBJ)
 	$(link)
 
 test: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(TESTS)
 	BIN=$(BIN) tests/run.sh
+
+# Its own build folder: the flags differ from a CUDA=1 build for this machine.
+gpu-bundle:
+	$(MAKE) CUDA=1 ARCH=-march=x86-64-v3 BUILD=build/gpu BIN=build/gpu/bin all
+	bench/gpu-bundle.sh build/gpu/bin
 
 # Each fuzzer gets half of FUZZ_SECONDS.
 FUZZERS := safetensors dl_request
@@ -139,6 +157,6 @@ bench: all
 clean:
 	rm -rf build bin
 
-.PHONY: all test fuzz bench clean
+.PHONY: all test fuzz bench clean gpu-bundle
 .PRECIOUS: $(BUILD)/%.o
 -include $(shell find build -name '*.d' 2>/dev/null)

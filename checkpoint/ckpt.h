@@ -11,15 +11,18 @@
  *                                            optimizer parts, CRC32C of every file
  *       optimizer-00001-of-00002.safetensors a rank's Adam state: exp_avg, exp_avg_sq
  *       optimizer-00002-of-00002.safetensors (and master) for its flat range
+ *       ema-00001-of-00002.safetensors       the weights' moving average (--ema): the
+ *       ema-00002-of-00002.safetensors       weights' tensor names, split as they are
  *       trainer_state.json                   the caller's state plus step, world_size
  *       tokenizer.model, ...                 extra files copied in by the caller
  *   DIR/latest -> step_00000020
  *
  * Weights: rank r of N writes the tensors whose first element lies in
  * dist_part(numel, r, N) of the flat parameter array (nn/dist.h), so every
- * tensor is written once, whole. Optimizer state: each rank writes the flat
- * range it owns (ZeRO-1), and a reader asks for any range: the state is
- * resharded for another world size on load.
+ * tensor is written once, whole. The EMA, when the run keeps one, is split
+ * the same way (the index's ema_map, beside weight_map). Optimizer state:
+ * each rank writes the flat range it owns (ZeRO-1), and a reader asks for
+ * any range: the state is resharded for another world size on load.
  *
  * Atomicity: every rank writes into DIR/.tmp-step_XXXXXXXX; once all ranks
  * report success, rank 0 writes the index (last), fsyncs, renames the folder
@@ -56,6 +59,8 @@ typedef struct {
     size_t opt_offset, opt_count;   /* this rank's range of the flat array */
     const float *m, *v;         /* Adam moments of that range (opt_count floats) */
     const float *master;        /* master weights of the range; NULL when ps->w is the master */
+    const float *ema;           /* the EMA of this rank's shard: ckpt_shard_range's floats, ema[0]
+                                   averaging element `offset`; NULL on every rank: none */
     const cJSON *state;         /* trainer_state.json (rank 0's is written; "step" and
                                    "world_size" are set by the save) */
     const ckpt_extra *extras;   /* rank 0's are copied */
@@ -94,6 +99,7 @@ typedef struct {
     int world_size;             /* ranks that wrote it */
     size_t numel;               /* floats of the flat parameter array */
     int has_master;             /* master weights were saved */
+    int has_ema;                /* the weights' EMA was saved (ema_map) */
     model_config cfg;
     cJSON *state;               /* trainer_state.json */
     int n_parts;
@@ -108,6 +114,33 @@ void ckpt_close(ckpt_reader *r);
 /* Every tensor of ps, by name and shape, into ps->w. */
 int ckpt_load_weights(const ckpt_reader *r, param_set *ps, char *err);
 
+/* The EMA of every tensor of ps into flat (ps->numel floats; ps->w to
+ * sample with it). The checkpoint must hold one (r->has_ema). */
+int ckpt_load_ema(const ckpt_reader *r, const param_set *ps, float *flat, char *err);
+
+/* The flat range [*offset, *offset + *count) of the tensors in rank's
+ * weight shard (those whose first element lies in dist_part(numel, rank,
+ * size)): the part of the weights whose EMA that rank keeps and saves. */
+void ckpt_shard_range(const param_set *ps, int rank, int size, size_t *offset, size_t *count);
+
+/* For readers (export, sampling, evaluation): which weights to use,
+ * `--weights ema|raw`. CKPT_AUTO (the flag not given) is the EMA when the
+ * checkpoint has one, else the weights. */
+typedef enum { CKPT_AUTO, CKPT_RAW, CKPT_EMA } ckpt_weights;
+
+/* "ema" or "raw" into *w, NULL into CKPT_AUTO; anything else is -1 with a
+ * message in err. Not collective. */
+int ckpt_weights_parse(const char *flag, ckpt_weights *w, char *err);
+
+/* 1 when the step folder holds an EMA (its index has an ema_map), else 0.
+ * Not collective. */
+int ckpt_has_ema(const char *step_dir);
+
+/* ckpt_load_weights or ckpt_load_ema into ps->w, as `which` says; *used (may
+ * be NULL) is set to what was loaded, CKPT_RAW or CKPT_EMA. CKPT_EMA on a
+ * checkpoint without an EMA is an error. */
+int ckpt_load_chosen(const ckpt_reader *r, param_set *ps, ckpt_weights which, ckpt_weights *used, char *err);
+
 /* The Adam state of flat range [offset, offset + count), whatever ranges the
  * writers owned. master may be NULL; when given, the checkpoint must hold
  * master weights. */
@@ -115,8 +148,10 @@ int ckpt_load_optim(const ckpt_reader *r, size_t offset, size_t count, float *m,
                     float *master, char *err);
 
 /* One consolidated inference checkpoint from a step folder: out/config.json,
- * out/model.safetensors as F32 or BF16 (round to nearest even), and the extra
- * files. The step folder must verify. Not collective. */
-int ckpt_export(const char *step_dir, const char *out, st_dtype dtype, char *err);
+ * out/model.safetensors as F32 or BF16 (round to nearest even) holding the
+ * weights `which` chooses (ckpt_load_chosen; *used says which), and the
+ * extra files. The step folder must verify. Not collective. */
+int ckpt_export(const char *step_dir, const char *out, st_dtype dtype, ckpt_weights which, ckpt_weights *used,
+                char *err);
 
 #endif

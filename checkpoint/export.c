@@ -1,7 +1,8 @@
 /* export.c - a step folder consolidated into one inference checkpoint
- * (ckpt.h): config.json, model.safetensors in F32 or BF16, and the extra
- * files (tokenizer, latent statistics). Works from the index alone, so it
- * needs no model code: the tensors are those of weight_map, in its order. */
+ * (ckpt.h): config.json, model.safetensors in F32 or BF16 (the weights or
+ * their EMA), and the extra files (tokenizer, latent statistics). Works from
+ * the index alone, so it needs no model code: the tensors are those of
+ * weight_map, in its order. */
 #include "ckpt.h"
 #include "folder.h"
 #include "../common/error.h"
@@ -42,13 +43,15 @@ static int declare_tensors(param_set *ps, const char *dir, const cJSON *wmap, co
     return rc;
 }
 
-int ckpt_export(const char *step_dir, const char *out, st_dtype dtype, char *err) {
+int ckpt_export(const char *step_dir, const char *out, st_dtype dtype, ckpt_weights which, ckpt_weights *used,
+                char *err) {
     char index[CKPT_PATH_LEN], src[CKPT_PATH_LEN], dst[CKPT_PATH_LEN];
     if (ckpt_verify(step_dir, err)) return -1;
     ckpt_join(index, step_dir, CKPT_INDEX);
     cJSON *root = json_read_object(index, err);
     if (!root) return -1;
     param_set ps = {0};
+    ckpt_reader rd = {0};
     int rc = -1;
     const cJSON *wmap = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     const cJSON *extras = cJSON_GetObjectItemCaseSensitive(root, "extra_files"), *e;
@@ -58,7 +61,7 @@ int ckpt_export(const char *step_dir, const char *out, st_dtype dtype, char *err
     }
     if (declare_tensors(&ps, step_dir, wmap, index, err)) goto out;
     params_alloc(&ps);
-    if (params_load_dir(&ps, step_dir, err) || make_dir(out, err)) goto out;
+    if (ckpt_open(&rd, step_dir, err) || ckpt_load_chosen(&rd, &ps, which, used, err) || make_dir(out, err)) goto out;
     ckpt_join(src, step_dir, CKPT_CONFIG);
     ckpt_join(dst, out, CKPT_CONFIG);
     if (ckpt_copy_file(src, dst, err)) goto out;
@@ -75,6 +78,7 @@ int ckpt_export(const char *step_dir, const char *out, st_dtype dtype, char *err
     ckpt_join(dst, out, "model.safetensors");
     rc = params_save_part(&ps, ps.w, dtype, 0, ps.numel, dst, err);
 out:
+    ckpt_close(&rd);
     params_free(&ps);
     cJSON_Delete(root);
     return rc;

@@ -4,10 +4,12 @@
 #ifndef CHECKPOINT_FOLDER_H
 #define CHECKPOINT_FOLDER_H
 
+#include "../nn/params.h"
+
 #include <cjson/cJSON.h>
 #include <stddef.h>
 
-#define CKPT_INDEX "model.safetensors.index.json"
+#define CKPT_INDEX PARAMS_INDEX
 #define CKPT_CONFIG "config.json"
 #define CKPT_STATE "trainer_state.json"
 #define CKPT_STEP_PREFIX "step_"        /* complete folders: step_XXXXXXXX */

@@ -1,6 +1,7 @@
-/* load.c - reading a step folder back (ckpt.h): weights by tensor name, and
- * the optimizer state of any flat range from the parts that overlap it,
- * which is what resharding to another world size needs. */
+/* load.c - reading a step folder back (ckpt.h): weights and their EMA by
+ * tensor name, the choice between them for readers, and the optimizer state
+ * of any flat range from the parts that overlap it, which is what
+ * resharding to another world size needs. */
 #include "ckpt.h"
 #include "folder.h"
 #include "../common/error.h"
@@ -61,6 +62,7 @@ static int read_index(ckpt_reader *r, char *err) {
     }
     r->step = (long)step;
     r->world_size = (int)world;
+    r->has_ema = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "ema_map"));
     r->parts = xcalloc(cJSON_GetArraySize(parts), sizeof(ckpt_part_file));
     const cJSON *e;
     cJSON_ArrayForEach(e, parts) {
@@ -109,10 +111,41 @@ void ckpt_close(ckpt_reader *r) {
     memset(r, 0, sizeof *r);
 }
 
-int ckpt_load_weights(const ckpt_reader *r, param_set *ps, char *err) {
+static int load_map(const ckpt_reader *r, const param_set *ps, float *flat, const char *map, char *err) {
     if (ps->numel != r->numel)
         return set_error(err, "%s: holds %zu parameters, the model has %zu", r->dir, r->numel, ps->numel);
-    return params_load_dir(ps, r->dir, err);
+    return params_load_map(ps, flat, r->dir, map, err);
+}
+
+int ckpt_load_weights(const ckpt_reader *r, param_set *ps, char *err) {
+    return load_map(r, ps, ps->w, "weight_map", err);
+}
+
+int ckpt_load_ema(const ckpt_reader *r, const param_set *ps, float *flat, char *err) {
+    if (!r->has_ema) return set_error(err, "%s: holds no EMA of the weights (trained without --ema)", r->dir);
+    return load_map(r, ps, flat, "ema_map", err);
+}
+
+int ckpt_weights_parse(const char *flag, ckpt_weights *w, char *err) {
+    *w = !flag ? CKPT_AUTO : strcmp(flag, "ema") == 0 ? CKPT_EMA : CKPT_RAW;
+    if (flag && *w == CKPT_RAW && strcmp(flag, "raw") != 0)
+        return set_error(err, "--weights %s: expected ema or raw", flag);
+    return 0;
+}
+
+int ckpt_has_ema(const char *step_dir) {
+    char index[CKPT_PATH_LEN], err[ERR_LEN];
+    ckpt_join(index, step_dir, CKPT_INDEX);
+    cJSON *root = json_read_object(index, err);
+    int has = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "ema_map"));
+    cJSON_Delete(root);
+    return has;
+}
+
+int ckpt_load_chosen(const ckpt_reader *r, param_set *ps, ckpt_weights which, ckpt_weights *used, char *err) {
+    ckpt_weights w = which == CKPT_AUTO ? (r->has_ema ? CKPT_EMA : CKPT_RAW) : which;
+    if (used) *used = w;
+    return w == CKPT_EMA ? ckpt_load_ema(r, ps, ps->w, err) : ckpt_load_weights(r, ps, err);
 }
 
 int ckpt_load_optim(const ckpt_reader *r, size_t offset, size_t count, float *m, float *v, float *master,

@@ -1,6 +1,7 @@
-/* save.c - writing a checkpoint (ckpt.h): every rank's shard and optimizer
- * part into the temp folder, then rank 0's config, state, extra files and
- * index, the rename into place, DIR/latest, and the retention. */
+/* save.c - writing a checkpoint (ckpt.h): every rank's shard (weights, and
+ * the EMA when kept) and optimizer part into the temp folder, then rank 0's
+ * config, state, extra files and index, the rename into place, DIR/latest,
+ * and the retention. */
 #include "ckpt.h"
 #include "folder.h"
 #include "../common/crc32c.h"
@@ -16,8 +17,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* What each rank reports to rank 0 after writing its files. */
-enum { G_W_BYTES, G_W_CRC, G_O_BYTES, G_O_CRC, G_O_OFFSET, G_O_COUNT, G_N };
+/* What each rank reports to rank 0 after writing its files (G_E_BYTES -1:
+ * no EMA file). */
+enum { G_W_BYTES, G_W_CRC, G_O_BYTES, G_O_CRC, G_O_OFFSET, G_O_COUNT, G_E_BYTES, G_E_CRC, G_N };
 
 static void shard_name(char *buf, size_t len, const char *kind, int rank, int size) {
     snprintf(buf, len, "%s-%05d-of-%05d.safetensors", kind, rank + 1, size);
@@ -42,17 +44,43 @@ static int file_sum(const char *path, int64_t *bytes, int64_t *crc, char *err) {
     return 0;
 }
 
-/* This rank's weight shard and optimizer part, with their sizes and CRCs. */
+void ckpt_shard_range(const param_set *ps, int rank, int size, size_t *offset, size_t *count) {
+    size_t off, n, lo = 0, hi = 0;
+    int any = 0;
+    dist_part(ps->numel, rank, size, &off, &n);
+    for (int i = 0; i < ps->n; i++) {       /* tensors are in offset order */
+        const param_info *p = &ps->info[i];
+        if (p->offset < off || p->offset - off >= n) continue;
+        if (!any) lo = p->offset;
+        any = 1;
+        hi = p->offset + p->numel;
+    }
+    *offset = any ? lo : off;
+    *count = hi - lo;
+}
+
+/* This rank's shard of tensors named like the weights, as the file
+ * KIND-0000r-of-0000N: flat[0] is the first element of ckpt_shard_range. */
+static int write_shard(const char *tmp, const char *kind, const param_set *ps, const float *flat, int rank,
+                       int size, int64_t *bytes, int64_t *crc, char *err) {
+    char name[64], path[CKPT_PATH_LEN];
+    size_t off, count;
+    ckpt_shard_range(ps, rank, size, &off, &count);
+    shard_name(name, sizeof name, kind, rank, size);
+    ckpt_join(path, tmp, name);
+    return params_save_part(ps, flat, ST_F32, off, count, path, err) || file_sum(path, bytes, crc, err) ? -1 : 0;
+}
+
+/* This rank's weight shard, EMA shard and optimizer part, with their sizes
+ * and CRCs. */
 static int write_rank_files(const char *tmp, const ckpt_save_request *r, int rank, int size,
                             int64_t *g, char *err) {
     char name[64], path[CKPT_PATH_LEN];
     size_t off, count;
-    dist_part(r->ps->numel, rank, size, &off, &count);
-    shard_name(name, sizeof name, "model", rank, size);
-    ckpt_join(path, tmp, name);
-    if (params_save_part(r->ps, r->ps->w, ST_F32, off, count, path, err) ||
-        file_sum(path, &g[G_W_BYTES], &g[G_W_CRC], err))
-        return -1;
+    ckpt_shard_range(r->ps, rank, size, &off, &count);
+    if (write_shard(tmp, "model", r->ps, r->ps->w + off, rank, size, &g[G_W_BYTES], &g[G_W_CRC], err)) return -1;
+    g[G_E_BYTES] = -1;
+    if (r->ema && write_shard(tmp, "ema", r->ps, r->ema, rank, size, &g[G_E_BYTES], &g[G_E_CRC], err)) return -1;
 
     if (r->opt_offset > r->ps->numel || r->opt_count > r->ps->numel - r->opt_offset)
         return set_error(err, "%s: optimizer range [%zu,%zu) outside the %zu parameters", tmp,
@@ -126,6 +154,10 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
                               char *err) {
     char path[CKPT_PATH_LEN], name[64];
     if (ranges_tile(tmp, g, size, r->ps->numel, err)) return -1;
+    for (int k = 0; k < size; k++)          /* an EMA in some shards only could not be loaded */
+        if ((g[(size_t)k * G_N + G_E_BYTES] >= 0) != (r->ema != NULL))
+            return set_error(err, r->ema ? "%s: rank 0 saved an EMA, rank %d none" : "%s: rank %d saved an EMA, rank 0 none",
+                             tmp, k);
     cJSON *files = need(cJSON_CreateObject());
     int rc = -1;
     ckpt_join(path, tmp, CKPT_CONFIG);
@@ -164,6 +196,7 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
     need(cJSON_AddNumberToObject(meta, "step", (double)r->step));
     need(cJSON_AddNumberToObject(meta, "world_size", size));
     cJSON *wmap = need(cJSON_AddObjectToObject(index, "weight_map"));
+    cJSON *emap = r->ema ? need(cJSON_AddObjectToObject(index, "ema_map")) : NULL;
     int owner = 0;                      /* tensors are in offset order */
     for (int i = 0; i < ps->n; i++) {
         size_t off, count;
@@ -174,6 +207,9 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
         }
         shard_name(name, sizeof name, "model", owner, size);
         need(cJSON_AddStringToObject(wmap, ps->info[i].name, name));
+        if (!emap) continue;
+        shard_name(name, sizeof name, "ema", owner, size);
+        need(cJSON_AddStringToObject(emap, ps->info[i].name, name));
     }
     cJSON *parts = need(cJSON_AddArrayToObject(index, "optimizer_parts"));
     for (int k = 0; k < size; k++) {
@@ -188,6 +224,9 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
         add_file(files, name, gk[G_O_BYTES], (uint32_t)gk[G_O_CRC]);
         shard_name(name, sizeof name, "model", k, size);
         add_file(files, name, gk[G_W_BYTES], (uint32_t)gk[G_W_CRC]);
+        if (!emap) continue;
+        shard_name(name, sizeof name, "ema", k, size);
+        add_file(files, name, gk[G_E_BYTES], (uint32_t)gk[G_E_CRC]);
     }
     cJSON_AddItemToObject(index, "files", files);
     files = NULL;

@@ -1,5 +1,6 @@
 /* verify.c - is a step folder complete and intact (every file the index lists,
- * with its size and CRC32C), and which checkpoint does --resume mean (ckpt.h). */
+ * with its size and CRC32C, the EMA's among them), and which checkpoint does
+ * --resume mean (ckpt.h). */
 #include "ckpt.h"
 #include "folder.h"
 #include "../common/crc32c.h"
@@ -50,14 +51,17 @@ int ckpt_verify(const char *dir, char *err) {
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
     const cJSON *wmap = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(root, "optimizer_parts");
+    const cJSON *emap = cJSON_GetObjectItemCaseSensitive(root, "ema_map");     /* runs with --ema only */
     const cJSON *e;
-    if (!cJSON_IsObject(files) || !cJSON_IsObject(wmap) || !cJSON_IsArray(parts)) {
-        set_error(err, "%s: needs the objects files and weight_map and the array optimizer_parts", index);
+    if (!cJSON_IsObject(files) || !cJSON_IsObject(wmap) || !cJSON_IsArray(parts) || (emap && !cJSON_IsObject(emap))) {
+        set_error(err, "%s: needs the objects files and weight_map and the array optimizer_parts "
+                  "(and ema_map as an object)", index);
         goto out;
     }
     cJSON_ArrayForEach(e, files) if (check_file(dir, index, e, err)) goto out;
     if (listed(files, index, CKPT_CONFIG, "file", err) || listed(files, index, CKPT_STATE, "file", err)) goto out;
     cJSON_ArrayForEach(e, wmap) if (listed(files, index, cJSON_GetStringValue(e), "weight file", err)) goto out;
+    cJSON_ArrayForEach(e, emap) if (listed(files, index, cJSON_GetStringValue(e), "EMA file", err)) goto out;
     cJSON_ArrayForEach(e, parts) {
         const char *f = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(e, "file"));
         if (listed(files, index, f, "optimizer file", err)) goto out;

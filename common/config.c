@@ -109,6 +109,14 @@ int config_load_given(const char *path, const cJSON *given, const char *source, 
             }
         }
     }
+    /* The one string field. */
+    const cJSON *ia = cJSON_GetObjectItemCaseSensitive(root, "image_attention");
+    if (rc == 0 && ia) {
+        int causal = cJSON_IsString(ia) && strcmp(ia->valuestring, "causal") == 0;
+        if (!causal && !(cJSON_IsString(ia) && strcmp(ia->valuestring, "bidirectional") == 0))
+            rc = set_error(err, "%s: field 'image_attention': expected \"bidirectional\" or \"causal\"", path);
+        c->image_causal = causal;
+    }
     /* BOI and EOI default to the two ids appended after the SentencePiece
      * vocabulary (spec section 1). */
     if (!cJSON_GetObjectItemCaseSensitive(root, "boi_token_id") &&
@@ -223,6 +231,7 @@ int config_save(const char *path, const model_config *c, char *err)
         if (v && !ok)
             cJSON_Delete(v);
     }
+    ok = ok && cJSON_AddStringToObject(root, "image_attention", c->image_causal ? "causal" : "bidirectional");
     if (!ok)
         die("out of memory writing %s", path);
     return json_write(path, root, err);

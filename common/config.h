@@ -24,6 +24,10 @@ typedef struct {
     float lambda_diffusion;     /* default 5 */
     int bos_token_id, eos_token_id, boi_token_id, eoi_token_id;
                                 /* defaults 1, 2, vocab_size-2, vocab_size-1 */
+    int image_causal;           /* "image_attention": "bidirectional" (0, the
+                                   default: a patch sees its whole image) or
+                                   "causal" (1: only the patches before it;
+                                   the paper's ablation) */
 } model_config;
 
 /* Derived sizes. */
@@ -36,7 +40,8 @@ static inline int cfg_patches_per_image(const model_config *c) {
 
 /* Reads a JSON config. Required: vocab_size, hidden_size, num_hidden_layers,
  * num_attention_heads, intermediate_size, latent_channels, latent_size,
- * patch_size, max_image_patches; the rest take the defaults above. Then
+ * patch_size, max_image_patches; the rest take the defaults above
+ * (image_attention is a string, the others numbers). Then
  * validates (see config_validate). Returns non-zero with a one-line message
  * naming the file and the field. */
 int config_load(const char *path, model_config *c, char *err);

@@ -9,37 +9,38 @@ packages into CACHE/src); standard library only.
 
 Steps of `build`:
   plan    one sample per image: key, caption, metadata, concept, split
-  render  rsvg-convert -a -w S -h S -b white | cwebp -lossless, in parallel;
+          (test/ood: the held-out concepts; val: 3% of the others, by a fixed
+          hash of the key; train: the rest)
+  render  bin/render_images (data/render_images.c: librsvg + libwebp in
+          process, one thread per core), in chunks of RENDER_CHUNK images;
           inputs that fail are skipped and counted
-  pack    {train,test,ood}-NNNNN.tar, each member set KEY.webp, KEY.txt,
+  pack    {train,val,test,ood}-NNNNN.tar, each member set KEY.webp, KEY.txt,
           KEY.json; every shard is written under a hidden temporary name and
           renamed when complete; manifest.json is written last
 """
 
 import argparse
-import base64
-import concurrent.futures
 import fcntl
 import hashlib
 import io
 import json
 import os
 import re
+import resource
 import shutil
 import struct
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import unicodedata
 import xml.etree.ElementTree as ET
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: the val split
 SHARD_SAMPLES = 1000
 MAX_KEY = 90            # keys + ".webp" fit a plain ustar name (100 bytes)
 MAX_TAGS = 5
-TUXPAINT_ROOT = "/usr/share/tuxpaint/stamps"
+TUXPAINT_ROOT = "/usr/share/tuxpaint/stamps"   # --tuxpaint-root changes it (tests)
 TUXPAINT_VERSION_PINNED = "2022.06.04-1"
 
 SVG_NS = "http://www.w3.org/2000/svg"
@@ -119,7 +120,12 @@ SOURCES = {
     },
 }
 SOURCE_ORDER = list(SOURCES)
-SPLITS = ("train", "test", "ood")
+SPLITS = ("train", "val", "test", "ood")
+# val: this many of every 10000 non-held-out samples, chosen by in_val().
+VAL_PER_10000 = 300
+VAL_SALT = b"transfusion-val-v1:"
+RENDER_CHUNK = 1000     # images per renderer process: progress lines, crash isolation
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def log(msg):
@@ -228,18 +234,6 @@ def png_size(data):
     if w == 0 or h == 0:
         raise BadInput("PNG has a zero size")
     return w, h
-
-
-def png_wrapper(data):
-    """An SVG that shows the PNG centred on a square canvas, aspect kept."""
-    w, h = png_size(data)
-    side = max(w, h)
-    b64 = base64.b64encode(data)
-    return (b'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'
-            b' width="%d" height="%d" viewBox="0 0 %d %d">'
-            b'<image x="%g" y="%g" width="%d" height="%d" preserveAspectRatio="xMidYMid meet"'
-            b' xlink:href="data:image/png;base64,%s"/></svg>'
-            % (side, side, side, side, (side - w) / 2, (side - h) / 2, w, h, b64))
 
 
 def webp_size(data):
@@ -497,7 +491,7 @@ class Planner:
                          emoji_caption(label, SOURCES[source]["style"], meta["tags"]), meta, extra)
 
     def tuxpaint(self):
-        root = TUXPAINT_ROOT
+        root = self.args.tuxpaint_root
         stamps = []
         for dp, dns, fns in os.walk(root):
             dns.sort()
@@ -566,6 +560,20 @@ def read_heldout(path):
     return held
 
 
+def in_val(key):
+    """Whether a sample that is not held out goes to val rather than train.
+
+    A fixed hash of the key alone (salted, so it is independent of the shard
+    order, which hashes the bare key): the same answer on every machine, in
+    every run and with any --limit, whatever order the sources are listed in.
+    About VAL_PER_10000 / 10000 of the keys. The val images are renderings the
+    model never trains on, mostly of concepts it sees in other styles (a Tux
+    Paint stamp, or an emoji only one source draws, has no other style: its
+    val sample is a concept train lacks; the manifest counts them)."""
+    h = hashlib.sha256(VAL_SALT + key.encode("utf-8")).digest()
+    return int.from_bytes(h[:8], "big") % 10000 < VAL_PER_10000
+
+
 def assign_splits(samples, held):
     linked = {}
     for s in samples:
@@ -575,7 +583,7 @@ def assign_splits(samples, held):
                     linked[c] = held[s["concept"]]
     for s in samples:
         c = s["concept"]
-        s["split"] = held.get(c) or linked.get(c) or "train"
+        s["split"] = held.get(c) or linked.get(c) or ("val" if in_val(s["key"]) else "train")
     found = sorted({s["concept"] for s in samples if s["concept"] in held})
     missing = sorted(c for c in held if c not in set(found))
     return found, missing, linked
@@ -583,40 +591,23 @@ def assign_splits(samples, held):
 
 # ---------------------------------------------------------------- rendering
 
-WORKER = r'''
-# stdin: lines "INPUT.svg<TAB>OUTPUT"; writes OUTPUT.tmp and prints one line per
-# input: "ok" (the caller renames OUTPUT.tmp to OUTPUT) or "fail REASON".
-# Two execs per image; ulimit -t bounds an SVG that makes rsvg-convert spin.
-S="$1"; err="$2"
-ulimit -t 120
-while IFS=$'\t' read -r in out; do
-  rsvg-convert -a -w "$S" -h "$S" -b white "$in" 2>"$err" \
-    | cwebp -quiet -lossless -o "$out.tmp" -- - 2>>"$err"
-  st=("${PIPESTATUS[@]}")
-  if [ "${st[0]}" = 0 ] && [ "${st[1]}" = 0 ] && [ -s "$out.tmp" ]; then
-    echo ok
-  else
-    msg=$(< "$err"); msg=${msg//[$'\t\r\n']/ }
-    echo "fail rsvg-convert=${st[0]} cwebp=${st[1]}: ${msg:0:300}"
-  fi
-done
-'''
-
-
 def prepare_input(s, prep_dir):
-    """Path of the SVG to rasterize for a sample, writing a prepared copy
-    (square canvas, or PNG wrapper) when the original won't do."""
+    """Path of the file to rasterize for a sample: the original, or for a
+    non-square SVG a prepared copy on a square canvas (so the drawing is
+    centred exactly as before render_images existed). PNG stamps go as they
+    are: render_images wraps them in the same square SVG itself."""
+    if s["input_kind"] == "png":
+        with open(s["input"], "rb") as f:
+            png_size(f.read(24))            # BadInput when not a PNG
+        return s["input"]
     dst = os.path.join(prep_dir, s["key"] + ".svg")
     if os.path.isfile(dst):
         return dst
     with open(s["input"], "rb") as f:
         data = f.read()
-    if s["input_kind"] == "png":
-        new = png_wrapper(data)
-    else:
-        new = square_svg(data)
-        if new is None:
-            return s["input"]
+    new = square_svg(data)
+    if new is None:
+        return s["input"]
     tmp = dst + ".tmp"
     with open(tmp, "wb") as f:
         f.write(new)
@@ -624,7 +615,35 @@ def prepare_input(s, prep_dir):
     return dst
 
 
-def render(samples, work, size, jobs):
+def run_renderer(renderer, chunk, size, jobs, cpu_seconds):
+    """Runs render_images over [(sample, input path)]; returns its exit status,
+    {output path: reason} of the failures it reported, and its stderr."""
+    def limit():
+        # Bounds an SVG that makes librsvg spin (the old worker's ulimit -t).
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = cpu_seconds if hard == resource.RLIM_INFINITY else min(cpu_seconds, hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+    inp = "".join(f"{p}\t{s['webp']}\t{size}\n" for s, p in chunk)
+    r = subprocess.run([renderer, "--threads", str(jobs)], input=inp.encode("utf-8"),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit, check=False)
+    if r.returncode == 2:
+        sys.exit(f"build_images: {renderer} refused its jobs: "
+                 + r.stderr.decode("utf-8", "replace").strip())
+    fails = {}
+    for line in r.stdout.decode("utf-8", "replace").splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) == 3 and parts[0] == "fail":
+            fails[parts[1]] = parts[2]
+    return r.returncode, fails, r.stderr.decode("utf-8", "replace")
+
+
+def died(rc, err):
+    why = f"signal {-rc}" if rc < 0 else f"exit status {rc}"
+    tail = " ".join(err.split())[-200:]
+    return f"render_images died ({why})" + (f": {tail}" if tail else "")
+
+
+def render(samples, work, size, jobs, renderer):
     prep_dir = os.path.join(work, "prep")
     webp_dir = os.path.join(work, "webp")
     os.makedirs(prep_dir, exist_ok=True)
@@ -644,51 +663,63 @@ def render(samples, work, size, jobs):
             done[s["source"]] += 1
             continue
         try:
-            todo.append((s, prepare_input(s, prep_dir)))
+            p = prepare_input(s, prep_dir)
         except (BadInput, OSError) as e:
             failed[s["key"]] = f"bad input: {e}"
+            continue
+        if "\t" in p or "\n" in p:        # the renderer's job lines are tab-separated
+            failed[s["key"]] = "input path has a tab or newline"
+            continue
+        todo.append((s, p))
     cached = sum(done.values())
-    log(f"render: {len(todo)} images to rasterize at {size}x{size} with {jobs} jobs"
+    log(f"render: {len(todo)} images to rasterize at {size}x{size} with {jobs} threads"
         + (f" ({cached} already done by an earlier run)" if cached else ""))
     if not todo:
         return failed
-    batch = 48
-    batches = [todo[i:i + batch] for i in range(0, len(todo), batch)]
-    lock = threading.Lock()
+    if not os.access(renderer, os.X_OK):
+        sys.exit(f"build_images: renderer {renderer} missing (make bin/render_images)")
     t0 = time.time()
-    last = [0.0]
+    last, last_n = 0.0, -1
 
     def progress(final=False):
+        nonlocal last, last_n
         now = time.time()
-        if not final and now - last[0] < 5:
+        n = sum(done.values()) + len(failed)
+        if (not final and now - last < 5) or n == last_n:
             return
-        last[0] = now
+        last, last_n = now, n
         n = sum(done.values())
         per = ", ".join(f"{k} {done[k]}/{total[k]}" for k in SOURCE_ORDER if total[k])
         log(f"render: {n}/{len(samples)} [{per}] {len(failed)} failed, {now - t0:.0f} s")
 
-    def run(b):
-        inp = "".join(f"{p}\t{s['webp']}\n" for s, p in b)
-        err = os.path.join(work, f"stderr.{threading.get_ident()}")
-        r = subprocess.run(["bash", "-c", WORKER, "worker", str(size), err], input=inp.encode(),
-                           stdout=subprocess.PIPE, check=False)
-        lines = r.stdout.decode("utf-8", "replace").splitlines()
-        with lock:
-            for i, (s, _) in enumerate(b):
-                res = lines[i] if i < len(lines) else "fail worker died"
-                tmp = s["webp"] + ".tmp"
-                if res == "ok":
-                    os.replace(tmp, s["webp"])
-                    done[s["source"]] += 1
-                else:
-                    failed[s["key"]] = res[5:] if res.startswith("fail ") else res
-                    if os.path.exists(tmp):
-                        os.remove(tmp)
-            progress()
+    def settle(chunk, fails):
+        """Records each job of a finished run; returns those with no result."""
+        lost = []
+        for s, p in chunk:
+            if s["webp"] in fails:
+                failed[s["key"]] = fails[s["webp"]]
+            elif os.path.isfile(s["webp"]):
+                done[s["source"]] += 1
+            else:
+                lost.append((s, p))
+        return lost
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as ex:
-        for f in [ex.submit(run, b) for b in batches]:
-            f.result()
+    # CPU budget of one run: far above what the images need (a few ms each at
+    # 64 px), low enough that a spinning SVG does not hold the build for long.
+    per_image = 0.25 * max(1.0, (size / 64) ** 2)
+    for i in range(0, len(todo), RENDER_CHUNK):
+        chunk = todo[i:i + RENDER_CHUNK]
+        rc, fails, err = run_renderer(renderer, chunk, size, jobs, int(120 + per_image * len(chunk)))
+        lost = settle(chunk, fails)
+        if lost:
+            # The renderer crashed or hit its CPU limit: render what it left
+            # one image per process, so only the culprit fails.
+            log(f"render: {died(rc, err)}; retrying its {len(lost)} unfinished images one by one")
+            for job in lost:
+                rc1, fails1, err1 = run_renderer(renderer, [job], size, 1, int(120 + per_image))
+                for s, _ in settle([job], fails1):
+                    failed[s["key"]] = died(rc1, err1)
+        progress()
     progress(final=True)
     return failed
 
@@ -802,17 +833,24 @@ def tuxpaint_version():
         return None
 
 
+def file_sha256(path):
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
 def config(args):
-    h = hashlib.sha256()
-    with open(os.path.abspath(__file__), "rb") as f:
-        h.update(f.read())
-    with open(args.heldout, "rb") as f:
-        held_sha = hashlib.sha256(f.read()).hexdigest()
     c = {
         "format_version": FORMAT_VERSION, "size": args.size, "limit": args.limit,
-        "builder_sha256": h.hexdigest(), "fetch_script_sha256": args.script_hash,
-        "heldout_sha256": held_sha, "tuxpaint_version": tuxpaint_version(),
-        "shard_samples": SHARD_SAMPLES,
+        "builder_sha256": file_sha256(os.path.abspath(__file__)),
+        "fetch_script_sha256": args.script_hash,
+        # The renderer's source, not its binary: the binary differs between
+        # compilers and -march, the pictures do not.
+        "renderer_sha256": file_sha256(os.path.join(HERE, "render_images.c")),
+        "heldout_sha256": file_sha256(args.heldout), "tuxpaint_version": tuxpaint_version(),
+        "tuxpaint_root": args.tuxpaint_root, "shard_samples": SHARD_SAMPLES,
     }
     c["id"] = hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest()[:16]
     return c
@@ -839,8 +877,8 @@ def up_to_date(args, cfg):
 def build(args, cfg):
     t0 = time.time()
     held = read_heldout(args.heldout)
-    if not os.path.isdir(TUXPAINT_ROOT):
-        sys.exit(f"build_images: {TUXPAINT_ROOT} missing (install tuxpaint-stamps-default)")
+    if not os.path.isdir(args.tuxpaint_root):
+        sys.exit(f"build_images: {args.tuxpaint_root} missing (install tuxpaint-stamps-default)")
     tux_version = cfg["tuxpaint_version"]
     if tux_version != TUXPAINT_VERSION_PINNED:
         log(f"warning: tuxpaint-stamps-default {tux_version}, the notes were made with {TUXPAINT_VERSION_PINNED}")
@@ -870,7 +908,7 @@ def build(args, cfg):
             except OSError:
                 pass
     t1 = time.time()
-    failed = render(samples, work, args.size, args.jobs)
+    failed = render(samples, work, args.size, args.jobs, args.renderer)
     t2 = time.time()
 
     # Read the renders; wrong sizes count as failures too.
@@ -916,12 +954,15 @@ def build(args, cfg):
         splits[split] = {"samples": len(part), "concepts": len({s["concept"] for s in part}),
                          "per_source": per_source, "shards": shards}
     for f in os.listdir(args.out):
-        if re.fullmatch(r"(train|test|ood)-\d{5}\.tar", f) and f not in written:
+        if re.fullmatch(r"(%s)-\d{5}\.tar" % "|".join(SPLITS), f) and f not in written:
             os.remove(os.path.join(args.out, f))
         elif f.startswith(".") and f.endswith(".partial"):
             os.remove(os.path.join(args.out, f))
     write_licenses(args.out, args, tux_version)
 
+    train_concepts = {s["concept"] for s in good if s["split"] == "train"}
+    val_concepts = {s["concept"] for s in good if s["split"] == "val"}
+    val_seen, val_new = val_concepts & train_concepts, val_concepts - train_concepts
     fluent_unmatched = sorted(set(planner.notes["fluent-flat"]) | set(planner.notes["fluent-modern"]))
     man = {
         "description": "Image-caption pairs (WebDataset: KEY.webp, KEY.txt, KEY.json), built by data/fetch-images.sh",
@@ -934,6 +975,9 @@ def build(args, cfg):
                           "skipped": planner.skipped[src]}
                     for src in SOURCE_ORDER},
         "splits": splits,
+        "val": {"rule": "not held out, and int.from_bytes(sha256(salt + key)[:8], 'big') % 10000 < per_10000",
+                "salt": VAL_SALT.decode("ascii"), "per_10000": VAL_PER_10000,
+                "concepts_also_in_train": len(val_seen), "concepts_not_in_train": len(val_new)},
         "total_samples": len(good),
         "heldout": {"file": os.path.basename(args.heldout), "listed": len(held), "found": len(found),
                     "missing": missing, "linked_hex_concepts": linked},
@@ -955,6 +999,8 @@ def build(args, cfg):
             + "  ".join(f"{row['per_source'][s]:>13}" for s in SOURCE_ORDER))
     skipped = {src: v for src, v in planner.skipped.items() if any(v.values())}
     log(f"summary: skipped: {json.dumps(skipped)}")
+    log(f"summary: val: {splits['val']['samples']} of {splits['train']['samples'] + splits['val']['samples']} "
+        f"non-held-out samples; {len(val_seen)} of its {len(val_concepts)} concepts are in train in other styles")
     log(f"summary: held-out concepts found {len(found)}/{len(held)}; "
         f"plan {t1 - t0:.0f} s, render {t2 - t1:.0f} s, pack {t3 - t2:.0f} s; output {args.out}")
 
@@ -967,6 +1013,9 @@ def main():
     ap.add_argument("--cache", required=True)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--heldout", required=True)
+    ap.add_argument("--renderer", default=os.path.join(os.path.dirname(HERE), "bin", "render_images"),
+                    help="the render_images program (default: the repository's bin/render_images)")
+    ap.add_argument("--tuxpaint-root", default=TUXPAINT_ROOT, help="Tux Paint stamps folder (tests)")
     ap.add_argument("--script-hash", default="")
     ap.add_argument("--keep-work", action="store_true", help="keep the per-image renders")
     ap.add_argument("command", choices=("check", "build"))

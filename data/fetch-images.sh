@@ -2,22 +2,26 @@
 # fetch-images.sh - builds the project's image-caption dataset (about 18.9k
 # emoji and Tux Paint stamps with English captions) as WebDataset tar shards:
 #
-#   data/images-S/{train,test,ood}-NNNNN.tar   KEY.webp, KEY.txt, KEY.json
-#   data/images-S/manifest.json                counts per split and source
-#   data/images-S/LICENSES.md, licenses/       licence and attribution
+#   data/images-S/{train,val,test,ood}-NNNNN.tar   KEY.webp, KEY.txt, KEY.json
+#   data/images-S/manifest.json                    counts per split and source
+#   data/images-S/LICENSES.md, licenses/           licence and attribution
 #
 # Sources (pinned; see shared/notes/data-sources.md): npm openmoji, @twemoji/svg,
 # @svgmoji/noto, fluentui-emoji (fetched once with `npm pack` into data/cache/npm
 # and checked against the sha512 below), Debian tuxpaint-stamps-default.
-# The held-out concepts of data/heldout_concepts.tsv never go to train.
+# The held-out concepts of data/heldout_concepts.tsv (test, ood) never go to
+# train; val is 3% of the other images, chosen by a fixed hash of the key.
+# The pictures are rasterized by bin/render_images (data/render_images.c),
+# built here with make when it is missing or older than its source.
 #
 # Usage: data/fetch-images.sh [--size S] [--limit N] [--out DIR] [--jobs J]
 #   --size S    image side in pixels (default 64)
 #   --limit N   at most N images per source, for quick tests; the default
 #               output folder is then data/images-S-limN
 #   --out DIR   output folder (default data/images-S)
-#   --jobs J    parallel rasterizers (default: number of cores)
+#   --jobs J    rasterizer threads (default: number of cores)
 # A re-run whose output is complete and up to date does nothing.
+# RENDER_IMAGES=PATH uses that render_images program instead (not rebuilt).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,7 +31,7 @@ size=64
 limit=0
 out=""
 jobs="$(nproc 2>/dev/null || echo 2)"
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --size) size="${2:?--size needs a value}"; shift 2 ;;
@@ -52,6 +56,8 @@ if [ -z "$out" ]; then
     [ "$limit" -gt 0 ] && out="$here/images-$size-lim$limit"
 fi
 cache="$here/cache"
+root="$(dirname "$here")"
+renderer="${RENDER_IMAGES:-$root/bin/render_images}"
 
 # name@version and the sha512 integrity the npm registry publishes for it.
 NPM_PACKAGES=(
@@ -62,7 +68,7 @@ NPM_PACKAGES=(
 )
 
 builder=("$PY" "$here/build_images.py" --size "$size" --limit "$limit" --out "$out"
-         --cache "$cache" --jobs "$jobs" --heldout "$here/heldout_concepts.tsv"
+         --cache "$cache" --jobs "$jobs" --heldout "$here/heldout_concepts.tsv" --renderer "$renderer"
          --script-hash "$(sha256sum "$0" | cut -c1-64)")
 
 # 0. Nothing to do when the output is complete for these settings.
@@ -73,12 +79,21 @@ fi
 
 start=$(date +%s)
 
-# 1. Debian tools and the Tux Paint stamps.
+# 1. Debian tools and the Tux Paint stamps; the renderer's build dependencies
+#    only when it has to be built.
+build_renderer=0
+if [ -z "${RENDER_IMAGES:-}" ] && { [ ! -x "$renderer" ] || [ "$here/render_images.c" -nt "$renderer" ]; }; then
+    build_renderer=1
+fi
 need=()
-command -v rsvg-convert >/dev/null 2>&1 || need+=(librsvg2-bin)
-command -v cwebp >/dev/null 2>&1 || need+=(webp)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -d /usr/share/tuxpaint/stamps ] || need+=(tuxpaint-stamps-default)
+if [ "$build_renderer" = 1 ]; then
+    command -v make >/dev/null 2>&1 && command -v gcc >/dev/null 2>&1 || need+=(build-essential)
+    command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+    pkg-config --exists librsvg-2.0 cairo 2>/dev/null || need+=(librsvg2-dev)
+    pkg-config --exists libwebp 2>/dev/null || need+=(libwebp-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "fetch-images: installing ${need[*]}"
     SUDO=""
@@ -86,6 +101,16 @@ if [ ${#need[@]} -gt 0 ]; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
+if [ "$build_renderer" = 1 ]; then
+    echo "fetch-images: compiling ${renderer#"$root"/}"
+    # MAKEFLAGS of an enclosing make (SANITIZE=1, CUDA=1) would move the target
+    # to another folder: this is always the plain build.
+    if ! env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -C "$root" -s bin/render_images >&2; then
+        echo "fetch-images: could not build bin/render_images (make bin/render_images; it needs gcc, pkg-config, librsvg2-dev and libwebp-dev)" >&2
+        exit 1
+    fi
+fi
+[ -x "$renderer" ] || { echo "fetch-images: renderer $renderer missing or not executable" >&2; exit 1; }
 
 # 2. npm packages: download once, verify, unpack once.
 sha512_of() { # prints the npm-style integrity string of a file

@@ -49,7 +49,7 @@ static const char usage[] =
     "       dataloader serve    --text TEXT_DIR --latents LATENT_DIR --tokenizer TOK.model --patch-size P\n"
     "                           [--endpoint tcp://127.0.0.1:5555] [--seq-len 256] [--rows-per-rank 8] [--seed 0]\n"
     "                           [--image-fraction 0.5] [--caption-first 0.8] [--drop-caption 0.1]\n"
-    "                           [--max-caption 64] [--skip-bad-shards]\n"
+    "                           [--max-caption 64] [--noise-limit on|off] [--skip-bad-shards]\n"
     "       dataloader inspect  --endpoint E --step S --rank R --world W [--dump FILE.safetensors]\n"
     "                           [--timeout-ms MS] [--diffusion-steps T]\n";
 
@@ -58,7 +58,7 @@ int main(int argc, char **argv) {
     static const char *const tokenize_flags[] = {"tokenizer", "input", "out", "threads", NULL};
     static const char *const serve_flags[] = {"text", "latents", "tokenizer", "endpoint", "patch-size", "seq-len",
                                               "rows-per-rank", "seed", "image-fraction", "caption-first",
-                                              "drop-caption", "max-caption", "skip-bad-shards!", NULL};
+                                              "drop-caption", "max-caption", "noise-limit", "skip-bad-shards!", NULL};
     static const char *const inspect_flags[] = {"endpoint", "step", "rank", "world", "dump", "timeout-ms",
                                                 "diffusion-steps", NULL};
     static const command tokenizer_cmds[] = {{"train", cmd_tokenizer_train, train_flags}};

@@ -189,6 +189,7 @@ packer *packer_create(const sources *s, const pack_config *c, char *err) {
     h = fnv1a(h, &c->image_fraction, sizeof(double));
     h = fnv1a(h, &c->caption_first, sizeof(double));
     h = fnv1a(h, &c->drop_caption, sizeof(double));
+    h = fnv1a(h, &c->no_noise_limit, sizeof c->no_noise_limit);
     h = fnv1a(h, &c->seed, sizeof c->seed);
     p->fingerprint = h ? h : 1;   /* 0 means "any" on the wire */
     return p;
@@ -303,7 +304,7 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
             tok[at++] = ids->eoi;
             if (!it->caption_first) { memcpy(tok + at, caption, sizeof(int32_t) * cap); at += cap; }
             tok[at++] = ids->eos;
-            b->noise_limit[img] = !it->caption_first && !it->dropped;
+            b->noise_limit[img] = !p->c.no_noise_limit && !it->caption_first && !it->dropped;
             memcpy(b->latents + (size_t)img * per, s->x0 + (size_t)it->index * per, sizeof(float) * per);
             img++;
         }

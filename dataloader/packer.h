@@ -30,6 +30,8 @@
 typedef struct {
     int L, patch, max_caption;
     double image_fraction, caption_first, drop_caption;
+    int no_noise_limit;        /* 0: image-first pairs draw t in 1..T/2 (the paper's);
+                                  1: in 1..T like the others (its ablation) */
     uint64_t seed;
 } pack_config;
 

@@ -5,7 +5,7 @@
  *       --patch-size P [--endpoint tcp://127.0.0.1:5555] [--seq-len 256]
  *       [--rows-per-rank 8] [--seed 0] [--image-fraction 0.5]
  *       [--caption-first 0.8] [--drop-caption 0.1] [--max-caption 64]
- *       [--skip-bad-shards]
+ *       [--noise-limit on|off] [--skip-bad-shards]
  *
  * One ROUTER socket answers any number of clients (dataloader/client.h, or
  * anything that speaks wire.h): a batch request (step, rank, world) gets rank
@@ -95,6 +95,7 @@ static char *info_json(const server *sv) {
     cJSON_AddNumberToObject(j, "image_fraction", sv->c.image_fraction);
     cJSON_AddNumberToObject(j, "caption_first", sv->c.caption_first);
     cJSON_AddNumberToObject(j, "drop_caption", sv->c.drop_caption);
+    cJSON_AddBoolToObject(j, "noise_limit", !sv->c.no_noise_limit);
     cJSON_AddNumberToObject(j, "seed", (double)sv->c.seed);
     cJSON_AddNumberToObject(j, "text_documents", (double)s->n_docs);
     cJSON_AddNumberToObject(j, "images", (double)s->n_images);
@@ -177,6 +178,9 @@ int dl_cmd_serve(const args *a) {
         .drop_caption = arg_unit(a, "drop-caption", 0.1),
         .seed = (uint64_t)arg_int(a, "seed", 0, 0),
     };
+    const char *nl = arg_str(a, "noise-limit", "on");
+    if (strcmp(nl, "on") != 0 && strcmp(nl, "off") != 0) die_input("%s %s: --noise-limit '%s': on or off", a->prog, a->cmd, nl);
+    c.no_noise_limit = strcmp(nl, "off") == 0;
     if (c.image_fraction > 0 && c.patch == 0) die_input("%s %s: missing --patch-size", a->prog, a->cmd);
     if (c.image_fraction >= 1) die_input("%s %s: --image-fraction must be below 1 (rows need text to fill)", a->prog, a->cmd);
     int B = (int)arg_int(a, "rows-per-rank", 8, 1);

@@ -35,6 +35,8 @@ static void need(int present, const char *kernel) {
 
 void nn_use_backend(const nn_backend *b) { be = b; }
 
+const nn_backend *nn_current_backend(void) { return be; }
+
 int nn_host_memory(void) { return be->host_memory; }
 
 const nn_backend *nn_backend_by_name(const char *name) {

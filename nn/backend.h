@@ -25,6 +25,7 @@ extern const nn_backend nn_cuda_backend;  /* nn/cuda/backend_cuda.c */
 
 /* Makes b the backend of every nn_* call (kernel tests compare two). */
 void nn_use_backend(const nn_backend *b);
+const nn_backend *nn_current_backend(void);
 const nn_backend *nn_backend_by_name(const char *name);   /* NULL: not built in */
 
 #endif

@@ -1,4 +1,5 @@
-/* optim.c - AdamW, clipping and the learning-rate schedule (optim.h). */
+/* optim.c - AdamW, clipping, the learning-rate schedule and the weights'
+ * moving average (optim.h). */
 #include "optim.h"
 #include "kernels.h"
 #include "../common/error.h"
@@ -82,4 +83,39 @@ float optim_step(optimizer *o, param_set *ps, double gnorm) {
                  lr, c->beta1, c->beta2, c->eps, p->decay ? c->weight_decay : 0.0f, bc1, bc2);
     }
     return lr;
+}
+
+void ema_create(weight_ema *e, float decay, size_t off, size_t n) {
+    *e = (weight_ema){.decay = decay, .off = off, .n = n, .avg = nn_alloc_f32(n)};
+}
+
+void ema_free(weight_ema *e) {
+    nn_free(e->avg);
+    memset(e, 0, sizeof *e);
+}
+
+float ema_decay_at(float decay, long t) {
+    if (t == 0) return 0.0f;
+    double warm = (1.0 + t) / (10.0 + t);
+    return warm < decay ? (float)warm : decay;
+}
+
+void ema_step(weight_ema *e, const float *w) {
+    long t = e->updates++;
+    if (e->n == 0) return;              /* a part with no elements: w + off may be past w's end */
+    if (t == 0) nn_copy(e->avg, w + e->off, e->n);      /* d_0 = 0: exactly the weights */
+    else nn_ema_update(e->avg, w + e->off, e->n, ema_decay_at(e->decay, t));
+}
+
+float *ema_host(const weight_ema *e, int fetch) {
+    if (nn_host_memory()) return e->avg;
+    float *h = xmalloc(sizeof(float) * (e->n ? e->n : 1));
+    if (fetch) nn_download(h, e->avg, e->n);
+    return h;
+}
+
+void ema_host_release(const weight_ema *e, float *avg, int store) {
+    if (nn_host_memory()) return;
+    if (store) nn_upload(e->avg, avg, e->n);
+    free(avg);
 }

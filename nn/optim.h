@@ -1,5 +1,6 @@
 /* optim.h - AdamW over a param_set, with global-norm gradient clipping and
- * the learning-rate schedule (linear warmup, then cosine decay to a floor). */
+ * the learning-rate schedule (linear warmup, then cosine decay to a floor);
+ * and an exponential moving average (EMA) of the weights. */
 #ifndef NN_OPTIM_H
 #define NN_OPTIM_H
 
@@ -45,5 +46,29 @@ double grad_norm(const param_set *ps);
  * the tensors marked `decay` only), advances the step. Returns the learning
  * rate used. */
 float optim_step(optimizer *o, param_set *ps, double gnorm);
+
+/* The EMA of a contiguous part of the flat float32 weights, in a backend
+ * buffer, updated after every optimizer step (docs/conventions.md, "EMA"):
+ *   avg = d_t avg + (1 - d_t) w,  d_t = min(decay, (1 + t) / (10 + t)),
+ * t the updates taken before this one, and d_0 = 0: the first update copies
+ * the weights (diffusers' EMAModel). */
+typedef struct {
+    float decay;                /* the target decay, in (0, 1) */
+    long updates;               /* updates taken (t) */
+    size_t off, n;              /* the part of the flat weights it averages */
+    float *avg;                 /* n floats: avg[0] averages element off */
+} weight_ema;
+
+void ema_create(weight_ema *e, float decay, size_t off, size_t n);
+void ema_free(weight_ema *e);
+/* d_t for the target decay. */
+float ema_decay_at(float decay, long t);
+/* One update from the flat weights w (a backend buffer holding all of them). */
+void ema_step(weight_ema *e, const float *w);
+/* The average in host memory, as optim_host_moments: the buffer itself on a
+ * host-memory backend, else a copy, downloaded when `fetch`;
+ * ema_host_release uploads the copy when `store`, and frees it. */
+float *ema_host(const weight_ema *e, int fetch);
+void ema_host_release(const weight_ema *e, float *avg, int store);
 
 #endif

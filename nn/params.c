@@ -2,6 +2,7 @@
 #include "params.h"
 #include "cpu/cpu.h"
 #include "../common/error.h"
+#include "../common/json_file.h"
 #include "../common/safetensors.h"
 
 #include <dirent.h>
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shape, int decay) {
     if (ps->n == ps->cap) {
@@ -59,7 +61,7 @@ int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, siz
     if (dtype != ST_F32 && dtype != ST_BF16)
         return set_error(err, "%s: weights are written as F32 or BF16, not %s", path, st_dtype_name(dtype));
     st_entry *e = xcalloc(ps->n ? ps->n : 1, sizeof(st_entry));
-    size_t lo = ps->numel, hi = 0;      /* the floats the chosen tensors span */
+    size_t end = 0;                     /* the floats of flat the chosen tensors span */
     int n = 0;
     for (int i = 0; i < ps->n; i++) {
         const param_info *p = &ps->info[i];
@@ -68,16 +70,15 @@ int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, siz
         e[n].dtype = dtype;
         e[n].ndim = p->ndim;
         memcpy(e[n].shape, p->shape, sizeof(int64_t) * p->ndim);
-        e[n].data = flat + p->offset;
+        e[n].data = flat + (p->offset - offset);
         n++;
-        if (p->offset < lo) lo = p->offset;
-        if (p->offset + p->numel > hi) hi = p->offset + p->numel;
+        if (p->offset + p->numel - offset > end) end = p->offset + p->numel - offset;
     }
     uint16_t *half = NULL;
     if (dtype == ST_BF16 && n > 0) {
-        half = xmalloc(sizeof(uint16_t) * (hi - lo + 1));
-        st_f32_to_bf16(flat + lo, half, hi - lo);
-        for (int i = 0; i < n; i++) e[i].data = half + ((const float *)e[i].data - flat - lo);
+        half = xmalloc(sizeof(uint16_t) * end);
+        st_f32_to_bf16(flat, half, end);
+        for (int i = 0; i < n; i++) e[i].data = half + ((const float *)e[i].data - flat);
     }
     int rc = st_write(path, e, n, err);
     free(e);
@@ -90,8 +91,40 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
+int params_load_map(const param_set *ps, float *flat, const char *dir, const char *map, char *err) {
+    char index[4096], path[4096], open_name[256] = "";
+    snprintf(index, sizeof index, "%s/%s", dir, PARAMS_INDEX);
+    cJSON *root = json_read_object(index, err);
+    if (!root) return -1;
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(root, map);
+    st_file f = {0};
+    int rc = cJSON_IsObject(m) ? 0 : set_error(err, "%s: no object %s", index, map);
+    /* The map is in offset order, so a file stays open for its run of tensors. */
+    for (int i = 0; i < ps->n && rc == 0; i++) {
+        const param_info *p = &ps->info[i];
+        const char *file = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(m, p->name));
+        if (!file || !file[0] || strchr(file, '/') || strlen(file) >= sizeof open_name) {
+            rc = set_error(err, "%s: %s['%s']: missing, or not a file name", index, map, p->name);
+            break;
+        }
+        if (strcmp(file, open_name) != 0) {
+            st_close(&f);
+            open_name[0] = '\0';
+            snprintf(path, sizeof path, "%s/%s", dir, file);
+            if ((rc = st_open(path, &f, err))) break;
+            snprintf(open_name, sizeof open_name, "%s", file);
+        }
+        rc = st_read_f32(&f, p->name, p->ndim, p->shape, flat + p->offset, err);
+    }
+    st_close(&f);
+    cJSON_Delete(root);
+    return rc;
+}
+
 int params_load_dir(param_set *ps, const char *dir, char *err) {
     char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, PARAMS_INDEX);
+    if (access(path, F_OK) == 0) return params_load_map(ps, ps->w, dir, "weight_map", err);
     DIR *dh = opendir(dir);
     if (!dh) return set_error(err, "%s: cannot open folder: %s", dir, strerror(errno));
     int nf = 0, cap = 4, rc = -1;

@@ -35,14 +35,27 @@ void params_alloc(param_set *ps);
 void params_free(param_set *ps);
 const param_info *params_find(const param_set *ps, const char *name);
 
-/* Reads every tensor, by name, from the *.safetensors files in dir (F32 or
- * BF16, shapes checked). Errors name the file or folder and the tensor. */
+/* The index of a sharded folder (the Hugging Face convention): its
+ * weight_map names the file of each tensor. */
+#define PARAMS_INDEX "model.safetensors.index.json"
+
+/* Reads every tensor, by name, into ps->w from the *.safetensors files in
+ * dir (F32 or BF16, shapes checked); in a sharded folder (one with
+ * PARAMS_INDEX) from the files its weight_map names only, since a training
+ * checkpoint also holds other files with the same tensor names (the EMA).
+ * Errors name the file or folder and the tensor. */
 int params_load_dir(param_set *ps, const char *dir, char *err);
+/* Reads every tensor into flat (numel floats) from the file that the object
+ * `map` of dir's PARAMS_INDEX names for it ("weight_map", or a checkpoint's
+ * "ema_map"). */
+int params_load_map(const param_set *ps, float *flat, const char *dir, const char *map, char *err);
 /* Writes a parameter-shaped flat array (weights or gradients) as F32. */
 int params_save(const param_set *ps, const float *flat, const char *path, char *err);
 /* Writes the tensors whose first element lies in [offset, offset + count) of
  * the flat array (a rank's shard of a checkpoint; all of them for 0, numel),
- * as ST_F32 or ST_BF16 (rounded to nearest even: exported inference weights). */
+ * as ST_F32 or ST_BF16 (rounded to nearest even: exported inference weights).
+ * flat holds the elements from offset on: flat[0] is element offset, and
+ * the chosen tensors must end within it. */
 int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, size_t offset, size_t count,
                      const char *path, char *err);
 

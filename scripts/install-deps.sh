@@ -10,7 +10,9 @@ packages=(
     libclang-rt-14-dev  # libFuzzer and sanitizer runtimes for clang
     libcjson-dev        # JSON headers of safetensors and configs
     libdnnl-dev         # oneDNN: GEMM of the CPU backend
+    liblapacke-dev      # symmetric eigensolver of `trainer eval`'s Fréchet distance
     libwebp-dev         # WebP decode (datasets) and encode (decoded latents)
+    librsvg2-dev        # librsvg + cairo: data/render_images.c rasterizes the image data set
     webp                # dwebp: the decode-speed peer of bench/bench_vae.sh
     libstb-dev          # PNG/JPEG decode, resizing, PNG grids
     libzmq3-dev         # vae_service serve, dataloader serve and client
@@ -20,6 +22,7 @@ packages=(
     openmpi-bin
     python3-torch       # PyTorch references (tests, benchmark peers)
     python3-numpy
+    python3-pil         # PNG/WebP comparisons of the sampling tests and the GPU check
     gnuplot-nox         # launch/plot_metrics.sh: loss curves as PNG
     procps              # pgrep/pkill: the launch and resume tests find and stop their processes
 )

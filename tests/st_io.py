@@ -113,7 +113,7 @@ def compare(ref_path, test_path, rtol, label=""):
         B = test.get(name)
         if B is None or A.shape != B.shape:
             why = f"missing in {test_path}" if B is None else f"shape {list(B.shape)}, want {list(A.shape)}"
-            print(f"FAIL {what}: {why}")
+            print(f"FAIL {what}: {why} (err {rel:.3g})")
             bad += 1
             continue
         A64, B64 = A.astype(np.float64), B.astype(np.float64)
@@ -133,6 +133,6 @@ def compare(ref_path, test_path, rtol, label=""):
         if ok:
             print(f"ok {what} (err {rel:.3g})")
         else:
-            print(f"FAIL {what}: {why}")
+            print(f"FAIL {what}: {why} (err {rel:.3g})")
             bad += 1
     return bad

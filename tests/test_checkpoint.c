@@ -1,15 +1,18 @@
-/* test_checkpoint.c - checkpoint/: bitwise round trip, the index's content,
- * fallback past a corrupt or incomplete checkpoint, retention, a failed save
- * (disk full, unwritable folder) and a save killed at random moments leaving
- * the previous checkpoint intact, and the stop-signal flag.
+/* test_checkpoint.c - checkpoint/: bitwise round trip (the EMA's too), the
+ * index's content, the choice of weights for readers, fallback past a
+ * corrupt or incomplete checkpoint, retention, a failed save (disk full,
+ * unwritable folder) and a save killed at random moments leaving the
+ * previous checkpoint intact, and the stop-signal flag.
  *
  * With arguments it is the helper of test_checkpoint.sh (run under mpirun):
  *   test_checkpoint save DIR STEP SEED [FAIL_RANK]
  *                                        tiny model (configs/tiny.json) with
- *                                        weights of `seed`, Adam state value(i);
- *                                        FAIL_RANK's disk is "full"
- *   test_checkpoint load DIR SEED        resume auto; checks this rank's part
- *                                        and an odd range, exit 0 when exact
+ *                                        weights of `seed`, Adam state and EMA
+ *                                        value(i); FAIL_RANK's disk is "full"
+ *   test_checkpoint load DIR SEED        resume auto; checks the weights, the
+ *                                        whole EMA, this rank's part of the
+ *                                        Adam state and an odd range, exit 0
+ *                                        when exact
  *   test_checkpoint batch OUT SEED       a generated batch file */
 #include "check.h"
 #include "../checkpoint/ckpt.h"
@@ -57,24 +60,29 @@ static void tiny_model(model *m, unsigned long long seed) {
     model_init_weights(m, seed);
 }
 
-/* Saves step `step` of m with this rank's even part of the Adam state. */
+/* Saves step `step` of m with this rank's even part of the Adam state, and
+ * with `ema` the EMA of its shard (value(i, 4)). */
 static int save(const char *dir, long step, const model *m, int keep, int keep_every, const ckpt_extra *extras,
-                int n_extras, char *err) {
-    size_t off, count;
+                int n_extras, int ema, char *err) {
+    size_t off, count, eoff, ecount;
     dist_part(m->ps.numel, dist_rank(), dist_size(), &off, &count);
+    ckpt_shard_range(&m->ps, dist_rank(), dist_size(), &eoff, &ecount);
     float *mo = xmalloc(sizeof(float) * (count + 1)), *vo = xmalloc(sizeof(float) * (count + 1));
+    float *avg = ema ? xmalloc(sizeof(float) * (ecount + 1)) : NULL;
     fill(mo, off, count, 1);
     fill(vo, off, count, 2);
+    if (avg) fill(avg, eoff, ecount, 4);
     cJSON *state = cJSON_CreateObject();
     cJSON_AddNumberToObject(state, "positions_seen", step * 1000.0);
     cJSON_AddStringToObject(cJSON_AddObjectToObject(state, "loader"), "fingerprint", "abc123");
     ckpt_save_request r = {.ps = &m->ps, .cfg = &m->cfg, .step = step, .opt_offset = off, .opt_count = count,
-                           .m = mo, .v = vo, .state = state, .extras = extras, .n_extras = n_extras,
+                           .m = mo, .v = vo, .ema = avg, .state = state, .extras = extras, .n_extras = n_extras,
                            .keep = keep, .keep_every = keep_every};
     int rc = ckpt_save(dir, &r, err);
     cJSON_Delete(state);
     free(mo);
     free(vo);
+    free(avg);
     return rc;
 }
 
@@ -130,7 +138,7 @@ static void test_round_trip(void) {
     tiny_model(&m, 5);
     write_text(at("%s/%s", "tokenizer.model"), "sentencepiece bytes");
     ckpt_extra extra = {"tokenizer.model", at("%s/%s", "tokenizer.model")};
-    int rc = save(at("%s/%s", "rt"), 10, &m, 0, 0, &extra, 1, err);
+    int rc = save(at("%s/%s", "rt"), 10, &m, 0, 0, &extra, 1, 1, err);
     CHECK(rc == 0, "save writes a checkpoint (%s)", rc ? err : "");
     CHECK(is_link_to(at("%s/%s", "rt/latest"), "step_00000010"), "latest points at step_00000010");
     char said[1024];
@@ -151,6 +159,15 @@ static void test_round_trip(void) {
           "asking for master weights that were not saved is an error");
     CHECK(ckpt_load_optim(&r, n - 1, 2, mo, vo, NULL, err) != 0 && strstr(err, "outside"),
           "a range past the end is an error");
+    rc = ckpt_load_ema(&r, &back.ps, mo, err);
+    CHECK(r.has_ema && ckpt_has_ema(path) && rc == 0 && same_values(mo, 0, n, 4),
+          "the EMA round-trips bitwise, under the weights' tensor names");
+    ckpt_weights used;
+    rc = ckpt_load_chosen(&r, &back.ps, CKPT_AUTO, &used, err);
+    CHECK(rc == 0 && used == CKPT_EMA && same_values(back.ps.w, 0, n, 4), "readers get the EMA by default");
+    rc = ckpt_load_chosen(&r, &back.ps, CKPT_RAW, &used, err);
+    CHECK(rc == 0 && used == CKPT_RAW && memcmp(back.ps.w, m.ps.w, sizeof(float) * n) == 0,
+          "... and the weights when they ask for raw");
     const cJSON *st = r.state;
     CHECK(r.step == 10 && r.world_size == 1 && r.numel == n, "step, world size and size are recorded");
     CHECK(cJSON_GetObjectItem(st, "step")->valuedouble == 10 && cJSON_GetObjectItem(st, "positions_seen")->valuedouble == 10000 &&
@@ -184,8 +201,15 @@ static void test_index(void) {
         all = cJSON_IsString(f) && strcmp(f->valuestring, "model-00001-of-00001.safetensors") == 0;
     }
     CHECK(all, "weight_map maps every tensor to its shard");
+    const cJSON *emap = cJSON_GetObjectItem(idx, "ema_map");
+    all = cJSON_GetArraySize(emap) == m.ps.n;
+    for (int i = 0; all && i < m.ps.n; i++) {
+        const cJSON *f = cJSON_GetObjectItem(emap, m.ps.info[i].name);
+        all = cJSON_IsString(f) && strcmp(f->valuestring, "ema-00001-of-00001.safetensors") == 0;
+    }
+    CHECK(all, "ema_map maps every tensor to its EMA shard");
     const cJSON *files = cJSON_GetObjectItem(idx, "files"), *e;
-    int good = cJSON_GetArraySize(files) == 5;      /* config, state, extra, shard, optimizer */
+    int good = cJSON_GetArraySize(files) == 6;      /* config, state, extra, shard, EMA shard, optimizer */
     cJSON_ArrayForEach(e, files) {
         uint32_t crc;
         char hex[9], path[4096];
@@ -194,7 +218,7 @@ static void test_index(void) {
         snprintf(hex, sizeof hex, "%08x", crc);
         good = good && strcmp(cJSON_GetObjectItem(e, "crc32c")->valuestring, hex) == 0;
     }
-    CHECK(good, "files holds the CRC32C of all 5 files");
+    CHECK(good, "files holds the CRC32C of all 6 files");
     const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(idx, "optimizer_parts"), 0);
     CHECK(cJSON_GetObjectItem(p, "offset")->valuedouble == 0 && cJSON_GetObjectItem(p, "count")->valuedouble == m.ps.numel,
           "optimizer_parts records the flat range");
@@ -217,7 +241,7 @@ static void test_fallback(void) {
     char err[ERR_LEN], path[4096], said[1024];
     tiny_model(&m, 5);
     const char *dir = at("%s/%s", "fb");
-    int rc = save(dir, 10, &m, 0, 0, NULL, 0, err) || save(dir, 20, &m, 0, 0, NULL, 0, err);
+    int rc = save(dir, 10, &m, 0, 0, NULL, 0, 0, err) || save(dir, 20, &m, 0, 0, NULL, 0, 0, err);
     CHECK(rc == 0, "two checkpoints saved");
     flip_byte(at("%s/%s", "fb/step_00000020/model-00001-of-00001.safetensors"), 4000);
     rc = resolve(dir, "auto", path, err, said, sizeof said);
@@ -242,6 +266,42 @@ static void test_fallback(void) {
     model_free(&m);
 }
 
+/* A checkpoint without an EMA, one with a damaged EMA file, and the
+ * --weights flag of the readers. */
+static void test_ema_choice(void) {
+    model m, back;
+    char err[ERR_LEN], path[4096], said[1024];
+    ckpt_reader r;
+    ckpt_weights w, used = CKPT_EMA;
+    tiny_model(&m, 5);
+    tiny_model(&back, 6);
+    const char *dir = at("%s/%s", "ema");
+    int rc = save(dir, 10, &m, 0, 0, NULL, 0, 0, err) || save(dir, 20, &m, 0, 0, NULL, 0, 1, err) ||
+             ckpt_open(&r, at("%s/%s", "ema/step_00000010"), err);
+    CHECK(rc == 0, "checkpoints without and with an EMA saved (%s)", rc ? err : "");
+    if (rc) return;
+    CHECK(!r.has_ema && !ckpt_has_ema(r.dir) && ckpt_load_ema(&r, &back.ps, back.ps.w, err) != 0 &&
+          strstr(err, "no EMA"), "without --ema there is no EMA, and asking for it is an error (%s)", err);
+    rc = ckpt_load_chosen(&r, &back.ps, CKPT_AUTO, &used, err);
+    CHECK(rc == 0 && used == CKPT_RAW && memcmp(back.ps.w, m.ps.w, sizeof(float) * m.ps.numel) == 0,
+          "... readers then get the weights by default");
+    CHECK(ckpt_load_chosen(&r, &back.ps, CKPT_EMA, &used, err) != 0, "... and an error when they ask for the EMA");
+    ckpt_close(&r);
+    CHECK(ckpt_weights_parse(NULL, &w, err) == 0 && w == CKPT_AUTO && ckpt_weights_parse("ema", &w, err) == 0 &&
+          w == CKPT_EMA && ckpt_weights_parse("raw", &w, err) == 0 && w == CKPT_RAW &&
+          ckpt_weights_parse("EMA", &w, err) != 0 && strstr(err, "--weights EMA: expected ema or raw"),
+          "--weights takes ema or raw");
+    flip_byte(at("%s/%s", "ema/step_00000020/ema-00001-of-00001.safetensors"), 3000);
+    rc = resolve(dir, "auto", path, err, said, sizeof said);
+    CHECK(rc == 0 && strstr(path, "step_00000010") && strstr(said, "step_00000020/ema-00001-of-00001.safetensors: CRC32C"),
+          "a flipped byte in an EMA file fails the checkpoint's verification, naming the file");
+    unlink(at("%s/%s", "ema/step_00000020/ema-00001-of-00001.safetensors"));
+    CHECK(ckpt_verify(at("%s/%s", "ema/step_00000020"), err) != 0 && strstr(err, "ema-00001-of-00001.safetensors: missing"),
+          "... and so does a missing one (%s)", err);
+    model_free(&m);
+    model_free(&back);
+}
+
 static int steps_are(const char *dir, const long *want, int n) {
     char name[64];
     struct stat sb;
@@ -263,10 +323,10 @@ static void test_retention(void) {
     tiny_model(&m, 5);
     const char *dir = at("%s/%s", "keep");
     int rc = 0;
-    for (long s = 10; s <= 70; s += 10) rc |= save(dir, s, &m, 2, 30, NULL, 0, err);
+    for (long s = 10; s <= 70; s += 10) rc |= save(dir, s, &m, 2, 30, NULL, 0, 0, err);
     CHECK(rc == 0, "seven saves with --keep 2 --keep-every 30");
     CHECK(steps_are(dir, (long[]){30, 60, 70}, 3), "the newest two and every 30th remain (30, 60, 70)");
-    rc = save(dir, 80, &m, 0, 0, NULL, 0, err);
+    rc = save(dir, 80, &m, 0, 0, NULL, 0, 0, err);
     CHECK(rc == 0 && steps_are(dir, (long[]){30, 60, 70, 80}, 4), "--keep 0 deletes nothing");
     model_free(&m);
 }
@@ -304,13 +364,13 @@ static void test_crash(void) {
     big_params(&m);
     const char *dir = at("%s/%s", "crash");
     double t0 = now_s();
-    int rc = save(dir, 1, &m, 0, 0, NULL, 0, err);
+    int rc = save(dir, 1, &m, 0, 0, NULL, 0, 0, err);
     double took = now_s() - t0;
     CHECK(rc == 0, "a 16 MB checkpoint saves (%.3f s)", took);
     int interrupted = 0, consistent = 1, tries = 12;
     for (int k = 0; k < tries; k++) {
         pid_t pid = fork();
-        if (pid == 0) _exit(save(dir, 2 + k, &m, 0, 0, NULL, 0, err) ? 1 : 0);
+        if (pid == 0) _exit(save(dir, 2 + k, &m, 0, 0, NULL, 0, 0, err) ? 1 : 0);
         struct timespec d = {0, (long)(1e9 * took * (k + 0.5) / tries)};
         nanosleep(&d, NULL);
         kill(pid, SIGKILL);
@@ -322,7 +382,7 @@ static void test_crash(void) {
     }
     CHECK(interrupted > 0, "kill -9 interrupted %d of %d saves midway", interrupted, tries);
     CHECK(consistent, "after each kill, latest and every step_* folder verify");
-    rc = save(dir, 100, &m, 0, 0, NULL, 0, err);
+    rc = save(dir, 100, &m, 0, 0, NULL, 0, 0, err);
     int leftovers = 0;
     for (int k = 0; k < tries; k++) {
         snprintf(tmp, sizeof tmp, "%s/.tmp-step_%08d", dir, 2 + k);
@@ -338,7 +398,7 @@ static void test_failed_save(void) {
     char err[ERR_LEN];
     tiny_model(&m, 5);
     const char *dir = at("%s/%s", "full");
-    int rc = save(dir, 10, &m, 0, 0, NULL, 0, err);
+    int rc = save(dir, 10, &m, 0, 0, NULL, 0, 0, err);
     /* Disk full, simulated with a file size limit (root ignores permissions). */
     int fds[2];
     if (pipe(fds)) die("pipe");
@@ -346,7 +406,7 @@ static void test_failed_save(void) {
     if (pid == 0) {
         close(fds[0]);
         limit_file_size();
-        int r = save(dir, 20, &m, 0, 0, NULL, 0, err);
+        int r = save(dir, 20, &m, 0, 0, NULL, 0, 0, err);
         if (write(fds[1], err, strlen(err) + 1) < 0) _exit(3);
         _exit(r ? 1 : 0);
     }
@@ -371,7 +431,7 @@ static void test_failed_save(void) {
           is_link_to(at("%s/%s", "full/latest"), "step_00000010"),
           "optimizer ranges that do not cover the parameters are refused (%s)", err);
     write_text(at("%s/%s", "afile"), "x");
-    rc = save(at("%s/%s", "afile/ckpt"), 10, &m, 0, 0, NULL, 0, err);
+    rc = save(at("%s/%s", "afile/ckpt"), 10, &m, 0, 0, NULL, 0, 0, err);
     CHECK(rc != 0 && strstr(err, "afile/ckpt: cannot create folder: Not a directory"),
           "an unusable checkpoint folder is a clear error (%s)", err);
     model_free(&m);
@@ -449,7 +509,7 @@ static int helper_save(const char *dir, long step, unsigned long long seed, int 
     char err[ERR_LEN];
     tiny_model(&m, seed);
     if (dist_rank() == fail_rank) limit_file_size();
-    int rc = save(dir, step, &m, 0, 0, NULL, 0, err);
+    int rc = save(dir, step, &m, 0, 0, NULL, 0, 1, err);
     if (rc) fprintf(stderr, "rank %d: %s\n", dist_rank(), err);
     model_free(&m);
     return rc ? 1 : 0;
@@ -470,6 +530,7 @@ static int helper_load(const char *dir, unsigned long long seed) {
     dist_part(n, dist_rank(), dist_size(), &off, &count);
     float *mo = xmalloc(sizeof(float) * n), *vo = xmalloc(sizeof(float) * n);
     int bad = memcmp(back.ps.w, m.ps.w, sizeof(float) * n) != 0;
+    bad |= ckpt_load_ema(&r, &back.ps, mo, err) || !same_values(mo, 0, n, 4);     /* every rank's shard */
     bad |= ckpt_load_optim(&r, off, count, mo, vo, NULL, err) || !same_values(mo, off, count, 1) ||
            !same_values(vo, off, count, 2);
     /* A range that straddles the writers' parts. */
@@ -512,6 +573,7 @@ int main(int argc, char **argv) {
         test_round_trip();
         test_index();
         test_fallback();
+        test_ema_choice();
         test_retention();
         test_failed_save();
         test_crash();

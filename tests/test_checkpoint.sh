@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test_checkpoint.sh - checkpoints across processes: a 2-rank save under
 # mpirun read back by 1 and by 2 ranks (the optimizer state resharded), a
-# 1-rank save read by 2 ranks, and `trainer export` to an inference folder
-# that `trainer loss` loads with the same loss (F32 exactly, BF16 close).
+# 1-rank save read by 2 ranks (the EMA shards whole), and `trainer export`
+# to an inference folder that `trainer loss` loads with the same loss (F32
+# exactly, BF16 close), of the weights with --weights raw, of the EMA by default.
 # The helper is bin/tests/test_checkpoint (see the top of its source).
 set -u
 BIN=${BIN:-bin}
@@ -29,6 +30,9 @@ check "... with one weight shard and one optimizer part per rank" \
       -a -f "$s/optimizer-00001-of-00002.safetensors" -a -f "$s/optimizer-00002-of-00002.safetensors" ]
 check "... and both shards in the weight_map" \
     [ "$(grep -c '"model-0000[12]-of-00002.safetensors"' "$s/model.safetensors.index.json")" -gt 2 ]
+check "... and two EMA shards in the ema_map" \
+    [ -f "$s/ema-00001-of-00002.safetensors" -a -f "$s/ema-00002-of-00002.safetensors" -a \
+      "$(grep -c '"ema-0000[12]-of-00002.safetensors"' "$s/model.safetensors.index.json")" -gt 2 ]
 # One rank's disk full: every rank fails, nothing of step 20 remains.
 $MPIRUN "$H" save "$t/two" 20 3 1 >"$t/fail.log" 2>&1
 check "a 2-rank save where rank 1 cannot write fails" [ $? -ne 0 ]
@@ -38,7 +42,7 @@ check "... rank 1 names its file, rank 0 says another rank failed" both_say
 check "... no step_00000020 or temp folder, latest still step_00000010" \
     [ ! -e "$t/two/step_00000020" -a ! -e "$t/two/.tmp-step_00000020" -a "$(readlink "$t/two/latest")" = step_00000010 ]
 "$H" load "$t/two" 3 2>>"$t/log"
-check "2 ranks -> 1: weights and the whole optimizer state are exact" [ $? -eq 0 ]
+check "2 ranks -> 1: weights, EMA and the whole optimizer state are exact" [ $? -eq 0 ]
 $MPIRUN "$H" load "$t/two" 3 >>"$t/log" 2>&1
 check "2 ranks -> 2: each rank's part is exact" [ $? -eq 0 ]
 "$H" save "$t/one" 10 3 2>>"$t/log"
@@ -47,16 +51,17 @@ check "1 rank -> 2: each rank gets its part of the state" [ $? -eq 0 ]
 "$H" load "$t/one" 4 2>/dev/null
 check "... and the check itself fails on other weights" [ $? -ne 0 ]
 
-# export: the consolidated folder gives the loss of the original weights.
+# export: the consolidated folder gives the loss of the original weights
+# (the checkpoint's EMA holds made-up values: raw weights asked for).
 "$TR" init --config configs/tiny.json --seed 3 --out "$t/ref" >/dev/null
 "$H" batch "$t/batch.safetensors" 5
 loss() { "$TR" loss --ckpt "$1" --batch "$t/batch.safetensors" 2>&1; }
 ref=$(loss "$t/ref")
-"$TR" export --ckpt "$s" --out "$t/e32" >/dev/null
+"$TR" export --ckpt "$s" --out "$t/e32" --weights raw >/dev/null
 check "export --dtype f32 writes config.json and model.safetensors" [ -f "$t/e32/config.json" -a -f "$t/e32/model.safetensors" ]
 check "... whose loss is exactly the original's" [ "$(loss "$t/e32")" = "$ref" ]
 check "a step folder itself loads in trainer loss with the same loss" [ "$(loss "$s")" = "$ref" ]
-"$TR" export --ckpt "$s" --out "$t/e16" --dtype bf16 >/dev/null
+"$TR" export --ckpt "$s" --out "$t/e16" --dtype bf16 --weights raw >/dev/null
 check "export --dtype bf16 writes BF16 tensors, about half the bytes" \
     python3 -c "import sys,os; a,b=(os.path.getsize(f) for f in sys.argv[1:]); h=open(sys.argv[2],'rb').read(4096); sys.exit(not (b'\"BF16\"' in h and b'F32' not in h and 1.8 < a/b <= 2))" \
     "$t/e32/model.safetensors" "$t/e16/model.safetensors"
@@ -82,6 +87,20 @@ for f in set(wmap.values()):
     total += sum(x.nbytes for x in t.values())
 ok &= total == idx["metadata"]["total_size"] and set(wmap) == set(a)
 sys.exit(0 if ok else 1)
+PYEOF
+
+said=$("$TR" export --ckpt "$s" --out "$t/ema")
+check "export without --weights writes the EMA ($said): the EMA shards' tensors" \
+    /usr/bin/python3 - "$t/ema" "$s" <<'PYEOF'
+import sys
+sys.path.insert(0, "tests")
+import numpy as np
+from st_io import st_read
+out, _ = st_read(sys.argv[1] + "/model.safetensors")
+ema = {}
+for k in (1, 2):
+    ema.update(st_read(f"{sys.argv[2]}/ema-0000{k}-of-00002.safetensors")[0])
+sys.exit(0 if out.keys() == ema.keys() and all(np.array_equal(out[k], ema[k]) for k in out) else 1)
 PYEOF
 
 # A damaged step folder is refused with exit 2 and one line naming the file.

@@ -80,6 +80,10 @@ static void test_valid(void)
     CHECK(cfg_head_dim(&c) == 8 && cfg_patch_dim(&c) == 16 && cfg_patches_per_image(&c) == 4,
           "derived_sizes");
 
+    CHECK(c.image_causal == 0, "image_attention defaults to bidirectional");
+    rc = load_with("causal.json", "image_attention", "\"causal\"", &c, err);
+    CHECK(rc == 0 && c.image_causal == 1, "image_attention causal loads %s", err);
+
     rc = load_with("extra.json", "torch_dtype", "\"float32\"", &c, err);
     CHECK(rc == 0, "unknown_field_ignored %s", err);
 }
@@ -92,7 +96,7 @@ static void test_round_trip(void)
         .rope_theta = 500000.0f, .latent_channels = 4, .latent_size = 32, .patch_size = 2,
         .max_image_patches = 256, .timestep_dim = 128, .diffusion_steps = 1000,
         .lambda_diffusion = 0.3f, .bos_token_id = 1, .eos_token_id = 2,
-        .boi_token_id = 32000, .eoi_token_id = 32001,
+        .boi_token_id = 32000, .eoi_token_id = 32001, .image_causal = 1,
     };
     char err[ERR_LEN] = "";
     int rc = config_save(in_dir("saved.json"), &c, err);
@@ -164,6 +168,10 @@ static void test_invalid(void)
           "token_id_out_of_range");
     CHECK(rejects("tiny_vocab.json", "vocab_size", "1", "field 'bos_token_id'"),
           "default_ids_need_vocab");
+    CHECK(rejects("attention.json", "image_attention", "\"full\"", "field 'image_attention'"),
+          "image_attention_unknown_value");
+    CHECK(rejects("attention_num.json", "image_attention", "1", "field 'image_attention'"),
+          "image_attention_not_a_string");
 
     model_config c;
     char err[ERR_LEN] = "";

@@ -224,6 +224,21 @@ int main(void) {
     CHECK(packer_fingerprint(p3) != packer_fingerprint(p), "the fingerprint covers the config");
     packer_free(p3);
 
+    /* --noise-limit off (the paper's ablation): the same rows, no image limited. */
+    pack_config cn = c;
+    cn.no_noise_limit = 1;
+    packer *pn = packer_create(&s, &cn, err);
+    long limited_off = 0, same_rows = 1;
+    for (int step = 0; step < 20; step++) {
+        owned a = get(pn, &s, step, 0, 1, 8), b = get(p, &s, step, 0, 1, 8);
+        for (int i = 0; i < a.b.n_images; i++) limited_off += a.b.noise_limit[i];
+        same_rows &= a.b.n_images == b.b.n_images && !memcmp(a.b.tokens, b.b.tokens, sizeof(int32_t) * 8 * SEQ);
+        free(a.payload); free(b.payload);
+    }
+    CHECK(limited_off == 0 && same_rows, "--noise-limit off: the same rows with no image noise-limited");
+    CHECK(packer_fingerprint(pn) != packer_fingerprint(p), "the fingerprint covers the noise limit");
+    packer_free(pn);
+
     /* Determinism: fresh packers, jumps, any order; world equivalence. */
     packer *q = packer_create(&s, &c, err);
     CHECK(packer_fingerprint(q) == packer_fingerprint(p), "two packers of one config have one fingerprint");

@@ -5,8 +5,10 @@
 # images and pads, `trainer loss` must print the same loss, lm_loss,
 # diffusion_loss, n_lm, n_latent (and grad_norm) as the reference, and every
 # parameter gradient must match at rtol 1e-4 (max|ref-test| <= 1e-4 max|ref|).
-# Two cases: a tiny model, and a vocabulary of 3000 with > 128 LM positions so
-# that the trainer's chunked cross-entropy crosses chunk boundaries.
+# Three cases: a tiny model, a vocabulary of 3000 with > 128 LM positions so
+# that the trainer's chunked cross-entropy crosses chunk boundaries, and the
+# tiny model with causal attention inside images (image_attention, the
+# paper's ablation).
 #
 # Prints "ok NAME" / "FAIL NAME: why"; exits non-zero on any failure.
 # Env: BIN (default bin) holds the trainer; PyTorch is /usr/bin/python3's.
@@ -103,7 +105,10 @@ EOF
 TINY='{"vocab_size":97,"hidden_size":48,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":80,"latent_channels":4,"latent_size":4,"patch_size":2,"max_image_patches":6,"rope_theta":10000}'
 BIGV='{"vocab_size":3000,"hidden_size":48,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":80,"latent_channels":4,"latent_size":4,"patch_size":2,"max_image_patches":6,"rope_theta":10000}'
 
+CAUSAL='{"vocab_size":97,"hidden_size":48,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":80,"latent_channels":4,"latent_size":4,"patch_size":2,"max_image_patches":6,"image_attention":"causal"}'
+
 run_case tiny "$TINY" 3 48 0
 run_case vocab3000 "$BIGV" 2 160 128
+run_case image_causal "$CAUSAL" 3 48 0
 
 [ "$fails" -eq 0 ]

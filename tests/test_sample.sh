@@ -6,70 +6,24 @@
 # than to the other images), captioning a training image gives back its
 # caption exactly (also from a larger copy of the image, which is resized);
 # outputs (WebP, grid, samples.jsonl), determinism, a sharded and a
-# consolidated checkpoint; and bad input: a prompt longer than the context, an
-# unreadable image, a checkpoint without image parameters, a bad flag value:
-# one line, exit 2.
+# consolidated checkpoint; the device code path (--device cpu-device) giving
+# the same bytes as the CPU's; and bad input: a prompt longer than the
+# context, an unreadable image, a checkpoint without image parameters, a bad
+# flag value, an unknown device: one line, exit 2.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
 export OMP_WAIT_POLICY=passive ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
 . "$(dirname "$0")/check.sh"
-DL=$(realpath "$BIN/dataloader"); VS=$(realpath "$BIN/vae_service"); TR=$(realpath "$BIN/trainer")
+VS=$(realpath "$BIN/vae_service"); TR=$(realpath "$BIN/trainer")
 t=$(mktemp -d)
-pid=""
-trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; [ -n "${KEEP:-}" ] || rm -rf "$t"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$t"' EXIT
 
-# Four 16 px images with distinct captions (and a 48 px copy of the first),
-# the captions as text documents too.
-mkdir -p "$t/img"
-$PY - "$t" <<'PYEOF'
-import sys; sys.path.insert(0, "tests")
-from make_image_shards import png
-d = sys.argv[1]
-pairs = [("red", "circle"), ("blue", "square"), ("green", "ring"), ("yellow", "cross")]
-cols = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (230, 200, 30)}
-def image(size, colour, shape):
-    rows = []
-    for y in range(size):
-        row = []
-        for x in range(size):
-            u, v = (x + 0.5) / size - 0.5, (y + 0.5) / size - 0.5
-            r2 = u * u + v * v
-            inside = {"circle": r2 < 0.12, "square": abs(u) < 0.3 and abs(v) < 0.3,
-                      "ring": 0.06 < r2 < 0.16, "cross": abs(u) < 0.1 or abs(v) < 0.1}[shape]
-            row.extend(cols[colour] if inside else (255, 255, 255))
-        rows.append(row)
-    return png(size, size, rows)
-with open(f"{d}/captions.txt", "w") as text:
-    for i, (c, s) in enumerate(pairs):
-        open(f"{d}/img/k{i}.png", "wb").write(image(16, c, s))
-        open(f"{d}/img/k{i}.txt", "w").write(f"a {c} {s}")
-        text.write(f"a {c} {s}\n")
-open(f"{d}/big0.png", "wb").write(image(48, *pairs[0]))
-open(f"{d}/not_an_image.png", "w").write("hello")
-PYEOF
-"$DL" tokenizer train --input "$t/captions.txt" --vocab 280 --out "$t/tok.model" >/dev/null 2>&1 &&
-"$DL" tokenize --tokenizer "$t/tok.model" --input "$t/captions.txt" --out "$t/text" >/dev/null 2>&1 &&
-"$VS" init --config configs/vae-tiny.json --out "$t/vae" --seed 1 >/dev/null &&
-"$VS" encode --vae "$t/vae" --data "$t/img" --out "$t/lat" --size 16 >/dev/null 2>&1 &&
-"$VS" decode --vae "$t/vae" --latents "$t/lat" --out "$t/dec" >/dev/null 2>&1
-check "the test data is built (tokenizer, random tiny VAE, latents, their decodes)" [ -f "$t/dec/k0.webp" ]
-
-# Train: the loader serves caption-first and image-first pairs (and dropped captions).
-"$DL" serve --endpoint 'tcp://127.0.0.1:*' --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" \
-    --patch-size 2 --seq-len 128 --rows-per-rank 8 --image-fraction 0.6 --caption-first 0.5 --max-caption 16 >"$t/serve.out" 2>"$t/serve.err" &
-pid=$!
-ep=""
-for _ in $(seq 200); do
-    ep=$(sed -n 's/^serving on \([^ ]*\) .*/\1/p' "$t/serve.out" 2>/dev/null); [ -n "$ep" ] && break; sleep 0.05
-done
-[ -n "$ep" ] || { fail "the dataloader serves: $(cat "$t/serve.err")"; exit 1; }
-printf '{"hidden_size":96,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"max_image_patches":16}\n' >"$t/model.json"
-"$TR" train --model "$t/model.json" --loader "$ep" --steps ${STEPS:-600} --lr 3e-3 --warmup 20 --threads 2 \
-    --log-every 100 --ckpt-dir "$t/run" >"$t/train.log" 2>&1
-check "the tiny model trains against the loader ($(grep '^step' "$t/train.log" | tail -1 | cut -c1-60))" [ -d "$t/run/latest" ] ||
-    tail -3 "$t/train.log" "$t/serve.err"
-kill $pid 2>/dev/null; wait $pid 2>/dev/null; pid=""
+# Four 16 px images with distinct captions (and a 48 px copy of the first), a
+# random tiny VAE, and a tiny model overfit on them through the loader.
+BIN="$BIN" PY="$PY" tests/tiny_run.sh "$t" 2>"$t/tiny_run.err"
+check "the tiny model is built and trained against the loader ($(grep '^step' "$t/train.log" 2>/dev/null | tail -1 | cut -c1-60))" \
+    [ -d "$t/run/latest" -a -f "$t/dec/k0.webp" ] || cat "$t/tiny_run.err"
 
 psnr() { $PY - "$@" <<'PYEOF'
 import sys, numpy as np
@@ -124,6 +78,25 @@ check "caption of a 48 px copy (resized to 16 px): '$(sed -n 5p "$t/cap.out" | c
 "$TR" caption --ckpt "$t/cons" --vae "$t/vae" --threads 2 --image "$t/img/k3.png" >"$t/cons.out" 2>/dev/null
 check "a consolidated checkpoint captions the same" [ "$(cut -f2 "$t/cons.out")" = "$(cat "$t/img/k3.txt")" ]
 
+# The device code path (--device cpu-device: the CPU's kernels behind the
+# interface --device cuda runs, with its uploads and downloads) gives the
+# CPU's bytes: sample (an image then text; text with --no-cache), caption.
+for dev in cpu cpu-device; do
+    "$TR" sample "${common[@]}" --prompt "a red circle" --image --out "$t/d_$dev" --n 2 --steps 10 --sampler ddim \
+        --max-tokens 4 --seed 5 --device "$dev" >"$t/d_$dev.out" 2>/dev/null
+    "$TR" sample "${common[@]}" --prompt "a green" --out "$t/r_$dev" --n 2 --steps 10 --max-tokens 8 --seed 6 \
+        --no-cache --device "$dev" >"$t/r_$dev.out" 2>/dev/null
+    "$TR" caption "${common[@]}" --image "$t/img/k2.png" --image "$t/img/k3.png" --device "$dev" >"$t/c_$dev.out" 2>/dev/null
+done
+same_run() { [ -f "$t/$1_cpu-device/samples.jsonl" ] && diff -r -q "$t/$1_cpu" "$t/$1_cpu-device" >/dev/null &&
+                 cmp -s "$t/$1_cpu.out" "$t/$1_cpu-device.out"; }
+check "--device cpu-device: sample prints and writes (samples.jsonl, WebP, grid) the CPU's bytes" same_run d
+check "--device cpu-device: sample --no-cache the CPU's bytes too" same_run r
+check "--device cpu-device: caption prints the CPU's captions ($(cut -f2 "$t/c_cpu-device.out" | tr '\n' ' '))" \
+    sh -c "[ -s '$t/c_cpu.out' ] && cmp -s '$t/c_cpu.out' '$t/c_cpu-device.out'"
+check "--device cpu-device: sample-bench runs" sh -c "'$TR' sample-bench --config configs/tiny.json --n 2 \
+    --prompt-len 4 --tokens 8 --steps 2 --threads 2 --device cpu-device | grep -q '\"device\":\"cpu-device\"'"
+
 # Bad input.
 long=$(printf 'a red circle %.0s' $(seq 60))
 bad "a prompt longer than the context" "context is 128" \
@@ -142,6 +115,7 @@ PYEOF
 bad "a checkpoint without image parameters" "no image parameters" \
     "$TR" sample --ckpt "$t/noimg" --vae "$t/vae" --tokenizer "$t/tok.model" --prompt "a" --out "$t/x"
 bad "a bad sampler" "--sampler euler" "$TR" sample "${common[@]}" --prompt a --out "$t/x" --sampler euler
+bad "an unknown device" "--device nope" "$TR" sample "${common[@]}" --prompt a --out "$t/x" --device nope
 "$VS" init --config configs/vae-cpu.json --out "$t/vae8" >/dev/null
 bad "a VAE of other latents" "latent channels" "$TR" sample --ckpt "$t/run" --vae "$t/vae8" --prompt a --out "$t/x"
 bad "a folder that holds no checkpoint" "no config.json" \

@@ -1,11 +1,14 @@
 /* test_train.c - training as a whole: an overfit run on one batch, bitwise
- * determinism, the learning-rate schedule and where weight decay applies. */
+ * determinism, the learning-rate schedule, where weight decay applies, and
+ * the EMA of the weights against a direct computation. */
 #include "check.h"
 #include "../trainer/model.h"
 #include "../nn/optim.h"
 #include "../nn/kernels.h"
+#include "../common/error.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const model_config tiny = {
@@ -39,8 +42,74 @@ static void train(model *m, int steps, float lr, double *first, double *last) {
     batch_free(&b);
 }
 
+/* After step t the EMA must be sum_{k <= t} c_k w_k over the weights w_k
+ * after each step, c_k = (1 - d_k) prod_{k < s <= t} d_s with d_0 = 0:
+ * computed here directly, in float64, from every step's weights, after each
+ * step. A second EMA over a part that cuts tensors (as a rank keeps) must
+ * give that part's bits. */
+static void test_ema(void) {
+    enum { T = 8 };
+    const float decay = 0.9f;
+    model m;
+    rng r;
+    batch b;
+    plan p;
+    optimizer o;
+    weight_ema full, part;
+    model_create(&m, &tiny);
+    model_init_weights(&m, 7);
+    rng_seed(&r, 2);
+    batch_generate(&b, &m.cfg, 2, 64, &r);
+    plan_build(&p, &b, &m.cfg);
+    optim_create(&o, &m.ps, optim_defaults(3e-3f, 2, T));
+    size_t n = m.ps.numel, off = n / 3 + 1, cnt = n / 2;
+    ema_create(&full, decay, 0, n);
+    ema_create(&part, decay, off, cnt);
+    float *hist = xmalloc(sizeof(float) * T * n);
+    double n_latent = (double)p.n_patch * cfg_patch_dim(&m.cfg), worst = 0, moved = 0;
+    int first_copy = 0, part_same = 1;
+    for (int t = 0; t < T; t++) {
+        nn_zero(m.ps.g, n);
+        model_step(&m, &p, p.n_lm, n_latent, 1);
+        optim_step(&o, &m.ps, grad_norm(&m.ps));
+        ema_step(&full, m.ps.w);
+        ema_step(&part, m.ps.w);
+        memcpy(hist + (size_t)t * n, m.ps.w, sizeof(float) * n);
+        if (t == 0) first_copy = memcmp(full.avg, m.ps.w, sizeof(float) * n) == 0;
+        part_same &= memcmp(part.avg, full.avg + off, sizeof(float) * cnt) == 0;
+        double c[T];
+        for (int k = 0; k <= t; k++) {
+            c[k] = 1.0 - ema_decay_at(decay, k);
+            for (int s = k + 1; s <= t; s++) c[k] *= ema_decay_at(decay, s);
+        }
+        for (size_t i = 0; i < n; i++) {
+            double want = 0;
+            for (int k = 0; k <= t; k++) want += c[k] * hist[(size_t)k * n + i];
+            double e = fabs(full.avg[i] - want) / (1 + fabs(want)), d = fabs(full.avg[i] - m.ps.w[i]);
+            worst = e > worst ? e : worst;
+            moved = d > moved ? d : moved;
+        }
+    }
+    CHECK(first_copy, "the EMA starts as the weights after the first step, bitwise");
+    CHECK(full.updates == T && worst < 2e-7 && moved > 1e-4,
+          "after each of %d steps the EMA is the direct weighted sum of every step's weights (within %.2g; up to "
+          "%.2g from that step's weights)", T, worst, moved);
+    CHECK(part_same, "an EMA of a part cutting tensors gives that part of the whole EMA bitwise, every step");
+    CHECK(ema_decay_at(0.999f, 0) == 0 && ema_decay_at(0.999f, 1) == (float)(2.0 / 11) &&
+          ema_decay_at(0.999f, 100) == (float)(101.0 / 110) && ema_decay_at(0.999f, 100000) == 0.999f &&
+          ema_decay_at(0.5f, 9) == 0.5f, "d_t: 0 first (a copy), then (1 + t) / (10 + t) up to the decay");
+    free(hist);
+    ema_free(&full);
+    ema_free(&part);
+    optim_free(&o);
+    plan_free(&p);
+    batch_free(&b);
+    model_free(&m);
+}
+
 int main(void) {
     nn_init(2);
+    test_ema();
     model a, b;
     double first, last;
 

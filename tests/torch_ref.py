@@ -37,7 +37,7 @@ Subcommands:
 Interpretations (shared with the C side):
   - doc_start(i): first position of the contiguous run of non-pad positions with
     doc[i]; a pad is its own document. hi(i): last patch of i's image run for a
-    patch, else i. Allowed keys of query i: [doc_start(i), hi(i)]. RoPE position
+    patch (i itself when the config's image_attention is "causal"), else i. Allowed keys of query i: [doc_start(i), hi(i)]. RoPE position
     i - doc_start(i), HF rotate_half, inv_freq_j = theta^(-2j/head_dim).
   - An image is a contiguous run of exactly (latent_size/patch_size)^2 patch
     positions with the same image index; patch k is the k-th position of the run.
@@ -85,6 +85,9 @@ def load_config(path):
     c.setdefault("eos_token_id", 2)
     c.setdefault("boi_token_id", c["vocab_size"] - 2)
     c.setdefault("eoi_token_id", c["vocab_size"] - 1)
+    c.setdefault("image_attention", "bidirectional")
+    if c["image_attention"] not in ("bidirectional", "causal"):
+        raise ValueError(f"{path}: image_attention must be bidirectional or causal")
     if c["hidden_size"] % c["num_attention_heads"] or (c["hidden_size"] // c["num_attention_heads"]) % 2:
         raise ValueError(f"{path}: hidden_size / num_attention_heads must be an even integer")
     if c["latent_size"] % c["patch_size"]:
@@ -264,7 +267,7 @@ def prepare(c, batch, dtype):
                     raise ValueError(f"row {b} position {i}: bad or repeated image index {img}")
                 seen.add(img)
                 for k in range(N):
-                    hi[b, i + k] = j - 1
+                    hi[b, i + k] = i + k if c["image_attention"] == "causal" else j - 1
                     pat_idx.append(b * L + i + k)
                     pat_src.append(img * N + k)
                     pat_k.append(k)

@@ -1,7 +1,14 @@
 /* infer.c - generation forwards with a KV cache, or by recomputing every
  * sequence from its start (infer.h). The blocks are model.c's (block_qkv,
  * block_out, model_embed); only the attention differs: new rows attend over
- * the cache with nn_attention_rows. */
+ * the cache with nn_attention_rows.
+ *
+ * It runs on any backend: what the kernels read (activations, the cache,
+ * positions, key ranges, slots, row indices, RoPE tables) lies in backend
+ * buffers, and no pointer arithmetic happens inside an activation buffer
+ * (bfloat16 on a GPU): the cache is one buffer per layer, rows are picked
+ * with gathers and scatters by index. Host copies of the row indices serve
+ * the host logic; logits and predicted noise come back with nn_download. */
 #include "infer.h"
 #include "diffusion.h"
 #include "../common/error.h"
@@ -66,17 +73,23 @@ struct infer {
     model *m;
     int S, cap, recompute, rows_cap;
     int32_t *len;                   /* [S] committed positions */
-    float *kv;                      /* [layers][S * cap][3d]: q | k | v rows (q unused) */
-    float *rope_cos, *rope_sin;     /* [cap, head_dim / 2] */
+    /* Per layer [S * cap, 3d]: the q | k | v rows of the committed positions,
+     * whole (the layout nn_attention_rows reads; q unused), at slot s * cap + pos. */
+    float **kv;
+    float *rope_cos, *rope_sin;     /* [cap, head_dim / 2] float32 */
     /* What each sequence holds, for recompute: per position token, modality
      * and image (an index into hist_x / hist_t). */
     int32_t *hist_tok, *hist_mod, *hist_img;
     float *hist_x;
     int32_t *hist_t;
     int hist_n, hist_x_cap, hist_t_cap;
-    /* per new row */
-    int32_t *pos, *lo, *hi, *slot, *off;
-    float *x, *x_next, *n1, *qkv, *att, *x_mid, *n2, *gu, *act, *h, *head;
+    /* per new row, host: position, key range and cache slot, offset in its
+     * sequence, and the row indices of a gather */
+    int32_t *pos, *lo, *hi, *slot, *off, *idx;
+    int32_t *d_pos, *d_lo, *d_hi, *d_slot, *d_idx;     /* what the kernels read of them */
+    float *x, *x_next, *n1, *qkv, *att, *x_mid, *n2, *gu, *act, *h;
+    float *out;                     /* [n, max(V, patch_dim)] float32: logits or predicted noise */
+    float *out_host;                /* [n, patch_dim]: the predicted noise, downloaded */
 };
 
 infer *infer_create(model *m, int S, int cap, int recompute) {
@@ -85,10 +98,18 @@ infer *infer_create(model *m, int S, int cap, int recompute) {
     f->m = m; f->S = S; f->cap = cap; f->recompute = recompute;
     f->len = xcalloc(S, sizeof(int32_t));
     size_t slots = (size_t)S * cap, half = cfg_head_dim(c) / 2;
-    if (!recompute) f->kv = nn_alloc((size_t)c->num_hidden_layers * slots * 3 * c->hidden_size);
-    f->rope_cos = xmalloc(sizeof(float) * cap * half);
-    f->rope_sin = xmalloc(sizeof(float) * cap * half);
-    rope_tables(f->rope_cos, f->rope_sin, cap, c);
+    if (!recompute) {                   /* recompute runs the training forward, with its own plan */
+        f->kv = xcalloc(c->num_hidden_layers, sizeof(float *));
+        for (int l = 0; l < c->num_hidden_layers; l++) f->kv[l] = nn_alloc(slots * 3 * c->hidden_size);
+        float *cs = xmalloc(sizeof(float) * cap * half), *sn = xmalloc(sizeof(float) * cap * half);
+        rope_tables(cs, sn, cap, c);
+        f->rope_cos = nn_alloc_f32((size_t)cap * half);
+        f->rope_sin = nn_alloc_f32((size_t)cap * half);
+        nn_upload(f->rope_cos, cs, (size_t)cap * half);
+        nn_upload(f->rope_sin, sn, (size_t)cap * half);
+        free(cs);
+        free(sn);
+    }
     f->hist_tok = xcalloc(slots, sizeof(int32_t));
     f->hist_mod = xcalloc(slots, sizeof(int32_t));
     f->hist_img = xcalloc(slots, sizeof(int32_t));
@@ -96,16 +117,19 @@ infer *infer_create(model *m, int S, int cap, int recompute) {
 }
 
 static void free_row_buffers(infer *f) {
-    free(f->pos); free(f->lo); free(f->hi); free(f->slot); free(f->off);
-    float *bufs[] = {f->x, f->x_next, f->n1, f->qkv, f->att, f->x_mid, f->n2, f->gu, f->act, f->h, f->head};
+    free(f->pos); free(f->lo); free(f->hi); free(f->slot); free(f->off); free(f->idx); free(f->out_host);
+    void *bufs[] = {f->d_pos, f->d_lo, f->d_hi, f->d_slot, f->d_idx, f->x, f->x_next, f->n1, f->qkv,
+                    f->att, f->x_mid, f->n2, f->gu, f->act, f->h, f->out};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
 }
 
 void infer_free(infer *f) {
     if (!f) return;
     free_row_buffers(f);
-    nn_free(f->kv);
-    free(f->len); free(f->rope_cos); free(f->rope_sin);
+    for (int l = 0; f->kv && l < f->m->cfg.num_hidden_layers; l++) nn_free(f->kv[l]);
+    free(f->kv);
+    nn_free(f->rope_cos); nn_free(f->rope_sin);
+    free(f->len);
     free(f->hist_tok); free(f->hist_mod); free(f->hist_img); free(f->hist_x); free(f->hist_t);
     free(f);
 }
@@ -116,15 +140,18 @@ static void ensure_rows(infer *f, int n) {
     if (n <= f->rows_cap) return;
     free_row_buffers(f);
     const model_config *c = &f->m->cfg;
-    size_t N = n, d = c->hidden_size, ff = c->intermediate_size;
-    size_t head = (size_t)(c->vocab_size > cfg_patch_dim(c) ? c->vocab_size : cfg_patch_dim(c));
-    f->pos = xmalloc(sizeof(int32_t) * N); f->lo = xmalloc(sizeof(int32_t) * N);
-    f->hi = xmalloc(sizeof(int32_t) * N); f->slot = xmalloc(sizeof(int32_t) * N);
-    f->off = xmalloc(sizeof(int32_t) * N);
+    size_t N = n, d = c->hidden_size, ff = c->intermediate_size, Pd = cfg_patch_dim(c);
+    size_t head = (size_t)c->vocab_size > Pd ? (size_t)c->vocab_size : Pd;
+    int32_t **host[] = {&f->pos, &f->lo, &f->hi, &f->slot, &f->off, &f->idx};
+    for (size_t k = 0; k < sizeof host / sizeof *host; k++) *host[k] = xmalloc(sizeof(int32_t) * N);
+    int32_t **dev[] = {&f->d_pos, &f->d_lo, &f->d_hi, &f->d_slot, &f->d_idx};
+    for (size_t k = 0; k < sizeof dev / sizeof *dev; k++) *dev[k] = nn_alloc_i32(N);
     f->x = nn_alloc(N * d); f->x_next = nn_alloc(N * d); f->n1 = nn_alloc(N * d);
     f->qkv = nn_alloc(N * 3 * d); f->att = nn_alloc(N * d); f->x_mid = nn_alloc(N * d);
     f->n2 = nn_alloc(N * d); f->gu = nn_alloc(N * 2 * ff); f->act = nn_alloc(N * ff);
-    f->h = nn_alloc(N * d); f->head = nn_alloc(N * (d > head ? d : head));
+    f->h = nn_alloc(N * d);
+    f->out = nn_alloc_f32(N * head);
+    f->out_host = xmalloc(sizeof(float) * N * Pd);
     f->rows_cap = n;
 }
 
@@ -179,18 +206,20 @@ static void forward_cached(infer *f, const infer_rows *r) {
     model *m = f->m;
     const model_config *c = &m->cfg;
     int n = r->n, d = c->hidden_size, nl = c->num_hidden_layers;
-    size_t layer_kv = (size_t)f->S * f->cap * 3 * d;
+    nn_upload_i32(f->d_pos, f->pos, n);
+    nn_upload_i32(f->d_lo, f->lo, n);
+    nn_upload_i32(f->d_hi, f->hi, n);
+    nn_upload_i32(f->d_slot, f->slot, n);
     plan p;
     rows_plan(&p, r, c);
     model_embed(m, &p, f->x);
     plan_free(&p);
     for (int l = 0; l < nl; l++) {
         const layer_weights *w = &m->W.layers[l];
-        float *kv = f->kv + l * layer_kv;
-        block_qkv(c, w, f->x, f->n1, f->qkv, f->pos, f->rope_cos, f->rope_sin, n);
-        nn_scatter_rows(kv, f->qkv, f->slot, n, 3 * d);
-        nn_attention_rows(f->att, f->qkv, 3 * d, kv + d, kv + 2 * d, 3 * d, f->lo, f->hi, n,
-                          c->num_attention_heads, cfg_head_dim(c));
+        block_qkv(c, w, f->x, f->n1, f->qkv, f->d_pos, f->rope_cos, f->rope_sin, n);
+        nn_scatter_rows(f->kv[l], f->qkv, f->d_slot, n, 3 * d);
+        nn_attention_rows(f->att, f->qkv, f->kv[l], f->d_lo, f->d_hi, n, c->num_attention_heads,
+                          cfg_head_dim(c));
         block_out(c, w, f->x, f->att, f->x_mid, f->n2, f->gu, f->act, f->x_next, n);
         float *t = f->x; f->x = f->x_next; f->x_next = t;
     }
@@ -248,8 +277,9 @@ static void forward_recompute(infer *f, const infer_rows *r) {
     for (int q = 0; q < p.n_patch; q++)
         diffusion_patchify(p.patch_x + (size_t)q * Pd, b.latents + (size_t)p.patch_image[q] * lat, p.patch_k[q], c);
     const float *h = model_hidden(m, &p);
-    for (int i = 0; i < r->n; i++)
-        nn_copy(f->h + (size_t)i * d, h + ((size_t)row_of[r->seq[i]] * L + f->pos[i]) * d, d);
+    for (int i = 0; i < r->n; i++) f->idx[i] = row_of[r->seq[i]] * L + f->pos[i];
+    nn_upload_i32(f->d_idx, f->idx, r->n);
+    nn_gather_rows(f->h, h, f->d_idx, r->n, d);
     plan_free(&p);
     batch_free(&b);
     free(row_of);
@@ -288,8 +318,10 @@ const float *infer_forward(infer *f, const infer_rows *r, int commit, char *err)
 
 void infer_logits(infer *f, const float *h, const int32_t *idx, int n, float *logits) {
     const model_config *c = &f->m->cfg;
-    nn_gather_rows(f->head, h, idx, n, c->hidden_size);
-    nn_linear_forward(logits, f->head, f->m->W.lm_head, NULL, n, c->hidden_size, c->vocab_size);
+    nn_upload_i32(f->d_idx, idx, n);
+    nn_gather_rows(f->n1, h, f->d_idx, n, c->hidden_size);
+    nn_linear_forward(f->out, f->n1, f->m->W.lm_head, NULL, n, c->hidden_size, c->vocab_size);
+    nn_download(logits, f->out, (size_t)n * c->vocab_size);
 }
 
 void infer_eps(infer *f, const float *h, const infer_rows *r, float *eps) {
@@ -297,11 +329,13 @@ void infer_eps(infer *f, const float *h, const infer_rows *r, float *eps) {
     const weights *W = &f->m->W;
     int d = c->hidden_size, Pd = cfg_patch_dim(c), n = 0;
     for (int i = 0; i < r->n; i++)
-        if (r->mod[i] == MOD_PATCH) f->off[n++] = i;
-    nn_gather_rows(f->n1, h, f->off, n, d);
-    nn_linear_forward(f->head, f->n1, W->patch_out_w, W->patch_out_b, n, d, Pd);
+        if (r->mod[i] == MOD_PATCH) f->idx[n++] = i;
+    nn_upload_i32(f->d_idx, f->idx, n);
+    nn_gather_rows(f->n1, h, f->d_idx, n, d);
+    nn_linear_forward(f->out, f->n1, W->patch_out_w, W->patch_out_b, n, d, Pd);
+    nn_download(f->out_host, f->out, (size_t)n * Pd);
     for (int q = 0; q < n; q++) {
-        int i = f->off[q];
-        diffusion_unpatchify(eps + (size_t)r->img[i] * r->lat, f->head + (size_t)q * Pd, r->k[i], c);
+        int i = f->idx[q];
+        diffusion_unpatchify(eps + (size_t)r->img[i] * r->lat, f->out_host + (size_t)q * Pd, r->k[i], c);
     }
 }

@@ -43,12 +43,13 @@ infer *infer_create(model *m, int S, int cap, int recompute);
 void infer_free(infer *f);
 int infer_len(const infer *f, int seq);
 
-/* h_final [r->n, d] of the new rows (valid until the next call), or NULL
- * with err when a sequence would pass its cap. */
+/* h_final [r->n, d] of the new rows (a backend buffer, valid until the next
+ * call), or NULL with err when a sequence would pass its cap. */
 const float *infer_forward(infer *f, const infer_rows *r, int commit, char *err);
 
-/* Heads on rows of h: logits [n, V] of rows idx[0..n); the predicted noise
- * of every image of r, unpatchified into eps [r->n_img, C, h, w]. */
+/* Heads on rows of h (the last forward's): logits [n, V] of rows idx[0..n);
+ * the predicted noise of every image of r, unpatchified into eps
+ * [r->n_img, C, h, w]. idx, logits and eps are host memory. */
 void infer_logits(infer *f, const float *h, const int32_t *idx, int n, float *logits);
 void infer_eps(infer *f, const float *h, const infer_rows *r, float *eps);
 

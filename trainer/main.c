@@ -5,18 +5,22 @@
  *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
  *                 [--device cpu|cuda] [--peak-tflops P] [--batch BATCH.safetensors]
  *   trainer train --model MODEL.json|--init-from CKPT [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
- *                 [--lr LR] [--warmup W] [--seed S] [--no-zero] [--out DIR]
+ *                 [--lr LR] [--warmup W] [--seed S] [--ema DECAY] [--no-zero] [--out DIR]
  *                 [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M] [--resume auto|STEP_DIR]]
  *                 (train.c)
  *   (mpirun -np N trainer train ...: N data-parallel ranks)
- *   trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]
- *   trainer sample --ckpt DIR --vae VAE_DIR --prompt TEXT --out OUT_DIR [...]   (sample.c)
- *   trainer caption --ckpt DIR --vae VAE_DIR --image FILE [--image FILE ...] [--prompt TEXT]
+ *   trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32] [--weights ema|raw]
+ *   trainer sample --ckpt DIR --vae VAE_DIR --prompt TEXT --out OUT_DIR [...] [--device D]   (sample.c)
+ *   trainer caption --ckpt DIR --vae VAE_DIR --image FILE [--image FILE ...] [--prompt TEXT] [--device D]
+ *   trainer eval --ckpt DIR --vae VAE_DIR --images GLOB [--text DIR] [--prompts FILE] [--n N] [--seed S]
+ *                [--out EVAL.json] ...   (eval.h)
  *   trainer sample-bench --config MODEL.json [--n K] [--prompt-len P] [--tokens M] [--steps D] [--cfg G]
+ *                        [--device D]
  *
  * Bad input (flags, files, records) exits with status 2 and one line on
  * stderr naming the file and the field or tensor. */
 #include "batch.h"
+#include "eval.h"
 #include "model.h"
 #include "sample.h"
 #include "train.h"
@@ -166,14 +170,20 @@ static int cmd_bench(const args *a) {
     return 0;
 }
 
+/* --weights: the EMA by default when the checkpoint has one (what sampling
+ * uses too), else the weights. */
 static int cmd_export(const args *a) {
     const char *ckpt = arg_required(a, "ckpt"), *out = arg_required(a, "out");
     const char *dtype = arg_str(a, "dtype", "f32");
     char err[ERR_LEN];
+    ckpt_weights which, used;
     if (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0) die_input("--dtype: '%s', expected bf16 or f32", dtype);
+    if (ckpt_weights_parse(arg_str(a, "weights", NULL), &which, err)) die_input("%s", err);
     if (ckpt_verify(ckpt, err)) die_input("%s", err);
-    if (ckpt_export(ckpt, out, strcmp(dtype, "bf16") == 0 ? ST_BF16 : ST_F32, err)) die("%s", err);
-    printf("wrote %s (%s)\n", out, dtype);
+    if (which == CKPT_EMA && !ckpt_has_ema(ckpt))
+        die_input("--weights ema: %s holds no EMA of the weights (trained without --ema)", ckpt);
+    if (ckpt_export(ckpt, out, strcmp(dtype, "bf16") == 0 ? ST_BF16 : ST_F32, which, &used, err)) die("%s", err);
+    printf("wrote %s (%s, %s weights)\n", out, dtype, used == CKPT_EMA ? "EMA" : "raw");
     return 0;
 }
 
@@ -184,18 +194,23 @@ static const char usage[] =
     "                     [--device cpu|cuda] [--peak-tflops P] [--batch BATCH.safetensors]\n"
     "       trainer train --model MODEL.json|--init-from CKPT_DIR [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
     "                     [--grad-accum A] [--seq-len L]\n"
-    "                     [--lr LR] [--warmup W] [--seed S] [--no-zero] [--no-overlap] [--log-every K] [--threads T]\n"
+    "                     [--lr LR] [--warmup W] [--seed S] [--ema DECAY] [--no-zero] [--no-overlap] [--log-every K]\n"
+    "                     [--threads T]\n"
     "                     [--device cpu|cuda] [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
     "                     [--resume auto|STEP_DIR]]    (under mpirun: data-parallel ranks)\n"
-    "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32]\n"
+    "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32] [--weights ema|raw]\n"
     "       trainer sample --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --prompt TEXT --out OUT_DIR [--n K]\n"
     "                      [--seed S] [--max-tokens M] [--temperature T] [--top-p P] [--top-k K] [--steps D]\n"
     "                      [--sampler ddpm|ddim] [--eta E] [--cfg G] [--clip X] [--image] [--context C] [--no-cache] [--threads T]\n"
+    "                      [--device cpu|cuda] [--weights ema|raw]\n"
     "       trainer caption --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --image FILE [--image FILE ...]\n"
     "                       [--prompt TEXT] [--max-tokens M] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-    "                       [--context C] [--threads T]\n"
+    "                       [--context C] [--threads T] [--device cpu|cuda] [--weights ema|raw]\n"
+    "       trainer eval --ckpt DIR --vae VAE_DIR --images GLOB [--text DIR] [--prompts FILE] [--n 64]\n"
+    "                    [--timesteps 4] [--candidates 16] [--text-docs 64] [--seed S] [--out EVAL.json]\n"
+    "                    [--steps D] [--sampler ddpm|ddim] [--cfg G] [--context C] [--threads T] [--device cpu|cuda] [--weights ema|raw]\n"
     "       trainer sample-bench --config MODEL.json [--n K] [--prompt-len P] [--tokens M] [--steps D] [--cfg G]\n"
-    "                       [--seed S] [--threads T]\n";
+    "                       [--seed S] [--threads T] [--device cpu|cuda]\n";
 
 int main(int argc, char **argv) {
     static const char *const init_flags[] = {"config", "out", "seed", NULL};
@@ -205,21 +220,26 @@ int main(int argc, char **argv) {
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
                                               "seed", "lr", "warmup", "log-every", "no-zero!", "no-overlap!", "loader", "out",
                                               "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from", "model",
-                                              "device", NULL};
-    static const char *const export_flags[] = {"ckpt", "out", "dtype", NULL};
+                                              "device", "ema", NULL};
+    static const char *const export_flags[] = {"ckpt", "out", "dtype", "weights", NULL};
     static const char *const sample_flags[] = {"ckpt", "vae", "tokenizer", "prompt", "out", "n", "seed", "max-tokens",
                                                "temperature", "top-p", "top-k", "steps", "sampler", "eta", "cfg",
-                                               "clip", "image!", "context", "no-cache!", "threads", NULL};
+                                               "clip", "image!", "context", "no-cache!", "threads", "device", "weights", NULL};
     /* caption: every flag takes a value (its --image list is read by scanning argv) */
     static const char *const caption_flags[] = {"ckpt", "vae", "tokenizer", "image", "prompt", "max-tokens",
-                                                "temperature", "top-p", "top-k", "seed", "context", "threads", NULL};
+                                                "temperature", "top-p", "top-k", "seed", "context", "threads", "device",
+                                                "weights", NULL};
+    static const char *const eval_flags[] = {"ckpt", "vae", "tokenizer", "images", "text", "prompts", "n", "timesteps",
+                                             "candidates", "text-docs", "seed", "out", "context", "threads", "device",
+                                             "steps", "sampler", "eta", "cfg", "clip", "weights", NULL};
     static const char *const sbench_flags[] = {"config", "n", "prompt-len", "tokens", "steps", "cfg", "seed",
-                                               "threads", NULL};
+                                               "threads", "device", NULL};
     static const command cmds[] = {
         {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
         {"bench", cmd_bench, bench_flags}, {"train", trainer_cmd_train, train_flags},
         {"export", cmd_export, export_flags}, {"sample", trainer_cmd_sample, sample_flags},
         {"caption", trainer_cmd_caption, caption_flags}, {"sample-bench", trainer_cmd_sample_bench, sbench_flags},
+        {"eval", trainer_cmd_eval, eval_flags},
     };
     nn_startup(argv);
     dist_init(&argc, &argv);            /* MPI only when started by mpirun */

@@ -288,14 +288,15 @@ const float *model_hidden(model *m, const plan *p) {
 
 /* ------------------------------------------------------------------ heads */
 
-/* LM head + cross-entropy in chunks of CE_CHUNK positions: the logits of a
- * chunk become their gradient in place and are dropped, so no [positions x
- * vocab] tensor is ever kept. Adds dloss/dh into ws->dh. */
-static double lm_head(model *m, const plan *p, workspace *ws, float scale, int want_grads) {
+/* LM head + cross-entropy over LM targets [from, to) in chunks of CE_CHUNK
+ * positions: the logits of a chunk become their gradient in place and are
+ * dropped, so no [positions x vocab] tensor is ever kept. Adds dloss/dh into
+ * ws->dh. */
+static double lm_head(model *m, const plan *p, workspace *ws, int from, int to, float scale, int want_grads) {
     int d = m->cfg.hidden_size, V = m->cfg.vocab_size;
     double ce = 0.0;
-    for (int c0 = 0; c0 < p->n_lm; c0 += CE_CHUNK) {
-        int n = p->n_lm - c0 < CE_CHUNK ? p->n_lm - c0 : CE_CHUNK;
+    for (int c0 = from; c0 < to; c0 += CE_CHUNK) {
+        int n = to - c0 < CE_CHUNK ? to - c0 : CE_CHUNK;
         nn_gather_rows(ws->lm_h, ws->h, p->lm_row + c0, n, d);
         nn_linear_forward(ws->logits, ws->lm_h, m->W.lm_head, NULL, n, d, V);
         ce += nn_cross_entropy(ws->logits, p->lm_target + c0, n, V, want_grads ? scale : 0.0f);
@@ -306,18 +307,20 @@ static double lm_head(model *m, const plan *p, workspace *ws, float scale, int w
     return ce;
 }
 
-/* patch_out head + squared error against eps. Adds dloss/dh into ws->dh. */
-static double diffusion_head(model *m, const plan *p, workspace *ws, float scale, int want_grads) {
-    int d = m->cfg.hidden_size, P = cfg_patch_dim(&m->cfg);
-    size_t n = (size_t)p->n_patch * P;
-    nn_gather_rows(ws->rows, ws->h, p->patch_row, p->n_patch, d);
-    nn_linear_forward(ws->pred, ws->rows, m->W.patch_out_w, m->W.patch_out_b, p->n_patch, d, P);
-    double se = nn_squared_error(ws->pred, ws->pred, p->patch_eps, n, want_grads ? scale : 0.0f);
+/* patch_out head + squared error against eps over patches [from, to). Adds
+ * dloss/dh into ws->dh. */
+static double diffusion_head(model *m, const plan *p, workspace *ws, int from, int to, float scale,
+                             int want_grads) {
+    int d = m->cfg.hidden_size, P = cfg_patch_dim(&m->cfg), n = to - from;
+    nn_gather_rows(ws->rows, ws->h, p->patch_row + from, n, d);
+    nn_linear_forward(ws->pred, ws->rows, m->W.patch_out_w, m->W.patch_out_b, n, d, P);
+    double se = nn_squared_error(ws->pred, ws->pred, p->patch_eps + (size_t)from * P, (size_t)n * P,
+                                 want_grads ? scale : 0.0f);
     if (want_grads) {
         /* ws->pred now holds dpred; ws->dn is free scratch here. */
         nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->pred, ws->rows,
-                           m->W.patch_out_w, p->n_patch, d, P, 0);
-        nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row, p->n_patch, d);
+                           m->W.patch_out_w, n, d, P, 0);
+        nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row + from, n, d);
     }
     return se;
 }
@@ -375,8 +378,8 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
     if (want_grads) nn_zero(ws->dh, (size_t)p->N * d);
     float lm_scale = norm_lm > 0 ? (float)(1.0 / norm_lm) : 0.0f;
     float diff_scale = norm_latent > 0 ? (float)(c->lambda_diffusion / norm_latent) : 0.0f;
-    s.ce_sum = lm_head(m, p, ws, lm_scale, want_grads);
-    s.se_sum = diffusion_head(m, p, ws, diff_scale, want_grads);
+    s.ce_sum = lm_head(m, p, ws, 0, p->n_lm, lm_scale, want_grads);
+    s.se_sum = diffusion_head(m, p, ws, 0, p->n_patch, diff_scale, want_grads);
     if (!want_grads) return s;
 
     nn_zero(ws->dx, (size_t)p->N * d);
@@ -397,6 +400,29 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
         m->grad_ready(m->grad_ready_ctx, heads_end, m->ps.numel - heads_end);
     }
     return s;
+}
+
+/* The end of the run of entries of rows[from..n) in the same batch row as
+ * rows[from] (the plan's index lists increase, so a row's entries are one run). */
+static int row_run_end(const int32_t *rows, int from, int n, int L) {
+    int to = from;
+    while (to < n && rows[to] / L == rows[from] / L) to++;
+    return to;
+}
+
+void model_row_losses(model *m, const plan *hp, double *ce, double *se) {
+    workspace *ws = workspace_for(m, hp);
+    const plan *p = kernel_plan(ws, hp);
+    forward_trunk(m, p, ws);
+    for (int r = 0; r < hp->B; r++) ce[r] = se[r] = 0.0;
+    for (int a = 0, b; a < hp->n_lm; a = b) {
+        b = row_run_end(hp->lm_row, a, hp->n_lm, hp->L);
+        ce[hp->lm_row[a] / hp->L] = lm_head(m, p, ws, a, b, 0.0f, 0);
+    }
+    for (int a = 0, b; a < hp->n_patch; a = b) {
+        b = row_run_end(hp->patch_row, a, hp->n_patch, hp->L);
+        se[hp->patch_row[a] / hp->L] = diffusion_head(m, p, ws, a, b, 0.0f, 0);
+    }
 }
 
 size_t model_activation_floats(const model *m, const plan *p) {

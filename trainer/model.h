@@ -74,6 +74,10 @@ int model_save(const model *m, const char *dir, char *err);
  * the counts over the whole step (every micro-batch and rank). */
 loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads);
 
+/* Forward only; each row's loss sums (ce[r] over its LM targets, se[r] over
+ * its patches, both [B]): per-sample figures from one batch, for evaluation. */
+void model_row_losses(model *m, const plan *p, double *ce, double *se);
+
 /* Forward only to the final norm; returns h_final [N, d] (valid until the
  * next call; a backend buffer). Tests use it to check what each position can see. */
 const float *model_hidden(model *m, const plan *p);

@@ -20,8 +20,8 @@ void plan_free(plan *p) {
 
 /* Key ranges: a document is a maximal run of non-pad positions with the same
  * `doc`; a pad is a document of its own; a patch also sees the rest of its
- * image. */
-static void plan_ranges(plan *p, const batch *b) {
+ * image (unless image attention is causal: then a patch is like a token). */
+static void plan_ranges(plan *p, const batch *b, const model_config *c) {
     for (int r = 0; r < b->B; r++) {
         const int32_t *mod = b->modality + (size_t)r * b->L, *doc = b->doc + (size_t)r * b->L;
         const int32_t *img = b->image + (size_t)r * b->L;
@@ -32,10 +32,16 @@ static void plan_ranges(plan *p, const batch *b) {
             lo[i] = start;
             hi[i] = i;
         }
-        for (int i = b->L - 1; i >= 0; i--)
+        for (int i = b->L - 1; i >= 0 && !c->image_causal; i--)
             if (mod[i] == MOD_PATCH)
                 hi[i] = (i + 1 < b->L && mod[i + 1] == MOD_PATCH && img[i + 1] == img[i]) ? hi[i + 1] : i;
-        for (int i = 0; i < b->L; i++) p->pos[(size_t)r * b->L + i] = i - lo[i];
+        for (int i = 0; i < b->L; i++) {
+            /* The attention kernels' tile search (nn/attn_tiles.h) assumes it. */
+            if (i > 0 && (lo[i] < lo[i - 1] || hi[i] < hi[i - 1]))
+                die("plan: key ranges decrease at row %d, position %d ([%d, %d] after [%d, %d])", r, i, lo[i],
+                    hi[i], lo[i - 1], hi[i - 1]);
+            p->pos[(size_t)r * b->L + i] = i - lo[i];
+        }
     }
 }
 
@@ -92,7 +98,7 @@ void plan_build(plan *p, const batch *b, const model_config *c) {
     p->patch_row = xmalloc(sizeof(int32_t) * N); p->patch_image = xmalloc(sizeof(int32_t) * N);
     p->patch_k = xmalloc(sizeof(int32_t) * N);
     p->lm_row = xmalloc(sizeof(int32_t) * N); p->lm_target = xmalloc(sizeof(int32_t) * N);
-    plan_ranges(p, b);
+    plan_ranges(p, b, c);
     plan_rope_tables(p, c);
     for (size_t i = 0; i < N; i++) {
         int m = b->modality[i];

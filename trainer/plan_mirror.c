@@ -27,25 +27,36 @@ plan_mirror *plan_mirror_create(int N, int n_patch, int n_images, const model_co
     return pm;
 }
 
+/* Arrays the host plan does not have (NULL) are skipped: inference embeds
+ * its new rows with a plan of what model_embed reads alone (infer.c's
+ * rows_plan: no key ranges, positions, RoPE tables or noise targets). */
+static void up_i32(int32_t *dst, const int32_t *src, size_t n) {
+    if (src) nn_upload_i32(dst, src, n);
+}
+
+static void up(float *dst, const float *src, size_t n) {
+    if (src) nn_upload(dst, src, n);
+}
+
 const plan *plan_mirror_upload(plan_mirror *pm, const plan *h) {
     plan *p = &pm->p;
     p->B = h->B; p->L = h->L; p->N = h->N;
     p->n_tok = h->n_tok; p->n_patch = h->n_patch; p->n_lm = h->n_lm; p->n_images = h->n_images;
-    nn_upload_i32(p->lo, h->lo, h->N);
-    nn_upload_i32(p->hi, h->hi, h->N);
-    nn_upload_i32(p->pos, h->pos, h->N);
-    nn_upload(p->rope_cos, h->rope_cos, (size_t)h->L * pm->half);
-    nn_upload(p->rope_sin, h->rope_sin, (size_t)h->L * pm->half);
-    nn_upload_i32(p->tok_row, h->tok_row, h->n_tok);
-    nn_upload_i32(p->tok_id, h->tok_id, h->n_tok);
-    nn_upload_i32(p->patch_row, h->patch_row, h->n_patch);
-    nn_upload_i32(p->patch_image, h->patch_image, h->n_patch);
-    nn_upload_i32(p->patch_k, h->patch_k, h->n_patch);
-    nn_upload(p->patch_x, h->patch_x, (size_t)h->n_patch * pm->P);
-    nn_upload(p->patch_eps, h->patch_eps, (size_t)h->n_patch * pm->P);
-    nn_upload_i32(p->lm_row, h->lm_row, h->n_lm);
-    nn_upload_i32(p->lm_target, h->lm_target, h->n_lm);
-    nn_upload(p->time_feat, h->time_feat, (size_t)h->n_images * pm->tdim);
+    up_i32(p->lo, h->lo, h->N);
+    up_i32(p->hi, h->hi, h->N);
+    up_i32(p->pos, h->pos, h->N);
+    up(p->rope_cos, h->rope_cos, (size_t)h->L * pm->half);
+    up(p->rope_sin, h->rope_sin, (size_t)h->L * pm->half);
+    up_i32(p->tok_row, h->tok_row, h->n_tok);
+    up_i32(p->tok_id, h->tok_id, h->n_tok);
+    up_i32(p->patch_row, h->patch_row, h->n_patch);
+    up_i32(p->patch_image, h->patch_image, h->n_patch);
+    up_i32(p->patch_k, h->patch_k, h->n_patch);
+    up(p->patch_x, h->patch_x, (size_t)h->n_patch * pm->P);
+    up(p->patch_eps, h->patch_eps, (size_t)h->n_patch * pm->P);
+    up_i32(p->lm_row, h->lm_row, h->n_lm);
+    up_i32(p->lm_target, h->lm_target, h->n_lm);
+    up(p->time_feat, h->time_feat, (size_t)h->n_images * pm->tdim);
     return p;
 }
 

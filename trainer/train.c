@@ -7,8 +7,10 @@
  * (checkpoint/ckpt.h) are written every --ckpt-every steps, at the end, and
  * when a rank gets SIGTERM, SIGINT or SIGUSR1 (the step is finished, saved,
  * and the run exits 0); --resume auto|PATH continues bitwise where a
- * checkpoint left off, on the same or another number of ranks. Rank 0 prints
- * one line per step and appends it as JSON to CKPT_DIR/metrics.jsonl. */
+ * checkpoint left off, on the same or another number of ranks. With --ema,
+ * each rank keeps the moving average of the tensors of its checkpoint shard
+ * (nn/optim.h), updated after every step and saved with the weights. Rank 0
+ * prints one line per step and appends it as JSON to CKPT_DIR/metrics.jsonl. */
 #include "train.h"
 #include "data_parallel.h"
 #include "model.h"
@@ -26,14 +28,20 @@
 
 typedef struct {
     int steps, warmup, log_every, B, A, L, ckpt_every, keep, keep_every;
-    float lr;
+    float lr, ema;              /* ema: --ema's decay, 0 when not given */
     unsigned long long seed;
     const char *loader, *ckpt_dir, *resume, *out, *init_from;
 } run_options;
 
-/* trainer_state.json: what a resumed run needs besides weights and Adam. */
-static cJSON *run_state(const run_options *o, const row_source *rows, long step, int world) {
+/* trainer_state.json: what a resumed run needs besides weights, Adam and
+ * the EMA's tensors. */
+static cJSON *run_state(const run_options *o, const row_source *rows, const weight_ema *ema, long step, int world) {
     cJSON *s = cJSON_CreateObject();
+    if (ema->avg) {
+        cJSON *e = cJSON_AddObjectToObject(s, "ema");
+        cJSON_AddNumberToObject(e, "decay", ema->decay);
+        cJSON_AddNumberToObject(e, "updates", (double)ema->updates);
+    }
     cJSON_AddNumberToObject(s, "positions_seen", (double)step * world * o->A * o->B * o->L);
     cJSON *sched = cJSON_AddObjectToObject(s, "lr_schedule");
     cJSON_AddNumberToObject(sched, "lr", o->lr);
@@ -79,9 +87,42 @@ static void resume_from(ckpt_reader *rd, const char *path, const row_source *row
     opt->step = rd->step;
 }
 
-static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt, long step) {
+/* The EMA, none when ema->avg stays NULL: continued from the checkpoint when
+ * it holds one (with --ema's decay if given, else its own), else started by
+ * the next step when --ema asks for one. rd is NULL for a fresh start. */
+static void start_ema(weight_ema *ema, const run_options *o, const ckpt_reader *rd, const model *m) {
     char err[ERR_LEN];
-    cJSON *state = run_state(o, rows, step, dist_size());
+    float decay = o->ema;
+    long updates = 0;
+    if (rd && rd->has_ema) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(rd->state, "ema");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(st, "decay"), *u = cJSON_GetObjectItemCaseSensitive(st, "updates");
+        if (!cJSON_IsNumber(d) || !(d->valuedouble > 0 && d->valuedouble < 1) || !cJSON_IsNumber(u) || u->valuedouble < 0)
+            die_input("--resume %s: trainer_state.json: an EMA needs ema.decay in (0, 1) and ema.updates", rd->dir);
+        if (dist_rank() == 0 && decay && decay != (float)d->valuedouble)
+            fprintf(stderr, "EMA: decay %g from now on (the checkpoint's was %g)\n", decay, d->valuedouble);
+        if (!decay) decay = (float)d->valuedouble;
+        updates = (long)u->valuedouble;
+    } else if (rd && decay && dist_rank() == 0) {
+        fprintf(stderr, "EMA: %s holds none; it starts at the weights of step %ld\n", rd->dir, rd->step + 1);
+    }
+    if (!decay) return;
+    size_t off, n;
+    ckpt_shard_range(&m->ps, dist_rank(), dist_size(), &off, &n);
+    ema_create(ema, decay, off, n);
+    ema->updates = updates;
+    if (!updates) return;
+    float *all = xmalloc(sizeof(float) * m->ps.numel), *avg = ema_host(ema, 0);
+    if (ckpt_load_ema(rd, &m->ps, all, err)) die_input("--resume: %s", err);
+    memcpy(avg, all + off, sizeof(float) * n);
+    ema_host_release(ema, avg, 1);
+    free(all);
+}
+
+static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt,
+                 const weight_ema *ema, long step) {
+    char err[ERR_LEN];
+    cJSON *state = run_state(o, rows, ema, step, dist_size());
     const cJSON *info = rows_loader_info(rows);
     ckpt_extra extras[2];
     int n = 0;
@@ -89,18 +130,19 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
     const cJSON *stats = cJSON_GetObjectItemCaseSensitive(info, "latent_stats_path");
     if (cJSON_IsString(tok)) extras[n++] = (ckpt_extra){"tokenizer.model", tok->valuestring};
     if (cJSON_IsString(stats)) extras[n++] = (ckpt_extra){"latent_stats.json", stats->valuestring};
-    float *mom1, *mom2;
+    float *mom1, *mom2, *avg = ema->avg ? ema_host(ema, 1) : NULL;
     model_download(m, 1, 0);
     optim_host_moments(opt, &mom1, &mom2, 1);
     ckpt_save_request r = {.ps = &m->ps, .cfg = &m->cfg, .step = step, .opt_offset = opt->off,
-                           .opt_count = opt->n, .m = mom1, .v = mom2, .state = state, .extras = extras,
-                           .n_extras = n, .keep = o->keep, .keep_every = o->keep_every};
+                           .opt_count = opt->n, .m = mom1, .v = mom2, .ema = avg, .state = state,
+                           .extras = extras, .n_extras = n, .keep = o->keep, .keep_every = o->keep_every};
     double t0 = now_s();
     /* A failed save must never end in a run that looks successful. */
     if (ckpt_save(o->ckpt_dir, &r, err)) die("checkpoint at step %ld not saved: %s", step, err);
     if (dist_rank() == 0) fprintf(stderr, "saved %s/step_%08ld in %.2f s\n", o->ckpt_dir, step, now_s() - t0);
     cJSON_Delete(state);
     optim_host_release(opt, mom1, mom2, 0);
+    if (avg) ema_host_release(ema, avg, 0);
 }
 
 static FILE *open_metrics(const char *dir) {
@@ -124,8 +166,10 @@ int trainer_cmd_train(const args *a) {
         .keep_every = (int)arg_int(a, "keep-every", 0, 0), .lr = (float)arg_float(a, "lr", 1e-3),
         .seed = (unsigned long long)arg_int(a, "seed", 0, 0), .loader = arg_str(a, "loader", NULL),
         .ckpt_dir = arg_str(a, "ckpt-dir", NULL), .resume = arg_str(a, "resume", NULL), .out = arg_str(a, "out", NULL),
-        .init_from = arg_str(a, "init-from", NULL),
+        .init_from = arg_str(a, "init-from", NULL), .ema = (float)arg_float(a, "ema", 0),
     };
+    if (!(o.ema < 1))       /* arg_float refuses <= 0; as a float, 0.99999999 is 1 too */
+        die_input("trainer train: --ema %s: expected a decay below 1, e.g. 0.999", arg_str(a, "ema", ""));
     /* The model: a config (fresh weights) or a checkpoint's (its weights, a
      * fresh optimizer). */
     char config_path[4096];
@@ -176,15 +220,17 @@ int trainer_cmd_train(const args *a) {
     dp_init(&dp, &m, !arg_switch(a, "no-zero"), !arg_switch(a, "no-overlap"));
     optimizer opt;
     dp_optimizer(&dp, &opt, optim_defaults(o.lr, o.warmup, o.steps));
-    if (found == 0) {
-        resume_from(&rd, path, rows, &m, &opt);
-        ckpt_close(&rd);
-    }
+    weight_ema ema = {0};
+    if (found == 0) resume_from(&rd, path, rows, &m, &opt);
+    start_ema(&ema, &o, found == 0 ? &rd : NULL, &m);
+    if (found == 0) ckpt_close(&rd);
     FILE *metrics = rank == 0 && o.ckpt_dir ? open_metrics(o.ckpt_dir) : NULL;
+    char ema_txt[32] = "off";
+    if (ema.avg) snprintf(ema_txt, sizeof ema_txt, "decay %g", ema.decay);
     if (rank == 0)
         printf("training %zu parameters on %s: %d ranks x %d accumulation steps x %d rows x %d positions, "
-               "ZeRO-1 %s, steps %ld..%d\n", m.ps.numel, o.loader ? o.loader : "generated rows", world, o.A, o.B,
-               o.L, dp.zero ? "on" : "off", start + 1, o.steps);
+               "ZeRO-1 %s, EMA %s, steps %ld..%d\n", m.ps.numel, o.loader ? o.loader : "generated rows", world, o.A,
+               o.B, o.L, dp.zero ? "on" : "off", ema_txt, start + 1, o.steps);
 
     double first = 0, loss = 0, t0 = now_s();
     for (long s = start; s < o.steps; s++) {
@@ -215,6 +261,7 @@ int trainer_cmd_train(const args *a) {
         free(p);
         double gnorm = dp_finish_reduction(&dp);
         float lr = dp_update(&dp, &opt, gnorm);
+        if (ema.avg) ema_step(&ema, m.dev.w);       /* after the all-gather: it reads whole tensors */
         double totals[5] = {sums[0], sums[1], flops, wait, dp.wait_s};
         dp.wait_s = 0;
         dist_allreduce_sum_f64(totals, 5);
@@ -237,7 +284,7 @@ int trainer_cmd_train(const args *a) {
         }
         int stop = stop_signal_any_rank();
         if (o.ckpt_dir && (stop || s + 1 == o.steps || (o.ckpt_every && (s + 1) % o.ckpt_every == 0)))
-            save(&o, rows, &m, &opt, s + 1);
+            save(&o, rows, &m, &opt, &ema, s + 1);
         if (stop) {
             if (rank == 0) fprintf(stderr, "stopped by a signal after step %ld\n", s + 1);
             break;
@@ -249,6 +296,7 @@ int trainer_cmd_train(const args *a) {
     if (metrics) fclose(metrics);
     rows_close(rows);
     optim_free(&opt);
+    ema_free(&ema);
     dp_free(&dp);
     model_free(&m);
     return 0;

@@ -1,4 +1,5 @@
-/* adamw.c - CPU optimizer kernels: scaling (clipping) and AdamW. */
+/* adamw.c - CPU optimizer kernels: scaling (clipping), AdamW and the
+ * weights' moving average. */
 #include "cpu.h"
 
 #include <math.h>
@@ -17,4 +18,10 @@ void cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr,
         float mhat = m[i] / bc1, vhat = v[i] / bc2;
         p[i] -= lr * (mhat / (sqrtf(vhat) + eps) + wd * p[i]);
     }
+}
+
+void cpu_ema_update(float *ema, const float *w, size_t n, float decay) {
+    float k = 1.0f - decay;
+    #pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) ema[i] += k * (w[i] - ema[i]);
 }

@@ -143,11 +143,12 @@ void cpu_attention_backward(float *dqkv, const float *dout, const float *out,
 /* Queries are grouped into blocks of up to QBLOCK consecutive rows with the
  * same lo (one sequence's new rows): a block's keys are one span, so its
  * scores are one GEMM, while queries of different sequences never pay for
- * each other's keys. */
-void cpu_attention_rows(float *out, const float *q, int ldq, const float *k, const float *v, int ldkv,
-                       const int32_t *lo, const int32_t *hi, int n, int H, int head_dim) {
-    int d = H * head_dim, nb = 0, max_span = 1;
+ * each other's keys. q and kv rows are qkv rows: k at column d, v at 2d. */
+void cpu_attention_rows(float *out, const float *q, const float *kv, const int32_t *lo, const int32_t *hi, int n,
+                        int H, int head_dim) {
+    int d = H * head_dim, ld = 3 * d, nb = 0, max_span = 1;
     float scale = 1.0f / sqrtf((float)head_dim);
+    const float *k = kv + d, *v = kv + 2 * d;
     int *start = xmalloc(sizeof(int) * (n + 1));
     for (int r = 0; r < n; r++)
         if (r == 0 || lo[r] != lo[r - 1] || r - start[nb - 1] == QBLOCK) start[nb++] = r;
@@ -163,11 +164,11 @@ void cpu_attention_rows(float *out, const float *q, int ldq, const float *k, con
         for (int task = 0; task < nb * H; task++) {
             int b = task / H, h = task % H, q0 = start[b], nq = start[b + 1] - q0;
             key_span ks = block_span(lo, hi, q0, nq);
-            cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, q + (size_t)q0 * ldq + h * head_dim, ldq,
-                    k + (size_t)ks.k0 * ldkv + h * head_dim, ldkv, 0.0f, S, ks.nk);
+            cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, q + (size_t)q0 * ld + h * head_dim, ld,
+                    k + (size_t)ks.k0 * ld + h * head_dim, ld, 0.0f, S, ks.nk);
             for (int r = 0; r < nq; r++)
                 softmax_range(S + (size_t)r * ks.nk, lo[q0 + r] - ks.k0, hi[q0 + r] - ks.k0, ks.nk);
-            cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, v + (size_t)ks.k0 * ldkv + h * head_dim, ldkv,
+            cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, v + (size_t)ks.k0 * ld + h * head_dim, ld,
                     0.0f, out + (size_t)q0 * d + h * head_dim, d);
         }
         cpu_free(S);

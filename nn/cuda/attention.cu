@@ -325,13 +325,12 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_q(bf16 *dqkv, const bf16
         else if (head_dim <= 32) LAUNCH_HD(32, LAYOUT, KERNEL, grid, __VA_ARGS__);                            \
         else if (head_dim <= 64) LAUNCH_HD(64, LAYOUT, KERNEL, grid, __VA_ARGS__);                            \
         else LAUNCH_HD(128, LAYOUT, KERNEL, grid, __VA_ARGS__);                                               \
-        CUDA_CHECK(cudaGetLastError());                                                                       \
     } while (0)
 #define LAUNCH_HD(HD, LAYOUT, KERNEL, grid, ...)                                                              \
     do {                                                                                                      \
         size_t bytes_ = LAYOUT<HD>::bytes;                                                                    \
         CUDA_CHECK(cudaFuncSetAttribute(KERNEL<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes_)); \
-        KERNEL<HD><<<grid, ATT_THREADS, bytes_, cuda_stream>>>(__VA_ARGS__);                                  \
+        CUDA_LAUNCH(KERNEL<HD>, grid, ATT_THREADS, bytes_, __VA_ARGS__);                                  \
     } while (0)
 
 static void check_types(const float *qkv, const float *out, const float *lse) {
@@ -357,7 +356,7 @@ extern "C" void cuda_attention_backward(float *dqkv, const float *dout, const fl
     check_types(dqkv, dout, lse);
     size_t n = (size_t)B * L;
     float *D = (float *)cuda_scratch(SCRATCH_ROWS, sizeof(float) * n * H);
-    attn_dot<<<cuda_blocks(n * H * 32, 256), 256, 0, cuda_stream>>>(D, (const bf16 *)dout, (const bf16 *)out, n, H,
+    CUDA_LAUNCH(attn_dot, cuda_blocks(n * H * 32, 256), 256, 0, D, (const bf16 *)dout, (const bf16 *)out, n, H,
                                                                     head_dim);
     float scale = 1.0f / sqrtf((float)head_dim);
     dim3 kgrid((L + BK - 1) / BK, H, B), qgrid((L + BQ - 1) / BQ, H, B);

@@ -6,9 +6,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #define THREADS 256
-#define LAUNCH(kernel, n, ...) do { \
-        kernel<<<cuda_blocks((n), THREADS), THREADS, 0, cuda_stream>>>(__VA_ARGS__); \
-        CUDA_CHECK(cudaGetLastError()); } while (0)
+#define LAUNCH(kernel, n, ...) CUDA_LAUNCH(kernel, cuda_blocks((n), THREADS), THREADS, 0, __VA_ARGS__)
 
 /* ---- RMSNorm: one block per row ---- */
 
@@ -43,8 +41,7 @@ __global__ void rmsnorm_bwd(tview dx, float *rs, tview dy, tview x, const float 
 extern "C" void cuda_rmsnorm_forward(float *y, const float *x, const float *w, int N, int d, float eps) {
     if (N == 0) return;
     if (!cuda_is_f32(w, "rmsnorm w")) die("cuda backend: norm weights must be float32");
-    rmsnorm_fwd<<<N, THREADS, 0, cuda_stream>>>(tv(y, "rmsnorm y"), tv(x, "rmsnorm x"), w, d, eps);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_LAUNCH(rmsnorm_fwd, N, THREADS, 0, tv(y, "rmsnorm y"), tv(x, "rmsnorm x"), w, d, eps);
 }
 
 extern "C" void cuda_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
@@ -52,8 +49,7 @@ extern "C" void cuda_rmsnorm_backward(float *dx, float *dw, const float *dy, con
     if (N == 0) return;
     float *rs = (float *)cuda_scratch(SCRATCH_ROWS, sizeof(float) * N);
     tview tdy = tv(dy, "rmsnorm dy"), tx = tv(x, "rmsnorm x");
-    rmsnorm_bwd<<<N, THREADS, 0, cuda_stream>>>(tv(dx, "rmsnorm dx"), rs, tdy, tx, w, d, eps);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_LAUNCH(rmsnorm_bwd, N, THREADS, 0, tv(dx, "rmsnorm dx"), rs, tdy, tx, w, d, eps);
     cuda_colsum_add(dw, tdy, &tx, rs, N, d);
 }
 
@@ -190,9 +186,8 @@ extern "C" void cuda_scatter_add_rows(float *dst, const float *src, const int32_
     void *tmp = keys + ints;
     LAUNCH(iota_kernel, (size_t)n, rows, n);
     CUDA_CHECK(cub::DeviceRadixSort::SortPairs(tmp, temp, idx, keys, rows, rows_sorted, n, 0, 32, cuda_stream));
-    scatter_add_runs<<<n, 128, 0, cuda_stream>>>(tv(dst, "scatter_add dst"), tv(src, "scatter_add src"), keys,
+    CUDA_LAUNCH(scatter_add_runs, n, 128, 0, tv(dst, "scatter_add dst"), tv(src, "scatter_add src"), keys,
                                                   rows_sorted, n, d);
-    CUDA_CHECK(cudaGetLastError());
 }
 
 /* ---- optimizer ---- */

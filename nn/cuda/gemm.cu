@@ -120,8 +120,7 @@ extern "C" void cuda_linear_forward(float *y, const float *x, const float *W, co
             y, y_f32, out, fuse ? bb : NULL);
     if (b && !fuse) {
         if (!cuda_is_f32(b, "linear b")) die("cuda backend: linear bias must be a float32 buffer");
-        add_bias_rows<<<cuda_blocks((size_t)N * out, 256), 256, 0, cuda_stream>>>(tv(y, "linear y"), b, N, out);
-        CUDA_CHECK(cudaGetLastError());
+        CUDA_LAUNCH(add_bias_rows, cuda_blocks((size_t)N * out, 256), 256, 0, tv(y, "linear y"), b, N, out);
     }
 }
 

@@ -42,9 +42,8 @@ static double *partials(size_t extra_doubles) {
 extern "C" double cuda_cross_entropy(float *logits, const int32_t *targets, int n, int V, float grad_scale) {
     if (n == 0) return 0.0;
     double *part = partials(n), *loss = part + SUM_BLOCKS + 1;
-    cross_entropy_rows<<<n, 512, 0, cuda_stream>>>(loss, tv(logits, "cross_entropy logits"), targets, V, grad_scale);
-    sum_rows_double<<<SUM_BLOCKS, SUM_THREADS, 0, cuda_stream>>>(part, loss, n);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_LAUNCH(cross_entropy_rows, n, 512, 0, loss, tv(logits, "cross_entropy logits"), targets, V, grad_scale);
+    CUDA_LAUNCH(sum_rows_double, SUM_BLOCKS, SUM_THREADS, 0, part, loss, n);
     return cuda_total(part);
 }
 
@@ -65,9 +64,8 @@ static double squared(float *dx, const float *x, const float *y, size_t n, float
     if (n == 0) return 0.0;
     double *part = partials(0);
     tview tx = tv(x, "squared x");
-    squared_diff<<<SUM_BLOCKS, SUM_THREADS, 0, cuda_stream>>>(part, tx, y ? tv(y, "squared y") : tx, y != NULL,
+    CUDA_LAUNCH(squared_diff, SUM_BLOCKS, SUM_THREADS, 0, part, tx, y ? tv(y, "squared y") : tx, y != NULL,
                                                               dx ? tv(dx, "squared dx") : tx, grad_scale, n);
-    CUDA_CHECK(cudaGetLastError());
     return cuda_total(part);
 }
 

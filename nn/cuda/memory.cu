@@ -20,6 +20,14 @@ extern "C" void cuda_check(cudaError_t e, const char *what, const char *file, in
     if (e != cudaSuccess) die("CUDA: %s failed at %s:%d: %s", what, file, line, cudaGetErrorString(e));
 }
 
+void cuda_launched(const char *kernel, const char *file, int line) {
+    static int blocking = -1;
+    if (blocking < 0) blocking = getenv("CUDA_LAUNCH_BLOCKING") && atoi(getenv("CUDA_LAUNCH_BLOCKING")) == 1;
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess && blocking) e = cudaStreamSynchronize(cuda_stream);
+    if (e != cudaSuccess) die("CUDA: kernel %s launched at %s:%d: %s", kernel, file, line, cudaGetErrorString(e));
+}
+
 /* One GPU per rank: ranks on a node take the node's GPUs in turn. */
 extern "C" void cuda_init(void) {
     int count = 0;
@@ -74,8 +82,7 @@ extern "C" void cuda_mirror_sync(const float *p, size_t n) {
     buf_entry *e = cuda_buffer(p, "mirror");
     if (!e->mirror || n == 0) return;
     size_t i = buf_index(e, p);
-    f32_to_bf16<<<cuda_blocks(n, 256), 256, 0, cuda_stream>>>((__nv_bfloat16 *)e->mirror + i, p, n);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_LAUNCH(f32_to_bf16, cuda_blocks(n, 256), 256, 0, (__nv_bfloat16 *)e->mirror + i, p, n);
 }
 
 extern "C" const void *cuda_bf16_view(const void *p, const char *what) {

@@ -29,9 +29,8 @@ void cuda_colsum_add(float *dst, tview src, const tview *x, const float *r, int 
     if (chunks == 0 || d == 0) return;
     float *part = (float *)cuda_scratch(SCRATCH_SUM, sizeof(float) * (size_t)chunks * d);
     dim3 grid(cuda_blocks(d, 128), chunks);
-    colsum_partial<<<grid, 128, 0, cuda_stream>>>(part, src, x ? *x : src, x != NULL, r, N, d);
-    colsum_finish<<<cuda_blocks(d, 128), 128, 0, cuda_stream>>>(dst, part, chunks, d);
-    CUDA_CHECK(cudaGetLastError());
+    CUDA_LAUNCH(colsum_partial, grid, 128, 0, part, src, x ? *x : src, x != NULL, r, N, d);
+    CUDA_LAUNCH(colsum_finish, cuda_blocks(d, 128), 128, 0, dst, part, chunks, d);
 }
 
 __global__ void total_kernel(double *out, const double *part) {
@@ -43,7 +42,7 @@ __global__ void total_kernel(double *out, const double *part) {
 
 double cuda_total(const double *partials) {
     double *d = (double *)(partials + SUM_BLOCKS), h;      /* callers leave room for it */
-    total_kernel<<<1, SUM_THREADS, 0, cuda_stream>>>(d, partials);
+    CUDA_LAUNCH(total_kernel, 1, SUM_THREADS, 0, d, partials);
     CUDA_CHECK(cudaMemcpyAsync(&h, d, sizeof h, cudaMemcpyDeviceToHost, cuda_stream));
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream));
     return h;

@@ -26,6 +26,17 @@ __device__ __forceinline__ void st(const tview &v, size_t i, float x) {
     else ((__nv_bfloat16 *)v.p)[i] = __float2bfloat16_rn(x);
 }
 
+/* Every kernel launch goes through CUDA_LAUNCH: a bad launch (grid, shared
+ * memory) dies at once, named by its kernel and line; with
+ * CUDA_LAUNCH_BLOCKING=1 in the environment the stream is also synchronized
+ * after each launch, so a kernel that faults is named itself instead of the
+ * next call that happens to sync. */
+void cuda_launched(const char *kernel, const char *file, int line);
+#define CUDA_LAUNCH(kernel, grid, block, smem, ...) do {                     \
+        kernel<<<(grid), (block), (smem), cuda_stream>>>(__VA_ARGS__);       \
+        cuda_launched(#kernel, __FILE__, __LINE__);                          \
+    } while (0)
+
 /* The view of a float tensor argument (host side). */
 static inline tview tv(const void *p, const char *what) { return tview{(void *)p, cuda_is_f32(p, what)}; }
 

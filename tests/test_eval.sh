@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# test_eval.sh - `trainer eval` on a tiny model overfit on four image-caption
+# pairs (tests/tiny_run.sh): it must see the link both ways (caption
+# retrieval and prompt retrieval at 100%, large caption and image gains),
+# while the same model untrained shows none (gains near zero); the figures do
+# not depend on the thread or rank count (bit for bit); the output file is
+# the printed JSON; bad input exits 2 with one line.
+set -u
+BIN=${BIN:-bin}
+PY=/usr/bin/python3
+export OMP_WAIT_POLICY=passive ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
+. "$(dirname "$0")/check.sh"
+TR=$(realpath "$BIN/trainer")
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+
+BIN="$BIN" PY="$PY" tests/tiny_run.sh "$t" 2>"$t/tiny_run.err" ||
+    { fail "the tiny model is built: $(cat "$t/tiny_run.err")"; exit 1; }
+cp "$t/captions.txt" "$t/prompts.txt"
+mkdir -p "$t/text" && printf 'a red circle and a blue square.\n\na green ring.\n\n' >"$t/text/part.txt"
+EVAL=(eval --vae "$t/vae" --images "$t/img" --n 4 --prompts "$t/prompts.txt" --steps 20 --sampler ddim
+      --text "$t/text" --text-docs 8 --seed 7)
+fig() { $PY -c "import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+
+"$TR" "${EVAL[@]}" --ckpt "$t/run" --threads 2 --out "$t/trained.json" >"$t/trained.out" 2>"$t/trained.err"
+check "eval of the trained model exits 0 ($(tail -n 1 "$t/trained.err"))" [ -s "$t/trained.json" ]
+check "--out holds the printed JSON" cmp -s "$t/trained.json" "$t/trained.out"
+cg=$(fig "$t/trained.json" 'd["diffusion_loss"]["caption_gain_pct"]')
+ig=$(fig "$t/trained.json" 'd["captioning"]["image_gain_pct"]')
+r1=$(fig "$t/trained.json" 'd["captioning"]["retrieval_top1_pct"]')
+p1=$(fig "$t/trained.json" 'd["generation"]["prompt_retrieval_top1_pct"]')
+check "trained: caption retrieval top-1 $r1% (100 wanted; chance 25%)" $PY -c "import sys; sys.exit(not $r1 == 100)"
+check "trained: prompt retrieval of its generated images $p1% (100 wanted)" $PY -c "import sys; sys.exit(not $p1 == 100)"
+check "trained: the right caption lowers the diffusion loss by $cg% (> 50)" $PY -c "import sys; sys.exit(not $cg > 50)"
+check "trained: the right image lowers the caption loss by $ig% (> 30)" $PY -c "import sys; sys.exit(not $ig > 30)"
+check "four timestep buckets with every row counted" $PY -c "
+import json, sys; d = json.load(open('$t/trained.json'))['diffusion_loss']
+sys.exit(not (len(d['buckets']) == 4 and sum(b['rows'] for b in d['buckets']) == 4 * d['timesteps_per_image']))"
+check "text bits per byte and the latent Fréchet distances are finite and positive" $PY -c "
+import json, math, sys; d = json.load(open('$t/trained.json'))
+v = [d['text']['text_bpb'], d['generation']['latent_fd'], d['generation']['latent_fd_real_halves']]
+sys.exit(not all(math.isfinite(x) and x > 0 for x in v))"
+
+# The same model untrained: no link between the modalities.
+mkdir -p "$t/untrained"
+"$TR" init --config "$t/run/latest/config.json" --out "$t/untrained" --seed 5 >/dev/null
+cp "$t/run/latest/tokenizer.model" "$t/run/latest/latent_stats.json" "$t/untrained/"
+"$TR" "${EVAL[@]}" --ckpt "$t/untrained" --out "$t/untrained.json" >/dev/null 2>"$t/untrained.err"
+ucg=$(fig "$t/untrained.json" 'd["diffusion_loss"]["caption_gain_pct"]')
+uig=$(fig "$t/untrained.json" 'd["captioning"]["image_gain_pct"]')
+check "untrained: caption gain $ucg% and image gain $uig% near zero (|x| < 2)" \
+    $PY -c "import sys; sys.exit(not (abs($ucg) < 2 and abs($uig) < 2))"
+
+# Thread and rank counts: the same figures, bit for bit.
+same() { $PY - "$1" "$2" <<'PYEOF'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:])
+for d in (a, b): d.pop("seconds")
+sys.exit(a != b)
+PYEOF
+}
+"$TR" "${EVAL[@]}" --ckpt "$t/run" --threads 1 --out "$t/t1.json" >/dev/null 2>&1
+check "1 thread gives the figures of 2" same "$t/trained.json" "$t/t1.json"
+mpirun --allow-run-as-root --oversubscribe -np 2 "$TR" "${EVAL[@]}" --ckpt "$t/run" --threads 1 --out "$t/r2.json" \
+    >/dev/null 2>&1
+check "2 MPI ranks give the figures of 1" same "$t/trained.json" "$t/r2.json"
+
+# Bad input.
+common=(--ckpt "$t/run" --vae "$t/vae")
+bad "images that match nothing" "nothing" "$TR" eval "${common[@]}" --images "$t/none-*.tar"
+bad "--n 1" "--n" "$TR" eval "${common[@]}" --images "$t/img" --n 1
+mkdir -p "$t/empty"
+bad "a text folder without .txt files" "no .txt file" "$TR" eval "${common[@]}" --images "$t/img" --text "$t/empty"
+echo "a red circle" >"$t/one.txt"
+bad "a prompts file of one prompt" "at least 2" "$TR" eval "${common[@]}" --images "$t/img" --prompts "$t/one.txt"
+bad "a missing --vae" "--vae" "$TR" eval --ckpt "$t/run" --images "$t/img"
+bad "--weights ema on a run without an EMA" "EMA" "$TR" eval "${common[@]}" --images "$t/img" --weights ema
+bad "--weights of another kind" "--weights" "$TR" eval "${common[@]}" --images "$t/img" --weights best
+exit $((fails > 0))

@@ -1,0 +1,260 @@
+/* session.c - what generation and evaluation open from a checkpoint
+ * (session.h): the model on the --device backend, its tokenizer, the VAE and
+ * latent statistics, the context; pixels to latents and back. */
+#include "session.h"
+#include "../checkpoint/ckpt.h"
+#include "../common/error.h"
+#include "../common/json_file.h"
+#include "../nn/backend.h"
+#include "../vae_service/image_write.h"
+
+#include <dirent.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---------------------------------------------------------------- device */
+
+static const nn_backend *device;        /* the model's backend (--device) */
+
+void session_init_device(const args *a) {
+    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
+    device = nn_current_backend();
+}
+
+/* The VAE's kernels exist on the CPU backend alone (the CUDA backend leaves
+ * them out) and its activations are host memory: every VAE call runs between
+ * vae_on_cpu(1) and vae_on_cpu(0). */
+void vae_on_cpu(int on) { nn_use_backend(on ? &nn_cpu_backend : device); }
+
+/* ------------------------------------------------------------ checkpoint */
+
+static int exists(const char *dir, const char *name) {
+    char path[4400];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/* Whether any *.safetensors file of dir holds the tensor. */
+static int has_tensor(const char *dir, const char *name) {
+    DIR *dh = opendir(dir);
+    struct dirent *e;
+    int found = 0;
+    while (dh && !found && (e = readdir(dh))) {
+        size_t n = strlen(e->d_name);
+        if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors") != 0 || e->d_name[0] == '.') continue;
+        char path[4400], err[ERR_LEN];
+        st_file f;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (st_open(path, &f, err) == 0) {
+            found = st_find(&f, name) != NULL;
+            st_close(&f);
+        }
+    }
+    if (dh) closedir(dh);
+    return found;
+}
+
+/* A checkpoint: a consolidated folder (config.json + *.safetensors, as
+ * `trainer export` or `init` write), a training step folder (sharded, its
+ * checksums verified), or a run's checkpoint folder (its newest complete
+ * step). dir gets the folder that holds the weights and their extra files.
+ * From a step folder, `which` weights: the EMA when there is one (AUTO) or
+ * as --weights says; an export holds one set, its own. */
+static const char *load_checkpoint(const char *path, ckpt_weights which, model *m, char *dir, size_t len) {
+    char err[ERR_LEN];
+    int step = exists(path, "model.safetensors.index.json");
+    if (!exists(path, "config.json")) {
+        int rc = ckpt_resolve(path, "auto", dir, len, err);
+        if (rc == 1) die_input("--ckpt %s: no config.json and no checkpoint step folder", path);
+        if (rc) die_input("--ckpt %s: %s", path, err);
+        step = 1;
+    } else {
+        snprintf(dir, len, "%s", path);
+        if (step && ckpt_verify(dir, err)) die_input("%s", err);
+    }
+    model_config c;
+    char cfg[4400];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    if (config_load(cfg, &c, err)) die_input("%s", err);
+    if (!has_tensor(dir, "image.patch_in.weight"))
+        die_input("%s: the checkpoint has no image parameters (image.patch_in.weight): it cannot generate or read images", dir);
+    if (step) {
+        ckpt_reader rd;
+        if (ckpt_open(&rd, dir, err)) die_input("%s", err);
+        model_create(m, &c);
+        ckpt_weights used;
+        if (ckpt_load_chosen(&rd, &m->ps, which, &used, err)) die_input("%s", err);
+        ckpt_close(&rd);
+        model_upload_weights(m);                /* (model_load uploads them itself) */
+        return used == CKPT_EMA ? "ema" : "raw";
+    }
+    if (which == CKPT_EMA)
+        die_input("--weights ema: %s is an export, which holds one set of weights (export it with --weights ema)", dir);
+    if (model_load(m, dir, err)) die_input("%s", err);
+    return "export";
+}
+
+/* The context: --context, else the sequence length the checkpoint was
+ * trained at (trainer_state.json), else 256 (the loader's default). */
+static int context_of(const args *a, const char *dir) {
+    long ctx = arg_int(a, "context", 0, 1);
+    if (ctx) return (int)ctx;
+    char path[4400], err[ERR_LEN];
+    snprintf(path, sizeof path, "%s/trainer_state.json", dir);
+    cJSON *st = access(path, F_OK) == 0 ? json_read_object(path, err) : NULL;
+    const cJSON *L = cJSON_GetObjectItemCaseSensitive(st, "seq_len");
+    ctx = cJSON_IsNumber(L) && L->valuedouble >= 1 ? (long)L->valuedouble : 256;
+    cJSON_Delete(st);
+    return (int)ctx;
+}
+
+static spm *load_tokenizer(const args *a, const char *dir, const model_config *c) {
+    char def[4400], err[ERR_LEN];
+    snprintf(def, sizeof def, "%s/tokenizer.model", dir);
+    const char *path = arg_str(a, "tokenizer", def);
+    spm *tok = spm_load(path, err);
+    if (!tok) die_input("%s", err);
+    const spm_ids *ids = spm_get_ids(tok);
+    if (ids->vocab_size != c->vocab_size || ids->bos != c->bos_token_id || ids->eos != c->eos_token_id ||
+        ids->boi != c->boi_token_id || ids->eoi != c->eoi_token_id)
+        die_input("%s: vocabulary %d with BOS/EOS/BOI/EOI %d/%d/%d/%d, but the checkpoint has %d with %d/%d/%d/%d",
+                  path, ids->vocab_size, ids->bos, ids->eos, ids->boi, ids->eoi, c->vocab_size, c->bos_token_id,
+                  c->eos_token_id, c->boi_token_id, c->eoi_token_id);
+    return tok;
+}
+
+static void image_io_open(image_io *io, const args *a, const char *dir, const model_config *c) {
+    char err[ERR_LEN], path[4400];
+    io->vae = vae_load(arg_required(a, "vae"), err);
+    if (!io->vae) die_input("%s", err);
+    const vae_config *vc = vae_cfg(io->vae);
+    if (vc->latent_channels != c->latent_channels)
+        die_input("--vae %s: %d latent channels, but the checkpoint's model has %d", arg_required(a, "vae"),
+                  vc->latent_channels, c->latent_channels);
+    io->size = c->latent_size * vae_downscale(vc);
+    snprintf(path, sizeof path, "%s/latent_stats.json", dir);
+    cJSON *ds = json_read_object(path, err);
+    if (!ds) die_input("%s (the latent statistics the checkpoint records)", err);
+    io->mean = xmalloc(sizeof(double) * c->latent_channels);
+    io->std = xmalloc(sizeof(double) * c->latent_channels);
+    if (json_number_list(ds, "channel_mean", c->latent_channels, 0, io->mean, path, err) ||
+        json_number_list(ds, "channel_std", c->latent_channels, 1, io->std, path, err))
+        die_input("%s", err);
+    cJSON_Delete(ds);
+}
+
+static void image_io_close(image_io *io) {
+    vae_on_cpu(1);
+    vae_free(io->vae);
+    vae_on_cpu(0);
+    free(io->mean);
+    free(io->std);
+}
+
+void session_open(session *s, const args *a) {
+    ckpt_weights which;
+    char err[ERR_LEN];
+    if (ckpt_weights_parse(arg_str(a, "weights", NULL), &which, err)) die_input("%s", err);
+    s->weights = load_checkpoint(arg_required(a, "ckpt"), which, &s->m, s->dir, sizeof s->dir);
+    s->tok = load_tokenizer(a, s->dir, &s->m.cfg);
+    image_io_open(&s->io, a, s->dir, &s->m.cfg);
+    s->context = context_of(a, s->dir);
+}
+
+void session_close(session *s) {
+    image_io_close(&s->io);
+    spm_free(s->tok);
+    model_free(&s->m);
+}
+
+long session_encode(session *s, const char *what, const char *text, long extra, int32_t **ids) {
+    char err[ERR_LEN];
+    size_t cap = 0;
+    *ids = NULL;
+    long n = spm_encode(s->tok, text, strlen(text), ids, &cap, err);
+    if (n < 0) die_input("%s: %s", what, err);
+    if (n + extra > s->context)
+        die_input("%s: %ld tokens need %ld positions, but the model's context is %d", what, n, n + extra, s->context);
+    return n;
+}
+
+/* ---------------------------------------------------------------- options */
+
+static double arg_nonneg(const args *a, const char *name, double def) {
+    const char *v = arg_str(a, name, NULL);
+    if (!v) return def;
+    char *end;
+    double x = strtod(v, &end);
+    if (*v == '\0' || *end != '\0' || !(x >= 0))
+        die_input("%s %s: --%s %s: expected a number >= 0", a->prog, a->cmd, name, v);
+    return x;
+}
+
+gen_options session_gen_options(const args *a, const model_config *c, int context, int K, float temperature) {
+    gen_options o = {.n = K, .context = context};
+    o.max_tokens = (int)arg_int(a, "max-tokens", 64, 0);
+    o.temperature = (float)arg_nonneg(a, "temperature", temperature);
+    o.top_p = (float)arg_float(a, "top-p", 1.0);
+    if (o.top_p > 1) die_input("%s %s: --top-p %g: expected a number in (0, 1]", a->prog, a->cmd, o.top_p);
+    o.top_k = (int)arg_int(a, "top-k", 0, 0);
+    o.steps = (int)arg_int(a, "steps", 250, 1);
+    if (o.steps > c->diffusion_steps)
+        die_input("%s %s: --steps %d: the model has %d diffusion steps", a->prog, a->cmd, o.steps, c->diffusion_steps);
+    const char *s = arg_str(a, "sampler", "ddpm");
+    if (strcmp(s, "ddpm") && strcmp(s, "ddim")) die_input("%s %s: --sampler %s: expected ddpm or ddim", a->prog, a->cmd, s);
+    o.eta = strcmp(s, "ddpm") == 0 ? 1.0f : (float)arg_nonneg(a, "eta", 0.0);
+    o.cfg = (float)arg_nonneg(a, "cfg", 5.0);
+    o.clip = (float)arg_nonneg(a, "clip", 4.0);
+    o.seed = (uint64_t)arg_int(a, "seed", 0, 0);
+    o.recompute = arg_switch(a, "no-cache");
+    return o;
+}
+
+/* ---------------------------------------------------------------- text and pixels */
+
+char *session_decode(const spm *tok, const int32_t *ids, int n) {
+    const spm_ids *s = spm_get_ids(tok);
+    int32_t *keep = xmalloc(sizeof(int32_t) * (n + 1));
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if (ids[i] < s->pieces && ids[i] != s->bos && ids[i] != s->eos && ids[i] != s->boi && ids[i] != s->eoi &&
+            ids[i] != s->pad)
+            keep[k++] = ids[i];
+    char *text = NULL, err[ERR_LEN];
+    if (spm_decode(tok, keep, k, &text, err) < 0) die("%s", err);
+    free(keep);
+    return text;
+}
+
+void image_io_encode(image_io *io, const model_config *c, const float *rgb, int n, float *latents) {
+    int C = c->latent_channels, hw = c->latent_size * c->latent_size, S = io->size;
+    float *logvar = xmalloc(sizeof(float) * (size_t)n * C * hw);
+    vae_on_cpu(1);
+    vae_encode(io->vae, rgb, n, S, S, latents, logvar);
+    vae_on_cpu(0);
+    free(logvar);
+    for (int i = 0; i < n; i++)
+        for (int ch = 0; ch < C; ch++) {
+            float *x = latents + ((size_t)i * C + ch) * hw;
+            for (int q = 0; q < hw; q++) x[q] = (float)(((double)x[q] - io->mean[ch]) * (1.0 / io->std[ch]));
+        }
+}
+
+void image_io_decode(image_io *io, const model_config *c, const float *x, int n, uint8_t *rgb) {
+    int C = c->latent_channels, hw = c->latent_size * c->latent_size, S = io->size;
+    float *z = xmalloc(sizeof(float) * C * hw), *img = xmalloc(sizeof(float) * 3 * S * S);
+    for (int i = 0; i < n; i++) {
+        for (int ch = 0; ch < C; ch++)
+            for (int q = 0; q < hw; q++)
+                z[ch * hw + q] = (float)(x[((size_t)i * C + ch) * hw + q] * io->std[ch] + io->mean[ch]);
+        vae_on_cpu(1);
+        vae_decode(io->vae, z, 1, c->latent_size, c->latent_size, img);
+        vae_on_cpu(0);
+        image_to_rgb8(rgb + (size_t)i * S * S * 3, img, S, S);
+    }
+    free(z);
+    free(img);
+}
