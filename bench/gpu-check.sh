@@ -65,7 +65,8 @@ PEAK_TFLOPS=${PEAK_TFLOPS:-989}
 GRAD_TOL=${GRAD_TOL:-3e-2}
 SAMPLE_PSNR=${SAMPLE_PSNR:-30}
 T=$(mktemp -d)
-trap 'rm -rf "$T"; [ -n "${TRAIN_CPU:-}" ] && kill "$TRAIN_CPU" 2>/dev/null' EXIT
+MAIN=$BASHPID           # a subshell that inherits the trap must not remove $T
+trap '[ "$BASHPID" = "$MAIN" ] && rm -rf "$T"; [ -n "${TRAIN_CPU:-}" ] && kill "$TRAIN_CPU" 2>/dev/null' EXIT
 L=${LOG_DIR:-$T/logs}
 mkdir -p "$L" || exit 1
 LOG=$L/all.log
@@ -153,8 +154,8 @@ if [ -z "$BUNDLE" ]; then BIN=bin/cuda tests/tiny_run.sh "$FIXTURE" >>"$LOG" 2>&
 TRAIN_ARGS=(train --model configs/bench.json --steps "$TRAIN_STEPS" --batch-rows 8 --seq-len 256 --lr 1e-3
             --log-every 50)
 if [[ " $STAGES " == *" training "* ]]; then
-    "$TR" "${TRAIN_ARGS[@]}" --device cpu >"$T/train_cpu.log" 2>&1 &
-    TRAIN_CPU=$!
+    timeout -k 5 $((DEADLINE - 10)) "$TR" "${TRAIN_ARGS[@]}" --device cpu >"$T/train_cpu.log" 2>&1 &
+    TRAIN_CPU=$!            # (ends by the deadline at the latest)
 fi
 
 # ---- kernels
@@ -263,10 +264,7 @@ if want training; then
     t0=$SECONDS
     run 240 "$TR" "${TRAIN_ARGS[@]}" --device "$DEVICE"
     cp "$T/out" "$T/train_dev.log"
-    left=$((DEADLINE - SECONDS - 5))
-    ( sleep $((left > 0 ? left : 1)); kill "$TRAIN_CPU" 2>/dev/null ) & watchdog=$!
     wait "$TRAIN_CPU"; TRAIN_CPU=""
-    kill "$watchdog" 2>/dev/null
     { echo "# the CPU reference run:"; cat "$T/train_cpu.log"; } >>"$LOG"
     tfig=$("$PYTHON" - "$T/train_cpu.log" "$T/train_dev.log" <<'PY'
 import json, re, sys

@@ -62,8 +62,9 @@ void model_download(model *m, int weights, int grads);
  * 1/sqrt(2 * layers), norms 1, biases 0; deterministic in the seed. */
 void model_init_weights(model *m, unsigned long long seed);
 
-/* Checkpoint folder: config.json + model.safetensors (every *.safetensors
- * file in the folder is searched for each tensor on load). Load creates the
+/* Checkpoint folder: config.json + model.safetensors (on load, the files of
+ * model.safetensors.index.json's weight_map where the folder has one, else
+ * every *.safetensors file is searched for each tensor). Load creates the
  * model and uploads its weights; save writes ps (download first). */
 int model_load(model *m, const char *dir, char *err);
 int model_save(const model *m, const char *dir, char *err);
