@@ -73,6 +73,8 @@ mkdir -p "$t/empty"
 bad "a text folder without .txt files" "no .txt file" "$TR" eval "${common[@]}" --images "$t/img" --text "$t/empty"
 echo "a red circle" >"$t/one.txt"
 bad "a prompts file of one prompt" "at least 2" "$TR" eval "${common[@]}" --images "$t/img" --prompts "$t/one.txt"
+{ echo "a red circle"; printf 'a red circle %.0s' $(seq 60); echo; } >"$t/long.txt"
+bad "a prompt longer than the context" "context is 128" "$TR" eval "${common[@]}" --images "$t/img" --prompts "$t/long.txt"
 bad "a missing --vae" "--vae" "$TR" eval --ckpt "$t/run" --images "$t/img"
 bad "--weights ema on a run without an EMA" "EMA" "$TR" eval "${common[@]}" --images "$t/img" --weights ema
 bad "--weights of another kind" "--weights" "$TR" eval "${common[@]}" --images "$t/img" --weights best

@@ -347,6 +347,9 @@ int trainer_cmd_eval(const args *a) {
     if (text_dir) read_text(&ts, &ss, text_dir, (int)arg_int(a, "text-docs", 64, 1));
     int np = 0;
     char **prompts = prompts_path ? read_prompts(prompts_path, &np) : NULL;
+    int32_t **pid = xcalloc(np + 1, sizeof(int32_t *));
+    int *plen = xcalloc(np + 1, sizeof(int));
+    for (int j = 0; j < np; j++) plen[j] = (int)session_encode(&ss, "--prompts", prompts[j], P + 4, &pid[j]);
     gen_options o = session_gen_options(a, c, ss.context, 1, 1.0f);
     image_set im;
     read_images(&im, &ss, arg_required(a, "images"), n, max_cap);
@@ -458,13 +461,9 @@ int trainer_cmd_eval(const args *a) {
     if (prompts_path) {
         int Kp = K < np ? K : np;
         o.max_tokens = 0;
-        int32_t **pid = xcalloc(np, sizeof(int32_t *));
-        int *plen = xcalloc(np, sizeof(int));
         float *made = xcalloc((size_t)np * lat, sizeof(float));
         double t0 = now_s();
         for (int j = 0; j < np; j++) {
-            long len = session_encode(&ss, "--prompts", prompts[j], P + 4, &pid[j]);
-            plen[j] = (int)len;
             if (j % dist_size() != dist_rank()) continue;
             infer_rows prefix = {0};
             infer_rows_token(&prefix, 0, c->bos_token_id);
@@ -505,9 +504,9 @@ int trainer_cmd_eval(const args *a) {
         cJSON_AddNumberToObject(g, "candidates", Kp);
         cJSON_AddNumberToObject(g, "chance_top1_pct", 100.0 / Kp);
         free(ce); free(se); free(pr.rows); free(pbase); free(pc); free(made);
-        for (int j = 0; j < np; j++) { free(pid[j]); free(prompts[j]); }
-        free(pid); free(plen); free(prompts);
     }
+    for (int j = 0; j < np; j++) { free(pid[j]); free(prompts[j]); }
+    free(pid); free(plen); free(prompts);
     cJSON_AddNumberToObject(out, "seconds", now_s() - t_start);
 
     if (dist_rank() == 0) {
