@@ -156,7 +156,8 @@ static void ensure_rows(infer *f, int n) {
 }
 
 /* Each row's position in its sequence and the last position it may see
- * (itself for a token, its image's last patch for a patch). */
+ * (itself for a token, its image's last patch for a patch, or itself with
+ * causal image attention); a patch needs room for its whole image. */
 static int place_rows(infer *f, const infer_rows *r, char *err) {
     int P = cfg_patches_per_image(&f->m->cfg);
     for (int i = 0; i < r->n; i++) {
@@ -170,6 +171,7 @@ static int place_rows(infer *f, const infer_rows *r, char *err) {
         int last = r->mod[i] == MOD_PATCH ? f->pos[i] - r->k[i] + P - 1 : f->pos[i];
         if (last >= f->cap)
             return set_error(err, "sequence %d needs %d positions, more than the context of %d", s, last + 1, f->cap);
+        if (f->m->cfg.image_causal) last = f->pos[i];
         f->slot[i] = s * f->cap + f->pos[i];
         f->lo[i] = s * f->cap;
         f->hi[i] = s * f->cap + last;
