@@ -11,7 +11,8 @@
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
 #   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
 #                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks,
-#                        generation with and without the KV cache and guidance
+#                        generation with and without the KV cache and guidance, the image data's
+#                        rasterizer against rsvg-convert | cwebp
 ifeq ($(origin CC),default)
   CC := gcc
 endif
@@ -153,6 +154,7 @@ bench: all
 	bench/bench_checkpoint.sh
 	bench/bench_train_scaling.sh
 	bench/bench_sample.sh
+	bench/bench_render.sh
 
 clean:
 	rm -rf build bin

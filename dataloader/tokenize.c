@@ -17,6 +17,7 @@
 #include "../common/error.h"
 #include "../common/file_read.h"
 #include "../common/json_file.h"
+#include "../common/text_docs.h"
 #include "../common/timing.h"
 #include "../nn/params.h"
 
@@ -28,50 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { const char *text; size_t len; } span;
-
-typedef struct { span *d; size_t n, cap; } span_list;
-
-static void spans_add(span_list *l, const char *text, size_t len) {
-    if (l->n == l->cap) {
-        l->cap = l->cap * 2 + 1024;
-        l->d = realloc(l->d, l->cap * sizeof(span));
-        if (!l->d) die("out of memory");
-    }
-    l->d[l->n++] = (span){text, len};
-}
-
-static int blank(const char *p, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n') return 0;
-    return 1;
-}
-
-/* Splits a .txt file into documents: runs of non-blank lines when the
- * file has a blank (whitespace-only) line, else one document per line. */
-static void split_txt(const char *buf, size_t len, span_list *docs) {
-    int paragraphs = 0;
-    for (size_t a = 0; a < len && !paragraphs;) {
-        const char *nl = memchr(buf + a, '\n', len - a);
-        size_t b = nl ? (size_t)(nl - buf) : len;
-        paragraphs = blank(buf + a, b - a) && nl;   /* a final unterminated blank tail is no separator */
-        a = b + 1;
-    }
-    size_t doc = 0, a = 0;
-    while (a < len) {
-        const char *nl = memchr(buf + a, '\n', len - a);
-        size_t b = nl ? (size_t)(nl - buf) : len;
-        if (!paragraphs) {
-            spans_add(docs, buf + a, b - a);
-        } else if (blank(buf + a, b - a)) {
-            if (a > doc) spans_add(docs, buf + doc, a - 1 - doc);
-            doc = b + 1;
-        }
-        a = b + 1;
-    }
-    if (paragraphs && len > doc) spans_add(docs, buf + doc, len - doc);
-}
-
 /* Splits a .jsonl file: the "text" field of each non-empty line. The spans
  * point into *owned, which keeps the decoded strings. */
 static void split_jsonl(const char *path, const char *buf, size_t len, span_list *docs, char ***owned, size_t *n_owned) {
@@ -80,7 +37,7 @@ static void split_jsonl(const char *path, const char *buf, size_t len, span_list
         const char *nl = memchr(buf + a, '\n', len - a);
         size_t b = nl ? (size_t)(nl - buf) : len;
         line++;
-        if (!blank(buf + a, b - a)) {
+        if (!text_blank(buf + a, b - a)) {
             cJSON *j = cJSON_ParseWithLength(buf + a, b - a);
             const cJSON *t = j ? cJSON_GetObjectItemCaseSensitive(j, "text") : NULL;
             if (!j) die_input("%s: line %ld: not valid JSON", path, line);
@@ -139,7 +96,7 @@ static void tokenize_input(const spm *tok, const char *path, const char *out_pat
         char terr[ERR_LEN];
         #pragma omp for schedule(dynamic, 64)
         for (size_t d = 0; d < docs.n; d++) {
-            long n = blank(docs.d[d].text, docs.d[d].len) ? 0 : spm_encode(tok, docs.d[d].text, docs.d[d].len, &tmp, &cap, terr);
+            long n = text_blank(docs.d[d].text, docs.d[d].len) ? 0 : spm_encode(tok, docs.d[d].text, docs.d[d].len, &tmp, &cap, terr);
             if (n < 0) {
                 #pragma omp critical
                 { failed = 1; set_error(err, "%s: document %zu: %s", path, d, terr); }

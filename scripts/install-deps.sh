@@ -13,7 +13,8 @@ packages=(
     liblapacke-dev      # symmetric eigensolver of `trainer eval`'s Fréchet distance
     libwebp-dev         # WebP decode (datasets) and encode (decoded latents)
     librsvg2-dev        # librsvg + cairo: data/render_images.c rasterizes the image data set
-    webp                # dwebp: the decode-speed peer of bench/bench_vae.sh
+    webp                # dwebp, cwebp: peers of bench/bench_vae.sh and bench/bench_render.sh
+    librsvg2-bin        # rsvg-convert: the peer of bench/bench_render.sh
     libstb-dev          # PNG/JPEG decode, resizing, PNG grids
     libzmq3-dev         # vae_service serve, dataloader serve and client
     libsentencepiece-dev # dataloader tokenizer (C++ library behind a C shim)

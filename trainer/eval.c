@@ -17,6 +17,7 @@
 #include "../common/atomic_file.h"
 #include "../common/error.h"
 #include "../common/file_read.h"
+#include "../common/text_docs.h"
 #include "../common/timing.h"
 #include "../nn/dist.h"
 #include "../vae_service/image_source.h"
@@ -220,27 +221,15 @@ static void image_set_free(image_set *s) {
     free(s->cap); free(s->cap_len); free(s->x0);
 }
 
-/* Documents (blank-line separated) of the .txt files of dir, taken from the files in
- * turn, until n documents that fit the context; their token ids and bytes. */
+/* Documents of the .txt files of dir (common/text_docs.h: the dataloader's
+ * rule), taken from the files in turn, until n non-blank documents that fit
+ * the context; their token ids and bytes. */
 typedef struct {
     int n;
     int32_t **ids;
     int *len;
     long bytes;
 } text_set;
-
-static char *next_document(char **cur) {
-    char *p = *cur;
-    while (*p == '\n') p++;
-    if (!*p) return NULL;
-    char *end = strstr(p, "\n\n");
-    if (end) { *end = '\0'; *cur = end + 2; }
-    else {
-        *cur = p + strlen(p);
-        if (*cur > p && (*cur)[-1] == '\n') (*cur)[-1] = '\0';
-    }
-    return p;
-}
 
 static void read_text(text_set *t, session *ss, const char *dir, int n) {
     char err[ERR_LEN], path[4400];
@@ -259,34 +248,36 @@ static void read_text(text_set *t, session *ss, const char *dir, int n) {
     closedir(dh);
     if (nf == 0) die_input("--text %s: no .txt file", dir);
     qsort(names, nf, sizeof(char *), (int (*)(const void *, const void *))strcmp);
-    char **data = xcalloc(nf, sizeof(char *)), **cur = xcalloc(nf, sizeof(char *));
+    char **data = xcalloc(nf, sizeof(char *));
+    span_list *docs = xcalloc(nf, sizeof(span_list));
     for (int f = 0; f < nf; f++) {
         snprintf(path, sizeof path, "%s/%s", dir, names[f]);
         size_t len;
         if (!(data[f] = file_read(path, (size_t)1 << 30, &len, err))) die_input("--text %s", err);
-        cur[f] = data[f];
+        split_txt(data[f], len, &docs[f]);
     }
     memset(t, 0, sizeof *t);
     t->ids = xcalloc(n, sizeof(int32_t *));
     t->len = xcalloc(n, sizeof(int));
-    for (int live = nf; t->n < n && live > 0;) {
+    for (size_t k = 0, live = 1; t->n < n && live; k++) {         /* document k of every file in turn */
         live = 0;
         for (int f = 0; f < nf && t->n < n; f++) {
-            char *d = next_document(&cur[f]);
-            if (!d) continue;
-            live++;
+            if (k >= docs[f].n) continue;
+            live = 1;
+            const span *d = &docs[f].d[k];
+            if (text_blank(d->text, d->len)) continue;
             int32_t *ids = NULL;
             size_t cap = 0;
-            long k = spm_encode(ss->tok, d, strlen(d), &ids, &cap, err);
-            if (k < 0) die_input("--text %s/%s: %s", dir, names[f], err);
-            if (k + 2 > ss->context || k == 0) { free(ids); continue; }    /* longer than the context */
+            long len = spm_encode(ss->tok, d->text, d->len, &ids, &cap, err);
+            if (len < 0) die_input("--text %s/%s: %s", dir, names[f], err);
+            if (len + 2 > ss->context) { free(ids); continue; }       /* longer than the context */
             t->ids[t->n] = ids;
-            t->len[t->n++] = (int)k;
-            t->bytes += (long)strlen(d);
+            t->len[t->n++] = (int)len;
+            t->bytes += (long)d->len;
         }
     }
-    for (int f = 0; f < nf; f++) { free(data[f]); free(names[f]); }
-    free(data); free(cur); free(names);
+    for (int f = 0; f < nf; f++) { free(data[f]); free(names[f]); free(docs[f].d); }
+    free(data); free(docs); free(names);
     if (t->n == 0) die_input("--text %s: no document fits the context of %d", dir, ss->context);
 }
 
