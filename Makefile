@@ -63,8 +63,9 @@ define link
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endef
 CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c)) $(CUDA_OBJ)
-# Generation and evaluation read images and text: they need the VAE and the tokenizer.
-GEN_SRC     := trainer/sample.c trainer/session.c trainer/eval.c
+# Generation and evaluation read images and text: they need the VAE and the
+# tokenizer; so does the training loop, which evaluates (--eval-every).
+GEN_SRC     := trainer/sample.c trainer/session.c trainer/eval.c trainer/train.c
 TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c $(GEN_SRC),$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
 GEN_OBJ     := $(call obj,$(GEN_SRC))
 VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))

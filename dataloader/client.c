@@ -179,6 +179,9 @@ static int wait_replies(dl_client *c, double deadline, char *err) {
 int dl_client_next(dl_client *c, dl_batch *b, char *err) {
     if (c->has_current) { zmq_msg_close(&c->current); c->has_current = 0; }
     for (;;) {
+        /* Replies that came while the caller was busy (a long step, an
+         * evaluation) are taken before any request is judged unanswered. */
+        if (receive(c, err)) return -1;
         double now = now_s(), deadline = now + c->timeout_ms * 1e-3;
         for (int64_t s = c->next; s < c->next + c->window; s++) {
             slot *sl = &c->slots[s % c->window];

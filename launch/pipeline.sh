@@ -9,14 +9,16 @@
 #   6. train:  launch/train.sh: the dataloader and 2 trainer ranks
 #              (configs/pipeline.json, STEPS steps, checkpoints every 100)
 #   7. plot:   launch/plot_metrics.sh -> runs/pipeline/loss.png
-# Outputs go under data/ and runs/pipeline/. Rerunning continues the training
-# from its newest checkpoint (--resume auto).
-#   launch/pipeline.sh        (VOCAB=4096 VAE_STEPS=1500 STEPS=300 by default)
+# Outputs go under data/ and RUN (runs/pipeline/). Rerunning continues the
+# training from its newest checkpoint (--resume auto). TRAIN_EXTRA adds flags
+# to `trainer train` (launch/learn.sh adds the EMA and --eval-every).
+#   launch/pipeline.sh   (RUN=runs/pipeline VOCAB=4096 VAE_STEPS=1500 STEPS=300 WARMUP=30 TRAIN_EXTRA="" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=bin
-VOCAB=${VOCAB:-4096} VAE_STEPS=${VAE_STEPS:-1500} STEPS=${STEPS:-300}
-RUN=runs/pipeline
+VOCAB=${VOCAB:-4096} VAE_STEPS=${VAE_STEPS:-1500} STEPS=${STEPS:-300} WARMUP=${WARMUP:-30}
+RUN=${RUN:-runs/pipeline}
+read -ra train_extra <<<"${TRAIN_EXTRA:-}"      # (read -a: a glob in it stays a glob)
 MPI=(mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS=1)
 stage() { printf '\n== %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
 done_msg() { echo "already done: $1"; }
@@ -53,8 +55,8 @@ stage "5/7 latents"
 stage "6/7 train"
 launch/train.sh --ranks 2 --text "$RUN/text" --latents "$RUN/latents" --tokenizer "$RUN/tokenizer.model" \
     --loader-args "--patch-size 2 --rows-per-rank 4 --seq-len 256" \
-    -- --config configs/pipeline.json --steps "$STEPS" --warmup 30 --lr 1e-3 --log-every 10 \
-       --ckpt-dir "$RUN/ckpt" --ckpt-every 100 --resume auto
+    -- --config configs/pipeline.json --steps "$STEPS" --warmup "$WARMUP" --lr 1e-3 --log-every 10 \
+       --ckpt-dir "$RUN/ckpt" --ckpt-every 100 --resume auto "${train_extra[@]}"
 
 stage "7/7 plot"
 launch/plot_metrics.sh "$RUN/ckpt/metrics.jsonl" "$RUN/loss.png"

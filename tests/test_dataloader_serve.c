@@ -240,6 +240,19 @@ int main(void) {
     CHECK(c && dl_client_next(c, &b, err) != 0 && strstr(err, "fingerprint"), "a client pinned to another fingerprint is refused (%s)", err);
     dl_client_close(c);
 
+    /* A caller busy for longer than the timeout (a long step, an
+     * evaluation): the replies that came meanwhile are taken, not judged
+     * unanswered (with one try, a re-ask would be an error). */
+    dl_client_options busy = {4, 200, 1, 0};
+    c = dl_client_open(endpoint, 0, 1, 20, &busy, err);
+    int calm = c != NULL;
+    for (int k = 0; k < 6 && calm; k++) {
+        calm = dl_client_next(c, &b, err) == 0 && b.step == 20 + k;
+        usleep(300000);
+    }
+    CHECK(calm, "a client busy 300 ms per step (timeout 200 ms, 1 try) gets steps 20..25 (%s)", calm ? "" : err);
+    dl_client_close(c);
+
     /* The loader dies and comes back: no step skipped or repeated. */
     dl_client_options ro = {4, 300, 100, 0};
     c = dl_client_open(endpoint, 1, 3, 50, &ro, err);

@@ -4,7 +4,8 @@
 # retrieval and prompt retrieval at 100%, large caption and image gains),
 # while the same model untrained shows none (gains near zero); the figures do
 # not depend on the thread or rank count (bit for bit); the output file is
-# the printed JSON; bad input exits 2 with one line.
+# the printed JSON; `trainer train --eval-every` appends the same figures to
+# metrics.jsonl; bad input exits 2 with one line.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -64,6 +65,30 @@ check "1 thread gives the figures of 2" same "$t/trained.json" "$t/t1.json"
 mpirun --allow-run-as-root --oversubscribe -np 2 "$TR" "${EVAL[@]}" --ckpt "$t/run" --threads 1 --out "$t/r2.json" \
     >/dev/null 2>&1
 check "2 MPI ranks give the figures of 1" same "$t/trained.json" "$t/r2.json"
+
+# In training: --eval-every runs the same evaluation on the steps it saves
+# (on 2 ranks, from the dataloader) and appends it to metrics.jsonl.
+BIN="$BIN" launch/train.sh --ranks 2 --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" \
+    --loader-args "--patch-size 2 --seq-len 128 --rows-per-rank 8 --image-fraction 0.6 --caption-first 0.5 --max-caption 16" \
+    -- --init-from "$t/run/latest" --steps 6 --lr 1e-3 --warmup 1 --ckpt-dir "$t/ev" --eval-every 3 --vae "$t/vae" \
+       --eval-images "$t/img" --eval-n 4 --eval-prompts "$t/prompts.txt" --eval-sampler-steps 20 --eval-text "$t/text" \
+    >"$t/ev.log" 2>&1
+check "train --eval-every 3: figures at steps 3 and 6 in metrics.jsonl ($(grep -c '"eval"' "$t/ev/metrics.jsonl") lines)" \
+    sh -c "[ \"\$(grep '\"eval\"' '$t/ev/metrics.jsonl' | cut -c1-12 | tr '\n' ' ')\" = '{\"step\":3,\"t {\"step\":6,\"t ' ]"
+check "... and in the log" grep -q "^eval at step 6: diffusion" "$t/ev.log"
+"$TR" eval --ckpt "$t/ev/step_00000006" --vae "$t/vae" --images "$t/img" --n 4 --prompts "$t/prompts.txt" --steps 20 \
+    --text "$t/text" --out "$t/ev6.json" >/dev/null 2>&1
+$PY -c "import json, sys; [json.dump(json.loads(l)['eval'], open(sys.argv[2], 'w')) for l in open(sys.argv[1]) if '\"step\":6,\"time' in l]" \
+    "$t/ev/metrics.jsonl" "$t/ev6_train.json"
+check "the in-training figures of step 6 are those of trainer eval on its checkpoint" same "$t/ev6.json" "$t/ev6_train.json"
+launch/plot_metrics.sh "$t/ev/metrics.jsonl" "$t/ev.png" >/dev/null 2>"$t/plot.err"
+check "plot_metrics.sh draws the held-out figures too, and no eval line counts as torn" \
+    sh -c "[ -s '$t/ev.png' ] && [ -s '$t/ev-eval.png' ] && ! grep -q skipped '$t/plot.err'"
+bad "--eval-every without --eval-images" "--eval-images" "$TR" train --config configs/tiny.json --steps 2 --eval-every 1 \
+    --ckpt-dir "$t/evbad" --vae "$t/vae"
+bad "--eval-images that match nothing, before the first step" "no such files" "$TR" train --config configs/tiny.json \
+    --steps 2 --eval-every 1 --ckpt-dir "$t/evbad" --vae "$t/vae" --eval-images "$t/none-*.tar"
+check "... and no step was taken" [ ! -e "$t/evbad/step_00000001" ]
 
 # Bad input.
 common=(--ckpt "$t/run" --vae "$t/vae")

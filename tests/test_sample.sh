@@ -73,6 +73,11 @@ done
 check "caption of a 48 px copy (resized to 16 px): '$(sed -n 5p "$t/cap.out" | cut -f2)'" \
     [ "$(sed -n 5p "$t/cap.out" | cut -f2)" = "$(cat "$t/img/k0.txt")" ]
 
+# --min-tokens: EOS is not sampled before it (where the trained model would end).
+"$TR" caption "${common[@]}" --image "$t/img/k1.png" --min-tokens 24 --max-tokens 24 >"$t/min.out" 2>/dev/null
+got=$(cut -f2 "$t/min.out")
+check "--min-tokens 24 goes on past the caption's end: '$got'" [ ${#got} -gt "$(wc -c <"$t/img/k1.txt")" ]
+
 # A consolidated checkpoint (trainer export) samples the same as its step folder.
 "$TR" export --ckpt "$t/run/latest" --out "$t/cons" >/dev/null
 "$TR" caption --ckpt "$t/cons" --vae "$t/vae" --threads 2 --image "$t/img/k3.png" >"$t/cons.out" 2>/dev/null

@@ -319,8 +319,11 @@ static char **read_prompts(const char *path, int *n) {
 
 /* ------------------------------------------------------------------ command */
 
-int trainer_cmd_eval(const args *a) {
-    session_init_device(a);
+const char *const eval_flags[] = {"ckpt", "vae", "tokenizer", "images", "text", "prompts", "n", "timesteps",
+                                  "candidates", "text-docs", "seed", "out", "context", "threads", "device",
+                                  "steps", "sampler", "eta", "cfg", "clip", "weights", NULL};
+
+cJSON *eval_run(const args *a) {
     session ss;
     session_open(&ss, a);
     model *m = &ss.m;
@@ -499,7 +502,15 @@ int trainer_cmd_eval(const args *a) {
     for (int j = 0; j < np; j++) { free(pid[j]); free(prompts[j]); }
     free(pid); free(plen); free(prompts);
     cJSON_AddNumberToObject(out, "seconds", now_s() - t_start);
+    free(gen.rows); free(cap.rows); free(base); free(other_row); free(cand);
+    image_set_free(&im);
+    session_close(&ss);
+    return out;
+}
 
+int trainer_cmd_eval(const args *a) {
+    session_init_device(a);
+    cJSON *out = eval_run(a);
     if (dist_rank() == 0) {
         char *text = cJSON_PrintUnformatted(out), err[ERR_LEN];
         printf("%s\n", text);
@@ -510,8 +521,5 @@ int trainer_cmd_eval(const args *a) {
         cJSON_free(text);
     }
     cJSON_Delete(out);
-    free(gen.rows); free(cap.rows); free(base); free(other_row); free(cand);
-    image_set_free(&im);
-    session_close(&ss);
     return 0;
 }

@@ -42,6 +42,16 @@
 
 #include "../common/cli.h"
 
+#include <cjson/cJSON.h>
+
+extern const char *const eval_flags[];          /* the flags above */
+
 int trainer_cmd_eval(const args *a);
+
+/* The figures as one JSON object (the caller's to free), on every rank: the
+ * work of `trainer eval` without its device setup and output; every rank
+ * calls it. `trainer train --eval-every` runs it on the checkpoint it has
+ * just saved. */
+cJSON *eval_run(const args *a);
 
 #endif

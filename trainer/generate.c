@@ -56,13 +56,13 @@ static int by_prob(const void *a, const void *b) {
 }
 
 /* Draws a token from logits (modified: masked ids become -inf). */
-static int sample_token(gen_state *g, float *l, rng *r) {
+static int sample_token(gen_state *g, float *l, int sampled, rng *r) {
     const model_config *c = &g->m->cfg;
     const gen_options *o = g->o;
     int V = c->vocab_size;
     l[c->eoi_token_id] = -INFINITY;              /* EOI only ever follows an image */
     if (o->text_only) l[c->boi_token_id] = -INFINITY;
-    if (o->ignore_eos) l[c->eos_token_id] = -INFINITY;
+    if (o->ignore_eos || sampled < o->min_tokens) l[c->eos_token_id] = -INFINITY;
     int best = 0;
     for (int v = 1; v < V; v++)
         if (l[v] > l[best]) best = v;
@@ -206,7 +206,7 @@ int generate(model *m, const gen_options *o, const infer_rows *prefix, gen_sampl
             if (sampled[i] >= o->max_tokens) { out[i].stop = "max_tokens"; active[i] = 0; continue; }
             float *l = g.logits + (size_t)i * V;
             if (on_logits) on_logits(ctx, i, l, V);
-            int tok = sample_token(&g, l, &g.r[i]);
+            int tok = sample_token(&g, l, sampled[i], &g.r[i]);
             sampled[i]++;
             int need = tok == c->boi_token_id ? N + 2 : 1;          /* BOI, patches, EOI */
             if (tok != c->eos_token_id && infer_len(g.f, i) + need > o->context) {

@@ -35,6 +35,7 @@ typedef struct {
     uint64_t seed;
     int text_only;          /* BOI is never sampled (captions; the LM benchmark) */
     int ignore_eos;         /* EOS is never sampled (the LM benchmark) */
+    int min_tokens;         /* nor before this many sampled tokens (a caption: at least a word) */
     int recompute;          /* no KV cache: every forward recomputes each sequence */
 } gen_options;
 

@@ -7,11 +7,13 @@
  *   trainer train --model MODEL.json|--init-from CKPT [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
  *                 [--lr LR] [--warmup W] [--seed S] [--ema DECAY] [--no-zero] [--out DIR]
  *                 [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M] [--resume auto|STEP_DIR]]
+ *                 [--eval-every K --eval-images GLOB --vae VAE_DIR [--eval-text DIR] [--eval-prompts FILE]
+ *                  [--eval-n 64] [--eval-sampler-steps 50]]
  *                 (train.c)
  *   (mpirun -np N trainer train ...: N data-parallel ranks)
  *   trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32] [--weights ema|raw]
  *   trainer sample --ckpt DIR --vae VAE_DIR --prompt TEXT --out OUT_DIR [...] [--device D]   (sample.c)
- *   trainer caption --ckpt DIR --vae VAE_DIR --image FILE [--image FILE ...] [--prompt TEXT] [--device D]
+ *   trainer caption --ckpt DIR --vae VAE_DIR --image FILE [--image FILE ...] [--prompt TEXT] [--min-tokens 1] [--device D]
  *   trainer eval --ckpt DIR --vae VAE_DIR --images GLOB [--text DIR] [--prompts FILE] [--n N] [--seed S]
  *                [--out EVAL.json] ...   (eval.h)
  *   trainer sample-bench --config MODEL.json [--n K] [--prompt-len P] [--tokens M] [--steps D] [--cfg G]
@@ -198,13 +200,15 @@ static const char usage[] =
     "                     [--threads T]\n"
     "                     [--device cpu|cuda] [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
     "                     [--resume auto|STEP_DIR]]    (under mpirun: data-parallel ranks)\n"
+    "                     [--eval-every K --eval-images GLOB --vae VAE_DIR [--eval-text DIR] [--eval-prompts FILE]\n"
+    "                      [--eval-n 64] [--eval-sampler-steps 50]]   (held-out figures into metrics.jsonl)\n"
     "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32] [--weights ema|raw]\n"
     "       trainer sample --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --prompt TEXT --out OUT_DIR [--n K]\n"
     "                      [--seed S] [--max-tokens M] [--temperature T] [--top-p P] [--top-k K] [--steps D]\n"
     "                      [--sampler ddpm|ddim] [--eta E] [--cfg G] [--clip X] [--image] [--context C] [--no-cache] [--threads T]\n"
     "                      [--device cpu|cuda] [--weights ema|raw]\n"
     "       trainer caption --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --image FILE [--image FILE ...]\n"
-    "                       [--prompt TEXT] [--max-tokens M] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
+    "                       [--prompt TEXT] [--max-tokens M] [--min-tokens 1] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
     "                       [--context C] [--threads T] [--device cpu|cuda] [--weights ema|raw]\n"
     "       trainer eval --ckpt DIR --vae VAE_DIR --images GLOB [--text DIR] [--prompts FILE] [--n 64]\n"
     "                    [--timesteps 4] [--candidates 16] [--text-docs 64] [--seed S] [--out EVAL.json]\n"
@@ -220,7 +224,8 @@ int main(int argc, char **argv) {
     static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
                                               "seed", "lr", "warmup", "log-every", "no-zero!", "no-overlap!", "loader", "out",
                                               "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from", "model",
-                                              "device", "ema", NULL};
+                                              "device", "ema", "eval-every", "eval-images", "eval-text", "eval-prompts",
+                                              "eval-n", "eval-sampler-steps", "vae", NULL};
     static const char *const export_flags[] = {"ckpt", "out", "dtype", "weights", NULL};
     static const char *const sample_flags[] = {"ckpt", "vae", "tokenizer", "prompt", "out", "n", "seed", "max-tokens",
                                                "temperature", "top-p", "top-k", "steps", "sampler", "eta", "cfg",
@@ -228,10 +233,7 @@ int main(int argc, char **argv) {
     /* caption: every flag takes a value (its --image list is read by scanning argv) */
     static const char *const caption_flags[] = {"ckpt", "vae", "tokenizer", "image", "prompt", "max-tokens",
                                                 "temperature", "top-p", "top-k", "seed", "context", "threads", "device",
-                                                "weights", NULL};
-    static const char *const eval_flags[] = {"ckpt", "vae", "tokenizer", "images", "text", "prompts", "n", "timesteps",
-                                             "candidates", "text-docs", "seed", "out", "context", "threads", "device",
-                                             "steps", "sampler", "eta", "cfg", "clip", "weights", NULL};
+                                                "weights", "min-tokens", NULL};
     static const char *const sbench_flags[] = {"config", "n", "prompt-len", "tokens", "steps", "cfg", "seed",
                                                "threads", "device", NULL};
     static const command cmds[] = {

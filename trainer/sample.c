@@ -7,7 +7,8 @@
  *           image as OUT_DIR/sampleI-J.webp plus OUT_DIR/grid.png.
  *   caption --ckpt DIR --vae VAE_DIR --image FILE [--image FILE ...]: each
  *           image as `BOS BOI patches EOI [prompt]`, clean latents at t = 1,
- *           and the text that follows (greedy unless --temperature).
+ *           and the text that follows (greedy unless --temperature; EOS not
+ *           before --min-tokens, 1).
  *   sample-bench --config MODEL.json: tokens/s and images/s of a fresh model,
  *           with and without the KV cache, with and without guidance.
  *
@@ -146,6 +147,10 @@ int trainer_cmd_caption(const args *a) {
     gen_options o = session_gen_options(a, c, ss.context, K, 0.0f);
     o.text_only = 1;
     o.cfg = 1.0f;
+    /* After an image, EOS is likelier than any one first word of a caption
+     * (most images in training are followed by EOS: caption first), so a
+     * greedy caption would be empty. */
+    o.min_tokens = (int)arg_int(a, "min-tokens", 1, 0);
     int32_t *ids;
     long n = session_encode(&ss, "--prompt", arg_str(a, "prompt", ""), 3 + cfg_patches_per_image(c), &ids);
 

@@ -17,17 +17,18 @@
 
 /* ---------------------------------------------------------------- device */
 
-static const nn_backend *device;        /* the model's backend (--device) */
-
 void session_init_device(const args *a) {
     nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
-    device = nn_current_backend();
 }
 
 /* The VAE's kernels exist on the CPU backend alone (the CUDA backend leaves
  * them out) and its activations are host memory: every VAE call runs between
- * vae_on_cpu(1) and vae_on_cpu(0). */
-void vae_on_cpu(int on) { nn_use_backend(on ? &nn_cpu_backend : device); }
+ * vae_on_cpu(1) and vae_on_cpu(0), which returns to the model's backend. */
+void vae_on_cpu(int on) {
+    static const nn_backend *model_backend;
+    if (on) model_backend = nn_current_backend();
+    nn_use_backend(on ? &nn_cpu_backend : model_backend);
+}
 
 /* ------------------------------------------------------------ checkpoint */
 

@@ -10,9 +10,13 @@
  * checkpoint left off, on the same or another number of ranks. With --ema,
  * each rank keeps the moving average of the tensors of its checkpoint shard
  * (nn/optim.h), updated after every step and saved with the weights. Rank 0
- * prints one line per step and appends it as JSON to CKPT_DIR/metrics.jsonl. */
+ * prints one line per step and appends it as JSON to CKPT_DIR/metrics.jsonl.
+ * With --eval-every K, every K-th step and the last are saved and measured
+ * on held-out data by `trainer eval` (eval.h), in-process on all ranks; the
+ * figures are appended to metrics.jsonl as {"step":S,"time_s":..,"eval":{..}}. */
 #include "train.h"
 #include "data_parallel.h"
+#include "eval.h"
 #include "model.h"
 #include "rows.h"
 #include "../checkpoint/ckpt.h"
@@ -22,12 +26,14 @@
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
 
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
-    int steps, warmup, log_every, B, A, L, ckpt_every, keep, keep_every;
+    int steps, warmup, log_every, B, A, L, ckpt_every, keep, keep_every, eval_every;
     float lr, ema;              /* ema: --ema's decay, 0 when not given */
     unsigned long long seed;
     const char *loader, *ckpt_dir, *resume, *out, *init_from;
@@ -145,6 +151,58 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
     if (avg) ema_host_release(ema, avg, 0);
 }
 
+/* --eval-every's inputs, checked before the first step rather than at the
+ * first evaluation, an hour in. */
+static void check_eval_inputs(const args *a, const run_options *o) {
+    const char *images = arg_str(a, "eval-images", NULL), *vae = arg_str(a, "vae", NULL);
+    const char *text = arg_str(a, "eval-text", NULL), *prompts = arg_str(a, "eval-prompts", NULL);
+    if (!o->ckpt_dir || !images || !vae)
+        die_input("trainer train: --eval-every needs --ckpt-dir, --eval-images GLOB and --vae VAE_DIR");
+    glob_t g;
+    int none = glob(images, 0, NULL, &g) != 0;
+    globfree(&g);
+    if (none) die_input("trainer train: --eval-images %s: no such files", images);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", vae);
+    if (access(path, R_OK)) die_input("trainer train: --vae %s: no config.json (a VAE folder of vae_service train)", vae);
+    if (text && access(text, R_OK)) die_input("trainer train: --eval-text %s: cannot read", text);
+    if (prompts && access(prompts, R_OK)) die_input("trainer train: --eval-prompts %s: cannot read", prompts);
+}
+
+/* `trainer eval` on the step folder just saved (every rank takes part), its
+ * figures appended to metrics.jsonl by rank 0. */
+static void eval_saved_step(const args *a, const run_options *o, long step, FILE *metrics, double time_s) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/step_%08ld", o->ckpt_dir, step);
+    const char *argv[20];
+    int n = 0;
+    argv[n++] = "--ckpt"; argv[n++] = dir;
+    argv[n++] = "--vae"; argv[n++] = arg_str(a, "vae", NULL);
+    argv[n++] = "--images"; argv[n++] = arg_str(a, "eval-images", NULL);
+    argv[n++] = "--n"; argv[n++] = arg_str(a, "eval-n", "64");
+    argv[n++] = "--steps"; argv[n++] = arg_str(a, "eval-sampler-steps", "50");
+    if (arg_str(a, "eval-text", NULL)) { argv[n++] = "--text"; argv[n++] = arg_str(a, "eval-text", NULL); }
+    if (arg_str(a, "eval-prompts", NULL)) { argv[n++] = "--prompts"; argv[n++] = arg_str(a, "eval-prompts", NULL); }
+    args ea = {n, (char **)argv, a->prog, "train --eval-every", eval_flags};
+    cJSON *figures = eval_run(&ea);
+    if (metrics) {
+        char *text = cJSON_PrintUnformatted(figures);
+        fprintf(metrics, "{\"step\":%ld,\"time_s\":%.3f,\"eval\":%s}\n", step, time_s, text);
+        fflush(metrics);
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(figures, "diffusion_loss");
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(figures, "captioning");
+        printf("eval at step %ld: diffusion %.5f, caption gain %.2f%%, image gain %.2f%%, retrieval top-1 %.1f%% (%.0f s)\n",
+               step, cJSON_GetObjectItemCaseSensitive(d, "own_caption")->valuedouble,
+               cJSON_GetObjectItemCaseSensitive(d, "caption_gain_pct")->valuedouble,
+               cJSON_GetObjectItemCaseSensitive(c, "image_gain_pct")->valuedouble,
+               cJSON_GetObjectItemCaseSensitive(c, "retrieval_top1_pct")->valuedouble,
+               cJSON_GetObjectItemCaseSensitive(figures, "seconds")->valuedouble);
+        fflush(stdout);
+        cJSON_free(text);
+    }
+    cJSON_Delete(figures);
+}
+
 static FILE *open_metrics(const char *dir) {
     char path[4096], err[ERR_LEN];
     if (make_dir(dir, err)) die_input("%s", err);
@@ -167,6 +225,7 @@ int trainer_cmd_train(const args *a) {
         .seed = (unsigned long long)arg_int(a, "seed", 0, 0), .loader = arg_str(a, "loader", NULL),
         .ckpt_dir = arg_str(a, "ckpt-dir", NULL), .resume = arg_str(a, "resume", NULL), .out = arg_str(a, "out", NULL),
         .init_from = arg_str(a, "init-from", NULL), .ema = (float)arg_float(a, "ema", 0),
+        .eval_every = (int)arg_int(a, "eval-every", 0, 1),
     };
     if (!(o.ema < 1))       /* arg_float refuses <= 0; as a float, 0.99999999 is 1 too */
         die_input("trainer train: --ema %s: expected a decay below 1, e.g. 0.999", arg_str(a, "ema", ""));
@@ -180,6 +239,7 @@ int trainer_cmd_train(const args *a) {
         snprintf(config_path, sizeof config_path, "%s", json);
     }
     if (o.resume && !o.ckpt_dir) die_input("trainer train: --resume needs --ckpt-dir");
+    if (o.eval_every) check_eval_inputs(a, &o);
     stop_signal_install();              /* before any thread starts: see stop_signal.h */
     char err[ERR_LEN], path[4096];
     nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
@@ -283,8 +343,10 @@ int trainer_cmd_train(const args *a) {
             fflush(metrics);
         }
         int stop = stop_signal_any_rank();
-        if (o.ckpt_dir && (stop || s + 1 == o.steps || (o.ckpt_every && (s + 1) % o.ckpt_every == 0)))
+        int evaluate = o.eval_every && ((s + 1) % o.eval_every == 0 || s + 1 == o.steps);
+        if (o.ckpt_dir && (stop || evaluate || s + 1 == o.steps || (o.ckpt_every && (s + 1) % o.ckpt_every == 0)))
             save(&o, rows, &m, &opt, &ema, s + 1);
+        if (evaluate && !stop) eval_saved_step(a, &o, s + 1, metrics, now_s() - t0);
         if (stop) {
             if (rank == 0) fprintf(stderr, "stopped by a signal after step %ld\n", s + 1);
             break;
