@@ -54,7 +54,8 @@ def values(arm, split, path):
 
 
 def cell(vals):
-    fmt = (lambda x: f"{x:.4f}") if max(abs(v) for v in vals) < 1 else (lambda x: f"{x:.1f}")
+    big = max(abs(v) for v in vals)
+    fmt = (lambda x: f"{x:.4f}") if big < 1 else (lambda x: f"{x:.2f}") if big < 100 else (lambda x: f"{x:.1f}")
     return f"{fmt(statistics.mean(vals))} ({', '.join(fmt(v) for v in vals)})"
 
 

@@ -10,7 +10,8 @@
 #   held-out text and the 16 prompts of configs/eval_prompts.txt, into
 #   metrics.jsonl (those checkpoints are kept for the report);
 # then the final figures (trainer eval on 256 val and 256 test images, two
-# eval seeds each: RUN/eval/) and the report (launch/report.sh RUN).
+# eval seeds each: RUN/eval/) and the report (launch/report.sh RUN, with the
+# table of launch/ablate.sh when runs/ablate has one).
 # Rerunning continues where it stopped.
 #   launch/learn.sh       (RUN=runs/learn STEPS=15000 EVAL_EVERY=1500 FINAL_N=256)
 set -euo pipefail
@@ -37,4 +38,5 @@ for split in val test; do
 done
 
 printf '\n== report (%s)\n' "$(date +%H:%M:%S)"
-launch/report.sh "$RUN"
+abl=(); [ -s runs/ablate/ablations.md ] && abl=(--ablations runs/ablate)    # launch/ablate.sh's table, if run
+launch/report.sh "$RUN" "${abl[@]}"
