@@ -64,7 +64,7 @@ run_arm() {                     # ARM SEED: train, then eval on val and test
             --prompts configs/eval_prompts.txt --steps 50 --n "$N" --timesteps 8 --seed 0 \
             --out "$dir/$split.json" >/dev/null 2>>"$dir/eval.log"
     done
-    echo "done: $dir ($(tail -n 1 "$dir/train.log"))"
+    echo "done: $dir ($(grep '^loss ' "$dir/train.log" | tail -n 1))"
 }
 
 echo "ablations: arms $ARMS, seeds $SEEDS, $STEPS steps each, $PARALLEL at once, into $out"

@@ -30,7 +30,7 @@ for split in val test; do
         f="$RUN/eval/$split-s$seed.json"
         [ -s "$f" ] && { echo "already done: $f"; continue; }
         mpirun --allow-run-as-root --bind-to none -np 2 -x OMP_NUM_THREADS=1 \
-            bin/trainer eval --ckpt "$RUN/ckpt" --vae "$RUN/vae" --images "data/images-64/$split-*.tar" \
+            "${BIN:-bin}/trainer" eval --ckpt "$RUN/ckpt" --vae "$RUN/vae" --images "data/images-64/$split-*.tar" \
             --text data/text/heldout --prompts configs/eval_prompts.txt --steps 50 --n "$FINAL_N" --timesteps 8 \
             --seed "$seed" --out "$f" >/dev/null 2>>"$RUN/eval/log"
         echo "wrote $f"

@@ -16,6 +16,7 @@
 # (--data: the folder of the train-, val- and test-*.tar shards.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
 run=${1:?usage: report.sh RUN_DIR [--ablations DIR]}
 shift
 ablations="" data=data/images-64 prompts_file=configs/sample_prompts.txt
@@ -51,7 +52,7 @@ mapfile -t prompts < <(grep -v '^#' "$prompts_file" | grep .)
 for s in "${picked[@]}"; do
     mkdir -p "$work/$(basename "$s")"
     for j in "${!prompts[@]}"; do
-        bin/trainer sample --ckpt "$s" --vae "$run/vae" --prompt "${prompts[$j]}" --image --n 2 --seed "$j" \
+        "$BIN/trainer" sample --ckpt "$s" --vae "$run/vae" --prompt "${prompts[$j]}" --image --n 2 --seed "$j" \
             --out "$work/$(basename "$s")/p$j" >/dev/null 2>>"$work/sample.log" ||
             { cat "$work/sample.log" >&2; exit 1; }
     done
@@ -71,7 +72,7 @@ for split in val test; do
     for ((i = 0; i < ${#all[@]} && ${#imgs[@]} < 8; i += stride)); do imgs+=("${all[$i]}"); done
     args=()
     for f in "${imgs[@]}"; do args+=(--image "$f"); done
-    bin/trainer caption --ckpt "$last" --vae "$run/vae" "${args[@]}" >"$work/$split/captions.tsv" 2>>"$work/caption.log" ||
+    "$BIN/trainer" caption --ckpt "$last" --vae "$run/vae" "${args[@]}" >"$work/$split/captions.tsv" 2>>"$work/caption.log" ||
         { cat "$work/caption.log" >&2; exit 1; }
 done
 

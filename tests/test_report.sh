@@ -47,7 +47,7 @@ for arm, loss in (("base", 0.20), ("causal", 0.25)):
     for seed in (0, 1):
         d = os.path.join(sys.argv[1], f"{arm}-s{seed}", "ckpt")
         os.makedirs(d)
-        open(os.path.join(d, "metrics.jsonl"), "w").write('{"step":10,"time_s":60}\n')
+        open(os.path.join(d, "metrics.jsonl"), "w").write('{"step":10,"time_s":60,"step_s":0.2}\n')
         e = {"diffusion_loss": {"own_caption": loss + 0.01 * seed, "caption_gain_pct": 1.0},
              "captioning": {"image_gain_pct": 2.0, "retrieval_top1_pct": 10.0},
              "generation": {"latent_fd": 100.0, "prompt_retrieval_top1_pct": 12.5}}
