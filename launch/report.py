@@ -162,6 +162,8 @@ if final:
         spread = max(vals) - min(vals)
         md.append(f"- test {label} above zero beyond the spread of the seeds: {', '.join(num(v) for v in vals)} "
                   f"(spread {spread:.2f}; {'met' if min(vals) > spread else 'not met'})")
+    md.append("- samples that a person recognises (the concept's colour and shape) for at least 8 of the 16 prompts: "
+              "judged by eye from the sample grid below; no figure here measures it")
     md.append("")
 
 md += ["## Loss curves", "", "![loss](report/loss.png)", "",
