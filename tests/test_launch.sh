@@ -78,7 +78,8 @@ mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREA
 run=$!; pids="$pids $run"
 for _ in $(seq 600); do grep -q '^step *1[0-9]/' "$t/restart.log" && break; sleep 0.02; done
 kill -9 $loader; wait $loader 2>/dev/null
-sleep 2.5                                # the trainers wait for rows meanwhile (2 s timeout)
+# the trainers wait for rows meanwhile (2 s timeout) and say so; under load that can take longer
+for _ in $(seq 400); do grep -q 'waiting for the dataloader' "$t/restart.log" && break; sleep 0.05; done
 serve $port
 wait $run
 check "loader restart: both runs end, 40 steps each ($?)" \
