@@ -62,15 +62,17 @@ define link
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endef
-CORE_OBJ    := $(call obj,$(wildcard common/*.c nn/*.c nn/cpu/*.c)) $(CUDA_OBJ)
-# Generation and evaluation read images and text: they need the VAE and the
-# tokenizer; so does the training loop, which evaluates (--eval-every).
-GEN_SRC     := trainer/sample.c trainer/session.c trainer/eval.c trainer/train.c
-TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c $(GEN_SRC),$(wildcard trainer/*.c)) $(wildcard checkpoint/*.c))
-GEN_OBJ     := $(call obj,$(GEN_SRC))
-VAE_OBJ     := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
-DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c))) $(BUILD)/dataloader/spm_shim.o
-DL_CLIENT_OBJ := $(call obj,dataloader/client.c dataloader/wire.c)   # what a trainer links of the loader
+# One object list per library; each program links the libraries it calls.
+COMMON_OBJ  := $(call obj,$(wildcard common/*.c))
+NN_OBJ      := $(call obj,$(wildcard nn/*.c nn/cpu/*.c)) $(CUDA_OBJ)
+CKPT_OBJ    := $(call obj,$(wildcard checkpoint/*.c))
+VAE_OBJ     := $(call obj,$(wildcard vae/*.c))
+TOK_OBJ     := $(BUILD)/tokenizer/spm_shim.o
+DLC_OBJ     := $(call obj,$(wildcard dataloader_client/*.c))
+# The programs' own objects (main.o apart: tests and benchmarks link the rest).
+TRAINER_OBJ := $(call obj,$(filter-out trainer/main.c,$(wildcard trainer/*.c)))
+VAESVC_OBJ  := $(call obj,$(filter-out vae_service/main.c,$(wildcard vae_service/*.c)))
+DL_OBJ      := $(call obj,$(filter-out dataloader/main.c,$(wildcard dataloader/*.c)))
 TESTS       := $(patsubst tests/%.c,$(BIN)/tests/%,$(wildcard tests/test_*.c))
 
 all: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(BIN)/bench_image_decode $(BIN)/bench_dataloader $(BIN)/bench_checkpoint
@@ -91,26 +93,25 @@ $(BUILD)/%.o: %.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-# The trainer samples too: it decodes images with the VAE and text with SentencePiece.
 $(BIN)/trainer: LDLIBS += $(SPM_LIBS)
-$(BIN)/trainer: $(BUILD)/trainer/main.o $(GEN_OBJ) $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(VAE_OBJ) $(BUILD)/dataloader/spm_shim.o $(CORE_OBJ)
+$(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(CKPT_OBJ) $(DLC_OBJ) $(VAE_OBJ) $(TOK_OBJ) $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
-$(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAE_OBJ) $(CORE_OBJ)
+$(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAESVC_OBJ) $(VAE_OBJ) $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
 $(BIN)/dataloader: LDLIBS += $(SPM_LIBS)
-$(BIN)/dataloader: $(BUILD)/dataloader/main.o $(DL_OBJ) $(CORE_OBJ)
+$(BIN)/dataloader: $(BUILD)/dataloader/main.o $(DL_OBJ) $(DLC_OBJ) $(TOK_OBJ) $(COMMON_OBJ)
 	$(link)
 
-$(BIN)/bench_image_decode: $(BUILD)/bench/bench_image_decode.o $(VAE_OBJ) $(CORE_OBJ)
+$(BIN)/bench_image_decode: $(BUILD)/bench/bench_image_decode.o $(VAE_OBJ) $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
 $(BIN)/bench_dataloader: LDLIBS += $(SPM_LIBS)
-$(BIN)/bench_dataloader: $(BUILD)/bench/bench_dataloader.o $(DL_OBJ) $(CORE_OBJ)
+$(BIN)/bench_dataloader: $(BUILD)/bench/bench_dataloader.o $(DL_OBJ) $(DLC_OBJ) $(TOK_OBJ) $(COMMON_OBJ)
 	$(link)
 
-$(BIN)/bench_checkpoint: $(BUILD)/bench/bench_checkpoint.o $(TRAINER_OBJ) $(DL_CLIENT_OBJ) $(CORE_OBJ)
+$(BIN)/bench_checkpoint: $(BUILD)/bench/bench_checkpoint.o $(CKPT_OBJ) $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
 # The image data build's rasterizer (data/fetch-images.sh): librsvg + cairo + libwebp only.
@@ -121,7 +122,8 @@ $(BIN)/render_images: $(BUILD)/data/render_images.o
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(shell pkg-config --libs librsvg-2.0 cairo) -lwebp
 
 $(BIN)/tests/%: LDLIBS += $(SPM_LIBS)
-$(BIN)/tests/%: $(BUILD)/tests/%.o $(GEN_OBJ) $(TRAINER_OBJ) $(VAE_OBJ) $(DL_OBJ) $(CORE_OBJ)
+$(BIN)/tests/%: $(BUILD)/tests/%.o $(TRAINER_OBJ) $(VAESVC_OBJ) $(DL_OBJ) $(CKPT_OBJ) $(DLC_OBJ) $(VAE_OBJ) $(TOK_OBJ) \
+                $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
 test: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(TESTS)
@@ -146,7 +148,7 @@ build/fuzz_%: tests/fuzz_%.c
 	clang -g -O1 -fsanitize=fuzzer,address,undefined $^ -o $@ -lcjson
 
 build/fuzz_safetensors: common/safetensors.c common/atomic_file.c common/error.c
-build/fuzz_dl_request: dataloader/wire.c common/crc32c.c common/error.c
+build/fuzz_dl_request: dataloader_client/wire.c common/crc32c.c common/error.c
 
 bench: all
 	bench/bench_vs_torch.sh

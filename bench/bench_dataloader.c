@@ -14,7 +14,7 @@
 #include "../common/error.h"
 #include "../common/timing.h"
 #include "../common/zmq_service.h"
-#include "../dataloader/client.h"
+#include "../dataloader_client/client.h"
 
 #include <pthread.h>
 #include <stdio.h>

@@ -4,7 +4,7 @@
 #     own spm_encode on the same model and text;
 #   - batches served over loopback TCP for the reference config (L=256,
 #     8 rows per rank, 16-patch images of 8 latent channels, patch 2) to 1 and
-#     4 clients (dataloader/client.h: prefetch 4, every payload's CRC-32C
+#     4 clients (dataloader_client/client.h: prefetch 4, every payload's CRC-32C
 #     checked), against a bare ZeroMQ ROUTER answering the same requests with
 #     messages of the same size (bench_dataloader raw-serve);
 #   - rows/s against what the CPU trainer consumes (8 rows per 0.99 s step,

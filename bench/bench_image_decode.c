@@ -5,7 +5,7 @@
  *   bench_image_decode --size S [--repeats R] FILE...
  * prints {"images_per_s":..., "files":N, "size":S}. bench/bench_vae.sh runs
  * it beside dwebp on the same files. */
-#include "../vae_service/image_source.h"
+#include "../vae/image_source.h"
 #include "../common/timing.h"
 
 #include <stdio.h>

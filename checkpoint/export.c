@@ -7,6 +7,7 @@
 #include "folder.h"
 #include "../common/error.h"
 #include "../common/json_file.h"
+#include "../common/dir.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -8,6 +8,7 @@
 #include "../common/error.h"
 #include "../common/json_file.h"
 #include "../nn/dist.h"
+#include "../common/dir.h"
 
 #include <errno.h>
 #include <stdint.h>

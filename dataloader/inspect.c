@@ -11,7 +11,7 @@
  * image, latents, plus noise ~ N(0, 1) and timesteps drawn from (step, rank),
  * 1..T/2 for noise-limited images, so `trainer loss` reads it as it is), and
  * noise_limit I32 [n] and sample_ids I64 [documents]. */
-#include "client.h"
+#include "../dataloader_client/client.h"
 #include "commands.h"
 #include "../common/error.h"
 #include "../common/rng.h"

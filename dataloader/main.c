@@ -8,7 +8,7 @@
  *
  * Bad input exits with status 2 and one line naming the file and field. */
 #include "commands.h"
-#include "spm.h"
+#include "../tokenizer/spm.h"
 #include "../common/error.h"
 
 #include <stdio.h>

@@ -23,7 +23,7 @@
 #define DATALOADER_PACKER_H
 
 #include "sources.h"
-#include "wire.h"
+#include "../dataloader_client/wire.h"
 
 #include <stdint.h>
 

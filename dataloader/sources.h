@@ -10,7 +10,7 @@
 #ifndef DATALOADER_SOURCES_H
 #define DATALOADER_SOURCES_H
 
-#include "spm.h"
+#include "../tokenizer/spm.h"
 #include "token_shard.h"
 
 #include <stdint.h>

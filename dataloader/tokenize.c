@@ -11,7 +11,7 @@
  * those that encode to no token) are skipped and counted. Documents are
  * encoded on all threads; the output does not depend on the thread count. */
 #include "commands.h"
-#include "spm.h"
+#include "../tokenizer/spm.h"
 #include "token_shard.h"
 #include "../common/crc32c.h"
 #include "../common/error.h"
@@ -19,7 +19,7 @@
 #include "../common/json_file.h"
 #include "../common/text_docs.h"
 #include "../common/timing.h"
-#include "../nn/params.h"
+#include "../common/dir.h"
 
 #include <cjson/cJSON.h>
 #include <libgen.h>

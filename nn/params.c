@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shape, int decay) {
@@ -155,10 +154,4 @@ out:
     free(files);
     closedir(dh);
     return rc;
-}
-
-int make_dir(const char *dir, char *err) {
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return set_error(err, "%s: cannot create folder: %s", dir, strerror(errno));
-    return 0;
 }

@@ -59,7 +59,5 @@ int params_save(const param_set *ps, const float *flat, const char *path, char *
 int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, size_t offset, size_t count,
                      const char *path, char *err);
 
-/* Creates dir if missing (one level). */
-int make_dir(const char *dir, char *err);
 
 #endif

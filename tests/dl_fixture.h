@@ -14,7 +14,7 @@
 #include "../common/json_file.h"
 #include "../common/rng.h"
 #include "../common/safetensors.h"
-#include "../dataloader/spm.h"
+#include "../tokenizer/spm.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -2,7 +2,7 @@
  * (dataloader/wire.c): the request parser on arbitrary bytes, the reply
  * header parser on the same bytes, and the payload layout of any header it
  * accepts (the sizes a client would trust). `make fuzz` runs it. */
-#include "../dataloader/wire.h"
+#include "../dataloader_client/wire.h"
 #include "../common/error.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -12,7 +12,7 @@
 #include "check.h"
 #include "dl_fixture.h"
 #include "proc.h"
-#include "../dataloader/client.h"
+#include "../dataloader_client/client.h"
 #include "../dataloader/packer.h"
 #include "../dataloader/sources.h"
 #include "../common/timing.h"

@@ -7,7 +7,7 @@
  * skip counts; a truncated tar; rank/nranks splitting; damaged shards that
  * must not crash the reader. Files live in a mkdtemp folder, removed at the end. */
 #include "check.h"
-#include "../vae_service/image_source.h"
+#include "../vae/image_source.h"
 
 #include <fcntl.h>
 #include <ftw.h>

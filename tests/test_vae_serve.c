@@ -12,8 +12,8 @@
 #include "check.h"
 #include "proc.h"
 #include "../nn/kernels.h"
-#include "../vae_service/image_source.h"
-#include "../vae_service/vae.h"
+#include "../vae/image_source.h"
+#include "../vae/vae.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>

@@ -20,7 +20,7 @@
 #include "../common/text_docs.h"
 #include "../common/timing.h"
 #include "../nn/dist.h"
-#include "../vae_service/image_source.h"
+#include "../vae/image_source.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>

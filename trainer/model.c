@@ -6,6 +6,7 @@
 #include "../common/error.h"
 #include "../common/rng.h"
 #include "../nn/kernels.h"
+#include "../common/dir.h"
 
 #include <math.h>
 #include <stdio.h>

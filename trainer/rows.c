@@ -2,7 +2,7 @@
 #include "rows.h"
 #include "../common/error.h"
 #include "../common/timing.h"
-#include "../dataloader/client.h"
+#include "../dataloader_client/client.h"
 #include "../nn/dist.h"
 
 #include <cjson/cJSON.h>

@@ -22,8 +22,9 @@
 #include "../common/timing.h"
 #include "../nn/backend.h"
 #include "../nn/kernels.h"
-#include "../vae_service/image_source.h"
-#include "../vae_service/image_write.h"
+#include "../vae/image_source.h"
+#include "../vae/image_write.h"
+#include "../common/dir.h"
 
 #include <stdint.h>
 #include <stdio.h>

@@ -6,7 +6,7 @@
 #include "../common/error.h"
 #include "../common/json_file.h"
 #include "../nn/backend.h"
-#include "../vae_service/image_write.h"
+#include "../vae/image_write.h"
 
 #include <dirent.h>
 #include <stdint.h>

@@ -11,8 +11,8 @@
 #include "generate.h"
 #include "model.h"
 #include "../common/cli.h"
-#include "../dataloader/spm.h"
-#include "../vae_service/vae.h"
+#include "../tokenizer/spm.h"
+#include "../vae/vae.h"
 
 #include <stdint.h>
 

@@ -25,6 +25,7 @@
 #include "../common/timing.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
+#include "../common/dir.h"
 
 #include <glob.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
 #define VAE_SERVICE_COMMANDS_H
 
 #include "../common/cli.h"
-#include "vae.h"
+#include "../vae/vae.h"
 
 int vae_cmd_train(const args *a);   /* train.c */
 int vae_cmd_eval(const args *a);    /* train.c */

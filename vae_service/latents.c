@@ -17,15 +17,16 @@
  * Under mpirun the input shards are split across ranks (input i goes to rank
  * i mod N): no sample is encoded twice or lost; rank 0 writes the JSON files. */
 #include "commands.h"
-#include "image_source.h"
-#include "image_write.h"
-#include "vae.h"
+#include "../vae/image_source.h"
+#include "../vae/image_write.h"
+#include "../vae/vae.h"
 #include "../common/timing.h"
 #include "../common/crc32c.h"
 #include "../common/json_file.h"
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
+#include "../common/dir.h"
 
 #include <libgen.h>
 #include <math.h>

@@ -11,7 +11,7 @@
  *
  * Bad input exits with status 2 and one line naming the file and field. */
 #include "commands.h"
-#include "vae.h"
+#include "../vae/vae.h"
 #include "../common/timing.h"
 #include "../common/cli.h"
 #include "../common/safetensors.h"

@@ -50,8 +50,8 @@
 #include "commands.h"
 #include "../common/timing.h"
 #include "../common/zmq_service.h"
-#include "image_source.h"
-#include "vae.h"
+#include "../vae/image_source.h"
+#include "../vae/vae.h"
 #include "../nn/kernels.h"
 
 #include <cjson/cJSON.h>

@@ -20,15 +20,16 @@
  * over a dataset, and optionally a PNG grid of originals over
  * reconstructions for a person to look at. */
 #include "commands.h"
-#include "image_source.h"
-#include "image_write.h"
-#include "vae.h"
+#include "../vae/image_source.h"
+#include "../vae/image_write.h"
+#include "../vae/vae.h"
 #include "../common/timing.h"
 #include "../common/rng.h"
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
 #include "../nn/optim.h"
+#include "../common/dir.h"
 
 #include <math.h>
 #include <stdint.h>

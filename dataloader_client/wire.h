@@ -19,8 +19,8 @@
  *   noise_limit I32 [n_images], latents F32 [n_images, C, h, w].
  * An error reply carries the message (UTF-8) as payload, an info reply a
  * JSON object. */
-#ifndef DATALOADER_WIRE_H
-#define DATALOADER_WIRE_H
+#ifndef DATALOADER_CLIENT_WIRE_H
+#define DATALOADER_CLIENT_WIRE_H
 
 #include <stddef.h>
 #include <stdint.h>

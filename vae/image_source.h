@@ -6,8 +6,8 @@
  * KEY.json. Inputs are given as a comma-separated list of paths or globs.
  * Bad samples never stop a run: each is skipped with one log line on stderr
  * naming the input and the key and the reason, and counted by reason. */
-#ifndef VAE_SERVICE_IMAGE_SOURCE_H
-#define VAE_SERVICE_IMAGE_SOURCE_H
+#ifndef VAE_IMAGE_SOURCE_H
+#define VAE_IMAGE_SOURCE_H
 
 #include "../common/error.h"
 

@@ -1,8 +1,8 @@
 /* image_write.h - images out: [3, H, W] floats in [-1, 1] to 8-bit RGB,
  * lossless WebP files and PNG grids, each written atomically (temp name,
  * fsync, rename). */
-#ifndef VAE_SERVICE_IMAGE_WRITE_H
-#define VAE_SERVICE_IMAGE_WRITE_H
+#ifndef VAE_IMAGE_WRITE_H
+#define VAE_IMAGE_WRITE_H
 
 #include <stdint.h>
 

@@ -5,8 +5,8 @@
  * EOI are its `<boi>`/`<eoi>` pieces when it has them, else they are appended
  * after its vocabulary (vocab_size = pieces + 2). PAD is `<pad>` or the
  * model's pad id when defined, else -1 (pad positions then carry token 0). */
-#ifndef DATALOADER_SPM_H
-#define DATALOADER_SPM_H
+#ifndef TOKENIZER_SPM_H
+#define TOKENIZER_SPM_H
 
 #include <stddef.h>
 #include <stdint.h>

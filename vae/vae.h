@@ -6,8 +6,8 @@
  *
  * Images are [n, 3, H, W] in [-1, 1]; latents [n, C, H/f, W/f] with
  * f = 2^(len(block_out_channels) - 1). Internally maps are [n, H, W, C]. */
-#ifndef VAE_SERVICE_VAE_H
-#define VAE_SERVICE_VAE_H
+#ifndef VAE_VAE_H
+#define VAE_VAE_H
 
 #include "../common/error.h"
 #include "../nn/params.h"

@@ -14,6 +14,7 @@
 #include "vae.h"
 #include "../common/rng.h"
 #include "../nn/kernels.h"
+#include "../common/dir.h"
 
 #include <math.h>
 #include <stdarg.h>
