@@ -6,6 +6,7 @@
  * (every file's CRC32C) + weights + optimizer state, from the page cache
  * right after the save. bench/bench_checkpoint.sh puts it beside dd. */
 #include "../checkpoint/ckpt.h"
+#include "../common/json_file.h"
 #include "../common/timing.h"
 #include "../nn/dist.h"
 
@@ -36,12 +37,12 @@ int main(int argc, char **argv) {
     float *m = xmalloc(sizeof(float) * count), *v = xmalloc(sizeof(float) * count);
     for (size_t i = 0; i < ps.numel; i++) ps.w[i] = (float)i;
     for (size_t i = 0; i < count; i++) m[i] = v[i] = (float)(off + i);
-    model_config cfg;                       /* only written as config.json */
     char err[ERR_LEN], path[4096];
-    if (config_load("configs/tiny.json", &cfg, err)) die_input("%s", err);
+    cJSON *config = json_read_object("configs/tiny.json", err);     /* only written as config.json */
+    if (!config) die_input("%s", err);
     double *save_t = xmalloc(sizeof(double) * repeats), *load_t = xmalloc(sizeof(double) * repeats);
     for (int k = 0; k < repeats; k++) {
-        ckpt_save_request r = {.ps = &ps, .cfg = &cfg, .step = k + 1, .opt_offset = off, .opt_count = count,
+        ckpt_save_request r = {.ps = &ps, .config = config, .step = k + 1, .opt_offset = off, .opt_count = count,
                                .m = m, .v = v, .keep = 1};
         double t0 = now_s();
         if (ckpt_save(dir, &r, err)) die("%s", err);
@@ -57,6 +58,7 @@ int main(int argc, char **argv) {
     if (dist_rank() == 0)
         printf("{\"bytes\":%zu,\"ranks\":%d,\"save_s\":%.4f,\"load_s\":%.4f}\n", 3 * ps.numel * sizeof(float),
                dist_size(), median_sorted(save_t, repeats), median_sorted(load_t, repeats));
+    cJSON_Delete(config);
     free(save_t);
     free(load_t);
     free(m);

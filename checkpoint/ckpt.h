@@ -4,7 +4,7 @@
  * symlink to the newest:
  *
  *   DIR/step_00000020/
- *       config.json                          model config (special token ids included)
+ *       config.json                          the model's config, as the caller gives it
  *       model-00001-of-00002.safetensors     weights, split across the ranks (F32)
  *       model-00002-of-00002.safetensors
  *       model.safetensors.index.json         weight_map (Hugging Face convention),
@@ -39,8 +39,8 @@
 #ifndef CHECKPOINT_CKPT_H
 #define CHECKPOINT_CKPT_H
 
-#include "../common/config.h"
 #include "../common/safetensors.h"
+#include "../nn/optim.h"
 #include "../nn/params.h"
 
 #include <cjson/cJSON.h>
@@ -54,7 +54,7 @@ typedef struct {
 
 typedef struct {
     const param_set *ps;        /* names and shapes; full weights ps->w on every rank */
-    const model_config *cfg;    /* written as config.json */
+    const cJSON *config;        /* the model's config, written as config.json */
     long step;                  /* optimizer steps taken: names the folder */
     size_t opt_offset, opt_count;   /* this rank's range of the flat array */
     const float *m, *v;         /* Adam moments of that range (opt_count floats) */
@@ -100,7 +100,7 @@ typedef struct {
     size_t numel;               /* floats of the flat parameter array */
     int has_master;             /* master weights were saved */
     int has_ema;                /* the weights' EMA was saved (ema_map) */
-    model_config cfg;
+    cJSON *config;              /* config.json (the caller checks it) */
     cJSON *state;               /* trainer_state.json */
     int n_parts;
     ckpt_part_file *parts;      /* optimizer parts, sorted by offset, tiling [0, numel) */
@@ -140,6 +140,11 @@ int ckpt_has_ema(const char *step_dir);
  * be NULL) is set to what was loaded, CKPT_RAW or CKPT_EMA. CKPT_EMA on a
  * checkpoint without an EMA is an error. */
 int ckpt_load_chosen(const ckpt_reader *r, param_set *ps, ckpt_weights which, ckpt_weights *used, char *err);
+
+/* Resuming a training run: the weights into ps->w, this rank's part of the
+ * Adam state into o (its moments for o's range, on its device) and the step
+ * into o->step. */
+int ckpt_load_training(const ckpt_reader *r, param_set *ps, optimizer *o, char *err);
 
 /* The Adam state of flat range [offset, offset + count), whatever ranges the
  * writers owned. master may be NULL; when given, the checkpoint must hold

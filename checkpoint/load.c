@@ -94,7 +94,7 @@ int ckpt_open(ckpt_reader *r, const char *step_dir, char *err) {
     r->dir = memcpy(xmalloc(n), step_dir, n);
     char path[CKPT_PATH_LEN];
     ckpt_join(path, step_dir, CKPT_CONFIG);
-    if (read_index(r, err) || config_load(path, &r->cfg, err)) goto fail;
+    if (read_index(r, err) || !(r->config = json_read_object(path, err))) goto fail;
     ckpt_join(path, step_dir, CKPT_STATE);
     if (!(r->state = json_read_object(path, err))) goto fail;
     return 0;
@@ -107,6 +107,7 @@ void ckpt_close(ckpt_reader *r) {
     for (int k = 0; k < r->n_parts; k++) st_close(&r->parts[k].file);
     free(r->parts);
     free(r->dir);
+    cJSON_Delete(r->config);
     cJSON_Delete(r->state);
     memset(r, 0, sizeof *r);
 }
@@ -146,6 +147,15 @@ int ckpt_load_chosen(const ckpt_reader *r, param_set *ps, ckpt_weights which, ck
     ckpt_weights w = which == CKPT_AUTO ? (r->has_ema ? CKPT_EMA : CKPT_RAW) : which;
     if (used) *used = w;
     return w == CKPT_EMA ? ckpt_load_ema(r, ps, ps->w, err) : ckpt_load_weights(r, ps, err);
+}
+
+int ckpt_load_training(const ckpt_reader *r, param_set *ps, optimizer *o, char *err) {
+    float *m, *v;
+    optim_host_moments(o, &m, &v, 0);
+    int rc = ckpt_load_weights(r, ps, err) || ckpt_load_optim(r, o->off, o->n, m, v, NULL, err) ? -1 : 0;
+    optim_host_release(o, m, v, rc == 0);
+    if (rc == 0) o->step = r->step;
+    return rc;
 }
 
 int ckpt_load_optim(const ckpt_reader *r, size_t offset, size_t count, float *m, float *v, float *master,

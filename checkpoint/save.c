@@ -162,7 +162,8 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
     cJSON *files = need(cJSON_CreateObject());
     int rc = -1;
     ckpt_join(path, tmp, CKPT_CONFIG);
-    if (config_save(path, r->cfg, err) || add_local_file(files, tmp, CKPT_CONFIG, err)) goto out;
+    if (json_write(path, need(cJSON_Duplicate(r->config, 1)), err) || add_local_file(files, tmp, CKPT_CONFIG, err))
+        goto out;
 
     cJSON *state = need(r->state ? cJSON_Duplicate(r->state, 1) : cJSON_CreateObject());
     cJSON_DeleteItemFromObjectCaseSensitive(state, "step");

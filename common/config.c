@@ -205,11 +205,8 @@ static void format_float(char *buf, size_t size, float v)
     }
 }
 
-int config_save(const char *path, const model_config *c, char *err)
+cJSON *config_json(const model_config *c)
 {
-    /* Never write a config that config_load would refuse. */
-    if (config_validate(c, path, err) != 0)
-        return -1;
     cJSON *root = cJSON_CreateObject();
     int ok = root != NULL;
     for (int i = 0; ok && i < N_FIELDS; i++) {
@@ -233,6 +230,14 @@ int config_save(const char *path, const model_config *c, char *err)
     }
     ok = ok && cJSON_AddStringToObject(root, "image_attention", c->image_causal ? "causal" : "bidirectional");
     if (!ok)
-        die("out of memory writing %s", path);
-    return json_write(path, root, err);
+        die("out of memory writing a model config");
+    return root;
+}
+
+int config_save(const char *path, const model_config *c, char *err)
+{
+    /* Never write a config that config_load would refuse. */
+    if (config_validate(c, path, err) != 0)
+        return -1;
+    return json_write(path, config_json(c), err);
 }

@@ -58,5 +58,8 @@ int config_validate(const model_config *c, const char *path, char *err);
 
 /* Writes every field (atomically: temp, fsync, rename). */
 int config_save(const char *path, const model_config *c, char *err);
+/* Every field as config.json holds it (a checkpoint's config); c must be
+ * valid. Free with cJSON_Delete. */
+cJSON *config_json(const model_config *c);
 
 #endif

@@ -28,6 +28,15 @@ typedef struct {
     float *w, *g;               /* weights, gradients (flat), after params_alloc */
 } param_set;
 
+/* Told during backward that the gradients of flat elements [off, off + n)
+ * are final (each element once per backward), so that data-parallel
+ * training (data_parallel.h) can start reducing them while the rest of
+ * backward runs. ready == NULL: nobody listens. */
+typedef struct {
+    void (*ready)(void *ctx, size_t off, size_t n);
+    void *ctx;
+} grad_hook;
+
 /* Appends a tensor; returns its offset in the flat arrays. */
 size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shape, int decay);
 /* Allocates zeroed weights and gradients once every tensor is added. */

@@ -17,7 +17,7 @@
 #include "check.h"
 #include "../checkpoint/ckpt.h"
 #include "../checkpoint/folder.h"
-#include "../checkpoint/stop_signal.h"
+#include "../nn/stop_signal.h"
 #include "../common/crc32c.h"
 #include "../common/json_file.h"
 #include "../common/timing.h"
@@ -75,11 +75,13 @@ static int save(const char *dir, long step, const model *m, int keep, int keep_e
     cJSON *state = cJSON_CreateObject();
     cJSON_AddNumberToObject(state, "positions_seen", step * 1000.0);
     cJSON_AddStringToObject(cJSON_AddObjectToObject(state, "loader"), "fingerprint", "abc123");
-    ckpt_save_request r = {.ps = &m->ps, .cfg = &m->cfg, .step = step, .opt_offset = off, .opt_count = count,
+    cJSON *config = config_json(&m->cfg);
+    ckpt_save_request r = {.ps = &m->ps, .config = config, .step = step, .opt_offset = off, .opt_count = count,
                            .m = mo, .v = vo, .ema = avg, .state = state, .extras = extras, .n_extras = n_extras,
                            .keep = keep, .keep_every = keep_every};
     int rc = ckpt_save(dir, &r, err);
     cJSON_Delete(state);
+    cJSON_Delete(config);
     free(mo);
     free(vo);
     free(avg);
@@ -173,8 +175,11 @@ static void test_round_trip(void) {
     CHECK(cJSON_GetObjectItem(st, "step")->valuedouble == 10 && cJSON_GetObjectItem(st, "positions_seen")->valuedouble == 10000 &&
           strcmp(cJSON_GetObjectItem(cJSON_GetObjectItem(st, "loader"), "fingerprint")->valuestring, "abc123") == 0,
           "trainer_state.json keeps the caller's fields plus step");
-    CHECK(r.cfg.vocab_size == m.cfg.vocab_size && r.cfg.boi_token_id == m.cfg.boi_token_id &&
-          r.cfg.eoi_token_id == m.cfg.eoi_token_id, "config.json records the model and its special tokens");
+    model_config saved;
+    CHECK(config_load(at("%s/%s", "rt/step_00000010/config.json"), &saved, err) == 0 &&
+          saved.vocab_size == m.cfg.vocab_size && saved.boi_token_id == m.cfg.boi_token_id &&
+          saved.eoi_token_id == m.cfg.eoi_token_id && cJSON_IsObject(r.config),
+          "config.json records the model and its special tokens");
     uint32_t a, b;
     CHECK(crc32c_file(at("%s/%s", "tokenizer.model"), &a, err) == 0 &&
           crc32c_file(at("%s/%s", "rt/step_00000010/tokenizer.model"), &b, err) == 0 && a == b,
@@ -424,9 +429,11 @@ static void test_failed_save(void) {
           "... removing the temp folder, never creating step_00000020");
     CHECK(is_link_to(at("%s/%s", "full/latest"), "step_00000010") && ckpt_verify(at("%s/%s", "full/step_00000010"), err) == 0,
           "... leaving latest and the previous checkpoint intact");
-    ckpt_save_request part = {.ps = &m.ps, .cfg = &m.cfg, .step = 30, .opt_offset = 0, .opt_count = 10,
+    cJSON *config = config_json(&m.cfg);
+    ckpt_save_request part = {.ps = &m.ps, .config = config, .step = 30, .opt_offset = 0, .opt_count = 10,
                               .m = m.ps.w, .v = m.ps.w};
     rc = ckpt_save(dir, &part, err);
+    cJSON_Delete(config);
     CHECK(rc != 0 && strstr(err, "do not tile") && access(at("%s/%s", "full/step_00000030"), F_OK) != 0 &&
           is_link_to(at("%s/%s", "full/latest"), "step_00000010"),
           "optimizer ranges that do not cover the parameters are refused (%s)", err);

@@ -4,7 +4,7 @@
  * Row 0: doc A = BOS t t BOI p0 p1 p2 p3 EOI t EOS, doc B = BOS t t t EOS,
  *        then pads. Row 1: an image-first pair, then pads. */
 #include "check.h"
-#include "../trainer/model.h"
+#include "../trainer/block.h"
 #include "../nn/kernels.h"
 
 #include <math.h>

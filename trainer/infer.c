@@ -10,6 +10,7 @@
  * with gathers and scatters by index. Host copies of the row indices serve
  * the host logic; logits and predicted noise come back with nn_download. */
 #include "infer.h"
+#include "block.h"
 #include "diffusion.h"
 #include "../common/error.h"
 #include "../nn/kernels.h"

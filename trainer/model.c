@@ -1,7 +1,7 @@
 /* model.c - the Transfusion model on the backend interface of nn/kernels.h:
  * parameter layout, init, checkpoint I/O, forward and backward.
  * The math is model.md's; this file only sequences kernels. */
-#include "model.h"
+#include "block.h"
 #include "plan_mirror.h"
 #include "../common/error.h"
 #include "../common/rng.h"
@@ -392,13 +392,13 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
     for (int l = nl - 1; l >= 0; l--) {
         layer_backward(c, &m->W.layers[l], &m->G.layers[l], &ws->layers[l], ws, p);
         size_t start = (size_t)(m->G.layers[l].ln1 - m->dev.g);
-        if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, start, next - start);
+        if (m->grad_ready.ready) m->grad_ready.ready(m->grad_ready.ctx, start, next - start);
         next = start;
     }
     embed_backward(m, p, ws);
-    if (m->grad_ready) {
-        m->grad_ready(m->grad_ready_ctx, 0, next);
-        m->grad_ready(m->grad_ready_ctx, heads_end, m->ps.numel - heads_end);
+    if (m->grad_ready.ready) {
+        m->grad_ready.ready(m->grad_ready.ctx, 0, next);
+        m->grad_ready.ready(m->grad_ready.ctx, heads_end, m->ps.numel - heads_end);
     }
     return s;
 }

@@ -9,7 +9,7 @@
 #define TRAINER_MODEL_H
 
 #include "../common/config.h"
-#include "batch.h"
+#include "plan.h"
 #include "../nn/params.h"
 
 #include <stddef.h>
@@ -27,11 +27,6 @@ typedef struct {
 
 typedef struct workspace workspace;
 
-/* Told during backward that the gradients of flat elements [off, off + n)
- * are final, so data-parallel training can start reducing them while the
- * rest of backward runs. Every element is reported once per model_step. */
-typedef void (*grad_ready_fn)(void *ctx, size_t off, size_t n);
-
 typedef struct {
     model_config cfg;
     param_set ps;               /* names, shapes; flat weights ps.w, gradients ps.g (host) */
@@ -40,8 +35,7 @@ typedef struct {
     int dev_copies;             /* 1: dev.w and dev.g are those copies (the model frees them) */
     weights W, G;               /* views into dev.w and dev.g */
     workspace *ws;              /* activations, sized for the last plan */
-    grad_ready_fn grad_ready;   /* NULL: nobody listens */
-    void *grad_ready_ctx;
+    grad_hook grad_ready;       /* told as each layer's gradients are final (params.h) */
 } model;
 
 /* Loss sums of one forward pass; the loss is
@@ -78,25 +72,6 @@ loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent
 /* Forward only; each row's loss sums (ce[r] over its LM targets, se[r] over
  * its patches, both [B]): per-sample figures from one batch, for evaluation. */
 void model_row_losses(model *m, const plan *p, double *ce, double *se);
-
-/* Forward only to the final norm; returns h_final [N, d] (valid until the
- * next call; a backend buffer). Tests use it to check what each position can see. */
-const float *model_hidden(model *m, const plan *p);
-
-/* The input vectors of a plan's positions (model.md section 3: token
- * embeddings, patch_in(x) + pos_embed[k] + temb(t), zeros at pads) into
- * x [N, d]. Inference (infer.c) embeds its new rows with it. */
-void model_embed(model *m, const plan *p, float *x);
-
-/* A transformer block in two halves around attention, shared by training and
- * inference (infer.c, which attends over a KV cache instead):
- * block_qkv: n1 = RMSNorm(x), qkv = n1 Wqkv^T with RoPE at pos on q and k;
- * block_out: x_mid = x + att Wo^T, x_out = x_mid + down(swiglu(gate|up(RMSNorm(x_mid)))).
- * Rows are N positions; rope tables as in plan. */
-void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv,
-               const int32_t *pos, const float *rope_cos, const float *rope_sin, int N);
-void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att,
-               float *x_mid, float *n2, float *gu, float *act, float *x_out, int N);
 
 /* Floats of the activations that backward needs for this plan (what the
  * workspace keeps per layer plus the final norm's input and output). */

@@ -1,7 +1,7 @@
 /* plan.c - derives from a validated batch what the model needs per step:
  * each query's key range and RoPE position (model.md section 2), the token,
  * patch and LM-target rows, and the noised, patchified latents (section 3). */
-#include "batch.h"
+#include "plan.h"
 #include "diffusion.h"
 #include "../common/error.h"
 

@@ -1,11 +1,11 @@
-/* plan_mirror.h - a plan (batch.h) copied into backend buffers, for
+/* plan_mirror.h - a plan (plan.h) copied into backend buffers, for
  * backends that do not work in host memory: the index arrays as int32, the
  * RoPE tables, the noise targets and the timestep features' float32, and the
  * noised patches (a GEMM input) as an activation buffer. */
 #ifndef TRAINER_PLAN_MIRROR_H
 #define TRAINER_PLAN_MIRROR_H
 
-#include "batch.h"
+#include "plan.h"
 
 typedef struct plan_mirror plan_mirror;
 

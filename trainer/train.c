@@ -15,12 +15,12 @@
  * on held-out data by `trainer eval` (eval.h), in-process on all ranks; the
  * figures are appended to metrics.jsonl as {"step":S,"time_s":..,"eval":{..}}. */
 #include "train.h"
-#include "data_parallel.h"
+#include "../nn/data_parallel.h"
 #include "eval.h"
 #include "model.h"
 #include "rows.h"
 #include "../checkpoint/ckpt.h"
-#include "../checkpoint/stop_signal.h"
+#include "../nn/stop_signal.h"
 #include "../common/error.h"
 #include "../common/timing.h"
 #include "../nn/dist.h"
@@ -79,11 +79,7 @@ static const char *fingerprint_of(const cJSON *info) {
  * be the rows it would have had. */
 static void resume_from(ckpt_reader *rd, const char *path, const row_source *rows, model *m, optimizer *opt) {
     char err[ERR_LEN];
-    float *mom1, *mom2;
-    optim_host_moments(opt, &mom1, &mom2, 0);
-    if (ckpt_load_weights(rd, &m->ps, err) || ckpt_load_optim(rd, opt->off, opt->n, mom1, mom2, NULL, err))
-        die_input("--resume: %s", err);
-    optim_host_release(opt, mom1, mom2, 1);
+    if (ckpt_load_training(rd, &m->ps, opt, err)) die_input("--resume: %s", err);
     model_upload_weights(m);
     const cJSON *was = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(rd->state, "loader"), "info");
     const char *then = fingerprint_of(was), *now = fingerprint_of(rows_loader_info(rows));
@@ -91,7 +87,6 @@ static void resume_from(ckpt_reader *rd, const char *path, const row_source *row
         die_input("--resume %s: trained on loader data %s, but the loader now serves %s", path,
                   then ? then : "(none: generated rows)", now ? now : "(none: generated rows)");
     if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, rd->step, rd->world_size);
-    opt->step = rd->step;
 }
 
 /* The EMA, none when ema->avg stays NULL: continued from the checkpoint when
@@ -140,7 +135,8 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
     float *mom1, *mom2, *avg = ema->avg ? ema_host(ema, 1) : NULL;
     model_download(m, 1, 0);
     optim_host_moments(opt, &mom1, &mom2, 1);
-    ckpt_save_request r = {.ps = &m->ps, .cfg = &m->cfg, .step = step, .opt_offset = opt->off,
+    cJSON *config = config_json(&m->cfg);
+    ckpt_save_request r = {.ps = &m->ps, .config = config, .step = step, .opt_offset = opt->off,
                            .opt_count = opt->n, .m = mom1, .v = mom2, .ema = avg, .state = state,
                            .extras = extras, .n_extras = n, .keep = o->keep, .keep_every = o->keep_every};
     double t0 = now_s();
@@ -148,6 +144,7 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
     if (ckpt_save(o->ckpt_dir, &r, err)) die("checkpoint at step %ld not saved: %s", step, err);
     if (dist_rank() == 0) fprintf(stderr, "saved %s/step_%08ld in %.2f s\n", o->ckpt_dir, step, now_s() - t0);
     cJSON_Delete(state);
+    cJSON_Delete(config);
     optim_host_release(opt, mom1, mom2, 0);
     if (avg) ema_host_release(ema, avg, 0);
 }
@@ -278,7 +275,7 @@ int trainer_cmd_train(const args *a) {
     if (o.init_from && params_load_dir(&m.ps, o.init_from, err)) die_input("--init-from: %s", err);
     model_upload_weights(&m);
     data_parallel dp;
-    dp_init(&dp, &m, !arg_switch(a, "no-zero"), !arg_switch(a, "no-overlap"));
+    dp_init(&dp, &m.dev, !arg_switch(a, "no-zero"), !arg_switch(a, "no-overlap"));
     optimizer opt;
     dp_optimizer(&dp, &opt, optim_defaults(o.lr, o.warmup, o.steps));
     weight_ema ema = {0};
@@ -313,7 +310,7 @@ int trainer_cmd_train(const args *a) {
         dist_allreduce_sum_i64(counts, 2);
         nn_zero(m.dev.g, m.ps.numel);
         for (int j = 0; j < o.A; j++) {
-            if (j == o.A - 1) dp_start_reduction(&dp);
+            if (j == o.A - 1) dp_start_reduction(&dp, &m.grad_ready);
             loss_sums ls = model_step(&m, &p[j], (double)counts[0], (double)counts[1], 1);
             sums[0] += ls.ce_sum;
             sums[1] += ls.se_sum;

@@ -12,6 +12,8 @@
 #include "../common/error.h"
 #include "../nn/params.h"
 
+#include <cjson/cJSON.h>
+
 #define VAE_MAX_BLOCKS 8
 /* ResNet blocks of the decoder (blocks x (layers_per_block + 1) + 2 in the
  * mid block) are bounded so that a pass records them in a fixed array. */
@@ -29,6 +31,9 @@ typedef struct {
  * a config is here, so a model built from a loaded config is always valid). */
 int vae_config_load(const char *path, vae_config *c, char *err);
 int vae_config_save(const char *path, const vae_config *c, char *err);
+/* The config as diffusers writes it (what vae_config_save writes; a
+ * checkpoint's config.json). Free with cJSON_Delete. */
+cJSON *vae_config_json(const vae_config *c);
 static inline int vae_downscale(const vae_config *c) { return 1 << (c->n_blocks - 1); }
 
 typedef struct vae_model vae_model;

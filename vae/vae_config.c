@@ -101,7 +101,7 @@ out:
     return rc;
 }
 
-int vae_config_save(const char *path, const vae_config *c, char *err) {
+cJSON *vae_config_json(const vae_config *c) {
     cJSON *root = cJSON_CreateObject();
     cJSON *down = cJSON_AddArrayToObject(root, "down_block_types");
     cJSON *up = cJSON_AddArrayToObject(root, "up_block_types");
@@ -125,5 +125,9 @@ int vae_config_save(const char *path, const vae_config *c, char *err) {
     cJSON_AddBoolToObject(root, "use_quant_conv", c->use_quant_conv);
     cJSON_AddBoolToObject(root, "use_post_quant_conv", c->use_post_quant_conv);
     cJSON_AddBoolToObject(root, "mid_block_add_attention", c->mid_block_add_attention);
-    return json_write(path, root, err);
+    return root;
+}
+
+int vae_config_save(const char *path, const vae_config *c, char *err) {
+    return json_write(path, vae_config_json(c), err);
 }

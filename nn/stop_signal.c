@@ -1,6 +1,6 @@
 /* stop_signal.c - a stop flag set by SIGTERM, SIGINT, SIGUSR1 (stop_signal.h). */
 #include "stop_signal.h"
-#include "../nn/dist.h"
+#include "dist.h"
 
 #include <pthread.h>
 #include <signal.h>

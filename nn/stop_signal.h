@@ -2,8 +2,8 @@
  * only set a flag; the loop checks it after each step, saves a checkpoint
  * and exits cleanly (a batch scheduler's SIGTERM or SIGUSR1 warning, or
  * Ctrl-C, never interrupts a step or a save). */
-#ifndef CHECKPOINT_STOP_SIGNAL_H
-#define CHECKPOINT_STOP_SIGNAL_H
+#ifndef NN_STOP_SIGNAL_H
+#define NN_STOP_SIGNAL_H
 
 /* Blocks the three signals in the calling thread, and so in every thread it
  * starts afterwards (OpenMP, oneDNN), and receives them on a watcher thread
