@@ -97,7 +97,7 @@ $(BIN)/trainer: LDLIBS += $(SPM_LIBS)
 $(BIN)/trainer: $(BUILD)/trainer/main.o $(TRAINER_OBJ) $(CKPT_OBJ) $(DLC_OBJ) $(VAE_OBJ) $(TOK_OBJ) $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
-$(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAESVC_OBJ) $(VAE_OBJ) $(NN_OBJ) $(COMMON_OBJ)
+$(BIN)/vae_service: $(BUILD)/vae_service/main.o $(VAESVC_OBJ) $(VAE_OBJ) $(CKPT_OBJ) $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
 $(BIN)/dataloader: LDLIBS += $(SPM_LIBS)

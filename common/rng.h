@@ -17,6 +17,14 @@ static inline uint64_t rng_u64(rng *r) {
     return z ^ (z >> 31);
 }
 
+/* A seed derived from a key (a, b): chained, rng_key(rng_key(seed, step), i)
+ * gives draws that are a pure function of (seed, step, i), the same however
+ * the work is split over ranks (counter-based sampling). */
+static inline uint64_t rng_key(uint64_t a, uint64_t b) {
+    rng r = {a ^ (b * 0xD1B54A32D192ED03ull)};
+    return rng_u64(&r);
+}
+
 /* Uniform in [0, 1), 53 bits. */
 static inline double rng_uniform(rng *r) { return (rng_u64(r) >> 11) * 0x1.0p-53; }
 

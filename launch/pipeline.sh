@@ -41,9 +41,9 @@ else "$BIN/dataloader" tokenize --tokenizer "$RUN/tokenizer.model" --input "$(ls
 stage "4/7 VAE"
 if [ -f "$RUN/vae.done" ]; then done_msg "$RUN/vae"
 else
-    resume=(); [ -f "$RUN/vae/train_state/state.safetensors" ] && resume=(--resume)
+    # --resume auto: continues from $RUN/vae/checkpoints when it holds one
     "${MPI[@]}" "$BIN/vae_service" train --data 'data/images-64/train-*.tar' --config configs/vae-cpu.json \
-        --out "$RUN/vae" --size 64 --batch 4 --steps "$VAE_STEPS" --threads 1 --log-every 100 "${resume[@]}"
+        --out "$RUN/vae" --size 64 --batch 4 --steps "$VAE_STEPS" --threads 1 --log-every 100 --resume auto
     "$BIN/vae_service" eval --vae "$RUN/vae" --data data/images-64/test-00000.tar --grid "$RUN/vae-test.png"
     touch "$RUN/vae.done"
 fi

@@ -14,7 +14,10 @@ t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 $PY tests/make_image_shards.py --out "$t" --shards 2 --per-shard 24 --size 16 --bad
 data="$t/shard-*.tar"
-train() { "$VS" train --config configs/vae-tiny.json --data "$data" --size 16 --batch 8 --lr 2e-3 --log-every 10 "$@"; }
+targs=(--config configs/vae-tiny.json --data "$data" --size 16 --batch 8 --lr 2e-3 --log-every 10)
+train() { "$VS" train "${targs[@]}" "$@"; }
+# The same in the background with $! its pid, so that signals reach vae_service itself: OUT ERR ARGS...
+train_bg() { local out=$1 err=$2; shift 2; "$VS" train "${targs[@]}" "$@" >"$out" 2>"$err" & }
 
 # Training lowers the loss; the run logs the skipped samples by reason.
 train --out "$t/a" --steps 60 >"$t/a.log" 2>"$t/a.err"
@@ -37,9 +40,37 @@ check "train --precision fp32 runs" grep -q '^step *2/2' "$t/f32.log"
 
 # An interrupted run resumed gives bitwise the same weights.
 train --out "$t/b" --steps 60 --stop-at 30 >/dev/null 2>&1
-train --out "$t/b" --steps 60 --resume >"$t/b.log" 2>&1
-check "--resume continues to bitwise the same weights" \
+train --out "$t/b" --steps 60 --resume auto >"$t/b.log" 2>&1
+check "--resume auto continues from the checkpoint of step 30" grep -q "resuming $t/b/checkpoints/step_00000030 at step 30" "$t/b.log"
+check "... to bitwise the same weights" \
     cmp -s "$t/a/diffusion_pytorch_model.safetensors" "$t/b/diffusion_pytorch_model.safetensors"
+check "... keeping the newest 2 step folders" [ "$(ls "$t/b/checkpoints" | grep -c '^step_')" -eq 2 ]
+
+# kill -9 in the middle of a run: --resume auto continues from its newest
+# complete checkpoint to bitwise the weights of the run never stopped.
+train_bg "$t/k.log" "$t/k.err" --out "$t/k" --steps 60 --save-every 5
+pid=$!
+for _ in $(seq 400); do [ -e "$t/k/checkpoints/step_00000010" ] && break; sleep 0.02; done
+kill -9 $pid; wait $pid 2>/dev/null
+check "kill -9 stopped the run before its end" sh -c "! grep -q '^saved' '$t/k.log'"
+train --out "$t/k" --steps 60 --save-every 5 --resume auto >"$t/k2.log" 2>&1
+check "... and --resume auto continues from a checkpoint it left" grep -q "resuming $t/k/checkpoints/step_" "$t/k2.log"
+check "... to bitwise the same weights" \
+    cmp -s "$t/a/diffusion_pytorch_model.safetensors" "$t/k/diffusion_pytorch_model.safetensors"
+bad "--resume of a step folder that does not verify" "model.safetensors.index.json" \
+    train --out "$t/k" --steps 60 --resume "$t/k/checkpoints/nonesuch"
+
+# SIGTERM: the step is finished and saved, and the run exits 0.
+train_bg "$t/s.log" "$t/s.err" --out "$t/s" --steps 100000 --log-every 5
+pid=$!
+for _ in $(seq 400); do grep -q '^step' "$t/s.log" && break; sleep 0.02; done
+kill -TERM $pid; wait $pid
+rc=$?
+check "SIGTERM ends the run with exit 0 ($rc)" [ $rc -eq 0 ]
+step=$(sed -n 's/^stopped by a signal after step \([0-9]*\)$/\1/p' "$t/s.err")
+check "... saying after which step ($step)" [ -n "$step" ]
+check "... and saving that step" [ "$(readlink "$t/s/checkpoints/latest")" = "$(printf 'step_%08d' "${step:-0}")" ]
+check "... and the diffusers folder" [ -f "$t/s/diffusion_pytorch_model.safetensors" ]
 
 # eval: mean PSNR and an image grid.
 "$VS" eval --vae "$t/a" --data "$data" --size 16 --grid "$t/grid.png" >"$t/eval.json" 2>/dev/null
@@ -123,11 +154,27 @@ check "... with batch 4 x 2 ranks" grep -q 'batch 4 x 2 ranks' "$t/mpi_train.log
 # them, and a resumed 2-rank run continues to the same bits.
 $MPIRUN "$VS" train --config configs/vae-tiny.json --data "$data" --size 16 --batch 4 --steps 6 --stop-at 3 \
     --out "$t/m2" >/dev/null 2>&1
-$MPIRUN "$VS" train --data "$data" --size 16 --batch 4 --steps 6 --resume --out "$t/m2" >/dev/null 2>&1
+cp -r "$t/m2" "$t/m1"
+$MPIRUN "$VS" train --data "$data" --size 16 --batch 4 --steps 6 --resume auto --out "$t/m2" >/dev/null 2>&1
 check "mpirun -np 2 train stopped and resumed gives bitwise the same weights" \
     cmp -s "$t/m/diffusion_pytorch_model.safetensors" "$t/m2/diffusion_pytorch_model.safetensors"
-"$VS" train --out "$t/m" --data "$data" --size 16 --steps 9 --resume >/dev/null 2>"$t/err"
-check "resuming a 2-rank run with 1 process exits 2" [ $? -eq 2 ]
+# The same global batch on 1 rank (8 = 2 x 4): the same samples, so the same
+# weights up to the order of the gradient sums.
+OMP_NUM_THREADS=1 "$VS" train --data "$data" --size 16 --batch 8 --steps 6 --resume auto --out "$t/m1" >"$t/m1.log" 2>&1
+check "a 2-rank run resumes on 1 rank" grep -q "resuming $t/m1/checkpoints/step_00000003 at step 3 (written by 2 ranks)" "$t/m1.log"
+check "... to the weights of the 2-rank run (within 1e-5 of the largest)" $PY - "$t/m" "$t/m1" <<'PYEOF'
+import json, struct, sys
+def load(d):
+    b = open(f"{d}/diffusion_pytorch_model.safetensors", "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+    return {k: struct.unpack(f"<{(v['data_offsets'][1] - v['data_offsets'][0]) // 4}f",
+                             b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]) for k, v in h.items()}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+worst = max(max(abs(x - y) for x, y in zip(a[k], b[k])) / max(max(abs(x) for x in a[k]), 1e-12) for k in a)
+print("relative difference", worst, file=sys.stderr)
+sys.exit(not (a.keys() == b.keys() and 0 < worst < 1e-5 or worst == 0))
+PYEOF
 
 # Bad input: exit 2 with one line naming the file.
 expect_2() {  # NAME PATTERN CMD...

@@ -231,12 +231,6 @@ void batch_slice(batch *dst, const batch *src, const model_config *c, int row0, 
     free(map);
 }
 
-static uint64_t mix(uint64_t a, uint64_t b) {
-    rng r;
-    rng_seed(&r, a ^ (b * 0xD1B54A32D192ED03ull));
-    return rng_u64(&r);
-}
-
 void batch_draw_noise(batch *b, const model_config *c, uint64_t seed, long step, long first_row) {
     size_t lat = (size_t)c->latent_channels * c->latent_size * c->latent_size;
     int T = c->diffusion_steps;
@@ -247,7 +241,7 @@ void batch_draw_noise(batch *b, const model_config *c, uint64_t seed, long step,
             int k = img[i];
             if (k < 0 || (i > 0 && img[i - 1] == k)) continue;      /* not an image's first patch */
             rng r;
-            rng_seed(&r, mix(mix(mix(seed, (uint64_t)step), (uint64_t)(first_row + row)), (uint64_t)ordinal++));
+            rng_seed(&r, rng_key(rng_key(rng_key(seed, (uint64_t)step), (uint64_t)(first_row + row)), (uint64_t)ordinal++));
             int limited = b->noise_limit && b->noise_limit[k];
             b->timesteps[k] = rng_int(&r, 1, limited && T / 2 > 0 ? T / 2 : T);
             for (size_t e = 0; e < lat; e++) b->noise[k * lat + e] = (float)rng_normal(&r);

@@ -157,8 +157,9 @@ static int cmd_bench(const args *a) {
 
 static const char usage[] =
     "usage: vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] [--size S] [--steps N]\n"
-    "                           [--batch B] [--lr LR] [--loss l2|l1] [--kl-weight W] [--resume] [--seed S]\n"
-    "                           [--precision bf16|fp32] [--threads T]\n"
+    "                           [--batch B] [--lr LR] [--loss l2|l1] [--kl-weight W] [--seed S]\n"
+    "                           [--save-every K] [--ckpt-dir DIR] [--keep N] [--resume auto|STEP_DIR]\n"
+    "                           [--stop-at STEP] [--log-every K] [--precision bf16|fp32] [--threads T]\n"
     "       vae_service eval    --vae VAE_DIR --data SHARDS [--size S] [--grid FILE.png] [--threads T]\n"
     "       vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR [--size S] [--logvar]\n"
     "                           [--batch B] [--threads T]\n"
@@ -176,8 +177,8 @@ int main(int argc, char **argv) {
     static const char *const forward_flags[] = {"vae", "images", "out", "threads", NULL};
     static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "loss", "precision", "threads", NULL};
     static const char *const train_flags[] = {"data", "out", "config", "size", "steps", "batch", "lr",
-                                              "loss", "kl-weight", "resume!", "seed", "threads", "log-every",
-                                              "save-every", "stop-at", "precision", NULL};
+                                              "loss", "kl-weight", "resume", "seed", "threads", "log-every",
+                                              "save-every", "stop-at", "precision", "ckpt-dir", "keep", NULL};
     static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
     static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};
     static const char *const decode_flags[] = {"vae", "latents", "out", "limit", "threads", NULL};

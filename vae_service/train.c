@@ -3,18 +3,18 @@
  * train: the whole image set is decoded once into memory (8-bit, exact: the
  * decoder's floats are x / 127.5 - 1 of 8-bit pixels), then AdamW steps on
  * random batches, each image mirrored left-right with probability 1/2, with
- * L2 (or L1) reconstruction + kl_weight * KL (vae.h). The VAE
- * folder is rewritten atomically every --save-every steps and at the end;
- * VAE_DIR/train_state/state.safetensors holds weights, Adam moments, step
- * and every rank's sampler state in one file, so --resume continues exactly
- * (with the same number of ranks). Under mpirun each rank draws its own
- * batches and the gradients are averaged over ranks: N ranks of batch B
- * train as one process of batch N*B. The update is split ZeRO-1 style: rank
- * r keeps Adam moments for its part of the flat parameters only, receives
- * the averaged gradient of that part (reduce-scatter), updates it and sends
- * it to the others (all-gather): the traffic of one all-reduce, and each
- * rank runs 1/N of AdamW, a memory-bound pass over 7 floats per parameter.
- * Rank 0 logs and writes.
+ * L2 (or L1) reconstruction + kl_weight * KL (vae.h). Sample j of step s of
+ * the global batch (--batch per rank x ranks) is drawn from (seed, s, j)
+ * alone, so a run draws the same samples however it is split over ranks.
+ * Under mpirun the gradients are averaged over ranks and the update is
+ * split ZeRO-1 style by nn/data_parallel.h. Checkpoints are those of the
+ * Transformer (checkpoint/ckpt.h): a step folder in --ckpt-dir (default
+ * VAE_DIR/checkpoints) every --save-every steps, at the end and on SIGTERM,
+ * SIGINT or SIGUSR1 (the step is finished and saved, and the run exits 0),
+ * the newest --keep kept; --resume auto|STEP_DIR continues bitwise on the
+ * same ranks, and on any other number of them. Each save also rewrites the
+ * diffusers folder VAE_DIR (config.json, diffusion_pytorch_model.safetensors)
+ * that encode, decode and serve read. Rank 0 logs.
  *
  * eval: mean PSNR of the reconstructions (decoded from the posterior mean)
  * over a dataset, and optionally a PNG grid of originals over
@@ -24,12 +24,13 @@
 #include "../vae/image_write.h"
 #include "../vae/vae.h"
 #include "../common/timing.h"
+#include "../common/dir.h"
 #include "../common/rng.h"
-#include "../common/safetensors.h"
+#include "../checkpoint/ckpt.h"
+#include "../nn/data_parallel.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
-#include "../nn/optim.h"
-#include "../common/dir.h"
+#include "../nn/stop_signal.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -76,118 +77,67 @@ static image_set load_image_set(const char *spec, int size) {
     return s;
 }
 
-/* ----------------------------------------------------------- rank parts */
+/* ----------------------------------------------------------- checkpoints */
 
 typedef struct {
-    int rank, ranks;
-    size_t *off, *n;            /* [ranks]: every rank's part of the flat parameters */
-    int *counts;
-    float *grad;                /* this rank's part of the averaged gradient */
-} rank_parts;
+    const char *out, *ckpt_dir;
+    int keep;
+    uint64_t seed;
+} run_files;
 
-static void parts_init(rank_parts *p, size_t numel) {
-    p->rank = dist_rank();
-    p->ranks = dist_size();
-    p->off = xcalloc(p->ranks, sizeof(size_t));
-    p->n = xcalloc(p->ranks, sizeof(size_t));
-    p->counts = xcalloc(p->ranks, sizeof(int));
-    for (int r = 0; r < p->ranks; r++) {
-        dist_part(numel, r, p->ranks, &p->off[r], &p->n[r]);
-        p->counts[r] = (int)p->n[r];
-    }
-    p->grad = nn_alloc(p->n[p->rank]);
-}
-
-static void parts_free(rank_parts *p) {
-    free(p->off); free(p->n); free(p->counts);
-    nn_free(p->grad);
-}
-
-/* Averages this rank's part of the gradient over ranks (into ps->g at the
- * part's offset); returns the global gradient norm. */
-static double parts_reduce(rank_parts *p, param_set *ps) {
-    size_t off = p->off[p->rank], n = p->n[p->rank];
-    if (p->ranks > 1) {
-        dist_reduce_scatter_start(ps->g, ps->numel, p->counts, p->grad);
-        dist_wait_all();
-        for (size_t k = 0; k < n; k++) ps->g[off + k] = p->grad[k] / p->ranks;
-    }
-    return dist_norm_of_parts(ps->g + off, n);
-}
-
-/* Collective: `mine` (this rank's part) into full[numel] on every rank. */
-static void parts_gather(const rank_parts *p, const float *mine, float *full) {
-    memcpy(full + p->off[p->rank], mine, sizeof(float) * p->n[p->rank]);
-    dist_allgather_parts(full, p->off, p->n);
-}
-
-/* ---------------------------------------------------------- train state */
-
-#define STATE_DIR "train_state"
-
-/* Collective: every rank calls it; rank 0 writes (the moments of every
- * rank's part gathered into whole tensors). */
-static int save_all(vae_model *v, const optimizer *o, const rank_parts *p, const rng *r, const char *dir,
-                    char *err) {
-    char path[4096];
+/* Collective. A checkpoint step folder (checkpoint/ckpt.h: atomic, verified,
+ * resumable on any number of ranks), then the diffusers folder that encode,
+ * decode and serve read, rewritten from the same weights by rank 0. */
+static void save(const run_files *f, vae_model *v, const optimizer *o, long step) {
+    char err[ERR_LEN];
     param_set *ps = vae_params(v);
-    int nr = dist_size(), rc = 0;
-    int64_t *counters = xmalloc(sizeof(int64_t) * (1 + nr));
-    float *m = nn_alloc(ps->numel), *vv = nn_alloc(ps->numel);
-    counters[0] = o->step;
-    dist_allgather_i64((int64_t)r->state, counters + 1);
-    parts_gather(p, o->m, m);
-    parts_gather(p, o->v, vv);
-    if (dist_rank() == 0) {
-        rc = make_dir(dir, err);
-        snprintf(path, sizeof path, "%s/" STATE_DIR, dir);
-        if (!rc) rc = make_dir(path, err);
-        st_entry e[4] = {{"weights", ST_F32, 1, {(int64_t)ps->numel}, ps->w},
-                         {"adam_m", ST_F32, 1, {(int64_t)ps->numel}, m},
-                         {"adam_v", ST_F32, 1, {(int64_t)ps->numel}, vv},
-                         {"step_and_rng", ST_I64, 1, {1 + nr}, counters}};
-        snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
-        /* The state file alone is enough to resume; the diffusers folder is
-         * rewritten from it, so a crash in between loses nothing. */
-        if (!rc) rc = st_write(path, e, 4, err);
-        if (!rc) rc = vae_save(v, dir, err);
-    }
-    free(counters);
-    nn_free(m);
-    nn_free(vv);
-    return rc;
+    cJSON *config = vae_config_json(vae_cfg(v)), *state = cJSON_CreateObject();
+    cJSON_AddNumberToObject(state, "seed", (double)f->seed);
+    float *m, *mv;
+    optim_host_moments(o, &m, &mv, 1);
+    ckpt_save_request r = {.ps = ps, .config = config, .step = step, .opt_offset = o->off, .opt_count = o->n,
+                           .m = m, .v = mv, .state = state, .keep = f->keep};
+    /* A failed save must never end in a run that looks successful. */
+    if (ckpt_save(f->ckpt_dir, &r, err)) die("checkpoint at step %ld not saved: %s", step, err);
+    optim_host_release(o, m, mv, 0);
+    if (dist_rank() == 0 && vae_save(v, f->out, err)) die("%s", err);
+    cJSON_Delete(config);
+    cJSON_Delete(state);
 }
 
-static int load_state(vae_model *v, optimizer *o, const rank_parts *p, rng *r, const char *dir, char *err) {
-    char path[4096];
-    param_set *ps = vae_params(v);
-    snprintf(path, sizeof path, "%s/" STATE_DIR "/state.safetensors", dir);
-    st_file f;
-    if (st_open(path, &f, err)) return -1;
-    int64_t n[1] = {(int64_t)ps->numel}, counters[2];
-    int nr = dist_size();
-    const st_tensor *t = st_find(&f, "step_and_rng");
-    float *m = nn_alloc(ps->numel), *vv = nn_alloc(ps->numel);
-    int rc = -1;
-    if (st_read_f32(&f, "weights", 1, n, ps->w, err) || st_read_f32(&f, "adam_m", 1, n, m, err) ||
-        st_read_f32(&f, "adam_v", 1, n, vv, err))
-        goto out;
-    memcpy(o->m, m + p->off[p->rank], sizeof(float) * p->n[p->rank]);
-    memcpy(o->v, vv + p->off[p->rank], sizeof(float) * p->n[p->rank]);
-    if (!t || t->dtype != ST_I64 || t->ndim != 1 || t->shape[0] != 1 + nr) {
-        set_error(err, "%s: tensor 'step_and_rng': expected I64 [%d] (resume with the ranks that wrote it)", path, 1 + nr);
-        goto out;
-    }
-    memcpy(&counters[0], f.buf + f.data_start + t->begin, sizeof(int64_t));
-    memcpy(&counters[1], f.buf + f.data_start + t->begin + sizeof(int64_t) * (1 + dist_rank()), sizeof(int64_t));
-    o->step = counters[0];
-    r->state = (uint64_t)counters[1];
-    rc = 0;
-out:
-    st_close(&f);
-    nn_free(m);
-    nn_free(vv);
-    return rc;
+/* The step folder --resume names (auto: the newest that verifies), or NULL
+ * for a fresh start; *c gets its config. */
+static const char *resume_path(const run_files *f, const char *spec, char *path, size_t len, vae_config *c) {
+    char err[ERR_LEN], cfg[4096 + 16];
+    int found = ckpt_resolve(f->ckpt_dir, spec, path, len, err);
+    if (found < 0) die_input("--resume %s: %s", spec, err);
+    if (found > 0) return NULL;
+    snprintf(cfg, sizeof cfg, "%s/config.json", path);
+    if (vae_config_load(cfg, c, err)) die_input("--resume: %s", err);
+    return path;
+}
+
+/* Weights, this rank's Adam part and the step from the step folder. */
+static void resume_from(const char *path, vae_model *v, optimizer *o, uint64_t *seed) {
+    char err[ERR_LEN];
+    ckpt_reader rd;
+    if (ckpt_open(&rd, path, err) || ckpt_load_training(&rd, vae_params(v), o, err)) die_input("--resume: %s", err);
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(rd.state, "seed");
+    if (!cJSON_IsNumber(s) || s->valuedouble < 0) die_input("--resume %s: trainer_state.json: no seed", path);
+    *seed = (uint64_t)s->valuedouble;
+    if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, rd.step, rd.world_size);
+    ckpt_close(&rd);
+}
+
+/* Sample j of step s of the global batch: an image, mirrored or not, and its
+ * latent noise, drawn from (seed, s, j) alone, so that any split of the
+ * global batch over ranks draws the same samples. */
+static void draw_sample(const image_set *set, uint64_t seed, long s, long j, float *x, float *eps, size_t lat) {
+    rng r;
+    rng_seed(&r, rng_key(rng_key(seed, (uint64_t)s), (uint64_t)j));
+    uint64_t draw = rng_u64(&r);
+    to_float_sample(x, set->pixels + (draw >> 1) % set->n * (size_t)3 * set->size * set->size, set->size, (int)(draw & 1));
+    for (size_t k = 0; k < lat; k++) eps[k] = (float)rng_normal(&r);
 }
 
 /* ---------------------------------------------------------------- train */
@@ -207,7 +157,7 @@ int vae_precision_arg(const args *a, const char *command, const char *fallback) 
 }
 
 int vae_cmd_train(const args *a) {
-    const char *out = arg_required(a, "out");
+    const char *out = arg_required(a, "out"), *resume = arg_str(a, "resume", NULL);
     int size = (int)arg_int(a, "size", 64, 8), steps = (int)arg_int(a, "steps", 2000, 1);
     int batch = (int)arg_int(a, "batch", 8, 1), log_every = (int)arg_int(a, "log-every", 25, 1);
     int save_every = (int)arg_int(a, "save-every", 1000, 1);
@@ -217,64 +167,55 @@ int vae_cmd_train(const args *a) {
      * 1 dB and 0.4 dB lower after the same steps (docs/conventions.md). */
     float lr = (float)arg_float(a, "lr", 1e-3), kl_weight = (float)arg_float(a, "kl-weight", 1e-3);
     vae_loss_kind loss = vae_loss_arg(a, "train");
-    int resume = arg_switch(a, "resume");
-    char err[ERR_LEN], path[4096];
+    char err[ERR_LEN], ckpt_dir[4096], path[4096];
+    snprintf(ckpt_dir, sizeof ckpt_dir, "%s/checkpoints", out);
+    run_files files = {out, arg_str(a, "ckpt-dir", ckpt_dir), (int)arg_int(a, "keep", 2, 1),
+                       (uint64_t)arg_int(a, "seed", 0, 0)};
+    if (make_dir(out, err)) die_input("%s", err);       /* every rank: the checkpoints go inside */
+    stop_signal_install();              /* before any thread starts: see nn/stop_signal.h */
     nn_init((int)arg_int(a, "threads", 0, 1));
 
-    vae_model *v;
-    if (resume) {
-        snprintf(path, sizeof path, "%s/config.json", out);
-        vae_config c;
-        if (vae_config_load(path, &c, err)) die_input("--resume: %s", err);
-        v = vae_create(&c);
-    } else {
-        vae_config c;
-        if (vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
-        v = vae_create(&c);
-        vae_init_weights(v, (unsigned long long)arg_int(a, "seed", 0, 0));
-    }
+    vae_config c;
+    const char *from = resume ? resume_path(&files, resume, path, sizeof path, &c) : NULL;
+    if (!from && vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
+    vae_model *v = vae_create(&c);
+    if (!from) vae_init_weights(v, files.seed);
     /* bf16 convolutions by default: 1.4x the steps in the same time, and
      * within 0.1 dB of float32 at equal steps (docs/conventions.md). */
     vae_set_bf16(v, vae_precision_arg(a, "train", "bf16"));
-    const vae_config *c = vae_cfg(v);
-    int f = vae_downscale(c);
+    int f = vae_downscale(&c);
     if (size % f) die_input("vae_service train: --size %d is not a multiple of the VAE's downscale %d", size, f);
-    rank_parts parts;
-    parts_init(&parts, vae_params(v)->numel);
-    int rank = parts.rank, ranks = parts.ranks;
+    param_set *ps = vae_params(v);
+    data_parallel dp;
+    dp_init(&dp, ps, 1, 1);
+    int rank = dp.rank, ranks = dp.world;
     optim_config oc = optim_defaults(lr, steps / 20 + 1, steps);
     oc.weight_decay = 0.0f;             /* a small conv VAE: no decay, as diffusers' VAE training */
     optimizer o;
-    optim_create_part(&o, oc, parts.off[rank], parts.n[rank]);
-    rng r;
-    rng_seed(&r, (unsigned long long)arg_int(a, "seed", 0, 0) + 1 + 0x9E3779B9ull * rank);
-    if (resume) {
-        if (load_state(v, &o, &parts, &r, out, err)) die_input("--resume: %s", err);
-        if (rank == 0) fprintf(stderr, "resuming %s at step %ld\n", out, o.step);
-    }
+    dp_optimizer(&dp, &o, oc);
+    if (from) resume_from(from, v, &o, &files.seed);
 
     image_set set = load_image_set(arg_required(a, "data"), size);
-    size_t per = (size_t)3 * size * size, lat = (size_t)c->latent_channels * (size / f) * (size / f);
+    size_t per = (size_t)3 * size * size, lat = (size_t)c.latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
     if (rank == 0)
         fprintf(stderr, "training %zu parameters on %d images of %dx%d, batch %d x %d ranks, %d steps\n",
-                vae_params(v)->numel, set.n, size, size, batch, ranks, steps);
+                ps->numel, set.n, size, size, batch, ranks, steps);
     double t0 = now_s(), acc_loss = 0, acc_psnr = 0;
     long start = o.step, seen = 0;
-    int acc_n = 0;
-    while (o.step < steps && o.step < stop_at) {
-        for (int i = 0; i < batch; i++) {
-            uint64_t draw = rng_u64(&r);
-            to_float_sample(x + i * per, set.pixels + (draw >> 1) % set.n * per, size, (int)(draw & 1));
-        }
-        for (size_t k = 0; k < batch * lat; k++) eps[k] = (float)rng_normal(&r);
-        param_set *ps = vae_params(v);
+    int acc_n = 0, stop = 0;
+    while (o.step < steps && o.step < stop_at && !stop) {
+        for (int i = 0; i < batch; i++)
+            draw_sample(&set, files.seed, o.step, (long)rank * batch + i, x + i * per, eps + i * lat, lat);
         nn_zero(ps->g, ps->numel);
+        dp_start_reduction(&dp, NULL);
         vae_losses l = vae_train_step(v, x, eps, batch, size, size, loss, kl_weight, 1);
+        /* Each rank's gradient is of its own mean; the step's is their mean,
+         * and data_parallel sums over ranks. */
+        if (ranks > 1) nn_scale(ps->g, 1.0f / ranks, ps->numel);
         double stats[2] = {l.loss, l.psnr};
         dist_allreduce_sum_f64(stats, 2);
-        optim_step(&o, ps, parts_reduce(&parts, ps));
-        dist_allgather_parts(ps->w, parts.off, parts.n);
+        dp_update(&dp, &o, dp_finish_reduction(&dp));
         acc_loss += stats[0] / ranks; acc_psnr += stats[1] / ranks; acc_n++; seen += (long)batch * ranks;
         if (rank == 0 && (o.step % log_every == 0 || o.step == steps)) {
             double dt = now_s() - t0;
@@ -284,13 +225,14 @@ int vae_cmd_train(const args *a) {
             acc_loss = acc_psnr = 0;
             acc_n = 0;
         }
-        if (o.step % save_every == 0 || o.step == steps || o.step == stop_at)
-            if (save_all(v, &o, &parts, &r, out, err)) die("%s", err);
+        stop = stop_signal_any_rank();
+        if (stop || o.step % save_every == 0 || o.step == steps || o.step == stop_at) save(&files, v, &o, o.step);
     }
+    if (rank == 0 && stop) fprintf(stderr, "stopped by a signal after step %ld\n", o.step);
     if (rank == 0) printf("saved %s\n", out);
     free(x); free(eps); free(set.pixels);
     optim_free(&o);
-    parts_free(&parts);
+    dp_free(&dp);
     vae_free(v);
     return 0;
 }
