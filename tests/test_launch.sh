@@ -64,7 +64,11 @@ launch/train.sh --ranks 2 "${data[@]/--seq-len 128/--seq-len 128 --seed 9}" -- "
     --ckpt-dir "$t/int" --resume auto >"$t/other.log" 2>&1
 check "resuming on other loader data is refused (exit $?)" grep -q 'trained on loader data [0-9a-f]*, but the loader now serves [0-9a-f]*' "$t/other.log"
 
-# The loader killed and restarted mid-run: the same losses as without.
+# The loader killed and restarted mid-run: the same losses as without. A
+# wider model than above, so that a step takes milliseconds even on a fast
+# machine and the run cannot end between its step 2 and the kill.
+printf '{"hidden_size":128,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"max_image_patches":16}\n' >"$t/wide.json"
+args=(--config "$t/wide.json" --lr 3e-3 --warmup 2 --threads 1 --log-every 1)
 serve() { "$DL" serve --text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" --patch-size 2 --rows-per-rank 2 \
               --seq-len 128 --endpoint "tcp://127.0.0.1:$1" >"$t/serve$1.out" 2>&1 & pids="$pids $!"; loader=$!; }
 port=$((20000 + RANDOM % 20000))
@@ -76,8 +80,9 @@ serve $port
 mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x OMP_NUM_THREADS -x ASAN_OPTIONS \
     "$TR" train --loader "tcp://127.0.0.1:$port" "${args[@]}" --steps 40 --ckpt-dir "$t/restart" >"$t/restart.log" 2>&1 &
 run=$!; pids="$pids $run"
-for _ in $(seq 600); do grep -q '^step *1[0-9]/' "$t/restart.log" && break; sleep 0.02; done
+for _ in $(seq 1500); do grep -q '^step *[2-9]/' "$t/restart.log" && break; sleep 0.02; done
 kill -9 $loader; wait $loader 2>/dev/null
+check "loader restart: the loader was killed before the run's end" [ ! -e "$t/restart/metrics.jsonl" -o "$(wc -l <"$t/restart/metrics.jsonl")" -lt 30 ]
 # the trainers wait for rows meanwhile (2 s timeout) and say so; under load that can take longer
 for _ in $(seq 400); do grep -q 'waiting for the dataloader' "$t/restart.log" && break; sleep 0.05; done
 serve $port
