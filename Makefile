@@ -8,6 +8,8 @@
 #   make gpu-bundle      build/gpu-bundle.tar.xz: the CUDA build for any x86-64-v3 host, the shared
 #                        libraries it needs besides glibc and CUDA, and a tiny trained run, for
 #                        bench/gpu-check.sh on a GPU machine without this project's libraries
+#   make cli-docs        rewrite the command summaries in README.md and the program folders' READMEs
+#                        from the programs' flag tables (tests/test_cli.sh fails when they are stale)
 #   make fuzz            build and run the fuzzers briefly (safetensors header, dataloader requests)
 #   make bench           trainer, VAE service and dataloader against their peers (PyTorch, dwebp, ZeroMQ,
 #                        spm_encode), checkpoint save/load against dd, 1 against 2 trainer ranks,
@@ -126,8 +128,11 @@ $(BIN)/tests/%: $(BUILD)/tests/%.o $(TRAINER_OBJ) $(VAESVC_OBJ) $(DL_OBJ) $(CKPT
                 $(NN_OBJ) $(COMMON_OBJ)
 	$(link)
 
-test: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(TESTS)
+test: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader $(BIN)/bench_dataloader $(TESTS)
 	BIN=$(BIN) tests/run.sh
+
+cli-docs: $(BIN)/trainer $(BIN)/vae_service $(BIN)/dataloader
+	BIN=$(BIN) docs/cli_docs.sh
 
 # Its own build folder: the flags differ from a CUDA=1 build for this machine.
 gpu-bundle:
@@ -162,6 +167,6 @@ bench: all
 clean:
 	rm -rf build bin
 
-.PHONY: all test fuzz bench clean gpu-bundle
+.PHONY: all test fuzz bench clean gpu-bundle cli-docs
 .PRECIOUS: $(BUILD)/%.o
 -include $(shell find build -name '*.d' 2>/dev/null)

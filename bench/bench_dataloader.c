@@ -1,11 +1,9 @@
 /* bench_dataloader.c - the two sides of bench/bench_dataloader.sh.
  *
- *   bench_dataloader raw-serve --endpoint E --bytes N
- *       the peer: a bare ZeroMQ ROUTER that answers every request with a
+ *   raw-serve: the peer: a bare ZeroMQ ROUTER that answers every request with a
  *       96-byte header and an N-byte payload sent zero-copy from one buffer
  *       (no packing, no checksum: what ZeroMQ alone moves)
- *   bench_dataloader clients --endpoint E --clients K --seconds S [--raw]
- *       K threads, each one trainer rank of a world of K fetching steps
+ *   clients: K threads, each one trainer rank of a world of K fetching steps
  *       through dataloader/client.h (prefetch 4), or with --raw the same
  *       request pattern on a bare DEALER (5 requests in flight). Prints one
  *       JSON line: batches/s, rows/s and MB/s over all clients, and the mean
@@ -26,11 +24,11 @@ static void keep(void *data, void *hint) { (void)data; (void)hint; }
 
 static int cmd_raw_serve(const args *a) {
     char err[ERR_LEN];
-    size_t bytes = (size_t)arg_int(a, "bytes", 1, 1);
+    size_t bytes = (size_t)arg_int(a, "bytes");
     uint8_t head[DL_REPLY_HEADER_BYTES] = {0};
     void *payload = xcalloc(1, bytes);
     zmq_service svc;
-    if (zsvc_open(&svc, arg_required(a, "endpoint"), DL_MAX_REQUEST, err)) die_input("%s", err);
+    if (zsvc_open(&svc, arg_str(a, "endpoint"), DL_MAX_REQUEST, err)) die_input("%s", err);
     printf("serving on %s\n", svc.endpoint);
     fflush(stdout);
     zmq_msg_t frames[ZSVC_MAX_ENVELOPE + 2];
@@ -97,13 +95,13 @@ static void *run_client(void *arg) {
 }
 
 static int cmd_clients(const args *a) {
-    int k = (int)arg_int(a, "clients", 1, 1), raw = arg_switch(a, "raw");
-    double seconds = arg_float(a, "seconds", 3);
+    int k = (int)arg_int(a, "clients"), raw = arg_switch(a, "raw");
+    double seconds = arg_num(a, "seconds");
     worker *w = xcalloc(k, sizeof(worker));
     pthread_t *t = xcalloc(k, sizeof(pthread_t));
     double t0 = now_s();
     for (int i = 0; i < k; i++) {
-        w[i] = (worker){.endpoint = arg_required(a, "endpoint"), .rank = i, .world = k, .raw = raw, .seconds = seconds};
+        w[i] = (worker){.endpoint = arg_str(a, "endpoint"), .rank = i, .world = k, .raw = raw, .seconds = seconds};
         pthread_create(&t[i], NULL, run_client, &w[i]);
     }
     long batches = 0, rows = 0;
@@ -123,11 +121,25 @@ static int cmd_clients(const args *a) {
     return 0;
 }
 
-int main(int argc, char **argv) {
-    static const char *const serve_flags[] = {"endpoint", "bytes", NULL};
-    static const char *const client_flags[] = {"endpoint", "clients", "seconds", "raw!", NULL};
-    static const command cmds[] = {{"raw-serve", cmd_raw_serve, serve_flags}, {"clients", cmd_clients, client_flags}};
-    return cli_main("bench_dataloader", argc, argv, cmds, 2,
-                    "usage: bench_dataloader raw-serve --endpoint E --bytes N\n"
-                    "       bench_dataloader clients --endpoint E --clients K --seconds S [--raw]\n");
-}
+static const cli_flag serve_flags[] = {
+    {"endpoint", FLAG_TEXT | FLAG_REQUIRED, "tcp://HOST:PORT", NULL, NULL, "where to bind"},
+    {"bytes", FLAG_INT, "N", "[1, inf)", "1", "payload bytes of every reply"},
+    {0},
+};
+
+static const cli_flag client_flags[] = {
+    {"endpoint", FLAG_TEXT | FLAG_REQUIRED, "tcp://HOST:PORT", NULL, NULL, "the server"},
+    {"clients", FLAG_INT, "K", "[1, inf)", "1", "client threads, one rank each"},
+    {"seconds", FLAG_NUM, "S", "(0, inf)", "3", "how long to fetch"},
+    {"raw", FLAG_SWITCH, NULL, NULL, NULL, "a bare DEALER instead of dataloader_client"},
+    {0},
+};
+
+static const cli_command raw_serve_command = {
+    "raw-serve", "a bare ZeroMQ ROUTER answering every request with N bytes", cmd_raw_serve, {serve_flags}};
+static const cli_command clients_command = {
+    "clients", "K clients fetching steps; prints batches/s, rows/s and MB/s", cmd_clients, {client_flags}};
+static const cli_command *const commands[] = {&raw_serve_command, &clients_command};
+static const cli_program program = {"bench_dataloader", "The dataloader's benchmark against raw ZeroMQ.", commands, 2};
+
+int main(int argc, char **argv) { return cli_main(&program, argc, argv); }

@@ -22,6 +22,8 @@
 #   --jobs J    rasterizer threads (default: number of cores)
 # A re-run whose output is complete and up to date does nothing.
 # RENDER_IMAGES=PATH uses that render_images program instead (not rebuilt).
+. "$(dirname "$0")/../launch/help.sh"
+script_help "$@"
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

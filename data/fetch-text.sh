@@ -18,6 +18,8 @@
 #
 # Usage: data/fetch-text.sh [--out DIR]
 # A re-run whose output is complete and up to date does nothing.
+. "$(dirname "$0")/../launch/help.sh"
+script_help "$@"
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

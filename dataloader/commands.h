@@ -4,8 +4,8 @@
 
 #include "../common/cli.h"
 
-int dl_cmd_tokenize(const args *a);   /* tokenize.c */
-int dl_cmd_serve(const args *a);      /* serve.c */
-int dl_cmd_inspect(const args *a);    /* inspect.c */
+extern const cli_command dl_tokenize_command;     /* tokenize.c */
+extern const cli_command dl_serve_command;        /* serve.c */
+extern const cli_command dl_inspect_command;      /* inspect.c */
 
 #endif

@@ -15,7 +15,7 @@
 #include "commands.h"
 #include "../common/error.h"
 #include "../common/rng.h"
-#include "../common/safetensors.h"
+#include "../common/batch_file.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,33 +61,28 @@ static void dump(const char *path, const dl_batch *b, int T) {
     rng_seed(&r, (uint64_t)b->step * 65537u + (uint64_t)b->rank);
     for (size_t k = 0; k < lat; k++) noise[k] = (float)rng_normal(&r);
     for (int i = 0; i < b->n_images; i++) t[i] = rng_int(&r, 1, b->noise_limit[i] && T >= 2 ? T / 2 : T);
-    st_entry e[9] = {
-        {"tokens", ST_I32, 2, {b->B, b->L}, b->tokens},
-        {"modality", ST_I32, 2, {b->B, b->L}, b->modality},
-        {"doc", ST_I32, 2, {b->B, b->L}, b->doc},
-        {"image", ST_I32, 2, {b->B, b->L}, b->image},
-        {"latents", ST_F32, 4, {b->n_images, b->C, b->h, b->w}, b->latents},
-        {"noise", ST_F32, 4, {b->n_images, b->C, b->h, b->w}, noise},
-        {"timesteps", ST_I32, 1, {b->n_images}, t},
+    batch_file f = {b->B, b->L, b->n_images, b->C, b->h, b->w, b->tokens, b->modality, b->doc, b->image,
+                    b->latents, noise, t};
+    st_entry extra[2] = {
         {"noise_limit", ST_I32, 1, {b->n_images}, b->noise_limit},
         {"sample_ids", ST_I64, 1, {b->n_docs}, b->sample_ids},
     };
     char err[ERR_LEN];
-    if (st_write(path, e, 9, err)) die("%s", err);
+    if (batch_file_write(path, &f, extra, 2, err)) die("%s", err);
     free(noise);
     free(t);
 }
 
-int dl_cmd_inspect(const args *a) {
+static int cmd_inspect(const args *a) {
     char err[ERR_LEN];
-    const char *endpoint = arg_required(a, "endpoint");
-    int64_t step = arg_int(a, "step", 0, 0);
-    int world = (int)arg_int(a, "world", 1, 1), rank = (int)arg_int(a, "rank", 0, 0);
-    int T = (int)arg_int(a, "diffusion-steps", 1000, 1);
-    if (rank >= world) die_input("%s %s: --rank %d is not below --world %d", a->prog, a->cmd, rank, world);
-    dl_client_options o = {.prefetch = 0, .timeout_ms = (int)arg_int(a, "timeout-ms", 5000, 1), .tries = 2};
+    const char *endpoint = arg_str(a, "endpoint");
+    int64_t step = arg_int(a, "step");
+    int world = (int)arg_int(a, "world"), rank = (int)arg_int(a, "rank");
+    int T = (int)arg_int(a, "diffusion-steps");
+    if (rank >= world) die_input("%s %s: --rank %d is not below --world %d", a->prog->name, a->cmd->name, rank, world);
+    dl_client_options o = {.prefetch = 0, .timeout_ms = (int)arg_int(a, "timeout-ms"), .tries = 2};
     dl_client *c = dl_client_open(endpoint, rank, world, step, &o, err);
-    if (!c) die_input("%s %s: %s", a->prog, a->cmd, err);
+    if (!c) die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     dl_batch b;
     if (dl_client_next(c, &b, err)) die("%s", err);
     stats st = describe(&b);
@@ -98,8 +93,22 @@ int dl_cmd_inspect(const args *a) {
            (long long)b.step, b.rank, b.world, b.B, b.L, (unsigned long long)dl_client_fingerprint(c),
            st.positions ? (double)st.pads / st.positions : 0.0, nonpad ? (double)st.image_positions / nonpad : 0.0,
            st.images, st.caption_first, st.image_first, st.dropped, st.docs, st.text_docs);
-    const char *path = arg_str(a, "dump", NULL);
+    const char *path = arg_str(a, "dump");
     if (path) dump(path, &b, T);
     dl_client_close(c);
     return 0;
 }
+
+static const cli_flag inspect_flags[] = {
+    {"endpoint", FLAG_TEXT | FLAG_REQUIRED, "tcp://HOST:PORT", NULL, NULL, "the loader"},
+    {"step", FLAG_INT, "S", "[0, inf)", "0", "the step"},
+    {"rank", FLAG_INT, "R", "[0, inf)", "0", "the rank (below --world)"},
+    {"world", FLAG_INT, "W", "[1, inf)", "1", "ranks"},
+    {"dump", FLAG_TEXT, "FILE.safetensors", NULL, NULL, "also write the batch file (docs/model.md section 7)"},
+    {"timeout-ms", FLAG_INT, "MS", "[1, inf)", "5000", "wait this long for each of 2 tries"},
+    {"diffusion-steps", FLAG_INT, "T", "[1, inf)", "1000", "T of the timesteps drawn for --dump"},
+    {0},
+};
+
+const cli_command dl_inspect_command = {
+    "inspect", "fetches one batch as a trainer would and describes it", cmd_inspect, {inspect_flags}};

@@ -156,58 +156,45 @@ static int serve_one(server *sv, zmq_service *svc) {
     return 1;
 }
 
-/* A probability flag: a number in [0, 1]. */
-static double arg_unit(const args *a, const char *name, double def) {
-    const char *v = arg_str(a, name, NULL);
-    if (!v) return def;
-    char *end;
-    double x = strtod(v, &end);
-    if (!*v || *end || !(x >= 0 && x <= 1)) die_input("%s %s: --%s %s: expected a number in [0, 1]", a->prog, a->cmd, name, v);
-    return x;
-}
-
-int dl_cmd_serve(const args *a) {
+static int cmd_serve(const args *a) {
     char err[ERR_LEN], summary[1024];
-    const char *tok_path = arg_required(a, "tokenizer");
+    const char *tok_path = arg_str(a, "tokenizer");
     pack_config c = {
-        .L = (int)arg_int(a, "seq-len", 256, 4),
-        .patch = (int)arg_int(a, "patch-size", 0, 1),
-        .max_caption = (int)arg_int(a, "max-caption", 64, 1),
-        .image_fraction = arg_unit(a, "image-fraction", 0.5),
-        .caption_first = arg_unit(a, "caption-first", 0.8),
-        .drop_caption = arg_unit(a, "drop-caption", 0.1),
-        .seed = (uint64_t)arg_int(a, "seed", 0, 0),
+        .L = (int)arg_int(a, "seq-len"),
+        .patch = arg_given(a, "patch-size") ? (int)arg_int(a, "patch-size") : 0,
+        .max_caption = (int)arg_int(a, "max-caption"),
+        .image_fraction = arg_num(a, "image-fraction"),
+        .caption_first = arg_num(a, "caption-first"),
+        .drop_caption = arg_num(a, "drop-caption"),
+        .seed = (uint64_t)arg_int(a, "seed"),
     };
-    const char *nl = arg_str(a, "noise-limit", "on");
-    if (strcmp(nl, "on") != 0 && strcmp(nl, "off") != 0) die_input("%s %s: --noise-limit '%s': on or off", a->prog, a->cmd, nl);
-    c.no_noise_limit = strcmp(nl, "off") == 0;
-    if (c.image_fraction > 0 && c.patch == 0) die_input("%s %s: missing --patch-size", a->prog, a->cmd);
-    if (c.image_fraction >= 1) die_input("%s %s: --image-fraction must be below 1 (rows need text to fill)", a->prog, a->cmd);
-    int B = (int)arg_int(a, "rows-per-rank", 8, 1);
-    if ((int64_t)B * c.L > (1 << 24)) die_input("%s %s: --rows-per-rank x --seq-len over 2^24 positions", a->prog, a->cmd);
+    c.no_noise_limit = strcmp(arg_str(a, "noise-limit"), "off") == 0;
+    if (c.image_fraction > 0 && c.patch == 0) die_input("%s %s: missing --patch-size", a->prog->name, a->cmd->name);
+    int B = (int)arg_int(a, "rows-per-rank");
+    if ((int64_t)B * c.L > (1 << 24)) die_input("%s %s: --rows-per-rank x --seq-len over 2^24 positions", a->prog->name, a->cmd->name);
     source_options o = {.skip_bad_shards = arg_switch(a, "skip-bad-shards"), .max_caption = c.max_caption};
     spm *tok = spm_load(tok_path, err);
     if (!tok) die_input("%s", err);
     sources s;
-    if (sources_open(&s, arg_required(a, "text"), arg_str(a, "latents", NULL), tok, tok_path, &o, err)) die_input("%s", err);
+    if (sources_open(&s, arg_str(a, "text"), arg_str(a, "latents"), tok, tok_path, &o, err)) die_input("%s", err);
     spm_free(tok);
     server sv = {.s = &s, .c = c, .B = B};
     if (!realpath(tok_path, sv.tokenizer_path)) die_input("%s: %s", tok_path, strerror(errno));
-    if (arg_str(a, "latents", NULL)) {
+    if (arg_str(a, "latents")) {
         char stats[4096];
-        snprintf(stats, sizeof stats, "%s/dataset.json", arg_str(a, "latents", NULL));
+        snprintf(stats, sizeof stats, "%s/dataset.json", arg_str(a, "latents"));
         if (!realpath(stats, sv.latent_stats_path)) die_input("%s: %s", stats, strerror(errno));
     }
     sv.p = packer_create(&s, &c, err);
-    if (!sv.p) die_input("%s %s: %s", a->prog, a->cmd, err);
+    if (!sv.p) die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     /* Every batch is a fresh buffer of about 100 kB freed by ZeroMQ's thread:
      * keep such blocks in the heap rather than mapping and trimming pages
      * for each (page faults were a tenth of a batch's time). */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
     zmq_service svc;
-    if (zsvc_open(&svc, arg_str(a, "endpoint", "tcp://127.0.0.1:5555"), DL_MAX_REQUEST, err))
-        die_input("%s %s: %s", a->prog, a->cmd, err);
+    if (zsvc_open(&svc, arg_str(a, "endpoint"), DL_MAX_REQUEST, err))
+        die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     sources_summary(&s, summary, sizeof summary);   /* after every check: bad input stays one line */
     fprintf(stderr, "%s\n", summary);
     printf("serving on %s fingerprint %016llx\n", svc.endpoint, (unsigned long long)packer_fingerprint(sv.p));
@@ -224,3 +211,24 @@ int dl_cmd_serve(const args *a) {
     sources_close(&s);
     return 0;
 }
+
+static const cli_flag serve_flags[] = {
+    {"text", FLAG_TEXT | FLAG_REQUIRED, "TEXT_DIR", NULL, NULL, "token shards of `dataloader tokenize`"},
+    {"latents", FLAG_TEXT, "LATENT_DIR", NULL, NULL, "latent shards of `vae_service encode` (without: text rows only)"},
+    {"tokenizer", FLAG_TEXT | FLAG_REQUIRED, "TOK.model", NULL, NULL, "the tokenizer the text was tokenized with"},
+    {"patch-size", FLAG_INT, "P", "[1, inf)", NULL, "latent patch side (needed with images)"},
+    {"endpoint", FLAG_TEXT, "tcp://HOST:PORT", NULL, "tcp://127.0.0.1:5555", "where to bind"},
+    {"seq-len", FLAG_INT, "L", "[4, inf)", "256", "positions per row"},
+    {"rows-per-rank", FLAG_INT, "B", "[1, inf)", "8", "rows per rank and step"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the order, the pairings and the caption drops"},
+    {"image-fraction", FLAG_NUM, "F", "[0, 1)", "0.5", "share of the positions in image-caption documents (text fills the rest)"},
+    {"caption-first", FLAG_NUM, "F", "[0, 1]", "0.8", "share of the pairs with the caption before the image"},
+    {"drop-caption", FLAG_NUM, "F", "[0, 1]", "0.1", "share of the images without a caption (for guidance)"},
+    {"max-caption", FLAG_INT, "N", "[1, inf)", "64", "caption tokens kept"},
+    {"noise-limit", FLAG_CHOICE, "on|off", NULL, "on", "image-first images get t in 1..T/2"},
+    {"skip-bad-shards", FLAG_SWITCH, NULL, NULL, NULL, "serve without the shards that fail their checks, instead of refusing"},
+    {0},
+};
+
+const cli_command dl_serve_command = {
+    "serve", "serves every trainer rank its packed rows of any step over ZeroMQ", cmd_serve, {serve_flags}};

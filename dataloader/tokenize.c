@@ -145,10 +145,10 @@ static void tokenize_input(const spm *tok, const char *path, const char *out_pat
     free(owned); free(all); free(offsets); free(ids); free(n_ids); free(docs.d); free(buf);
 }
 
-int dl_cmd_tokenize(const args *a) {
+static int cmd_tokenize(const args *a) {
     char err[ERR_LEN], path[4096];
-    const char *model = arg_required(a, "tokenizer"), *out = arg_required(a, "out");
-    int threads = (int)arg_int(a, "threads", 0, 1);
+    const char *model = arg_str(a, "tokenizer"), *out = arg_str(a, "out");
+    int threads = (int)arg_int(a, "threads");
     if (threads > 0) omp_set_num_threads(threads);
     spm *tok = spm_load(model, err);
     if (!tok) die_input("%s", err);
@@ -156,7 +156,7 @@ int dl_cmd_tokenize(const args *a) {
     if (crc32c_file(model, &tok_crc, err)) die_input("%s", err);
     if (make_dir(out, err)) die("%s", err);
 
-    char *inputs = strdup(arg_required(a, "input"));
+    char *inputs = strdup(arg_str(a, "input"));
     cJSON *root = cJSON_CreateObject(), *shards = cJSON_CreateArray();
     counts total = {0};
     double t0 = now_s(), encode_s = 0;
@@ -202,3 +202,14 @@ int dl_cmd_tokenize(const args *a) {
     spm_free(tok);
     return 0;
 }
+
+static const cli_flag tokenize_flags[] = {
+    {"tokenizer", FLAG_TEXT | FLAG_REQUIRED, "TOK.model", NULL, NULL, "the SentencePiece model"},
+    {"input", FLAG_TEXT | FLAG_REQUIRED, "FILE[,FILE...]", NULL, NULL, ".txt (documents between blank lines) or .jsonl"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "TEXT_DIR", NULL, NULL, "token shards and dataset.json"},
+    {"threads", FLAG_INT, "T", "[0, inf)", "0", "threads (0: OMP_NUM_THREADS, else every core)"},
+    {0},
+};
+
+const cli_command dl_tokenize_command = {
+    "tokenize", "text files to token shards, once", cmd_tokenize, {tokenize_flags}};

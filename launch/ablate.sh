@@ -15,6 +15,8 @@
 # A finished arm (its eval written) is skipped when the script is rerun.
 #   launch/ablate.sh [--from runs/learn] [--out runs/ablate]
 #       (STEPS=3000 SEEDS="0 1" PARALLEL=2 ARMS="base causal nolimit patch1" N=128)
+. "$(dirname "$0")/help.sh"
+script_help "$@"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 from=runs/learn out=runs/ablate

@@ -14,6 +14,8 @@
 # table of launch/ablate.sh when runs/ablate has one).
 # Rerunning continues where it stopped.
 #   launch/learn.sh       (RUN=runs/learn STEPS=15000 EVAL_EVERY=1500 FINAL_N=256)
+. "$(dirname "$0")/help.sh"
+script_help "$@"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUN=${RUN:-runs/learn} STEPS=${STEPS:-15000} WARMUP=30

@@ -13,6 +13,8 @@
 # training from its newest checkpoint (--resume auto). TRAIN_EXTRA adds flags
 # to `trainer train` (launch/learn.sh adds the EMA and --eval-every).
 #   launch/pipeline.sh   (RUN=runs/pipeline VOCAB=4096 VAE_STEPS=1500 STEPS=300 WARMUP=30 TRAIN_EXTRA="" by default)
+. "$(dirname "$0")/help.sh"
+script_help "$@"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=bin

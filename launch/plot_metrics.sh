@@ -7,6 +7,8 @@
 #   OUT-eval.png  (with --eval-every) the held-out figures against the step:
 #                 caption gain, image gain, caption and prompt retrieval top-1
 #   launch/plot_metrics.sh CKPT_DIR/metrics.jsonl [OUT.png]   (default: beside the metrics, loss.png)
+. "$(dirname "$0")/help.sh"
+script_help "$@"
 set -euo pipefail
 in=${1:?usage: plot_metrics.sh METRICS.jsonl [OUT.png]}
 out=${2:-$(dirname "$in")/loss.png}

@@ -14,6 +14,8 @@
 #   launch/report.sh RUN_DIR [--ablations runs/ablate] [--data data/images-64]
 #                    [--prompts configs/sample_prompts.txt]
 # (--data: the folder of the train-, val- and test-*.tar shards.)
+. "$(dirname "$0")/help.sh"
+script_help "$@"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}

@@ -18,6 +18,8 @@
 # --resume auto, ...); --loader is added. The data paths, the binaries and
 # --ckpt-dir must be the same on every node (a shared file system). Each rank
 # runs OMP_NUM_THREADS threads (default 1).
+. "$(dirname "$0")/help.sh"
+script_help "$@"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${BIN:-bin}")

@@ -33,8 +33,8 @@ check "train --loss l1 runs" grep -q '^step *2/2' "$t/l1.log"
 train --out "$t/huber" --steps 2 --loss huber >/dev/null 2>"$t/huber.err"
 rc=$?
 check "train --loss huber exits 2 ($rc) with one line" [ $rc -eq 2 -a "$(wc -l <"$t/huber.err")" -eq 1 ]
-check "... naming --loss" grep -q -- "--loss must be l1 or l2, not 'huber'" "$t/huber.err"
-bad "train --precision fp16" "--precision must be bf16 or fp32, not 'fp16'" train --out "$t/fp16" --steps 2 --precision fp16
+check "... naming --loss" grep -q -- "--loss huber: expected l2 or l1" "$t/huber.err"
+bad "train --precision fp16" "--precision fp16: expected bf16 or fp32" train --out "$t/fp16" --steps 2 --precision fp16
 train --out "$t/f32" --steps 2 --precision fp32 >"$t/f32.log" 2>&1
 check "train --precision fp32 runs" grep -q '^step *2/2' "$t/f32.log"
 

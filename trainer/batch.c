@@ -2,6 +2,7 @@
  * and a synthetic generator for benchmarks and the quickstart. */
 #include "batch.h"
 #include "../common/error.h"
+#include "../common/batch_file.h"
 #include "../common/safetensors.h"
 
 #include <stdio.h>
@@ -118,16 +119,9 @@ out:
 }
 
 int batch_save(const char *path, const model_config *c, const batch *b, char *err) {
-    st_entry e[7] = {
-        {"tokens", ST_I32, 2, {b->B, b->L}, b->tokens},
-        {"modality", ST_I32, 2, {b->B, b->L}, b->modality},
-        {"doc", ST_I32, 2, {b->B, b->L}, b->doc},
-        {"image", ST_I32, 2, {b->B, b->L}, b->image},
-        {"latents", ST_F32, 4, {b->n_images, c->latent_channels, c->latent_size, c->latent_size}, b->latents},
-        {"noise", ST_F32, 4, {b->n_images, c->latent_channels, c->latent_size, c->latent_size}, b->noise},
-        {"timesteps", ST_I32, 1, {b->n_images}, b->timesteps},
-    };
-    return st_write(path, e, 7, err);
+    batch_file f = {b->B, b->L, b->n_images, c->latent_channels, c->latent_size, c->latent_size,
+                    b->tokens, b->modality, b->doc, b->image, b->latents, b->noise, b->timesteps};
+    return batch_file_write(path, &f, NULL, 0, err);
 }
 
 /* Writes one document at row position `at` (at most `room` positions): an

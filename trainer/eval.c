@@ -319,40 +319,37 @@ static char **read_prompts(const char *path, int *n) {
 
 /* ------------------------------------------------------------------ command */
 
-const char *const eval_flags[] = {"ckpt", "vae", "tokenizer", "images", "text", "prompts", "n", "timesteps",
-                                  "candidates", "text-docs", "seed", "out", "context", "threads", "device",
-                                  "steps", "sampler", "eta", "cfg", "clip", "weights", NULL};
-
 cJSON *eval_run(const args *a) {
     session ss;
     session_open(&ss, a);
     model *m = &ss.m;
     const model_config *c = &m->cfg;
-    uint64_t seed = (uint64_t)arg_int(a, "seed", 0, 0);
-    int n = (int)arg_int(a, "n", 64, 2), draws = (int)arg_int(a, "timesteps", 4, 1);
-    int K = (int)arg_int(a, "candidates", 16, 2), T = c->diffusion_steps, P = cfg_patches_per_image(c);
+    uint64_t seed = (uint64_t)arg_int(a, "seed");
+    int n = (int)arg_int(a, "n"), draws = (int)arg_int(a, "timesteps");
+    int K = (int)arg_int(a, "candidates"), T = c->diffusion_steps, P = cfg_patches_per_image(c);
     int lat = c->latent_channels * c->latent_size * c->latent_size;
     int max_cap = ss.context - P - 4;
-    if (max_cap < 1) die_input("%s %s: the context %d cannot hold an image and a caption", a->prog, a->cmd, ss.context);
+    if (max_cap < 1) die_input("%s %s: the context %d cannot hold an image and a caption", a->prog->name, a->cmd->name, ss.context);
     double t_start = now_s();
     /* Every input is read first, so that bad input stops before any work. */
-    const char *text_dir = arg_str(a, "text", NULL), *prompts_path = arg_str(a, "prompts", NULL);
+    const char *text_dir = arg_str(a, "text"), *prompts_path = arg_str(a, "prompts");
     text_set ts = {0};
-    if (text_dir) read_text(&ts, &ss, text_dir, (int)arg_int(a, "text-docs", 64, 1));
+    if (text_dir) read_text(&ts, &ss, text_dir, (int)arg_int(a, "text-docs"));
     int np = 0;
     char **prompts = prompts_path ? read_prompts(prompts_path, &np) : NULL;
     int32_t **pid = xcalloc(np + 1, sizeof(int32_t *));
     int *plen = xcalloc(np + 1, sizeof(int));
     for (int j = 0; j < np; j++) plen[j] = (int)session_encode(&ss, "--prompts", prompts[j], P + 4, &pid[j]);
-    gen_options o = session_gen_options(a, c, ss.context, 1, 1.0f);
+    gen_options o = {.n = 1, .context = ss.context, .temperature = 1.0f, .top_p = 1.0f, .seed = seed};
+    session_image_options(a, c, &o);
     image_set im;
-    read_images(&im, &ss, arg_required(a, "images"), n, max_cap);
+    read_images(&im, &ss, arg_str(a, "images"), n, max_cap);
     n = im.n;
     if (K > n) K = n;
     cJSON *out = cJSON_CreateObject();
     cJSON_AddStringToObject(out, "checkpoint", ss.dir);
     cJSON_AddStringToObject(out, "weights", ss.weights);
-    cJSON_AddStringToObject(out, "images_from", arg_required(a, "images"));
+    cJSON_AddStringToObject(out, "images_from", arg_str(a, "images"));
     cJSON_AddNumberToObject(out, "images", n);
     cJSON_AddNumberToObject(out, "seed", (double)seed);
 
@@ -508,13 +505,13 @@ cJSON *eval_run(const args *a) {
     return out;
 }
 
-int trainer_cmd_eval(const args *a) {
+static int cmd_eval(const args *a) {
     session_init_device(a);
     cJSON *out = eval_run(a);
     if (dist_rank() == 0) {
         char *text = cJSON_PrintUnformatted(out), err[ERR_LEN];
         printf("%s\n", text);
-        const char *path = arg_str(a, "out", NULL);
+        const char *path = arg_str(a, "out");
         size_t len = strlen(text);
         text[len] = '\n';
         if (path && atomic_write(path, &(file_piece){text, len + 1}, 1, err)) die("%s", err);
@@ -523,3 +520,20 @@ int trainer_cmd_eval(const args *a) {
     cJSON_Delete(out);
     return 0;
 }
+
+static const cli_flag eval_flags[] = {
+    {"images", FLAG_TEXT | FLAG_REQUIRED, "GLOB", NULL, NULL, "held-out image-caption shards or folders (comma-separated paths or globs)"},
+    {"text", FLAG_TEXT, "DIR", NULL, NULL, "held-out text documents: adds bits per byte"},
+    {"prompts", FLAG_TEXT, "FILE", NULL, NULL, "one prompt a line: adds generation figures"},
+    {"n", FLAG_INT, "N", "[2, inf)", "64", "images (the first N of --images)"},
+    {"timesteps", FLAG_INT, "K", "[1, inf)", "4", "draws of t per image for the diffusion loss"},
+    {"candidates", FLAG_INT, "K", "[2, inf)", "16", "captions ranked in retrieval"},
+    {"text-docs", FLAG_INT, "N", "[1, inf)", "64", "documents of --text"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes timesteps, noise, pairings and candidates"},
+    {"out", FLAG_TEXT, "EVAL.json", NULL, NULL, "also write the figures here"},
+    {0},
+};
+
+const cli_command eval_command = {
+    "eval", "held-out figures of a checkpoint: caption and image gains, retrieval, text bpb, generation",
+    cmd_eval, {eval_flags, session_flags, image_flags, device_flags}};

@@ -44,9 +44,7 @@
 
 #include <cjson/cJSON.h>
 
-extern const char *const eval_flags[];          /* the flags above */
-
-int trainer_cmd_eval(const args *a);
+extern const cli_command eval_command;
 
 /* The figures as one JSON object (the caller's to free), on every rank: the
  * work of `trainer eval` without its device setup and output; every rank

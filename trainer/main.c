@@ -1,23 +1,7 @@
-/* main.c - the trainer's command line.
- *
- *   trainer init  --config MODEL.json --out DIR [--seed S]
- *   trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors]
- *   trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]
- *                 [--device cpu|cuda] [--peak-tflops P] [--batch BATCH.safetensors]
- *   trainer train --model MODEL.json|--init-from CKPT [--loader E] [--steps N] [--batch-rows B] [--grad-accum A] [--seq-len L]
- *                 [--lr LR] [--warmup W] [--seed S] [--ema DECAY] [--no-zero] [--out DIR]
- *                 [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M] [--resume auto|STEP_DIR]]
- *                 [--eval-every K --eval-images GLOB --vae VAE_DIR [--eval-text DIR] [--eval-prompts FILE]
- *                  [--eval-n 64] [--eval-sampler-steps 50]]
- *                 (train.c)
- *   (mpirun -np N trainer train ...: N data-parallel ranks)
- *   trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32] [--weights ema|raw]
- *   trainer sample --ckpt DIR --vae VAE_DIR --prompt TEXT --out OUT_DIR [...] [--device D]   (sample.c)
- *   trainer caption --ckpt DIR --vae VAE_DIR --image FILE [--image FILE ...] [--prompt TEXT] [--min-tokens 1] [--device D]
- *   trainer eval --ckpt DIR --vae VAE_DIR --images GLOB [--text DIR] [--prompts FILE] [--n N] [--seed S]
- *                [--out EVAL.json] ...   (eval.h)
- *   trainer sample-bench --config MODEL.json [--n K] [--prompt-len P] [--tokens M] [--steps D] [--cfg G]
- *                        [--device D]
+/* main.c - the trainer's command line: the program's commands, each with
+ * its table of flags (common/cli.h); `trainer --help` and `trainer COMMAND
+ * --help` print them. init, loss, bench and export live here; train,
+ * sample, caption, sample-bench and eval in their own files.
  *
  * Bad input (flags, files, records) exits with status 2 and one line on
  * stderr naming the file and the field or tensor. */
@@ -25,6 +9,7 @@
 #include "eval.h"
 #include "model.h"
 #include "sample.h"
+#include "session.h"
 #include "train.h"
 #include "../checkpoint/ckpt.h"
 #include "../nn/optim.h"
@@ -56,12 +41,12 @@ static double peak_rss_mb(void) {
 /* ------------------------------------------------------------- commands */
 
 static int cmd_init(const args *a) {
-    model_config c = load_config(arg_required(a, "config"));
-    const char *out = arg_required(a, "out");
+    model_config c = load_config(arg_str(a, "config"));
+    const char *out = arg_str(a, "out");
     model m;
     char err[ERR_LEN];
     model_create(&m, &c);
-    model_init_weights(&m, (unsigned long long)arg_int(a, "seed", 0, 0));
+    model_init_weights(&m, (unsigned long long)arg_int(a, "seed"));
     if (model_save(&m, out, err)) die("%s", err);
     printf("wrote %s: %zu parameters\n", out, m.ps.numel);
     model_free(&m);
@@ -69,9 +54,9 @@ static int cmd_init(const args *a) {
 }
 
 static int cmd_loss(const args *a) {
-    const char *ckpt = arg_required(a, "ckpt"), *bpath = arg_required(a, "batch");
-    const char *gpath = arg_str(a, "grads", NULL);
-    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
+    const char *ckpt = arg_str(a, "ckpt"), *bpath = arg_str(a, "batch");
+    const char *gpath = arg_str(a, "grads");
+    session_init_device(a);
     model m;
     batch b;
     plan p;
@@ -101,15 +86,14 @@ typedef struct {
     optimizer o;
 } generated_run;
 
-static void generated_run_open(generated_run *g, const args *a, int rows, int len, float lr,
-                               int warmup, int steps) {
-    model_config c = load_config(arg_required(a, "config"));
-    int B = (int)arg_int(a, "batch-rows", rows, 1), L = (int)arg_int(a, "seq-len", len, 2);
-    unsigned long long seed = (unsigned long long)arg_int(a, "seed", 0, 0);
-    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
+static void generated_run_open(generated_run *g, const args *a, float lr, int warmup, int steps) {
+    model_config c = load_config(arg_str(a, "config"));
+    int B = (int)arg_int(a, "batch-rows"), L = (int)arg_int(a, "seq-len");
+    unsigned long long seed = (unsigned long long)arg_int(a, "seed");
+    session_init_device(a);
     rng r;
     rng_seed(&r, seed);
-    const char *bpath = arg_str(a, "batch", NULL);      /* a peer's batch, to time the same work */
+    const char *bpath = arg_str(a, "batch");      /* a peer's batch, to time the same work */
     char err[ERR_LEN];
     if (bpath && batch_load(bpath, &c, &g->b, err)) die_input("%s", err);
     if (!bpath) batch_generate(&g->b, &c, B, L, &r);
@@ -140,9 +124,9 @@ static double train_step(generated_run *g, double *gnorm, float *lr) {
 }
 
 static int cmd_bench(const args *a) {
-    int steps = (int)arg_int(a, "steps", 10, 1);
+    int steps = (int)arg_int(a, "steps");
     generated_run g;
-    generated_run_open(&g, a, 8, 256, 3e-4f, 10, 1000);
+    generated_run_open(&g, a, 3e-4f, 10, 1000);
     double gnorm, *times = xcalloc(steps, sizeof(double));
     float lr;
     train_step(&g, &gnorm, &lr);                        /* warm-up: allocations, caches */
@@ -162,10 +146,9 @@ static int cmd_bench(const args *a) {
            "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f,\"memory_ratio\":%.2f,\"device\":\"%s\"",
            med, times[0], p->N / med, flops / med / 1e9, flops / 1e9, nn_threads(), g.m.ps.numel,
            (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb, peak_rss_mb() / (state_mb + act_mb),
-           arg_str(a, "device", "cpu"));
+           arg_str(a, "device"));
     /* Model FLOPs utilization against a given dense peak (989 TFLOP/s: H100 SXM bf16). */
-    double peak = arg_float(a, "peak-tflops", 0);
-    if (peak > 0) printf(",\"mfu\":%.4f", flops / med / (peak * 1e12));
+    if (arg_given(a, "peak-tflops")) printf(",\"mfu\":%.4f", flops / med / (arg_num(a, "peak-tflops") * 1e12));
     printf("}\n");
     free(times);
     generated_run_close(&g);
@@ -175,12 +158,11 @@ static int cmd_bench(const args *a) {
 /* --weights: the EMA by default when the checkpoint has one (what sampling
  * uses too), else the weights. */
 static int cmd_export(const args *a) {
-    const char *ckpt = arg_required(a, "ckpt"), *out = arg_required(a, "out");
-    const char *dtype = arg_str(a, "dtype", "f32");
+    const char *ckpt = arg_str(a, "ckpt"), *out = arg_str(a, "out");
+    const char *dtype = arg_str(a, "dtype");
     char err[ERR_LEN];
     ckpt_weights which, used;
-    if (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0) die_input("--dtype: '%s', expected bf16 or f32", dtype);
-    if (ckpt_weights_parse(arg_str(a, "weights", NULL), &which, err)) die_input("%s", err);
+    if (ckpt_weights_parse(arg_str(a, "weights"), &which, err)) die_input("%s", err);
     if (ckpt_verify(ckpt, err)) die_input("%s", err);
     if (which == CKPT_EMA && !ckpt_has_ema(ckpt))
         die_input("--weights ema: %s holds no EMA of the weights (trained without --ema)", ckpt);
@@ -189,63 +171,62 @@ static int cmd_export(const args *a) {
     return 0;
 }
 
-static const char usage[] =
-    "usage: trainer init  --config MODEL.json --out DIR [--seed S]\n"
-    "       trainer loss  --ckpt DIR --batch BATCH.safetensors [--grads OUT.safetensors] [--threads T] [--device D]\n"
-    "       trainer bench --config MODEL.json --batch-rows B --seq-len L [--steps N] [--threads T]\n"
-    "                     [--device cpu|cuda] [--peak-tflops P] [--batch BATCH.safetensors]\n"
-    "       trainer train --model MODEL.json|--init-from CKPT_DIR [--loader tcp://HOST:PORT] [--steps N] [--batch-rows B]\n"
-    "                     [--grad-accum A] [--seq-len L]\n"
-    "                     [--lr LR] [--warmup W] [--seed S] [--ema DECAY] [--no-zero] [--no-overlap] [--log-every K]\n"
-    "                     [--threads T]\n"
-    "                     [--device cpu|cuda] [--out DIR] [--ckpt-dir DIR [--ckpt-every K] [--keep N] [--keep-every M]\n"
-    "                     [--resume auto|STEP_DIR]]    (under mpirun: data-parallel ranks)\n"
-    "                     [--eval-every K --eval-images GLOB --vae VAE_DIR [--eval-text DIR] [--eval-prompts FILE]\n"
-    "                      [--eval-n 64] [--eval-sampler-steps 50]]   (held-out figures into metrics.jsonl)\n"
-    "       trainer export --ckpt STEP_DIR --out DIR [--dtype bf16|f32] [--weights ema|raw]\n"
-    "       trainer sample --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --prompt TEXT --out OUT_DIR [--n K]\n"
-    "                      [--seed S] [--max-tokens M] [--temperature T] [--top-p P] [--top-k K] [--steps D]\n"
-    "                      [--sampler ddpm|ddim] [--eta E] [--cfg G] [--clip X] [--image] [--context C] [--no-cache] [--threads T]\n"
-    "                      [--device cpu|cuda] [--weights ema|raw]\n"
-    "       trainer caption --ckpt DIR --vae VAE_DIR [--tokenizer TOK.model] --image FILE [--image FILE ...]\n"
-    "                       [--prompt TEXT] [--max-tokens M] [--min-tokens 1] [--temperature T] [--top-p P] [--top-k K] [--seed S]\n"
-    "                       [--context C] [--threads T] [--device cpu|cuda] [--weights ema|raw]\n"
-    "       trainer eval --ckpt DIR --vae VAE_DIR --images GLOB [--text DIR] [--prompts FILE] [--n 64]\n"
-    "                    [--timesteps 4] [--candidates 16] [--text-docs 64] [--seed S] [--out EVAL.json]\n"
-    "                    [--steps D] [--sampler ddpm|ddim] [--cfg G] [--context C] [--threads T] [--device cpu|cuda] [--weights ema|raw]\n"
-    "       trainer sample-bench --config MODEL.json [--n K] [--prompt-len P] [--tokens M] [--steps D] [--cfg G]\n"
-    "                       [--seed S] [--threads T] [--device cpu|cuda]\n";
+static const cli_flag init_flags[] = {
+    {"config", FLAG_TEXT | FLAG_REQUIRED, "MODEL.json", NULL, NULL, "the model's config"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "the checkpoint folder to write"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the weights"},
+    {0},
+};
+
+static const cli_flag loss_flags[] = {
+    {"ckpt", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "a checkpoint folder"},
+    {"batch", FLAG_TEXT | FLAG_REQUIRED, "BATCH.safetensors", NULL, NULL, "a batch file (docs/model.md section 7)"},
+    {"grads", FLAG_TEXT, "OUT.safetensors", NULL, NULL, "also write the gradients here"},
+    {0},
+};
+
+static const cli_flag bench_flags[] = {
+    {"config", FLAG_TEXT | FLAG_REQUIRED, "MODEL.json", NULL, NULL, "the model's config (random weights)"},
+    {"batch-rows", FLAG_INT, "B", "[1, inf)", "8", "rows of the generated batch"},
+    {"seq-len", FLAG_INT, "L", "[2, inf)", "256", "positions per row"},
+    {"steps", FLAG_INT, "N", "[1, inf)", "10", "timed steps (after one warm-up step)"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the weights and the batch"},
+    {"batch", FLAG_TEXT, "BATCH.safetensors", NULL, NULL, "time this batch instead (a peer's, for the same work)"},
+    {"peak-tflops", FLAG_NUM, "P", "(0, inf)", NULL, "also print the model FLOPs utilization against this peak"},
+    {0},
+};
+
+static const cli_flag export_flags[] = {
+    {"ckpt", FLAG_TEXT | FLAG_REQUIRED, "STEP_DIR", NULL, NULL, "a step folder of a run"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "the consolidated folder to write (config, weights, tokenizer, statistics)"},
+    {"dtype", FLAG_CHOICE, "f32|bf16", NULL, "f32", "the weights' type"},
+    {"weights", FLAG_CHOICE, "ema|raw", NULL, NULL, "which weights (default: the EMA where there is one)"},
+    {0},
+};
+
+static const cli_command init_command = {
+    "init", "writes a checkpoint with freshly initialized weights", cmd_init, {init_flags}};
+static const cli_command loss_command = {
+    "loss", "the loss and gradient norm of a checkpoint on a batch file (conformance)", cmd_loss,
+    {loss_flags, device_flags}};
+static const cli_command bench_command = {
+    "bench", "times training steps on a generated batch: step time, FLOP/s, memory", cmd_bench,
+    {bench_flags, device_flags}};
+static const cli_command export_command = {
+    "export", "a step folder as one consolidated checkpoint, f32 or bf16", cmd_export, {export_flags}};
+
+static const cli_command *const commands[] = {
+    &init_command, &loss_command, &bench_command, &train_command, &export_command,
+    &sample_command, &caption_command, &sample_bench_command, &eval_command,
+};
+
+static const cli_program program = {
+    "trainer", "Trains the Transfusion model and generates from it.", commands, sizeof commands / sizeof *commands};
 
 int main(int argc, char **argv) {
-    static const char *const init_flags[] = {"config", "out", "seed", NULL};
-    static const char *const loss_flags[] = {"ckpt", "batch", "grads", "threads", "device", NULL};
-    static const char *const bench_flags[] = {"config", "batch-rows", "seq-len", "steps", "threads", "seed", "device",
-                                              "peak-tflops", "batch", NULL};
-    static const char *const train_flags[] = {"config", "batch-rows", "grad-accum", "seq-len", "steps", "threads",
-                                              "seed", "lr", "warmup", "log-every", "no-zero!", "no-overlap!", "loader", "out",
-                                              "ckpt-dir", "ckpt-every", "keep", "keep-every", "resume", "init-from", "model",
-                                              "device", "ema", "eval-every", "eval-images", "eval-text", "eval-prompts",
-                                              "eval-n", "eval-sampler-steps", "vae", NULL};
-    static const char *const export_flags[] = {"ckpt", "out", "dtype", "weights", NULL};
-    static const char *const sample_flags[] = {"ckpt", "vae", "tokenizer", "prompt", "out", "n", "seed", "max-tokens",
-                                               "temperature", "top-p", "top-k", "steps", "sampler", "eta", "cfg",
-                                               "clip", "image!", "context", "no-cache!", "threads", "device", "weights", NULL};
-    /* caption: every flag takes a value (its --image list is read by scanning argv) */
-    static const char *const caption_flags[] = {"ckpt", "vae", "tokenizer", "image", "prompt", "max-tokens",
-                                                "temperature", "top-p", "top-k", "seed", "context", "threads", "device",
-                                                "weights", "min-tokens", NULL};
-    static const char *const sbench_flags[] = {"config", "n", "prompt-len", "tokens", "steps", "cfg", "seed",
-                                               "threads", "device", NULL};
-    static const command cmds[] = {
-        {"init", cmd_init, init_flags}, {"loss", cmd_loss, loss_flags},
-        {"bench", cmd_bench, bench_flags}, {"train", trainer_cmd_train, train_flags},
-        {"export", cmd_export, export_flags}, {"sample", trainer_cmd_sample, sample_flags},
-        {"caption", trainer_cmd_caption, caption_flags}, {"sample-bench", trainer_cmd_sample_bench, sbench_flags},
-        {"eval", trainer_cmd_eval, eval_flags},
-    };
     nn_startup(argv);
     dist_init(&argc, &argv);            /* MPI only when started by mpirun */
-    int rc = cli_main("trainer", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
+    int rc = cli_main(&program, argc, argv);
     dist_finalize();
     return rc;
 }

@@ -44,7 +44,7 @@ static void append(char **buf, size_t *len, const char *s) {
 
 /* ---------------------------------------------------------------- sample */
 
-int trainer_cmd_sample(const args *a) {
+static int cmd_sample(const args *a) {
     char err[ERR_LEN];
     session_init_device(a);
     session ss;
@@ -53,9 +53,10 @@ int trainer_cmd_sample(const args *a) {
     const model_config *c = &m->cfg;
     const spm *tok = ss.tok;
     image_io *io = &ss.io;
-    const char *prompt = arg_required(a, "prompt"), *out = arg_required(a, "out");
-    int K = (int)arg_int(a, "n", 1, 1), force_image = arg_switch(a, "image");
-    gen_options o = session_gen_options(a, c, ss.context, K, 1.0f);
+    const char *prompt = arg_str(a, "prompt"), *out = arg_str(a, "out");
+    int K = (int)arg_int(a, "n"), force_image = arg_switch(a, "image");
+    gen_options o = session_text_options(a, ss.context, K);
+    session_image_options(a, c, &o);
     int32_t *ids;
     long n = session_encode(&ss, "--prompt", prompt, 1 + (force_image ? 1 + cfg_patches_per_image(c) + 1 : 0), &ids);
     infer_rows prefix = {0};
@@ -131,29 +132,26 @@ int trainer_cmd_sample(const args *a) {
 
 /* --------------------------------------------------------------- caption */
 
-int trainer_cmd_caption(const args *a) {
+static int cmd_caption(const args *a) {
     char err[ERR_LEN];
     session_init_device(a);
-    int K = 0;
     const char **files = xcalloc(a->argc, sizeof(char *));
-    for (int i = 0; i + 1 < a->argc; i++)
-        if (strcmp(a->argv[i], "--image") == 0) files[K++] = a->argv[++i];
-        else if (strncmp(a->argv[i], "--", 2) == 0) i++;             /* every other flag takes a value */
-    if (K == 0) die_input("%s %s: missing --image", a->prog, a->cmd);
+    int K = arg_all(a, "image", files, a->argc);
     session ss;
     session_open(&ss, a);
     const model_config *c = &ss.m.cfg;
     image_io *io = &ss.io;
     int C = c->latent_channels, hw = c->latent_size * c->latent_size, S = io->size;
-    gen_options o = session_gen_options(a, c, ss.context, K, 0.0f);
+    gen_options o = session_text_options(a, ss.context, K);
     o.text_only = 1;
     o.cfg = 1.0f;
+    o.steps = 1;                /* no image is generated, but the sampler's schedule needs a length */
     /* After an image, EOS is likelier than any one first word of a caption
      * (most images in training are followed by EOS: caption first), so a
      * greedy caption would be empty. */
-    o.min_tokens = (int)arg_int(a, "min-tokens", 1, 0);
+    o.min_tokens = (int)arg_int(a, "min-tokens");
     int32_t *ids;
-    long n = session_encode(&ss, "--prompt", arg_str(a, "prompt", ""), 3 + cfg_patches_per_image(c), &ids);
+    long n = session_encode(&ss, "--prompt", arg_str(a, "prompt"), 3 + cfg_patches_per_image(c), &ids);
 
     /* Pixels (decoded, center-cropped, resized), then the model's latents. */
     float *rgb = xmalloc(sizeof(float) * K * 3 * S * S), *mean = xmalloc(sizeof(float) * K * C * hw);
@@ -212,24 +210,24 @@ static double time_generate(model *m, gen_options o, int P, int image) {
     return s;
 }
 
-int trainer_cmd_sample_bench(const args *a) {
+static int cmd_sample_bench(const args *a) {
     model_config c;
     char err[ERR_LEN];
-    if (config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
+    if (config_load(arg_str(a, "config"), &c, err)) die_input("%s", err);
     session_init_device(a);
-    int K = (int)arg_int(a, "n", 4, 1), P = (int)arg_int(a, "prompt-len", 16, 0);
-    int M = (int)arg_int(a, "tokens", 128, 1), D = (int)arg_int(a, "steps", 25, 1);
+    int K = (int)arg_int(a, "n"), P = (int)arg_int(a, "prompt-len");
+    int M = (int)arg_int(a, "tokens"), D = (int)arg_int(a, "steps");
     int ctx = P + 1 + M + cfg_patches_per_image(&c) + 2;
     model m;
     model_create(&m, &c);
-    model_init_weights(&m, (unsigned long long)arg_int(a, "seed", 0, 0));
+    model_init_weights(&m, (unsigned long long)arg_int(a, "seed"));
     model_upload_weights(&m);
     gen_options lm = {.n = K, .context = ctx, .max_tokens = M, .temperature = 1.0f, .top_p = 1.0f,
                       .steps = D, .clip = 4.0f, .cfg = 1.0f, .text_only = 1, .ignore_eos = 1};
     gen_options im = lm;
     im.text_only = 0;
     im.max_tokens = 0;
-    im.cfg = (float)arg_float(a, "cfg", 5.0);
+    im.cfg = (float)arg_num(a, "cfg");
     gen_options im1 = im;
     im1.cfg = 1.0f;
     gen_options lm_nc = lm, im_nc = im;
@@ -246,3 +244,45 @@ int trainer_cmd_sample_bench(const args *a) {
     model_free(&m);
     return 0;
 }
+
+static const cli_flag sample_flags[] = {
+    {"prompt", FLAG_TEXT | FLAG_REQUIRED, "TEXT", NULL, NULL, "the text to continue"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "OUT_DIR", NULL, NULL, "where samples.jsonl, each image (WebP) and grid.png go"},
+    {"n", FLAG_INT, "K", "[1, inf)", "1", "samples, generated together"},
+    {"image", FLAG_SWITCH, NULL, NULL, NULL, "start an image right after the prompt (append BOI)"},
+    {"temperature", FLAG_NUM, "T", "[0, inf)", "1", "softmax temperature of the text (0: greedy)"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the tokens drawn and the noise"},
+    {0},
+};
+
+const cli_command sample_command = {
+    "sample", "generates text and images from a prompt: images where the model opens one (BOI)", cmd_sample,
+    {sample_flags, session_flags, text_flags, image_flags, device_flags}};
+
+static const cli_flag caption_flags[] = {
+    {"image", FLAG_TEXT | FLAG_REQUIRED | FLAG_REPEATED, "FILE", NULL, NULL, "an image (WebP, PNG, JPEG) to caption"},
+    {"prompt", FLAG_TEXT, "TEXT", NULL, "", "text before the image"},
+    {"min-tokens", FLAG_INT, "N", "[0, inf)", "1", "tokens before EOS may end a caption"},
+    {"temperature", FLAG_NUM, "T", "[0, inf)", "0", "softmax temperature (0: greedy)"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the tokens drawn"},
+    {0},
+};
+
+const cli_command caption_command = {
+    "caption", "writes a caption for each --image: the text the model generates after it", cmd_caption,
+    {caption_flags, session_flags, text_flags, device_flags}};
+
+static const cli_flag sample_bench_flags[] = {
+    {"config", FLAG_TEXT | FLAG_REQUIRED, "MODEL.json", NULL, NULL, "the model's config (random weights)"},
+    {"n", FLAG_INT, "K", "[1, inf)", "4", "sequences generated together"},
+    {"prompt-len", FLAG_INT, "P", "[0, inf)", "16", "prompt tokens"},
+    {"tokens", FLAG_INT, "M", "[1, inf)", "128", "tokens generated"},
+    {"steps", FLAG_INT, "D", "[1, inf)", "25", "denoising steps per image"},
+    {"cfg", FLAG_NUM, "G", "(0, inf)", "5", "guidance scale"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the weights"},
+    {0},
+};
+
+const cli_command sample_bench_command = {
+    "sample-bench", "times generation: tokens/s and images/s, with and without the cache and guidance",
+    cmd_sample_bench, {sample_bench_flags, device_flags}};

@@ -5,8 +5,6 @@
 
 #include "../common/cli.h"
 
-int trainer_cmd_sample(const args *a);
-int trainer_cmd_caption(const args *a);
-int trainer_cmd_sample_bench(const args *a);
+extern const cli_command sample_command, caption_command, sample_bench_command;
 
 #endif

@@ -17,9 +17,13 @@
 
 /* ---------------------------------------------------------------- device */
 
-void session_init_device(const args *a) {
-    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
-}
+const cli_flag device_flags[] = {
+    {"device", FLAG_TEXT, "cpu|cuda", NULL, "cpu", "the backend (cpu-device: the CPU's kernels on the GPU's code path)"},
+    {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
+    {0},
+};
+
+void session_init_device(const args *a) { nn_init_device(arg_str(a, "device"), (int)arg_int(a, "threads")); }
 
 /* The VAE's kernels exist on the CPU backend alone (the CUDA backend leaves
  * them out) and its activations are host memory: every VAE call runs between
@@ -101,13 +105,12 @@ static const char *load_checkpoint(const char *path, ckpt_weights which, model *
 /* The context: --context, else the sequence length the checkpoint was
  * trained at (trainer_state.json), else 256 (the loader's default). */
 static int context_of(const args *a, const char *dir) {
-    long ctx = arg_int(a, "context", 0, 1);
-    if (ctx) return (int)ctx;
+    if (arg_given(a, "context")) return (int)arg_int(a, "context");
     char path[4400], err[ERR_LEN];
     snprintf(path, sizeof path, "%s/trainer_state.json", dir);
     cJSON *st = access(path, F_OK) == 0 ? json_read_object(path, err) : NULL;
     const cJSON *L = cJSON_GetObjectItemCaseSensitive(st, "seq_len");
-    ctx = cJSON_IsNumber(L) && L->valuedouble >= 1 ? (long)L->valuedouble : 256;
+    long ctx = cJSON_IsNumber(L) && L->valuedouble >= 1 ? (long)L->valuedouble : 256;
     cJSON_Delete(st);
     return (int)ctx;
 }
@@ -115,7 +118,7 @@ static int context_of(const args *a, const char *dir) {
 static spm *load_tokenizer(const args *a, const char *dir, const model_config *c) {
     char def[4400], err[ERR_LEN];
     snprintf(def, sizeof def, "%s/tokenizer.model", dir);
-    const char *path = arg_str(a, "tokenizer", def);
+    const char *path = arg_given(a, "tokenizer") ? arg_str(a, "tokenizer") : def;
     spm *tok = spm_load(path, err);
     if (!tok) die_input("%s", err);
     const spm_ids *ids = spm_get_ids(tok);
@@ -129,11 +132,11 @@ static spm *load_tokenizer(const args *a, const char *dir, const model_config *c
 
 static void image_io_open(image_io *io, const args *a, const char *dir, const model_config *c) {
     char err[ERR_LEN], path[4400];
-    io->vae = vae_load(arg_required(a, "vae"), err);
+    io->vae = vae_load(arg_str(a, "vae"), err);
     if (!io->vae) die_input("%s", err);
     const vae_config *vc = vae_cfg(io->vae);
     if (vc->latent_channels != c->latent_channels)
-        die_input("--vae %s: %d latent channels, but the checkpoint's model has %d", arg_required(a, "vae"),
+        die_input("--vae %s: %d latent channels, but the checkpoint's model has %d", arg_str(a, "vae"),
                   vc->latent_channels, c->latent_channels);
     io->size = c->latent_size * vae_downscale(vc);
     snprintf(path, sizeof path, "%s/latent_stats.json", dir);
@@ -158,8 +161,8 @@ static void image_io_close(image_io *io) {
 void session_open(session *s, const args *a) {
     ckpt_weights which;
     char err[ERR_LEN];
-    if (ckpt_weights_parse(arg_str(a, "weights", NULL), &which, err)) die_input("%s", err);
-    s->weights = load_checkpoint(arg_required(a, "ckpt"), which, &s->m, s->dir, sizeof s->dir);
+    if (ckpt_weights_parse(arg_str(a, "weights"), &which, err)) die_input("%s", err);
+    s->weights = load_checkpoint(arg_str(a, "ckpt"), which, &s->m, s->dir, sizeof s->dir);
     s->tok = load_tokenizer(a, s->dir, &s->m.cfg);
     image_io_open(&s->io, a, s->dir, &s->m.cfg);
     s->context = context_of(a, s->dir);
@@ -184,34 +187,52 @@ long session_encode(session *s, const char *what, const char *text, long extra, 
 
 /* ---------------------------------------------------------------- options */
 
-static double arg_nonneg(const args *a, const char *name, double def) {
-    const char *v = arg_str(a, name, NULL);
-    if (!v) return def;
-    char *end;
-    double x = strtod(v, &end);
-    if (*v == '\0' || *end != '\0' || !(x >= 0))
-        die_input("%s %s: --%s %s: expected a number >= 0", a->prog, a->cmd, name, v);
-    return x;
+const cli_flag session_flags[] = {
+    {"ckpt", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "a checkpoint: an export, a step folder or a run's folder (its newest step)"},
+    {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE whose latents the model was trained on"},
+    {"tokenizer", FLAG_TEXT, "TOK.model", NULL, NULL, "the tokenizer (default: the checkpoint's tokenizer.model)"},
+    {"weights", FLAG_CHOICE, "ema|raw", NULL, NULL, "which weights of a step folder (default: the EMA where there is one)"},
+    {"context", FLAG_INT, "C", "[1, inf)", NULL, "positions (default: the trained sequence length, else 256)"},
+    {0},
+};
+
+const cli_flag text_flags[] = {
+    {"max-tokens", FLAG_INT, "M", "[0, inf)", "64", "most tokens of text to generate"},
+    {"top-p", FLAG_NUM, "P", "(0, 1]", "1", "nucleus sampling: the smallest set of tokens with this much probability"},
+    {"top-k", FLAG_INT, "K", "[0, inf)", "0", "sample among the K likeliest tokens (0: all)"},
+    {0},
+};
+
+const cli_flag image_flags[] = {
+    {"steps", FLAG_INT, "D", "[1, inf)", "250", "denoising steps (at most the model's diffusion steps)"},
+    {"sampler", FLAG_CHOICE, "ddpm|ddim", NULL, "ddpm", "the reverse process"},
+    {"eta", FLAG_NUM, "E", "[0, inf)", "0", "DDIM's noise (0: deterministic); DDPM is eta 1"},
+    {"cfg", FLAG_NUM, "G", "[0, inf)", "5", "classifier-free guidance scale (1: none)"},
+    {"clip", FLAG_NUM, "X", "[0, inf)", "4", "clip the predicted clean latent to [-X, X] (0: no clipping)"},
+    {"no-cache", FLAG_SWITCH, NULL, NULL, NULL, "recompute every position at each step instead of caching keys and values"},
+    {0},
+};
+
+gen_options session_text_options(const args *a, int context, int K) {
+    gen_options o = {.n = K, .context = context};
+    o.max_tokens = (int)arg_int(a, "max-tokens");
+    o.temperature = (float)arg_num(a, "temperature");
+    o.top_p = (float)arg_num(a, "top-p");
+    o.top_k = (int)arg_int(a, "top-k");
+    o.seed = (uint64_t)arg_int(a, "seed");
+    return o;
 }
 
-gen_options session_gen_options(const args *a, const model_config *c, int context, int K, float temperature) {
-    gen_options o = {.n = K, .context = context};
-    o.max_tokens = (int)arg_int(a, "max-tokens", 64, 0);
-    o.temperature = (float)arg_nonneg(a, "temperature", temperature);
-    o.top_p = (float)arg_float(a, "top-p", 1.0);
-    if (o.top_p > 1) die_input("%s %s: --top-p %g: expected a number in (0, 1]", a->prog, a->cmd, o.top_p);
-    o.top_k = (int)arg_int(a, "top-k", 0, 0);
-    o.steps = (int)arg_int(a, "steps", 250, 1);
-    if (o.steps > c->diffusion_steps)
-        die_input("%s %s: --steps %d: the model has %d diffusion steps", a->prog, a->cmd, o.steps, c->diffusion_steps);
-    const char *s = arg_str(a, "sampler", "ddpm");
-    if (strcmp(s, "ddpm") && strcmp(s, "ddim")) die_input("%s %s: --sampler %s: expected ddpm or ddim", a->prog, a->cmd, s);
-    o.eta = strcmp(s, "ddpm") == 0 ? 1.0f : (float)arg_nonneg(a, "eta", 0.0);
-    o.cfg = (float)arg_nonneg(a, "cfg", 5.0);
-    o.clip = (float)arg_nonneg(a, "clip", 4.0);
-    o.seed = (uint64_t)arg_int(a, "seed", 0, 0);
-    o.recompute = arg_switch(a, "no-cache");
-    return o;
+void session_image_options(const args *a, const model_config *c, gen_options *o) {
+    o->steps = (int)arg_int(a, "steps");
+    if (o->steps > c->diffusion_steps)
+        die_input("%s %s: --steps %d: the model has %d diffusion steps", a->prog->name, a->cmd->name, o->steps,
+                  c->diffusion_steps);
+    const char *s = arg_str(a, "sampler");
+    o->eta = strcmp(s, "ddpm") == 0 ? 1.0f : (float)arg_num(a, "eta");
+    o->cfg = (float)arg_num(a, "cfg");
+    o->clip = (float)arg_num(a, "clip");
+    o->recompute = arg_switch(a, "no-cache");
 }
 
 /* ---------------------------------------------------------------- text and pixels */

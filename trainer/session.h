@@ -32,7 +32,9 @@ typedef struct {
     int context;                /* --context, else the trained seq_len, else 256 */
 } session;
 
-/* --device (cpu, cuda, cpu-device) and --threads. */
+/* --device (cpu, cuda, cpu-device) and --threads: the flags of every
+ * command that runs the model. */
+extern const cli_flag device_flags[];
 void session_init_device(const args *a);
 void vae_on_cpu(int on);
 
@@ -40,6 +42,7 @@ void vae_on_cpu(int on);
  * folder (its checksums verified) or a run's checkpoint folder (its newest
  * step); --weights ema|raw (default: the EMA where the step has one); --vae;
  * --tokenizer (default: the checkpoint's tokenizer.model). */
+extern const cli_flag session_flags[];
 void session_open(session *s, const args *a);
 void session_close(session *s);
 
@@ -49,9 +52,14 @@ long session_encode(session *s, const char *what, const char *text, long extra, 
 /* The text of ids[0..n) without the special tokens (malloc'ed). */
 char *session_decode(const spm *tok, const int32_t *ids, int n);
 
-/* Sampling flags (--max-tokens, --temperature, --top-p, --top-k, --steps,
- * --sampler, --eta, --cfg, --clip, --seed, --no-cache) for K samples. */
-gen_options session_gen_options(const args *a, const model_config *c, int context, int K, float temperature);
+/* Options for K samples from the text flags (--max-tokens, --top-p,
+ * --top-k) and the command's own --temperature and --seed, whose defaults
+ * differ between commands. */
+extern const cli_flag text_flags[];
+gen_options session_text_options(const args *a, int context, int K);
+/* The image flags (--steps, --sampler, --eta, --cfg, --clip, --no-cache). */
+extern const cli_flag image_flags[];
+void session_image_options(const args *a, const model_config *c, gen_options *o);
 
 /* Pixels [n, 3, S, S] in [-1, 1] to latents [n, C, h, w]: the VAE's mean,
  * normalized with the statistics exactly as the dataloader normalizes

@@ -19,6 +19,7 @@
 #include "eval.h"
 #include "model.h"
 #include "rows.h"
+#include "session.h"
 #include "../checkpoint/ckpt.h"
 #include "../nn/stop_signal.h"
 #include "../common/error.h"
@@ -152,8 +153,8 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
 /* --eval-every's inputs, checked before the first step rather than at the
  * first evaluation, an hour in. */
 static void check_eval_inputs(const args *a, const run_options *o) {
-    const char *images = arg_str(a, "eval-images", NULL), *vae = arg_str(a, "vae", NULL);
-    const char *text = arg_str(a, "eval-text", NULL), *prompts = arg_str(a, "eval-prompts", NULL);
+    const char *images = arg_str(a, "eval-images"), *vae = arg_str(a, "vae");
+    const char *text = arg_str(a, "eval-text"), *prompts = arg_str(a, "eval-prompts");
     if (!o->ckpt_dir || !images || !vae)
         die_input("trainer train: --eval-every needs --ckpt-dir, --eval-images GLOB and --vae VAE_DIR");
     glob_t g;
@@ -175,13 +176,13 @@ static void eval_saved_step(const args *a, const run_options *o, long step, FILE
     const char *argv[20];
     int n = 0;
     argv[n++] = "--ckpt"; argv[n++] = dir;
-    argv[n++] = "--vae"; argv[n++] = arg_str(a, "vae", NULL);
-    argv[n++] = "--images"; argv[n++] = arg_str(a, "eval-images", NULL);
-    argv[n++] = "--n"; argv[n++] = arg_str(a, "eval-n", "64");
-    argv[n++] = "--steps"; argv[n++] = arg_str(a, "eval-sampler-steps", "50");
-    if (arg_str(a, "eval-text", NULL)) { argv[n++] = "--text"; argv[n++] = arg_str(a, "eval-text", NULL); }
-    if (arg_str(a, "eval-prompts", NULL)) { argv[n++] = "--prompts"; argv[n++] = arg_str(a, "eval-prompts", NULL); }
-    args ea = {n, (char **)argv, a->prog, "train --eval-every", eval_flags};
+    argv[n++] = "--vae"; argv[n++] = arg_str(a, "vae");
+    argv[n++] = "--images"; argv[n++] = arg_str(a, "eval-images");
+    argv[n++] = "--n"; argv[n++] = arg_str(a, "eval-n");
+    argv[n++] = "--steps"; argv[n++] = arg_str(a, "eval-sampler-steps");
+    if (arg_given(a, "eval-text")) { argv[n++] = "--text"; argv[n++] = arg_str(a, "eval-text"); }
+    if (arg_given(a, "eval-prompts")) { argv[n++] = "--prompts"; argv[n++] = arg_str(a, "eval-prompts"); }
+    args ea = {n, (char **)argv, a->prog, &eval_command};
     cJSON *figures = eval_run(&ea);
     if (metrics) {
         char *text = cJSON_PrintUnformatted(figures);
@@ -213,26 +214,26 @@ static FILE *open_metrics(const char *dir) {
     return f;
 }
 
-int trainer_cmd_train(const args *a) {
+static int cmd_train(const args *a) {
     run_options o = {
-        .steps = (int)arg_int(a, "steps", 300, 1), .warmup = (int)arg_int(a, "warmup", 20, 0),
-        .log_every = (int)arg_int(a, "log-every", 10, 1), .B = (int)arg_int(a, "batch-rows", 4, 1),
-        .A = (int)arg_int(a, "grad-accum", 1, 1), .L = (int)arg_int(a, "seq-len", 128, 2),
-        .ckpt_every = (int)arg_int(a, "ckpt-every", 0, 0), .keep = (int)arg_int(a, "keep", 3, 0),
-        .keep_every = (int)arg_int(a, "keep-every", 0, 0), .lr = (float)arg_float(a, "lr", 1e-3),
-        .seed = (unsigned long long)arg_int(a, "seed", 0, 0), .loader = arg_str(a, "loader", NULL),
-        .ckpt_dir = arg_str(a, "ckpt-dir", NULL), .resume = arg_str(a, "resume", NULL), .out = arg_str(a, "out", NULL),
-        .init_from = arg_str(a, "init-from", NULL), .ema = (float)arg_float(a, "ema", 0),
-        .eval_every = (int)arg_int(a, "eval-every", 0, 1),
+        .steps = (int)arg_int(a, "steps"), .warmup = (int)arg_int(a, "warmup"),
+        .log_every = (int)arg_int(a, "log-every"), .B = (int)arg_int(a, "batch-rows"),
+        .A = (int)arg_int(a, "grad-accum"), .L = (int)arg_int(a, "seq-len"),
+        .ckpt_every = (int)arg_int(a, "ckpt-every"), .keep = (int)arg_int(a, "keep"),
+        .keep_every = (int)arg_int(a, "keep-every"), .lr = (float)arg_num(a, "lr"),
+        .seed = (unsigned long long)arg_int(a, "seed"), .loader = arg_str(a, "loader"),
+        .ckpt_dir = arg_str(a, "ckpt-dir"), .resume = arg_str(a, "resume"), .out = arg_str(a, "out"),
+        .init_from = arg_str(a, "init-from"), .ema = arg_given(a, "ema") ? (float)arg_num(a, "ema") : 0.0f,
+        .eval_every = arg_given(a, "eval-every") ? (int)arg_int(a, "eval-every") : 0,
     };
-    if (!(o.ema < 1))       /* arg_float refuses <= 0; as a float, 0.99999999 is 1 too */
-        die_input("trainer train: --ema %s: expected a decay below 1, e.g. 0.999", arg_str(a, "ema", ""));
+    if (!(o.ema < 1))       /* as a float, 0.99999999 is 1 */
+        die_input("trainer train: --ema %s: expected a decay below 1, e.g. 0.999", arg_str(a, "ema"));
     /* The model: a config (fresh weights) or a checkpoint's (its weights, a
      * fresh optimizer). */
     char config_path[4096];
     if (o.init_from) snprintf(config_path, sizeof config_path, "%s/config.json", o.init_from);
     else {
-        const char *json = arg_str(a, "model", arg_str(a, "config", NULL));   /* --config as in `trainer init` */
+        const char *json = arg_given(a, "model") ? arg_str(a, "model") : arg_str(a, "config");
         if (!json) die_input("trainer train: missing --model MODEL.json (or --init-from CKPT_DIR)");
         snprintf(config_path, sizeof config_path, "%s", json);
     }
@@ -240,7 +241,7 @@ int trainer_cmd_train(const args *a) {
     if (o.eval_every) check_eval_inputs(a, &o);
     stop_signal_install();              /* before any thread starts: see stop_signal.h */
     char err[ERR_LEN], path[4096];
-    nn_init_device(arg_str(a, "device", "cpu"), (int)arg_int(a, "threads", 0, 1));
+    session_init_device(a);
     int world = dist_size(), rank = dist_rank();
 
     /* Where to start: a checkpoint's step (read first: the loader is asked
@@ -260,7 +261,7 @@ int trainer_cmd_train(const args *a) {
         int lb, ll;
         if (!(rows = rows_open_loader(o.loader, config_path, o.A, start, &c, &lb, &ll, err)))
             die_input("%s", err);
-        if ((arg_str(a, "batch-rows", NULL) && lb != o.B) || (arg_str(a, "seq-len", NULL) && ll != o.L))
+        if ((arg_given(a, "batch-rows") && lb != o.B) || (arg_given(a, "seq-len") && ll != o.L))
             die_input("trainer train: --batch-rows %d --seq-len %d, but the loader at %s serves %d rows of %d",
                       o.B, o.L, o.loader, lb, ll);
         o.B = lb;
@@ -361,3 +362,39 @@ int trainer_cmd_train(const args *a) {
     model_free(&m);
     return 0;
 }
+
+static const cli_flag train_flags[] = {
+    {"model", FLAG_TEXT, "MODEL.json", NULL, NULL, "the model's config: fresh weights"},
+    {"config", FLAG_TEXT, "MODEL.json", NULL, NULL, "the same as --model (the name `trainer init` uses)"},
+    {"init-from", FLAG_TEXT, "CKPT_DIR", NULL, NULL, "start from a checkpoint's weights (and config), a fresh optimizer"},
+    {"loader", FLAG_TEXT, "tcp://HOST:PORT", NULL, NULL, "the dataloader (default: generated rows, for tests and benchmarks)"},
+    {"steps", FLAG_INT, "N", "[1, inf)", "300", "optimizer steps (the learning rate's schedule ends there)"},
+    {"batch-rows", FLAG_INT, "B", "[1, inf)", "4", "rows per rank and micro-batch (the loader's, when given)"},
+    {"grad-accum", FLAG_INT, "A", "[1, inf)", "1", "micro-batches per optimizer step"},
+    {"seq-len", FLAG_INT, "L", "[2, inf)", "128", "positions per row (the loader's, when given)"},
+    {"lr", FLAG_NUM, "LR", "(0, inf)", "1e-3", "peak learning rate (AdamW, linear warm-up, cosine decay)"},
+    {"warmup", FLAG_INT, "W", "[0, inf)", "20", "warm-up steps"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the weights, the noise and the generated rows"},
+    {"ema", FLAG_NUM, "DECAY", "(0, 1)", NULL, "keep a moving average of the weights, e.g. 0.999 (sampling uses it)"},
+    {"no-zero", FLAG_SWITCH, NULL, NULL, NULL, "every rank keeps the whole optimizer state (no ZeRO-1)"},
+    {"no-overlap", FLAG_SWITCH, NULL, NULL, NULL, "reduce the gradients after backward, not during it"},
+    {"log-every", FLAG_INT, "K", "[1, inf)", "10", "print a step line every K steps"},
+    {"out", FLAG_TEXT, "DIR", NULL, NULL, "write the final weights here (a consolidated checkpoint)"},
+    {"ckpt-dir", FLAG_TEXT, "DIR", NULL, NULL, "the run's folder: step folders and metrics.jsonl"},
+    {"ckpt-every", FLAG_INT, "K", "[0, inf)", "0", "save every K steps (0: at the end and on a stop signal only)"},
+    {"keep", FLAG_INT, "N", "[0, inf)", "3", "newest step folders kept (0: all)"},
+    {"keep-every", FLAG_INT, "M", "[0, inf)", "0", "also keep every step that is a multiple of M"},
+    {"resume", FLAG_TEXT, "auto|STEP_DIR", NULL, NULL, "continue from the newest good step of --ckpt-dir, or this one"},
+    {"eval-every", FLAG_INT, "K", "[1, inf)", NULL, "save and run `trainer eval` every K steps and at the end"},
+    {"eval-images", FLAG_TEXT, "GLOB", NULL, NULL, "--eval-every's held-out images"},
+    {"vae", FLAG_TEXT, "VAE_DIR", NULL, NULL, "--eval-every's VAE"},
+    {"eval-text", FLAG_TEXT, "DIR", NULL, NULL, "--eval-every's held-out text"},
+    {"eval-prompts", FLAG_TEXT, "FILE", NULL, NULL, "--eval-every's generation prompts"},
+    {"eval-n", FLAG_INT, "N", "[2, inf)", "64", "--eval-every's images"},
+    {"eval-sampler-steps", FLAG_INT, "D", "[1, inf)", "50", "--eval-every's denoising steps"},
+    {0},
+};
+
+const cli_command train_command = {
+    "train", "trains the model: data-parallel ranks under mpirun, sharded checkpoints, exact resume", cmd_train,
+    {train_flags, device_flags}};

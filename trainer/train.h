@@ -4,6 +4,6 @@
 
 #include "../common/cli.h"
 
-int trainer_cmd_train(const args *a);
+extern const cli_command train_command;
 
 #endif

@@ -1,19 +1,22 @@
-/* commands.h - the vae_service commands that live outside main.c. */
+/* commands.h - the vae_service commands that live outside main.c, and the
+ * flags they share. */
 #ifndef VAE_SERVICE_COMMANDS_H
 #define VAE_SERVICE_COMMANDS_H
 
 #include "../common/cli.h"
 #include "../vae/vae.h"
 
-int vae_cmd_train(const args *a);   /* train.c */
-int vae_cmd_eval(const args *a);    /* train.c */
-int vae_cmd_encode(const args *a);  /* latents.c */
-int vae_cmd_decode(const args *a);  /* latents.c */
-int vae_cmd_serve(const args *a);   /* serve.c */
+/* The commands, each with its table of flags. */
+extern const cli_command vae_train_command, vae_eval_command;       /* train.c */
+extern const cli_command vae_encode_command, vae_decode_command;    /* latents.c */
+extern const cli_command vae_serve_command;                         /* serve.c */
 
-/* --loss l2 (the default) or l1; bad input exits 2 naming the command. */
-vae_loss_kind vae_loss_arg(const args *a, const char *command);   /* train.c */
-/* --precision bf16|fp32 (fallback when absent): 1 for bf16. train.c */
-int vae_precision_arg(const args *a, const char *command, const char *fallback);
+/* --threads, which every command that runs the VAE takes (main.c). */
+extern const cli_flag vae_threads_flags[];
+
+/* --loss l2|l1 and --precision bf16|fp32 (1: bf16), whose defaults the
+ * commands' tables set. train.c */
+vae_loss_kind vae_loss_arg(const args *a);
+int vae_bf16_arg(const args *a);
 
 #endif

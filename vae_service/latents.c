@@ -221,18 +221,18 @@ static int summarize(const char *dir, char **names, int n_shards, int C, cJSON *
     return 0;
 }
 
-int vae_cmd_encode(const args *a) {
+static int cmd_encode(const args *a) {
     char err[ERR_LEN], path[4096], summary[512];
-    nn_init((int)arg_int(a, "threads", 0, 1));
-    const char *vae_dir = arg_required(a, "vae"), *out = arg_required(a, "out");
+    nn_init((int)arg_int(a, "threads"));
+    const char *vae_dir = arg_str(a, "vae"), *out = arg_str(a, "out");
     vae_model *v = vae_load(vae_dir, err);
     if (!v) die_input("%s", err);
     const vae_config *c = vae_cfg(v);
-    int size = (int)arg_int(a, "size", 64, 8), batch = (int)arg_int(a, "batch", 32, 1);
+    int size = (int)arg_int(a, "size"), batch = (int)arg_int(a, "batch");
     int keep_logvar = arg_switch(a, "logvar"), f = vae_downscale(c);
     if (size % f) die_input("vae_service encode: --size %d is not a multiple of the VAE's downscale %d", size, f);
     int rank = dist_rank();
-    image_source *src = image_source_open(arg_required(a, "data"), size, rank, dist_size(), err);
+    image_source *src = image_source_open(arg_str(a, "data"), size, rank, dist_size(), err);
     if (!src) die_input("%s", err);
     if (rank == 0 && make_dir(out, err)) die("%s", err);
 
@@ -282,7 +282,7 @@ int vae_cmd_encode(const args *a) {
 
     /* dataset.json, from the shards of every input as they are on disk (an
      * input that had no good sample has no shard). */
-    src = image_source_open(arg_required(a, "data"), size, 0, 1, err);
+    src = image_source_open(arg_str(a, "data"), size, 0, 1, err);
     if (!src) die_input("%s", err);
     n_inputs = image_source_count_inputs(src);
     names = shard_file_names(src, n_inputs);
@@ -364,13 +364,13 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
     return n;
 }
 
-int vae_cmd_decode(const args *a) {
+static int cmd_decode(const args *a) {
     char err[ERR_LEN];
-    nn_init((int)arg_int(a, "threads", 0, 1));
-    vae_model *v = vae_load(arg_required(a, "vae"), err);
+    nn_init((int)arg_int(a, "threads"));
+    vae_model *v = vae_load(arg_str(a, "vae"), err);
     if (!v) die_input("%s", err);
-    const char *in = arg_required(a, "latents"), *out = arg_required(a, "out");
-    int limit = (int)arg_int(a, "limit", 0, 0);
+    const char *in = arg_str(a, "latents"), *out = arg_str(a, "out");
+    int limit = (int)arg_int(a, "limit");
     if (make_dir(out, err)) die("%s", err);
     struct stat st;
     if (stat(in, &st) != 0) die_input("%s: no such file or folder", in);
@@ -400,3 +400,28 @@ int vae_cmd_decode(const args *a) {
     vae_free(v);
     return 0;
 }
+
+static const cli_flag encode_flags[] = {
+    {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
+    {"data", FLAG_TEXT | FLAG_REQUIRED, "SHARDS", NULL, NULL, "image-caption tar shards or folders (comma-separated paths or globs)"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "LATENT_DIR", NULL, NULL, "the latent dataset: one shard per input, dataset.json"},
+    {"size", FLAG_INT, "S", "[8, inf)", "64", "image side in pixels (center-cropped and resized)"},
+    {"batch", FLAG_INT, "B", "[1, inf)", "32", "images per forward pass"},
+    {"logvar", FLAG_SWITCH, NULL, NULL, NULL, "also store the posterior's log-variance"},
+    {0},
+};
+
+const cli_command vae_encode_command = {
+    "encode", "encodes an image-caption dataset to latent shards, once (resumable, split over MPI ranks)", cmd_encode,
+    {encode_flags, vae_threads_flags}};
+
+static const cli_flag decode_flags[] = {
+    {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
+    {"latents", FLAG_TEXT | FLAG_REQUIRED, "FILE_OR_DIR", NULL, NULL, "a latent shard, or a latent dataset folder"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "where the PNG images go"},
+    {"limit", FLAG_INT, "N", "[0, inf)", "0", "decode at most N latents (0: all)"},
+    {0},
+};
+
+const cli_command vae_decode_command = {
+    "decode", "decodes latents back to images", cmd_decode, {decode_flags, vae_threads_flags}};

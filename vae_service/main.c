@@ -1,13 +1,8 @@
-/* main.c - the VAE service's command line.
- *
- *   vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] ... (train.c)
- *   vae_service eval    --vae VAE_DIR --data SHARDS [--grid FILE.png]     (train.c)
- *   vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR        (latents.c)
- *   vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR       (latents.c)
- *   vae_service serve   --vae VAE_DIR --endpoint tcp://HOST:PORT            (serve.c)
- *   vae_service init    --config VAE.json --out VAE_DIR [--seed S]
- *   vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors
- *   vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors --kl-weight W [--loss L]
+/* main.c - the VAE service's command line: the program's commands, each
+ * with its table of flags (common/cli.h); `vae_service --help` and
+ * `vae_service COMMAND --help` print them. init, forward, grads and bench
+ * live here; train and eval in train.c, encode and decode in latents.c,
+ * serve in serve.c.
  *
  * Bad input exits with status 2 and one line naming the file and field. */
 #include "commands.h"
@@ -27,7 +22,7 @@
 
 static vae_model *load_vae(const args *a) {
     char err[ERR_LEN];
-    vae_model *v = vae_load(arg_required(a, "vae"), err);
+    vae_model *v = vae_load(arg_str(a, "vae"), err);
     if (!v) die_input("%s", err);
     return v;
 }
@@ -61,20 +56,20 @@ static image_batch load_images(const char *path, const vae_config *c, int want_e
 static int cmd_init(const args *a) {
     char err[ERR_LEN];
     vae_config c;
-    if (vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
+    if (vae_config_load(arg_str(a, "config"), &c, err)) die_input("%s", err);
     vae_model *v = vae_create(&c);
-    vae_init_weights(v, (unsigned long long)arg_int(a, "seed", 0, 0));
-    if (vae_save(v, arg_required(a, "out"), err)) die("%s", err);
-    printf("wrote %s: %zu parameters\n", arg_required(a, "out"), vae_params(v)->numel);
+    vae_init_weights(v, (unsigned long long)arg_int(a, "seed"));
+    if (vae_save(v, arg_str(a, "out"), err)) die("%s", err);
+    printf("wrote %s: %zu parameters\n", arg_str(a, "out"), vae_params(v)->numel);
     vae_free(v);
     return 0;
 }
 
 static int cmd_forward(const args *a) {
-    nn_init((int)arg_int(a, "threads", 0, 1));
+    nn_init((int)arg_int(a, "threads"));
     vae_model *v = load_vae(a);
     const vae_config *c = vae_cfg(v);
-    image_batch b = load_images(arg_required(a, "images"), c, 0);
+    image_batch b = load_images(arg_str(a, "images"), c, 0);
     int f = vae_downscale(c), h = b.H / f, w = b.W / f, C = c->latent_channels;
     size_t lat = (size_t)b.n * C * h * w;
     float *mean = xmalloc(sizeof(float) * lat), *logvar = xmalloc(sizeof(float) * lat);
@@ -85,23 +80,23 @@ static int cmd_forward(const args *a) {
                      {"logvar", ST_F32, 4, {b.n, C, h, w}, logvar},
                      {"recon", ST_F32, 4, {b.n, c->out_channels, b.H, b.W}, recon}};
     char err[ERR_LEN];
-    if (st_write(arg_required(a, "out"), e, 3, err)) die("%s", err);
+    if (st_write(arg_str(a, "out"), e, 3, err)) die("%s", err);
     free(mean); free(logvar); free(recon); free(b.images);
     vae_free(v);
     return 0;
 }
 
 static int cmd_grads(const args *a) {
-    nn_init((int)arg_int(a, "threads", 0, 1));
+    nn_init((int)arg_int(a, "threads"));
     vae_model *v = load_vae(a);
-    image_batch b = load_images(arg_required(a, "images"), vae_cfg(v), 1);
-    float kl_weight = (float)arg_float(a, "kl-weight", 1e-6);
-    vae_set_bf16(v, vae_precision_arg(a, "grads", "fp32"));
+    image_batch b = load_images(arg_str(a, "images"), vae_cfg(v), 1);
+    float kl_weight = (float)arg_num(a, "kl-weight");
+    vae_set_bf16(v, vae_bf16_arg(a));
     param_set *ps = vae_params(v);
-    vae_losses l = vae_train_step(v, b.images, b.eps, b.n, b.H, b.W, vae_loss_arg(a, "grads"), kl_weight, 1);
+    vae_losses l = vae_train_step(v, b.images, b.eps, b.n, b.H, b.W, vae_loss_arg(a), kl_weight, 1);
     printf("{\"loss\":%.9g,\"rec_loss\":%.9g,\"kl\":%.9g,\"psnr\":%.4f}\n", l.loss, l.rec_loss, l.kl, l.psnr);
     char err[ERR_LEN];
-    if (params_save(ps, ps->g, arg_required(a, "out"), err)) die("%s", err);
+    if (params_save(ps, ps->g, arg_str(a, "out"), err)) die("%s", err);
     free(b.images); free(b.eps);
     vae_free(v);
     return 0;
@@ -113,14 +108,14 @@ static int cmd_grads(const args *a) {
 static int cmd_bench(const args *a) {
     char err[ERR_LEN];
     vae_config c;
-    if (vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
-    int size = (int)arg_int(a, "size", 64, 8), batch = (int)arg_int(a, "batch", 16, 1);
-    int steps = (int)arg_int(a, "steps", 5, 1), train = arg_switch(a, "train"), f = vae_downscale(&c);
+    if (vae_config_load(arg_str(a, "config"), &c, err)) die_input("%s", err);
+    int size = (int)arg_int(a, "size"), batch = (int)arg_int(a, "batch");
+    int steps = (int)arg_int(a, "steps"), train = arg_switch(a, "train"), f = vae_downscale(&c);
     if (size % f) die_input("vae_service bench: --size %d is not a multiple of the VAE's downscale %d", size, f);
-    nn_init((int)arg_int(a, "threads", 0, 1));
+    nn_init((int)arg_int(a, "threads"));
     vae_model *v = vae_create(&c);
     vae_init_weights(v, 0);
-    vae_set_bf16(v, vae_precision_arg(a, "bench", "fp32"));
+    vae_set_bf16(v, vae_bf16_arg(a));
     param_set *ps = vae_params(v);
     size_t per = (size_t)3 * size * size, lat = (size_t)c.latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
@@ -155,49 +150,68 @@ static int cmd_bench(const args *a) {
     return 0;
 }
 
-static const char usage[] =
-    "usage: vae_service train   --data SHARDS --out VAE_DIR [--config VAE.json] [--size S] [--steps N]\n"
-    "                           [--batch B] [--lr LR] [--loss l2|l1] [--kl-weight W] [--seed S]\n"
-    "                           [--save-every K] [--ckpt-dir DIR] [--keep N] [--resume auto|STEP_DIR]\n"
-    "                           [--stop-at STEP] [--log-every K] [--precision bf16|fp32] [--threads T]\n"
-    "       vae_service eval    --vae VAE_DIR --data SHARDS [--size S] [--grid FILE.png] [--threads T]\n"
-    "       vae_service encode  --vae VAE_DIR --data SHARDS --out LATENT_DIR [--size S] [--logvar]\n"
-    "                           [--batch B] [--threads T]\n"
-    "       vae_service decode  --vae VAE_DIR --latents FILE_OR_DIR --out DIR [--limit N] [--threads T]\n"
-    "       vae_service serve   --vae VAE_DIR --endpoint tcp://HOST:PORT [--threads T] [--batch B]\n"
-    "       vae_service bench   --config VAE.json [--size S] [--batch B] [--steps N] [--train] [--threads T]\n"
-    "                           [--precision fp32|bf16]\n"
-    "       vae_service init    --config VAE.json --out VAE_DIR [--seed S]\n"
-    "       vae_service forward --vae VAE_DIR --images IN.safetensors --out OUT.safetensors [--threads T]\n"
-    "       vae_service grads   --vae VAE_DIR --images IN.safetensors --out GRADS.safetensors\n"
-    "                           --kl-weight W [--loss l2|l1] [--precision fp32|bf16] [--threads T]\n";
+const cli_flag vae_threads_flags[] = {
+    {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
+    {0},
+};
+
+static const cli_flag init_flags[] = {
+    {"config", FLAG_TEXT | FLAG_REQUIRED, "VAE.json", NULL, NULL, "the VAE's config"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder to write"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the weights"},
+    {0},
+};
+
+static const cli_flag forward_flags[] = {
+    {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
+    {"images", FLAG_TEXT | FLAG_REQUIRED, "IN.safetensors", NULL, NULL, "`images` F32 [n, 3, H, W]"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "OUT.safetensors", NULL, NULL, "`mean`, `logvar` and `recon`"},
+    {0},
+};
+
+static const cli_flag grads_flags[] = {
+    {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
+    {"images", FLAG_TEXT | FLAG_REQUIRED, "IN.safetensors", NULL, NULL, "`images` F32 [n, 3, H, W] and `eps` [n, C, h, w]"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "GRADS.safetensors", NULL, NULL, "the gradient of every parameter"},
+    {"kl-weight", FLAG_NUM, "W", "(0, inf)", "1e-6", "weight of the KL term"},
+    {"loss", FLAG_CHOICE, "l2|l1", NULL, "l2", "the reconstruction loss"},
+    {"precision", FLAG_CHOICE, "fp32|bf16", NULL, "fp32", "the convolutions' arithmetic"},
+    {0},
+};
+
+static const cli_flag bench_flags[] = {
+    {"config", FLAG_TEXT | FLAG_REQUIRED, "VAE.json", NULL, NULL, "the VAE's config (random weights)"},
+    {"size", FLAG_INT, "S", "[8, inf)", "64", "image side in pixels"},
+    {"batch", FLAG_INT, "B", "[1, inf)", "16", "images per step"},
+    {"steps", FLAG_INT, "N", "[1, inf)", "5", "timed steps (after one warm-up step)"},
+    {"train", FLAG_SWITCH, NULL, NULL, NULL, "time training steps (default: encoding)"},
+    {"precision", FLAG_CHOICE, "fp32|bf16", NULL, "fp32", "the convolutions' arithmetic"},
+    {0},
+};
+
+static const cli_command init_command = {
+    "init", "writes a VAE folder with freshly initialized weights", cmd_init, {init_flags}};
+static const cli_command forward_command = {
+    "forward", "encodes and decodes an images file (conformance)", cmd_forward, {forward_flags, vae_threads_flags}};
+static const cli_command grads_command = {
+    "grads", "the loss and gradients of one training step on an images file (conformance)", cmd_grads,
+    {grads_flags, vae_threads_flags}};
+static const cli_command bench_command = {
+    "bench", "times encoding or training steps on random images", cmd_bench, {bench_flags, vae_threads_flags}};
+
+static const cli_command *const commands[] = {
+    &vae_train_command, &vae_eval_command, &vae_encode_command, &vae_decode_command, &vae_serve_command,
+    &bench_command, &init_command, &forward_command, &grads_command,
+};
+
+static const cli_program program = {
+    "vae_service", "Trains the VAE, encodes image datasets to latents once, decodes and serves.", commands,
+    sizeof commands / sizeof *commands};
 
 int main(int argc, char **argv) {
-    static const char *const init_flags[] = {"config", "out", "seed", NULL};
-    static const char *const forward_flags[] = {"vae", "images", "out", "threads", NULL};
-    static const char *const grads_flags[] = {"vae", "images", "out", "kl-weight", "loss", "precision", "threads", NULL};
-    static const char *const train_flags[] = {"data", "out", "config", "size", "steps", "batch", "lr",
-                                              "loss", "kl-weight", "resume", "seed", "threads", "log-every",
-                                              "save-every", "stop-at", "precision", "ckpt-dir", "keep", NULL};
-    static const char *const eval_flags[] = {"vae", "data", "size", "batch", "grid", "threads", NULL};
-    static const char *const encode_flags[] = {"vae", "data", "out", "size", "logvar!", "batch", "threads", NULL};
-    static const char *const decode_flags[] = {"vae", "latents", "out", "limit", "threads", NULL};
-    static const char *const serve_flags[] = {"vae", "endpoint", "threads", "batch", NULL};
-    static const char *const bench_flags[] = {"config", "size", "batch", "steps", "train!", "threads", "precision", NULL};
-    static const command cmds[] = {
-        {"bench", cmd_bench, bench_flags},
-        {"train", vae_cmd_train, train_flags},
-        {"eval", vae_cmd_eval, eval_flags},
-        {"encode", vae_cmd_encode, encode_flags},
-        {"decode", vae_cmd_decode, decode_flags},
-        {"serve", vae_cmd_serve, serve_flags},
-        {"init", cmd_init, init_flags},
-        {"forward", cmd_forward, forward_flags},
-        {"grads", cmd_grads, grads_flags},
-    };
     nn_startup(argv);
     dist_init(&argc, &argv);            /* MPI only when started by mpirun */
-    int rc = cli_main("vae_service", argc, argv, cmds, sizeof cmds / sizeof *cmds, usage);
+    int rc = cli_main(&program, argc, argv);
     dist_finalize();
     return rc;
 }

@@ -370,10 +370,10 @@ static void serve_one(server *s, zmq_service *svc) {
     zsvc_request_close(&req);
 }
 
-int vae_cmd_serve(const args *a) {
-    const char *dir = arg_required(a, "vae"), *endpoint = arg_required(a, "endpoint");
-    int batch = (int)arg_int(a, "batch", 0, 1);
-    nn_init((int)arg_int(a, "threads", 0, 1));
+static int cmd_serve(const args *a) {
+    const char *dir = arg_str(a, "vae"), *endpoint = arg_str(a, "endpoint");
+    int batch = arg_given(a, "batch") ? (int)arg_int(a, "batch") : 0;
+    nn_init((int)arg_int(a, "threads"));
     char err[ERR_LEN];
     vae_model *v = vae_load(dir, err);
     if (!v) die_input("%s", err);
@@ -382,7 +382,7 @@ int vae_cmd_serve(const args *a) {
     zmq_service svc;
     if (zsvc_open(&svc, endpoint, MAX_FRAME, err)) {
         vae_free(v);
-        die_input("%s %s: %s", a->prog, a->cmd, err);
+        die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     }
     printf("serving %s on %s\n", dir, svc.endpoint);
     fflush(stdout);
@@ -399,3 +399,13 @@ int vae_cmd_serve(const args *a) {
             s.by_op[OP_ENCODE_RGB], s.by_op[OP_DECODE], s.errors, lost, s.encoded, s.decoded, now_s() - t0);
     return 0;
 }
+
+static const cli_flag serve_flags[] = {
+    {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
+    {"endpoint", FLAG_TEXT | FLAG_REQUIRED, "tcp://HOST:PORT", NULL, NULL, "where to bind (port *: any free port)"},
+    {"batch", FLAG_INT, "B", "[1, inf)", NULL, "images per encode or decode call (default: the whole request)"},
+    {0},
+};
+
+const cli_command vae_serve_command = {
+    "serve", "the VAE as a ZeroMQ service: encode images, decode latents", cmd_serve, {serve_flags, vae_threads_flags}};

@@ -142,47 +142,38 @@ static void draw_sample(const image_set *set, uint64_t seed, long s, long j, flo
 
 /* ---------------------------------------------------------------- train */
 
-vae_loss_kind vae_loss_arg(const args *a, const char *command) {
-    const char *name = arg_str(a, "loss", "l2");
-    if (strcmp(name, "l2") == 0) return VAE_LOSS_L2;
-    if (strcmp(name, "l1") == 0) return VAE_LOSS_L1;
-    die_input("vae_service %s: --loss must be l1 or l2, not '%s'", command, name);
-}
+vae_loss_kind vae_loss_arg(const args *a) { return strcmp(arg_str(a, "loss"), "l1") == 0 ? VAE_LOSS_L1 : VAE_LOSS_L2; }
 
-int vae_precision_arg(const args *a, const char *command, const char *fallback) {
-    const char *name = arg_str(a, "precision", fallback);
-    if (strcmp(name, "bf16") == 0) return 1;
-    if (strcmp(name, "fp32") == 0) return 0;
-    die_input("vae_service %s: --precision must be bf16 or fp32, not '%s'", command, name);
-}
+int vae_bf16_arg(const args *a) { return strcmp(arg_str(a, "precision"), "bf16") == 0; }
 
-int vae_cmd_train(const args *a) {
-    const char *out = arg_required(a, "out"), *resume = arg_str(a, "resume", NULL);
-    int size = (int)arg_int(a, "size", 64, 8), steps = (int)arg_int(a, "steps", 2000, 1);
-    int batch = (int)arg_int(a, "batch", 8, 1), log_every = (int)arg_int(a, "log-every", 25, 1);
-    int save_every = (int)arg_int(a, "save-every", 1000, 1);
+static int cmd_train(const args *a) {
+    const char *out = arg_str(a, "out"), *resume = arg_str(a, "resume");
+    int size = (int)arg_int(a, "size"), steps = (int)arg_int(a, "steps");
+    int batch = (int)arg_int(a, "batch"), log_every = (int)arg_int(a, "log-every");
+    int save_every = (int)arg_int(a, "save-every");
     /* --stop-at: end after that step as if interrupted (time-sliced jobs, resume tests). */
-    long stop_at = arg_int(a, "stop-at", steps, 1);
+    long stop_at = arg_given(a, "stop-at") ? arg_int(a, "stop-at") : steps;
     /* lr 1e-3 and L2: on the 64 px set, 2e-3 and L1 (the first recipe) ended
      * 1 dB and 0.4 dB lower after the same steps (docs/conventions.md). */
-    float lr = (float)arg_float(a, "lr", 1e-3), kl_weight = (float)arg_float(a, "kl-weight", 1e-3);
-    vae_loss_kind loss = vae_loss_arg(a, "train");
+    float lr = (float)arg_num(a, "lr"), kl_weight = (float)arg_num(a, "kl-weight");
+    vae_loss_kind loss = vae_loss_arg(a);
     char err[ERR_LEN], ckpt_dir[4096], path[4096];
     snprintf(ckpt_dir, sizeof ckpt_dir, "%s/checkpoints", out);
-    run_files files = {out, arg_str(a, "ckpt-dir", ckpt_dir), (int)arg_int(a, "keep", 2, 1),
-                       (uint64_t)arg_int(a, "seed", 0, 0)};
+    run_files files = {out, arg_given(a, "ckpt-dir") ? arg_str(a, "ckpt-dir") : ckpt_dir, (int)arg_int(a, "keep"),
+                       (uint64_t)arg_int(a, "seed")};
     if (make_dir(out, err)) die_input("%s", err);       /* every rank: the checkpoints go inside */
     stop_signal_install();              /* before any thread starts: see nn/stop_signal.h */
-    nn_init((int)arg_int(a, "threads", 0, 1));
+    nn_init((int)arg_int(a, "threads"));
 
     vae_config c;
     const char *from = resume ? resume_path(&files, resume, path, sizeof path, &c) : NULL;
-    if (!from && vae_config_load(arg_required(a, "config"), &c, err)) die_input("%s", err);
+    if (!from && !arg_given(a, "config")) die_input("vae_service train: missing --config (no checkpoint to resume)");
+    if (!from && vae_config_load(arg_str(a, "config"), &c, err)) die_input("%s", err);
     vae_model *v = vae_create(&c);
     if (!from) vae_init_weights(v, files.seed);
     /* bf16 convolutions by default: 1.4x the steps in the same time, and
      * within 0.1 dB of float32 at equal steps (docs/conventions.md). */
-    vae_set_bf16(v, vae_precision_arg(a, "train", "bf16"));
+    vae_set_bf16(v, vae_bf16_arg(a));
     int f = vae_downscale(&c);
     if (size % f) die_input("vae_service train: --size %d is not a multiple of the VAE's downscale %d", size, f);
     param_set *ps = vae_params(v);
@@ -195,7 +186,7 @@ int vae_cmd_train(const args *a) {
     dp_optimizer(&dp, &o, oc);
     if (from) resume_from(from, v, &o, &files.seed);
 
-    image_set set = load_image_set(arg_required(a, "data"), size);
+    image_set set = load_image_set(arg_str(a, "data"), size);
     size_t per = (size_t)3 * size * size, lat = (size_t)c.latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
     if (rank == 0)
@@ -239,16 +230,16 @@ int vae_cmd_train(const args *a) {
 
 /* ----------------------------------------------------------------- eval */
 
-int vae_cmd_eval(const args *a) {
+static int cmd_eval(const args *a) {
     char err[ERR_LEN], summary[512];
-    nn_init((int)arg_int(a, "threads", 0, 1));
-    vae_model *v = vae_load(arg_required(a, "vae"), err);
+    nn_init((int)arg_int(a, "threads"));
+    vae_model *v = vae_load(arg_str(a, "vae"), err);
     if (!v) die_input("%s", err);
     const vae_config *c = vae_cfg(v);
-    int size = (int)arg_int(a, "size", 64, 8), batch = (int)arg_int(a, "batch", 32, 1), f = vae_downscale(c);
+    int size = (int)arg_int(a, "size"), batch = (int)arg_int(a, "batch"), f = vae_downscale(c);
     if (size % f) die_input("vae_service eval: --size %d is not a multiple of the VAE's downscale %d", size, f);
-    const char *grid = arg_str(a, "grid", NULL);
-    image_source *src = image_source_open(arg_required(a, "data"), size, 0, 1, err);
+    const char *grid = arg_str(a, "grid");
+    image_source *src = image_source_open(arg_str(a, "data"), size, 0, 1, err);
     if (!src) die_input("%s", err);
     size_t per = (size_t)3 * size * size, lat = (size_t)c->latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *rec = xmalloc(sizeof(float) * batch * per);
@@ -278,7 +269,7 @@ int vae_cmd_eval(const args *a) {
     image_source_summary(src, summary, sizeof summary);
     fprintf(stderr, "images: %s\n", summary);
     image_source_close(src);
-    if (count == 0) die_input("%s: no usable images", arg_required(a, "data"));
+    if (count == 0) die_input("%s: no usable images", arg_str(a, "data"));
     printf("{\"images\":%ld,\"psnr_db\":%.3f}\n", count, psnr_sum / count);
     int shown = count < GRID ? (int)count : GRID, cols = shown < GRID_COLS ? shown : GRID_COLS;
     int rows = 2 * ((shown + GRID_COLS - 1) / GRID_COLS);
@@ -289,3 +280,40 @@ int vae_cmd_eval(const args *a) {
     vae_free(v);
     return 0;
 }
+
+static const cli_flag train_flags[] = {
+    {"data", FLAG_TEXT | FLAG_REQUIRED, "SHARDS", NULL, NULL, "image-caption tar shards or folders (comma-separated paths or globs)"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder (diffusers AutoencoderKL), rewritten at each save"},
+    {"config", FLAG_TEXT, "VAE.json", NULL, NULL, "the VAE's config (needed unless resuming)"},
+    {"size", FLAG_INT, "S", "[8, inf)", "64", "image side in pixels (center-cropped and resized)"},
+    {"steps", FLAG_INT, "N", "[1, inf)", "2000", "optimizer steps"},
+    {"batch", FLAG_INT, "B", "[1, inf)", "8", "images per rank and step"},
+    {"lr", FLAG_NUM, "LR", "(0, inf)", "1e-3", "peak learning rate (AdamW, warm-up over 5% of the steps, cosine decay)"},
+    {"loss", FLAG_CHOICE, "l2|l1", NULL, "l2", "the reconstruction loss"},
+    {"kl-weight", FLAG_NUM, "W", "(0, inf)", "1e-3", "weight of the KL term"},
+    {"precision", FLAG_CHOICE, "bf16|fp32", NULL, "bf16", "the convolutions' arithmetic"},
+    {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the weights and the samples drawn"},
+    {"log-every", FLAG_INT, "K", "[1, inf)", "25", "print a step line every K steps"},
+    {"save-every", FLAG_INT, "K", "[1, inf)", "1000", "save every K steps (and at the end, and on a stop signal)"},
+    {"ckpt-dir", FLAG_TEXT, "DIR", NULL, NULL, "the step folders (default: VAE_DIR/checkpoints)"},
+    {"keep", FLAG_INT, "N", "[1, inf)", "2", "newest step folders kept"},
+    {"resume", FLAG_TEXT, "auto|STEP_DIR", NULL, NULL, "continue from the newest good step of --ckpt-dir, or this one"},
+    {"stop-at", FLAG_INT, "STEP", "[1, inf)", NULL, "save and stop after this step, as on a stop signal (default: --steps)"},
+    {0},
+};
+
+const cli_command vae_train_command = {
+    "train", "trains the VAE on images: data-parallel under mpirun, checkpoints, exact resume", cmd_train,
+    {train_flags, vae_threads_flags}};
+
+static const cli_flag eval_flags[] = {
+    {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
+    {"data", FLAG_TEXT | FLAG_REQUIRED, "SHARDS", NULL, NULL, "image-caption tar shards or folders"},
+    {"size", FLAG_INT, "S", "[8, inf)", "64", "image side in pixels"},
+    {"batch", FLAG_INT, "B", "[1, inf)", "32", "images per forward pass"},
+    {"grid", FLAG_TEXT, "FILE.png", NULL, NULL, "also write originals over reconstructions"},
+    {0},
+};
+
+const cli_command vae_eval_command = {
+    "eval", "the mean PSNR of the VAE's reconstructions over a dataset", cmd_eval, {eval_flags, vae_threads_flags}};
