@@ -49,7 +49,7 @@ static const cli_flag tokenizer_train_flags[] = {
 };
 
 static const cli_command tokenizer_train_command = {
-    "tokenizer train", "trains a SentencePiece tokenizer with <boi> and <eoi>", cmd_tokenizer_train,
+    "tokenizer train", "trains a SentencePiece tokenizer with BOI and EOI pieces", cmd_tokenizer_train,
     {tokenizer_train_flags}};
 
 static const cli_command *const commands[] = {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # cli_docs.sh - the command summaries in the READMEs, generated from the
 # programs' flag tables (common/cli.h) so that they cannot drift:
-#   README.md                 `PROG --help` of trainer, vae_service, dataloader
+#   README.md                 a table of the commands of trainer, vae_service and
+#                             dataloader with their one-line summaries (PROG --help)
 #   trainer/README.md, ...    `PROG COMMAND --help` of each of its commands
 # each between the lines <!-- commands:begin --> and <!-- commands:end -->.
 #   docs/cli_docs.sh          rewrites the blocks (make cli-docs)
@@ -15,11 +16,21 @@ check=0
 [ "${1:-}" = --check ] && check=1
 stale=0
 
-# The block's new text on stdout.
-program_help() { for p in trainer vae_service dataloader; do printf '```\n'; "$BIN/$p" --help; printf '```\n'; done; }
+# The commands of $1, "NAME<TAB>SUMMARY" a line: the list of `$1 --help`,
+# whose first column is 16 wide ("tokenizer train" is one name).
+commands_of() {
+    "$BIN/$1" --help | sed -n '/^commands:/,/^$/{/^  /p}' | cut -c3- | sed -E 's/^(.{16}) /\1\t/; s/ *\t/\t/'
+}
+
+# The blocks' new text on stdout.
+program_table() {
+    printf '| command | what it does |\n|---|---|\n'
+    for p in trainer vae_service dataloader; do
+        commands_of $p | while IFS=$'\t' read -r cmd summary; do printf '| `%s %s` | %s |\n' "$p" "$cmd" "$summary"; done
+    done
+}
 command_help() {
-    # the names are the list's first column, 16 wide ("tokenizer train" is one)
-    "$BIN/$1" --help | sed -n '/^commands:/,/^$/{/^  /p}' | cut -c3-18 | sed 's/ *$//' |
+    commands_of "$1" | cut -f1 |
         while read -r cmd; do
             printf '### `%s %s`\n```\n' "$1" "$cmd"
             # shellcheck disable=SC2086
@@ -43,6 +54,6 @@ fill() {
     else mv "$tmp" "$file"; echo "rewrote $file"; fi
 }
 
-program_help | fill README.md
+program_table | fill README.md
 for p in trainer vae_service dataloader; do command_help $p | fill $p/README.md; done
 exit $stale
