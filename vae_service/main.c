@@ -150,11 +150,6 @@ static int cmd_bench(const args *a) {
     return 0;
 }
 
-const cli_flag vae_threads_flags[] = {
-    {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
-    {0},
-};
-
 static const cli_flag init_flags[] = {
     {"config", FLAG_TEXT | FLAG_REQUIRED, "VAE.json", NULL, NULL, "the VAE's config"},
     {"out", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder to write"},

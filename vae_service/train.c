@@ -142,6 +142,11 @@ static void draw_sample(const image_set *set, uint64_t seed, long s, long j, flo
 
 /* ---------------------------------------------------------------- train */
 
+const cli_flag vae_threads_flags[] = {
+    {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
+    {0},
+};
+
 vae_loss_kind vae_loss_arg(const args *a) { return strcmp(arg_str(a, "loss"), "l1") == 0 ? VAE_LOSS_L1 : VAE_LOSS_L2; }
 
 int vae_bf16_arg(const args *a) { return strcmp(arg_str(a, "precision"), "bf16") == 0; }
