@@ -2,11 +2,11 @@
 """torch_cuda_step.py - the PyTorch peer of `trainer bench --device cuda`: the
 same model and training step (forward, backward, clip 1.0, AdamW) on a GPU, in
 bfloat16 autocast over float32 weights and Adam state, attention by flex
-attention with the contract's mask (query i sees keys doc_start(i)..hi(i), a
+attention with the model's mask (docs/model.md section 2: query i sees keys doc_start(i)..hi(i), a
 block mask that skips fully masked tiles), the loss compiled by torch.compile.
 Batch generation, parameter shapes and initialization are tests/torch_ref.py's.
 
-  --write-batch PATH   write the generated batch (spec section 7) and exit, so
+  --write-batch PATH   write the generated batch (docs/model.md section 7) and exit, so
                        that `trainer bench --batch PATH` times the same batch
   --batch PATH         time this batch file instead of generating one
 
@@ -29,7 +29,7 @@ from st_io import st_read, st_write  # noqa: E402
 
 
 def forward_loss(W, c, t, block_mask, flex):
-    """The model of shared/spec/model.md; t holds the batch's device tensors."""
+    """The model of docs/model.md; t holds the batch's device tensors."""
     B, L, d, H = t["B"], t["L"], c["hidden_size"], c["num_attention_heads"]
     hd, eps = d // H, c["rms_norm_eps"]
     x = torch.zeros(B * L, d, device="cuda", dtype=torch.bfloat16)

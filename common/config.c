@@ -1,4 +1,4 @@
-/* config.c - the model's config.json (config.h, shared/spec/model.md
+/* config.c - the model's config.json (config.h, docs/model.md
  * section 6): JSON via cJSON, defaults, validation and atomic saving.
  * Messages go into err, which must hold ERR_LEN (512) bytes like the
  * safetensors functions' buffers. */
@@ -118,7 +118,7 @@ int config_load_given(const char *path, const cJSON *given, const char *source, 
         c->image_causal = causal;
     }
     /* BOI and EOI default to the two ids appended after the SentencePiece
-     * vocabulary (spec section 1). */
+     * vocabulary (docs/model.md section 1). */
     if (!cJSON_GetObjectItemCaseSensitive(root, "boi_token_id") &&
         !(given && cJSON_GetObjectItemCaseSensitive(given, "boi_token_id")))
         c->boi_token_id = c->vocab_size - 2;

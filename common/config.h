@@ -1,5 +1,5 @@
 /* config.h - the model's hyperparameters (config.json of a checkpoint,
- * shared/spec/model.md section 6): load, validate, save. */
+ * docs/model.md section 6): load, validate, save. */
 #ifndef COMMON_CONFIG_H
 #define COMMON_CONFIG_H
 

@@ -7,7 +7,7 @@
  * Prints one JSON line: positions, pad and image fractions (image-caption
  * document positions over non-pad positions), images, caption-first,
  * image-first and dropped-caption counts, documents and text documents.
- * --dump writes the batch file of model.md section 7 (tokens, modality, doc,
+ * --dump writes the batch file of docs/model.md section 7 (tokens, modality, doc,
  * image, latents, plus noise ~ N(0, 1) and timesteps drawn from (step, rank),
  * 1..T/2 for noise-limited images, so `trainer loss` reads it as it is), and
  * noise_limit I32 [n] and sample_ids I64 [documents]. */

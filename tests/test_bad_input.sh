@@ -3,7 +3,7 @@
 # every broken checkpoint, config or batch file must stop it with exit status
 # 2 and exactly one line on stderr naming the file and the tensor or field.
 # The broken files are made with python3 from a checkpoint written by
-# `trainer init` and a small valid batch (shared/spec/model.md section 7);
+# `trainer init` and a small valid batch (docs/model.md section 7);
 # the valid originals must pass, so that each failure is for the right reason.
 set -u
 BIN=${BIN:-bin}
@@ -239,7 +239,7 @@ expect_bad model_header_length model.safetensors -- loss "$T/ck_hlen" "$GOOD"
 expect_bad model_offsets_outside model.safetensors lm_head.weight -- loss "$T/ck_offs" "$GOOD"
 expect_bad model_wrong_dtype model.safetensors lm_head.weight -- loss "$T/ck_dtype" "$GOOD"
 expect_bad model_wrong_shape model.safetensors lm_head.weight -- loss "$T/ck_shape" "$GOOD"
-# Weights may be spread over several *.safetensors files (spec section 6), so
+# Weights may be spread over several *.safetensors files (docs/model.md section 6), so
 # a tensor found in none of them may be reported against the folder.
 expect_bad model_missing_tensor ck_gone model.norm.weight -- loss "$T/ck_gone" "$GOOD"
 

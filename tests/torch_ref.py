@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """torch_ref.py - an independent PyTorch implementation of the Transfusion model
-contract (shared/spec/model.md), used as the test oracle of the C trainer and as
+(docs/model.md), used as the test oracle of the C trainer and as
 its speed peer.
 
 It shares no code with the C side: it reads checkpoints and batch files with its
@@ -12,7 +12,7 @@ Run it with /usr/bin/python3 (Debian's python3-torch, torch 1.13, CPU).
 
 Subcommands:
   make-batch --config CONFIG.json --out BATCH.safetensors --rows B --seq-len L --seed S
-      A random packed batch (spec section 7): several documents per row (text
+      A random packed batch (docs/model.md section 7): several documents per row (text
       docs, caption-first and image-first pairs, sometimes a document with two
       images), pads at the end of every row.
   randomize --ckpt DIR --seed S
@@ -21,7 +21,7 @@ Subcommands:
       0.1 N).
   init --config CONFIG.json --out DIR --seed S
       Writes a freshly initialized checkpoint (config.json + model.safetensors),
-      spec section 6 initialization.
+      docs/model.md section 6 initialization.
   loss --ckpt DIR --batch BATCH [--grads OUT.safetensors] [--dtype float64|float32]
       Loss and gradients of a checkpoint on a batch file; prints the JSON line
       {"loss","lm_loss","diffusion_loss","n_lm","n_latent","grad_norm"} and writes
@@ -209,7 +209,7 @@ def patchify(x, p):
 # batch layout -> index tensors
 
 def prepare(c, batch, dtype):
-    """Turns a batch (dict of numpy arrays, spec section 7) into the tensors the
+    """Turns a batch (dict of numpy arrays, docs/model.md section 7) into the tensors the
     forward pass needs: attention mask, RoPE tables, gather indices, noised patch
     vectors, timestep features, LM targets, eps targets."""
     tokens, mod, doc, image = batch["tokens"], batch["modality"], batch["doc"], batch["image"]

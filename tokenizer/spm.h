@@ -1,7 +1,7 @@
 /* spm.h - the C face of SentencePiece (dataloader/spm_shim.cc, the project's
  * only C++): train a model, load one, encode text to ids, decode ids to text.
  *
- * Special ids follow model.md section 1: BOS/EOS are the model's own; BOI and
+ * Special ids follow docs/model.md section 1: BOS/EOS are the model's own; BOI and
  * EOI are its `<boi>`/`<eoi>` pieces when it has them, else they are appended
  * after its vocabulary (vocab_size = pieces + 2). PAD is `<pad>` or the
  * model's pad id when defined, else -1 (pad positions then carry token 0). */

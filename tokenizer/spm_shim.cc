@@ -80,7 +80,7 @@ spm *spm_load(const char *path, char *err) {
     d.boi = defined_piece(s->proc, "<boi>");
     d.eoi = defined_piece(s->proc, "<eoi>");
     d.vocab_size = d.pieces;
-    if (d.boi < 0 || d.eoi < 0) {   // contract section 1: append both
+    if (d.boi < 0 || d.eoi < 0) {   // docs/model.md section 1: append both
         d.boi = d.pieces;
         d.eoi = d.pieces + 1;
         d.vocab_size = d.pieces + 2;

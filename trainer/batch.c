@@ -1,4 +1,4 @@
-/* batch.c - batch files (model.md section 7): load with validation, save,
+/* batch.c - batch files (docs/model.md section 7): load with validation, save,
  * and a synthetic generator for benchmarks and the quickstart. */
 #include "batch.h"
 #include "../common/error.h"

@@ -1,4 +1,4 @@
-/* batch.h - a packed training batch (shared/spec/model.md section 7).
+/* batch.h - a packed training batch (docs/model.md section 7).
  *
  * A batch is what a batch file holds: B rows of L positions, each with a
  * token, a modality (0 token, 1 patch, 2 pad), a document number and, for

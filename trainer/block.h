@@ -12,7 +12,7 @@
  * next call; a backend buffer). Tests use it to check what each position can see. */
 const float *model_hidden(model *m, const plan *p);
 
-/* The input vectors of a plan's positions (model.md section 3: token
+/* The input vectors of a plan's positions (docs/model.md section 3: token
  * embeddings, patch_in(x) + pos_embed[k] + temb(t), zeros at pads) into
  * x [N, d]. Inference (infer.c) embeds its new rows with it. */
 void model_embed(model *m, const plan *p, float *x);

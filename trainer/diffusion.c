@@ -1,5 +1,5 @@
 /* diffusion.c - cosine schedule (Nichol & Dhariwal, s = 0.008), timestep
- * features and patch layout; see diffusion.h and model.md section 3. */
+ * features and patch layout; see diffusion.h and docs/model.md section 3. */
 #include "diffusion.h"
 
 #include <math.h>

@@ -1,4 +1,4 @@
-/* diffusion.h - the diffusion side of the model (model.md section 3): the
+/* diffusion.h - the diffusion side of the model (docs/model.md section 3): the
  * cosine noise schedule, noising, patchify, and timestep features. */
 #ifndef TRAINER_DIFFUSION_H
 #define TRAINER_DIFFUSION_H

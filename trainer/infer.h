@@ -1,6 +1,6 @@
 /* infer.h - forward passes for generation: new positions appended to S
- * sequences, each attending to what its sequence already holds (model.md
- * section 2 within one document that starts at position 0).
+ * sequences, each attending to what its sequence already holds
+ * (docs/model.md section 2 within one document that starts at position 0).
  *
  * With the KV cache, a forward costs the new rows only: their keys and
  * values are stored per layer and sequence, and their queries attend over

@@ -1,6 +1,6 @@
 /* model.c - the Transfusion model on the backend interface of nn/kernels.h:
  * parameter layout, init, checkpoint I/O, forward and backward.
- * The math is model.md's; this file only sequences kernels. */
+ * The math is docs/model.md's; this file only sequences kernels. */
 #include "block.h"
 #include "plan_mirror.h"
 #include "../common/error.h"

@@ -1,4 +1,4 @@
-/* model.h - the Transfusion model (shared/spec/model.md): parameters, init,
+/* model.h - the Transfusion model (docs/model.md): parameters, init,
  * checkpoint I/O, and one fused forward + backward over a batch plan.
  *
  * All parameters live in one flat param_set (nn/params.h), so the optimizer

@@ -1,5 +1,5 @@
 /* plan.c - derives from a validated batch what the model needs per step:
- * each query's key range and RoPE position (model.md section 2), the token,
+ * each query's key range and RoPE position (docs/model.md section 2), the token,
  * patch and LM-target rows, and the noised, patchified latents (section 3). */
 #include "plan.h"
 #include "diffusion.h"

@@ -296,8 +296,8 @@ static int cmd_train(const args *a) {
         double ts = now_s(), wait;
         batch *micro;
         if (rows_next(rows, &micro, &wait, err)) die("%s", err);
-        /* The loss is normalized by the counts of the whole step (contract
-         * section 5): every micro-batch of every rank. */
+        /* The loss is normalized by the counts of the whole step
+         * (docs/model.md section 5): every micro-batch of every rank. */
         plan *p = xcalloc(o.A, sizeof(plan));
         int64_t counts[2] = {0, 0};
         double flops = 0, sums[2] = {0, 0};

@@ -1,6 +1,6 @@
 /* attention.c - CPU attention where each query i sees the contiguous key
- * range [lo[i], hi[i]] of its own row (model.md section 2: causal text,
- * bidirectional inside an image, nothing across documents).
+ * range [lo[i], hi[i]] of its own row (docs/model.md section 2: causal
+ * text, bidirectional inside an image, nothing across documents).
  *
  * Work is split by (row, head); each task walks its queries in blocks of
  * QBLOCK and computes only the key span the block needs, [min lo, max hi],
