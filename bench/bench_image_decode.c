@@ -1,11 +1,11 @@
 /* bench_image_decode.c - images/s of the VAE service's input path on one
  * core: decode (WebP, PNG, JPEG) + alpha on white + center crop + resize
- * (vae_service/image_source.c, image_decode), over files held in memory.
+ * (vae/image_decode.c, image_decode), over files held in memory.
  *
  *   bench_image_decode --size S [--repeats R] FILE...
  * prints {"images_per_s":..., "files":N, "size":S}. bench/bench_vae.sh runs
  * it beside dwebp on the same files. */
-#include "../vae/image_source.h"
+#include "../vae/image_decode.h"
 #include "../common/timing.h"
 
 #include <stdio.h>

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void vreport(const char *fmt, va_list ap)
 {
@@ -16,16 +17,35 @@ static void vreport(const char *fmt, va_list ap)
     fflush(stderr);
 }
 
+/* Control characters from a file's contents would garble the terminal or
+ * split one report into several lines. */
+static void make_printable(char *s)
+{
+    for (char *p = s; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
+}
+
 int set_error(char *err, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, ERR_LEN, fmt, ap);
     va_end(ap);
-    for (char *p = err; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = '?';
+    make_printable(err);
     return -1;
+}
+
+void log_line(const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    make_printable(line);
+    fprintf(stderr, "%s\n", line);
+    fflush(stderr);
 }
 
 void die_input(const char *fmt, ...)
@@ -63,3 +83,13 @@ void *xcalloc(size_t n, size_t size)
         die("out of memory allocating %zu x %zu bytes", n, size);
     return p;
 }
+
+char *xstrndup(const char *s, size_t n)
+{
+    char *p = xmalloc(n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+char *xstrdup(const char *s) { return xstrndup(s, strlen(s)); }

@@ -19,8 +19,16 @@ __attribute__((format(printf, 2, 3))) int set_error(char *err, const char *fmt, 
 __attribute__((noreturn, format(printf, 1, 2))) void die_input(const char *fmt, ...);
 __attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...);
 
-/* malloc/calloc that die with a message instead of returning NULL. */
+/* One line on stderr for bad input that does not stop the tool (a skipped
+ * sample), assembled first so that it reaches stderr in one write; control
+ * characters (names and keys come from the data) become '?'. */
+__attribute__((format(printf, 1, 2))) void log_line(const char *fmt, ...);
+
+/* malloc/calloc/strdup/strndup that die with a message instead of returning
+ * NULL. */
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
 
 #endif

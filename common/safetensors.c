@@ -177,12 +177,6 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
     return 0;
 }
 
-static char *xstrdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    return memcpy(xmalloc(n), s, n);
-}
-
 int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char *err)
 {
     memset(f, 0, sizeof *f);

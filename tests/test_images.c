@@ -1,12 +1,14 @@
-/* test_images.c - tests of vae_service/image_source.c on images made here:
- * image_decode on PNG (RGB, gray, gray+alpha, palette with transparency),
- * JPEG and WebP (lossy, lossless with alpha): alpha on white, center crop,
- * antialiased resize, refusal of headers over 16384 pixels a side; then a
+/* test_images.c - tests of vae/image_source.c, member_reader.c and
+ * image_decode.c on images made here: image_decode on PNG (RGB, gray,
+ * gray+alpha, palette with transparency), JPEG and WebP (lossy, lossless
+ * with alpha): alpha on white, center crop, antialiased resize, refusal of
+ * headers over 16384 pixels a side; then a
  * tar shard (ustar headers, GNU long names, pax paths) and a folder holding
  * good samples and one of every kind of bad one, read in order with exact
  * skip counts; a truncated tar; rank/nranks splitting; damaged shards that
  * must not crash the reader. Files live in a mkdtemp folder, removed at the end. */
 #include "check.h"
+#include "../vae/image_decode.h"
 #include "../vae/image_source.h"
 
 #include <fcntl.h>

@@ -12,7 +12,7 @@
 #include "check.h"
 #include "proc.h"
 #include "../nn/kernels.h"
-#include "../vae/image_source.h"
+#include "../vae/image_decode.h"
 #include "../vae/vae.h"
 
 #include <cjson/cJSON.h>

@@ -22,7 +22,7 @@
 #include "../common/timing.h"
 #include "../nn/backend.h"
 #include "../nn/kernels.h"
-#include "../vae/image_source.h"
+#include "../vae/image_decode.h"
 #include "../vae/image_write.h"
 #include "../common/dir.h"
 

@@ -62,11 +62,4 @@ void image_source_summary(const image_source *s, char *buf, size_t len);
 
 void image_source_close(image_source *s);
 
-/* Decodes an image file in memory (WebP via libwebp, PNG and JPEG via
- * stb_image), composites alpha on white, center-crops to a square and resizes
- * to size x size with an antialiasing filter; rgb gets [3, size, size] in
- * [-1, 1]. Returns 0, or -1 with *why set. Exposed for tests and for the
- * service's encode requests. */
-int image_decode(const unsigned char *data, size_t len, int size, float *rgb, skip_reason *why);
-
 #endif

@@ -50,7 +50,7 @@
 #include "commands.h"
 #include "../common/timing.h"
 #include "../common/zmq_service.h"
-#include "../vae/image_source.h"
+#include "../vae/image_decode.h"
 #include "../vae/vae.h"
 #include "../nn/kernels.h"
 
