@@ -418,7 +418,7 @@ const cli_command vae_encode_command = {
 static const cli_flag decode_flags[] = {
     {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
     {"latents", FLAG_TEXT | FLAG_REQUIRED, "FILE_OR_DIR", NULL, NULL, "a latent shard, or a latent dataset folder"},
-    {"out", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "where the PNG images go"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "where the images go, KEY.webp (lossless)"},
     {"limit", FLAG_INT, "N", "[0, inf)", "0", "decode at most N latents (0: all)"},
     {0},
 };
