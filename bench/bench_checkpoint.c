@@ -18,15 +18,19 @@ int main(int argc, char **argv) {
     const char *dir = NULL;
     int mb = 64, repeats = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--dir") == 0) dir = argv[i + 1];
-        else if (strcmp(argv[i], "--mb") == 0) mb = atoi(argv[i + 1]);
-        else if (strcmp(argv[i], "--repeats") == 0) repeats = atoi(argv[i + 1]);
-        else die_input("bench_checkpoint: unknown flag %s", argv[i]);
+        if (strcmp(argv[i], "--dir") == 0)
+            dir = argv[i + 1];
+        else if (strcmp(argv[i], "--mb") == 0)
+            mb = atoi(argv[i + 1]);
+        else if (strcmp(argv[i], "--repeats") == 0)
+            repeats = atoi(argv[i + 1]);
+        else
+            die_input("bench_checkpoint: unknown flag %s", argv[i]);
     }
     if (!dir || mb < 1 || repeats < 1) die_input("usage: bench_checkpoint --dir DIR --mb WEIGHT_MB [--repeats R]");
     dist_init(&argc, &argv);
     param_set ps = {0};
-    for (int i = 0; i < mb; i++) {         /* 1 MB tensors */
+    for (int i = 0; i < mb; i++) { /* 1 MB tensors */
         char name[32];
         snprintf(name, sizeof name, "layer.%d.weight", i);
         params_add(&ps, name, 2, (int64_t[]){256, 1024}, 1);
@@ -38,12 +42,18 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < ps.numel; i++) ps.w[i] = (float)i;
     for (size_t i = 0; i < count; i++) m[i] = v[i] = (float)(off + i);
     char err[ERR_LEN], path[4096];
-    cJSON *config = json_read_object("configs/tiny.json", err);     /* only written as config.json */
+    cJSON *config = json_read_object("configs/tiny.json", err); /* only written as config.json */
     if (!config) die_input("%s", err);
     double *save_t = xmalloc(sizeof(double) * repeats), *load_t = xmalloc(sizeof(double) * repeats);
     for (int k = 0; k < repeats; k++) {
-        ckpt_save_request r = {.ps = &ps, .config = config, .step = k + 1, .opt_offset = off, .opt_count = count,
-                               .m = m, .v = v, .keep = 1};
+        ckpt_save_request r = {.ps = &ps,
+                               .config = config,
+                               .step = k + 1,
+                               .opt_offset = off,
+                               .opt_count = count,
+                               .m = m,
+                               .v = v,
+                               .keep = 1};
         double t0 = now_s();
         if (ckpt_save(dir, &r, err)) die("%s", err);
         save_t[k] = now_s() - t0;

@@ -20,7 +20,10 @@
 #include <string.h>
 #include <zmq.h>
 
-static void keep(void *data, void *hint) { (void)data; (void)hint; }
+static void keep(void *data, void *hint) {
+    (void)data;
+    (void)hint;
+}
 
 static int cmd_raw_serve(const args *a) {
     char err[ERR_LEN];
@@ -77,7 +80,10 @@ static void *run_client(void *arg) {
     uint8_t req[DL_REQUEST_BYTES] = {0};
     int in_flight = 0;
     while (now_s() - t0 < w->seconds) {
-        while (in_flight < 5) { zmq_send(sock, req, sizeof req, 0); in_flight++; }
+        while (in_flight < 5) {
+            zmq_send(sock, req, sizeof req, 0);
+            in_flight++;
+        }
         zmq_msg_t head, body;
         zmq_msg_init(&head);
         zmq_msg_init(&body);
@@ -114,8 +120,9 @@ static int cmd_clients(const args *a) {
         bytes += w[i].bytes;
     }
     double dt = now_s() - t0;
-    printf("{\"clients\":%d,\"raw\":%s,\"batches_per_s\":%.1f,\"rows_per_s\":%.1f,\"mb_per_s\":%.1f,\"payload_bytes\":%.0f}\n", k,
-           raw ? "true" : "false", batches / dt, rows / dt, bytes / dt / 1e6, batches ? bytes / batches : 0.0);
+    printf("{\"clients\":%d,\"raw\":%s,\"batches_per_s\":%.1f,\"rows_per_s\":%.1f,\"mb_per_s\":%.1f,\"payload_bytes\":%"
+           ".0f}\n",
+           k, raw ? "true" : "false", batches / dt, rows / dt, bytes / dt / 1e6, batches ? bytes / batches : 0.0);
     free(w);
     free(t);
     return 0;

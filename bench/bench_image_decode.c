@@ -15,9 +15,12 @@
 int main(int argc, char **argv) {
     int size = 64, repeats = 5, first = 1;
     while (first + 1 < argc && strncmp(argv[first], "--", 2) == 0) {
-        if (strcmp(argv[first], "--size") == 0) size = atoi(argv[first + 1]);
-        else if (strcmp(argv[first], "--repeats") == 0) repeats = atoi(argv[first + 1]);
-        else die_input("bench_image_decode: unknown flag %s", argv[first]);
+        if (strcmp(argv[first], "--size") == 0)
+            size = atoi(argv[first + 1]);
+        else if (strcmp(argv[first], "--repeats") == 0)
+            repeats = atoi(argv[first + 1]);
+        else
+            die_input("bench_image_decode: unknown flag %s", argv[first]);
         first += 2;
     }
     int n = argc - first;
@@ -40,13 +43,16 @@ int main(int argc, char **argv) {
         double t0 = now_s();
         for (int i = 0; i < n; i++) {
             skip_reason why;
-            if (image_decode(data[i], len[i], size, rgb, &why)) die_input("%s: %s", argv[first + i], skip_reason_name(why));
+            if (image_decode(data[i], len[i], size, rgb, &why))
+                die_input("%s: %s", argv[first + i], skip_reason_name(why));
         }
         double dt = now_s() - t0;
         if (dt < best) best = dt;
     }
     printf("{\"images_per_s\":%.1f,\"files\":%d,\"size\":%d}\n", n / best, n, size);
     for (int i = 0; i < n; i++) free(data[i]);
-    free(data); free(len); free(rgb);
+    free(data);
+    free(len);
+    free(rgb);
     return 0;
 }

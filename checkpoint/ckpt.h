@@ -48,24 +48,24 @@
 
 /* A file copied into the checkpoint (tokenizer model, latent statistics). */
 typedef struct {
-    const char *name;           /* file name inside the step folder */
-    const char *path;           /* where to copy it from */
+    const char *name; /* file name inside the step folder */
+    const char *path; /* where to copy it from */
 } ckpt_extra;
 
 typedef struct {
-    const param_set *ps;        /* names and shapes; full weights ps->w on every rank */
-    const cJSON *config;        /* the model's config, written as config.json */
-    long step;                  /* optimizer steps taken: names the folder */
-    size_t opt_offset, opt_count;   /* this rank's range of the flat array */
-    const float *m, *v;         /* Adam moments of that range (opt_count floats) */
-    const float *master;        /* master weights of the range; NULL when ps->w is the master */
-    const float *ema;           /* the EMA of this rank's shard: ckpt_shard_range's floats, ema[0]
+    const param_set *ps;          /* names and shapes; full weights ps->w on every rank */
+    const cJSON *config;          /* the model's config, written as config.json */
+    long step;                    /* optimizer steps taken: names the folder */
+    size_t opt_offset, opt_count; /* this rank's range of the flat array */
+    const float *m, *v;           /* Adam moments of that range (opt_count floats) */
+    const float *master;          /* master weights of the range; NULL when ps->w is the master */
+    const float *ema;             /* the EMA of this rank's shard: ckpt_shard_range's floats, ema[0]
                                    averaging element `offset`; NULL on every rank: none */
-    const cJSON *state;         /* trainer_state.json (rank 0's is written; "step" and
+    const cJSON *state;           /* trainer_state.json (rank 0's is written; "step" and
                                    "world_size" are set by the save) */
-    const ckpt_extra *extras;   /* rank 0's are copied */
+    const ckpt_extra *extras;     /* rank 0's are copied */
     int n_extras;
-    int keep, keep_every;       /* retention: the newest `keep` plus every step that is a
+    int keep, keep_every; /* retention: the newest `keep` plus every step that is a
                                    multiple of keep_every survive; 0 turns either off */
 } ckpt_save_request;
 
@@ -96,14 +96,14 @@ typedef struct {
 typedef struct {
     char *dir;
     long step;
-    int world_size;             /* ranks that wrote it */
-    size_t numel;               /* floats of the flat parameter array */
-    int has_master;             /* master weights were saved */
-    int has_ema;                /* the weights' EMA was saved (ema_map) */
-    cJSON *config;              /* config.json (the caller checks it) */
-    cJSON *state;               /* trainer_state.json */
+    int world_size; /* ranks that wrote it */
+    size_t numel;   /* floats of the flat parameter array */
+    int has_master; /* master weights were saved */
+    int has_ema;    /* the weights' EMA was saved (ema_map) */
+    cJSON *config;  /* config.json (the caller checks it) */
+    cJSON *state;   /* trainer_state.json */
     int n_parts;
-    ckpt_part_file *parts;      /* optimizer parts, sorted by offset, tiling [0, numel) */
+    ckpt_part_file *parts; /* optimizer parts, sorted by offset, tiling [0, numel) */
 } ckpt_reader;
 
 /* Opens a step folder (checked with ckpt_verify or ckpt_resolve) on this
@@ -149,8 +149,7 @@ int ckpt_load_training(const ckpt_reader *r, param_set *ps, optimizer *o, char *
 /* The Adam state of flat range [offset, offset + count), whatever ranges the
  * writers owned. master may be NULL; when given, the checkpoint must hold
  * master weights. */
-int ckpt_load_optim(const ckpt_reader *r, size_t offset, size_t count, float *m, float *v,
-                    float *master, char *err);
+int ckpt_load_optim(const ckpt_reader *r, size_t offset, size_t count, float *m, float *v, float *master, char *err);
 
 /* One consolidated inference checkpoint from a step folder: out/config.json,
  * out/model.safetensors as F32 or BF16 (round to nearest even) holding the

@@ -34,9 +34,10 @@ static int declare_tensors(param_set *ps, const char *dir, const cJSON *wmap, co
         }
         const st_tensor *t = st_find(&f, e->string);
         rc = !t ? set_error(err, "%s: tensor '%s' (from weight_map) not found", f.path, e->string)
-           : t->ndim > PARAM_MAX_DIMS ? set_error(err, "%s: tensor '%s' has %d dims", f.path, e->string, t->ndim)
-           : strlen(e->string) >= sizeof ps->info[0].name ? set_error(err, "%s: tensor name '%s' too long", f.path, e->string)
-           : 0;
+            : t->ndim > PARAM_MAX_DIMS ? set_error(err, "%s: tensor '%s' has %d dims", f.path, e->string, t->ndim)
+            : strlen(e->string) >= sizeof ps->info[0].name
+            ? set_error(err, "%s: tensor name '%s' too long", f.path, e->string)
+            : 0;
         if (rc) break;
         params_add(ps, e->string, t->ndim, t->shape, 0);
     }

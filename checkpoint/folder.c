@@ -49,7 +49,7 @@ int ckpt_list_steps(const char *dir, long **steps, char *err) {
         (*steps)[n++] = strtol(s + plen, NULL, 10);
     }
     closedir(dh);
-    if (n > 1) qsort(*steps, n, sizeof(long), cmp_long);     /* qsort(NULL, 0) is undefined */
+    if (n > 1) qsort(*steps, n, sizeof(long), cmp_long); /* qsort(NULL, 0) is undefined */
     return n;
 }
 

@@ -158,8 +158,7 @@ int ckpt_load_training(const ckpt_reader *r, param_set *ps, optimizer *o, char *
     return rc;
 }
 
-int ckpt_load_optim(const ckpt_reader *r, size_t offset, size_t count, float *m, float *v, float *master,
-                    char *err) {
+int ckpt_load_optim(const ckpt_reader *r, size_t offset, size_t count, float *m, float *v, float *master, char *err) {
     if (offset > r->numel || count > r->numel - offset)
         return set_error(err, "%s: optimizer range [%zu,%zu) outside its %zu parameters", r->dir, offset,
                          offset + count, r->numel);

@@ -49,7 +49,7 @@ void ckpt_shard_range(const param_set *ps, int rank, int size, size_t *offset, s
     size_t off, n, lo = 0, hi = 0;
     int any = 0;
     dist_part(ps->numel, rank, size, &off, &n);
-    for (int i = 0; i < ps->n; i++) {       /* tensors are in offset order */
+    for (int i = 0; i < ps->n; i++) { /* tensors are in offset order */
         const param_info *p = &ps->info[i];
         if (p->offset < off || p->offset - off >= n) continue;
         if (!any) lo = p->offset;
@@ -62,8 +62,8 @@ void ckpt_shard_range(const param_set *ps, int rank, int size, size_t *offset, s
 
 /* This rank's shard of tensors named like the weights, as the file
  * KIND-0000r-of-0000N: flat[0] is the first element of ckpt_shard_range. */
-static int write_shard(const char *tmp, const char *kind, const param_set *ps, const float *flat, int rank,
-                       int size, int64_t *bytes, int64_t *crc, char *err) {
+static int write_shard(const char *tmp, const char *kind, const param_set *ps, const float *flat, int rank, int size,
+                       int64_t *bytes, int64_t *crc, char *err) {
     char name[64], path[CKPT_PATH_LEN];
     size_t off, count;
     ckpt_shard_range(ps, rank, size, &off, &count);
@@ -74,8 +74,7 @@ static int write_shard(const char *tmp, const char *kind, const param_set *ps, c
 
 /* This rank's weight shard, EMA shard and optimizer part, with their sizes
  * and CRCs. */
-static int write_rank_files(const char *tmp, const ckpt_save_request *r, int rank, int size,
-                            int64_t *g, char *err) {
+static int write_rank_files(const char *tmp, const ckpt_save_request *r, int rank, int size, int64_t *g, char *err) {
     char name[64], path[CKPT_PATH_LEN];
     size_t off, count;
     ckpt_shard_range(r->ps, rank, size, &off, &count);
@@ -84,8 +83,8 @@ static int write_rank_files(const char *tmp, const ckpt_save_request *r, int ran
     if (r->ema && write_shard(tmp, "ema", r->ps, r->ema, rank, size, &g[G_E_BYTES], &g[G_E_CRC], err)) return -1;
 
     if (r->opt_offset > r->ps->numel || r->opt_count > r->ps->numel - r->opt_offset)
-        return set_error(err, "%s: optimizer range [%zu,%zu) outside the %zu parameters", tmp,
-                         r->opt_offset, r->opt_offset + r->opt_count, r->ps->numel);
+        return set_error(err, "%s: optimizer range [%zu,%zu) outside the %zu parameters", tmp, r->opt_offset,
+                         r->opt_offset + r->opt_count, r->ps->numel);
     int64_t range[2] = {(int64_t)r->opt_offset, (int64_t)r->opt_count};
     st_entry e[4] = {
         {.name = "range", .dtype = ST_I64, .ndim = 1, .shape = {2}, .data = range},
@@ -117,7 +116,7 @@ static void add_file(cJSON *files, const char *name, int64_t bytes, uint32_t crc
 /* Writes a file of rank 0 into tmp (config, state, an extra) and records it. */
 static int add_local_file(cJSON *files, const char *tmp, const char *name, char *err) {
     char path[CKPT_PATH_LEN];
-    int64_t bytes = 0, crc = 0;    /* set by file_sum; zeroed for the compiler */
+    int64_t bytes = 0, crc = 0; /* set by file_sum; zeroed for the compiler */
     ckpt_join(path, tmp, name);
     if (file_sum(path, &bytes, &crc, err)) return -1;
     add_file(files, name, bytes, (uint32_t)crc);
@@ -151,13 +150,13 @@ static int ranges_tile(const char *tmp, const int64_t *g, int size, size_t numel
 
 /* Rank 0: everything but the rank files, the index last. g holds G_N values
  * per rank. */
-static int write_folder_files(const char *tmp, const ckpt_save_request *r, int size, const int64_t *g,
-                              char *err) {
+static int write_folder_files(const char *tmp, const ckpt_save_request *r, int size, const int64_t *g, char *err) {
     char path[CKPT_PATH_LEN], name[64];
     if (ranges_tile(tmp, g, size, r->ps->numel, err)) return -1;
-    for (int k = 0; k < size; k++)          /* an EMA in some shards only could not be loaded */
+    for (int k = 0; k < size; k++) /* an EMA in some shards only could not be loaded */
         if ((g[(size_t)k * G_N + G_E_BYTES] >= 0) != (r->ema != NULL))
-            return set_error(err, r->ema ? "%s: rank 0 saved an EMA, rank %d none" : "%s: rank %d saved an EMA, rank 0 none",
+            return set_error(err,
+                             r->ema ? "%s: rank 0 saved an EMA, rank %d none" : "%s: rank %d saved an EMA, rank 0 none",
                              tmp, k);
     cJSON *files = need(cJSON_CreateObject());
     int rc = -1;
@@ -199,7 +198,7 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
     need(cJSON_AddNumberToObject(meta, "world_size", size));
     cJSON *wmap = need(cJSON_AddObjectToObject(index, "weight_map"));
     cJSON *emap = r->ema ? need(cJSON_AddObjectToObject(index, "ema_map")) : NULL;
-    int owner = 0;                      /* tensors are in offset order */
+    int owner = 0; /* tensors are in offset order */
     for (int i = 0; i < ps->n; i++) {
         size_t off, count;
         for (;;) {
@@ -233,7 +232,7 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
     cJSON_AddItemToObject(index, "files", files);
     files = NULL;
     ckpt_join(path, tmp, CKPT_INDEX);
-    rc = json_write(path, index, err);     /* fsyncs the file and tmp */
+    rc = json_write(path, index, err); /* fsyncs the file and tmp */
 out:
     cJSON_Delete(files);
     return rc;
@@ -266,8 +265,10 @@ static int apply_retention(const char *dir, const ckpt_save_request *r, char *er
         char path[CKPT_PATH_LEN], trash[CKPT_PATH_LEN];
         ckpt_step_path(path, dir, CKPT_STEP_PREFIX, steps[i]);
         ckpt_step_path(trash, dir, CKPT_TRASH_PREFIX, steps[i]);
-        if (rename(path, trash) != 0) rc = set_error(err, "%s: cannot rename for deletion: %s", path, strerror(errno));
-        else rc = ckpt_remove_tree(trash, err);
+        if (rename(path, trash) != 0)
+            rc = set_error(err, "%s: cannot rename for deletion: %s", path, strerror(errno));
+        else
+            rc = ckpt_remove_tree(trash, err);
     }
     free(steps);
     return rc;
@@ -282,15 +283,14 @@ static int prepare(const char *dir, const char *tmp, char *err) {
 
 /* Rank 0, once every file is in tmp: rename into place (an older folder of
  * the same step is moved aside first), then latest and the retention. */
-static int publish(const char *dir, const char *tmp, const char *final, const ckpt_save_request *r,
-                   char *err) {
+static int publish(const char *dir, const char *tmp, const char *final, const ckpt_save_request *r, char *err) {
     char trash[CKPT_PATH_LEN];
     ckpt_step_path(trash, dir, CKPT_TRASH_PREFIX, r->step);
     if (access(final, F_OK) == 0 && rename(final, trash) != 0)
         return set_error(err, "%s: cannot move the old folder aside: %s", final, strerror(errno));
     if (rename(tmp, final) != 0) {
         set_error(err, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
-        rename(trash, final);           /* put the old folder back, if one was moved */
+        rename(trash, final); /* put the old folder back, if one was moved */
         return -1;
     }
     if (ckpt_sync_dir(dir, err) || ckpt_remove_tree(trash, err) || update_latest(dir, final, err)) return 1;
@@ -322,7 +322,7 @@ int ckpt_save(const char *dir, const ckpt_save_request *r, char *err) {
     free(all);
     if (rank == 0 && (!ok || rc < 0)) {
         char ignored[ERR_LEN];
-        ckpt_remove_tree(tmp, ignored);     /* the error that matters is already in err */
+        ckpt_remove_tree(tmp, ignored); /* the error that matters is already in err */
     }
     return ok && all_ok(rc, final, err) ? 0 : -1;
 }

@@ -51,11 +51,13 @@ int ckpt_verify(const char *dir, char *err) {
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
     const cJSON *wmap = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     const cJSON *parts = cJSON_GetObjectItemCaseSensitive(root, "optimizer_parts");
-    const cJSON *emap = cJSON_GetObjectItemCaseSensitive(root, "ema_map");     /* runs with --ema only */
+    const cJSON *emap = cJSON_GetObjectItemCaseSensitive(root, "ema_map"); /* runs with --ema only */
     const cJSON *e;
     if (!cJSON_IsObject(files) || !cJSON_IsObject(wmap) || !cJSON_IsArray(parts) || (emap && !cJSON_IsObject(emap))) {
-        set_error(err, "%s: needs the objects files and weight_map and the array optimizer_parts "
-                  "(and ema_map as an object)", index);
+        set_error(err,
+                  "%s: needs the objects files and weight_map and the array optimizer_parts "
+                  "(and ema_map as an object)",
+                  index);
         goto out;
     }
     cJSON_ArrayForEach(e, files) if (check_file(dir, index, e, err)) goto out;
@@ -82,8 +84,10 @@ static long choose(const char *dir, const char *spec, char *err) {
     for (int i = n - 1; i >= 0 && chosen == -2; i--) {
         char path[CKPT_PATH_LEN], why[ERR_LEN];
         ckpt_step_path(path, dir, CKPT_STEP_PREFIX, steps[i]);
-        if (ckpt_verify(path, why) == 0) chosen = steps[i];
-        else fprintf(stderr, "checkpoint: skipping %s: %s\n", path, why);
+        if (ckpt_verify(path, why) == 0)
+            chosen = steps[i];
+        else
+            fprintf(stderr, "checkpoint: skipping %s: %s\n", path, why);
     }
     if (chosen == -2) set_error(err, "%s: none of its %d checkpoints is intact", dir, n);
     free(steps);
@@ -100,7 +104,8 @@ int ckpt_resolve(const char *dir, const char *spec, char *path, size_t len, char
         if (dist_rank() != 0) set_error(err, "%s: rank 0 found no checkpoint to resume (see its message)", spec);
         return -1;
     }
-    if (strcmp(spec, "auto") != 0) snprintf(path, len, "%s", spec);
+    if (strcmp(spec, "auto") != 0)
+        snprintf(path, len, "%s", spec);
     else {
         char p[CKPT_PATH_LEN];
         ckpt_step_path(p, dir, CKPT_STEP_PREFIX, chosen);

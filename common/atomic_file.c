@@ -55,8 +55,14 @@ int atomic_write(const char *path, const file_piece *pieces, int n, char *err) {
         if (pieces[i].len > 0 && write_all(fd, pieces[i].data, pieces[i].len) != 0) step = "write";
     if (!step && fsync(fd) != 0) step = "fsync";
     int saved = step ? errno : 0;
-    if (close(fd) != 0 && !step) { step = "close"; saved = errno; }
-    if (!step && rename(tmp, path) != 0) { step = "rename"; saved = errno; }
+    if (close(fd) != 0 && !step) {
+        step = "close";
+        saved = errno;
+    }
+    if (!step && rename(tmp, path) != 0) {
+        step = "rename";
+        saved = errno;
+    }
     if (step) {
         set_error(err, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
         unlink(tmp);

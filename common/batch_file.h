@@ -11,9 +11,9 @@
 /* The caller's arrays: B rows of L positions, n images of C x h x w. */
 typedef struct {
     int B, L, n_images, C, h, w;
-    const int32_t *tokens, *modality, *doc, *image;     /* [B, L] */
-    const float *latents, *noise;                       /* [n_images, C, h, w] */
-    const int32_t *timesteps;                           /* [n_images] */
+    const int32_t *tokens, *modality, *doc, *image; /* [B, L] */
+    const float *latents, *noise;                   /* [n_images, C, h, w] */
+    const int32_t *timesteps;                       /* [n_images] */
 } batch_file;
 
 /* Writes the seven tensors and then `extra` ones (a dump's own), atomically. */

@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define FOR_EACH_FLAG(c, f) \
-    for (int g_ = 0; g_ < 6 && (c)->flags[g_]; g_++) \
+#define FOR_EACH_FLAG(c, f)                                                                                            \
+    for (int g_ = 0; g_ < 6 && (c)->flags[g_]; g_++)                                                                   \
         for (const cli_flag *f = (c)->flags[g_]; f->name; f++)
 
 #define TYPE(f) ((f)->kind & FLAG_TYPE)
@@ -39,7 +39,10 @@ static int find(const args *a, const char *name) {
 
 /* ---- ranges: "[lo, hi]" with ( ) for open ends and inf for none ---- */
 
-typedef struct { double lo, hi; int lo_open, hi_open; } interval;
+typedef struct {
+    double lo, hi;
+    int lo_open, hi_open;
+} interval;
 
 static interval parse_range(const char *r) {
     interval v;
@@ -61,10 +64,15 @@ static int in_range(double x, const char *range) {
 /* "an integer >= 1", "a number > 0", "a number in (0, 1]". */
 static void describe(const cli_flag *f, char *buf, size_t len) {
     const char *what = TYPE(f) == FLAG_INT ? "an integer" : "a number";
-    if (!f->range) { snprintf(buf, len, "%s", what); return; }
+    if (!f->range) {
+        snprintf(buf, len, "%s", what);
+        return;
+    }
     interval v = parse_range(f->range);
-    if (isinf(v.hi)) snprintf(buf, len, "%s %s %g", what, v.lo_open ? ">" : ">=", v.lo);
-    else snprintf(buf, len, "%s in %s", what, f->range);
+    if (isinf(v.hi))
+        snprintf(buf, len, "%s %s %g", what, v.lo_open ? ">" : ">=", v.lo);
+    else
+        snprintf(buf, len, "%s in %s", what, f->range);
 }
 
 static int is_choice(const char *choices, const char *v) {
@@ -101,7 +109,8 @@ void cli_print_help(const cli_program *p, const cli_command *c) {
         snprintf(head, sizeof head, "--%s%s%s", f->name, f->value ? " " : "", f->value ? f->value : "");
         if (TYPE(f) == FLAG_INT || TYPE(f) == FLAG_NUM) describe(f, kind, sizeof kind);
         printf("  %-26s %s", head, f->help);
-        if ((f->kind & FLAG_REQUIRED)) printf(" (required)");
+        if ((f->kind & FLAG_REQUIRED))
+            printf(" (required)");
         else if (*kind || f->def || (f->kind & FLAG_REPEATED))
             printf(" (%s%s%s%s%s)", kind, *kind && f->def ? "; " : "", f->def ? "default " : "", f->def ? f->def : "",
                    (f->kind & FLAG_REPEATED) ? (*kind || f->def ? "; repeatable" : "repeatable") : "");
@@ -132,7 +141,7 @@ static void check_value(const args *a, const cli_flag *f, const char *v) {
             bad_args(a, "--%s %s: expected %s", f->name, v, kind);
         }
     } else if (TYPE(f) == FLAG_CHOICE && !is_choice(f->value, v)) {
-        char choices[256] = "";   /* "a|b|c" reads "a, b or c" */
+        char choices[256] = ""; /* "a|b|c" reads "a, b or c" */
         for (const char *p = f->value, *bar; *p; p = bar ? bar + 1 : p + strlen(p)) {
             bar = strchr(p, '|');
             const char *sep = p == f->value ? "" : bar ? ", " : " or ";
@@ -152,7 +161,8 @@ static void check_args(const args *a) {
         if (i + 1 >= a->argc) bad_args(a, "%s needs a value", a->argv[i]);
         check_value(a, f, a->argv[++i]);
     }
-    FOR_EACH_FLAG(a->cmd, f) if ((f->kind & FLAG_REQUIRED) && find(a, f->name) < 0) bad_args(a, "missing --%s", f->name);
+    FOR_EACH_FLAG(a->cmd, f)
+    if ((f->kind & FLAG_REQUIRED) && find(a, f->name) < 0) bad_args(a, "missing --%s", f->name);
 }
 
 /* A default the command's own check would refuse is a bug in its table. */
@@ -160,7 +170,9 @@ static void check_defaults(const args *a) {
     FOR_EACH_FLAG(a->cmd, f) {
         if (!f->def || TYPE(f) == FLAG_TEXT || TYPE(f) == FLAG_SWITCH) continue;
         char *end = "";
-        double x = TYPE(f) == FLAG_INT ? (double)strtol(f->def, &end, 10) : TYPE(f) == FLAG_NUM ? strtod(f->def, &end) : 0;
+        double x = TYPE(f) == FLAG_INT ? (double)strtol(f->def, &end, 10)
+            : TYPE(f) == FLAG_NUM      ? strtod(f->def, &end)
+                                       : 0;
         if (*end || (TYPE(f) == FLAG_CHOICE ? !is_choice(f->value, f->def) : !in_range(x, f->range)))
             die("%s %s: the default of --%s, %s, is not a valid value", a->prog->name, a->cmd->name, f->name, f->def);
     }
@@ -178,7 +190,8 @@ static int names(const cli_command *c, int argc, char **argv) {
     if (!space) return argc >= 1 && strcmp(argv[0], c->name) == 0;
     size_t n = (size_t)(space - c->name);
     return argc >= 2 && strlen(argv[0]) == n && strncmp(argv[0], c->name, n) == 0 && strcmp(argv[1], space + 1) == 0
-               ? 2 : 0;
+        ? 2
+        : 0;
 }
 
 int cli_main(const cli_program *p, int argc, char **argv) {
@@ -188,11 +201,17 @@ int cli_main(const cli_program *p, int argc, char **argv) {
         if (!w) continue;
         args a = {argc - 1 - w, argv + 1 + w, p, c};
         check_defaults(&a);
-        if (wants_help(a.argc, a.argv)) { cli_print_help(p, c); return 0; }
+        if (wants_help(a.argc, a.argv)) {
+            cli_print_help(p, c);
+            return 0;
+        }
         check_args(&a);
         return c->run(&a);
     }
-    if (argc >= 2 && wants_help(1, argv + 1)) { cli_print_help(p, NULL); return 0; }
+    if (argc >= 2 && wants_help(1, argv + 1)) {
+        cli_print_help(p, NULL);
+        return 0;
+    }
     /* One line, as all bad input gets. */
     if (argc >= 2) fprintf(stderr, "error: %s: unknown command '%s'; ", p->name, argv[1]);
     fprintf(stderr, "usage: %s COMMAND [flags], COMMAND one of", p->name);
@@ -218,8 +237,9 @@ int arg_switch(const args *a, const char *name) { return arg_given(a, name); }
 
 static const char *number_text(const args *a, const char *name) {
     const char *v = arg_str(a, name);
-    if (!v) die("%s %s: --%s has no value and no default; the caller must ask arg_given first", a->prog->name,
-                a->cmd->name, name);
+    if (!v)
+        die("%s %s: --%s has no value and no default; the caller must ask arg_given first", a->prog->name, a->cmd->name,
+            name);
     return v;
 }
 

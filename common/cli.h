@@ -12,32 +12,32 @@
 #define COMMON_CLI_H
 
 enum {
-    FLAG_TEXT,              /* any string: a path, an endpoint, a prompt */
-    FLAG_INT,               /* a decimal integer within range */
-    FLAG_NUM,               /* a number within range */
-    FLAG_CHOICE,            /* one of the words of value, "ddpm|ddim" */
-    FLAG_SWITCH,            /* no value: on when given */
-    FLAG_TYPE = 7,          /* the bits above; the ones below are or'ed in */
-    FLAG_REQUIRED = 8,      /* the command refuses to run without it */
-    FLAG_REPEATED = 16,     /* may be given more than once (arg_all) */
+    FLAG_TEXT,          /* any string: a path, an endpoint, a prompt */
+    FLAG_INT,           /* a decimal integer within range */
+    FLAG_NUM,           /* a number within range */
+    FLAG_CHOICE,        /* one of the words of value, "ddpm|ddim" */
+    FLAG_SWITCH,        /* no value: on when given */
+    FLAG_TYPE = 7,      /* the bits above; the ones below are or'ed in */
+    FLAG_REQUIRED = 8,  /* the command refuses to run without it */
+    FLAG_REPEATED = 16, /* may be given more than once (arg_all) */
 };
 
 typedef struct {
-    const char *name;       /* without the leading "--" */
-    int kind;               /* a type, with FLAG_REQUIRED and FLAG_REPEATED */
-    const char *value;      /* the value's name in help (FILE, N); FLAG_CHOICE: the choices */
-    const char *range;      /* FLAG_INT, FLAG_NUM: an interval, "[1, inf)", "(0, 1]"; NULL: any */
-    const char *def;        /* the default, as it would be typed; NULL: none */
-    const char *help;       /* one line */
+    const char *name;  /* without the leading "--" */
+    int kind;          /* a type, with FLAG_REQUIRED and FLAG_REPEATED */
+    const char *value; /* the value's name in help (FILE, N); FLAG_CHOICE: the choices */
+    const char *range; /* FLAG_INT, FLAG_NUM: an interval, "[1, inf)", "(0, 1]"; NULL: any */
+    const char *def;   /* the default, as it would be typed; NULL: none */
+    const char *help;  /* one line */
 } cli_flag;
 
 typedef struct args args;
 
 typedef struct {
-    const char *name;               /* "train", or two words: "tokenizer train" */
-    const char *summary;            /* one line */
+    const char *name;    /* "train", or two words: "tokenizer train" */
+    const char *summary; /* one line */
     int (*run)(const args *a);
-    const cli_flag *flags[6];       /* tables of flags, each ended by {0}; groups shared by commands */
+    const cli_flag *flags[6]; /* tables of flags, each ended by {0}; groups shared by commands */
 } cli_command;
 
 typedef struct {
@@ -48,7 +48,7 @@ typedef struct {
 
 struct args {
     int argc;
-    char **argv;                    /* the arguments after the command's name */
+    char **argv; /* the arguments after the command's name */
     const cli_program *prog;
     const cli_command *cmd;
 };

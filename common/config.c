@@ -17,56 +17,45 @@
 #include <string.h>
 #include <sys/stat.h>
 
-
 typedef struct {
     const char *name;
-    size_t offset;              /* into model_config */
+    size_t offset; /* into model_config */
     int is_float;
     int required;
 } field;
 
-#define INT_FIELD(f, req) { #f, offsetof(model_config, f), 0, req }
-#define FLOAT_FIELD(f) { #f, offsetof(model_config, f), 1, 0 }
+#define INT_FIELD(f, req)                                                                                              \
+    { #f, offsetof(model_config, f), 0, req }
+#define FLOAT_FIELD(f)                                                                                                 \
+    { #f, offsetof(model_config, f), 1, 0 }
 
 /* In the order of model_config, which is the order config_save writes. */
 static const field fields[] = {
-    INT_FIELD(vocab_size, 1),
-    INT_FIELD(hidden_size, 1),
-    INT_FIELD(num_hidden_layers, 1),
-    INT_FIELD(num_attention_heads, 1),
-    INT_FIELD(intermediate_size, 1),
-    FLOAT_FIELD(rms_norm_eps),
-    FLOAT_FIELD(rope_theta),
-    INT_FIELD(latent_channels, 1),
-    INT_FIELD(latent_size, 1),
-    INT_FIELD(patch_size, 1),
-    INT_FIELD(max_image_patches, 1),
-    INT_FIELD(timestep_dim, 0),
-    INT_FIELD(diffusion_steps, 0),
-    FLOAT_FIELD(lambda_diffusion),
-    INT_FIELD(bos_token_id, 0),
-    INT_FIELD(eos_token_id, 0),
-    INT_FIELD(boi_token_id, 0),
-    INT_FIELD(eoi_token_id, 0),
+    INT_FIELD(vocab_size, 1),          INT_FIELD(hidden_size, 1),       INT_FIELD(num_hidden_layers, 1),
+    INT_FIELD(num_attention_heads, 1), INT_FIELD(intermediate_size, 1), FLOAT_FIELD(rms_norm_eps),
+    FLOAT_FIELD(rope_theta),           INT_FIELD(latent_channels, 1),   INT_FIELD(latent_size, 1),
+    INT_FIELD(patch_size, 1),          INT_FIELD(max_image_patches, 1), INT_FIELD(timestep_dim, 0),
+    INT_FIELD(diffusion_steps, 0),     FLOAT_FIELD(lambda_diffusion),   INT_FIELD(bos_token_id, 0),
+    INT_FIELD(eos_token_id, 0),        INT_FIELD(boi_token_id, 0),      INT_FIELD(eoi_token_id, 0),
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
+int config_load(const char *path, model_config *c, char *err) { return config_load_given(path, NULL, NULL, c, err); }
 
-int config_load(const char *path, model_config *c, char *err)
-{
-    return config_load_given(path, NULL, NULL, c, err);
-}
-
-int config_load_given(const char *path, const cJSON *given, const char *source, model_config *c, char *err)
-{
+int config_load_given(const char *path, const cJSON *given, const char *source, model_config *c, char *err) {
     cJSON *root = json_read_object(path, err);
-    if (!root)
-        return -1;
+    if (!root) return -1;
 
     *c = (model_config){
-        .rms_norm_eps = 1e-5f, .rope_theta = 10000.0f, .timestep_dim = 256,
-        .diffusion_steps = 1000, .lambda_diffusion = 5.0f,
-        .bos_token_id = 1, .eos_token_id = 2, .boi_token_id = -1, .eoi_token_id = -1,
+        .rms_norm_eps = 1e-5f,
+        .rope_theta = 10000.0f,
+        .timestep_dim = 256,
+        .diffusion_steps = 1000,
+        .lambda_diffusion = 5.0f,
+        .bos_token_id = 1,
+        .eos_token_id = 2,
+        .boi_token_id = -1,
+        .eoi_token_id = -1,
     };
     int rc = 0;
     for (int i = 0; i < N_FIELDS && rc == 0; i++) {
@@ -79,11 +68,9 @@ int config_load_given(const char *path, const cJSON *given, const char *source, 
                            cJSON_IsNumber(v) ? v->valuedouble : NAN, source, g->valuedouble);
             continue;
         }
-        if (!v)
-            v = g;
+        if (!v) v = g;
         if (!v) {
-            if (f->required)
-                rc = set_error(err, "%s: field '%s': missing", path, f->name);
+            if (f->required) rc = set_error(err, "%s: field '%s': missing", path, f->name);
             continue;
         }
         if (!cJSON_IsNumber(v)) {
@@ -129,43 +116,47 @@ int config_load_given(const char *path, const cJSON *given, const char *source, 
     return rc != 0 ? rc : config_validate(c, path, err);
 }
 
-int config_validate(const model_config *c, const char *path, char *err)
-{
-    const struct { const char *name; int value; } positive[] = {
-        { "vocab_size", c->vocab_size },
-        { "hidden_size", c->hidden_size },
-        { "num_hidden_layers", c->num_hidden_layers },
-        { "num_attention_heads", c->num_attention_heads },
-        { "intermediate_size", c->intermediate_size },
-        { "latent_channels", c->latent_channels },
-        { "latent_size", c->latent_size },
-        { "patch_size", c->patch_size },
-        { "max_image_patches", c->max_image_patches },
-        { "timestep_dim", c->timestep_dim },
+int config_validate(const model_config *c, const char *path, char *err) {
+    const struct {
+        const char *name;
+        int value;
+    } positive[] = {
+        {"vocab_size", c->vocab_size},
+        {"hidden_size", c->hidden_size},
+        {"num_hidden_layers", c->num_hidden_layers},
+        {"num_attention_heads", c->num_attention_heads},
+        {"intermediate_size", c->intermediate_size},
+        {"latent_channels", c->latent_channels},
+        {"latent_size", c->latent_size},
+        {"patch_size", c->patch_size},
+        {"max_image_patches", c->max_image_patches},
+        {"timestep_dim", c->timestep_dim},
     };
     for (size_t i = 0; i < sizeof positive / sizeof positive[0]; i++)
-        if (positive[i].value <= 0)
-            return set_error(err, "%s: field '%s': must be > 0", path, positive[i].name);
+        if (positive[i].value <= 0) return set_error(err, "%s: field '%s': must be > 0", path, positive[i].name);
 
     if (c->hidden_size % c->num_attention_heads != 0)
-        return set_error(err, "%s: field 'hidden_size': %d is not divisible by num_attention_heads %d",
-                    path, c->hidden_size, c->num_attention_heads);
+        return set_error(err, "%s: field 'hidden_size': %d is not divisible by num_attention_heads %d", path,
+                         c->hidden_size, c->num_attention_heads);
     if (cfg_head_dim(c) % 2 != 0)
-        return set_error(err, "%s: field 'hidden_size': head_dim %d (hidden_size / "
-                    "num_attention_heads) must be even for RoPE", path, cfg_head_dim(c));
+        return set_error(err,
+                         "%s: field 'hidden_size': head_dim %d (hidden_size / "
+                         "num_attention_heads) must be even for RoPE",
+                         path, cfg_head_dim(c));
     if (c->latent_size % c->patch_size != 0)
-        return set_error(err, "%s: field 'patch_size': %d does not divide latent_size %d",
-                    path, c->patch_size, c->latent_size);
+        return set_error(err, "%s: field 'patch_size': %d does not divide latent_size %d", path, c->patch_size,
+                         c->latent_size);
     /* In 64 bits: the square of a large grid would overflow an int. */
     long long grid = c->latent_size / c->patch_size;
     if (c->max_image_patches < grid * grid)
-        return set_error(err, "%s: field 'max_image_patches': %d is less than the %lld patches "
-                    "of one image", path, c->max_image_patches, grid * grid);
+        return set_error(err,
+                         "%s: field 'max_image_patches': %d is less than the %lld patches "
+                         "of one image",
+                         path, c->max_image_patches, grid * grid);
     if (c->timestep_dim % 2 != 0)
         return set_error(err, "%s: field 'timestep_dim': %d must be even", path, c->timestep_dim);
     if (c->diffusion_steps < 2)
-        return set_error(err, "%s: field 'diffusion_steps': %d must be >= 2", path,
-                    c->diffusion_steps);
+        return set_error(err, "%s: field 'diffusion_steps': %d must be >= 2", path, c->diffusion_steps);
 
     /* Written as !(x > 0) so that NaN fails too. */
     if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
@@ -173,40 +164,39 @@ int config_validate(const model_config *c, const char *path, char *err)
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
         return set_error(err, "%s: field 'rope_theta': %g must be > 0", path, c->rope_theta);
     if (!(c->lambda_diffusion >= 0) || !isfinite(c->lambda_diffusion))
-        return set_error(err, "%s: field 'lambda_diffusion': %g must be >= 0", path,
-                    c->lambda_diffusion);
+        return set_error(err, "%s: field 'lambda_diffusion': %g must be >= 0", path, c->lambda_diffusion);
 
-    const struct { const char *name; int value; } ids[] = {
-        { "bos_token_id", c->bos_token_id },
-        { "eos_token_id", c->eos_token_id },
-        { "boi_token_id", c->boi_token_id },
-        { "eoi_token_id", c->eoi_token_id },
+    const struct {
+        const char *name;
+        int value;
+    } ids[] = {
+        {"bos_token_id", c->bos_token_id},
+        {"eos_token_id", c->eos_token_id},
+        {"boi_token_id", c->boi_token_id},
+        {"eoi_token_id", c->eoi_token_id},
     };
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
         if (ids[i].value < 0 || ids[i].value >= c->vocab_size)
-            return set_error(err, "%s: field '%s': %d is not in [0, vocab_size %d)", path,
-                        ids[i].name, ids[i].value, c->vocab_size);
+            return set_error(err, "%s: field '%s': %d is not in [0, vocab_size %d)", path, ids[i].name, ids[i].value,
+                             c->vocab_size);
     return 0;
 }
 
 /* The shortest decimal that reads back as exactly v: "1e-05", not the
  * "9.99999975e-06" that a fixed %.9g would give, and "10000" rather than
  * "1e+04" for whole numbers. */
-static void format_float(char *buf, size_t size, float v)
-{
+static void format_float(char *buf, size_t size, float v) {
     if (v > -1e15f && v < 1e15f && v == (float)(long long)v) {
         snprintf(buf, size, "%.0f", v);
         return;
     }
     for (int prec = 1; prec <= 9; prec++) {
         snprintf(buf, size, "%.*g", prec, v);
-        if (strtof(buf, NULL) == v)
-            return;
+        if (strtof(buf, NULL) == v) return;
     }
 }
 
-cJSON *config_json(const model_config *c)
-{
+cJSON *config_json(const model_config *c) {
     cJSON *root = cJSON_CreateObject();
     int ok = root != NULL;
     for (int i = 0; ok && i < N_FIELDS; i++) {
@@ -225,19 +215,15 @@ cJSON *config_json(const model_config *c)
             v = cJSON_CreateNumber(x);
         }
         ok = v && cJSON_AddItemToObject(root, f->name, v);
-        if (v && !ok)
-            cJSON_Delete(v);
+        if (v && !ok) cJSON_Delete(v);
     }
     ok = ok && cJSON_AddStringToObject(root, "image_attention", c->image_causal ? "causal" : "bidirectional");
-    if (!ok)
-        die("out of memory writing a model config");
+    if (!ok) die("out of memory writing a model config");
     return root;
 }
 
-int config_save(const char *path, const model_config *c, char *err)
-{
+int config_save(const char *path, const model_config *c, char *err) {
     /* Never write a config that config_load would refuse. */
-    if (config_validate(c, path, err) != 0)
-        return -1;
+    if (config_validate(c, path, err) != 0) return -1;
     return json_write(path, config_json(c), err);
 }

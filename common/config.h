@@ -13,18 +13,18 @@ typedef struct {
     int num_hidden_layers;
     int num_attention_heads;
     int intermediate_size;
-    float rms_norm_eps;         /* default 1e-5 (Llama 2) */
-    float rope_theta;           /* default 10000 */
+    float rms_norm_eps; /* default 1e-5 (Llama 2) */
+    float rope_theta;   /* default 10000 */
     int latent_channels;
-    int latent_size;            /* h = w of a latent */
+    int latent_size; /* h = w of a latent */
     int patch_size;
     int max_image_patches;
-    int timestep_dim;           /* default 256 */
-    int diffusion_steps;        /* default 1000 */
-    float lambda_diffusion;     /* default 5 */
+    int timestep_dim;       /* default 256 */
+    int diffusion_steps;    /* default 1000 */
+    float lambda_diffusion; /* default 5 */
     int bos_token_id, eos_token_id, boi_token_id, eoi_token_id;
-                                /* defaults 1, 2, vocab_size-2, vocab_size-1 */
-    int image_causal;           /* "image_attention": "bidirectional" (0, the
+    /* defaults 1, 2, vocab_size-2, vocab_size-1 */
+    int image_causal; /* "image_attention": "bidirectional" (0, the
                                    default: a patch sees its whole image) or
                                    "causal" (1: only the patches before it;
                                    the paper's ablation) */

@@ -18,7 +18,7 @@
 #define BLOCK 4096
 
 static uint32_t table[256];
-static uint32_t zeros_table[4][256];   /* register -> register after BLOCK zero bytes, by byte */
+static uint32_t zeros_table[4][256]; /* register -> register after BLOCK zero bytes, by byte */
 static int have_sse42;
 
 #if defined(__x86_64__)
@@ -52,7 +52,7 @@ __attribute__((constructor)) static void make_table(void) {
 
 static uint32_t append_zero_block(uint32_t r) {
     return zeros_table[0][r & 255] ^ zeros_table[1][(r >> 8) & 255] ^ zeros_table[2][(r >> 16) & 255] ^
-           zeros_table[3][r >> 24];
+        zeros_table[3][r >> 24];
 }
 
 #if defined(__x86_64__)

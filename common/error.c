@@ -7,8 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void vreport(const char *fmt, va_list ap)
-{
+static void vreport(const char *fmt, va_list ap) {
     /* Assemble the line first so that it reaches stderr in one write and
      * cannot interleave with the output of other ranks or threads. */
     char line[2048];
@@ -19,15 +18,12 @@ static void vreport(const char *fmt, va_list ap)
 
 /* Control characters from a file's contents would garble the terminal or
  * split one report into several lines. */
-static void make_printable(char *s)
-{
+static void make_printable(char *s) {
     for (char *p = s; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = '?';
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
 }
 
-int set_error(char *err, const char *fmt, ...)
-{
+int set_error(char *err, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, ERR_LEN, fmt, ap);
@@ -36,8 +32,7 @@ int set_error(char *err, const char *fmt, ...)
     return -1;
 }
 
-void log_line(const char *fmt, ...)
-{
+void log_line(const char *fmt, ...) {
     char line[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -48,8 +43,7 @@ void log_line(const char *fmt, ...)
     fflush(stderr);
 }
 
-void die_input(const char *fmt, ...)
-{
+void die_input(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vreport(fmt, ap);
@@ -57,8 +51,7 @@ void die_input(const char *fmt, ...)
     exit(EXIT_BAD_INPUT);
 }
 
-void die(const char *fmt, ...)
-{
+void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vreport(fmt, ap);
@@ -66,26 +59,21 @@ void die(const char *fmt, ...)
     exit(1);
 }
 
-void *xmalloc(size_t n)
-{
+void *xmalloc(size_t n) {
     /* malloc(0) may return NULL legitimately; ask for one byte instead so
      * that NULL always means out of memory. */
     void *p = malloc(n ? n : 1);
-    if (!p)
-        die("out of memory allocating %zu bytes", n);
+    if (!p) die("out of memory allocating %zu bytes", n);
     return p;
 }
 
-void *xcalloc(size_t n, size_t size)
-{
+void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p)
-        die("out of memory allocating %zu x %zu bytes", n, size);
+    if (!p) die("out of memory allocating %zu x %zu bytes", n, size);
     return p;
 }
 
-char *xstrndup(const char *s, size_t n)
-{
+char *xstrndup(const char *s, size_t n) {
     char *p = xmalloc(n + 1);
     memcpy(p, s, n);
     p[n] = '\0';

@@ -41,7 +41,8 @@ int json_number_list(const cJSON *obj, const char *name, int n, int positive, do
     int k = 0;
     cJSON_ArrayForEach(e, a) {
         if (!cJSON_IsNumber(e) || (positive && !(e->valuedouble > 0)) || e->valuedouble != e->valuedouble)
-            return set_error(err, "%s: field '%s': entry %d is not a%s number", path, name, k, positive ? " positive" : "");
+            return set_error(err, "%s: field '%s': entry %d is not a%s number", path, name, k,
+                             positive ? " positive" : "");
         out[k++] = e->valuedouble;
     }
     return 0;

@@ -12,8 +12,7 @@ cJSON *json_read_object(const char *path, char *err);
 
 /* obj's field `name` as exactly n numbers (each > 0 when `positive`) into
  * out; -1 with a message naming path, the field and the entry otherwise. */
-int json_number_list(const cJSON *obj, const char *name, int n, int positive, double *out, const char *path,
-                     char *err);
+int json_number_list(const cJSON *obj, const char *name, int n, int positive, double *out, const char *path, char *err);
 
 /* Pretty-prints root plus a newline into path atomically. Takes ownership of
  * root (deletes it). */

@@ -6,7 +6,9 @@
 
 #include <stdint.h>
 
-typedef struct { uint64_t state; } rng;
+typedef struct {
+    uint64_t state;
+} rng;
 
 static inline void rng_seed(rng *r, uint64_t seed) { r->state = seed; }
 
@@ -29,9 +31,7 @@ static inline uint64_t rng_key(uint64_t a, uint64_t b) {
 static inline double rng_uniform(rng *r) { return (rng_u64(r) >> 11) * 0x1.0p-53; }
 
 /* Uniform integer in [lo, hi]. */
-static inline int rng_int(rng *r, int lo, int hi) {
-    return lo + (int)(rng_uniform(r) * (double)(hi - lo + 1));
-}
+static inline int rng_int(rng *r, int lo, int hi) { return lo + (int)(rng_uniform(r) * (double)(hi - lo + 1)); }
 
 /* Standard normal (Box-Muller; one draw per call keeps the stream simple). */
 double rng_normal(rng *r);

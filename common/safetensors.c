@@ -27,30 +27,25 @@ _Static_assert(sizeof(float) == 4, "float must be IEEE binary32");
 #define JSON_MAX_EXACT_INT 9007199254740992.0
 
 static const char *const dtype_names[] = {
-    [ST_F32] = "F32", [ST_BF16] = "BF16", [ST_F16] = "F16",
-    [ST_I32] = "I32", [ST_I64] = "I64", [ST_U8] = "U8",
+    [ST_F32] = "F32", [ST_BF16] = "BF16", [ST_F16] = "F16", [ST_I32] = "I32", [ST_I64] = "I64", [ST_U8] = "U8",
 };
 #define N_DTYPES ((int)(sizeof dtype_names / sizeof dtype_names[0]))
 
-
-size_t st_dtype_size(st_dtype t)
-{
+size_t st_dtype_size(st_dtype t) {
     switch (t) {
-    case ST_F32: case ST_I32: return 4;
-    case ST_BF16: case ST_F16: return 2;
-    case ST_I64: return 8;
-    case ST_U8: return 1;
+        case ST_F32:
+        case ST_I32: return 4;
+        case ST_BF16:
+        case ST_F16: return 2;
+        case ST_I64: return 8;
+        case ST_U8: return 1;
     }
     return 0;
 }
 
-const char *st_dtype_name(st_dtype t)
-{
-    return (int)t >= 0 && (int)t < N_DTYPES ? dtype_names[t] : "?";
-}
+const char *st_dtype_name(st_dtype t) { return (int)t >= 0 && (int)t < N_DTYPES ? dtype_names[t] : "?"; }
 
-static int dtype_from_name(const char *s, st_dtype *t)
-{
+static int dtype_from_name(const char *s, st_dtype *t) {
     for (int i = 0; i < N_DTYPES; i++) {
         if (strcmp(s, dtype_names[i]) == 0) {
             *t = (st_dtype)i;
@@ -61,41 +56,33 @@ static int dtype_from_name(const char *s, st_dtype *t)
 }
 
 /* Size in bytes of a tensor; -1 when prod(shape) * dtype size overflows. */
-static int tensor_bytes(st_dtype t, int ndim, const int64_t *shape, uint64_t *bytes)
-{
+static int tensor_bytes(st_dtype t, int ndim, const int64_t *shape, uint64_t *bytes) {
     uint64_t n = st_dtype_size(t);
     for (int i = 0; i < ndim; i++)
-        if (__builtin_mul_overflow(n, (uint64_t)shape[i], &n))
-            return -1;
+        if (__builtin_mul_overflow(n, (uint64_t)shape[i], &n)) return -1;
     *bytes = n;
     return 0;
 }
 
 /* "[10,4]"; an over-long shape is cut short rather than overflowing buf. */
-static const char *shape_str(char *buf, size_t size, int ndim, const int64_t *shape)
-{
+static const char *shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {
     size_t len = (size_t)snprintf(buf, size, "[");
     for (int i = 0; i < ndim && len < size; i++)
         len += (size_t)snprintf(buf + len, size - len, "%s%lld", i ? "," : "", (long long)shape[i]);
-    if (len < size)
-        snprintf(buf + len, size - len, "]");
+    if (len < size) snprintf(buf + len, size - len, "]");
     return buf;
 }
 
 /* A JSON number that is an exact non-negative integer. */
-static int json_uint(const cJSON *v, uint64_t *out)
-{
-    if (!cJSON_IsNumber(v))
-        return 0;
+static int json_uint(const cJSON *v, uint64_t *out) {
+    if (!cJSON_IsNumber(v)) return 0;
     double d = v->valuedouble;
-    if (!(d >= 0 && d <= JSON_MAX_EXACT_INT) || (double)(uint64_t)d != d)
-        return 0;
+    if (!(d >= 0 && d <= JSON_MAX_EXACT_INT) || (double)(uint64_t)d != d) return 0;
     *out = (uint64_t)d;
     return 1;
 }
 
-static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_tensor *t, char *err)
-{
+static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_tensor *t, char *err) {
     const char *name = e->string;
     if (!cJSON_IsObject(e)) {
         set_error(err, "%s: tensor '%s': entry is not an object", path, name);
@@ -119,8 +106,7 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
     }
     int ndim = cJSON_GetArraySize(shape);
     if (ndim > ST_MAX_DIMS) {
-        set_error(err, "%s: tensor '%s': shape has %d dims, at most %d are supported",
-                path, name, ndim, ST_MAX_DIMS);
+        set_error(err, "%s: tensor '%s': shape has %d dims, at most %d are supported", path, name, ndim, ST_MAX_DIMS);
         return -1;
     }
     const cJSON *dim;
@@ -141,35 +127,35 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
     char sbuf[256];
     if (tensor_bytes(t->dtype, t->ndim, t->shape, &nbytes) != 0) {
         set_error(err, "%s: tensor '%s': shape %s overflows", path, name,
-                shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
+                  shape_str(sbuf, sizeof sbuf, t->ndim, t->shape));
         return -1;
     }
 
     const cJSON *off = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     uint64_t begin, end;
-    if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 ||
-        !json_uint(off->child, &begin) || !json_uint(off->child->next, &end)) {
-        set_error(err, "%s: tensor '%s': data_offsets missing or not two non-negative integers",
-                path, name);
+    if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 || !json_uint(off->child, &begin) ||
+        !json_uint(off->child->next, &end)) {
+        set_error(err, "%s: tensor '%s': data_offsets missing or not two non-negative integers", path, name);
         return -1;
     }
     if (begin > end) {
         set_error(err, "%s: tensor '%s': data_offsets [%llu,%llu] begin after end", path, name,
-                (unsigned long long)begin, (unsigned long long)end);
+                  (unsigned long long)begin, (unsigned long long)end);
         return -1;
     }
     if (end > data_len) {
-        set_error(err, "%s: tensor '%s': data_offsets [%llu,%llu] outside the data section "
-                "(%zu bytes)", path, name, (unsigned long long)begin,
-                (unsigned long long)end, data_len);
+        set_error(err,
+                  "%s: tensor '%s': data_offsets [%llu,%llu] outside the data section "
+                  "(%zu bytes)",
+                  path, name, (unsigned long long)begin, (unsigned long long)end, data_len);
         return -1;
     }
     if (end - begin != nbytes) {
-        set_error(err, "%s: tensor '%s': data_offsets [%llu,%llu] hold %llu bytes, "
-                "but %s %s needs %llu", path, name, (unsigned long long)begin,
-                (unsigned long long)end, (unsigned long long)(end - begin),
-                dtype_names[t->dtype], shape_str(sbuf, sizeof sbuf, t->ndim, t->shape),
-                (unsigned long long)nbytes);
+        set_error(err,
+                  "%s: tensor '%s': data_offsets [%llu,%llu] hold %llu bytes, "
+                  "but %s %s needs %llu",
+                  path, name, (unsigned long long)begin, (unsigned long long)end, (unsigned long long)(end - begin),
+                  dtype_names[t->dtype], shape_str(sbuf, sizeof sbuf, t->ndim, t->shape), (unsigned long long)nbytes);
         return -1;
     }
     t->begin = (size_t)begin;
@@ -177,19 +163,17 @@ static int parse_entry(const cJSON *e, const char *path, size_t data_len, st_ten
     return 0;
 }
 
-int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char *err)
-{
+int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char *err) {
     memset(f, 0, sizeof *f);
     if (size < 8) {
-        set_error(err, "%s: truncated: %zu bytes, too short for the 8-byte header length",
-                path, size);
+        set_error(err, "%s: truncated: %zu bytes, too short for the 8-byte header length", path, size);
         return -1;
     }
     uint64_t hlen;
     memcpy(&hlen, buf, 8);
     if (hlen > size - 8) {
-        set_error(err, "%s: header length %llu is larger than the file (%zu bytes)", path,
-                (unsigned long long)hlen, size);
+        set_error(err, "%s: header length %llu is larger than the file (%zu bytes)", path, (unsigned long long)hlen,
+                  size);
         return -1;
     }
 
@@ -198,15 +182,14 @@ int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)hlen, &json_end, 0);
     if (!root) {
         set_error(err, "%s: header is not valid JSON (near byte %td of the header)", path,
-                json_end ? json_end - json : 0);
+                  json_end ? json_end - json : 0);
         return -1;
     }
     /* The writer pads the header with spaces; anything else after the JSON
      * object means a corrupt or foreign file. */
     for (const char *p = json_end; p < json + hlen; p++) {
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            set_error(err, "%s: header has garbage after the JSON object (byte %td)", path,
-                    p - json);
+            set_error(err, "%s: header has garbage after the JSON object (byte %td)", path, p - json);
             cJSON_Delete(root);
             return -1;
         }
@@ -224,15 +207,13 @@ int st_parse(const uint8_t *buf, size_t size, const char *path, st_file *f, char
     f->tensors = xcalloc((size_t)cJSON_GetArraySize(root), sizeof *f->tensors);
     const cJSON *e;
     cJSON_ArrayForEach(e, root) {
-        if (strcmp(e->string, "__metadata__") == 0)
-            continue;
+        if (strcmp(e->string, "__metadata__") == 0) continue;
         if (st_find(f, e->string)) {
             set_error(err, "%s: tensor '%s': appears twice in the header", path, e->string);
             goto fail;
         }
         st_tensor *t = &f->tensors[f->n];
-        if (parse_entry(e, path, size - f->data_start, t, err) != 0)
-            goto fail;
+        if (parse_entry(e, path, size - f->data_start, t, err) != 0) goto fail;
         t->name = xstrdup(e->string);
         f->n++;
     }
@@ -245,8 +226,7 @@ fail:
     return -1;
 }
 
-int st_open(const char *path, st_file *f, char *err)
-{
+int st_open(const char *path, st_file *f, char *err) {
     memset(f, 0, sizeof *f);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -272,82 +252,66 @@ int st_open(const char *path, st_file *f, char *err)
     }
     close(fd);
     if (st_parse(map ? map : (const void *)"", size, path, f, err) != 0) {
-        if (map)
-            munmap(map, size);
+        if (map) munmap(map, size);
         return -1;
     }
     f->mapped = 1;
     return 0;
 }
 
-void st_close(st_file *f)
-{
-    for (int i = 0; i < f->n; i++)
-        free(f->tensors[i].name);
+void st_close(st_file *f) {
+    for (int i = 0; i < f->n; i++) free(f->tensors[i].name);
     free(f->tensors);
     free(f->path);
-    if (f->mapped)
-        munmap((void *)f->buf, f->size);
+    if (f->mapped) munmap((void *)f->buf, f->size);
     memset(f, 0, sizeof *f);
 }
 
-const st_tensor *st_find(const st_file *f, const char *name)
-{
+const st_tensor *st_find(const st_file *f, const char *name) {
     for (int i = 0; i < f->n; i++)
-        if (strcmp(f->tensors[i].name, name) == 0)
-            return &f->tensors[i];
+        if (strcmp(f->tensors[i].name, name) == 0) return &f->tensors[i];
     return NULL;
 }
 
 /* The tensor `name`, if it exists, has one of the dtypes in `dtypes` (a bit
  * mask of st_dtype) and exactly the expected shape. */
-static const st_tensor *find_checked(const st_file *f, const char *name, unsigned dtypes,
-                                     const char *want_dtype, int ndim, const int64_t *shape,
-                                     char *err)
-{
+static const st_tensor *find_checked(const st_file *f, const char *name, unsigned dtypes, const char *want_dtype,
+                                     int ndim, const int64_t *shape, char *err) {
     const st_tensor *t = st_find(f, name);
     if (!t) {
         set_error(err, "%s: tensor '%s' not found", f->path, name);
         return NULL;
     }
     if (!(dtypes & (1u << t->dtype))) {
-        set_error(err, "%s: tensor '%s': dtype %s, expected %s", f->path, name,
-                dtype_names[t->dtype], want_dtype);
+        set_error(err, "%s: tensor '%s': dtype %s, expected %s", f->path, name, dtype_names[t->dtype], want_dtype);
         return NULL;
     }
     int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++)
-        same = t->shape[i] == shape[i];
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
     if (!same) {
         char got[256], want[256];
         set_error(err, "%s: tensor '%s': shape %s, expected %s", f->path, name,
-                shape_str(got, sizeof got, t->ndim, t->shape),
-                shape_str(want, sizeof want, ndim, shape));
+                  shape_str(got, sizeof got, t->ndim, t->shape), shape_str(want, sizeof want, ndim, shape));
         return NULL;
     }
     return t;
 }
 
-int st_read_f32(const st_file *f, const char *name, int ndim, const int64_t *shape, float *dst, char *err)
-{
-    const st_tensor *t = find_checked(f, name, 1u << ST_F32 | 1u << ST_BF16, "F32 or BF16",
-                                      ndim, shape, err);
-    if (!t)
-        return -1;
+int st_read_f32(const st_file *f, const char *name, int ndim, const int64_t *shape, float *dst, char *err) {
+    const st_tensor *t = find_checked(f, name, 1u << ST_F32 | 1u << ST_BF16, "F32 or BF16", ndim, shape, err);
+    if (!t) return -1;
     /* The data section has no alignment guarantee: copy, never cast. */
     const uint8_t *src = f->buf + f->data_start + t->begin;
     size_t count = (t->end - t->begin) / st_dtype_size(t->dtype);
     if (t->dtype == ST_F32) {
-        if (count)
-            memcpy(dst, src, count * sizeof(float));
+        if (count) memcpy(dst, src, count * sizeof(float));
         return 0;
     }
     st_bf16_to_f32(src, dst, count);
     return 0;
 }
 
-void st_bf16_to_f32(const void *src, float *dst, size_t n)
-{
+void st_bf16_to_f32(const void *src, float *dst, size_t n) {
     /* bfloat16 is the top half of a float32, so widening is exact. The
      * source may be unaligned (a file's data section): copy, never cast. */
     for (size_t i = 0; i < n; i++) {
@@ -358,40 +322,33 @@ void st_bf16_to_f32(const void *src, float *dst, size_t n)
     }
 }
 
-int st_read_f32_slice(const st_file *f, const char *name, size_t begin, size_t count, float *dst, char *err)
-{
+int st_read_f32_slice(const st_file *f, const char *name, size_t begin, size_t count, float *dst, char *err) {
     const st_tensor *t = st_find(f, name);
-    if (!t)
-        return set_error(err, "%s: tensor '%s' not found", f->path, name);
+    if (!t) return set_error(err, "%s: tensor '%s' not found", f->path, name);
     if (t->dtype != ST_F32)
         return set_error(err, "%s: tensor '%s': dtype %s, expected F32", f->path, name, dtype_names[t->dtype]);
     size_t numel = (t->end - t->begin) / sizeof(float);
     if (begin > numel || count > numel - begin)
-        return set_error(err, "%s: tensor '%s': elements [%zu,%zu) outside its %zu", f->path, name,
-                         begin, begin + count, numel);
-    if (count)
-        memcpy(dst, f->buf + f->data_start + t->begin + begin * sizeof(float), count * sizeof(float));
+        return set_error(err, "%s: tensor '%s': elements [%zu,%zu) outside its %zu", f->path, name, begin,
+                         begin + count, numel);
+    if (count) memcpy(dst, f->buf + f->data_start + t->begin + begin * sizeof(float), count * sizeof(float));
     return 0;
 }
 
-int st_read_i32(const st_file *f, const char *name, int ndim, const int64_t *shape, int32_t *dst, char *err)
-{
+int st_read_i32(const st_file *f, const char *name, int ndim, const int64_t *shape, int32_t *dst, char *err) {
     const st_tensor *t = find_checked(f, name, 1u << ST_I32, "I32", ndim, shape, err);
-    if (!t)
-        return -1;
+    if (!t) return -1;
     size_t count = (t->end - t->begin) / sizeof(int32_t);
-    if (count)
-        memcpy(dst, f->buf + f->data_start + t->begin, count * sizeof(int32_t));
+    if (count) memcpy(dst, f->buf + f->data_start + t->begin, count * sizeof(int32_t));
     return 0;
 }
 
-void st_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
-{
+void st_f32_to_bf16(const float *src, uint16_t *dst, size_t n) {
     for (size_t i = 0; i < n; i++) {
         uint32_t bits;
         memcpy(&bits, &src[i], 4);
         if ((bits & 0x7fffffffu) > 0x7f800000u) {
-            dst[i] = (uint16_t)((bits >> 16) | 0x0040u);   /* keep sign, set the quiet bit */
+            dst[i] = (uint16_t)((bits >> 16) | 0x0040u); /* keep sign, set the quiet bit */
             continue;
         }
         /* Add half an ulp of bfloat16, plus one when the kept part is odd
@@ -404,34 +361,29 @@ void st_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
 
 /* cJSON returns NULL when out of memory; like xmalloc, treat that as fatal
  * rather than writing a header with entries silently missing. */
-static cJSON *need(cJSON *item)
-{
-    if (!item)
-        die("out of memory building a safetensors header");
+static cJSON *need(cJSON *item) {
+    if (!item) die("out of memory building a safetensors header");
     return item;
 }
 
 /* The JSON header for entries, with data_offsets laid out back to back in
  * entry order; NULL (and err) when an entry is malformed. */
-static char *build_header(const char *path, const st_entry *entries, int n, uint64_t *bytes,
-                          char *err)
-{
+static char *build_header(const char *path, const st_entry *entries, int n, uint64_t *bytes, char *err) {
     cJSON *root = need(cJSON_CreateObject());
     uint64_t offset = 0;
     for (int i = 0; i < n; i++) {
         const st_entry *e = &entries[i];
         uint64_t nb = 0;
         int bad_dims = e->ndim < 0 || e->ndim > ST_MAX_DIMS;
-        for (int d = 0; !bad_dims && d < e->ndim; d++)
-            bad_dims = e->shape[d] < 0;
-        const char *why = !e->name ? "has no name"
-            : st_dtype_size(e->dtype) == 0 ? "has an unknown dtype"
-            : bad_dims ? "has a bad shape"
+        for (int d = 0; !bad_dims && d < e->ndim; d++) bad_dims = e->shape[d] < 0;
+        const char *why = !e->name                                ? "has no name"
+            : st_dtype_size(e->dtype) == 0                        ? "has an unknown dtype"
+            : bad_dims                                            ? "has a bad shape"
             : tensor_bytes(e->dtype, e->ndim, e->shape, &nb) != 0 ? "is too large"
-            : nb > 0 && !e->data ? "has no data"
-            : cJSON_GetObjectItemCaseSensitive(root, e->name) ? "appears twice"
-            : strcmp(e->name, "__metadata__") == 0 ? "uses a reserved name"
-            : NULL;
+            : nb > 0 && !e->data                                  ? "has no data"
+            : cJSON_GetObjectItemCaseSensitive(root, e->name)     ? "appears twice"
+            : strcmp(e->name, "__metadata__") == 0                ? "uses a reserved name"
+                                                                  : NULL;
         if (why) {
             set_error(err, "%s: tensor '%s' %s", path, e->name ? e->name : "", why);
             cJSON_Delete(root);
@@ -440,31 +392,26 @@ static char *build_header(const char *path, const st_entry *entries, int n, uint
         cJSON *obj = need(cJSON_CreateObject());
         cJSON_AddItemToObject(obj, "dtype", need(cJSON_CreateString(dtype_names[e->dtype])));
         cJSON *shape = need(cJSON_CreateArray());
-        for (int d = 0; d < e->ndim; d++)
-            cJSON_AddItemToArray(shape, need(cJSON_CreateNumber((double)e->shape[d])));
+        for (int d = 0; d < e->ndim; d++) cJSON_AddItemToArray(shape, need(cJSON_CreateNumber((double)e->shape[d])));
         cJSON_AddItemToObject(obj, "shape", shape);
         cJSON *off = need(cJSON_CreateArray());
         cJSON_AddItemToArray(off, need(cJSON_CreateNumber((double)offset)));
         cJSON_AddItemToArray(off, need(cJSON_CreateNumber((double)(offset + nb))));
         cJSON_AddItemToObject(obj, "data_offsets", off);
-        if (!cJSON_AddItemToObject(root, e->name, obj))
-            die("out of memory building a safetensors header");
+        if (!cJSON_AddItemToObject(root, e->name, obj)) die("out of memory building a safetensors header");
         offset += nb;
     }
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    if (!json)
-        die("out of memory building a safetensors header");
+    if (!json) die("out of memory building a safetensors header");
     *bytes = offset;
     return json;
 }
 
-int st_write(const char *path, const st_entry *entries, int n, char *err)
-{
+int st_write(const char *path, const st_entry *entries, int n, char *err) {
     uint64_t data_bytes;
     char *json = build_header(path, entries, n, &data_bytes, err);
-    if (!json)
-        return -1;
+    if (!json) return -1;
 
     /* The reference implementation pads the header with spaces so that the
      * data section starts 8-byte aligned. */
@@ -479,7 +426,7 @@ int st_write(const char *path, const st_entry *entries, int n, char *err)
     file_piece *pieces = xmalloc(sizeof(file_piece) * (n + 1));
     pieces[0] = (file_piece){header, 8 + hlen};
     for (int i = 0; i < n; i++) {
-        uint64_t nb = 0;    /* cannot overflow: build_header checked it */
+        uint64_t nb = 0; /* cannot overflow: build_header checked it */
         tensor_bytes(entries[i].dtype, entries[i].ndim, entries[i].shape, &nb);
         pieces[i + 1] = (file_piece){entries[i].data, (size_t)nb};
     }

@@ -26,17 +26,17 @@ typedef struct {
     st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    size_t begin, end;          /* byte range within the data section */
+    size_t begin, end; /* byte range within the data section */
 } st_tensor;
 
 typedef struct {
-    char *path;                 /* copy of the path, for messages */
-    const uint8_t *buf;         /* whole file (mmap'ed by st_open) */
+    char *path;         /* copy of the path, for messages */
+    const uint8_t *buf; /* whole file (mmap'ed by st_open) */
     size_t size;
-    size_t data_start;          /* 8 + header length */
+    size_t data_start; /* 8 + header length */
     int n;
     st_tensor *tensors;
-    int mapped;                 /* 1 when buf is an mmap owned by this struct */
+    int mapped; /* 1 when buf is an mmap owned by this struct */
 } st_file;
 
 /* Parses and validates the header of an in-memory file image. Checks: the

@@ -27,7 +27,7 @@ void split_txt(const char *buf, size_t len, span_list *docs) {
     for (size_t a = 0; a < len && !paragraphs;) {
         const char *nl = memchr(buf + a, '\n', len - a);
         size_t b = nl ? (size_t)(nl - buf) : len;
-        paragraphs = text_blank(buf + a, b - a) && nl;   /* a final unterminated blank tail is no separator */
+        paragraphs = text_blank(buf + a, b - a) && nl; /* a final unterminated blank tail is no separator */
         a = b + 1;
     }
     size_t doc = 0, a = 0;

@@ -7,9 +7,15 @@
 
 #include <stddef.h>
 
-typedef struct { const char *text; size_t len; } span;
+typedef struct {
+    const char *text;
+    size_t len;
+} span;
 
-typedef struct { span *d; size_t n, cap; } span_list;
+typedef struct {
+    span *d;
+    size_t n, cap;
+} span_list;
 
 void spans_add(span_list *l, const char *text, size_t len);
 /* 1 when p[0..n) holds only spaces, tabs and line ends. */

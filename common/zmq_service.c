@@ -10,7 +10,10 @@
 
 static volatile sig_atomic_t stop_requested;
 
-static void on_signal(int sig) { (void)sig; stop_requested = 1; }
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
 
 int zsvc_stopping(void) { return stop_requested; }
 
@@ -29,7 +32,7 @@ int zsvc_open(zmq_service *s, const char *endpoint, int64_t max_frame, char *err
     s->ctx = zmq_ctx_new();
     s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
     if (!s->sock) die("zmq: %s", zmq_strerror(errno));
-    int linger = 1000;   /* let the last replies leave, but never hang the exit */
+    int linger = 1000; /* let the last replies leave, but never hang the exit */
     zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame);
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);
     if (zmq_bind(s->sock, endpoint)) {
@@ -69,7 +72,10 @@ static int recv_part(void *sock, zmq_msg_t *m) {
     zmq_msg_init(m);
     for (;;) {
         if (zmq_msg_recv(m, sock, ZMQ_DONTWAIT) >= 0) return 0;
-        if (errno != EINTR) { zmq_msg_close(m); return -1; }
+        if (errno != EINTR) {
+            zmq_msg_close(m);
+            return -1;
+        }
     }
 }
 
@@ -80,13 +86,20 @@ int zsvc_recv(zmq_service *s, zmq_msg_t *frames, int max, zsvc_request *r) {
         zmq_msg_t m;
         if (recv_part(s->sock, &m)) break;
         more = zmq_msg_more(&m);
-        if (r->n < max) frames[r->n++] = m;
-        else { zmq_msg_close(&m); r->dropped++; }
+        if (r->n < max)
+            frames[r->n++] = m;
+        else {
+            zmq_msg_close(&m);
+            r->dropped++;
+        }
     }
     if (r->n == 0) return 0;
     r->nenv = 1;
     for (int i = 1; i < r->n && i <= ZSVC_MAX_ENVELOPE; i++)
-        if (zmq_msg_size(&frames[i]) == 0) { r->nenv = i + 1; break; }
+        if (zmq_msg_size(&frames[i]) == 0) {
+            r->nenv = i + 1;
+            break;
+        }
     return r->n;
 }
 
@@ -98,7 +111,7 @@ void zsvc_request_close(zsvc_request *r) {
 int zsvc_send(zmq_service *s, const zsvc_request *r, const void *head, size_t head_len, zsvc_part *parts, int n) {
     int ok = 1, i = 0;
     for (int k = 0; k < r->nenv && ok; k++) {
-        zmq_msg_t env;   /* a copy: the request's frames stay the caller's */
+        zmq_msg_t env; /* a copy: the request's frames stay the caller's */
         zmq_msg_init(&env);
         zmq_msg_copy(&env, &r->frames[k]);
         ok = zmq_msg_send(&env, s->sock, ZMQ_SNDMORE) >= 0;
@@ -107,9 +120,12 @@ int zsvc_send(zmq_service *s, const zsvc_request *r, const void *head, size_t he
     if (ok) ok = zmq_send(s->sock, head, head_len, n ? ZMQ_SNDMORE : 0) >= 0;
     for (; i < n && ok; i++) {
         zmq_msg_t m;
-        if (zmq_msg_init_data(&m, parts[i].data, parts[i].len, parts[i].release, NULL)) { ok = 0; break; }
+        if (zmq_msg_init_data(&m, parts[i].data, parts[i].len, parts[i].release, NULL)) {
+            ok = 0;
+            break;
+        }
         if (zmq_msg_send(&m, s->sock, i + 1 < n ? ZMQ_SNDMORE : 0) < 0) {
-            zmq_msg_close(&m);   /* calls release */
+            zmq_msg_close(&m); /* calls release */
             ok = 0;
             i++;
             break;

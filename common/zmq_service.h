@@ -9,11 +9,11 @@
 #include <stdint.h>
 #include <zmq.h>
 
-#define ZSVC_MAX_ENVELOPE 8    /* identity frames a router chain may add */
+#define ZSVC_MAX_ENVELOPE 8 /* identity frames a router chain may add */
 
 typedef struct {
     void *ctx, *sock;
-    char endpoint[1024];       /* what was bound (a port of `*` resolved) */
+    char endpoint[1024]; /* what was bound (a port of `*` resolved) */
 } zmq_service;
 
 /* Binds a ROUTER socket. Frames over max_frame bytes never reach the

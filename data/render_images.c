@@ -34,8 +34,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_SIZE 16384          /* cairo's limit is 32767; this is plenty and bounds memory */
-#define DPI 96.0                /* rsvg-convert's default */
+#define MAX_SIZE 16384 /* cairo's limit is 32767; this is plenty and bounds memory */
+#define DPI 96.0       /* rsvg-convert's default */
 #define REASON_LEN 400
 
 typedef struct {
@@ -43,8 +43,7 @@ typedef struct {
     int size;
 } job;
 
-static const char usage[] =
-    "usage: render_images [--threads N] < lines \"INPUT<TAB>OUTPUT<TAB>SIZE\"";
+static const char usage[] = "usage: render_images [--threads N] < lines \"INPUT<TAB>OUTPUT<TAB>SIZE\"";
 
 static void bad_args(const char *fmt, ...) {
     va_list ap;
@@ -80,12 +79,10 @@ static int read_file(const char *path, unsigned char **data, size_t *len, char *
             return -1;
         }
         n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
+        if (n < cap) break;
         cap *= 2;
         unsigned char *nb = realloc(buf, cap);
-        if (!nb)
-            free(buf);
+        if (!nb) free(buf);
         buf = nb;
     }
     int err = ferror(f);
@@ -105,8 +102,7 @@ static const unsigned char PNG_SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, 
 static char *base64(const unsigned char *d, size_t n) {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     char *o = malloc(4 * ((n + 2) / 3) + 1), *p = o;
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     size_t i = 0;
     for (; i + 2 < n; i += 3) {
         uint32_t v = (uint32_t)d[i] << 16 | (uint32_t)d[i + 1] << 8 | d[i + 2];
@@ -146,16 +142,14 @@ static char *png_wrapper(const unsigned char *png, size_t len, size_t *out_len, 
         set_reason(reason, "out of memory");
         return NULL;
     }
-    const char *fmt =
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" xmlns:xlink=\"http://www.w3.org/1999/xlink\""
-        " width=\"%u\" height=\"%u\" viewBox=\"0 0 %u %u\">"
-        "<image x=\"%g\" y=\"%g\" width=\"%u\" height=\"%u\" preserveAspectRatio=\"xMidYMid meet\""
-        " xlink:href=\"data:image/png;base64,%s\"/></svg>";
+    const char *fmt = "<svg xmlns=\"http://www.w3.org/2000/svg\" xmlns:xlink=\"http://www.w3.org/1999/xlink\""
+                      " width=\"%u\" height=\"%u\" viewBox=\"0 0 %u %u\">"
+                      "<image x=\"%g\" y=\"%g\" width=\"%u\" height=\"%u\" preserveAspectRatio=\"xMidYMid meet\""
+                      " xlink:href=\"data:image/png;base64,%s\"/></svg>";
     double x = (side - w) / 2.0, y = (side - h) / 2.0;
     int n = snprintf(NULL, 0, fmt, side, side, side, side, x, y, w, h, b64);
     char *svg = n < 0 ? NULL : malloc((size_t)n + 1);
-    if (svg)
-        snprintf(svg, (size_t)n + 1, fmt, side, side, side, side, x, y, w, h, b64);
+    if (svg) snprintf(svg, (size_t)n + 1, fmt, side, side, side, side, x, y, w, h, b64);
     free(b64);
     if (!svg)
         set_reason(reason, "out of memory");
@@ -168,13 +162,13 @@ static char *png_wrapper(const unsigned char *png, size_t len, size_t *out_len, 
  * units (those need a font size or a viewport). */
 static double length_px(RsvgLength l) {
     switch (l.unit) {
-    case RSVG_UNIT_PX: return l.length;
-    case RSVG_UNIT_IN: return l.length * DPI;
-    case RSVG_UNIT_CM: return l.length * DPI / 2.54;
-    case RSVG_UNIT_MM: return l.length * DPI / 25.4;
-    case RSVG_UNIT_PT: return l.length * DPI / 72.0;
-    case RSVG_UNIT_PC: return l.length * DPI / 6.0;
-    default: return -1.0;
+        case RSVG_UNIT_PX: return l.length;
+        case RSVG_UNIT_IN: return l.length * DPI;
+        case RSVG_UNIT_CM: return l.length * DPI / 2.54;
+        case RSVG_UNIT_MM: return l.length * DPI / 25.4;
+        case RSVG_UNIT_PT: return l.length * DPI / 72.0;
+        case RSVG_UNIT_PC: return l.length * DPI / 6.0;
+        default: return -1.0;
     }
 }
 
@@ -183,8 +177,7 @@ static double length_px(RsvgLength l) {
  * size (or its aspect ratio applied to the one absolute side); without
  * either, the extents of what the document draws. */
 static int natural_size(RsvgHandle *h, double *w, double *hh, char *reason) {
-    if (rsvg_handle_get_intrinsic_size_in_pixels(h, w, hh))
-        goto check;
+    if (rsvg_handle_get_intrinsic_size_in_pixels(h, w, hh)) goto check;
     gboolean has_w, has_h, has_vb;
     RsvgLength lw, lh;
     RsvgRectangle vb;
@@ -246,8 +239,7 @@ static int write_atomic(const char *path, const uint8_t *data, size_t len, char 
     size_t off = 0;
     while (off < len) {
         ssize_t n = write(fd, data + off, len - off);
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
             set_reason(reason, "cannot write %s: %s", tmp, n < 0 ? strerror(errno) : "short write");
             goto fail;
@@ -273,8 +265,7 @@ static int write_atomic(const char *path, const uint8_t *data, size_t len, char 
     free(tmp);
     return 0;
 fail:
-    if (fd >= 0)
-        close(fd);
+    if (fd >= 0) close(fd);
     unlink(tmp);
     free(tmp);
     return -1;
@@ -293,11 +284,9 @@ static int render_one(const job *jb, char *reason) {
     cairo_t *cr = NULL;
     GError *err = NULL;
 
-    if (read_file(jb->in, &file, &flen, reason) != 0)
-        return -1;
+    if (read_file(jb->in, &file, &flen, reason) != 0) return -1;
     if (flen >= 8 && memcmp(file, PNG_SIG, 8) == 0) {
-        if (!(wrapper = png_wrapper(file, flen, &wlen, reason)))
-            goto done;
+        if (!(wrapper = png_wrapper(file, flen, &wlen, reason))) goto done;
         h = rsvg_handle_new_from_data((const guint8 *)wrapper, wlen, &err);
     } else {
         /* Load from the file, not the bytes read, so that the document's base
@@ -313,8 +302,7 @@ static int render_one(const job *jb, char *reason) {
     rsvg_handle_set_dpi(h, DPI);
 
     double nw, nh;
-    if (natural_size(h, &nw, &nh, reason) != 0)
-        goto done;
+    if (natural_size(h, &nw, &nh, reason) != 0) goto done;
     /* Fit in S x S, aspect kept: the larger side becomes S. (rsvg-convert -a
      * sizes a square box by the height, so a wide document overflowed it;
      * build_images.py squares such documents first, so both agree.) */
@@ -399,15 +387,11 @@ static int render_one(const job *jb, char *reason) {
     rc = write_atomic(jb->out, webp, n, reason);
 done:
     g_clear_error(&err);
-    if (webp)
-        WebPFree(webp);
+    if (webp) WebPFree(webp);
     free(rgba);
-    if (cr)
-        cairo_destroy(cr);
-    if (surf)
-        cairo_surface_destroy(surf);
-    if (h)
-        g_object_unref(h);
+    if (cr) cairo_destroy(cr);
+    if (surf) cairo_surface_destroy(surf);
+    if (h) g_object_unref(h);
     free(wrapper);
     free(file);
     return rc;
@@ -421,14 +405,11 @@ static job *read_jobs(size_t *count) {
     job *jobs = malloc(cap * sizeof *jobs);
     char *line = NULL;
     ssize_t got;
-    if (!jobs)
-        bad_args("out of memory");
+    if (!jobs) bad_args("out of memory");
     while ((got = getline(&line, &llen, stdin)) >= 0) {
         lineno++;
-        if (got > 0 && line[got - 1] == '\n')
-            line[--got] = 0;
-        if (got == 0)
-            continue;
+        if (got > 0 && line[got - 1] == '\n') line[--got] = 0;
+        if (got == 0) continue;
         char *t1 = strchr(line, '\t'), *t2 = t1 ? strchr(t1 + 1, '\t') : NULL;
         if (!t1 || !t2 || strchr(t2 + 1, '\t') || t1 == line || t2 == t1 + 1)
             bad_args("stdin line %zu: expected INPUT<TAB>OUTPUT<TAB>SIZE", lineno);
@@ -441,15 +422,13 @@ static job *read_jobs(size_t *count) {
         if (n == cap) {
             cap *= 2;
             job *nj = realloc(jobs, cap * sizeof *jobs);
-            if (!nj)
-                bad_args("out of memory");
+            if (!nj) bad_args("out of memory");
             jobs = nj;
         }
         jobs[n].in = strdup(line);
         jobs[n].out = strdup(t1 + 1);
         jobs[n].size = (int)s;
-        if (!jobs[n].in || !jobs[n].out)
-            bad_args("out of memory");
+        if (!jobs[n].in || !jobs[n].out) bad_args("out of memory");
         n++;
     }
     free(line);
@@ -464,17 +443,14 @@ static void sync_dirs(const job *jobs, size_t n) {
         const char *slash = strrchr(jobs[i].out, '/');
         char dir[PATH_MAX];
         size_t len = slash ? (size_t)(slash - jobs[i].out) : 0;
-        if (len >= sizeof dir)
-            continue;
-        if (slash && len == 0)
-            len = 1;                        /* "/file" */
+        if (len >= sizeof dir) continue;
+        if (slash && len == 0) len = 1; /* "/file" */
         if (slash)
             memcpy(dir, jobs[i].out, len);
         else
             dir[len++] = '.';
         dir[len] = 0;
-        if (strcmp(dir, prev) == 0)
-            continue;
+        if (strcmp(dir, prev) == 0) continue;
         strcpy(prev, dir);
         int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         if (fd >= 0) {
@@ -516,9 +492,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < n; i++) {
         char reason[REASON_LEN] = "";
         if (render_one(&jobs[i], reason) != 0) {
-            for (char *p = reason; *p; p++)     /* one line per failure */
-                if (*p == '\n' || *p == '\r' || *p == '\t')
-                    *p = ' ';
+            for (char *p = reason; *p; p++) /* one line per failure */
+                if (*p == '\n' || *p == '\r' || *p == '\t') *p = ' ';
 #pragma omp critical(out)
             {
                 printf("fail\t%s\t%s\n", jobs[i].out, reason);

@@ -4,8 +4,8 @@
 
 #include "../common/cli.h"
 
-extern const cli_command dl_tokenize_command;     /* tokenize.c */
-extern const cli_command dl_serve_command;        /* serve.c */
-extern const cli_command dl_inspect_command;      /* inspect.c */
+extern const cli_command dl_tokenize_command; /* tokenize.c */
+extern const cli_command dl_serve_command;    /* serve.c */
+extern const cli_command dl_inspect_command;  /* inspect.c */
 
 #endif

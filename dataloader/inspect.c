@@ -21,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct { long positions, pads, image_positions, images, caption_first, image_first, dropped, docs, text_docs; } stats;
+typedef struct {
+    long positions, pads, image_positions, images, caption_first, image_first, dropped, docs, text_docs;
+} stats;
 
 /* Walks the documents of every row. An image document's caption is before
  * its patches (caption first), after them (image first), or absent. */
@@ -32,7 +34,11 @@ static stats describe(const dl_batch *b) {
         const int32_t *mod = b->modality + (size_t)r * b->L, *doc = b->doc + (size_t)r * b->L;
         for (int i = 0; i < b->L;) {
             st.positions++;
-            if (mod[i] == 2) { st.pads++; i++; continue; }
+            if (mod[i] == 2) {
+                st.pads++;
+                i++;
+                continue;
+            }
             int end = i, first_patch = -1;
             while (end < b->L && mod[end] != 2 && doc[end] == doc[i]) {
                 if (mod[end] == 1 && first_patch < 0) first_patch = end;
@@ -40,13 +46,20 @@ static stats describe(const dl_batch *b) {
             }
             st.positions += end - i - 1;
             st.docs++;
-            if (first_patch < 0) { st.text_docs++; i = end; continue; }
+            if (first_patch < 0) {
+                st.text_docs++;
+                i = end;
+                continue;
+            }
             st.images++;
             st.image_positions += end - i;
-            int before = first_patch - i - 2, after = end - (first_patch + N) - 2;   /* BOS..BOI, EOI..EOS */
-            if (before > 0) st.caption_first++;
-            else if (after > 0) st.image_first++;
-            else st.dropped++;
+            int before = first_patch - i - 2, after = end - (first_patch + N) - 2; /* BOS..BOI, EOI..EOS */
+            if (before > 0)
+                st.caption_first++;
+            else if (after > 0)
+                st.image_first++;
+            else
+                st.dropped++;
             i = end;
         }
     }
@@ -61,8 +74,8 @@ static void dump(const char *path, const dl_batch *b, int T) {
     rng_seed(&r, (uint64_t)b->step * 65537u + (uint64_t)b->rank);
     for (size_t k = 0; k < lat; k++) noise[k] = (float)rng_normal(&r);
     for (int i = 0; i < b->n_images; i++) t[i] = rng_int(&r, 1, b->noise_limit[i] && T >= 2 ? T / 2 : T);
-    batch_file f = {b->B, b->L, b->n_images, b->C, b->h, b->w, b->tokens, b->modality, b->doc, b->image,
-                    b->latents, noise, t};
+    batch_file f = {b->B,        b->L,   b->n_images, b->C,       b->h,  b->w, b->tokens,
+                    b->modality, b->doc, b->image,    b->latents, noise, t};
     st_entry extra[2] = {
         {"noise_limit", ST_I32, 1, {b->n_images}, b->noise_limit},
         {"sample_ids", ST_I64, 1, {b->n_docs}, b->sample_ids},

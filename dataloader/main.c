@@ -32,8 +32,9 @@ static int cmd_tokenizer_train(const args *a) {
     spm *s = spm_load(out, err);
     if (!s) die("%s", err);
     const spm_ids *ids = spm_get_ids(s);
-    printf("{\"model\":\"%s\",\"type\":\"%s\",\"vocab_size\":%d,\"bos\":%d,\"eos\":%d,\"boi\":%d,\"eoi\":%d,\"pad\":%d}\n",
-           out, type, ids->vocab_size, ids->bos, ids->eos, ids->boi, ids->eoi, ids->pad);
+    printf(
+        "{\"model\":\"%s\",\"type\":\"%s\",\"vocab_size\":%d,\"bos\":%d,\"eos\":%d,\"boi\":%d,\"eoi\":%d,\"pad\":%d}\n",
+        out, type, ids->vocab_size, ids->bos, ids->eos, ids->boi, ids->eoi, ids->pad);
     spm_free(s);
     free(inputs);
     return 0;
@@ -48,16 +49,20 @@ static const cli_flag tokenizer_train_flags[] = {
     {0},
 };
 
-static const cli_command tokenizer_train_command = {
-    "tokenizer train", "trains a SentencePiece tokenizer with BOI and EOI pieces", cmd_tokenizer_train,
-    {tokenizer_train_flags}};
+static const cli_command tokenizer_train_command = {"tokenizer train",
+                                                    "trains a SentencePiece tokenizer with BOI and EOI pieces",
+                                                    cmd_tokenizer_train,
+                                                    {tokenizer_train_flags}};
 
 static const cli_command *const commands[] = {
-    &tokenizer_train_command, &dl_tokenize_command, &dl_serve_command, &dl_inspect_command,
+    &tokenizer_train_command,
+    &dl_tokenize_command,
+    &dl_serve_command,
+    &dl_inspect_command,
 };
 
-static const cli_program program = {
-    "dataloader", "Tokenizes text once and serves packed text-and-image rows to the trainer ranks.", commands,
-    sizeof commands / sizeof *commands};
+static const cli_program program = {"dataloader",
+                                    "Tokenizes text once and serves packed text-and-image rows to the trainer ranks.",
+                                    commands, sizeof commands / sizeof *commands};
 
 int main(int argc, char **argv) { return cli_main(&program, argc, argv); }

@@ -18,17 +18,17 @@ enum { TAG_TEXT_PERM = 1, TAG_IMAGE_PERM, TAG_DROP, TAG_ORDER };
 
 typedef struct {
     int64_t epoch, used;
-    int64_t *perm, *prefix;    /* [n], [n + 1] */
+    int64_t *perm, *prefix; /* [n], [n + 1] */
 } epoch_cache;
 
 struct packer {
     const sources *s;
     pack_config c;
-    int N;                     /* patch positions per image */
-    int64_t text_epoch;        /* text stream positions per epoch */
+    int N;              /* patch positions per image */
+    int64_t text_epoch; /* text stream positions per epoch */
     epoch_cache text[CACHED_EPOCHS], img[CACHED_EPOCHS];
-    int64_t uses;              /* the clock of the caches' LRU */
-    int64_t *img_start;        /* img_start[e]: image stream positions before epoch e */
+    int64_t uses;       /* the clock of the caches' LRU */
+    int64_t *img_start; /* img_start[e]: image stream positions before epoch e */
     int64_t n_img_start, cap_img_start;
     uint64_t fingerprint;
 };
@@ -125,15 +125,21 @@ static int64_t last_at_most(const int64_t *a, int64_t n, int64_t x) {
     int64_t lo = 0, hi = n;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo + 1) / 2;
-        if (a[mid] <= x) lo = mid;
-        else hi = mid - 1;
+        if (a[mid] <= x)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     return lo;
 }
 
 /* a = max { j : S(j) <= T } and S(a), for the image stream. */
 static void images_before(packer *p, int64_t T, int64_t *a, int64_t *S) {
-    if (p->s->n_images == 0 || p->c.image_fraction == 0) { *a = 0; *S = 0; return; }
+    if (p->s->n_images == 0 || p->c.image_fraction == 0) {
+        *a = 0;
+        *S = 0;
+        return;
+    }
     cover(p, T);
     int64_t e = last_at_most(p->img_start, p->n_img_start - 1, T);
     const epoch_cache *c = epoch_of(p, 1, e);
@@ -147,7 +153,10 @@ static int64_t target(const packer *p, int64_t row) {
 }
 
 packer *packer_create(const sources *s, const pack_config *c, char *err) {
-    if (c->L < 4) { set_error(err, "--seq-len %d: a row needs at least 4 positions", c->L); return NULL; }
+    if (c->L < 4) {
+        set_error(err, "--seq-len %d: a row needs at least 4 positions", c->L);
+        return NULL;
+    }
     if (!(c->image_fraction >= 0 && c->image_fraction < 1) || !(c->caption_first >= 0 && c->caption_first <= 1) ||
         !(c->drop_caption >= 0 && c->drop_caption <= 1)) {
         set_error(err, "--image-fraction must be in [0, 1), --caption-first and --drop-caption in [0, 1]");
@@ -172,13 +181,14 @@ packer *packer_create(const sources *s, const pack_config *c, char *err) {
         int doc = p->N + 4 + longest;
         double q = c->image_fraction * c->L;
         if (q + doc > c->L) {
-            set_error(err, "--image-fraction %g with --seq-len %d: image documents take up to %d positions, so "
-                      "the fraction can be at most %.3f (or lower --max-caption)", c->image_fraction, c->L, doc,
-                      (double)(c->L - doc) / c->L);
+            set_error(err,
+                      "--image-fraction %g with --seq-len %d: image documents take up to %d positions, so "
+                      "the fraction can be at most %.3f (or lower --max-caption)",
+                      c->image_fraction, c->L, doc, (double)(c->L - doc) / c->L);
             goto fail;
         }
     }
-    for (int k = 0; k < CACHED_EPOCHS; k++) p->text[k].epoch = p->img[k].epoch = -1;   /* allocated when first used */
+    for (int k = 0; k < CACHED_EPOCHS; k++) p->text[k].epoch = p->img[k].epoch = -1; /* allocated when first used */
     for (int64_t d = 0; d < s->n_docs; d++) p->text_epoch += s->doc_len[d] + 2;
     p->cap_img_start = 64;
     p->img_start = xcalloc(p->cap_img_start, sizeof(int64_t));
@@ -191,7 +201,7 @@ packer *packer_create(const sources *s, const pack_config *c, char *err) {
     h = fnv1a(h, &c->drop_caption, sizeof(double));
     h = fnv1a(h, &c->no_noise_limit, sizeof c->no_noise_limit);
     h = fnv1a(h, &c->seed, sizeof c->seed);
-    p->fingerprint = h ? h : 1;   /* 0 means "any" on the wire */
+    p->fingerprint = h ? h : 1; /* 0 means "any" on the wire */
     return p;
 fail:
     free(p);
@@ -201,8 +211,10 @@ fail:
 void packer_free(packer *p) {
     if (!p) return;
     for (int k = 0; k < CACHED_EPOCHS; k++) {
-        free(p->text[k].perm); free(p->text[k].prefix);
-        free(p->img[k].perm); free(p->img[k].prefix);
+        free(p->text[k].perm);
+        free(p->text[k].prefix);
+        free(p->img[k].perm);
+        free(p->img[k].prefix);
     }
     free(p->img_start);
     free(p);
@@ -281,7 +293,7 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
             }
             if (!it->image) {
                 b->sample_ids[k] = s->doc_id[it->index];
-                uint32_t n = s->doc_len[it->index], end = it->from + it->len;   /* positions: BOS, n tokens, EOS */
+                uint32_t n = s->doc_len[it->index], end = it->from + it->len; /* positions: BOS, n tokens, EOS */
                 uint32_t t0 = it->from > 0 ? it->from - 1 : 0, t1 = end - 1 < n ? end - 1 : n;
                 int32_t *dst = tok + at;
                 if (it->from == 0) *dst++ = ids->bos;
@@ -294,7 +306,10 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
             int cap = it->dropped ? 0 : s->caption_len[it->index];
             const int32_t *caption = s->caption[it->index];
             tok[at++] = ids->bos;
-            if (it->caption_first) { memcpy(tok + at, caption, sizeof(int32_t) * cap); at += cap; }
+            if (it->caption_first) {
+                memcpy(tok + at, caption, sizeof(int32_t) * cap);
+                at += cap;
+            }
             tok[at++] = ids->boi;
             for (int k2 = 0; k2 < N; k2++, at++) {
                 tok[at] = filler;
@@ -302,7 +317,10 @@ void packer_fill(const packer *p, const pack_plan *pl, dl_batch *b) {
                 im[at] = img;
             }
             tok[at++] = ids->eoi;
-            if (!it->caption_first) { memcpy(tok + at, caption, sizeof(int32_t) * cap); at += cap; }
+            if (!it->caption_first) {
+                memcpy(tok + at, caption, sizeof(int32_t) * cap);
+                at += cap;
+            }
             tok[at++] = ids->eos;
             b->noise_limit[img] = !p->c.no_noise_limit && !it->caption_first && !it->dropped;
             memcpy(b->latents + (size_t)img * per, s->x0 + (size_t)it->index * per, sizeof(float) * per);

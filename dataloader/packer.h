@@ -30,22 +30,22 @@
 typedef struct {
     int L, patch, max_caption;
     double image_fraction, caption_first, drop_caption;
-    int no_noise_limit;        /* 0: image-first pairs draw t in 1..T/2 (the paper's);
+    int no_noise_limit; /* 0: image-first pairs draw t in 1..T/2 (the paper's);
                                   1: in 1..T like the others (its ablation) */
     uint64_t seed;
 } pack_config;
 
 typedef struct {
-    int image;                 /* 1: image-caption document, 0: text piece */
-    int64_t index;             /* usable image or text document */
-    uint32_t from, len;        /* positions within the document */
+    int image;          /* 1: image-caption document, 0: text piece */
+    int64_t index;      /* usable image or text document */
+    uint32_t from, len; /* positions within the document */
     int caption_first, dropped;
 } pack_item;
 
 /* The items of some consecutive rows, and the counts of their batch. */
 typedef struct {
     int rows;
-    int *row_items;            /* [rows + 1]: row i is items [row_items[i], row_items[i+1]) */
+    int *row_items; /* [rows + 1]: row i is items [row_items[i], row_items[i+1]) */
     pack_item *items;
     int n_items, cap, n_images;
 } pack_plan;
@@ -59,7 +59,7 @@ void packer_free(packer *p);
 
 /* Dataset and config together, as clients pin them. */
 uint64_t packer_fingerprint(const packer *p);
-int packer_patches(const packer *p);         /* N = (h/p)(w/p) */
+int packer_patches(const packer *p); /* N = (h/p)(w/p) */
 
 /* Plans rows [row0, row0 + n). Not thread-safe: epoch caches. */
 void packer_plan(packer *p, int64_t row0, int n, pack_plan *out);

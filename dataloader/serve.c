@@ -44,12 +44,15 @@ typedef struct {
     packer *p;
     pack_config c;
     int B;
-    char tokenizer_path[4096], latent_stats_path[4096];   /* absolute: checkpoints copy them */
+    char tokenizer_path[4096], latent_stats_path[4096]; /* absolute: checkpoints copy them */
     pack_plan plan;
     long requests, batches, infos, errors, lost;
 } server;
 
-static void release_free(void *data, void *hint) { (void)hint; free(data); }
+static void release_free(void *data, void *hint) {
+    (void)hint;
+    free(data);
+}
 
 static void reply(server *sv, zmq_service *svc, const zsvc_request *req, dl_reply *h, void *payload, size_t len) {
     uint8_t head[DL_REPLY_HEADER_BYTES];
@@ -62,7 +65,10 @@ static void reply(server *sv, zmq_service *svc, const zsvc_request *req, dl_repl
 }
 
 static void reply_error(server *sv, zmq_service *svc, const zsvc_request *req, const dl_request *r, const char *err) {
-    dl_reply h = {.status = DL_ERROR, .fingerprint = packer_fingerprint(sv->p), .step = r->step, .rank = r->rank,
+    dl_reply h = {.status = DL_ERROR,
+                  .fingerprint = packer_fingerprint(sv->p),
+                  .step = r->step,
+                  .rank = r->rank,
                   .world = r->world};
     sv->errors++;
     size_t len = strlen(err);
@@ -137,12 +143,22 @@ static int serve_one(server *sv, zmq_service *svc) {
     } else {
         int64_t row0 = r.step * r.world * sv->B + (int64_t)r.rank * sv->B;
         packer_plan(sv->p, row0, sv->B, &sv->plan);
-        dl_reply h = {.status = DL_OK, .fingerprint = packer_fingerprint(sv->p), .step = r.step, .rank = r.rank,
-                      .world = r.world, .B = sv->B, .L = sv->c.L, .n_images = sv->plan.n_images,
-                      .n_docs = sv->plan.n_items, .C = sv->s->C, .h = sv->s->h, .w = sv->s->w, .patch = sv->c.patch};
+        dl_reply h = {.status = DL_OK,
+                      .fingerprint = packer_fingerprint(sv->p),
+                      .step = r.step,
+                      .rank = r.rank,
+                      .world = r.world,
+                      .B = sv->B,
+                      .L = sv->c.L,
+                      .n_images = sv->plan.n_images,
+                      .n_docs = sv->plan.n_items,
+                      .C = sv->s->C,
+                      .h = sv->s->h,
+                      .w = sv->s->w,
+                      .patch = sv->c.patch};
         size_t off[7], len = dl_payload_layout(&h, off);
         uint8_t *payload = xmalloc(len);
-        for (int k = 0; k < 7; k++) {   /* zero the alignment gaps (checksummed too); fill writes the rest */
+        for (int k = 0; k < 7; k++) { /* zero the alignment gaps (checksummed too); fill writes the rest */
             size_t end = k < 6 ? off[k + 1] : len;
             if (end > off[k]) memset(payload + end - 8, 0, 8);
         }
@@ -171,7 +187,8 @@ static int cmd_serve(const args *a) {
     c.no_noise_limit = strcmp(arg_str(a, "noise-limit"), "off") == 0;
     if (c.image_fraction > 0 && c.patch == 0) die_input("%s %s: missing --patch-size", a->prog->name, a->cmd->name);
     int B = (int)arg_int(a, "rows-per-rank");
-    if ((int64_t)B * c.L > (1 << 24)) die_input("%s %s: --rows-per-rank x --seq-len over 2^24 positions", a->prog->name, a->cmd->name);
+    if ((int64_t)B * c.L > (1 << 24))
+        die_input("%s %s: --rows-per-rank x --seq-len over 2^24 positions", a->prog->name, a->cmd->name);
     source_options o = {.skip_bad_shards = arg_switch(a, "skip-bad-shards"), .max_caption = c.max_caption};
     spm *tok = spm_load(tok_path, err);
     if (!tok) die_input("%s", err);
@@ -195,14 +212,14 @@ static int cmd_serve(const args *a) {
     zmq_service svc;
     if (zsvc_open(&svc, arg_str(a, "endpoint"), DL_MAX_REQUEST, err))
         die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
-    sources_summary(&s, summary, sizeof summary);   /* after every check: bad input stays one line */
+    sources_summary(&s, summary, sizeof summary); /* after every check: bad input stays one line */
     fprintf(stderr, "%s\n", summary);
     printf("serving on %s fingerprint %016llx\n", svc.endpoint, (unsigned long long)packer_fingerprint(sv.p));
     fflush(stdout);
     double t0 = now_s();
     while (!zsvc_stopping())
         if (zsvc_wait(&svc, POLL_MS))
-            while (!zsvc_stopping() && serve_one(&sv, &svc)) {}   /* all that waits, one poll */
+            while (!zsvc_stopping() && serve_one(&sv, &svc)) {} /* all that waits, one poll */
     zsvc_close(&svc);
     fprintf(stderr, "dataloader serve: %ld requests (%ld batches, %ld info, %ld errors, %ld replies lost) in %.1f s\n",
             sv.requests, sv.batches, sv.infos, sv.errors, sv.lost, now_s() - t0);
@@ -221,12 +238,14 @@ static const cli_flag serve_flags[] = {
     {"seq-len", FLAG_INT, "L", "[4, inf)", "256", "positions per row"},
     {"rows-per-rank", FLAG_INT, "B", "[1, inf)", "8", "rows per rank and step"},
     {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the order, the pairings and the caption drops"},
-    {"image-fraction", FLAG_NUM, "F", "[0, 1)", "0.5", "share of the positions in image-caption documents (text fills the rest)"},
+    {"image-fraction", FLAG_NUM, "F", "[0, 1)", "0.5",
+     "share of the positions in image-caption documents (text fills the rest)"},
     {"caption-first", FLAG_NUM, "F", "[0, 1]", "0.8", "share of the pairs with the caption before the image"},
     {"drop-caption", FLAG_NUM, "F", "[0, 1]", "0.1", "share of the images without a caption (for guidance)"},
     {"max-caption", FLAG_INT, "N", "[1, inf)", "64", "caption tokens kept"},
     {"noise-limit", FLAG_CHOICE, "on|off", NULL, "on", "image-first images get t in 1..T/2"},
-    {"skip-bad-shards", FLAG_SWITCH, NULL, NULL, NULL, "serve without the shards that fail their checks, instead of refusing"},
+    {"skip-bad-shards", FLAG_SWITCH, NULL, NULL, NULL,
+     "serve without the shards that fail their checks, instead of refusing"},
     {0},
 };
 

@@ -31,7 +31,8 @@ static const char *entry_file(const cJSON *e, const char *json, char *err) {
 
 static int entry_int(const cJSON *e, const char *name, const char *json, const char *file, int64_t *out, char *err) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(e, name);
-    if (!cJSON_IsNumber(j) || j->valuedouble < 0 || j->valuedouble > 9e15 || j->valuedouble != (double)(int64_t)j->valuedouble)
+    if (!cJSON_IsNumber(j) || j->valuedouble < 0 || j->valuedouble > 9e15 ||
+        j->valuedouble != (double)(int64_t)j->valuedouble)
         return set_error(err, "%s: shard %s: field '%s' missing or not a count", json, file, name);
     *out = (int64_t)j->valuedouble;
     return 0;
@@ -59,14 +60,16 @@ static void *resize(void *p, size_t n) {
     return p;
 }
 
-static int open_text(sources *s, const char *dir, const spm *tok, const char *tok_path, const source_options *o, char *err) {
+static int open_text(sources *s, const char *dir, const spm *tok, const char *tok_path, const source_options *o,
+                     char *err) {
     char json[4096], path[4200];
     snprintf(json, sizeof json, "%s/dataset.json", dir);
     cJSON *ds = json_read_object(json, err);
     if (!ds) return -1;
     int rc = -1;
     uint32_t tok_crc, want = 0;
-    const cJSON *t = cJSON_GetObjectItemCaseSensitive(ds, "tokenizer"), *shards = cJSON_GetObjectItemCaseSensitive(ds, "shards");
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(ds, "tokenizer"),
+                *shards = cJSON_GetObjectItemCaseSensitive(ds, "shards");
     if (crc32c_file(tok_path, &tok_crc, err)) goto out;
     if (!cJSON_IsObject(t) || entry_crc(t, json, "(tokenizer)", &want, err)) {
         set_error(err, "%s: field 'tokenizer': missing or without \"crc32c\"", json);
@@ -79,7 +82,10 @@ static int open_text(sources *s, const char *dir, const spm *tok, const char *to
     }
     s->ids = *spm_get_ids(tok);
     s->fingerprint = fnv1a(s->fingerprint, &tok_crc, 4);
-    if (!cJSON_IsArray(shards)) { set_error(err, "%s: field 'shards': missing or not a list", json); goto out; }
+    if (!cJSON_IsArray(shards)) {
+        set_error(err, "%s: field 'shards': missing or not a list", json);
+        goto out;
+    }
     int n = cJSON_GetArraySize(shards);
     s->shards = xcalloc(n, sizeof(token_shard));
     int64_t base = 0;
@@ -94,12 +100,17 @@ static int open_text(sources *s, const char *dir, const spm *tok, const char *to
         base += docs;
         token_shard *sh = &s->shards[s->n_shards];
         if (token_shard_open(path, sh, err) == 0) {
-            if (sh->crc != crc) set_error(err, "%s: checksum %08x, dataset.json says %08x", path, sh->crc, crc);
-            else if (sh->tokenizer != tok_crc) set_error(err, "%s: tokenized with another tokenizer", path);
-            else if ((int64_t)sh->n_docs != docs) set_error(err, "%s: %llu documents, dataset.json says %lld", path,
-                                                             (unsigned long long)sh->n_docs, (long long)docs);
-            else if (sh->vocab_size > (uint32_t)s->ids.vocab_size) set_error(err, "%s: vocabulary larger than the tokenizer's", path);
-            else goto good;
+            if (sh->crc != crc)
+                set_error(err, "%s: checksum %08x, dataset.json says %08x", path, sh->crc, crc);
+            else if (sh->tokenizer != tok_crc)
+                set_error(err, "%s: tokenized with another tokenizer", path);
+            else if ((int64_t)sh->n_docs != docs)
+                set_error(err, "%s: %llu documents, dataset.json says %lld", path, (unsigned long long)sh->n_docs,
+                          (long long)docs);
+            else if (sh->vocab_size > (uint32_t)s->ids.vocab_size)
+                set_error(err, "%s: vocabulary larger than the tokenizer's", path);
+            else
+                goto good;
             token_shard_close(sh);
         }
         if (bad_shard(s, o, err)) goto out;
@@ -114,7 +125,10 @@ static int open_text(sources *s, const char *dir, const spm *tok, const char *to
         for (uint64_t d = 0; d < sh->n_docs; d++) {
             uint64_t start, len;
             token_shard_doc(sh, d, &start, &len);
-            if (len == 0 || len > UINT32_MAX - 2) { s->empty_docs++; continue; }
+            if (len == 0 || len > UINT32_MAX - 2) {
+                s->empty_docs++;
+                continue;
+            }
             s->doc_shard[s->n_docs] = s->n_shards;
             s->doc_start[s->n_docs] = start;
             s->doc_len[s->n_docs] = (uint32_t)len;
@@ -123,7 +137,10 @@ static int open_text(sources *s, const char *dir, const spm *tok, const char *to
         }
         s->n_shards++;
     }
-    if (s->n_docs == 0) { set_error(err, "%s: no usable text document", json); goto out; }
+    if (s->n_docs == 0) {
+        set_error(err, "%s: no usable text document", json);
+        goto out;
+    }
     rc = 0;
 out:
     cJSON_Delete(ds);
@@ -152,9 +169,12 @@ static int check_latent_shard(const char *path, st_file *f, int64_t bytes, uint3
     if (st_open(path, f, err)) return -1;
     const st_tensor *m = st_find(f, "mean"), *cb = st_find(f, "caption_bytes"), *co = st_find(f, "caption_offsets");
     const char *why = NULL;
-    if (!m || m->dtype != ST_F32 || m->ndim != 4) why = "tensor 'mean': missing or not F32 [n, C, h, w]";
-    else if (m->shape[0] != samples) why = "tensor 'mean': sample count differs from dataset.json";
-    else if (!cb || cb->dtype != ST_U8 || cb->ndim != 1) why = "tensor 'caption_bytes': missing or not U8 [bytes]";
+    if (!m || m->dtype != ST_F32 || m->ndim != 4)
+        why = "tensor 'mean': missing or not F32 [n, C, h, w]";
+    else if (m->shape[0] != samples)
+        why = "tensor 'mean': sample count differs from dataset.json";
+    else if (!cb || cb->dtype != ST_U8 || cb->ndim != 1)
+        why = "tensor 'caption_bytes': missing or not U8 [bytes]";
     else if (!co || co->dtype != ST_I64 || co->ndim != 1 || co->shape[0] != samples + 1)
         why = "tensor 'caption_offsets': missing or not I64 [n + 1]";
     if (!why) {
@@ -162,7 +182,8 @@ static int check_latent_shard(const char *path, st_file *f, int64_t bytes, uint3
         for (int64_t i = 0; i <= samples && !why; i++) {
             int64_t o;
             memcpy(&o, f->buf + f->data_start + co->begin + i * 8, 8);
-            if ((i == 0 && o != 0) || o < prev || o > cb->shape[0]) why = "tensor 'caption_offsets': not increasing within caption_bytes";
+            if ((i == 0 && o != 0) || o < prev || o > cb->shape[0])
+                why = "tensor 'caption_offsets': not increasing within caption_bytes";
             prev = o;
         }
     }
@@ -176,14 +197,15 @@ static int check_latent_shard(const char *path, st_file *f, int64_t bytes, uint3
 
 /* Tokenizes caption i of a shard; 0 when it is usable, else the count it
  * adds to. */
-static long *caption_problem(sources *s, const spm *tok, const char *text, size_t len, int max_caption,
-                             int32_t **ids, long *n) {
+static long *caption_problem(sources *s, const spm *tok, const char *text, size_t len, int max_caption, int32_t **ids,
+                             long *n) {
     char err[ERR_LEN];
     size_t cap = 0;
     *ids = NULL;
     *n = 0;
     int blank = 1;
-    for (size_t i = 0; i < len && blank; i++) blank = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
+    for (size_t i = 0; i < len && blank; i++)
+        blank = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
     if (blank) return &s->caption_empty;
     *n = spm_encode(tok, text, len, ids, &cap, err);
     if (*n < 0) return &s->caption_unknown;
@@ -206,7 +228,7 @@ static void normalize_latents(sources *s, const uint8_t *const *latent) {
     for (int64_t i = 0; i < s->n_images; i++)
         for (int c = 0; c < s->C; c++) {
             double m = s->ch_mean[c], inv = 1.0 / s->ch_std[c];
-            const uint8_t *z = latent[i] + c * plane * sizeof(float);   /* maybe unaligned in the shard */
+            const uint8_t *z = latent[i] + c * plane * sizeof(float); /* maybe unaligned in the shard */
             float *x = s->x0 + i * per + c * plane;
             for (size_t q = 0; q < plane; q++) {
                 float v;
@@ -218,7 +240,7 @@ static void normalize_latents(sources *s, const uint8_t *const *latent) {
 
 static int open_latents(sources *s, const char *dir, const spm *tok, const source_options *o, char *err) {
     char json[4096], path[4200];
-    const uint8_t **latent = NULL;   /* [n_images] F32 [C, h, w] inside the mapped shards */
+    const uint8_t **latent = NULL; /* [n_images] F32 [C, h, w] inside the mapped shards */
     int n_lat = 0;
     st_file *lat = NULL;
     snprintf(json, sizeof json, "%s/dataset.json", dir);
@@ -232,7 +254,10 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
     if (json_number_list(ds, "channel_mean", s->C, 0, s->ch_mean, json, err) ||
         json_number_list(ds, "channel_std", s->C, 1, s->ch_std, json, err))
         goto out;
-    if (!cJSON_IsArray(shards)) { set_error(err, "%s: field 'shards': missing or not a list", json); goto out; }
+    if (!cJSON_IsArray(shards)) {
+        set_error(err, "%s: field 'shards': missing or not a list", json);
+        goto out;
+    }
     lat = xcalloc(cJSON_GetArraySize(shards), sizeof(st_file));
     int64_t base = 0;
     int dims[3] = {s->C, s->h, s->w};
@@ -243,8 +268,8 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
         const char *file = entry_file(e, json, err);
         int64_t samples = 0, bytes = 0;
         uint32_t crc = 0;
-        if (!file || entry_int(e, "samples", json, file, &samples, err) || entry_int(e, "bytes", json, file, &bytes, err) ||
-            entry_crc(e, json, file, &crc, err))
+        if (!file || entry_int(e, "samples", json, file, &samples, err) ||
+            entry_int(e, "bytes", json, file, &bytes, err) || entry_crc(e, json, file, &crc, err))
             goto out;
         snprintf(path, sizeof path, "%s/%s", dir, file);
         int64_t first_id = base;
@@ -277,7 +302,11 @@ static int open_latents(sources *s, const char *dir, const spm *tok, const sourc
             long n;
             long *problem = caption_problem(s, tok, (const char *)data + cb->begin + off[0], (size_t)(off[1] - off[0]),
                                             o->max_caption, &ids, &n);
-            if (problem) { (*problem)++; free(ids); continue; }
+            if (problem) {
+                (*problem)++;
+                free(ids);
+                continue;
+            }
             latent[s->n_images] = data + m->begin + (size_t)i * per;
             s->caption[s->n_images] = ids;
             s->caption_len[s->n_images] = (int32_t)n;
@@ -311,8 +340,16 @@ int sources_open(sources *s, const char *text_dir, const char *latent_dir, const
 void sources_close(sources *s) {
     for (int i = 0; i < s->n_shards; i++) token_shard_close(&s->shards[i]);
     for (int64_t i = 0; i < s->n_images; i++) free(s->caption[i]);
-    free(s->shards); free(s->doc_shard); free(s->doc_start); free(s->doc_len); free(s->doc_id);
-    free(s->ch_mean); free(s->ch_std); free(s->x0); free(s->caption); free(s->caption_len);
+    free(s->shards);
+    free(s->doc_shard);
+    free(s->doc_start);
+    free(s->doc_len);
+    free(s->doc_id);
+    free(s->ch_mean);
+    free(s->ch_std);
+    free(s->x0);
+    free(s->caption);
+    free(s->caption_len);
     free(s->image_id);
     memset(s, 0, sizeof *s);
 }
@@ -322,9 +359,10 @@ void sources_text(const sources *s, int64_t d, uint32_t from, uint32_t n, int32_
 }
 
 void sources_summary(const sources *s, char *buf, size_t len) {
-    snprintf(buf, len,
-             "%lld text documents in %d shards, %lld images [%d, %d, %d] in %d shards; left out: %ld bad shards, "
-             "%ld empty documents, captions: %ld empty, %ld not tokenizable, %ld too long; %ld latents of the wrong shape",
-             (long long)s->n_docs, s->n_shards, (long long)s->n_images, s->C, s->h, s->w, s->n_lat_shards, s->bad_shards,
-             s->empty_docs, s->caption_empty, s->caption_unknown, s->caption_long, s->wrong_shape);
+    snprintf(
+        buf, len,
+        "%lld text documents in %d shards, %lld images [%d, %d, %d] in %d shards; left out: %ld bad shards, "
+        "%ld empty documents, captions: %ld empty, %ld not tokenizable, %ld too long; %ld latents of the wrong shape",
+        (long long)s->n_docs, s->n_shards, (long long)s->n_images, s->C, s->h, s->w, s->n_lat_shards, s->bad_shards,
+        s->empty_docs, s->caption_empty, s->caption_unknown, s->caption_long, s->wrong_shape);
 }

@@ -16,32 +16,32 @@
 #include <stdint.h>
 
 typedef struct {
-    int skip_bad_shards;   /* leave a bad shard out (and report it) instead of stopping */
-    int max_caption;       /* captions of more tokens are skipped */
+    int skip_bad_shards; /* leave a bad shard out (and report it) instead of stopping */
+    int max_caption;     /* captions of more tokens are skipped */
 } source_options;
 
 typedef struct {
     /* text */
     int n_shards;
     token_shard *shards;
-    int64_t n_docs;            /* usable documents */
-    int32_t *doc_shard;        /* [n_docs] */
-    uint64_t *doc_start;       /* [n_docs] first token in its shard */
-    uint32_t *doc_len;         /* [n_docs] tokens (BOS and EOS not counted) */
-    int64_t *doc_id;           /* [n_docs] sample id */
-    spm_ids ids;               /* the text dataset's special ids (its tokenizer's) */
+    int64_t n_docs;      /* usable documents */
+    int32_t *doc_shard;  /* [n_docs] */
+    uint64_t *doc_start; /* [n_docs] first token in its shard */
+    uint32_t *doc_len;   /* [n_docs] tokens (BOS and EOS not counted) */
+    int64_t *doc_id;     /* [n_docs] sample id */
+    spm_ids ids;         /* the text dataset's special ids (its tokenizer's) */
     /* images */
     int C, h, w;
-    double *ch_mean, *ch_std;  /* [C] normalization of dataset.json */
-    int n_lat_shards;          /* latent shards read */
-    int64_t n_images;          /* usable images */
-    float *x0;                 /* [n_images, C, h, w]: the latents normalized, (z - mean) / std */
-    int32_t **caption;         /* [n_images] tokens */
+    double *ch_mean, *ch_std; /* [C] normalization of dataset.json */
+    int n_lat_shards;         /* latent shards read */
+    int64_t n_images;         /* usable images */
+    float *x0;                /* [n_images, C, h, w]: the latents normalized, (z - mean) / std */
+    int32_t **caption;        /* [n_images] tokens */
     int32_t *caption_len;
-    int64_t *image_id;         /* [n_images] sample id */
+    int64_t *image_id; /* [n_images] sample id */
     /* left out, counted */
     long bad_shards, empty_docs, caption_empty, caption_unknown, caption_long, wrong_shape;
-    uint64_t fingerprint;      /* of both datasets and the tokenizer */
+    uint64_t fingerprint; /* of both datasets and the tokenizer */
 } sources;
 
 /* Opens both datasets. tok must be the tokenizer the text was tokenized with

@@ -19,8 +19,16 @@
 
 static const char magic[8] = {'T', 'F', 'T', 'O', 'K', 'E', 'N', 'S'};
 
-static uint64_t get_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
-static uint32_t get_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+static uint32_t get_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
 
 int token_shard_write(const char *path, const int32_t *tokens, const uint64_t *offsets, uint64_t n_docs,
                       uint32_t vocab_size, uint64_t tokenizer, uint32_t *crc_out, char *err) {
@@ -77,7 +85,10 @@ int token_shard_open(const char *path, token_shard *s, char *err) {
         return -1;
     }
     s->size = (size_t)st.st_size;
-    if (s->size < TOKEN_SHARD_HEADER) { close(fd); return fail(s, err, "shorter than its 64-byte header"); }
+    if (s->size < TOKEN_SHARD_HEADER) {
+        close(fd);
+        return fail(s, err, "shorter than its 64-byte header");
+    }
     void *m = mmap(NULL, s->size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m == MAP_FAILED) return fail(s, err, "cannot map");

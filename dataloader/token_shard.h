@@ -26,11 +26,11 @@ enum { TOKEN_U16 = 1, TOKEN_I32 = 2 };
 
 typedef struct {
     char *path;
-    const uint8_t *map;       /* the whole file, mmap'ed */
+    const uint8_t *map; /* the whole file, mmap'ed */
     size_t size;
     uint32_t dtype, vocab_size, crc;
     uint64_t n_docs, n_tokens, tokenizer;
-    const uint8_t *offsets;   /* u64 [n_docs + 1], read with token_shard_doc */
+    const uint8_t *offsets; /* u64 [n_docs + 1], read with token_shard_doc */
     const uint8_t *tokens;
 } token_shard;
 

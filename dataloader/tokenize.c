@@ -31,7 +31,8 @@
 
 /* Splits a .jsonl file: the "text" field of each non-empty line. The spans
  * point into *owned, which keeps the decoded strings. */
-static void split_jsonl(const char *path, const char *buf, size_t len, span_list *docs, char ***owned, size_t *n_owned) {
+static void split_jsonl(const char *path, const char *buf, size_t len, span_list *docs, char ***owned,
+                        size_t *n_owned) {
     long line = 0;
     for (size_t a = 0; a < len;) {
         const char *nl = memchr(buf + a, '\n', len - a);
@@ -68,11 +69,14 @@ static void stem(const char *path, char *out, size_t len) {
     snprintf(out, len, "%s", base);
 }
 
-typedef struct { long docs, empty; uint64_t tokens, bytes; } counts;
+typedef struct {
+    long docs, empty;
+    uint64_t tokens, bytes;
+} counts;
 
 /* Encodes one input's documents on every thread and writes its shard. */
-static void tokenize_input(const spm *tok, const char *path, const char *out_path, uint64_t tok_crc,
-                           cJSON *shards, const char *name, counts *total, double *encode_s) {
+static void tokenize_input(const spm *tok, const char *path, const char *out_path, uint64_t tok_crc, cJSON *shards,
+                           const char *name, counts *total, double *encode_s) {
     size_t len;
     char read_err[ERR_LEN];
     char *buf = file_read(path, SIZE_MAX, &len, read_err);
@@ -80,26 +84,34 @@ static void tokenize_input(const spm *tok, const char *path, const char *out_pat
     span_list docs = {0};
     char **owned = NULL;
     size_t n_owned = 0;
-    if (ends_with(path, ".jsonl")) split_jsonl(path, buf, len, &docs, &owned, &n_owned);
-    else if (ends_with(path, ".txt")) split_txt(buf, len, &docs);
-    else die_input("%s: unknown input type (expected .txt or .jsonl)", path);
+    if (ends_with(path, ".jsonl"))
+        split_jsonl(path, buf, len, &docs, &owned, &n_owned);
+    else if (ends_with(path, ".txt"))
+        split_txt(buf, len, &docs);
+    else
+        die_input("%s: unknown input type (expected .txt or .jsonl)", path);
 
     int32_t **ids = xcalloc(docs.n, sizeof(int32_t *));
     long *n_ids = xcalloc(docs.n, sizeof(long));
     int failed = 0;
     char err[ERR_LEN] = "";
     double t0 = now_s();
-    #pragma omp parallel
+#pragma omp parallel
     {
         int32_t *tmp = NULL;
         size_t cap = 0;
         char terr[ERR_LEN];
-        #pragma omp for schedule(dynamic, 64)
+#pragma omp for schedule(dynamic, 64)
         for (size_t d = 0; d < docs.n; d++) {
-            long n = text_blank(docs.d[d].text, docs.d[d].len) ? 0 : spm_encode(tok, docs.d[d].text, docs.d[d].len, &tmp, &cap, terr);
+            long n = text_blank(docs.d[d].text, docs.d[d].len)
+                ? 0
+                : spm_encode(tok, docs.d[d].text, docs.d[d].len, &tmp, &cap, terr);
             if (n < 0) {
-                #pragma omp critical
-                { failed = 1; set_error(err, "%s: document %zu: %s", path, d, terr); }
+#pragma omp critical
+                {
+                    failed = 1;
+                    set_error(err, "%s: document %zu: %s", path, d, terr);
+                }
                 continue;
             }
             n_ids[d] = n;
@@ -117,7 +129,11 @@ static void tokenize_input(const spm *tok, const char *path, const char *out_pat
     int32_t *all = xmalloc(sizeof(int32_t) * (n_tok ? n_tok : 1));
     offsets[0] = 0;
     for (size_t d = 0; d < docs.n; d++) {
-        if (n_ids[d] == 0) { empty++; free(ids[d]); continue; }
+        if (n_ids[d] == 0) {
+            empty++;
+            free(ids[d]);
+            continue;
+        }
         memcpy(all + offsets[kept], ids[d], sizeof(int32_t) * n_ids[d]);
         offsets[kept + 1] = offsets[kept] + (uint64_t)n_ids[d];
         kept++;
@@ -136,13 +152,20 @@ static void tokenize_input(const spm *tok, const char *path, const char *out_pat
     cJSON_AddNumberToObject(e, "skipped_empty", empty);
     cJSON_AddStringToObject(e, "crc32c", hex);
     cJSON_AddItemToArray(shards, e);
-    fprintf(stderr, "%s: %ld documents, %llu tokens, %ld empty skipped\n", path, kept, (unsigned long long)n_tok, empty);
+    fprintf(stderr, "%s: %ld documents, %llu tokens, %ld empty skipped\n", path, kept, (unsigned long long)n_tok,
+            empty);
     total->docs += kept;
     total->empty += empty;
     total->tokens += n_tok;
     total->bytes += len;
     for (size_t i = 0; i < n_owned; i++) free(owned[i]);
-    free(owned); free(all); free(offsets); free(ids); free(n_ids); free(docs.d); free(buf);
+    free(owned);
+    free(all);
+    free(offsets);
+    free(ids);
+    free(n_ids);
+    free(docs.d);
+    free(buf);
 }
 
 static int cmd_tokenize(const args *a) {
@@ -167,9 +190,8 @@ static int cmd_tokenize(const args *a) {
         stem(in, name, sizeof name);
         strncat(name, ".tok", sizeof name - strlen(name) - 1);
         const cJSON *e;
-        cJSON_ArrayForEach(e, shards)
-            if (strcmp(cJSON_GetObjectItem(e, "file")->valuestring, name) == 0)
-                die_input("%s: two inputs would both write %s/%s", in, out, name);
+        cJSON_ArrayForEach(e, shards) if (strcmp(cJSON_GetObjectItem(e, "file")->valuestring, name) == 0)
+            die_input("%s: two inputs would both write %s/%s", in, out, name);
         snprintf(path, sizeof path, "%s/%s", out, name);
         tokenize_input(tok, in, path, tok_crc, shards, name, &total, &encode_s);
     }
@@ -205,7 +227,8 @@ static int cmd_tokenize(const args *a) {
 
 static const cli_flag tokenize_flags[] = {
     {"tokenizer", FLAG_TEXT | FLAG_REQUIRED, "TOK.model", NULL, NULL, "the SentencePiece model"},
-    {"input", FLAG_TEXT | FLAG_REQUIRED, "FILE[,FILE...]", NULL, NULL, ".txt (documents between blank lines) or .jsonl"},
+    {"input", FLAG_TEXT | FLAG_REQUIRED, "FILE[,FILE...]", NULL, NULL,
+     ".txt (documents between blank lines) or .jsonl"},
     {"out", FLAG_TEXT | FLAG_REQUIRED, "TEXT_DIR", NULL, NULL, "token shards and dataset.json"},
     {"threads", FLAG_INT, "T", "[0, inf)", "0", "threads (0: OMP_NUM_THREADS, else every core)"},
     {0},

@@ -17,20 +17,20 @@ typedef struct {
     int state, tries;
     double asked_at;
     dl_reply h;
-    zmq_msg_t payload;          /* READY: the reply's payload frame */
+    zmq_msg_t payload; /* READY: the reply's payload frame */
 } slot;
 
 struct dl_client {
     void *ctx, *sock;
     char endpoint[512];
     int rank, world, window, timeout_ms, tries;
-    int64_t next;               /* the step dl_client_next returns next */
+    int64_t next; /* the step dl_client_next returns next */
     uint64_t fingerprint;
-    slot *slots;                /* step s waits in slots[s % window] */
-    zmq_msg_t current;          /* what the last dl_client_next returned */
+    slot *slots;       /* step s waits in slots[s % window] */
+    zmq_msg_t current; /* what the last dl_client_next returned */
     int has_current;
-    void *copy;                 /* a misaligned payload, copied */
-    char *info;                 /* an info reply not yet collected */
+    void *copy; /* a misaligned payload, copied */
+    char *info; /* an info reply not yet collected */
 };
 
 static int send_request(dl_client *c, int op, int64_t step, char *err) {
@@ -50,7 +50,8 @@ dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t fir
     if (!o) o = &d;
     if (world < 1 || world > DL_MAX_WORLD || rank < 0 || rank >= world || first_step < 0 || o->prefetch < 0 ||
         o->prefetch > 1024 || o->timeout_ms < 1 || o->tries < 1) {
-        set_error(err, "dl_client_open: bad arguments (rank %d, world %d, step %lld)", rank, world, (long long)first_step);
+        set_error(err, "dl_client_open: bad arguments (rank %d, world %d, step %lld)", rank, world,
+                  (long long)first_step);
         return NULL;
     }
     dl_client *c = xcalloc(1, sizeof *c);
@@ -89,7 +90,7 @@ void dl_client_close(dl_client *c) {
     for (int k = 0; k < c->window; k++)
         if (c->slots[k].state == READY) zmq_msg_close(&c->slots[k].payload);
     if (c->has_current) zmq_msg_close(&c->current);
-    for (zmq_msg_t m; c->sock;) {   /* replies still queued: closed here, not left to zmq_close */
+    for (zmq_msg_t m; c->sock;) { /* replies still queued: closed here, not left to zmq_close */
         zmq_msg_init(&m);
         int got = zmq_msg_recv(&m, c->sock, ZMQ_DONTWAIT);
         zmq_msg_close(&m);
@@ -119,7 +120,7 @@ static int receive(dl_client *c, char *err) {
         }
         zmq_msg_init(&body);
         int has_body = zmq_msg_more(&head) && zmq_msg_recv(&body, c->sock, 0) >= 0;
-        while (has_body && zmq_msg_more(&body)) {   /* no reply has more frames: drop extras */
+        while (has_body && zmq_msg_more(&body)) { /* no reply has more frames: drop extras */
             zmq_msg_t extra;
             zmq_msg_init(&extra);
             zmq_msg_recv(&extra, c->sock, 0);
@@ -152,8 +153,9 @@ static int receive(dl_client *c, char *err) {
                 rc = set_error(err, "%s: reply for rank %d of %d, this client is rank %d of %d", c->endpoint, h.rank,
                                h.world, c->rank, c->world);
             } else if (dl_payload_layout(&h, off) != h.payload_bytes) {
-                rc = set_error(err, "%s: step %lld: payload size does not match its shapes", c->endpoint, (long long)h.step);
-            } else if (s->step == h.step && s->state == ASKED) {   /* else stale or a duplicate */
+                rc = set_error(err, "%s: step %lld: payload size does not match its shapes", c->endpoint,
+                               (long long)h.step);
+            } else if (s->step == h.step && s->state == ASKED) { /* else stale or a duplicate */
                 if (!c->fingerprint) c->fingerprint = h.fingerprint;
                 s->h = h;
                 s->state = READY;
@@ -177,7 +179,10 @@ static int wait_replies(dl_client *c, double deadline, char *err) {
 }
 
 int dl_client_next(dl_client *c, dl_batch *b, char *err) {
-    if (c->has_current) { zmq_msg_close(&c->current); c->has_current = 0; }
+    if (c->has_current) {
+        zmq_msg_close(&c->current);
+        c->has_current = 0;
+    }
     for (;;) {
         /* Replies that came while the caller was busy (a long step, an
          * evaluation) are taken before any request is judged unanswered. */
@@ -201,8 +206,10 @@ int dl_client_next(dl_client *c, dl_batch *b, char *err) {
              * loader is busy, restarting or gone, and a person watching
              * the run should know why it stands still. */
             if (sl->tries > 0 && s == c->next)
-                fprintf(stderr, "rank %d: waiting for the dataloader at %s: step %lld unanswered for %d ms, asking again (%d/%d)\n",
-                        c->rank, c->endpoint, (long long)s, c->timeout_ms, sl->tries + 1, c->tries);
+                fprintf(
+                    stderr,
+                    "rank %d: waiting for the dataloader at %s: step %lld unanswered for %d ms, asking again (%d/%d)\n",
+                    c->rank, c->endpoint, (long long)s, c->timeout_ms, sl->tries + 1, c->tries);
             if (send_request(c, DL_OP_BATCH, s, err)) return -1;
             sl->state = ASKED;
             sl->tries++;
@@ -214,7 +221,7 @@ int dl_client_next(dl_client *c, dl_batch *b, char *err) {
             zmq_msg_move(&c->current, &sl->payload);
             c->has_current = 1;
             void *data = zmq_msg_data(&c->current);
-            if ((uintptr_t)data % 8) {   /* views need 8-byte alignment; ZeroMQ gives it in practice */
+            if ((uintptr_t)data % 8) { /* views need 8-byte alignment; ZeroMQ gives it in practice */
                 c->copy = realloc(c->copy, sl->h.payload_bytes ? sl->h.payload_bytes : 1);
                 if (!c->copy) die("out of memory");
                 memcpy(c->copy, data, sl->h.payload_bytes);

@@ -18,10 +18,10 @@
 #include <stdint.h>
 
 typedef struct {
-    int prefetch;          /* steps asked for ahead of the one returned (default 4) */
-    int timeout_ms;        /* a step unanswered this long is asked again (default 2000) */
-    int tries;             /* asks of one step before giving up (default 30) */
-    uint64_t fingerprint;  /* the dataset/config to accept; 0: the first loader's, then pinned */
+    int prefetch;         /* steps asked for ahead of the one returned (default 4) */
+    int timeout_ms;       /* a step unanswered this long is asked again (default 2000) */
+    int tries;            /* asks of one step before giving up (default 30) */
+    uint64_t fingerprint; /* the dataset/config to accept; 0: the first loader's, then pinned */
 } dl_client_options;
 
 typedef struct dl_client dl_client;

@@ -46,8 +46,7 @@ int dl_request_parse(const void *data, size_t len, dl_request *r, char *err) {
     if (r->world < 1 || r->world > DL_MAX_WORLD)
         return set_error(err, "world %d outside 1..%d", r->world, DL_MAX_WORLD);
     if (r->rank < 0 || r->rank >= r->world) return set_error(err, "rank %d outside 0..%d", r->rank, r->world - 1);
-    if (r->step < 0 || r->step >= DL_MAX_STEP)
-        return set_error(err, "step %lld outside 0..2^40-1", (long long)r->step);
+    if (r->step < 0 || r->step >= DL_MAX_STEP) return set_error(err, "step %lld outside 0..2^40-1", (long long)r->step);
     return 0;
 }
 
@@ -76,13 +75,22 @@ int dl_reply_parse(const void *data, size_t len, dl_reply *h, char *err) {
     h->status = status;
     if (version != DL_PROTOCOL)
         return set_error(err, "the loader speaks protocol version %u, this client %d", version, DL_PROTOCOL);
-    if (len != DL_REPLY_HEADER_BYTES) return set_error(err, "reply header is %zu bytes, expected %d", len, DL_REPLY_HEADER_BYTES);
+    if (len != DL_REPLY_HEADER_BYTES)
+        return set_error(err, "reply header is %zu bytes, expected %d", len, DL_REPLY_HEADER_BYTES);
     GET(data, 8, h->fingerprint);
     GET(data, 16, h->step);
     int32_t ints[10];
     memcpy(ints, (const uint8_t *)data + 24, 40);
-    h->rank = ints[0]; h->world = ints[1]; h->B = ints[2]; h->L = ints[3]; h->n_images = ints[4];
-    h->n_docs = ints[5]; h->C = ints[6]; h->h = ints[7]; h->w = ints[8]; h->patch = ints[9];
+    h->rank = ints[0];
+    h->world = ints[1];
+    h->B = ints[2];
+    h->L = ints[3];
+    h->n_images = ints[4];
+    h->n_docs = ints[5];
+    h->C = ints[6];
+    h->h = ints[7];
+    h->w = ints[8];
+    h->patch = ints[9];
     GET(data, 72, h->payload_bytes);
     GET(data, 80, h->payload_crc);
     if (status > DL_INFO) return set_error(err, "unknown reply status %u", status);
@@ -96,12 +104,12 @@ size_t dl_payload_layout(const dl_reply *h, size_t off[7]) {
     /* Every count below is under 2^31 and every product of two under 2^62. */
     uint64_t BL = (uint64_t)h->B * (uint64_t)h->L, lat = (uint64_t)h->C * (uint64_t)h->h * (uint64_t)h->w;
     if (BL > ((uint64_t)1 << 36) || lat > ((uint64_t)1 << 36)) return 0;
-    uint64_t sizes[7] = {8ull * (uint64_t)h->n_docs, 4 * BL, 4 * BL, 4 * BL, 4 * BL, 4ull * (uint64_t)h->n_images,
+    uint64_t sizes[7] = {8ull * (uint64_t)h->n_docs,     4 * BL, 4 * BL, 4 * BL, 4 * BL, 4ull * (uint64_t)h->n_images,
                          4 * lat * (uint64_t)h->n_images};
     uint64_t at = 0;
     for (int k = 0; k < 7; k++) {
         off[k] = (size_t)at;
-        at += (sizes[k] + 7) & ~7ull;   /* 8-byte aligned, so a view needs no copy */
+        at += (sizes[k] + 7) & ~7ull; /* 8-byte aligned, so a view needs no copy */
     }
     return at > ((uint64_t)1 << 40) ? 0 : (size_t)at;
 }
@@ -110,8 +118,17 @@ void dl_batch_view(dl_batch *b, void *payload, const dl_reply *h) {
     size_t off[7];
     dl_payload_layout(h, off);
     uint8_t *p = payload;
-    *b = (dl_batch){.step = h->step, .rank = h->rank, .world = h->world, .B = h->B, .L = h->L,
-                    .n_images = h->n_images, .n_docs = h->n_docs, .C = h->C, .h = h->h, .w = h->w, .patch = h->patch};
+    *b = (dl_batch){.step = h->step,
+                    .rank = h->rank,
+                    .world = h->world,
+                    .B = h->B,
+                    .L = h->L,
+                    .n_images = h->n_images,
+                    .n_docs = h->n_docs,
+                    .C = h->C,
+                    .h = h->h,
+                    .w = h->w,
+                    .patch = h->patch};
     b->sample_ids = (int64_t *)(void *)(p + off[0]);
     b->tokens = (int32_t *)(void *)(p + off[1]);
     b->modality = (int32_t *)(void *)(p + off[2]);

@@ -28,7 +28,7 @@
 #define DL_PROTOCOL 1
 #define DL_REQUEST_BYTES 32
 #define DL_REPLY_HEADER_BYTES 96
-#define DL_MAX_REQUEST 4096          /* the service's ZMQ_MAXMSGSIZE */
+#define DL_MAX_REQUEST 4096 /* the service's ZMQ_MAXMSGSIZE */
 #define DL_MAX_STEP ((int64_t)1 << 40)
 #define DL_MAX_WORLD 65536
 
@@ -56,10 +56,10 @@ typedef struct {
 typedef struct {
     int64_t step;
     int rank, world, B, L, n_images, n_docs, C, h, w, patch;
-    int64_t *sample_ids;                        /* [n_docs]: text doc d -> d, image i -> -1 - i */
-    int32_t *tokens, *modality, *doc, *image;   /* [B*L] */
-    int32_t *noise_limit;                       /* [n_images]: 1 for image-first pairs */
-    float *latents;                             /* [n_images, C, h, w], normalized */
+    int64_t *sample_ids;                      /* [n_docs]: text doc d -> d, image i -> -1 - i */
+    int32_t *tokens, *modality, *doc, *image; /* [B*L] */
+    int32_t *noise_limit;                     /* [n_images]: 1 for image-first pairs */
+    float *latents;                           /* [n_images, C, h, w], normalized */
 } dl_batch;
 
 void dl_request_encode(const dl_request *r, uint8_t out[DL_REQUEST_BYTES]);

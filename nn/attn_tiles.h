@@ -34,20 +34,24 @@ NN_HD static inline int attn_sees(int lo_i, int hi_i, int j0, int j1) { return l
 /* The queries of a row of L that see any key of [j0, j1]: [*q0, *q1]
  * (empty when *q0 > *q1). Binary searches: hi >= j0 is a suffix of the row,
  * lo <= j1 a prefix. */
-NN_HD static inline void attn_ktile_queries(const int32_t *lo, const int32_t *hi, int L, int j0, int j1,
-                                            int *q0, int *q1) {
-    int a = 0, b = L;                   /* first i with hi[i] >= j0 */
+NN_HD static inline void attn_ktile_queries(const int32_t *lo, const int32_t *hi, int L, int j0, int j1, int *q0,
+                                            int *q1) {
+    int a = 0, b = L; /* first i with hi[i] >= j0 */
     while (a < b) {
         int m = (a + b) / 2;
-        if (hi[m] >= j0) b = m;
-        else a = m + 1;
+        if (hi[m] >= j0)
+            b = m;
+        else
+            a = m + 1;
     }
     *q0 = a;
-    a = 0, b = L;                       /* first i with lo[i] > j1 */
+    a = 0, b = L; /* first i with lo[i] > j1 */
     while (a < b) {
         int m = (a + b) / 2;
-        if (lo[m] > j1) b = m;
-        else a = m + 1;
+        if (lo[m] > j1)
+            b = m;
+        else
+            a = m + 1;
     }
     *q1 = a - 1;
 }

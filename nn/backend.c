@@ -7,7 +7,8 @@
 #include <string.h>
 
 const nn_backend nn_cpu_backend = {
-    .name = "cpu", .host_memory = 1,
+    .name = "cpu",
+    .host_memory = 1,
 #define NN_V(name, params, args) .name = cpu_##name,
 #define NN_R(type, name, params, args) .name = cpu_##name,
 #include "kernels.def"
@@ -27,8 +28,16 @@ static void need(int present, const char *kernel) {
     if (!present) die("nn_%s: not implemented by the %s backend", kernel, be->name);
 }
 
-#define NN_V(name, params, args) void nn_##name params { need(be->name != NULL, #name); be->name args; }
-#define NN_R(type, name, params, args) type nn_##name params { need(be->name != NULL, #name); return be->name args; }
+#define NN_V(name, params, args)                                                                                       \
+    void nn_##name params {                                                                                            \
+        need(be->name != NULL, #name);                                                                                 \
+        be->name args;                                                                                                 \
+    }
+#define NN_R(type, name, params, args)                                                                                 \
+    type nn_##name params {                                                                                            \
+        need(be->name != NULL, #name);                                                                                 \
+        return be->name args;                                                                                          \
+    }
 #include "kernels.def"
 #undef NN_V
 #undef NN_R
@@ -55,9 +64,10 @@ const nn_backend *nn_backend_by_name(const char *name) {
 
 void nn_init_device(const char *device, int threads) {
     const nn_backend *b = nn_backend_by_name(device);
-    if (!b && strcmp(device, "cuda") == 0) die_input("--device cuda: this program was built without CUDA (make CUDA=1)");
+    if (!b && strcmp(device, "cuda") == 0)
+        die_input("--device cuda: this program was built without CUDA (make CUDA=1)");
     if (!b) die_input("--device %s: unknown device (cpu, cuda, or cpu-device: the CPU on the GPU's code path)", device);
-    nn_init(threads);               /* host-side work (plans, data) uses the CPU threads either way */
+    nn_init(threads); /* host-side work (plans, data) uses the CPU threads either way */
     nn_use_backend(b);
     if (b->init) b->init();
 }

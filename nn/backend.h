@@ -9,10 +9,10 @@
 
 typedef struct {
     const char *name;
-    int host_memory;            /* see nn_host_memory */
-    void (*init)(void);         /* once selected; may be NULL */
-#define NN_V(name, params, args) void (*name) params;
-#define NN_R(type, name, params, args) type (*name) params;
+    int host_memory;    /* see nn_host_memory */
+    void (*init)(void); /* once selected; may be NULL */
+#define NN_V(name, params, args) void(*name) params;
+#define NN_R(type, name, params, args) type(*name) params;
 #include "kernels.def"
 #undef NN_V
 #undef NN_R
@@ -20,12 +20,12 @@ typedef struct {
 
 extern const nn_backend nn_cpu_backend;
 #ifdef NN_CUDA
-extern const nn_backend nn_cuda_backend;  /* nn/cuda/backend_cuda.c */
+extern const nn_backend nn_cuda_backend; /* nn/cuda/backend_cuda.c */
 #endif
 
 /* Makes b the backend of every nn_* call (kernel tests compare two). */
 void nn_use_backend(const nn_backend *b);
 const nn_backend *nn_current_backend(void);
-const nn_backend *nn_backend_by_name(const char *name);   /* NULL: not built in */
+const nn_backend *nn_backend_by_name(const char *name); /* NULL: not built in */
 
 #endif

@@ -12,8 +12,10 @@ static int upper(const buf_table *t, uintptr_t p) {
     int a = 0, b = t->n;
     while (a < b) {
         int m = (a + b) / 2;
-        if (t->e[m].base <= p) a = m + 1;
-        else b = m;
+        if (t->e[m].base <= p)
+            a = m + 1;
+        else
+            b = m;
     }
     return a;
 }
@@ -48,9 +50,7 @@ buf_entry *buf_table_find(const buf_table *t, const void *p) {
     return (uintptr_t)p < e->base + bytes ? e : NULL;
 }
 
-size_t buf_index(const buf_entry *e, const void *p) {
-    return ((uintptr_t)p - e->base) / buf_type_size(e->type);
-}
+size_t buf_index(const buf_entry *e, const void *p) { return ((uintptr_t)p - e->base) / buf_type_size(e->type); }
 
 void buf_table_free(buf_table *t) {
     free(t->e);

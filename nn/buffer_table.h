@@ -13,13 +13,13 @@ typedef enum { BUF_BF16, BUF_F32, BUF_I32 } buf_type;
 
 typedef struct {
     uintptr_t base;
-    size_t n;                   /* elements */
+    size_t n; /* elements */
     buf_type type;
-    void *mirror;               /* BUF_F32 only: bfloat16 copy of n elements, or NULL */
+    void *mirror; /* BUF_F32 only: bfloat16 copy of n elements, or NULL */
 } buf_entry;
 
 typedef struct {
-    buf_entry *e;               /* sorted by base */
+    buf_entry *e; /* sorted by base */
     int n, cap;
 } buf_table;
 

@@ -22,8 +22,10 @@ void dp_init(data_parallel *dp, param_set *ps, int zero, int overlap) {
     dp->counts = xcalloc(dp->world, sizeof(int));
     size_t total = ps->numel;
     for (int r = 0; r < dp->world; r++) {
-        if (dp->zero) dist_part(total, r, dp->world, &dp->part_off[r], &dp->part_n[r]);
-        else dp->part_n[r] = total;
+        if (dp->zero)
+            dist_part(total, r, dp->world, &dp->part_off[r], &dp->part_n[r]);
+        else
+            dp->part_n[r] = total;
     }
     if (dp->zero) dp->part_grad = nn_alloc_f32(dp->part_n[dp->rank]);
 }
@@ -49,7 +51,7 @@ static void bucket_ready(void *ctx, size_t off, size_t n) {
         dist_allreduce_start(g, n);
     } else {
         size_t end = off + n, mine = dp->part_off[dp->rank];
-        for (int r = 0; r < dp->world; r++) {           /* the bucket's overlap with each part */
+        for (int r = 0; r < dp->world; r++) { /* the bucket's overlap with each part */
             size_t a = dp->part_off[r] > off ? dp->part_off[r] : off;
             size_t b = dp->part_off[r] + dp->part_n[r] < end ? dp->part_off[r] + dp->part_n[r] : end;
             dp->counts[r] = b > a ? (int)(b - a) : 0;

@@ -24,13 +24,13 @@
 
 typedef struct {
     int rank, world, zero;
-    int overlap;                /* 1: buckets start during backward; 0: all after it (to measure) */
-    double wait_s;              /* time spent waiting for the reductions, summed over steps */
-    size_t *part_off, *part_n;  /* [world]: every rank's part */
-    int *counts;                /* [world]: scratch for one bucket */
-    float *part_grad;           /* ZeRO: this rank's part of the summed gradient */
-    param_set *ps;              /* the weights and gradients it works on */
-    grad_hook *hook;            /* the backward's, while a reduction runs */
+    int overlap;               /* 1: buckets start during backward; 0: all after it (to measure) */
+    double wait_s;             /* time spent waiting for the reductions, summed over steps */
+    size_t *part_off, *part_n; /* [world]: every rank's part */
+    int *counts;               /* [world]: scratch for one bucket */
+    float *part_grad;          /* ZeRO: this rank's part of the summed gradient */
+    param_set *ps;             /* the weights and gradients it works on */
+    grad_hook *hook;           /* the backward's, while a reduction runs */
 } data_parallel;
 
 void dp_init(data_parallel *dp, param_set *ps, int zero, int overlap);

@@ -17,7 +17,7 @@ void dist_finalize(void);
 int dist_rank(void);
 int dist_size(void);
 
-void dist_allreduce_sum(float *x, size_t n);          /* in place, every rank gets the sum */
+void dist_allreduce_sum(float *x, size_t n); /* in place, every rank gets the sum */
 void dist_allreduce_sum_f64(double *x, int n);
 void dist_allreduce_sum_i64(int64_t *x, int n);
 /* Gathers one int64 from every rank into all[size] on every rank. */

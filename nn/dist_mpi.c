@@ -15,7 +15,7 @@ static int as_count_bytes(size_t n) {
     if (n > INT_MAX) die("dist: a broadcast of %zu bytes exceeds MPI's int count", n);
     return (int)n;
 }
-static const dist_buffer_ops *ops;      /* a device backend's, or NULL: MPI */
+static const dist_buffer_ops *ops; /* a device backend's, or NULL: MPI */
 
 void dist_set_buffer_ops(const dist_buffer_ops *o) { ops = o; }
 
@@ -56,7 +56,10 @@ void dist_allreduce_sum_i64(int64_t *x, int n) {
 }
 
 void dist_allgather_i64(int64_t value, int64_t *all) {
-    if (!use_mpi) { all[0] = value; return; }
+    if (!use_mpi) {
+        all[0] = value;
+        return;
+    }
     MPI_Allgather(&value, 1, MPI_INT64_T, all, 1, MPI_INT64_T, MPI_COMM_WORLD);
 }
 
@@ -93,8 +96,10 @@ void dist_reduce_scatter_start(const float *x, size_t n, const int *counts, floa
 }
 
 void dist_allreduce_start(float *x, size_t n) {
-    if (ops && use_mpi) ops->allreduce_start(x, n);
-    else if (use_mpi) MPI_Iallreduce(MPI_IN_PLACE, x, as_count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, next_request());
+    if (ops && use_mpi)
+        ops->allreduce_start(x, n);
+    else if (use_mpi)
+        MPI_Iallreduce(MPI_IN_PLACE, x, as_count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, next_request());
 }
 
 void dist_progress(void) {

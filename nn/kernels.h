@@ -21,7 +21,7 @@
  * other processes, as the services beside a trainer are. The runtime reads
  * the variable once at load, so this re-executes the program with it set. */
 void nn_startup(char **argv);
-void nn_init(int threads);               /* the CPU backend; threads <= 0: library default */
+void nn_init(int threads); /* the CPU backend; threads <= 0: library default */
 /* Selects the backend by name ("cpu", "cuda", or "cpu-device": the CPU's
  * kernels on a device backend's code path, for tests) and initializes it; an
  * unknown or unavailable device is bad input (exit 2). Call after dist_init. */
@@ -38,8 +38,8 @@ int nn_host_memory(void);
  * convolution is a linear layer over pixels, and the rows of an attention
  * layer over pixels are the map itself. */
 typedef struct {
-    int c_in, c_out, n, h, w;   /* input: [n, h, w, c_in] */
-    int k, stride;              /* square kernel */
+    int c_in, c_out, n, h, w; /* input: [n, h, w, c_in] */
+    int k, stride;            /* square kernel */
     int pad_t, pad_l, pad_b, pad_r;
     /* 1: a k > 1 or strided convolution reads its inputs rounded to bfloat16
      * (float32 accumulation and outputs), twice as fast where the CPU has

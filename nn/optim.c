@@ -9,9 +9,15 @@
 #include <string.h>
 
 optim_config optim_defaults(float lr, int warmup_steps, int total_steps) {
-    return (optim_config){.lr = lr, .warmup_steps = warmup_steps, .total_steps = total_steps,
-                          .min_lr_ratio = 0.1f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
-                          .weight_decay = 0.1f, .clip_norm = 1.0f};
+    return (optim_config){.lr = lr,
+                          .warmup_steps = warmup_steps,
+                          .total_steps = total_steps,
+                          .min_lr_ratio = 0.1f,
+                          .beta1 = 0.9f,
+                          .beta2 = 0.95f,
+                          .eps = 1e-8f,
+                          .weight_decay = 0.1f,
+                          .clip_norm = 1.0f};
 }
 
 void optim_create_part(optimizer *o, optim_config cfg, size_t off, size_t n) {
@@ -23,9 +29,7 @@ void optim_create_part(optimizer *o, optim_config cfg, size_t off, size_t n) {
     o->v = nn_alloc_f32(n);
 }
 
-void optim_create(optimizer *o, const param_set *ps, optim_config cfg) {
-    optim_create_part(o, cfg, 0, ps->numel);
-}
+void optim_create(optimizer *o, const param_set *ps, optim_config cfg) { optim_create_part(o, cfg, 0, ps->numel); }
 
 void optim_free(optimizer *o) {
     nn_free(o->m);
@@ -63,9 +67,7 @@ float optim_lr(const optim_config *c, long s) {
     return (float)(c->lr * (floor + (1.0 - floor) * 0.5 * (1.0 + cos(M_PI * progress))));
 }
 
-double grad_norm(const param_set *ps) {
-    return sqrt(nn_sum_squared_diff(ps->g, NULL, ps->numel));
-}
+double grad_norm(const param_set *ps) { return sqrt(nn_sum_squared_diff(ps->g, NULL, ps->numel)); }
 
 float optim_step(optimizer *o, param_set *ps, double gnorm) {
     const optim_config *c = &o->cfg;
@@ -74,13 +76,13 @@ float optim_step(optimizer *o, param_set *ps, double gnorm) {
     o->step++;
     float bc1 = 1.0f - powf(c->beta1, (float)o->step), bc2 = 1.0f - powf(c->beta2, (float)o->step);
     size_t end = o->off + o->n;
-    for (int i = 0; i < ps->n; i++) {            /* each tensor's overlap with the part */
+    for (int i = 0; i < ps->n; i++) { /* each tensor's overlap with the part */
         const param_info *p = &ps->info[i];
         size_t a = p->offset > o->off ? p->offset : o->off;
         size_t b = p->offset + p->numel < end ? p->offset + p->numel : end;
         if (a >= b) continue;
-        nn_adamw(ps->w + a, ps->g + a, o->m + (a - o->off), o->v + (a - o->off), b - a,
-                 lr, c->beta1, c->beta2, c->eps, p->decay ? c->weight_decay : 0.0f, bc1, bc2);
+        nn_adamw(ps->w + a, ps->g + a, o->m + (a - o->off), o->v + (a - o->off), b - a, lr, c->beta1, c->beta2, c->eps,
+                 p->decay ? c->weight_decay : 0.0f, bc1, bc2);
     }
     return lr;
 }
@@ -102,9 +104,11 @@ float ema_decay_at(float decay, long t) {
 
 void ema_step(weight_ema *e, const float *w) {
     long t = e->updates++;
-    if (e->n == 0) return;              /* a part with no elements: w + off may be past w's end */
-    if (t == 0) nn_copy(e->avg, w + e->off, e->n);      /* d_0 = 0: exactly the weights */
-    else nn_ema_update(e->avg, w + e->off, e->n, ema_decay_at(e->decay, t));
+    if (e->n == 0) return; /* a part with no elements: w + off may be past w's end */
+    if (t == 0)
+        nn_copy(e->avg, w + e->off, e->n); /* d_0 = 0: exactly the weights */
+    else
+        nn_ema_update(e->avg, w + e->off, e->n, ema_decay_at(e->decay, t));
 }
 
 float *ema_host(const weight_ema *e, int fetch) {

@@ -7,9 +7,9 @@
 #include "params.h"
 
 typedef struct {
-    float lr;                   /* peak learning rate */
+    float lr; /* peak learning rate */
     int warmup_steps, total_steps;
-    float min_lr_ratio;         /* 0.1: decay to 10% of the peak */
+    float min_lr_ratio; /* 0.1: decay to 10% of the peak */
     float beta1, beta2, eps, weight_decay, clip_norm;
 } optim_config;
 
@@ -20,9 +20,9 @@ optim_config optim_defaults(float lr, int warmup_steps, int total_steps);
  * them, or with ZeRO-1 one rank's part, whose moments are all it keeps. */
 typedef struct {
     optim_config cfg;
-    long step;                  /* optimizer steps taken */
-    size_t off, n;              /* the part of the flat parameters it owns */
-    float *m, *v;               /* moments of that part: m[0] is element off */
+    long step;     /* optimizer steps taken */
+    size_t off, n; /* the part of the flat parameters it owns */
+    float *m, *v;  /* moments of that part: m[0] is element off */
 } optimizer;
 
 void optim_create(optimizer *o, const param_set *ps, optim_config cfg);
@@ -53,10 +53,10 @@ float optim_step(optimizer *o, param_set *ps, double gnorm);
  * t the updates taken before this one, and d_0 = 0: the first update copies
  * the weights (diffusers' EMAModel). */
 typedef struct {
-    float decay;                /* the target decay, in (0, 1) */
-    long updates;               /* updates taken (t) */
-    size_t off, n;              /* the part of the flat weights it averages */
-    float *avg;                 /* n floats: avg[0] averages element off */
+    float decay;   /* the target decay, in (0, 1) */
+    long updates;  /* updates taken (t) */
+    size_t off, n; /* the part of the flat weights it averages */
+    float *avg;    /* n floats: avg[0] averages element off */
 } weight_ema;
 
 void ema_create(weight_ema *e, float decay, size_t off, size_t n);

@@ -34,7 +34,7 @@ size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shap
 }
 
 void params_alloc(param_set *ps) {
-    ps->w = cpu_alloc_f32(ps->numel);    /* host memory whatever the backend */
+    ps->w = cpu_alloc_f32(ps->numel); /* host memory whatever the backend */
     ps->g = cpu_alloc_f32(ps->numel);
 }
 
@@ -60,7 +60,7 @@ int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, siz
     if (dtype != ST_F32 && dtype != ST_BF16)
         return set_error(err, "%s: weights are written as F32 or BF16, not %s", path, st_dtype_name(dtype));
     st_entry *e = xcalloc(ps->n ? ps->n : 1, sizeof(st_entry));
-    size_t end = 0;                     /* the floats of flat the chosen tensors span */
+    size_t end = 0; /* the floats of flat the chosen tensors span */
     int n = 0;
     for (int i = 0; i < ps->n; i++) {
         const param_info *p = &ps->info[i];
@@ -137,7 +137,10 @@ int params_load_dir(param_set *ps, const char *dir, char *err) {
         if (st_open(path, &files[nf], err)) goto out;
         nf++;
     }
-    if (nf == 0) { set_error(err, "%s: no *.safetensors weights", dir); goto out; }
+    if (nf == 0) {
+        set_error(err, "%s: no *.safetensors weights", dir);
+        goto out;
+    }
     for (int i = 0; i < ps->n; i++) {
         const param_info *p = &ps->info[i];
         int k = 0;

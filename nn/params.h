@@ -18,14 +18,14 @@ typedef struct {
     int ndim;
     int64_t shape[PARAM_MAX_DIMS];
     size_t offset, numel;
-    int decay;                  /* 1: AdamW weight decay applies */
+    int decay; /* 1: AdamW weight decay applies */
 } param_info;
 
 typedef struct {
     int n, cap;
     param_info *info;
-    size_t numel;               /* total floats */
-    float *w, *g;               /* weights, gradients (flat), after params_alloc */
+    size_t numel; /* total floats */
+    float *w, *g; /* weights, gradients (flat), after params_alloc */
 } param_set;
 
 /* Told during backward that the gradients of flat elements [off, off + n)
@@ -67,6 +67,5 @@ int params_save(const param_set *ps, const float *flat, const char *path, char *
  * the chosen tensors must end within it. */
 int params_save_part(const param_set *ps, const float *flat, st_dtype dtype, size_t offset, size_t count,
                      const char *path, char *err);
-
 
 #endif

@@ -20,7 +20,7 @@ static sigset_t stop_set;
 static void *watch(void *arg) {
     (void)arg;
     pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
-    for (;;) pause();                  /* on_signal runs here */
+    for (;;) pause(); /* on_signal runs here */
     return NULL;
 }
 
@@ -38,8 +38,10 @@ void stop_signal_install(void) {
     }
     pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
     pthread_t t;
-    if (pthread_create(&t, NULL, watch, NULL) == 0) pthread_detach(t);
-    else pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);   /* no watcher: take them here, as before */
+    if (pthread_create(&t, NULL, watch, NULL) == 0)
+        pthread_detach(t);
+    else
+        pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL); /* no watcher: take them here, as before */
 }
 
 int stop_signal_pending(void) { return pending; }

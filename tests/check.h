@@ -9,11 +9,19 @@
 
 static int check_failures;
 
-#define CHECK(cond, ...) do {                                          \
-        if (cond) { printf("ok "); printf(__VA_ARGS__); printf("\n"); } \
-        else { check_failures++; printf("FAIL "); printf(__VA_ARGS__); \
-               printf(": %s (%s:%d)\n", #cond, __FILE__, __LINE__); }   \
-        fflush(stdout);                                                 \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (cond) {                                                                                                    \
+            printf("ok ");                                                                                             \
+            printf(__VA_ARGS__);                                                                                       \
+            printf("\n");                                                                                              \
+        } else {                                                                                                       \
+            check_failures++;                                                                                          \
+            printf("FAIL ");                                                                                           \
+            printf(__VA_ARGS__);                                                                                       \
+            printf(": %s (%s:%d)\n", #cond, __FILE__, __LINE__);                                                       \
+        }                                                                                                              \
+        fflush(stdout);                                                                                                \
     } while (0)
 
 #define CHECK_DONE() (check_failures ? 1 : 0)

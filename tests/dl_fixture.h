@@ -24,12 +24,12 @@
 
 typedef struct {
     char dir[64], tok[128], text[128], latents[128];
-    int C, h, w, n_images;   /* n_images: written, bad captions included */
+    int C, h, w, n_images; /* n_images: written, bad captions included */
 } fixture;
 
-static const char *const fx_words[] = {"the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog",
-                                       "and", "then", "runs", "far", "into", "forest", "where", "tall", "trees",
-                                       "grow", "near", "river", "light", "stone", "bird", "sings"};
+static const char *const fx_words[] = {"the",  "quick", "brown", "fox",   "jumps", "over",   "a",     "lazy", "dog",
+                                       "and",  "then",  "runs",  "far",   "into",  "forest", "where", "tall", "trees",
+                                       "grow", "near",  "river", "light", "stone", "bird",   "sings"};
 #define FX_WORDS (int)(sizeof fx_words / sizeof *fx_words)
 
 static void fx_text(const char *path, int docs, uint64_t seed) {
@@ -38,7 +38,8 @@ static void fx_text(const char *path, int docs, uint64_t seed) {
     rng_seed(&r, seed);
     for (int d = 0; d < docs; d++) {
         int words = rng_uniform(&r) < 0.1 ? rng_int(&r, 150, 400) : rng_int(&r, 1, 60);
-        for (int k = 0; k < words; k++) fprintf(f, "%s%s", k ? (k % 17 == 0 ? "\n" : " ") : "", fx_words[rng_int(&r, 0, FX_WORDS - 1)]);
+        for (int k = 0; k < words; k++)
+            fprintf(f, "%s%s", k ? (k % 17 == 0 ? "\n" : " ") : "", fx_words[rng_int(&r, 0, FX_WORDS - 1)]);
         fprintf(f, "\n\n");
     }
     fclose(f);
@@ -62,13 +63,19 @@ static int fx_latent_shard(const fixture *fx, const char *file, int first, int n
             for (int q = 0; q < fx->h * fx->w; q++) {
                 float v = (float)(c + 0.5 * rng_normal(&r));
                 z[(size_t)k * per + (size_t)c * fx->h * fx->w + q] = v;
-                if (C == fx->C) { s1[c] += v; s2[c] += (double)v * v; }
+                if (C == fx->C) {
+                    s1[c] += v;
+                    s2[c] += (double)v * v;
+                }
             }
-        if (id == 3) cap[0] = '\0';                       /* empty: skipped */
-        else if (id == 5) {                               /* too long: skipped */
+        if (id == 3)
+            cap[0] = '\0';  /* empty: skipped */
+        else if (id == 5) { /* too long: skipped */
             cap[0] = '\0';
             for (int w = 0; w < 100; w++) strcat(cap, "forest river ");
-        } else snprintf(cap, sizeof cap, "caption %d: a %s %s", id, fx_words[id % FX_WORDS], fx_words[(id / 3) % FX_WORDS]);
+        } else
+            snprintf(cap, sizeof cap, "caption %d: a %s %s", id, fx_words[id % FX_WORDS],
+                     fx_words[(id / 3) % FX_WORDS]);
         snprintf(key, sizeof key, "sample_%05d", id);
         memcpy(caps + coff[k], cap, strlen(cap));
         coff[k + 1] = coff[k] + (int64_t)strlen(cap);
@@ -77,10 +84,8 @@ static int fx_latent_shard(const fixture *fx, const char *file, int first, int n
     }
     if (C == fx->C) *values += (long)n * fx->h * fx->w;
     st_entry e[5] = {
-        {"mean", ST_F32, 4, {n, C, fx->h, fx->w}, z},
-        {"caption_bytes", ST_U8, 1, {coff[n]}, caps},
-        {"caption_offsets", ST_I64, 1, {n + 1}, coff},
-        {"key_bytes", ST_U8, 1, {koff[n]}, keys},
+        {"mean", ST_F32, 4, {n, C, fx->h, fx->w}, z},  {"caption_bytes", ST_U8, 1, {coff[n]}, caps},
+        {"caption_offsets", ST_I64, 1, {n + 1}, coff}, {"key_bytes", ST_U8, 1, {koff[n]}, keys},
         {"key_offsets", ST_I64, 1, {n + 1}, koff},
     };
     int rc = st_write(path, e, 5, err);
@@ -95,7 +100,11 @@ static int fx_latent_shard(const fixture *fx, const char *file, int first, int n
     cJSON_AddNumberToObject(j, "bytes", (double)st.st_size);
     cJSON_AddStringToObject(j, "crc32c", hex);
     cJSON_AddItemToArray(shards, j);
-    free(z); free(caps); free(keys); free(coff); free(koff);
+    free(z);
+    free(caps);
+    free(keys);
+    free(coff);
+    free(koff);
     return rc;
 }
 
@@ -110,7 +119,8 @@ static int fx_latents(fixture *fx, int shards, int per_shard, int wrong_shape) {
     int rc = 0;
     for (int i = 0; i < shards + wrong_shape; i++) {
         snprintf(file, sizeof file, "shard-%05d.safetensors", i);
-        rc |= fx_latent_shard(fx, file, i * per_shard, per_shard, i < shards ? fx->C : fx->C + 1, list, s1, s2, &values);
+        rc |=
+            fx_latent_shard(fx, file, i * per_shard, per_shard, i < shards ? fx->C : fx->C + 1, list, s1, s2, &values);
     }
     fx->n_images = (shards + wrong_shape) * per_shard;
     for (int c = 0; c < fx->C; c++) {
@@ -135,14 +145,19 @@ static int fixture_make(fixture *fx, int docs, int shards, int per_shard, int wr
     memset(fx, 0, sizeof *fx);
     snprintf(fx->dir, sizeof fx->dir, "/tmp/test_dataloader.XXXXXX");
     if (!mkdtemp(fx->dir)) return -1;
-    fx->C = C; fx->h = h; fx->w = w;
+    fx->C = C;
+    fx->h = h;
+    fx->w = w;
     snprintf(fx->tok, sizeof fx->tok, "%s/tok.model", fx->dir);
     snprintf(fx->text, sizeof fx->text, "%s/text", fx->dir);
     snprintf(fx->latents, sizeof fx->latents, "%s/latents", fx->dir);
     snprintf(txt, sizeof txt, "%s/corpus.txt", fx->dir);
     fx_text(txt, docs, 1);
     const char *inputs[1] = {txt};
-    if (spm_train(inputs, 1, 300, "unigram", 1, fx->tok, err)) { fprintf(stderr, "%s\n", err); return -1; }
+    if (spm_train(inputs, 1, 300, "unigram", 1, fx->tok, err)) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
     const char *bin = getenv("BIN") ? getenv("BIN") : "bin";
     snprintf(cmd, sizeof cmd, "%s/dataloader tokenize --tokenizer %s --input %s --out %s --threads 2 >/dev/null 2>&1",
              bin, fx->tok, txt, fx->text);

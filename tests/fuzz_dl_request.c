@@ -5,13 +5,12 @@
 #include "../dataloader_client/wire.h"
 #include "../common/error.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char err[ERR_LEN];
     dl_request r;
     if (dl_request_parse(data, size, &r, err) == 0) {
         uint8_t again[DL_REQUEST_BYTES];
-        dl_request_encode(&r, again);   /* what was accepted encodes back */
+        dl_request_encode(&r, again); /* what was accepted encodes back */
     }
     dl_reply h;
     if (dl_reply_parse(data, size, &h, err) == 0) {

@@ -10,12 +10,10 @@
 
 #include <stdlib.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     st_file f;
     char err[ERR_LEN];
-    if (st_parse(data, size, "fuzz.safetensors", &f, err) != 0)
-        return 0;
+    if (st_parse(data, size, "fuzz.safetensors", &f, err) != 0) return 0;
     for (int i = 0; i < f.n; i++) {
         const st_tensor *t = &f.tensors[i];
         /* The header was validated: the tensor's bytes lie inside the

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 
 /* out and d(q,k,v) of loss = sum(out * dout) for one row and head. */
-static void reference(double *out, double *lse, double *dqkv, const float *qkv, const float *dout,
-                      const int32_t *lo, const int32_t *hi, int L, int H, int hd, int h) {
+static void reference(double *out, double *lse, double *dqkv, const float *qkv, const float *dout, const int32_t *lo,
+                      const int32_t *hi, int L, int H, int hd, int h) {
     int d = H * hd, ld = 3 * d;
     double scale = 1.0 / sqrt(hd);
     double *p = calloc(L, sizeof(double));
@@ -26,7 +26,10 @@ static void reference(double *out, double *lse, double *dqkv, const float *qkv, 
             p[j] = s * scale;
             if (p[j] > mx) mx = p[j];
         }
-        for (int j = lo[i]; j <= hi[i]; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+        for (int j = lo[i]; j <= hi[i]; j++) {
+            p[j] = exp(p[j] - mx);
+            sum += p[j];
+        }
         lse[i] = mx + log(sum);
         for (int c = 0; c < hd; c++) out[(size_t)i * hd + c] = 0;
         for (int j = lo[i]; j <= hi[i]; j++) {
@@ -66,10 +69,10 @@ int main(void) {
     for (int b = 0; b < B; b++)
         for (int i = 0; i < L; i++) {
             int32_t *l = lo + b * L, *u = hi + b * L;
-            int doc_start = i > 0 && rng_uniform(&r) > 0.05 ? l[i - 1] : i;  /* new document */
+            int doc_start = i > 0 && rng_uniform(&r) > 0.05 ? l[i - 1] : i; /* new document */
             l[i] = doc_start;
             u[i] = rng_uniform(&r) < 0.2 ? i + rng_int(&r, 0, L - 1 - i < 9 ? L - 1 - i : 9) : i;
-            if (rng_uniform(&r) < 0.03) l[i] = u[i] = i;                      /* a pad */
+            if (rng_uniform(&r) < 0.03) l[i] = u[i] = i; /* a pad */
         }
     nn_attention_forward(out, lse, qkv, lo, hi, B, L, H, hd);
     nn_attention_backward(dqkv, dout, out, lse, qkv, lo, hi, B, L, H, hd);
@@ -80,8 +83,8 @@ int main(void) {
     for (int b = 0; b < B; b++) {
         for (size_t k = 0; k < (size_t)L * ld; k++) rd[k] = 0;
         for (int h = 0; h < H; h++) {
-            reference(rout, rlse, rd, qkv + (size_t)b * L * ld, dout + (size_t)b * L * d,
-                      lo + b * L, hi + b * L, L, H, hd, h);
+            reference(rout, rlse, rd, qkv + (size_t)b * L * ld, dout + (size_t)b * L * d, lo + b * L, hi + b * L, L, H,
+                      hd, h);
             for (int i = 0; i < L; i++) {
                 err_lse = fmax(err_lse, fabs(rlse[i] - lse[((size_t)b * L + i) * H + h]));
                 for (int c = 0; c < hd; c++)
@@ -95,8 +98,17 @@ int main(void) {
     }
     CHECK(err_out < 1e-5, "attention output matches the reference (max error %.2g)", err_out);
     CHECK(err_lse < 1e-5, "attention log-sum-exp matches the reference (max error %.2g)", err_lse);
-    CHECK(err_grad < 1e-5 * max_grad, "attention q/k/v gradients match the reference (max error %.2g of %.2g)", err_grad, max_grad);
-    free(rout); free(rlse); free(rd); free(lo); free(hi);
-    nn_free(qkv); nn_free(dout); nn_free(out); nn_free(lse); nn_free(dqkv);
+    CHECK(err_grad < 1e-5 * max_grad, "attention q/k/v gradients match the reference (max error %.2g of %.2g)",
+          err_grad, max_grad);
+    free(rout);
+    free(rlse);
+    free(rd);
+    free(lo);
+    free(hi);
+    nn_free(qkv);
+    nn_free(dout);
+    nn_free(out);
+    nn_free(lse);
+    nn_free(dqkv);
     return CHECK_DONE();
 }

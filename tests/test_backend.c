@@ -53,7 +53,8 @@ static void test_buffer_table(void) {
     buf_table_add(&t, a, 100, BUF_F32);
     buf_table_add(&t, b, 50, BUF_BF16);
     buf_entry *e = buf_table_find(&t, a + 37);
-    CHECK(e && e->base == (uintptr_t)a && buf_index(e, a + 37) == 37, "a pointer inside a buffer finds it and its index");
+    CHECK(e && e->base == (uintptr_t)a && buf_index(e, a + 37) == 37,
+          "a pointer inside a buffer finds it and its index");
     e = buf_table_find(&t, b + 49);
     CHECK(e && e->type == BUF_BF16 && buf_index(e, b + 49) == 49, "bfloat16 elements count in 2 bytes");
     CHECK(buf_table_find(&t, (char *)b + 100) == NULL || buf_table_find(&t, (char *)b + 100)->base != (uintptr_t)b,
@@ -75,16 +76,16 @@ static void test_tiles(const plan *p, int tile, const char *what) {
         for (int q0 = 0; q0 < L; q0 += tile) {
             int nq = L - q0 < tile ? L - q0 : tile, k0, k1;
             attn_qtile_keys(lo, hi, q0, nq, &k0, &k1);
-            for (int j0 = 0; j0 < L; j0 += tile) {       /* brute force over every key tile */
+            for (int j0 = 0; j0 < L; j0 += tile) { /* brute force over every key tile */
                 int j1 = j0 + tile - 1 < L - 1 ? j0 + tile - 1 : L - 1, any = 0;
                 for (int r = 0; r < nq; r++) any |= attn_sees(lo[q0 + r], hi[q0 + r], j0, j1);
                 int pairs = 0;
                 for (int r = 0; r < nq; r++)
                     for (int j = j0; j <= j1; j++) pairs += j >= lo[q0 + r] && j <= hi[q0 + r];
                 bad += (pairs > 0) != any;
-                bad += any && (j1 < k0 || j0 > k1);         /* needed, yet outside the span */
+                bad += any && (j1 < k0 || j0 > k1); /* needed, yet outside the span */
                 visited += any;
-                skipped += !any && j1 >= k0 && j0 <= k1;    /* inside the span, yet masked */
+                skipped += !any && j1 >= k0 && j0 <= k1; /* inside the span, yet masked */
             }
         }
         for (int j0 = 0; j0 < L; j0 += tile) {
@@ -99,8 +100,10 @@ static void test_tiles(const plan *p, int tile, const char *what) {
         }
     }
     CHECK(nonmono == 0, "%s: lo and hi are nondecreasing along each row", what);
-    CHECK(bad == 0 && visited > 0, "%s: tiles of %d visited exactly where some pair is allowed (%d visited, %d "
-          "masked tiles skipped inside spans)", what, tile, visited, skipped);
+    CHECK(bad == 0 && visited > 0,
+          "%s: tiles of %d visited exactly where some pair is allowed (%d visited, %d "
+          "masked tiles skipped inside spans)",
+          what, tile, visited, skipped);
 }
 
 static void run_step(model *m, const plan *p, loss_sums *s, float *grads) {
@@ -141,7 +144,8 @@ static void test_device_path(const model_config *c, const plan *p) {
     float *m1, *m2;
     optim_host_moments(&ob, &m1, &m2, 1);
     CHECK(memcmp(a.ps.w, b.ps.w, sizeof(float) * n) == 0 && m1 != ob.m && memcmp(m1, oa.m, sizeof(float) * n) == 0 &&
-          memcmp(m2, oa.v, sizeof(float) * n) == 0, "an AdamW step on the device copies, downloaded, is the CPU's");
+              memcmp(m2, oa.v, sizeof(float) * n) == 0,
+          "an AdamW step on the device copies, downloaded, is the CPU's");
     optim_host_release(&ob, m1, m2, 0);
     optim_free(&ob);
     model_free(&b);

@@ -76,9 +76,19 @@ static int save(const char *dir, long step, const model *m, int keep, int keep_e
     cJSON_AddNumberToObject(state, "positions_seen", step * 1000.0);
     cJSON_AddStringToObject(cJSON_AddObjectToObject(state, "loader"), "fingerprint", "abc123");
     cJSON *config = config_json(&m->cfg);
-    ckpt_save_request r = {.ps = &m->ps, .config = config, .step = step, .opt_offset = off, .opt_count = count,
-                           .m = mo, .v = vo, .ema = avg, .state = state, .extras = extras, .n_extras = n_extras,
-                           .keep = keep, .keep_every = keep_every};
+    ckpt_save_request r = {.ps = &m->ps,
+                           .config = config,
+                           .step = step,
+                           .opt_offset = off,
+                           .opt_count = count,
+                           .m = mo,
+                           .v = vo,
+                           .ema = avg,
+                           .state = state,
+                           .extras = extras,
+                           .n_extras = n_extras,
+                           .keep = keep,
+                           .keep_every = keep_every};
     int rc = ckpt_save(dir, &r, err);
     cJSON_Delete(state);
     cJSON_Delete(config);
@@ -172,17 +182,18 @@ static void test_round_trip(void) {
           "... and the weights when they ask for raw");
     const cJSON *st = r.state;
     CHECK(r.step == 10 && r.world_size == 1 && r.numel == n, "step, world size and size are recorded");
-    CHECK(cJSON_GetObjectItem(st, "step")->valuedouble == 10 && cJSON_GetObjectItem(st, "positions_seen")->valuedouble == 10000 &&
-          strcmp(cJSON_GetObjectItem(cJSON_GetObjectItem(st, "loader"), "fingerprint")->valuestring, "abc123") == 0,
+    CHECK(cJSON_GetObjectItem(st, "step")->valuedouble == 10 &&
+              cJSON_GetObjectItem(st, "positions_seen")->valuedouble == 10000 &&
+              strcmp(cJSON_GetObjectItem(cJSON_GetObjectItem(st, "loader"), "fingerprint")->valuestring, "abc123") == 0,
           "trainer_state.json keeps the caller's fields plus step");
     model_config saved;
     CHECK(config_load(at("%s/%s", "rt/step_00000010/config.json"), &saved, err) == 0 &&
-          saved.vocab_size == m.cfg.vocab_size && saved.boi_token_id == m.cfg.boi_token_id &&
-          saved.eoi_token_id == m.cfg.eoi_token_id && cJSON_IsObject(r.config),
+              saved.vocab_size == m.cfg.vocab_size && saved.boi_token_id == m.cfg.boi_token_id &&
+              saved.eoi_token_id == m.cfg.eoi_token_id && cJSON_IsObject(r.config),
           "config.json records the model and its special tokens");
     uint32_t a, b;
     CHECK(crc32c_file(at("%s/%s", "tokenizer.model"), &a, err) == 0 &&
-          crc32c_file(at("%s/%s", "rt/step_00000010/tokenizer.model"), &b, err) == 0 && a == b,
+              crc32c_file(at("%s/%s", "rt/step_00000010/tokenizer.model"), &b, err) == 0 && a == b,
           "the extra file is copied in");
     free(mo);
     free(vo);
@@ -199,7 +210,8 @@ static void test_index(void) {
     model m;
     tiny_model(&m, 5);
     const cJSON *meta = cJSON_GetObjectItem(idx, "metadata"), *wmap = cJSON_GetObjectItem(idx, "weight_map");
-    CHECK(cJSON_GetObjectItem(meta, "total_size")->valuedouble == 4.0 * m.ps.numel, "metadata.total_size is the weight bytes");
+    CHECK(cJSON_GetObjectItem(meta, "total_size")->valuedouble == 4.0 * m.ps.numel,
+          "metadata.total_size is the weight bytes");
     int all = cJSON_GetArraySize(wmap) == m.ps.n;
     for (int i = 0; all && i < m.ps.n; i++) {
         const cJSON *f = cJSON_GetObjectItem(wmap, m.ps.info[i].name);
@@ -214,7 +226,7 @@ static void test_index(void) {
     }
     CHECK(all, "ema_map maps every tensor to its EMA shard");
     const cJSON *files = cJSON_GetObjectItem(idx, "files"), *e;
-    int good = cJSON_GetArraySize(files) == 6;      /* config, state, extra, shard, EMA shard, optimizer */
+    int good = cJSON_GetArraySize(files) == 6; /* config, state, extra, shard, EMA shard, optimizer */
     cJSON_ArrayForEach(e, files) {
         uint32_t crc;
         char hex[9], path[4096];
@@ -225,7 +237,8 @@ static void test_index(void) {
     }
     CHECK(good, "files holds the CRC32C of all 6 files");
     const cJSON *p = cJSON_GetArrayItem(cJSON_GetObjectItem(idx, "optimizer_parts"), 0);
-    CHECK(cJSON_GetObjectItem(p, "offset")->valuedouble == 0 && cJSON_GetObjectItem(p, "count")->valuedouble == m.ps.numel,
+    CHECK(cJSON_GetObjectItem(p, "offset")->valuedouble == 0 &&
+              cJSON_GetObjectItem(p, "count")->valuedouble == m.ps.numel,
           "optimizer_parts records the flat range");
     cJSON_Delete(idx);
     model_free(&m);
@@ -252,7 +265,8 @@ static void test_fallback(void) {
     rc = resolve(dir, "auto", path, err, said, sizeof said);
     CHECK(rc == 0 && strstr(path, "step_00000010"), "auto skips a checkpoint with a bad CRC for the one before");
     int len = (int)strlen(said);
-    CHECK(strstr(said, "step_00000020/model-00001-of-00001.safetensors: CRC32C") && strchr(said, '\n') == said + len - 1,
+    CHECK(strstr(said, "step_00000020/model-00001-of-00001.safetensors: CRC32C") &&
+              strchr(said, '\n') == said + len - 1,
           "... reporting one line naming the file (%.*s)", len - 1, said);
     rc = resolve(dir, at("%s/%s", "fb/step_00000020"), path, err, said, sizeof said);
     CHECK(rc == -1 && strstr(err, "model-00001-of-00001.safetensors: CRC32C"), "resume PATH refuses it (%s)", err);
@@ -282,26 +296,29 @@ static void test_ema_choice(void) {
     tiny_model(&back, 6);
     const char *dir = at("%s/%s", "ema");
     int rc = save(dir, 10, &m, 0, 0, NULL, 0, 0, err) || save(dir, 20, &m, 0, 0, NULL, 0, 1, err) ||
-             ckpt_open(&r, at("%s/%s", "ema/step_00000010"), err);
+        ckpt_open(&r, at("%s/%s", "ema/step_00000010"), err);
     CHECK(rc == 0, "checkpoints without and with an EMA saved (%s)", rc ? err : "");
     if (rc) return;
     CHECK(!r.has_ema && !ckpt_has_ema(r.dir) && ckpt_load_ema(&r, &back.ps, back.ps.w, err) != 0 &&
-          strstr(err, "no EMA"), "without --ema there is no EMA, and asking for it is an error (%s)", err);
+              strstr(err, "no EMA"),
+          "without --ema there is no EMA, and asking for it is an error (%s)", err);
     rc = ckpt_load_chosen(&r, &back.ps, CKPT_AUTO, &used, err);
     CHECK(rc == 0 && used == CKPT_RAW && memcmp(back.ps.w, m.ps.w, sizeof(float) * m.ps.numel) == 0,
           "... readers then get the weights by default");
     CHECK(ckpt_load_chosen(&r, &back.ps, CKPT_EMA, &used, err) != 0, "... and an error when they ask for the EMA");
     ckpt_close(&r);
     CHECK(ckpt_weights_parse(NULL, &w, err) == 0 && w == CKPT_AUTO && ckpt_weights_parse("ema", &w, err) == 0 &&
-          w == CKPT_EMA && ckpt_weights_parse("raw", &w, err) == 0 && w == CKPT_RAW &&
-          ckpt_weights_parse("EMA", &w, err) != 0 && strstr(err, "--weights EMA: expected ema or raw"),
+              w == CKPT_EMA && ckpt_weights_parse("raw", &w, err) == 0 && w == CKPT_RAW &&
+              ckpt_weights_parse("EMA", &w, err) != 0 && strstr(err, "--weights EMA: expected ema or raw"),
           "--weights takes ema or raw");
     flip_byte(at("%s/%s", "ema/step_00000020/ema-00001-of-00001.safetensors"), 3000);
     rc = resolve(dir, "auto", path, err, said, sizeof said);
-    CHECK(rc == 0 && strstr(path, "step_00000010") && strstr(said, "step_00000020/ema-00001-of-00001.safetensors: CRC32C"),
+    CHECK(rc == 0 && strstr(path, "step_00000010") &&
+              strstr(said, "step_00000020/ema-00001-of-00001.safetensors: CRC32C"),
           "a flipped byte in an EMA file fails the checkpoint's verification, naming the file");
     unlink(at("%s/%s", "ema/step_00000020/ema-00001-of-00001.safetensors"));
-    CHECK(ckpt_verify(at("%s/%s", "ema/step_00000020"), err) != 0 && strstr(err, "ema-00001-of-00001.safetensors: missing"),
+    CHECK(ckpt_verify(at("%s/%s", "ema/step_00000020"), err) != 0 &&
+              strstr(err, "ema-00001-of-00001.safetensors: missing"),
           "... and so does a missing one (%s)", err);
     model_free(&m);
     model_free(&back);
@@ -425,17 +442,19 @@ static void test_failed_save(void) {
     CHECK(rc == 0 && WIFEXITED(status) && WEXITSTATUS(status) == 1, "a save on a full disk fails");
     CHECK(strstr(msg, ".tmp-step_00000020/model-00001-of-00001.safetensors") && strstr(msg, "File too large"),
           "... naming the file and the cause (%s)", msg);
-    CHECK(access(at("%s/%s", "full/.tmp-step_00000020"), F_OK) != 0 && access(at("%s/%s", "full/step_00000020"), F_OK) != 0,
+    CHECK(access(at("%s/%s", "full/.tmp-step_00000020"), F_OK) != 0 &&
+              access(at("%s/%s", "full/step_00000020"), F_OK) != 0,
           "... removing the temp folder, never creating step_00000020");
-    CHECK(is_link_to(at("%s/%s", "full/latest"), "step_00000010") && ckpt_verify(at("%s/%s", "full/step_00000010"), err) == 0,
+    CHECK(is_link_to(at("%s/%s", "full/latest"), "step_00000010") &&
+              ckpt_verify(at("%s/%s", "full/step_00000010"), err) == 0,
           "... leaving latest and the previous checkpoint intact");
     cJSON *config = config_json(&m.cfg);
-    ckpt_save_request part = {.ps = &m.ps, .config = config, .step = 30, .opt_offset = 0, .opt_count = 10,
-                              .m = m.ps.w, .v = m.ps.w};
+    ckpt_save_request part = {
+        .ps = &m.ps, .config = config, .step = 30, .opt_offset = 0, .opt_count = 10, .m = m.ps.w, .v = m.ps.w};
     rc = ckpt_save(dir, &part, err);
     cJSON_Delete(config);
     CHECK(rc != 0 && strstr(err, "do not tile") && access(at("%s/%s", "full/step_00000030"), F_OK) != 0 &&
-          is_link_to(at("%s/%s", "full/latest"), "step_00000010"),
+              is_link_to(at("%s/%s", "full/latest"), "step_00000010"),
           "optimizer ranges that do not cover the parameters are refused (%s)", err);
     write_text(at("%s/%s", "afile"), "x");
     rc = save(at("%s/%s", "afile/ckpt"), 10, &m, 0, 0, NULL, 0, 0, err);
@@ -463,7 +482,8 @@ static void test_signal(void) {
     kill(pid, SIGTERM);
     int status;
     waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a SIGTERM from outside stops the loop at a step boundary, exit 0");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "a SIGTERM from outside stops the loop at a step boundary, exit 0");
 
     stop_signal_install();
     CHECK(stop_signal_pending() == 0 && !stop_signal_any_rank(), "no stop before a signal");
@@ -537,12 +557,12 @@ static int helper_load(const char *dir, unsigned long long seed) {
     dist_part(n, dist_rank(), dist_size(), &off, &count);
     float *mo = xmalloc(sizeof(float) * n), *vo = xmalloc(sizeof(float) * n);
     int bad = memcmp(back.ps.w, m.ps.w, sizeof(float) * n) != 0;
-    bad |= ckpt_load_ema(&r, &back.ps, mo, err) || !same_values(mo, 0, n, 4);     /* every rank's shard */
+    bad |= ckpt_load_ema(&r, &back.ps, mo, err) || !same_values(mo, 0, n, 4); /* every rank's shard */
     bad |= ckpt_load_optim(&r, off, count, mo, vo, NULL, err) || !same_values(mo, off, count, 1) ||
-           !same_values(vo, off, count, 2);
+        !same_values(vo, off, count, 2);
     /* A range that straddles the writers' parts. */
     bad |= ckpt_load_optim(&r, n / 3, n / 2, mo, vo, NULL, err) || !same_values(mo, n / 3, n / 2, 1) ||
-           !same_values(vo, n / 3, n / 2, 2);
+        !same_values(vo, n / 3, n / 2, 2);
     if (bad) fprintf(stderr, "rank %d of %d: state differs from what was saved\n", dist_rank(), dist_size());
     free(mo);
     free(vo);
@@ -571,8 +591,10 @@ int main(int argc, char **argv) {
     int rc;
     if ((argc == 5 || argc == 6) && strcmp(argv[1], "save") == 0)
         rc = helper_save(argv[2], atol(argv[3]), strtoull(argv[4], NULL, 10), argc == 6 ? atoi(argv[5]) : -1);
-    else if (argc == 4 && strcmp(argv[1], "load") == 0) rc = helper_load(argv[2], strtoull(argv[3], NULL, 10));
-    else if (argc == 4 && strcmp(argv[1], "batch") == 0) rc = helper_batch(argv[2], strtoull(argv[3], NULL, 10));
+    else if (argc == 4 && strcmp(argv[1], "load") == 0)
+        rc = helper_load(argv[2], strtoull(argv[3], NULL, 10));
+    else if (argc == 4 && strcmp(argv[1], "batch") == 0)
+        rc = helper_batch(argv[2], strtoull(argv[3], NULL, 10));
     else if (argc == 1) {
         if (!mkdtemp(root)) die("mkdtemp");
         test_crc32c();

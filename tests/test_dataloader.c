@@ -21,16 +21,29 @@
 #define SEQ 256
 #define PATCH 2
 
-typedef struct { void *payload; dl_batch b; size_t len; } owned;
+typedef struct {
+    void *payload;
+    dl_batch b;
+    size_t len;
+} owned;
 
-static float *raw_latents;   /* [200, C, h, w]: the fixture's shards 0 and 1, as written */
+static float *raw_latents; /* [200, C, h, w]: the fixture's shards 0 and 1, as written */
 
 /* Rank `rank` of `world` at `step`, B rows each, as the service builds it. */
 static owned get(packer *p, const sources *s, int64_t step, int rank, int world, int B) {
     static pack_plan plan;
     packer_plan(p, step * world * B + (int64_t)rank * B, B, &plan);
-    dl_reply h = {.step = step, .rank = rank, .world = world, .B = B, .L = SEQ, .n_images = plan.n_images,
-                  .n_docs = plan.n_items, .C = s->C, .h = s->h, .w = s->w, .patch = PATCH};
+    dl_reply h = {.step = step,
+                  .rank = rank,
+                  .world = world,
+                  .B = B,
+                  .L = SEQ,
+                  .n_images = plan.n_images,
+                  .n_docs = plan.n_items,
+                  .C = s->C,
+                  .h = s->h,
+                  .w = s->w,
+                  .patch = PATCH};
     size_t off[7];
     owned o = {.len = dl_payload_layout(&h, off)};
     o.payload = calloc(1, o.len);
@@ -40,10 +53,13 @@ static owned get(packer *p, const sources *s, int64_t step, int rank, int world,
 }
 
 static int64_t usable_doc(const sources *s, int64_t id) {
-    int64_t lo = 0, hi = s->n_docs - 1;   /* doc_id is increasing */
+    int64_t lo = 0, hi = s->n_docs - 1; /* doc_id is increasing */
     while (lo < hi) {
         int64_t mid = (lo + hi) / 2;
-        if (s->doc_id[mid] < id) lo = mid + 1; else hi = mid;
+        if (s->doc_id[mid] < id)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return s->doc_id[lo] == id ? lo : -1;
 }
@@ -64,7 +80,10 @@ static const char *malformed(const sources *s, const dl_batch *b, int N) {
         const int32_t *doc = b->doc + (size_t)r * SEQ, *im = b->image + (size_t)r * SEQ;
         int d_row = 0;
         for (int i = 0; i < SEQ;) {
-            if (mod[i] == 2) { i++; continue; }
+            if (mod[i] == 2) {
+                i++;
+                continue;
+            }
             if (doc[i] != d_row) return "documents are not numbered 0, 1, ... in a row";
             int end = i, patches = 0;
             while (end < SEQ && mod[end] != 2 && doc[end] == doc[i]) patches += mod[end++] == 1;
@@ -122,7 +141,11 @@ static double image_fraction(const dl_batch *b, long *pads) {
     for (int r = 0; r < b->B; r++)
         for (int i = 0; i < SEQ;) {
             const int32_t *mod = b->modality + (size_t)r * SEQ, *doc = b->doc + (size_t)r * SEQ;
-            if (mod[i] == 2) { (*pads)++; i++; continue; }
+            if (mod[i] == 2) {
+                (*pads)++;
+                i++;
+                continue;
+            }
             int end = i, patches = 0;
             while (end < SEQ && mod[end] != 2 && doc[end] == doc[i]) patches += mod[end++] == 1;
             nonpad += end - i;
@@ -132,12 +155,17 @@ static double image_fraction(const dl_batch *b, long *pads) {
     return (double)img / nonpad;
 }
 
-static int same(const owned *a, const owned *b) { return a->len == b->len && memcmp(a->payload, b->payload, a->len) == 0; }
+static int same(const owned *a, const owned *b) {
+    return a->len == b->len && memcmp(a->payload, b->payload, a->len) == 0;
+}
 
 int main(void) {
     fixture fx;
     char err[ERR_LEN];
-    if (fixture_make(&fx, 300, 2, 100, 1, 4, 8, 8)) { CHECK(0, "fixture made"); return 1; }
+    if (fixture_make(&fx, 300, 2, 100, 1, 4, 8, 8)) {
+        CHECK(0, "fixture made");
+        return 1;
+    }
     spm *tok = spm_load(fx.tok, err);
     sources s;
     source_options so = {.skip_bad_shards = 0, .max_caption = 64};
@@ -145,7 +173,8 @@ int main(void) {
     CHECK(opened, "sources open (%s)", opened ? "text and latents" : err);
     if (!opened) return 1;
     CHECK(s.n_images == 198 && s.caption_empty == 1 && s.caption_long == 1 && s.wrong_shape == 100,
-          "images: 198 usable, 1 empty and 1 long caption and 100 latents of the wrong shape counted (%lld, %ld, %ld, %ld)",
+          "images: 198 usable, 1 empty and 1 long caption and 100 latents of the wrong shape counted (%lld, %ld, %ld, "
+          "%ld)",
           (long long)s.n_images, s.caption_empty, s.caption_long, s.wrong_shape);
     raw_latents = malloc(sizeof(float) * 200 * s.C * s.h * s.w);
     for (int k = 0; k < 2; k++) {
@@ -153,14 +182,21 @@ int main(void) {
         st_file f;
         int64_t shape[4] = {100, s.C, s.h, s.w};
         snprintf(shard, sizeof shard, "%s/shard-%05d.safetensors", fx.latents, k);
-        if (st_open(shard, &f, err) || st_read_f32(&f, "mean", 4, shape, raw_latents + (size_t)k * 100 * s.C * s.h * s.w, err))
+        if (st_open(shard, &f, err) ||
+            st_read_f32(&f, "mean", 4, shape, raw_latents + (size_t)k * 100 * s.C * s.h * s.w, err))
             CHECK(0, "read %s: %s", shard, err);
         st_close(&f);
     }
-    CHECK(s.n_docs == 300 && s.ids.boi >= 0 && s.ids.eoi >= 0 && s.ids.bos != s.ids.eos, "text: 300 documents, special ids");
+    CHECK(s.n_docs == 300 && s.ids.boi >= 0 && s.ids.eoi >= 0 && s.ids.bos != s.ids.eos,
+          "text: 300 documents, special ids");
 
-    pack_config c = {.L = SEQ, .patch = PATCH, .max_caption = 64, .image_fraction = 0.5, .caption_first = 0.8,
-                     .drop_caption = 0.1, .seed = 1234};
+    pack_config c = {.L = SEQ,
+                     .patch = PATCH,
+                     .max_caption = 64,
+                     .image_fraction = 0.5,
+                     .caption_first = 0.8,
+                     .drop_caption = 0.1,
+                     .seed = 1234};
     packer *p = packer_create(&s, &c, err);
     CHECK(p != NULL, "packer created (%s)", p ? "" : err);
     int N = packer_patches(p);
@@ -194,15 +230,18 @@ int main(void) {
                 if (m[i] == 0 && t[i] == s.ids.boi && m[i - 1] == 0 && t[i - 1] == s.ids.bos && d[i] == d[i - 1]) {
                     int e = i + N + 1;
                     if (e + 1 < SEQ && t[e + 1] == s.ids.eos && d[e + 1] == d[i]) dropped++;
-                } else if (m[i] == 0 && t[i] == s.ids.boi && d[i] == d[i - 1]) first++;
+                } else if (m[i] == 0 && t[i] == s.ids.boi && d[i] == d[i - 1])
+                    first++;
             }
         free(o.payload);
     }
-    CHECK(!bad, "300 batches of 8 rows are well formed (%s)", bad ? bad : "documents, markers, captions, text pieces, latents");
+    CHECK(!bad, "300 batches of 8 rows are well formed (%s)",
+          bad ? bad : "documents, markers, captions, text pieces, latents");
     CHECK(worst <= 0.05, "every batch of 8 x 256 is within 5 points of the 0.5 image fraction (worst %.4f)", worst);
     CHECK(pads < 0.03 * positions, "pad fraction under 3%% (%.4f)", (double)pads / positions);
     double rate_first = (double)first / (images - dropped), rate_drop = (double)dropped / images;
-    CHECK(fabs(rate_first - 0.8) < 0.03, "caption first in 80%% of captioned images (%.3f of %ld)", rate_first, images - dropped);
+    CHECK(fabs(rate_first - 0.8) < 0.03, "caption first in 80%% of captioned images (%.3f of %ld)", rate_first,
+          images - dropped);
     CHECK(fabs(rate_drop - 0.1) < 0.02, "caption dropped for 10%% of images (%.3f of %ld)", rate_drop, images);
     CHECK(limited == images - dropped - first, "noise_limit flags exactly the image-first pairs (%ld)", limited);
     double mean = lat_sum / lat_n, sd = sqrt(lat_sq / lat_n - mean * mean);
@@ -233,7 +272,8 @@ int main(void) {
         owned a = get(pn, &s, step, 0, 1, 8), b = get(p, &s, step, 0, 1, 8);
         for (int i = 0; i < a.b.n_images; i++) limited_off += a.b.noise_limit[i];
         same_rows &= a.b.n_images == b.b.n_images && !memcmp(a.b.tokens, b.b.tokens, sizeof(int32_t) * 8 * SEQ);
-        free(a.payload); free(b.payload);
+        free(a.payload);
+        free(b.payload);
     }
     CHECK(limited_off == 0 && same_rows, "--noise-limit off: the same rows with no image noise-limited");
     CHECK(packer_fingerprint(pn) != packer_fingerprint(p), "the fingerprint covers the noise limit");
@@ -249,7 +289,8 @@ int main(void) {
         for (int rank = 0; rank < 2; rank++) {
             owned a = get(fresh, &s, jumps[k], rank, 2, 4), b = get(q, &s, jumps[k], rank, 2, 4);
             ok &= same(&a, &b);
-            free(a.payload); free(b.payload);
+            free(a.payload);
+            free(b.payload);
         }
         packer_free(fresh);
     }
@@ -266,7 +307,9 @@ int main(void) {
         ok &= !memcmp(one.b.sample_ids + r0.b.n_docs, r1.b.sample_ids, r1.b.n_docs * 8);
         for (size_t i = 0; i < half; i++)
             ok &= one.b.image[half + i] == (r1.b.image[i] < 0 ? -1 : r1.b.image[i] + r0.b.n_images);
-        free(one.payload); free(r0.payload); free(r1.payload);
+        free(one.payload);
+        free(r0.payload);
+        free(r1.payload);
     }
     CHECK(ok, "2 ranks x 4 rows see exactly the global batch of 1 rank x 8 rows (40 steps)");
 
@@ -282,26 +325,34 @@ int main(void) {
     for (int64_t row = 0;; row++) {
         packer_plan(q, row, 1, &pl);
         int64_t img_row = 0;
-        for (int k = 0; k < pl.n_items; k++) if (pl.items[k].image) img_row++;
+        for (int k = 0; k < pl.n_items; k++)
+            if (pl.items[k].image) img_row++;
         if (text_used + SEQ > text_epoch || img_used + img_row > s.n_images) break;
         for (int k = 0; k < pl.n_items; k++) {
             const pack_item *it = &pl.items[k];
-            if (it->image) { twice |= img_seen[it->index]++; img_used++; continue; }
+            if (it->image) {
+                twice |= img_seen[it->index]++;
+                img_used++;
+                continue;
+            }
             if (!seen[it->index]) seen[it->index] = calloc(s.doc_len[it->index] + 2, 1);
             for (uint32_t x = it->from; x < it->from + it->len; x++) twice |= seen[it->index][x]++;
             text_used += it->len;
         }
     }
-    CHECK(!twice && img_used > 100 && text_used > 1000, "within an epoch no image (%lld used) and no text position (%lld) appears twice",
-          (long long)img_used, (long long)text_used);
+    CHECK(!twice && img_used > 100 && text_used > 1000,
+          "within an epoch no image (%lld used) and no text position (%lld) appears twice", (long long)img_used,
+          (long long)text_used);
     for (int64_t d = 0; d < s.n_docs; d++) free(seen[d]);
-    free(seen); free(img_seen);
+    free(seen);
+    free(img_seen);
 
     /* Epoch boundaries: a later image epoch is another order, rows stay well formed. */
     packer_plan(q, 0, 40, &pl);
     int64_t first_ids[8], n_first = 0;
-    for (int k = 0; k < pl.n_items && n_first < 8; k++) if (pl.items[k].image) first_ids[n_first++] = pl.items[k].index;
-    int64_t far = 40000;   /* past several epochs of both streams */
+    for (int k = 0; k < pl.n_items && n_first < 8; k++)
+        if (pl.items[k].image) first_ids[n_first++] = pl.items[k].index;
+    int64_t far = 40000; /* past several epochs of both streams */
     bad = NULL;
     for (int64_t step = far; step < far + 30 && !bad; step++) {
         owned o = get(q, &s, step, 0, 1, 8);
@@ -311,7 +362,7 @@ int main(void) {
     CHECK(!bad, "rows across later epoch boundaries are well formed (%s)", bad ? bad : "");
     /* Image epoch e starts at the first row whose images passed e * n_images. */
     pack_plan pl2 = {0};
-    int64_t per_row = SEQ / 2 / 40 + 1, row_e1 = (int64_t)(s.n_images / per_row) + 50;   /* a row inside epoch 1 */
+    int64_t per_row = SEQ / 2 / 40 + 1, row_e1 = (int64_t)(s.n_images / per_row) + 50; /* a row inside epoch 1 */
     packer_plan(q, row_e1, 40, &pl2);
     int differs = 0;
     for (int k = 0, m = 0; k < pl2.n_items && m < n_first; k++)
@@ -327,24 +378,39 @@ int main(void) {
     packer *x1 = packer_create(&s, &e1, err);
     CHECK(!x1 && strstr(err, "--patch-size 3"), "a patch size that does not divide 8 is refused (%s)", err);
     packer *x2 = packer_create(&s, &e2, err);
-    CHECK(!x2 && strstr(err, "--image-fraction"), "a fraction that leaves no room for an image document is refused (%s)", err);
+    CHECK(!x2 && strstr(err, "--image-fraction"),
+          "a fraction that leaves no room for an image document is refused (%s)", err);
 
     /* Token shard corruption is named. */
     char path[256], copy[256], cmd[700];
     snprintf(path, sizeof path, "%s/corpus.tok", fx.text);
     snprintf(copy, sizeof copy, "%s/bad.tok", fx.dir);
     token_shard ts;
-    static const struct { long at; int byte; const char *want; } damage[] = {
-        {0, 'X', "wrong magic"}, {8, 7, "version 7"}, {12, 9, "unknown dtype"}, {200, 0x55, "checksum mismatch"}, {-1, 0, "size"}};
+    static const struct {
+        long at;
+        int byte;
+        const char *want;
+    } damage[] = {{0, 'X', "wrong magic"},
+                  {8, 7, "version 7"},
+                  {12, 9, "unknown dtype"},
+                  {200, 0x55, "checksum mismatch"},
+                  {-1, 0, "size"}};
     for (int k = 0; k < 5; k++) {
         snprintf(cmd, sizeof cmd, "cp %s %s", path, copy);
-        if (system(cmd)) { CHECK(0, "copy a shard: %s", cmd); break; }
+        if (system(cmd)) {
+            CHECK(0, "copy a shard: %s", cmd);
+            break;
+        }
         FILE *f = fopen(copy, "r+b");
-        if (damage[k].at >= 0) { fseek(f, damage[k].at, SEEK_SET); fputc(damage[k].byte, f); }
+        if (damage[k].at >= 0) {
+            fseek(f, damage[k].at, SEEK_SET);
+            fputc(damage[k].byte, f);
+        }
         fclose(f);
         if (damage[k].at < 0) truncate(copy, 100);
         int rc = token_shard_open(copy, &ts, err);
-        CHECK(rc != 0 && strstr(err, damage[k].want) && strstr(err, "bad.tok"), "damaged token shard: %s (%s)", damage[k].want, err);
+        CHECK(rc != 0 && strstr(err, damage[k].want) && strstr(err, "bad.tok"), "damaged token shard: %s (%s)",
+              damage[k].want, err);
     }
     CHECK(token_shard_open(path, &ts, err) == 0 && ts.n_docs == 300, "the intact shard opens");
     token_shard_close(&ts);

@@ -49,11 +49,27 @@ static void kill_child(void) {
 
 /* Starts the server on `where`; its stdout line names the bound endpoint. */
 static int start_server(const char *where, char *fingerprint) {
-    char *argv[] = {bin, "serve", "--text", fx.text, "--latents", fx.latents, "--tokenizer", fx.tok,
-                    "--patch-size", "2", "--seq-len", "128", "--rows-per-rank", "4", "--seed", "7",
-                    "--endpoint", (char *)where, NULL};
+    char *argv[] = {bin,
+                    "serve",
+                    "--text",
+                    fx.text,
+                    "--latents",
+                    fx.latents,
+                    "--tokenizer",
+                    fx.tok,
+                    "--patch-size",
+                    "2",
+                    "--seq-len",
+                    "128",
+                    "--rows-per-rank",
+                    "4",
+                    "--seed",
+                    "7",
+                    "--endpoint",
+                    (char *)where,
+                    NULL};
     int out = -1;
-    child = spawn(argv, &out, NULL);   /* stderr: the test's log */
+    child = spawn(argv, &out, NULL); /* stderr: the test's log */
     char line[512];
     if (child < 0 || read_text(out, line, sizeof line, 1, 20000) <= 0) return -1;
     close(out);
@@ -70,7 +86,13 @@ static size_t payload_size(const dl_batch *b) {
     return dl_payload_layout(&h, off);
 }
 
-typedef struct { int rank; void *got[STEPS]; size_t len[STEPS]; int64_t step[STEPS]; char err[ERR_LEN]; } client_run;
+typedef struct {
+    int rank;
+    void *got[STEPS];
+    size_t len[STEPS];
+    int64_t step[STEPS];
+    char err[ERR_LEN];
+} client_run;
 
 static void *fetch(void *arg) {
     client_run *r = arg;
@@ -91,7 +113,8 @@ static void *fetch(void *arg) {
 static int matches(packer *p, const sources *s, int64_t step, int rank, int world, const void *got, size_t len) {
     static pack_plan plan;
     packer_plan(p, step * world * ROWS + (int64_t)rank * ROWS, ROWS, &plan);
-    dl_reply h = {.B = ROWS, .L = SEQ, .n_images = plan.n_images, .n_docs = plan.n_items, .C = s->C, .h = s->h, .w = s->w};
+    dl_reply h = {
+        .B = ROWS, .L = SEQ, .n_images = plan.n_images, .n_docs = plan.n_items, .C = s->C, .h = s->h, .w = s->w};
     size_t off[7], n = dl_payload_layout(&h, off);
     void *want = calloc(1, n);
     dl_batch b;
@@ -126,14 +149,26 @@ int main(void) {
     atexit(kill_child);
     char err[ERR_LEN], fp[64];
     snprintf(bin, sizeof bin, "%s/dataloader", getenv("BIN") ? getenv("BIN") : "bin");
-    if (fixture_make(&fx, 200, 2, 60, 0, 4, 8, 8)) { CHECK(0, "fixture made"); return 1; }
+    if (fixture_make(&fx, 200, 2, 60, 0, 4, 8, 8)) {
+        CHECK(0, "fixture made");
+        return 1;
+    }
     spm *tok = spm_load(fx.tok, err);
     sources s;
     source_options so = {0, 64};
-    pack_config pc = {.L = SEQ, .patch = 2, .max_caption = 64, .image_fraction = 0.5, .caption_first = 0.8,
-                      .drop_caption = 0.1, .seed = 7};
-    packer *p = tok && !sources_open(&s, fx.text, fx.latents, tok, fx.tok, &so, err) ? packer_create(&s, &pc, err) : NULL;
-    if (!p) { CHECK(0, "in-process packer (%s)", err); return 1; }
+    pack_config pc = {.L = SEQ,
+                      .patch = 2,
+                      .max_caption = 64,
+                      .image_fraction = 0.5,
+                      .caption_first = 0.8,
+                      .drop_caption = 0.1,
+                      .seed = 7};
+    packer *p =
+        tok && !sources_open(&s, fx.text, fx.latents, tok, fx.tok, &so, err) ? packer_create(&s, &pc, err) : NULL;
+    if (!p) {
+        CHECK(0, "in-process packer (%s)", err);
+        return 1;
+    }
     CHECK(start_server("tcp://127.0.0.1:*", fp) == 0, "server starts and names its endpoint (%s)", endpoint);
     char want_fp[32];
     snprintf(want_fp, sizeof want_fp, "%016llx", (unsigned long long)packer_fingerprint(p));
@@ -143,7 +178,10 @@ int main(void) {
     client_run runs[CLIENTS];
     pthread_t t[CLIENTS];
     memset(runs, 0, sizeof runs);
-    for (int r = 0; r < CLIENTS; r++) { runs[r].rank = r; pthread_create(&t[r], NULL, fetch, &runs[r]); }
+    for (int r = 0; r < CLIENTS; r++) {
+        runs[r].rank = r;
+        pthread_create(&t[r], NULL, fetch, &runs[r]);
+    }
     int all = 1, order = 1;
     for (int r = 0; r < CLIENTS; r++) {
         pthread_join(t[r], NULL);
@@ -162,9 +200,9 @@ int main(void) {
     char *info = c ? dl_client_info(c, err) : NULL;
     cJSON *j = info ? cJSON_Parse(info) : NULL;
     CHECK(j && cJSON_GetObjectItem(j, "boi_token_id")->valueint == s.ids.boi &&
-          cJSON_GetObjectItem(j, "eos_token_id")->valueint == s.ids.eos &&
-          cJSON_GetObjectItem(j, "vocab_size")->valueint == s.ids.vocab_size &&
-          cJSON_GetObjectItem(j, "patches_per_image")->valueint == 16,
+              cJSON_GetObjectItem(j, "eos_token_id")->valueint == s.ids.eos &&
+              cJSON_GetObjectItem(j, "vocab_size")->valueint == s.ids.vocab_size &&
+              cJSON_GetObjectItem(j, "patches_per_image")->valueint == 16,
           "info names the special ids, vocabulary and patches (%s)", info ? info : err);
     cJSON_Delete(j);
     free(info);
@@ -190,8 +228,8 @@ int main(void) {
         dl_batch b;
         fine = dl_client_next(c, &b, err) == 0 && matches(p, &s, 100 + k, 1, 2, b.sample_ids, payload_size(&b));
     }
-    CHECK(fine && now_s() - t0 < 10, "with a client that never reads 400 replies, another gets 20 correct steps in %.2f s",
-          now_s() - t0);
+    CHECK(fine && now_s() - t0 < 10,
+          "with a client that never reads 400 replies, another gets 20 correct steps in %.2f s", now_s() - t0);
 
     /* Malformed requests: an error reply each, and the server goes on. */
     uint8_t good[DL_REQUEST_BYTES], v2[DL_REQUEST_BYTES], rank_bad[DL_REQUEST_BYTES], step_bad[DL_REQUEST_BYTES];
@@ -199,12 +237,20 @@ int main(void) {
     dl_request_encode(&rq, good);
     memcpy(v2, good, sizeof v2);
     v2[4] = 2;
-    rq.rank = 5; rq.world = 2;
+    rq.rank = 5;
+    rq.world = 2;
     dl_request_encode(&rq, rank_bad);
-    rq.rank = 0; rq.step = -4;
+    rq.rank = 0;
+    rq.step = -4;
     dl_request_encode(&rq, step_bad);
     static char big[10000];
-    struct { const char *name; const void *f[2]; size_t n[2]; int frames; const char *want; } bad[] = {
+    struct {
+        const char *name;
+        const void *f[2];
+        size_t n[2];
+        int frames;
+        const char *want;
+    } bad[] = {
         {"a 5-byte frame", {"hello"}, {5}, 1, "bad magic"},
         {"another protocol version", {v2}, {sizeof v2}, 1, "protocol version 2"},
         {"rank 5 of 2", {rank_bad}, {sizeof rank_bad}, 1, "rank 5"},
@@ -237,7 +283,8 @@ int main(void) {
     dl_client_options o = {4, 2000, 3, packer_fingerprint(p) ^ 1};
     c = dl_client_open(endpoint, 0, 1, 0, &o, err);
     dl_batch b;
-    CHECK(c && dl_client_next(c, &b, err) != 0 && strstr(err, "fingerprint"), "a client pinned to another fingerprint is refused (%s)", err);
+    CHECK(c && dl_client_next(c, &b, err) != 0 && strstr(err, "fingerprint"),
+          "a client pinned to another fingerprint is refused (%s)", err);
     dl_client_close(c);
 
     /* A caller busy for longer than the timeout (a long step, an
@@ -266,9 +313,10 @@ int main(void) {
             steady = start_server(again, NULL) == 0;
         }
         steady = steady && dl_client_next(c, &b, err) == 0 && b.step == 50 + k &&
-                 matches(p, &s, 50 + k, 1, 3, b.sample_ids, payload_size(&b));
+            matches(p, &s, 50 + k, 1, 3, b.sample_ids, payload_size(&b));
     }
-    CHECK(steady, "a client rides through a loader restart: steps 50..79 in order, each correct (%s)", steady ? "" : err);
+    CHECK(steady, "a client rides through a loader restart: steps 50..79 in order, each correct (%s)",
+          steady ? "" : err);
     dl_client_close(c);
 
     /* Two replicas behind one client: the same rows, whichever answers. */
@@ -282,7 +330,7 @@ int main(void) {
     int replicas = c != NULL;
     for (int k = 0; k < 16 && replicas; k++)
         replicas = dl_client_next(c, &b, err) == 0 && b.step == 7 + k &&
-                   matches(p, &s, 7 + k, 2, 4, b.sample_ids, payload_size(&b));
+            matches(p, &s, 7 + k, 2, 4, b.sample_ids, payload_size(&b));
     CHECK(replicas, "one client on two replicas gets steps 7..22 in order, each correct (%s)", replicas ? both : err);
     dl_client_close(c);
     kill_child();
@@ -302,15 +350,19 @@ int main(void) {
     dl_client_close(c);
 
     /* Bad startup input: exit 2, one line. */
-    struct { const char *name, *flag, *value, *want; } startup[] = {
+    struct {
+        const char *name, *flag, *value, *want;
+    } startup[] = {
         {"port out of range", "--endpoint", "tcp://127.0.0.1:99999", "port out of range"},
         {"an image fraction with no room", "--image-fraction", "0.9", "--image-fraction"},
         {"a patch size that does not divide", "--patch-size", "3", "--patch-size 3"},
         {"a missing text folder", "--text", "/nonexistent", "/nonexistent/dataset.json"},
     };
     for (int k = 0; k < 4; k++) {
-        char *argv[] = {bin, "serve", "--text", fx.text, "--latents", fx.latents, "--tokenizer", fx.tok,
-                        "--patch-size", "2", "--endpoint", "tcp://127.0.0.1:*", "--image-fraction", "0.5", NULL};
+        char *argv[] = {
+            bin,    "serve",        "--text", fx.text,      "--latents",         fx.latents,         "--tokenizer",
+            fx.tok, "--patch-size", "2",      "--endpoint", "tcp://127.0.0.1:*", "--image-fraction", "0.5",
+            NULL};
         for (int a = 2; argv[a]; a += 2)
             if (strcmp(argv[a], startup[k].flag) == 0) argv[a + 1] = (char *)startup[k].value;
         int out = -1, errfd = -1;

@@ -41,7 +41,8 @@ int main(void) {
     for (int i = 0; i < N; i++)
         for (int j = 0; j < D; j++) b[i * D + j] = (float)(2 * (a[i * D + j] - mu[j]) + mu[j] + 1.0);
     double scaled = frechet_distance(a, N, b, N, D), want = D * 1.0 + tr;
-    CHECK(fabs(scaled - want) < 1e-4 * want, "scaled by 2 and shifted by 1: %.6f, want D + tr(S_a) = %.6f", scaled, want);
+    CHECK(fabs(scaled - want) < 1e-4 * want, "scaled by 2 and shifted by 1: %.6f, want D + tr(S_a) = %.6f", scaled,
+          want);
 
     double few = frechet_distance(a, 8, a + 8 * D, 8, D);
     CHECK(isfinite(few) && few >= 0, "8 samples in 24 dimensions: finite and >= 0 (%.4f)", few);

@@ -18,12 +18,24 @@ static double loss_of(model *m, const plan *p) {
 }
 
 int main(void) {
-    model_config c = {.vocab_size = 41, .hidden_size = 24, .num_hidden_layers = 2,
-                      .num_attention_heads = 3, .intermediate_size = 40, .rms_norm_eps = 1e-5f,
-                      .rope_theta = 10000, .latent_channels = 3, .latent_size = 4, .patch_size = 2,
-                      .max_image_patches = 5, .timestep_dim = 16, .diffusion_steps = 1000,
-                      .lambda_diffusion = 5, .bos_token_id = 1, .eos_token_id = 2,
-                      .boi_token_id = 39, .eoi_token_id = 40};
+    model_config c = {.vocab_size = 41,
+                      .hidden_size = 24,
+                      .num_hidden_layers = 2,
+                      .num_attention_heads = 3,
+                      .intermediate_size = 40,
+                      .rms_norm_eps = 1e-5f,
+                      .rope_theta = 10000,
+                      .latent_channels = 3,
+                      .latent_size = 4,
+                      .patch_size = 2,
+                      .max_image_patches = 5,
+                      .timestep_dim = 16,
+                      .diffusion_steps = 1000,
+                      .lambda_diffusion = 5,
+                      .bos_token_id = 1,
+                      .eos_token_id = 2,
+                      .boi_token_id = 39,
+                      .eoi_token_id = 40};
     nn_init(2);
     rng r;
     rng_seed(&r, 7);
@@ -51,19 +63,24 @@ int main(void) {
         size_t argmax = 0;
         float gmax = 0;
         for (size_t k = 0; k < pi->numel; k++)
-            if (fabsf(g[k]) > gmax) { gmax = fabsf(g[k]); argmax = k; }
+            if (fabsf(g[k]) > gmax) {
+                gmax = fabsf(g[k]);
+                argmax = k;
+            }
         double worst = 0;
         size_t probes[3] = {argmax, rng_u64(&r) % pi->numel, rng_u64(&r) % pi->numel};
         for (int q = 0; q < 3; q++) {
             float *w = m.ps.w + pi->offset + probes[q], w0 = *w;
-            *w = w0 + h; double lp = loss_of(&m, &p);
-            *w = w0 - h; double lm = loss_of(&m, &p);
+            *w = w0 + h;
+            double lp = loss_of(&m, &p);
+            *w = w0 - h;
+            double lm = loss_of(&m, &p);
             *w = w0;
             double fd = (lp - lm) / (2.0 * h), err = fabs(fd - g[probes[q]]);
             if (err > worst) worst = err;
         }
-        CHECK(gmax > 0 && worst <= 2e-3 * gmax + 1e-5,
-              "gradient of %s (max |g| %.3g, worst fd error %.3g)", pi->name, gmax, worst);
+        CHECK(gmax > 0 && worst <= 2e-3 * gmax + 1e-5, "gradient of %s (max |g| %.3g, worst fd error %.3g)", pi->name,
+              gmax, worst);
     }
     model_free(&m);
     plan_free(&p);

@@ -46,32 +46,38 @@ static void fill_nan(float *x, size_t n) {
 
 static double *dalloc(size_t n) {
     double *p = calloc(n ? n : 1, sizeof(double));
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
     return p;
 }
 
 /* got[i] - base[i] against ref[i] (base may be NULL): max |error| must be at
  * most tol * max |ref|. NaN anywhere fails. */
-static void compare(const char *what, const float *got, const float *base, const double *ref,
-                    size_t n, double tol) {
+static void compare(const char *what, const float *got, const float *base, const double *ref, size_t n, double tol) {
     double err = 0.0, mx = 0.0;
     size_t at = 0, nans = 0;
     for (size_t i = 0; i < n; i++) {
         double e = fabs((double)got[i] - (base ? (double)base[i] : 0.0) - ref[i]);
         if (fabs(ref[i]) > mx) mx = fabs(ref[i]);
-        if (isnan(e)) { nans++; continue; }
-        if (e > err) { err = e; at = i; }
+        if (isnan(e)) {
+            nans++;
+            continue;
+        }
+        if (e > err) {
+            err = e;
+            at = i;
+        }
     }
-    CHECK(nans == 0 && err <= tol * mx,
-          "%s: max err %.3g (at %zu) vs max |ref| %.3g, rel %.2g <= %.0e, %zu NaN of %zu",
+    CHECK(nans == 0 && err <= tol * mx, "%s: max err %.3g (at %zu) vs max |ref| %.3g, rel %.2g <= %.0e, %zu NaN of %zu",
           what, err, at, mx, mx > 0 ? err / mx : err, tol, nans, n);
 }
 
 /* Two float64 numbers that should agree up to tol relative to scale. */
 static void compare_scalar(const char *what, double a, double b, double scale, double tol) {
     double err = fabs(a - b);
-    CHECK(err <= tol * scale, "%s: %.10g vs %.10g, err %.3g vs scale %.3g (tol %.0e rel)",
-          what, a, b, err, scale, tol);
+    CHECK(err <= tol * scale, "%s: %.10g vs %.10g, err %.3g vs scale %.3g (tol %.0e rel)", what, a, b, err, scale, tol);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -97,8 +103,7 @@ static double *padded(const float *x, const conv_shape *s, int *HP, int *WP) {
 }
 
 /* y[co, i, oy, ox] = b[co] + sum_{ci, ky, kx} w[co, ci, ky, kx] * xp[ci, i, oy*S + ky, ox*S + kx] */
-static void ref_conv_forward(double *y, const float *x, const float *w, const float *b,
-                             const conv_shape *s) {
+static void ref_conv_forward(double *y, const float *x, const float *w, const float *b, const conv_shape *s) {
     int hp, wp, ho = conv_out_h(s), wo = conv_out_w(s), k = s->k, S = s->stride;
     double *xp = padded(x, s, &hp, &wp);
     for (int co = 0; co < s->c_out; co++)
@@ -110,15 +115,15 @@ static void ref_conv_forward(double *y, const float *x, const float *w, const fl
                         for (int ky = 0; ky < k; ky++)
                             for (int kx = 0; kx < k; kx++)
                                 acc += (double)w[((co * s->c_in + ci) * k + ky) * k + kx] *
-                                       xp[(((size_t)ci * s->n + i) * hp + oy * S + ky) * wp + ox * S + kx];
+                                    xp[(((size_t)ci * s->n + i) * hp + oy * S + ky) * wp + ox * S + kx];
                     y[AT(i, oy, ox, co, ho, wo, s->c_out)] = acc;
                 }
     free(xp);
 }
 
 /* Gradients of sum(y * g): dx through the padded input (then cropped), dw, db. */
-static void ref_conv_backward(double *dx, double *dw, double *db, const float *g, const float *x,
-                              const float *w, const conv_shape *s) {
+static void ref_conv_backward(double *dx, double *dw, double *db, const float *g, const float *x, const float *w,
+                              const conv_shape *s) {
     int hp, wp, ho = conv_out_h(s), wo = conv_out_w(s), k = s->k, S = s->stride;
     double *xp = padded(x, s, &hp, &wp);
     double *dxp = dalloc((size_t)s->c_in * s->n * hp * wp);
@@ -156,15 +161,15 @@ static double xat(const float *x, const conv_shape *s, int c, int i, int y, int 
     return x[AT(i, y, x0, c, s->h, s->w, s->c_in)];
 }
 
-static double ref_y_at(const float *x, const float *w, const float *b, const conv_shape *s,
-                       int co, int i, int oy, int ox) {
+static double ref_y_at(const float *x, const float *w, const float *b, const conv_shape *s, int co, int i, int oy,
+                       int ox) {
     int k = s->k;
     double acc = b ? b[co] : 0.0;
     for (int ci = 0; ci < s->c_in; ci++)
         for (int ky = 0; ky < k; ky++)
             for (int kx = 0; kx < k; kx++)
                 acc += (double)w[((co * s->c_in + ci) * k + ky) * k + kx] *
-                       xat(x, s, ci, i, oy * s->stride - s->pad_t + ky, ox * s->stride - s->pad_l + kx);
+                    xat(x, s, ci, i, oy * s->stride - s->pad_t + ky, ox * s->stride - s->pad_l + kx);
     return acc;
 }
 
@@ -178,8 +183,7 @@ static double ref_dx_at(const float *g, const float *w, const conv_shape *s, int
                 if (ty < 0 || tx < 0 || ty % s->stride || tx % s->stride) continue;
                 int oy = ty / s->stride, ox = tx / s->stride;
                 if (oy >= ho || ox >= wo) continue;
-                acc += (double)w[((co * s->c_in + ci) * k + ky) * k + kx] *
-                       g[AT(i, oy, ox, co, ho, wo, s->c_out)];
+                acc += (double)w[((co * s->c_in + ci) * k + ky) * k + kx] * g[AT(i, oy, ox, co, ho, wo, s->c_out)];
             }
     return acc;
 }
@@ -191,7 +195,7 @@ static double ref_dw_at(const float *g, const float *x, const conv_shape *s, int
         for (int oy = 0; oy < ho; oy++)
             for (int ox = 0; ox < wo; ox++)
                 acc += (double)g[AT(i, oy, ox, co, ho, wo, s->c_out)] *
-                       xat(x, s, ci, i, oy * s->stride - s->pad_t + ky, ox * s->stride - s->pad_l + kx);
+                    xat(x, s, ci, i, oy * s->stride - s->pad_t + ky, ox * s->stride - s->pad_l + kx);
     return acc;
 }
 
@@ -207,8 +211,8 @@ static double dot(const float *a, const float *b, size_t n, double *abs_sum) {
 }
 
 static void shape_name(char *buf, size_t len, const char *tag, const conv_shape *s) {
-    snprintf(buf, len, "conv %s k%d s%d pad(t%d l%d b%d r%d) cin %d cout %d n %d %dx%d", tag, s->k,
-             s->stride, s->pad_t, s->pad_l, s->pad_b, s->pad_r, s->c_in, s->c_out, s->n, s->h, s->w);
+    snprintf(buf, len, "conv %s k%d s%d pad(t%d l%d b%d r%d) cin %d cout %d n %d %dx%d", tag, s->k, s->stride, s->pad_t,
+             s->pad_l, s->pad_b, s->pad_r, s->c_in, s->c_out, s->n, s->h, s->w);
 }
 
 /* Full comparison of forward and backward on a small shape. */
@@ -279,9 +283,23 @@ static void conv_case(const char *tag, conv_shape s, int with_bias) {
     snprintf(what, sizeof what, "%s adjoint <conv(x),g> = <w,dw>", nm);
     compare_scalar(what, a, cw, scale, TOL_ADJ);
 
-    free(yr); free(dxr); free(dwr); free(dbr);
-    nn_free(x); nn_free(w); nn_free(b); nn_free(g); nn_free(y); nn_free(y2); nn_free(ynb);
-    nn_free(dx); nn_free(dw); nn_free(db); nn_free(dw0); nn_free(db0); nn_free(dw2);
+    free(yr);
+    free(dxr);
+    free(dwr);
+    free(dbr);
+    nn_free(x);
+    nn_free(w);
+    nn_free(b);
+    nn_free(g);
+    nn_free(y);
+    nn_free(y2);
+    nn_free(ynb);
+    nn_free(dx);
+    nn_free(dw);
+    nn_free(db);
+    nn_free(dw0);
+    nn_free(db0);
+    nn_free(dw2);
 }
 
 /* x rounded to the nearest bfloat16 (ties to even), as oneDNN's reorder does. */
@@ -337,9 +355,23 @@ static void conv_case_bf16(const char *tag, conv_shape s, int with_bias) {
     compare(what, dw, NULL, dwr, nw, TOL_GRAD);
     snprintf(what, sizeof what, "%s backward db (float32 dy)", nm);
     compare(what, db, NULL, dbr, s.c_out, TOL_GRAD);
-    free(yr); free(dxr); free(dwr); free(dbr); free(unused_dx); free(unused_dw);
-    nn_free(x); nn_free(w); nn_free(b); nn_free(g); nn_free(xr); nn_free(wr); nn_free(gr);
-    nn_free(y); nn_free(dx); nn_free(dw); nn_free(db);
+    free(yr);
+    free(dxr);
+    free(dwr);
+    free(dbr);
+    free(unused_dx);
+    free(unused_dw);
+    nn_free(x);
+    nn_free(w);
+    nn_free(b);
+    nn_free(g);
+    nn_free(xr);
+    nn_free(wr);
+    nn_free(gr);
+    nn_free(y);
+    nn_free(dx);
+    nn_free(dw);
+    nn_free(db);
 }
 
 /* s.fixed_weights (inference): the forward may keep its transform of w
@@ -390,8 +422,15 @@ static void conv_case_fixed(const char *tag, conv_shape s, int with_bias, int wi
     snprintf(what, sizeof what, "%s fixed weights: new values in the same buffer are followed", nm);
     compare(what, y, NULL, yr, ny, TOL_FWD);
 
-    free(yr); free(yr2);
-    nn_free(x); nn_free(w); nn_free(w2); nn_free(b); nn_free(y); nn_free(y2); nn_free(yd);
+    free(yr);
+    free(yr2);
+    nn_free(x);
+    nn_free(w);
+    nn_free(w2);
+    nn_free(b);
+    nn_free(y);
+    nn_free(y2);
+    nn_free(yd);
 }
 
 /* A VAE-sized shape: sampled entries, full identities. */
@@ -426,8 +465,14 @@ static void conv_case_large(const char *tag, conv_shape s, int with_bias, int sa
             int i = imgs[t];
             for (int q = 0; q < samples_per_image + 4; q++) {
                 int co = rng_int(&R, 0, s.c_out - 1), oy, ox;
-                if (q < 4) { oy = (q & 1) ? ho - 1 : 0; ox = (q & 2) ? wo - 1 : 0; }   /* corners */
-                else { oy = rng_int(&R, 0, ho - 1); ox = rng_int(&R, 0, wo - 1); }
+                if (q < 4) {
+                    oy = (q & 1) ? ho - 1 : 0;
+                    ox = (q & 2) ? wo - 1 : 0;
+                } /* corners */
+                else {
+                    oy = rng_int(&R, 0, ho - 1);
+                    ox = rng_int(&R, 0, wo - 1);
+                }
                 got[m] = y[AT(i, oy, ox, co, ho, wo, s.c_out)];
                 ref[m++] = ref_y_at(x, w, bias, &s, co, i, oy, ox);
             }
@@ -456,8 +501,13 @@ static void conv_case_large(const char *tag, conv_shape s, int with_bias, int sa
             int i = imgs[t];
             for (int q = 0; q < samples_per_image + 4; q++) {
                 int ci = rng_int(&R, 0, s.c_in - 1), yy, xx;
-                if (q < 4) { yy = (q & 1) ? s.h - 1 : 0; xx = (q & 2) ? s.w - 1 : 0; }
-                else { yy = rng_int(&R, 0, s.h - 1); xx = rng_int(&R, 0, s.w - 1); }
+                if (q < 4) {
+                    yy = (q & 1) ? s.h - 1 : 0;
+                    xx = (q & 2) ? s.w - 1 : 0;
+                } else {
+                    yy = rng_int(&R, 0, s.h - 1);
+                    xx = rng_int(&R, 0, s.w - 1);
+                }
                 got[m] = dx[AT(i, yy, xx, ci, s.h, s.w, s.c_in)];
                 ref[m++] = ref_dx_at(g, w, &s, ci, i, yy, xx);
             }
@@ -476,7 +526,11 @@ static void conv_case_large(const char *tag, conv_shape s, int with_bias, int sa
             int co = rng_int(&R, 0, s.c_out - 1), ci = rng_int(&R, 0, s.c_in - 1);
             int ky = rng_int(&R, 0, k - 1), kx = rng_int(&R, 0, k - 1);
             if (q == 0) co = ci = ky = kx = 0;
-            if (q == 1) { co = s.c_out - 1; ci = s.c_in - 1; ky = kx = k - 1; }
+            if (q == 1) {
+                co = s.c_out - 1;
+                ci = s.c_in - 1;
+                ky = kx = k - 1;
+            }
             size_t wi = ((size_t)(co * s.c_in + ci) * k + ky) * k + kx;
             got[q] = dw[wi];
             base[q] = dw0[wi];
@@ -515,16 +569,24 @@ static void conv_case_large(const char *tag, conv_shape s, int with_bias, int sa
         snprintf(what, sizeof what, "%s adjoint <conv(x),g> = <w,dw> (dx NULL, db NULL)", nm);
         compare_scalar(what, a, cw, scale, TOL_ADJ);
     }
-    nn_free(x); nn_free(w); nn_free(b); nn_free(g); nn_free(y); nn_free(dx);
-    nn_free(dw); nn_free(dw0); nn_free(db); nn_free(db0);
+    nn_free(x);
+    nn_free(w);
+    nn_free(b);
+    nn_free(g);
+    nn_free(y);
+    nn_free(dx);
+    nn_free(dw);
+    nn_free(dw0);
+    nn_free(db);
+    nn_free(db0);
 }
 
 /* ---------------------------------------------------------------------- */
 /* group norm                                                              */
 
 /* float64 forward on [n, hw, C]; mean, rstd [n, groups] may be NULL. */
-static void ref_gn_forward(double *y, double *mean, double *rstd, const double *x, const double *w,
-                           const double *b, int C, int n, int hw, int groups, double eps) {
+static void ref_gn_forward(double *y, double *mean, double *rstd, const double *x, const double *w, const double *b,
+                           int C, int n, int hw, int groups, double eps) {
     int cpg = C / groups;
     for (int i = 0; i < n; i++)
         for (int gq = 0; gq < groups; gq++) {
@@ -549,8 +611,8 @@ static void ref_gn_forward(double *y, double *mean, double *rstd, const double *
 }
 
 /* Analytic gradients of sum(y * g) in float64. */
-static void ref_gn_backward(double *dx, double *dw, double *db, const double *g, const double *x,
-                            const double *w, int C, int n, int hw, int groups, double eps) {
+static void ref_gn_backward(double *dx, double *dw, double *db, const double *g, const double *x, const double *w,
+                            int C, int n, int hw, int groups, double eps) {
     int cpg = C / groups;
     double cnt = (double)cpg * hw;
     for (int c = 0; c < C; c++) dw[c] = db[c] = 0.0;
@@ -586,8 +648,8 @@ static void ref_gn_backward(double *dx, double *dw, double *db, const double *g,
         }
 }
 
-static double gn_loss(const double *x, const double *w, const double *b, const double *g,
-                      double *ybuf, int C, int n, int hw, int groups, double eps) {
+static double gn_loss(const double *x, const double *w, const double *b, const double *g, double *ybuf, int C, int n,
+                      int hw, int groups, double eps) {
     ref_gn_forward(ybuf, NULL, NULL, x, w, b, C, n, hw, groups, eps);
     double s = 0.0;
     for (size_t k = 0; k < (size_t)C * n * hw; k++) s += ybuf[k] * g[k];
@@ -595,9 +657,8 @@ static double gn_loss(const double *x, const double *w, const double *b, const d
 }
 
 /* Central differences of sum(y * g) with respect to every entry of v. */
-static void gn_fd(double *grad, double *v, size_t nv, const double *x, const double *w,
-                  const double *b, const double *g, double *ybuf, int C, int n, int hw,
-                  int groups, double eps) {
+static void gn_fd(double *grad, double *v, size_t nv, const double *x, const double *w, const double *b,
+                  const double *g, double *ybuf, int C, int n, int hw, int groups, double eps) {
     for (size_t k = 0; k < nv; k++) {
         double keep = v[k], h = 1e-6 * fmax(1.0, fabs(keep));
         v[k] = keep + h;
@@ -616,8 +677,8 @@ static void to_double(double *d, const float *f, size_t n) {
 /* x = offset + spread * (per-channel scale) * U(-1, 1) */
 static void gn_case(int C, int n, int hw, int groups, double offset, double spread, int with_fd) {
     char nm[128], what[300];
-    snprintf(nm, sizeof nm, "group_norm C %d groups %d n %d hw %d offset %g spread %g", C, groups, n, hw,
-             offset, spread);
+    snprintf(nm, sizeof nm, "group_norm C %d groups %d n %d hw %d offset %g spread %g", C, groups, n, hw, offset,
+             spread);
     const float eps = 1e-6f;
     size_t N = (size_t)C * n * hw;
     float *x = nn_alloc(N), *w = nn_alloc(C), *b = nn_alloc(C), *g = nn_alloc(N), *y = nn_alloc(N);
@@ -627,8 +688,7 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
     for (int c = 0; c < C; c++) {
         double sc = spread * (0.2 + 2.0 * rng_uniform(&R)), sh = offset + spread * 0.5 * (rng_uniform(&R) - 0.5);
         for (int i = 0; i < n; i++)
-            for (int j = 0; j < hw; j++)
-                x[AT(i, 0, j, c, 1, hw, C)] = (float)(sh + sc * (2 * rng_uniform(&R) - 1));
+            for (int j = 0; j < hw; j++) x[AT(i, 0, j, c, 1, hw, C)] = (float)(sh + sc * (2 * rng_uniform(&R) - 1));
     }
     fill(w, C, -1.5, 1.5);
     fill(b, C, -1, 1);
@@ -654,7 +714,7 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
     compare(what, mean, NULL, mr, (size_t)n * groups, TOL_FWD);
     snprintf(what, sizeof what, "%s forward rstd", nm);
     compare(what, rstd, NULL, rr, (size_t)n * groups, TOL_FWD);
-    {   /* the fused inference kernel: silu of the same y, bit for bit */
+    { /* the fused inference kernel: silu of the same y, bit for bit */
         float *act = nn_alloc(N), *act2 = nn_alloc(N);
         nn_silu_forward(act, y, N);
         fill_nan(act2, N);
@@ -664,14 +724,14 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
         nn_free(act);
         nn_free(act2);
     }
-    {   /* chunked sums: the same bits for any thread count */
+    { /* chunked sums: the same bits for any thread count */
         float *y1 = nn_alloc(N);
         int threads = nn_threads();
         nn_init(1);
         nn_group_norm_forward(y1, mean, rstd, x, w, b, C, n, hw, groups, eps);
         nn_init(threads);
-        CHECK(memcmp(y, y1, N * sizeof(float)) == 0, "%s forward: 1 thread and %d threads give the same bits",
-              nm, threads);
+        CHECK(memcmp(y, y1, N * sizeof(float)) == 0, "%s forward: 1 thread and %d threads give the same bits", nm,
+              threads);
         nn_free(y1);
     }
 
@@ -696,26 +756,50 @@ static void gn_case(int C, int n, int hw, int groups, double offset, double spre
         gn_fd(fdw, wd, C, xd, wd, bd, gd, ybuf, C, n, hw, groups, eps);
         gn_fd(fdb, bd, C, xd, wd, bd, gd, ybuf, C, n, hw, groups, eps);
         double e = 0.0, mx = 0.0;
-        for (size_t k = 0; k < N; k++) { e = fmax(e, fabs(fdx[k] - dxr[k])); mx = fmax(mx, fabs(fdx[k])); }
+        for (size_t k = 0; k < N; k++) {
+            e = fmax(e, fabs(fdx[k] - dxr[k]));
+            mx = fmax(mx, fabs(fdx[k]));
+        }
         for (int c = 0; c < C; c++) {
             e = fmax(e, fmax(fabs(fdw[c] - dwr[c]), fabs(fdb[c] - dbr[c])));
             mx = fmax(mx, fmax(fabs(fdw[c]), fabs(fdb[c])));
         }
-        CHECK(e <= 1e-6 * mx, "%s float64 analytic reference vs finite differences: max err %.3g vs max %.3g",
-              nm, e, mx);
+        CHECK(e <= 1e-6 * mx, "%s float64 analytic reference vs finite differences: max err %.3g vs max %.3g", nm, e,
+              mx);
         snprintf(what, sizeof what, "%s backward dx vs finite differences", nm);
         compare(what, dx, NULL, fdx, N, TOL_GRAD);
         snprintf(what, sizeof what, "%s backward dw vs finite differences", nm);
         compare(what, dw, dw0, fdw, C, TOL_GRAD);
         snprintf(what, sizeof what, "%s backward db vs finite differences", nm);
         compare(what, db, db0, fdb, C, TOL_GRAD);
-        free(fdx); free(fdw); free(fdb); free(ybuf);
+        free(fdx);
+        free(fdw);
+        free(fdb);
+        free(ybuf);
     }
 
-    free(xd); free(wd); free(bd); free(gd); free(yr); free(mr); free(rr);
-    free(dxr); free(dwr); free(dbr);
-    nn_free(x); nn_free(w); nn_free(b); nn_free(g); nn_free(y); nn_free(mean); nn_free(rstd);
-    nn_free(dx); nn_free(dw); nn_free(db); nn_free(dw0); nn_free(db0);
+    free(xd);
+    free(wd);
+    free(bd);
+    free(gd);
+    free(yr);
+    free(mr);
+    free(rr);
+    free(dxr);
+    free(dwr);
+    free(dbr);
+    nn_free(x);
+    nn_free(w);
+    nn_free(b);
+    nn_free(g);
+    nn_free(y);
+    nn_free(mean);
+    nn_free(rstd);
+    nn_free(dx);
+    nn_free(dw);
+    nn_free(db);
+    nn_free(dw0);
+    nn_free(db0);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -739,17 +823,18 @@ static void upsample_case(int n, int h, int w, int C) {
                     if (memcmp(&y[dst], &x[src], sizeof(float))) bad++;
                     dxr[src] += g[dst];
                 }
-    CHECK(bad == 0, "upsample2x forward n %d %dx%d C %d: exact copy, %zu of %zu outputs differ",
-          n, h, w, C, bad, ny);
+    CHECK(bad == 0, "upsample2x forward n %d %dx%d C %d: exact copy, %zu of %zu outputs differ", n, h, w, C, bad, ny);
     fill_nan(dx, nx);
     nn_upsample2x_backward(dx, g, n, h, w, C);
-    snprintf(what, sizeof what, "upsample2x backward n %d %dx%d C %d dx (overwritten) vs 2x2 block sums",
-             n, h, w, C);
+    snprintf(what, sizeof what, "upsample2x backward n %d %dx%d C %d dx (overwritten) vs 2x2 block sums", n, h, w, C);
     compare(what, dx, NULL, dxr, nx, TOL_FWD);
     double sa, sb, a = dot(y, g, ny, &sa), bb = dot(x, dx, nx, &sb);
     snprintf(what, sizeof what, "upsample2x n %d %dx%d C %d adjoint <up(x),g> = <x,up^T(g)>", n, h, w, C);
     compare_scalar(what, a, bb, fmax(sa, sb), TOL_ADJ);
-    nn_free(x); nn_free(y); nn_free(g); nn_free(dx);
+    nn_free(x);
+    nn_free(y);
+    nn_free(g);
+    nn_free(dx);
     free(dxr);
 }
 
@@ -772,7 +857,7 @@ static void abs_error_case(size_t n) {
     float *pred = nn_alloc(n), *target = nn_alloc(n), *dpred = nn_alloc(n), *alias = nn_alloc(n);
     fill(pred, n, -2, 2);
     fill(target, n, -2, 2);
-    for (size_t i = 0; i < n; i += 97) target[i] = pred[i];   /* exact ties: gradient 0 */
+    for (size_t i = 0; i < n; i += 97) target[i] = pred[i]; /* exact ties: gradient 0 */
     double ref = 0.0;
     for (size_t i = 0; i < n; i++) ref += fabs((double)pred[i] - target[i]);
 
@@ -782,8 +867,7 @@ static void abs_error_case(size_t n) {
     size_t touched = 0;
     for (size_t i = 0; i < n; i++) touched += dpred[i] != 7.0f;
     compare_scalar("abs_error value vs float64 sum (grad_scale 0)", v0, ref, ref, 1e-12);
-    CHECK(touched == 0, "abs_error grad_scale 0 leaves dpred untouched (%zu of %zu written), n %zu",
-          touched, n, n);
+    CHECK(touched == 0, "abs_error grad_scale 0 leaves dpred untouched (%zu of %zu written), n %zu", touched, n, n);
 
     const float gs = 0.375f;
     fill_nan(dpred, n);
@@ -796,8 +880,8 @@ static void abs_error_case(size_t n) {
     }
     CHECK(v1 == v0, "abs_error value with gradient equals value without (%.17g vs %.17g)", v1, v0);
     CHECK(bad == 0 && zeros > 0,
-          "abs_error gradient = %g * sign(pred - target), 0 at ties: %zu of %zu wrong, %zu zeros, n %zu",
-          gs, bad, n, zeros, n);
+          "abs_error gradient = %g * sign(pred - target), 0 at ties: %zu of %zu wrong, %zu zeros, n %zu", gs, bad, n,
+          zeros, n);
 
     /* dpred == pred: value from the unmodified pred, gradient in place */
     nn_copy(alias, pred, n);
@@ -811,9 +895,11 @@ static void abs_error_case(size_t n) {
     nn_init(1);
     double v3 = nn_abs_error(dpred, pred, target, n, 0.0f);
     nn_init(threads);
-    CHECK(v3 == v0, "abs_error value with 1 thread equals %d threads bitwise (%.17g vs %.17g)",
-          threads, v3, v0);
-    nn_free(pred); nn_free(target); nn_free(dpred); nn_free(alias);
+    CHECK(v3 == v0, "abs_error value with 1 thread equals %d threads bitwise (%.17g vs %.17g)", threads, v3, v0);
+    nn_free(pred);
+    nn_free(target);
+    nn_free(dpred);
+    nn_free(alias);
 }
 
 int main(void) {
@@ -821,15 +907,59 @@ int main(void) {
     rng_seed(&R, 20240611);
 
     /* 3x3, stride 1, pad 1 (the VAE's resnet and mid convs) */
-    conv_case("3x3", (conv_shape){.c_in = 3, .c_out = 4, .n = 3, .h = 7, .w = 5, .k = 3, .stride = 1,
-                                  .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 1);
-    conv_case("3x3", (conv_shape){.c_in = 5, .c_out = 2, .n = 3, .h = 5, .w = 7, .k = 3, .stride = 1,
-                                  .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 0);
+    conv_case("3x3",
+              (conv_shape){.c_in = 3,
+                           .c_out = 4,
+                           .n = 3,
+                           .h = 7,
+                           .w = 5,
+                           .k = 3,
+                           .stride = 1,
+                           .pad_t = 1,
+                           .pad_l = 1,
+                           .pad_b = 1,
+                           .pad_r = 1},
+              1);
+    conv_case("3x3",
+              (conv_shape){.c_in = 5,
+                           .c_out = 2,
+                           .n = 3,
+                           .h = 5,
+                           .w = 7,
+                           .k = 3,
+                           .stride = 1,
+                           .pad_t = 1,
+                           .pad_l = 1,
+                           .pad_b = 1,
+                           .pad_r = 1},
+              0);
     /* 3x3, stride 2, padding only at bottom and right (diffusers' Downsample2D) */
-    conv_case("down", (conv_shape){.c_in = 4, .c_out = 6, .n = 3, .h = 7, .w = 5, .k = 3, .stride = 2,
-                                   .pad_t = 0, .pad_l = 0, .pad_b = 1, .pad_r = 1}, 1);
-    conv_case("down", (conv_shape){.c_in = 3, .c_out = 5, .n = 3, .h = 8, .w = 6, .k = 3, .stride = 2,
-                                   .pad_t = 0, .pad_l = 0, .pad_b = 1, .pad_r = 1}, 0);
+    conv_case("down",
+              (conv_shape){.c_in = 4,
+                           .c_out = 6,
+                           .n = 3,
+                           .h = 7,
+                           .w = 5,
+                           .k = 3,
+                           .stride = 2,
+                           .pad_t = 0,
+                           .pad_l = 0,
+                           .pad_b = 1,
+                           .pad_r = 1},
+              1);
+    conv_case("down",
+              (conv_shape){.c_in = 3,
+                           .c_out = 5,
+                           .n = 3,
+                           .h = 8,
+                           .w = 6,
+                           .k = 3,
+                           .stride = 2,
+                           .pad_t = 0,
+                           .pad_l = 0,
+                           .pad_b = 1,
+                           .pad_r = 1},
+              0);
     /* 1x1 pointwise (a GEMM over the pixels) */
     conv_case("1x1", (conv_shape){.c_in = 5, .c_out = 3, .n = 3, .h = 7, .w = 5, .k = 1, .stride = 1}, 1);
     conv_case("1x1", (conv_shape){.c_in = 4, .c_out = 6, .n = 3, .h = 5, .w = 7, .k = 1, .stride = 1}, 0);
@@ -837,40 +967,129 @@ int main(void) {
     conv_case("valid", (conv_shape){.c_in = 3, .c_out = 2, .n = 3, .h = 7, .w = 5, .k = 3, .stride = 1}, 1);
     conv_case("1x1s2", (conv_shape){.c_in = 4, .c_out = 3, .n = 3, .h = 7, .w = 5, .k = 1, .stride = 2}, 1);
     /* every padding different, so a swapped pad_t / pad_l or h / w shows */
-    conv_case("asym", (conv_shape){.c_in = 3, .c_out = 4, .n = 3, .h = 7, .w = 6, .k = 3, .stride = 2,
-                                   .pad_t = 2, .pad_l = 0, .pad_b = 1, .pad_r = 2}, 1);
-    conv_case("asym", (conv_shape){.c_in = 4, .c_out = 3, .n = 3, .h = 5, .w = 9, .k = 3, .stride = 1,
-                                   .pad_t = 0, .pad_l = 2, .pad_b = 2, .pad_r = 1}, 0);
+    conv_case("asym",
+              (conv_shape){.c_in = 3,
+                           .c_out = 4,
+                           .n = 3,
+                           .h = 7,
+                           .w = 6,
+                           .k = 3,
+                           .stride = 2,
+                           .pad_t = 2,
+                           .pad_l = 0,
+                           .pad_b = 1,
+                           .pad_r = 2},
+              1);
+    conv_case("asym",
+              (conv_shape){.c_in = 4,
+                           .c_out = 3,
+                           .n = 3,
+                           .h = 5,
+                           .w = 9,
+                           .k = 3,
+                           .stride = 1,
+                           .pad_t = 0,
+                           .pad_l = 2,
+                           .pad_b = 2,
+                           .pad_r = 1},
+              0);
 
     /* the VAE's first level at 64 px, and a wide pointwise one */
-    conv_case_large("3x3 large", (conv_shape){.c_in = 32, .c_out = 4, .n = 40, .h = 64, .w = 64, .k = 3,
-                                                  .stride = 1, .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1},
-                      1, 40);
-    conv_case_large("1x1 large", (conv_shape){.c_in = 32, .c_out = 8, .n = 70, .h = 64, .w = 64, .k = 1,
-                                                  .stride = 1},
-                      1, 20);
+    conv_case_large("3x3 large",
+                    (conv_shape){.c_in = 32,
+                                 .c_out = 4,
+                                 .n = 40,
+                                 .h = 64,
+                                 .w = 64,
+                                 .k = 3,
+                                 .stride = 1,
+                                 .pad_t = 1,
+                                 .pad_l = 1,
+                                 .pad_b = 1,
+                                 .pad_r = 1},
+                    1, 40);
+    conv_case_large("1x1 large", (conv_shape){.c_in = 32, .c_out = 8, .n = 70, .h = 64, .w = 64, .k = 1, .stride = 1},
+                    1, 20);
 
     /* bf16 inputs: the VAE's 3x3, downsampling and output convolutions */
-    conv_case_bf16("3x3", (conv_shape){.c_in = 16, .c_out = 32, .n = 2, .h = 9, .w = 7, .k = 3, .stride = 1,
-                                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 1);
-    conv_case_bf16("down", (conv_shape){.c_in = 32, .c_out = 32, .n = 2, .h = 8, .w = 8, .k = 3, .stride = 2,
-                                        .pad_b = 1, .pad_r = 1}, 1);
-    conv_case_bf16("out", (conv_shape){.c_in = 16, .c_out = 3, .n = 3, .h = 6, .w = 5, .k = 3, .stride = 1,
-                                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 0);
+    conv_case_bf16("3x3",
+                   (conv_shape){.c_in = 16,
+                                .c_out = 32,
+                                .n = 2,
+                                .h = 9,
+                                .w = 7,
+                                .k = 3,
+                                .stride = 1,
+                                .pad_t = 1,
+                                .pad_l = 1,
+                                .pad_b = 1,
+                                .pad_r = 1},
+                   1);
+    conv_case_bf16(
+        "down",
+        (conv_shape){.c_in = 32, .c_out = 32, .n = 2, .h = 8, .w = 8, .k = 3, .stride = 2, .pad_b = 1, .pad_r = 1}, 1);
+    conv_case_bf16("out",
+                   (conv_shape){.c_in = 16,
+                                .c_out = 3,
+                                .n = 3,
+                                .h = 6,
+                                .w = 5,
+                                .k = 3,
+                                .stride = 1,
+                                .pad_t = 1,
+                                .pad_l = 1,
+                                .pad_b = 1,
+                                .pad_r = 1},
+                   0);
 
     /* fixed weights (inference): Winograd where oneDNN has it (3x3, stride
      * 1, channels in multiples of 16, AVX-512), the direct kernel with its
      * weight reorder kept elsewhere */
     int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    conv_case_fixed("3x3", (conv_shape){.c_in = 16, .c_out = 32, .n = 2, .h = 9, .w = 7, .k = 3, .stride = 1,
-                                        .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 1, avx512);
-    conv_case_fixed("3x3", (conv_shape){.c_in = 32, .c_out = 16, .n = 3, .h = 8, .w = 8, .k = 3, .stride = 1,
-                                        .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 0, avx512);
-    conv_case_fixed("down", (conv_shape){.c_in = 32, .c_out = 32, .n = 2, .h = 8, .w = 8, .k = 3, .stride = 2,
-                                         .pad_b = 1, .pad_r = 1}, 1, 0);
-    conv_case_fixed("in", (conv_shape){.c_in = 3, .c_out = 32, .n = 2, .h = 6, .w = 5, .k = 3, .stride = 1,
-                                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1}, 1, 0);
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    conv_case_fixed("3x3",
+                    (conv_shape){.c_in = 16,
+                                 .c_out = 32,
+                                 .n = 2,
+                                 .h = 9,
+                                 .w = 7,
+                                 .k = 3,
+                                 .stride = 1,
+                                 .pad_t = 1,
+                                 .pad_l = 1,
+                                 .pad_b = 1,
+                                 .pad_r = 1},
+                    1, avx512);
+    conv_case_fixed("3x3",
+                    (conv_shape){.c_in = 32,
+                                 .c_out = 16,
+                                 .n = 3,
+                                 .h = 8,
+                                 .w = 8,
+                                 .k = 3,
+                                 .stride = 1,
+                                 .pad_t = 1,
+                                 .pad_l = 1,
+                                 .pad_b = 1,
+                                 .pad_r = 1},
+                    0, avx512);
+    conv_case_fixed(
+        "down",
+        (conv_shape){.c_in = 32, .c_out = 32, .n = 2, .h = 8, .w = 8, .k = 3, .stride = 2, .pad_b = 1, .pad_r = 1}, 1,
+        0);
+    conv_case_fixed("in",
+                    (conv_shape){.c_in = 3,
+                                 .c_out = 32,
+                                 .n = 2,
+                                 .h = 6,
+                                 .w = 5,
+                                 .k = 3,
+                                 .stride = 1,
+                                 .pad_t = 1,
+                                 .pad_l = 1,
+                                 .pad_b = 1,
+                                 .pad_r = 1},
+                    1, 0);
 
     gn_case(6, 2, 10, 3, 0.3, 1.0, 1);
     gn_case(6, 2, 10, 2, 0.3, 1.0, 1);
@@ -890,7 +1109,7 @@ int main(void) {
     transpose_case(33, 1);
     transpose_case(64, 32);
 
-    abs_error_case(200003);   /* several float64 sum blocks */
+    abs_error_case(200003); /* several float64 sum blocks */
     abs_error_case(5);
 
     return CHECK_DONE();

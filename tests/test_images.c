@@ -27,8 +27,7 @@
 
 static char dir[] = "/tmp/test_images.XXXXXX";
 
-static const char *in_dir(const char *name)
-{
+static const char *in_dir(const char *name) {
     static char path[4][4096];
     static int next;
     char *p = path[next++ % 4];
@@ -43,45 +42,36 @@ typedef struct {
     size_t n, cap;
 } buf;
 
-static void put(buf *b, const void *data, size_t n)
-{
+static void put(buf *b, const void *data, size_t n) {
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 64;
         b->p = realloc(b->p, b->cap);
-        if (!b->p)
-            exit(1);
+        if (!b->p) exit(1);
     }
-    if (n)
-        memcpy(b->p + b->n, data, n);
+    if (n) memcpy(b->p + b->n, data, n);
     b->n += n;
 }
 
-static void put_be32(buf *b, uint32_t v)
-{
+static void put_be32(buf *b, uint32_t v) {
     unsigned char x[4] = {v >> 24, v >> 16, v >> 8, v};
     put(b, x, 4);
 }
 
 static void stb_put(void *ctx, void *data, int n) { put(ctx, data, (size_t)n); }
 
-static buf png(int w, int h, int comp, const unsigned char *px)
-{
+static buf png(int w, int h, int comp, const unsigned char *px) {
     buf b = {0};
-    if (!stbi_write_png_to_func(stb_put, &b, w, h, comp, px, w * comp))
-        exit(1);
+    if (!stbi_write_png_to_func(stb_put, &b, w, h, comp, px, w * comp)) exit(1);
     return b;
 }
 
-static buf jpg(int w, int h, int comp, const unsigned char *px)
-{
+static buf jpg(int w, int h, int comp, const unsigned char *px) {
     buf b = {0};
-    if (!stbi_write_jpg_to_func(stb_put, &b, w, h, comp, px, 95))
-        exit(1);
+    if (!stbi_write_jpg_to_func(stb_put, &b, w, h, comp, px, 95)) exit(1);
     return b;
 }
 
-static buf webp_lossy(int w, int h, const unsigned char *rgb)
-{
+static buf webp_lossy(int w, int h, const unsigned char *rgb) {
     uint8_t *out;
     size_t n = WebPEncodeRGB(rgb, w, h, w * 3, 95, &out);
     buf b = {0};
@@ -90,8 +80,7 @@ static buf webp_lossy(int w, int h, const unsigned char *rgb)
     return b;
 }
 
-static buf webp_lossless_rgba(int w, int h, const unsigned char *rgba)
-{
+static buf webp_lossless_rgba(int w, int h, const unsigned char *rgba) {
     uint8_t *out;
     size_t n = WebPEncodeLosslessRGBA(rgba, w, h, w * 4, &out);
     buf b = {0};
@@ -100,17 +89,14 @@ static buf webp_lossless_rgba(int w, int h, const unsigned char *rgba)
     return b;
 }
 
-static unsigned char *solid(int w, int h, int comp, const int *c)
-{
+static unsigned char *solid(int w, int h, int comp, const int *c) {
     unsigned char *px = malloc((size_t)w * h * comp);
     for (int i = 0; i < w * h; i++)
-        for (int k = 0; k < comp; k++)
-            px[i * comp + k] = (unsigned char)c[k];
+        for (int k = 0; k < comp; k++) px[i * comp + k] = (unsigned char)c[k];
     return px;
 }
 
-static buf solid_png(int w, int h, int r, int g, int b)
-{
+static buf solid_png(int w, int h, int r, int g, int b) {
     unsigned char *px = solid(w, h, 3, (int[]){r, g, b});
     buf out = png(w, h, 3, px);
     free(px);
@@ -119,12 +105,10 @@ static buf solid_png(int w, int h, int r, int g, int b)
 
 /* A side x side PNG of pseudo-random pixels: it barely compresses, so
  * cutting the file cuts its image data. */
-static buf noisy_png(int side)
-{
+static buf noisy_png(int side) {
     unsigned char *px = malloc((size_t)side * side * 3);
     uint32_t st = 12345;
-    for (int i = 0; i < side * side * 3; i++)
-        px[i] = (unsigned char)((st = st * 1103515245u + 12345u) >> 16);
+    for (int i = 0; i < side * side * 3; i++) px[i] = (unsigned char)((st = st * 1103515245u + 12345u) >> 16);
     buf b = png(side, side, 3, px);
     free(px);
     return b;
@@ -132,19 +116,16 @@ static buf noisy_png(int side)
 
 /* ---- PNG written by hand: palettes and lying headers ---------------------- */
 
-static uint32_t crc32_of(const unsigned char *p, size_t n)
-{
+static uint32_t crc32_of(const unsigned char *p, size_t n) {
     uint32_t c = 0xffffffffu;
     for (size_t i = 0; i < n; i++) {
         c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? (c >> 1) ^ 0xedb88320u : c >> 1;
+        for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0xedb88320u : c >> 1;
     }
     return c ^ 0xffffffffu;
 }
 
-static void png_chunk(buf *b, const char *type, const unsigned char *data, size_t n)
-{
+static void png_chunk(buf *b, const char *type, const unsigned char *data, size_t n) {
     buf c = {0};
     put(&c, type, 4);
     put(&c, data, n);
@@ -157,17 +138,14 @@ static void png_chunk(buf *b, const char *type, const unsigned char *data, size_
 /* A PNG with the given IHDR and raw scanlines (filter byte included), stored
  * in uncompressed deflate blocks; plte/trns optional. */
 static buf png_by_hand(uint32_t w, uint32_t h, int color_type, const unsigned char *raw, size_t raw_n,
-                       const unsigned char *plte, size_t plte_n, const unsigned char *trns, size_t trns_n)
-{
+                       const unsigned char *plte, size_t plte_n, const unsigned char *trns, size_t trns_n) {
     buf b = {0};
     put(&b, "\x89PNG\r\n\x1a\n", 8);
-    unsigned char ihdr[13] = {w >> 24, w >> 16, w >> 8, w, h >> 24, h >> 16, h >> 8, h,
-                              8, (unsigned char)color_type, 0, 0, 0};
+    unsigned char ihdr[13] = {w >> 24, w >> 16, w >> 8, w, h >> 24, h >> 16, h >> 8, h, 8, (unsigned char)color_type,
+                              0,       0,       0};
     png_chunk(&b, "IHDR", ihdr, sizeof ihdr);
-    if (plte)
-        png_chunk(&b, "PLTE", plte, plte_n);
-    if (trns)
-        png_chunk(&b, "tRNS", trns, trns_n);
+    if (plte) png_chunk(&b, "PLTE", plte, plte_n);
+    if (trns) png_chunk(&b, "tRNS", trns, trns_n);
     buf z = {0};
     put(&z, "\x78\x01", 2);
     size_t off = 0;
@@ -191,16 +169,14 @@ static buf png_by_hand(uint32_t w, uint32_t h, int color_type, const unsigned ch
 }
 
 /* A PNG whose IHDR claims w x h (RGB) with a few bytes of image data. */
-static buf png_claiming(uint32_t w, uint32_t h)
-{
+static buf png_claiming(uint32_t w, uint32_t h) {
     unsigned char raw[4] = {0};
     return png_by_hand(w, h, 2, raw, sizeof raw, NULL, 0, NULL, 0);
 }
 
 /* 16x16 palette image: top half palette entry 0 (opaque blue), bottom half
  * entry 1 (fully transparent red). */
-static buf palette_png(void)
-{
+static buf palette_png(void) {
     unsigned char raw[16 * 17];
     for (int y = 0; y < 16; y++) {
         raw[y * 17] = 0;
@@ -212,8 +188,7 @@ static buf palette_png(void)
 
 /* 16x16 RGBA: left half transparent black, right half opaque (10, 20, 30),
  * except column 0 which is half-transparent black. */
-static unsigned char *half_transparent(void)
-{
+static unsigned char *half_transparent(void) {
     unsigned char *px = malloc(16 * 16 * 4);
     for (int y = 0; y < 16; y++)
         for (int x = 0; x < 16; x++) {
@@ -232,44 +207,36 @@ static unsigned char *half_transparent(void)
 
 /* Largest difference, in 0..255 units, between the pixels of the region
  * [x0,x1) x [y0,y1) of a [3,n,n] image and the color c. */
-static double region_error(const float *rgb, int n, int x0, int x1, int y0, int y1, const int *c)
-{
+static double region_error(const float *rgb, int n, int x0, int x1, int y0, int y1, const int *c) {
     double worst = 0;
     for (int ch = 0; ch < 3; ch++)
         for (int y = y0; y < y1; y++)
             for (int x = x0; x < x1; x++) {
                 double v = (rgb[(size_t)ch * n * n + (size_t)y * n + x] + 1.0) * 127.5;
                 double d = fabs(v - c[ch]);
-                if (d > worst)
-                    worst = d;
+                if (d > worst) worst = d;
             }
     return worst;
 }
 
-static double image_error(const float *rgb, int n, int r, int g, int b)
-{
+static double image_error(const float *rgb, int n, int r, int g, int b) {
     return region_error(rgb, n, 0, n, 0, n, (int[]){r, g, b});
 }
 
-static int in_range(const float *rgb, int n)
-{
+static int in_range(const float *rgb, int n) {
     for (size_t i = 0; i < (size_t)3 * n * n; i++)
-        if (!(rgb[i] >= -1.0f && rgb[i] <= 1.0f))
-            return 0;
+        if (!(rgb[i] >= -1.0f && rgb[i] <= 1.0f)) return 0;
     return 1;
 }
 
-static int decodes(const buf *b, int size, float *rgb)
-{
+static int decodes(const buf *b, int size, float *rgb) {
     skip_reason why = SKIP_REASONS;
     int rc = image_decode(b->p, b->n, size, rgb, &why);
-    if (rc != 0)
-        printf("# decode failed: %s\n", skip_reason_name(why));
+    if (rc != 0) printf("# decode failed: %s\n", skip_reason_name(why));
     return rc == 0;
 }
 
-static skip_reason refusal(const unsigned char *p, size_t n, int size)
-{
+static skip_reason refusal(const unsigned char *p, size_t n, int size) {
     float *rgb = malloc((size_t)3 * size * size * sizeof *rgb);
     skip_reason why = SKIP_REASONS;
     int rc = image_decode(p, n, size, rgb, &why);
@@ -277,8 +244,7 @@ static skip_reason refusal(const unsigned char *p, size_t n, int size)
     return rc == 0 ? SKIP_REASONS : why;
 }
 
-static void test_decode(void)
-{
+static void test_decode(void) {
     float rgb[3 * 64 * 64];
 
     buf b = solid_png(32, 32, 200, 100, 50);
@@ -300,7 +266,8 @@ static void test_decode(void)
 
     unsigned char *ga = solid(16, 16, 2, (int[]){0, 0}); /* gray + alpha, transparent */
     b = png(16, 16, 2, ga);
-    CHECK(decodes(&b, 16, rgb) && image_error(rgb, 16, 255, 255, 255) < 0.01, "transparent gray+alpha png becomes white");
+    CHECK(decodes(&b, 16, rgb) && image_error(rgb, 16, 255, 255, 255) < 0.01,
+          "transparent gray+alpha png becomes white");
     free(b.p);
     free(ga);
 
@@ -315,7 +282,8 @@ static void test_decode(void)
     CHECK(decodes(&b, 16, rgb) && region_error(rgb, 16, 1, 8, 0, 16, (int[]){255, 255, 255}) < 0.01 &&
               region_error(rgb, 16, 8, 16, 0, 16, (int[]){10, 20, 30}) < 0.01,
           "rgba png: transparent is white, opaque kept");
-    CHECK(region_error(rgb, 16, 0, 1, 0, 16, (int[]){127, 127, 127}) <= 1, "rgba png: alpha 128 black on white is mid gray");
+    CHECK(region_error(rgb, 16, 0, 1, 0, 16, (int[]){127, 127, 127}) <= 1,
+          "rgba png: alpha 128 black on white is mid gray");
     free(b.p);
     buf wl = webp_lossless_rgba(16, 16, rgba);
     CHECK(decodes(&wl, 16, rgb) && region_error(rgb, 16, 1, 8, 0, 16, (int[]){255, 255, 255}) < 0.01 &&
@@ -329,8 +297,7 @@ static void test_decode(void)
         for (int x = 0; x < 48; x++) {
             int third = x / 16;
             unsigned char *p = wide + (y * 48 + x) * 3, *q = tall + (x * 16 + y) * 3;
-            for (int c = 0; c < 3; c++)
-                p[c] = q[c] = c == third ? 255 : 0;
+            for (int c = 0; c < 3; c++) p[c] = q[c] = c == third ? 255 : 0;
         }
     b = png(48, 16, 3, wide);
     CHECK(decodes(&b, 16, rgb) && image_error(rgb, 16, 0, 255, 0) < 0.01, "wide image: center crop");
@@ -362,8 +329,7 @@ static void test_decode(void)
     free(b.p);
     /* A 4-pixel stripe period through the same path keeps no stripe either. */
     for (int y = 0; y < 200; y++)
-        for (int x = 50; x < 250; x++)
-            memset(big + (y * 300 + x) * 3, (x / 2) % 2 ? 255 : 0, 3);
+        for (int x = 50; x < 250; x++) memset(big + (y * 300 + x) * 3, (x / 2) % 2 ? 255 : 0, 3);
     b = png(300, 200, 3, big);
     CHECK(decodes(&b, 64, rgb) && region_error(rgb, 64, 1, 63, 0, 64, (int[]){128, 128, 128}) <= 8,
           "300x200 -> 64: 4-pixel stripes average to gray");
@@ -435,8 +401,8 @@ static void test_decode(void)
     free(b.p);
     free(px);
     /* JPEG frame header claiming 20000 x 20000. */
-    const unsigned char big_jpeg[] = {0xff, 0xd8, 0xff, 0xe0, 0, 4, 0, 0, 0xff, 0xc0, 0, 11, 8, 0x4e, 0x20, 0x4e,
-                                      0x20, 1, 1, 0x11, 0, 0xff, 0xd9};
+    const unsigned char big_jpeg[] = {0xff, 0xd8, 0xff, 0xe0, 0,    4, 0, 0,    0xff, 0xc0, 0,   11,
+                                      8,    0x4e, 0x20, 0x4e, 0x20, 1, 1, 0x11, 0,    0xff, 0xd9};
     CHECK(refusal(big_jpeg, sizeof big_jpeg, 16) == SKIP_TOO_LARGE, "jpeg claiming 20000x20000: too large");
     /* WebP extended header (VP8X) with a 20000 x 20000 canvas. */
     unsigned char vp8x[30] = "RIFF\x16\0\0\0WEBPVP8X\x0a\0\0\0";
@@ -444,13 +410,13 @@ static void test_decode(void)
     unsigned char dims[6] = {m & 0xff, m >> 8 & 0xff, m >> 16, m & 0xff, m >> 8 & 0xff, m >> 16};
     memcpy(vp8x + 24, dims, 6);
     r = refusal(vp8x, sizeof vp8x, 16);
-    CHECK(r == SKIP_TOO_LARGE || r == SKIP_CORRUPT_IMAGE, "webp claiming 20000x20000: refused (%s)", skip_reason_name(r));
+    CHECK(r == SKIP_TOO_LARGE || r == SKIP_CORRUPT_IMAGE, "webp claiming 20000x20000: refused (%s)",
+          skip_reason_name(r));
 }
 
 /* ---- tar shards written by hand -------------------------------------------- */
 
-static void tar_header(buf *b, const char *name, size_t size, char type)
-{
+static void tar_header(buf *b, const char *name, size_t size, char type) {
     unsigned char h[512] = {0};
     size_t n = strlen(name);
     memcpy(h, name, n < 100 ? n : 100);
@@ -466,21 +432,18 @@ static void tar_header(buf *b, const char *name, size_t size, char type)
     memcpy(h + 263, "00", 2);
     memset(h + 148, ' ', 8);
     unsigned sum = 0;
-    for (int i = 0; i < 512; i++)
-        sum += h[i];
+    for (int i = 0; i < 512; i++) sum += h[i];
     snprintf(num, sizeof num, "%06o", sum);
     memcpy(h + 148, num, 7);
     put(b, h, 512);
 }
 
-static void tar_pad(buf *b)
-{
+static void tar_pad(buf *b) {
     static const unsigned char zero[512];
     put(b, zero, (512 - b->n % 512) % 512);
 }
 
-static void tar_add(buf *b, const char *name, const void *data, size_t n)
-{
+static void tar_add(buf *b, const char *name, const void *data, size_t n) {
     tar_header(b, name, n, '0');
     put(b, data, n);
     tar_pad(b);
@@ -488,15 +451,13 @@ static void tar_add(buf *b, const char *name, const void *data, size_t n)
 
 static void tar_text(buf *b, const char *name, const char *text) { tar_add(b, name, text, strlen(text)); }
 
-static void tar_image(buf *b, const char *name, buf img)
-{
+static void tar_image(buf *b, const char *name, buf img) {
     tar_add(b, name, img.p, img.n);
     free(img.p);
 }
 
 /* A member whose name goes in a GNU long-name record. */
-static void tar_add_gnu_long(buf *b, const char *name, const void *data, size_t n)
-{
+static void tar_add_gnu_long(buf *b, const char *name, const void *data, size_t n) {
     tar_header(b, "././@LongLink", strlen(name) + 1, 'L');
     put(b, name, strlen(name) + 1);
     tar_pad(b);
@@ -504,14 +465,12 @@ static void tar_add_gnu_long(buf *b, const char *name, const void *data, size_t 
 }
 
 /* A member whose name goes in a pax extended header. */
-static void tar_add_pax(buf *b, const char *name, const void *data, size_t n)
-{
+static void tar_add_pax(buf *b, const char *name, const void *data, size_t n) {
     char rec[1024];
     size_t len = strlen(name) + 8, got;
     for (;;) { /* the record's length counts its own digits */
         got = (size_t)snprintf(rec, sizeof rec, "%zu path=%s\n", len, name);
-        if (got == len)
-            break;
+        if (got == len) break;
         len = got;
     }
     char mtime[64];
@@ -523,14 +482,12 @@ static void tar_add_pax(buf *b, const char *name, const void *data, size_t n)
     tar_add(b, "short-name", data, n);
 }
 
-static void tar_end(buf *b)
-{
+static void tar_end(buf *b) {
     static const unsigned char zero[1024];
     put(b, zero, sizeof zero);
 }
 
-static void write_file(const char *path, const void *data, size_t n)
-{
+static void write_file(const char *path, const void *data, size_t n) {
     FILE *fp = fopen(path, "wb");
     if (!fp || (n && fwrite(data, 1, n, fp) != n) || fclose(fp) != 0) {
         perror(path);
@@ -538,16 +495,13 @@ static void write_file(const char *path, const void *data, size_t n)
     }
 }
 
-static char *read_all(const char *path)
-{
+static char *read_all(const char *path) {
     FILE *fp = fopen(path, "rb");
-    if (!fp)
-        return NULL;
+    if (!fp) return NULL;
     buf b = {0};
     char chunk[4096];
     size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
-        put(&b, chunk, n);
+    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0) put(&b, chunk, n);
     fclose(fp);
     put(&b, "", 1);
     return (char *)b.p;
@@ -557,29 +511,24 @@ static char *read_all(const char *path)
 
 static int saved_stderr = -1;
 
-static void stderr_to(const char *path)
-{
+static void stderr_to(const char *path) {
     fflush(stderr);
     saved_stderr = dup(2);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (saved_stderr < 0 || fd < 0 || dup2(fd, 2) < 0)
-        exit(1);
+    if (saved_stderr < 0 || fd < 0 || dup2(fd, 2) < 0) exit(1);
     close(fd);
 }
 
-static void stderr_back(void)
-{
+static void stderr_back(void) {
     fflush(stderr);
     dup2(saved_stderr, 2);
     close(saved_stderr);
 }
 
-static int count_lines_starting(const char *text, const char *prefix)
-{
+static int count_lines_starting(const char *text, const char *prefix) {
     int n = 0;
     for (const char *p = text; p && *p;) {
-        if (!strncmp(p, prefix, strlen(prefix)))
-            n++;
+        if (!strncmp(p, prefix, strlen(prefix))) n++;
         const char *nl = strchr(p, '\n');
         p = nl ? nl + 1 : NULL;
     }
@@ -593,7 +542,7 @@ enum { SOLID, LEFT_RIGHT, TOP_BOTTOM };
 typedef struct {
     const char *key, *caption, *json;
     int layout;
-    int c1[3], c2[3];  /* whole image / left or top half, right or bottom half */
+    int c1[3], c2[3]; /* whole image / left or top half, right or bottom half */
     double tol;
 } expect;
 
@@ -625,8 +574,7 @@ static const long want_skips[SKIP_REASONS] = {
     [SKIP_NO_IMAGE] = 2,      /* s013, f004 */
 };
 
-static size_t write_shard_a(void)
-{
+static size_t write_shard_a(void) {
     buf t = {0};
     tar_image(&t, "s000.png", solid_png(32, 32, 200, 100, 50));
     tar_text(&t, "s000.txt", "a red square");
@@ -640,7 +588,9 @@ static size_t write_shard_a(void)
     px = solid(32, 32, 3, (int[]){90, 200, 120});
     tar_image(&t, "s002.webp", webp_lossy(32, 32, px));
     free(px);
-    tar_text(&t, "s002.txt", "\xef\xbb\xbf" "caf\xc3\xa9 \xe2\x98\x95 \xf0\x9f\x98\x80 \xe6\x97\xa5\xe6\x9c\xac\r\n");
+    tar_text(&t, "s002.txt",
+             "\xef\xbb\xbf"
+             "caf\xc3\xa9 \xe2\x98\x95 \xf0\x9f\x98\x80 \xe6\x97\xa5\xe6\x9c\xac\r\n");
 
     buf img = solid_png(16, 16, 5, 5, 5);
     buf noisy = noisy_png(40);
@@ -724,8 +674,7 @@ static size_t write_shard_a(void)
     return n_bytes;
 }
 
-static void write_folder_b(void)
-{
+static void write_folder_b(void) {
     mkdir(in_dir("b"), 0755);
     mkdir(in_dir("b/subdir"), 0755);
     buf p = palette_png();
@@ -760,8 +709,7 @@ static void write_folder_b(void)
 
 /* Reads a whole source, checking the good samples against `good`. Returns
  * the number read; *in_order tells whether every one matched. */
-static int read_good(image_source *s, int *in_order)
-{
+static int read_good(image_source *s, int *in_order) {
     image_sample smp;
     int n = 0;
     *in_order = 1;
@@ -775,25 +723,23 @@ static int read_good(image_source *s, int *in_order)
         const expect *e = &good[n++];
         int h = smp.size / 2;
         double err = e->layout == SOLID ? image_error(smp.rgb, smp.size, e->c1[0], e->c1[1], e->c1[2])
-                     : e->layout == LEFT_RIGHT
-                         ? fmax(region_error(smp.rgb, smp.size, 1, h, 0, smp.size, e->c1),
-                                region_error(smp.rgb, smp.size, h, smp.size, 0, smp.size, e->c2))
-                         : fmax(region_error(smp.rgb, smp.size, 0, smp.size, 0, h, e->c1),
-                                region_error(smp.rgb, smp.size, 0, smp.size, h, smp.size, e->c2));
+            : e->layout == LEFT_RIGHT   ? fmax(region_error(smp.rgb, smp.size, 1, h, 0, smp.size, e->c1),
+                                               region_error(smp.rgb, smp.size, h, smp.size, 0, smp.size, e->c2))
+                                        : fmax(region_error(smp.rgb, smp.size, 0, smp.size, 0, h, e->c1),
+                                               region_error(smp.rgb, smp.size, 0, smp.size, h, smp.size, e->c2));
         int ok = !strcmp(smp.key, e->key) && !strcmp(smp.caption, e->caption) &&
-                 (e->json ? smp.json && !strcmp(smp.json, e->json) : !smp.json) && smp.size == 16 &&
-                 err <= e->tol && in_range(smp.rgb, smp.size);
+            (e->json ? smp.json && !strcmp(smp.json, e->json) : !smp.json) && smp.size == 16 && err <= e->tol &&
+            in_range(smp.rgb, smp.size);
         if (!ok) {
-            printf("# sample %d: key %s caption '%s' json %s error %.2f; want %s '%s'\n", n - 1, smp.key,
-                   smp.caption, smp.json ? smp.json : "(none)", err, e->key, e->caption);
+            printf("# sample %d: key %s caption '%s' json %s error %.2f; want %s '%s'\n", n - 1, smp.key, smp.caption,
+                   smp.json ? smp.json : "(none)", err, e->key, e->caption);
             *in_order = 0;
         }
     }
     return n;
 }
 
-static void test_source(void)
-{
+static void test_source(void) {
     char deep[130];
     memset(deep, 'd', 120);
     deep[120] = '\0';
@@ -821,8 +767,7 @@ static void test_source(void)
     char *text = read_all(log);
     for (char *p = text, *nl; p && *p; p = nl + 1) {
         nl = strchr(p, '\n');
-        if (!nl)
-            break;
+        if (!nl) break;
         printf("# %.*s\n", (int)(nl - p), p);
     }
     CHECK(n == N_GOOD && in_order, "good samples in order with captions, json and pixels (%d of %d)", n, N_GOOD);
@@ -852,8 +797,9 @@ static void test_source(void)
     char summary[512];
     image_source_summary(s, summary, sizeof summary);
     printf("# %s\n", summary);
-    CHECK(!strcmp(summary, "11 good, 19 skipped (corrupt image: 3, not an image: 2, too large: 1, no caption: 3, "
-                           "bad utf-8: 4, duplicate key: 2, unsafe name: 2, no image: 2)"),
+    CHECK(!strcmp(summary,
+                  "11 good, 19 skipped (corrupt image: 3, not an image: 2, too large: 1, no caption: 3, "
+                  "bad utf-8: 4, duplicate key: 2, unsafe name: 2, no image: 2)"),
           "summary");
     char tiny[8];
     image_source_summary(s, tiny, sizeof tiny);
@@ -895,11 +841,9 @@ static void test_source(void)
     for (size_t cut = 0; cut <= shard_bytes; cut += 61) {
         write_file(in_dir("cut.tar"), whole, cut);
         image_source *c = image_source_open(in_dir("cut.tar"), 16, 0, 1, err);
-        if (!c)
-            break;
+        if (!c) break;
         int k = 0;
-        while (image_source_next(c, &smp))
-            k++;
+        while (image_source_next(c, &smp)) k++;
         max_good = k > max_good ? k : max_good;
         image_source_close(c);
         ran++;
@@ -913,15 +857,13 @@ static void test_source(void)
             size_t at = (st >> 8) % shard_bytes;
             st = st * 1664525u + 1013904223u;
             /* Hit headers often: half of the flips land in the first bytes of a block. */
-            if (k % 2)
-                at = (at / 512 * 512 + (st >> 8) % 160) % shard_bytes;
+            if (k % 2) at = (at / 512 * 512 + (st >> 8) % 160) % shard_bytes;
             bad[at] = (char)(st >> 24);
         }
         write_file(in_dir("bad.tar"), bad, shard_bytes);
         free(bad);
         image_source *c = image_source_open(in_dir("bad.tar"), 16, 0, 1, err);
-        if (!c)
-            break;
+        if (!c) break;
         while (image_source_next(c, &smp))
             ;
         image_source_close(c);
@@ -929,7 +871,8 @@ static void test_source(void)
     }
     stderr_back();
     free(whole);
-    CHECK(ran == (int)(shard_bytes / 61) + 1 + 150 && max_good <= 8, "cut and damaged shards read safely (%d runs)", ran);
+    CHECK(ran == (int)(shard_bytes / 61) + 1 + 150 && max_good <= 8, "cut and damaged shards read safely (%d runs)",
+          ran);
 
     /* A member claiming 8 GiB in a small file: refused without allocating. */
     buf t = {0};
@@ -937,8 +880,7 @@ static void test_source(void)
     memcpy(t.p + 124, "77777777777", 11);
     unsigned sum = 0;
     memset(t.p + 148, ' ', 8);
-    for (int i = 0; i < 512; i++)
-        sum += t.p[i];
+    for (int i = 0; i < 512; i++) sum += t.p[i];
     snprintf((char *)t.p + 148, 8, "%06o", sum);
     tar_text(&t, "huge.txt", "claims 8 GiB");
     write_file(in_dir("huge.tar"), t.p, t.n);
@@ -948,7 +890,8 @@ static void test_source(void)
     int none_read = s && image_source_next(s, &smp) == 0;
     stderr_back();
     text = read_all(in_dir("stderr3.log"));
-    CHECK(none_read && (image_source_skipped(s, SKIP_TOO_LARGE) == 1 || image_source_skipped(s, SKIP_CORRUPT_IMAGE) == 1),
+    CHECK(none_read &&
+              (image_source_skipped(s, SKIP_TOO_LARGE) == 1 || image_source_skipped(s, SKIP_CORRUPT_IMAGE) == 1),
           "member claiming 8 GiB: skipped (%s)", text ? text : "");
     free(text);
     image_source_close(s);
@@ -956,8 +899,7 @@ static void test_source(void)
 
 /* ---- rank splitting, open errors ---------------------------------------------- */
 
-static void test_ranks(void)
-{
+static void test_ranks(void) {
     mkdir(in_dir("ranks"), 0755);
     for (int i = 0; i < 3; i++) {
         buf t = {0};
@@ -994,16 +936,14 @@ static void test_ranks(void)
             image_sample smp;
             while (image_source_next(s, &smp)) {
                 int a, b;
-                if (sscanf(smp.key, "r%d_%d", &a, &b) == 2 && a >= 0 && a < 3 && b >= 0 && b < 2)
-                    seen[a][b]++;
+                if (sscanf(smp.key, "r%d_%d", &a, &b) == 2 && a >= 0 && a < 3 && b >= 0 && b < 2) seen[a][b]++;
                 total++;
             }
             ok &= image_source_good(s) == image_source_count_inputs(s) * 2;
             image_source_close(s);
         }
         for (int a = 0; a < 3; a++)
-            for (int b = 0; b < 2; b++)
-                ok &= seen[a][b] == 1;
+            for (int b = 0; b < 2; b++) ok &= seen[a][b] == 1;
         CHECK(ok && total == 6 && inputs == 3, "%d rank(s): every sample once, none lost", nranks);
     }
 
@@ -1020,7 +960,8 @@ static void test_ranks(void)
     CHECK(!image_source_open(spec, 8, 0, 1, err) && strstr(err, "missing.tar"), "a missing path fails: %s", err);
     write_file(in_dir("notes.md"), "x", 1);
     snprintf(spec, sizeof spec, "%s", in_dir("notes.md"));
-    CHECK(!image_source_open(spec, 8, 0, 1, err) && strstr(err, "notes.md"), "a file that is not a .tar fails: %s", err);
+    CHECK(!image_source_open(spec, 8, 0, 1, err) && strstr(err, "notes.md"), "a file that is not a .tar fails: %s",
+          err);
     CHECK(!image_source_open(in_dir("ranks"), 8, 2, 2, err), "rank out of range fails: %s", err);
     CHECK(!image_source_open(in_dir("ranks"), 0, 0, 1, err), "size 0 fails: %s", err);
     CHECK(!image_source_open("", 8, 0, 1, err), "empty spec fails: %s", err);
@@ -1030,14 +971,12 @@ static void test_ranks(void)
         CHECK(skip_reason_name(r) && strlen(skip_reason_name(r)) > 0, "reason %d named '%s'", r, skip_reason_name(r));
 }
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
     (void)st, (void)flag, (void)ftw;
     return remove(path);
 }
 
-int main(void)
-{
+int main(void) {
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
         return 1;

@@ -22,7 +22,7 @@
 
 typedef struct {
     int n, cap;
-    float *logits;          /* every logits vector handed to the sampler, in order */
+    float *logits; /* every logits vector handed to the sampler, in order */
     int *sample;
 } trace;
 
@@ -38,11 +38,24 @@ static void record(void *ctx, int sample, const float *l, int V) {
 }
 
 static model_config tiny_config(void) {
-    model_config c = {.vocab_size = 64, .hidden_size = 64, .num_hidden_layers = 2, .num_attention_heads = 4,
-                      .intermediate_size = 160, .rms_norm_eps = 1e-5f, .rope_theta = 10000, .latent_channels = 4,
-                      .latent_size = 8, .patch_size = 2, .max_image_patches = 16, .timestep_dim = 256,
-                      .diffusion_steps = 1000, .lambda_diffusion = 5, .bos_token_id = 1, .eos_token_id = 2,
-                      .boi_token_id = 62, .eoi_token_id = 63};
+    model_config c = {.vocab_size = 64,
+                      .hidden_size = 64,
+                      .num_hidden_layers = 2,
+                      .num_attention_heads = 4,
+                      .intermediate_size = 160,
+                      .rms_norm_eps = 1e-5f,
+                      .rope_theta = 10000,
+                      .latent_channels = 4,
+                      .latent_size = 8,
+                      .patch_size = 2,
+                      .max_image_patches = 16,
+                      .timestep_dim = 256,
+                      .diffusion_steps = 1000,
+                      .lambda_diffusion = 5,
+                      .bos_token_id = 1,
+                      .eos_token_id = 2,
+                      .boi_token_id = 62,
+                      .eoi_token_id = 63};
     return c;
 }
 
@@ -81,8 +94,17 @@ static void test_cache_vs_recompute(int causal) {
     for (int i = 0; i < lat; i++) img[i] = (float)rng_normal(&r);
     infer_rows prefix = {0};
     build_prefix(&prefix, &c, img);
-    gen_options o = {.n = 3, .context = 96, .max_tokens = 24, .temperature = 1.0f, .top_p = 0.95f, .top_k = 40,
-                     .steps = 8, .eta = 1.0f, .clip = 4.0f, .cfg = 3.0f, .seed = 11};
+    gen_options o = {.n = 3,
+                     .context = 96,
+                     .max_tokens = 24,
+                     .temperature = 1.0f,
+                     .top_p = 0.95f,
+                     .top_k = 40,
+                     .steps = 8,
+                     .eta = 1.0f,
+                     .clip = 4.0f,
+                     .cfg = 3.0f,
+                     .seed = 11};
     gen_sample a[3], b[3];
     trace ta = {0}, tb = {0};
     char err[ERR_LEN];
@@ -93,7 +115,7 @@ static void test_cache_vs_recompute(int causal) {
     int same = ta.n == tb.n, images = 0, tokens = 0;
     for (int i = 0; i < 3 && same; i++) {
         same = a[i].n_tok == b[i].n_tok && a[i].n_img == b[i].n_img &&
-               memcmp(a[i].tok, b[i].tok, sizeof(int32_t) * a[i].n_tok) == 0;
+            memcmp(a[i].tok, b[i].tok, sizeof(int32_t) * a[i].n_tok) == 0;
         images += a[i].n_img;
         tokens += a[i].n_tok;
     }
@@ -109,8 +131,10 @@ static void test_cache_vs_recompute(int causal) {
         }
     for (int i = 0; same && i < 3; i++)
         for (int q = 0; q < a[i].n_img * lat; q++) img_diff = fmax(img_diff, fabs(a[i].img[q] - b[i].img[q]));
-    CHECK(same && worst <= 1e-5, "KV cache: logits of all %d steps within 1e-5 of recompute (max diff %.2e, "
-          "logits up to %.1f%s)", ta.n, worst, scale, how);
+    CHECK(same && worst <= 1e-5,
+          "KV cache: logits of all %d steps within 1e-5 of recompute (max diff %.2e, "
+          "logits up to %.1f%s)",
+          ta.n, worst, scale, how);
     /* Float rounding of eps (~1e-6) is amplified by the first steps'
      * 1 / sqrt(alpha_bar) (~2e4 at t = T) and by guidance; a wrong key range
      * would be off by O(1). */
@@ -123,7 +147,7 @@ static void test_cache_vs_recompute(int causal) {
     int equal = 1;
     for (int i = 0; i < 3; i++)
         equal &= d[i].n_tok == a[i].n_tok && memcmp(d[i].tok, a[i].tok, sizeof(int32_t) * a[i].n_tok) == 0 &&
-                 (a[i].n_img == 0 || memcmp(d[i].img, a[i].img, sizeof(float) * lat * a[i].n_img) == 0);
+            (a[i].n_img == 0 || memcmp(d[i].img, a[i].img, sizeof(float) * lat * a[i].n_img) == 0);
     CHECK(equal, "deterministic: the same seed gives bitwise the same samples");
     for (int i = 0; i < 3; i++) gen_sample_free(&d[i]);
     o.seed = 12;
@@ -138,8 +162,15 @@ static void test_cache_vs_recompute(int causal) {
     gen_sample e[3];
     CHECK(generate(&m, &o, &prefix, e, NULL, NULL, err) != 0 && strstr(err, "context"),
           "a prefix longer than the context is refused (%s)", err);
-    for (int i = 0; i < 3; i++) { gen_sample_free(&a[i]); gen_sample_free(&b[i]); gen_sample_free(&d[i]); }
-    free(ta.logits); free(ta.sample); free(tb.logits); free(tb.sample);
+    for (int i = 0; i < 3; i++) {
+        gen_sample_free(&a[i]);
+        gen_sample_free(&b[i]);
+        gen_sample_free(&d[i]);
+    }
+    free(ta.logits);
+    free(ta.sample);
+    free(tb.logits);
+    free(tb.sample);
     infer_rows_free(&prefix);
     free(img);
     model_free(&m);
@@ -157,8 +188,8 @@ static void gauss_eps(float *eps, const float *x, int n, double ab, double mu, d
 /* Runs a sampler from x (= x_T) over D steps with a noise predictor. */
 typedef void (*eps_fn)(float *eps, const float *x, int n, double ab, const void *ctx);
 
-static void run_sampler(float *x, int n, int D, double eta, eps_fn pred, const void *ctx, rng *r,
-                        int probe_step, double *probe_mean, double *probe_var, const float *x0) {
+static void run_sampler(float *x, int n, int D, double eta, eps_fn pred, const void *ctx, rng *r, int probe_step,
+                        double *probe_mean, double *probe_var, const float *x0) {
     double *ab = malloc(sizeof(double) * 1001);
     int *ts = malloc(sizeof(int) * (D + 1));
     float *eps = malloc(sizeof(float) * n), *z = malloc(sizeof(float) * n);
@@ -168,7 +199,7 @@ static void run_sampler(float *x, int n, int D, double eta, eps_fn pred, const v
         pred(eps, x, n, ab[ts[s]], ctx);
         for (int i = 0; i < n; i++) z[i] = (float)rng_normal(r);
         diffusion_reverse_step(x, eps, z, n, ab[ts[s]], ab[ts[s - 1]], ts[s - 1] > 0 ? eta : 0.0, 0.0);
-        if (s - 1 == probe_step) {                  /* standardized residual of x at ts[s-1] */
+        if (s - 1 == probe_step) { /* standardized residual of x at ts[s-1] */
             double a = ab[ts[s - 1]], m = 0, v = 0;
             for (int i = 0; i < n; i++) {
                 double e = (x[i] - sqrt(a) * x0[i]) / sqrt(1 - a);
@@ -179,10 +210,15 @@ static void run_sampler(float *x, int n, int D, double eta, eps_fn pred, const v
             *probe_var = v / n - (m / n) * (m / n);
         }
     }
-    free(ab); free(ts); free(eps); free(z);
+    free(ab);
+    free(ts);
+    free(eps);
+    free(z);
 }
 
-typedef struct { double mu, s; } gauss;
+typedef struct {
+    double mu, s;
+} gauss;
 static void gauss_pred(float *eps, const float *x, int n, double ab, const void *ctx) {
     const gauss *g = ctx;
     gauss_eps(eps, x, n, ab, g->mu, g->s);
@@ -210,7 +246,8 @@ static void test_samplers(void) {
     for (int i = 0; i < n; i++) xT[i] = (float)rng_normal(&r);
     /* The ODE keeps (x_t - sqrt(ab) mu) / sqrt(ab s^2 + 1 - ab) constant. */
     double aT = ab[1000];
-    for (int i = 0; i < n; i++) want[i] = (float)(g.mu + g.s * (xT[i] - sqrt(aT) * g.mu) / sqrt(aT * g.s * g.s + 1 - aT));
+    for (int i = 0; i < n; i++)
+        want[i] = (float)(g.mu + g.s * (xT[i] - sqrt(aT) * g.mu) / sqrt(aT * g.s * g.s + 1 - aT));
     double err[3] = {0};
     int Ds[3] = {1000, 100, 10};
     for (int k = 0; k < 3; k++) {
@@ -220,10 +257,14 @@ static void test_samplers(void) {
     }
     /* DDIM is a first-order (Euler) solver of that ODE: its error falls
      * about tenfold per tenfold steps. */
-    CHECK(err[0] < 5e-3, "DDIM, 1000 steps, eta 0: the deterministic reverse process's x0 within 5e-3 "
-          "(max error %.2e; data std 0.5)", err[0]);
-    CHECK(err[1] > 5 * err[0] && err[2] > 5 * err[1], "DDIM converges to it at first order (10 steps: %.2e, "
-          "100: %.2e, 1000: %.2e)", err[2], err[1], err[0]);
+    CHECK(err[0] < 5e-3,
+          "DDIM, 1000 steps, eta 0: the deterministic reverse process's x0 within 5e-3 "
+          "(max error %.2e; data std 0.5)",
+          err[0]);
+    CHECK(err[1] > 5 * err[0] && err[2] > 5 * err[1],
+          "DDIM converges to it at first order (10 steps: %.2e, "
+          "100: %.2e, 1000: %.2e)",
+          err[2], err[1], err[0]);
     memcpy(x, xT, sizeof(float) * n);
     double dd = 0;
     run_sampler(x, n, 1000, 1.0, gauss_pred, &g, &r, -1, NULL, NULL, NULL);
@@ -239,10 +280,15 @@ static void test_samplers(void) {
         run_sampler(x, n, D, 1.0, oracle_pred, x0, &r, D / 2, &pm, &pv, x0);
         for (int i = 0; i < n; i++) e = fmax(e, fabs(x[i] - x0[i]));
         CHECK(e < 1e-4, "DDPM, %d steps, oracle noise: recovers the latent (max error %.2e)", D, e);
-        CHECK(fabs(pm) < 0.06 && fabs(pv - 1) < 0.08, "DDPM, %d steps: halfway, x_t has the forward marginal "
-              "N(sqrt(ab) x0, 1 - ab) (standardized mean %.3f, variance %.3f)", D, pm, pv);
+        CHECK(fabs(pm) < 0.06 && fabs(pv - 1) < 0.08,
+              "DDPM, %d steps: halfway, x_t has the forward marginal "
+              "N(sqrt(ab) x0, 1 - ab) (standardized mean %.3f, variance %.3f)",
+              D, pm, pv);
     }
-    free(xT); free(x); free(want); free(x0);
+    free(xT);
+    free(x);
+    free(want);
+    free(x0);
 }
 
 int main(void) {

@@ -38,35 +38,56 @@ static double moved(const float *a, const float *b, int i) {
 /* Positions [from, to) of the row-major batch moved (all) or stayed (none). */
 static int all_moved(const float *a, const float *b, int from, int to) {
     for (int i = from; i < to; i++)
-        if (moved(a, b, i) < 1e-4) { printf("position %d moved only by %g\n", i, moved(a, b, i)); return 0; }
+        if (moved(a, b, i) < 1e-4) {
+            printf("position %d moved only by %g\n", i, moved(a, b, i));
+            return 0;
+        }
     return 1;
 }
 static int none_moved(const float *a, const float *b, int from, int to) {
     for (int i = from; i < to; i++)
-        if (moved(a, b, i) != 0.0) { printf("position %d moved by %g\n", i, moved(a, b, i)); return 0; }
+        if (moved(a, b, i) != 0.0) {
+            printf("position %d moved by %g\n", i, moved(a, b, i));
+            return 0;
+        }
     return 1;
 }
 
 int main(void) {
-    c = (model_config){.vocab_size = 50, .hidden_size = 32, .num_hidden_layers = 2,
-                       .num_attention_heads = 4, .intermediate_size = 48, .rms_norm_eps = 1e-5f,
-                       .rope_theta = 10000, .latent_channels = 2, .latent_size = 4, .patch_size = 2,
-                       .max_image_patches = 4, .timestep_dim = 16, .diffusion_steps = 1000,
-                       .lambda_diffusion = 5, .bos_token_id = 1, .eos_token_id = 2,
-                       .boi_token_id = 48, .eoi_token_id = 49};
+    c = (model_config){.vocab_size = 50,
+                       .hidden_size = 32,
+                       .num_hidden_layers = 2,
+                       .num_attention_heads = 4,
+                       .intermediate_size = 48,
+                       .rms_norm_eps = 1e-5f,
+                       .rope_theta = 10000,
+                       .latent_channels = 2,
+                       .latent_size = 4,
+                       .patch_size = 2,
+                       .max_image_patches = 4,
+                       .timestep_dim = 16,
+                       .diffusion_steps = 1000,
+                       .lambda_diffusion = 5,
+                       .bos_token_id = 1,
+                       .eos_token_id = 2,
+                       .boi_token_id = 48,
+                       .eoi_token_id = 49};
     nn_init(2);
     model_create(&m, &c);
     model_init_weights(&m, 11);
-    for (size_t k = 0; k < m.ps.numel; k++) m.ps.w[k] *= 5.0f;   /* every path visible, softmax not yet one-hot */
+    for (size_t k = 0; k < m.ps.numel; k++) m.ps.w[k] *= 5.0f; /* every path visible, softmax not yet one-hot */
 
     /* modality per position: T token, P patch, _ pad */
     const char *rows[2] = {"TTTTPPPPTTTTTTTT________", "TTPPPPTTTT______________"};
-    const int docs[2][L] = {{0,0,0,0,0,0,0,0,0,0,0,1,1,1,1,1},
-                            {0,0,0,0,0,0,0,0,0,0}};
+    const int docs[2][L] = {{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1}, {0, 0, 0, 0, 0, 0, 0, 0, 0, 0}};
     batch b = {.B = 2, .L = L, .n_images = 2};
     int lat = c.latent_channels * c.latent_size * c.latent_size;
-    b.tokens = calloc(2 * L, 4); b.modality = calloc(2 * L, 4); b.doc = calloc(2 * L, 4);
-    b.image = calloc(2 * L, 4); b.latents = calloc(2 * lat, 4); b.noise = calloc(2 * lat, 4);
+    b.tokens = calloc(2 * L, 4);
+    b.modality = calloc(2 * L, 4);
+    b.doc = calloc(2 * L, 4);
+    b.image = calloc(2 * L, 4);
+    b.latents = calloc(2 * lat, 4);
+    b.noise = calloc(2 * lat, 4);
     b.timesteps = calloc(2, 4);
     rng r;
     rng_seed(&r, 5);
@@ -78,8 +99,12 @@ int main(void) {
             b.doc[k] = b.modality[k] == MOD_PAD ? 7 : docs[row][i];
             b.image[k] = b.modality[k] == MOD_PATCH ? row : -1;
         }
-    for (int k = 0; k < 2 * lat; k++) { b.latents[k] = (float)rng_normal(&r); b.noise[k] = (float)rng_normal(&r); }
-    b.timesteps[0] = 300; b.timesteps[1] = 100;
+    for (int k = 0; k < 2 * lat; k++) {
+        b.latents[k] = (float)rng_normal(&r);
+        b.noise[k] = (float)rng_normal(&r);
+    }
+    b.timesteps[0] = 300;
+    b.timesteps[1] = 100;
     float *base = hidden(&b);
 
     /* 1. a text token sees no later position: change token 9 of doc A */
@@ -89,7 +114,8 @@ int main(void) {
     CHECK(all_moved(base, h, 9, 11), "token 9 and the rest of its document move");
     CHECK(none_moved(base, h, 11, L), "the next document and the pads do not see token 9");
     CHECK(none_moved(base, h, L, 2 * L), "another row does not see token 9");
-    b.tokens[9] -= 1; free(h);
+    b.tokens[9] -= 1;
+    free(h);
 
     /* 2. a patch sees every patch of its image: change the latent of patch 3 only
      *    (patch k = 3 covers x[c, 2..3, 2..3]) */
@@ -100,32 +126,39 @@ int main(void) {
     CHECK(none_moved(base, h, 0, 4), "the caption and BOI before the image do not see it");
     CHECK(all_moved(base, h, 8, 11), "EOI and the text after the image see it");
     CHECK(none_moved(base, h, 11, L), "the next document does not see the image");
-    b.latents[2 * c.latent_size + 2] = saved; free(h);
+    b.latents[2 * c.latent_size + 2] = saved;
+    free(h);
 
     /* 3. nothing after the image: change the token after EOI */
-    b.tokens[9] += 2; b.tokens[8] += 1;
+    b.tokens[9] += 2;
+    b.tokens[8] += 1;
     h = hidden(&b);
     CHECK(none_moved(base, h, 0, 8), "the image and everything before it do not see EOI or later");
-    b.tokens[9] -= 2; b.tokens[8] -= 1; free(h);
+    b.tokens[9] -= 2;
+    b.tokens[8] -= 1;
+    free(h);
 
     /* 4. nothing crosses a document: change the first token of doc B */
     b.tokens[12] += 1;
     h = hidden(&b);
     CHECK(none_moved(base, h, 0, 11), "document A does not see document B");
     CHECK(all_moved(base, h, 12, 16), "document B sees its own token");
-    b.tokens[12] -= 1; free(h);
+    b.tokens[12] -= 1;
+    free(h);
 
     /* 5. an image-first pair: the image sees nothing of the caption after it */
     b.tokens[L + 7] += 1;
     h = hidden(&b);
     CHECK(none_moved(base, h, L, L + 7), "row 1: the image and BOI do not see the caption after EOI");
-    b.tokens[L + 7] -= 1; free(h);
+    b.tokens[L + 7] -= 1;
+    free(h);
 
     /* 6. pads: no NaN anywhere, no loss, and their token ids are ignored */
     int finite = 1;
     for (size_t k = 0; k < (size_t)2 * L * c.hidden_size; k++) finite &= isfinite(base[k]) != 0;
     CHECK(finite, "no NaN or Inf in any hidden state, pads included");
-    for (int k = 0; k < 2 * L; k++) if (b.modality[k] == MOD_PAD) b.tokens[k] = 0;
+    for (int k = 0; k < 2 * L; k++)
+        if (b.modality[k] == MOD_PAD) b.tokens[k] = 0;
     h = hidden(&b);
     CHECK(none_moved(base, h, 0, 2 * L), "token ids at pads change nothing");
     free(h);

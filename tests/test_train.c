@@ -11,12 +11,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const model_config tiny = {
-    .vocab_size = 64, .hidden_size = 48, .num_hidden_layers = 2, .num_attention_heads = 4,
-    .intermediate_size = 96, .rms_norm_eps = 1e-5f, .rope_theta = 10000, .latent_channels = 4,
-    .latent_size = 4, .patch_size = 2, .max_image_patches = 4, .timestep_dim = 32,
-    .diffusion_steps = 1000, .lambda_diffusion = 5, .bos_token_id = 1, .eos_token_id = 2,
-    .boi_token_id = 62, .eoi_token_id = 63};
+static const model_config tiny = {.vocab_size = 64,
+                                  .hidden_size = 48,
+                                  .num_hidden_layers = 2,
+                                  .num_attention_heads = 4,
+                                  .intermediate_size = 96,
+                                  .rms_norm_eps = 1e-5f,
+                                  .rope_theta = 10000,
+                                  .latent_channels = 4,
+                                  .latent_size = 4,
+                                  .patch_size = 2,
+                                  .max_image_patches = 4,
+                                  .timestep_dim = 32,
+                                  .diffusion_steps = 1000,
+                                  .lambda_diffusion = 5,
+                                  .bos_token_id = 1,
+                                  .eos_token_id = 2,
+                                  .boi_token_id = 62,
+                                  .eoi_token_id = 63};
 
 /* Trains `steps` steps on one generated batch; returns first and last loss. */
 static void train(model *m, int steps, float lr, double *first, double *last) {
@@ -93,11 +105,13 @@ static void test_ema(void) {
     CHECK(first_copy, "the EMA starts as the weights after the first step, bitwise");
     CHECK(full.updates == T && worst < 2e-7 && moved > 1e-4,
           "after each of %d steps the EMA is the direct weighted sum of every step's weights (within %.2g; up to "
-          "%.2g from that step's weights)", T, worst, moved);
+          "%.2g from that step's weights)",
+          T, worst, moved);
     CHECK(part_same, "an EMA of a part cutting tensors gives that part of the whole EMA bitwise, every step");
     CHECK(ema_decay_at(0.999f, 0) == 0 && ema_decay_at(0.999f, 1) == (float)(2.0 / 11) &&
-          ema_decay_at(0.999f, 100) == (float)(101.0 / 110) && ema_decay_at(0.999f, 100000) == 0.999f &&
-          ema_decay_at(0.5f, 9) == 0.5f, "d_t: 0 first (a copy), then (1 + t) / (10 + t) up to the decay");
+              ema_decay_at(0.999f, 100) == (float)(101.0 / 110) && ema_decay_at(0.999f, 100000) == 0.999f &&
+              ema_decay_at(0.5f, 9) == 0.5f,
+          "d_t: 0 first (a copy), then (1 + t) / (10 + t) up to the decay");
     free(hist);
     ema_free(&full);
     ema_free(&part);
@@ -120,17 +134,23 @@ int main(void) {
     model_free(&a);
 
     double f2, l2;
-    model_create(&a, &tiny); model_init_weights(&a, 4); train(&a, 5, 1e-3f, &first, &last);
-    model_create(&b, &tiny); model_init_weights(&b, 4); train(&b, 5, 1e-3f, &f2, &l2);
+    model_create(&a, &tiny);
+    model_init_weights(&a, 4);
+    train(&a, 5, 1e-3f, &first, &last);
+    model_create(&b, &tiny);
+    model_init_weights(&b, 4);
+    train(&b, 5, 1e-3f, &f2, &l2);
     CHECK(memcmp(a.ps.w, b.ps.w, a.ps.numel * sizeof(float)) == 0 && last == l2,
           "two runs with the same seed and threads give bitwise the same weights");
-    model_free(&a); model_free(&b);
+    model_free(&a);
+    model_free(&b);
 
     optim_config oc = optim_defaults(1.0f, 10, 110);
     CHECK(fabsf(optim_lr(&oc, 0) - 0.1f) < 1e-6f && fabsf(optim_lr(&oc, 9) - 1.0f) < 1e-6f,
           "linear warmup reaches the peak at the end of warmup");
-    CHECK(fabsf(optim_lr(&oc, 60) - 0.55f) < 1e-6f && fabsf(optim_lr(&oc, 110) - 0.1f) < 1e-6f
-          && fabsf(optim_lr(&oc, 500) - 0.1f) < 1e-6f, "cosine decay to 10%% of the peak, then flat");
+    CHECK(fabsf(optim_lr(&oc, 60) - 0.55f) < 1e-6f && fabsf(optim_lr(&oc, 110) - 0.1f) < 1e-6f &&
+              fabsf(optim_lr(&oc, 500) - 0.1f) < 1e-6f,
+          "cosine decay to 10%% of the peak, then flat");
 
     /* With zero gradients an AdamW step only decays: matrices shrink by
      * lr * wd, norms, biases, embeddings and pos_embed stay. */
@@ -168,11 +188,11 @@ int main(void) {
     batch_draw_noise(&whole, &tiny, 5, 11, 100);
     batch_draw_noise(&part, &tiny, 5, 11, 102);
     size_t lat = (size_t)tiny.latent_channels * tiny.latent_size * tiny.latent_size;
-    int first_img = -1, same = part.n_images > 0;  /* the generator numbers images in row order */
+    int first_img = -1, same = part.n_images > 0; /* the generator numbers images in row order */
     for (int i = 2 * 64; i < 6 * 64 && first_img < 0; i++) first_img = whole.image[i];
     for (int k = 0; k < part.n_images; k++)
         same &= part.timesteps[k] == whole.timesteps[first_img + k] &&
-                memcmp(part.noise + k * lat, whole.noise + (first_img + k) * lat, lat * sizeof(float)) == 0;
+            memcmp(part.noise + k * lat, whole.noise + (first_img + k) * lat, lat * sizeof(float)) == 0;
     CHECK(same, "a slice of rows draws the same timesteps and noise as in the whole batch (%d images)", part.n_images);
     int32_t t0 = whole.timesteps[0];
     float e0 = whole.noise[0];

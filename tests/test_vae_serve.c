@@ -36,17 +36,16 @@
 #include <webp/decode.h>
 #include <webp/encode.h>
 
-#define TIMEOUT_MS 20000   /* a hung server fails the test instead of hanging it */
+#define TIMEOUT_MS 20000 /* a hung server fails the test instead of hanging it */
 #define MAX_REPLY 300
 
 static char dir[] = "/tmp/test_vae_serve.XXXXXX";
 static char vae_dir[4200], server_bin[4200];
 static pid_t child = -1;
-static int child_out = -1;     /* read end of the child's stdout */
-static int server_dead;        /* a request timed out: the REQ socket is stuck */
+static int child_out = -1; /* read end of the child's stdout */
+static int server_dead;    /* a request timed out: the REQ socket is stuck */
 
-static void kill_child(void)
-{
+static void kill_child(void) {
     if (child > 0) {
         kill(child, SIGKILL);
         waitpid(child, NULL, 0);
@@ -57,23 +56,20 @@ static void kill_child(void)
 /* ---- requests ------------------------------------------------------------- */
 
 typedef struct {
-    int n;                     /* frames after the header */
+    int n; /* frames after the header */
     zmq_msg_t m[MAX_REPLY];
     cJSON *header;
 } answer;
 
-static void answer_free(answer *a)
-{
-    for (int i = 0; i < a->n; i++)
-        zmq_msg_close(&a->m[i]);
+static void answer_free(answer *a) {
+    for (int i = 0; i < a->n; i++) zmq_msg_close(&a->m[i]);
     a->n = 0;
     cJSON_Delete(a->header);
     a->header = NULL;
 }
 
 /* Receives a reply: the header, then every further frame into a->m. */
-static int receive(void *sock, answer *a)
-{
+static int receive(void *sock, answer *a) {
     memset(a, 0, sizeof *a);
     zmq_msg_t h;
     zmq_msg_init(&h);
@@ -106,47 +102,35 @@ static int receive(void *sock, answer *a)
 }
 
 /* Sends the header text and nparts payload frames, waits for the reply. */
-static int request(void *sock, const char *header, const void *const *data, const size_t *len, int nparts, answer *a)
-{
+static int request(void *sock, const char *header, const void *const *data, const size_t *len, int nparts, answer *a) {
     memset(a, 0, sizeof *a);
-    if (server_dead)
-        return -1;
-    if (zmq_send(sock, header, strlen(header), nparts ? ZMQ_SNDMORE : 0) < 0)
-        return -1;
+    if (server_dead) return -1;
+    if (zmq_send(sock, header, strlen(header), nparts ? ZMQ_SNDMORE : 0) < 0) return -1;
     for (int i = 0; i < nparts; i++)
-        if (zmq_send(sock, data[i], len[i], i + 1 < nparts ? ZMQ_SNDMORE : 0) < 0)
-            return -1;
+        if (zmq_send(sock, data[i], len[i], i + 1 < nparts ? ZMQ_SNDMORE : 0) < 0) return -1;
     return receive(sock, a);
 }
 
-static int ok_of(const answer *a)
-{
-    return a->header && cJSON_IsTrue(cJSON_GetObjectItem(a->header, "ok"));
-}
+static int ok_of(const answer *a) { return a->header && cJSON_IsTrue(cJSON_GetObjectItem(a->header, "ok")); }
 
-static double num_of(const answer *a, const char *name)
-{
+static double num_of(const answer *a, const char *name) {
     const cJSON *j = a->header ? cJSON_GetObjectItem(a->header, name) : NULL;
     return cJSON_IsNumber(j) ? j->valuedouble : NAN;
 }
 
-static const char *error_of(const answer *a)
-{
+static const char *error_of(const answer *a) {
     const cJSON *j = a->header ? cJSON_GetObjectItem(a->header, "error") : NULL;
     return cJSON_IsString(j) ? j->valuestring : "";
 }
 
 /* Largest |reply - want| over n floats of frame m; INFINITY when the frame
  * has another size. The frame is copied out: it need not be aligned. */
-static double frame_diff(zmq_msg_t *m, const float *want, size_t n)
-{
-    if (zmq_msg_size(m) != n * sizeof(float))
-        return INFINITY;
+static double frame_diff(zmq_msg_t *m, const float *want, size_t n) {
+    if (zmq_msg_size(m) != n * sizeof(float)) return INFINITY;
     float *got = malloc(n * sizeof(float));
     memcpy(got, zmq_msg_data(m), n * sizeof(float));
     double d = 0;
-    for (size_t i = 0; i < n; i++)
-        d = fmax(d, fabs((double)got[i] - want[i]));
+    for (size_t i = 0; i < n; i++) d = fmax(d, fabs((double)got[i] - want[i]));
     free(got);
     return d;
 }
@@ -158,16 +142,14 @@ typedef struct {
     size_t n;
 } buf;
 
-static void stb_put(void *ctx, void *data, int n)
-{
+static void stb_put(void *ctx, void *data, int n) {
     buf *b = ctx;
     b->p = realloc(b->p, b->n + n);
     memcpy(b->p + b->n, data, n);
     b->n += n;
 }
 
-static unsigned char *pattern(int w, int h, int seed)
-{
+static unsigned char *pattern(int w, int h, int seed) {
     unsigned char *px = malloc((size_t)w * h * 3);
     for (int y = 0; y < h; y++)
         for (int x = 0; x < w; x++)
@@ -178,22 +160,19 @@ static unsigned char *pattern(int w, int h, int seed)
 
 static uint64_t rng_state = 12345;
 
-static float uniform(float lo, float hi)
-{
+static float uniform(float lo, float hi) {
     rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
     return lo + (hi - lo) * (float)((rng_state >> 40) / (double)(1ull << 24));
 }
 
-static uint8_t to_u8(float x)
-{
+static uint8_t to_u8(float x) {
     float v = (x + 1.0f) * 127.5f + 0.5f;
     return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
 /* ---- tests ---------------------------------------------------------------- */
 
-static void test_info(void *sock)
-{
+static void test_info(void *sock) {
     answer a;
     int rc = request(sock, "{\"op\":\"info\"}", NULL, NULL, 0, &a);
     CHECK(rc == 0 && ok_of(&a) && a.n == 0, "info: ok, no payload");
@@ -203,8 +182,7 @@ static void test_info(void *sock)
     answer_free(&a);
 }
 
-static void test_encode(void *sock, vae_model *v)
-{
+static void test_encode(void *sock, vae_model *v) {
     /* A PNG (20x12, cropped to its center) and a lossy WebP (16x24). */
     unsigned char *p1 = pattern(20, 12, 1), *p2 = pattern(16, 24, 2);
     buf png = {0};
@@ -231,7 +209,8 @@ static void test_encode(void *sock, vae_model *v)
           "encode: header n 2, C 4, h 4, w 4");
     if (a.n == 2) {
         double dm = frame_diff(&a.m[0], mean, 2 * lat), dl = frame_diff(&a.m[1], logvar, 2 * lat);
-        CHECK(dm <= 1e-6 && dl <= 1e-6, "encode: mean and logvar match in-process vae_encode (max diff %g, %g)", dm, dl);
+        CHECK(dm <= 1e-6 && dl <= 1e-6, "encode: mean and logvar match in-process vae_encode (max diff %g, %g)", dm,
+              dl);
     }
     answer_free(&a);
 
@@ -259,13 +238,12 @@ static void test_encode(void *sock, vae_model *v)
     free(p1), free(p2), free(png.p), WebPFree(webp), free(rgb), free(mean), free(logvar);
 }
 
-static void test_encode_rgb(void *sock, vae_model *v)
-{
+static void test_encode_rgb(void *sock, vae_model *v) {
     int n = 2, H = 8, W = 12, C = 4, h = H / 2, w = W / 2;
     size_t count = (size_t)n * 3 * H * W, lat = (size_t)n * C * h * w;
-    float *x = malloc(sizeof(float) * count), *mean = malloc(sizeof(float) * lat), *logvar = malloc(sizeof(float) * lat);
-    for (size_t i = 0; i < count; i++)
-        x[i] = uniform(-1, 1);
+    float *x = malloc(sizeof(float) * count), *mean = malloc(sizeof(float) * lat),
+          *logvar = malloc(sizeof(float) * lat);
+    for (size_t i = 0; i < count; i++) x[i] = uniform(-1, 1);
     vae_encode(v, x, n, H, W, mean, logvar);
 
     answer a;
@@ -304,13 +282,11 @@ static void test_encode_rgb(void *sock, vae_model *v)
     free(x), free(mean), free(logvar);
 }
 
-static void test_decode(void *sock, vae_model *v)
-{
+static void test_decode(void *sock, vae_model *v) {
     int n = 2, h = 4, w = 6, C = 4, H = 8, W = 12;
     size_t lat = (size_t)n * C * h * w, count = (size_t)n * 3 * H * W;
     float *z = malloc(sizeof(float) * lat), *img = malloc(sizeof(float) * count);
-    for (size_t i = 0; i < lat; i++)
-        z[i] = uniform(-2, 2);
+    for (size_t i = 0; i < lat; i++) z[i] = uniform(-2, 2);
     vae_decode(v, z, n, h, w, img);
 
     answer a;
@@ -361,9 +337,10 @@ static void test_decode(void *sock, vae_model *v)
     free(z), free(img);
 }
 
-static void test_errors(void *sock)
-{
-    static const struct { const char *header, *want, *name; } cases[] = {
+static void test_errors(void *sock) {
+    static const struct {
+        const char *header, *want, *name;
+    } cases[] = {
         {"{\"op\":\"frobnicate\"}", "unknown op", "unknown op"},
         {"{\"op\":", "JSON", "bad JSON"},
         {"{\"op\":\"info\"} trailing", "JSON", "JSON with trailing bytes"},
@@ -376,8 +353,8 @@ static void test_errors(void *sock)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         answer a;
         int rc = request(sock, cases[i].header, NULL, NULL, 0, &a);
-        CHECK(rc == 0 && !ok_of(&a) && a.n == 0 && strstr(error_of(&a), cases[i].want),
-              "errors: %s -> error (%s)", cases[i].name, error_of(&a));
+        CHECK(rc == 0 && !ok_of(&a) && a.n == 0 && strstr(error_of(&a), cases[i].want), "errors: %s -> error (%s)",
+              cases[i].name, error_of(&a));
         answer_free(&a);
     }
     answer a;
@@ -394,8 +371,7 @@ static void test_errors(void *sock)
     answer_free(&a);
     const void *many[300];
     size_t many_len[300];
-    for (int i = 0; i < 300; i++)
-        many[i] = "x", many_len[i] = 1;
+    for (int i = 0; i < 300; i++) many[i] = "x", many_len[i] = 1;
     rc = request(sock, "{\"op\":\"encode\",\"size\":8}", many, many_len, 300, &a);
     CHECK(rc == 0 && !ok_of(&a) && strstr(error_of(&a), "too many frames"), "errors: 300 image frames refused (%s)",
           error_of(&a));
@@ -411,8 +387,7 @@ static void test_errors(void *sock)
 
 /* Two REQ clients with requests in flight at once, and a DEALER client that
  * sends the empty delimiter itself. */
-static void test_clients(void *ctx, const char *endpoint, void *sock)
-{
+static void test_clients(void *ctx, const char *endpoint, void *sock) {
     void *other = zmq_socket(ctx, ZMQ_REQ), *dealer = zmq_socket(ctx, ZMQ_DEALER);
     int t = TIMEOUT_MS, zero = 0;
     zmq_setsockopt(other, ZMQ_RCVTIMEO, &t, sizeof t);
@@ -431,7 +406,7 @@ static void test_clients(void *ctx, const char *endpoint, void *sock)
 
     zmq_send(dealer, "", 0, ZMQ_SNDMORE);
     zmq_send(dealer, info, strlen(info), 0);
-    int rc = receive(dealer, &a);   /* the delimiter comes back first, as "header" */
+    int rc = receive(dealer, &a); /* the delimiter comes back first, as "header" */
     CHECK(rc == 0 && a.n == 1 && zmq_msg_size(&a.m[0]) > 0, "clients: DEALER gets [delimiter, reply]");
     if (rc == 0 && a.n == 1) {
         char text[4096];
@@ -449,10 +424,11 @@ static void test_clients(void *ctx, const char *endpoint, void *sock)
 
 /* Starts $BIN/vae_service serve on a free port; endpoint gets what its start
  * line names. --batch when batch is not NULL. */
-static int start_server(const char *batch, char *endpoint, size_t len)
-{
-    char *argv[] = {server_bin, "serve", "--vae", vae_dir, "--endpoint", "tcp://127.0.0.1:*", "--threads", "2",
-                    batch ? "--batch" : NULL, (char *)batch, NULL};
+static int start_server(const char *batch, char *endpoint, size_t len) {
+    char *argv[] = {server_bin,    "serve",      "--vae",
+                    vae_dir,       "--endpoint", "tcp://127.0.0.1:*",
+                    "--threads",   "2",          batch ? "--batch" : NULL,
+                    (char *)batch, NULL};
     server_dead = 0;
     child = spawn(argv, &child_out, NULL);
     char line[8192] = "";
@@ -471,21 +447,18 @@ static int start_server(const char *batch, char *endpoint, size_t len)
 }
 
 /* SIGTERM: the server finishes, closes and exits 0. */
-static void stop_server(void)
-{
+static void stop_server(void) {
     int status = -1;
     kill(child, SIGTERM);
     int ended = wait_exit(child, 10000, &status) == 0;
-    if (ended)
-        child = -1;
+    if (ended) child = -1;
     CHECK(ended && WIFEXITED(status) && WEXITSTATUS(status) == 0, "stop: SIGTERM -> exit 0 within 10 s (status %d)",
           status);
     kill_child();
     close(child_out);
 }
 
-static void *connect_req(void *ctx, const char *endpoint)
-{
+static void *connect_req(void *ctx, const char *endpoint) {
     void *sock = zmq_socket(ctx, ZMQ_REQ);
     int t = TIMEOUT_MS, zero = 0;
     zmq_setsockopt(sock, ZMQ_RCVTIMEO, &t, sizeof t);
@@ -495,22 +468,22 @@ static void *connect_req(void *ctx, const char *endpoint)
     return sock;
 }
 
-static void test_batch(void *sock, vae_model *v)
-{
+static void test_batch(void *sock, vae_model *v) {
     int n = 3, H = 8, W = 8, C = 4, h = 4, w = 4;
     size_t count = (size_t)n * 3 * H * W, lat = (size_t)n * C * h * w;
     float *x = malloc(sizeof(float) * count), *mean = malloc(sizeof(float) * lat),
           *logvar = malloc(sizeof(float) * lat), *img = malloc(sizeof(float) * count);
-    for (size_t i = 0; i < count; i++)
-        x[i] = uniform(-1, 1);
+    for (size_t i = 0; i < count; i++) x[i] = uniform(-1, 1);
     vae_encode(v, x, n, H, W, mean, logvar);
     vae_decode(v, mean, n, h, w, img);
     answer a;
     const void *data[1] = {x};
     size_t len[1] = {sizeof(float) * count};
     int rc = request(sock, "{\"op\":\"encode_rgb\",\"n\":3,\"H\":8,\"W\":8}", data, len, 1, &a);
-    double dm = a.n == 2 ? frame_diff(&a.m[0], mean, lat) : INFINITY, dl = a.n == 2 ? frame_diff(&a.m[1], logvar, lat) : INFINITY;
-    CHECK(rc == 0 && ok_of(&a) && dm <= 1e-5 && dl <= 1e-5, "batch 1: encode_rgb of 3 matches (max diff %g, %g)", dm, dl);
+    double dm = a.n == 2 ? frame_diff(&a.m[0], mean, lat) : INFINITY,
+           dl = a.n == 2 ? frame_diff(&a.m[1], logvar, lat) : INFINITY;
+    CHECK(rc == 0 && ok_of(&a) && dm <= 1e-5 && dl <= 1e-5, "batch 1: encode_rgb of 3 matches (max diff %g, %g)", dm,
+          dl);
     answer_free(&a);
     data[0] = mean;
     len[0] = sizeof(float) * lat;
@@ -522,8 +495,7 @@ static void test_batch(void *sock, vae_model *v)
 }
 
 /* Exit status 2 and one line on stderr starting "error: ". */
-static void check_bad_start(const char *vae, const char *endpoint, const char *name)
-{
+static void check_bad_start(const char *vae, const char *endpoint, const char *name) {
     char *argv[] = {server_bin, "serve", "--vae", (char *)vae, "--endpoint", (char *)endpoint, NULL};
     int out, err, status = -1;
     pid_t pid = spawn(argv, &out, &err);
@@ -541,8 +513,7 @@ static void check_bad_start(const char *vae, const char *endpoint, const char *n
     close(out), close(err);
 }
 
-int main(void)
-{
+int main(void) {
     atexit(kill_child);
     signal(SIGPIPE, SIG_IGN);
     if (!mkdtemp(dir)) {
@@ -558,21 +529,18 @@ int main(void)
     vae_config c;
     int rc = vae_config_load("configs/vae-tiny.json", &c, err);
     CHECK(rc == 0, "setup: configs/vae-tiny.json loads (%s)", rc ? err : "");
-    if (rc)
-        return CHECK_DONE();
+    if (rc) return CHECK_DONE();
     vae_model *made = vae_create(&c);
     vae_init_weights(made, 7);
     rc = vae_save(made, vae_dir, err);
     vae_free(made);
     CHECK(rc == 0, "setup: tiny VAE saved (%s)", rc ? err : "");
-    vae_model *v = vae_load(vae_dir, err);   /* the weights exactly as the server reads them */
+    vae_model *v = vae_load(vae_dir, err); /* the weights exactly as the server reads them */
     CHECK(v != NULL, "setup: tiny VAE loads");
-    if (rc || !v)
-        return CHECK_DONE();
+    if (rc || !v) return CHECK_DONE();
 
     char endpoint[256];
-    if (start_server(NULL, endpoint, sizeof endpoint))
-        return CHECK_DONE();
+    if (start_server(NULL, endpoint, sizeof endpoint)) return CHECK_DONE();
     void *ctx = zmq_ctx_new();
     void *sock = connect_req(ctx, endpoint);
     test_info(sock);

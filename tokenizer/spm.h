@@ -14,10 +14,10 @@
 typedef struct spm spm;
 
 typedef struct {
-    int pieces;          /* the model's own vocabulary */
-    int vocab_size;      /* pieces, plus 2 when BOI/EOI are appended */
+    int pieces;     /* the model's own vocabulary */
+    int vocab_size; /* pieces, plus 2 when BOI/EOI are appended */
     int unk, bos, eos, boi, eoi, pad;
-    int byte_fallback;   /* 1 when every UTF-8 string encodes without unk */
+    int byte_fallback; /* 1 when every UTF-8 string encodes without unk */
 } spm_ids;
 
 /* Trains a model from text files (one sentence per line): model_type

@@ -30,7 +30,7 @@ static int defined_piece(const sentencepiece::SentencePieceProcessor &p, const c
 }
 
 int spm_train(const char *const *inputs, int n_inputs, int vocab, const char *model_type, int threads,
-                         const char *out_model, char *err) {
+              const char *out_model, char *err) {
     std::string in;
     for (int i = 0; i < n_inputs; i++) {
         if (std::strchr(inputs[i], ',')) return set_error(err, "%s: input paths may not contain ','", inputs[i]);
@@ -80,7 +80,7 @@ spm *spm_load(const char *path, char *err) {
     d.boi = defined_piece(s->proc, "<boi>");
     d.eoi = defined_piece(s->proc, "<eoi>");
     d.vocab_size = d.pieces;
-    if (d.boi < 0 || d.eoi < 0) {   // docs/model.md section 1: append both
+    if (d.boi < 0 || d.eoi < 0) { // docs/model.md section 1: append both
         d.boi = d.pieces;
         d.eoi = d.pieces + 1;
         d.vocab_size = d.pieces + 2;

@@ -10,14 +10,22 @@
 #include <string.h>
 
 void batch_free(batch *b) {
-    free(b->tokens); free(b->modality); free(b->doc); free(b->image);
-    free(b->latents); free(b->noise); free(b->timesteps); free(b->noise_limit);
+    free(b->tokens);
+    free(b->modality);
+    free(b->doc);
+    free(b->image);
+    free(b->latents);
+    free(b->noise);
+    free(b->timesteps);
+    free(b->noise_limit);
     memset(b, 0, sizeof *b);
 }
 
 static void batch_alloc(batch *b, const model_config *c, int B, int L, int n_images) {
     size_t N = (size_t)B * L, lat = (size_t)n_images * c->latent_channels * c->latent_size * c->latent_size;
-    b->B = B; b->L = L; b->n_images = n_images;
+    b->B = B;
+    b->L = L;
+    b->n_images = n_images;
     b->tokens = xcalloc(N, sizeof(int32_t));
     b->modality = xcalloc(N, sizeof(int32_t));
     b->doc = xcalloc(N, sizeof(int32_t));
@@ -42,7 +50,8 @@ static int batch_validate(const batch *b, const model_config *c, const char *pat
                 goto out;
             }
             if (m == MOD_TOKEN && (b->tokens[at] < 0 || b->tokens[at] >= c->vocab_size)) {
-                set_error(err, "%s: tensor 'tokens': row %d position %d: id %d outside 0..%d", path, r, i, b->tokens[at], c->vocab_size - 1);
+                set_error(err, "%s: tensor 'tokens': row %d position %d: id %d outside 0..%d", path, r, i,
+                          b->tokens[at], c->vocab_size - 1);
                 goto out;
             }
             if (m != MOD_PATCH || (i > 0 && b->modality[at - 1] == MOD_PATCH && b->image[at - 1] == b->image[at]))
@@ -50,7 +59,8 @@ static int batch_validate(const batch *b, const model_config *c, const char *pat
             /* The first patch of an image: the whole run must be there. */
             int img = b->image[at];
             if (img < 0 || img >= b->n_images) {
-                set_error(err, "%s: tensor 'image': row %d position %d: image %d outside 0..%d", path, r, i, img, b->n_images - 1);
+                set_error(err, "%s: tensor 'image': row %d position %d: image %d outside 0..%d", path, r, i, img,
+                          b->n_images - 1);
                 goto out;
             }
             if (used[img]) {
@@ -61,20 +71,23 @@ static int batch_validate(const batch *b, const model_config *c, const char *pat
             int run = 0;
             while (i + run < b->L && b->modality[at + run] == MOD_PATCH && b->image[at + run] == img) {
                 if (b->doc[at + run] != b->doc[at]) {
-                    set_error(err, "%s: tensor 'doc': row %d position %d: image %d spans two documents", path, r, i + run, img);
+                    set_error(err, "%s: tensor 'doc': row %d position %d: image %d spans two documents", path, r,
+                              i + run, img);
                     goto out;
                 }
                 run++;
             }
             if (run != G) {
-                set_error(err, "%s: tensor 'image': row %d position %d: image %d has %d patch positions, expected %d", path, r, i, img, run, G);
+                set_error(err, "%s: tensor 'image': row %d position %d: image %d has %d patch positions, expected %d",
+                          path, r, i, img, run, G);
                 goto out;
             }
         }
     }
     for (int k = 0; k < b->n_images; k++) {
         if (b->timesteps[k] < 1 || b->timesteps[k] > c->diffusion_steps) {
-            set_error(err, "%s: tensor 'timesteps': image %d: t = %d outside 1..%d", path, k, b->timesteps[k], c->diffusion_steps);
+            set_error(err, "%s: tensor 'timesteps': image %d: t = %d outside 1..%d", path, k, b->timesteps[k],
+                      c->diffusion_steps);
             goto out;
         }
     }
@@ -102,14 +115,10 @@ int batch_load(const char *path, const model_config *c, batch *b, char *err) {
     batch_alloc(b, c, B, L, n);
     int64_t rows[2] = {B, L}, imgs[1] = {n};
     int64_t lshape[4] = {n, c->latent_channels, c->latent_size, c->latent_size};
-    if (st_read_i32(&f, "tokens", 2, rows, b->tokens, err) ||
-        st_read_i32(&f, "modality", 2, rows, b->modality, err) ||
-        st_read_i32(&f, "doc", 2, rows, b->doc, err) ||
-        st_read_i32(&f, "image", 2, rows, b->image, err) ||
-        st_read_f32(&f, "latents", 4, lshape, b->latents, err) ||
-        st_read_f32(&f, "noise", 4, lshape, b->noise, err) ||
-        st_read_i32(&f, "timesteps", 1, imgs, b->timesteps, err) ||
-        batch_validate(b, c, path, err))
+    if (st_read_i32(&f, "tokens", 2, rows, b->tokens, err) || st_read_i32(&f, "modality", 2, rows, b->modality, err) ||
+        st_read_i32(&f, "doc", 2, rows, b->doc, err) || st_read_i32(&f, "image", 2, rows, b->image, err) ||
+        st_read_f32(&f, "latents", 4, lshape, b->latents, err) || st_read_f32(&f, "noise", 4, lshape, b->noise, err) ||
+        st_read_i32(&f, "timesteps", 1, imgs, b->timesteps, err) || batch_validate(b, c, path, err))
         goto out;
     rc = 0;
 out:
@@ -119,20 +128,20 @@ out:
 }
 
 int batch_save(const char *path, const model_config *c, const batch *b, char *err) {
-    batch_file f = {b->B, b->L, b->n_images, c->latent_channels, c->latent_size, c->latent_size,
-                    b->tokens, b->modality, b->doc, b->image, b->latents, b->noise, b->timesteps};
+    batch_file f = {b->B,        b->L,   b->n_images, c->latent_channels, c->latent_size, c->latent_size, b->tokens,
+                    b->modality, b->doc, b->image,    b->latents,         b->noise,       b->timesteps};
     return batch_file_write(path, &f, NULL, 0, err);
 }
 
 /* Writes one document at row position `at` (at most `room` positions): an
  * image-caption pair, caption first (80%) or image first, or a plain text
  * document. Returns its length, 0 when nothing fits. */
-static int put_document(batch *b, const model_config *c, rng *r, int row, int at, int room,
-                        int *n_images, int max_images) {
+static int put_document(batch *b, const model_config *c, rng *r, int row, int at, int room, int *n_images,
+                        int max_images) {
     int G = cfg_patches_per_image(c);
     int with_image = *n_images < max_images && room >= G + 7 && rng_uniform(r) < 0.8;
     int text = with_image ? rng_int(r, 3, 9) : rng_int(r, 8, 40);
-    int extra = with_image ? G + 4 : 2;           /* BOS EOS, and BOI EOI + patches */
+    int extra = with_image ? G + 4 : 2; /* BOS EOS, and BOI EOI + patches */
     if (text + extra > room) text = room - extra;
     if (text < 1) return 0;
     int caption_first = rng_uniform(r) < 0.8;
@@ -140,8 +149,14 @@ static int put_document(batch *b, const model_config *c, rng *r, int row, int at
     int img = with_image ? (*n_images)++ : -1;
     int i = at;
     size_t base = (size_t)row * b->L;
-#define PUT(mod, tok, im) do { b->modality[base + i] = (mod); b->tokens[base + i] = (tok); \
-                               b->doc[base + i] = doc; b->image[base + i] = (im); i++; } while (0)
+#define PUT(mod, tok, im)                                                                                              \
+    do {                                                                                                               \
+        b->modality[base + i] = (mod);                                                                                 \
+        b->tokens[base + i] = (tok);                                                                                   \
+        b->doc[base + i] = doc;                                                                                        \
+        b->image[base + i] = (im);                                                                                     \
+        i++;                                                                                                           \
+    } while (0)
     PUT(MOD_TOKEN, c->bos_token_id, -1);
     int image_at = with_image ? (caption_first ? text : 0) : -1;
     for (int t = 0; t <= text; t++) {
@@ -176,7 +191,10 @@ void batch_generate(batch *b, const model_config *c, int B, int L, rng *r) {
         }
         for (; at < L; at++) {
             size_t k = (size_t)row * L + at;
-            b->modality[k] = MOD_PAD; b->tokens[k] = 0; b->doc[k] = -1; b->image[k] = -1;
+            b->modality[k] = MOD_PAD;
+            b->tokens[k] = 0;
+            b->doc[k] = -1;
+            b->image[k] = -1;
         }
     }
     b->n_images = n_images;
@@ -186,8 +204,8 @@ void batch_generate(batch *b, const model_config *c, int B, int L, rng *r) {
 }
 
 int batch_from_rows(batch *b, const model_config *c, int B, int L, int n_images, const int32_t *tokens,
-                    const int32_t *modality, const int32_t *doc, const int32_t *image,
-                    const int32_t *noise_limit, const float *latents, const char *what, char *err) {
+                    const int32_t *modality, const int32_t *doc, const int32_t *image, const int32_t *noise_limit,
+                    const float *latents, const char *what, char *err) {
     size_t N = (size_t)B * L, lat = (size_t)n_images * c->latent_channels * c->latent_size * c->latent_size;
     batch_alloc(b, c, B, L, n_images);
     memcpy(b->tokens, tokens, sizeof(int32_t) * N);
@@ -196,7 +214,7 @@ int batch_from_rows(batch *b, const model_config *c, int B, int L, int n_images,
     memcpy(b->image, image, sizeof(int32_t) * N);
     memcpy(b->noise_limit, noise_limit, sizeof(int32_t) * n_images);
     memcpy(b->latents, latents, sizeof(float) * lat);
-    for (int k = 0; k < n_images; k++) b->timesteps[k] = 1;   /* a valid placeholder until drawn */
+    for (int k = 0; k < n_images; k++) b->timesteps[k] = 1; /* a valid placeholder until drawn */
     if (batch_validate(b, c, what, err) == 0) return 0;
     batch_free(b);
     return 1;
@@ -233,9 +251,10 @@ void batch_draw_noise(batch *b, const model_config *c, uint64_t seed, long step,
         int ordinal = 0;
         for (int i = 0; i < b->L; i++) {
             int k = img[i];
-            if (k < 0 || (i > 0 && img[i - 1] == k)) continue;      /* not an image's first patch */
+            if (k < 0 || (i > 0 && img[i - 1] == k)) continue; /* not an image's first patch */
             rng r;
-            rng_seed(&r, rng_key(rng_key(rng_key(seed, (uint64_t)step), (uint64_t)(first_row + row)), (uint64_t)ordinal++));
+            rng_seed(&r,
+                     rng_key(rng_key(rng_key(seed, (uint64_t)step), (uint64_t)(first_row + row)), (uint64_t)ordinal++));
             int limited = b->noise_limit && b->noise_limit[k];
             b->timesteps[k] = rng_int(&r, 1, limited && T / 2 > 0 ? T / 2 : T);
             for (size_t e = 0; e < lat; e++) b->noise[k * lat + e] = (float)rng_normal(&r);

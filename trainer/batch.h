@@ -16,10 +16,10 @@ enum { MOD_TOKEN = 0, MOD_PATCH = 1, MOD_PAD = 2 };
 
 typedef struct {
     int B, L, n_images;
-    int32_t *tokens, *modality, *doc, *image;   /* [B*L] each */
-    float *latents, *noise;                     /* [n_images, C, h, w] */
-    int32_t *timesteps;                         /* [n_images], 1..T */
-    int32_t *noise_limit;                       /* [n_images]: 1 = image first, t in 1..T/2 */
+    int32_t *tokens, *modality, *doc, *image; /* [B*L] each */
+    float *latents, *noise;                   /* [n_images, C, h, w] */
+    int32_t *timesteps;                       /* [n_images], 1..T */
+    int32_t *noise_limit;                     /* [n_images]: 1 = image first, t in 1..T/2 */
 } batch;
 
 /* Reads and validates a batch file against the config: dtypes, shapes, token
@@ -39,8 +39,8 @@ void batch_generate(batch *b, const model_config *c, int B, int L, rng *r);
  * dataloader's rows): copied, then validated as batch_load does (errors name
  * `what`). Timesteps and noise are left for batch_draw_noise. */
 int batch_from_rows(batch *b, const model_config *c, int B, int L, int n_images, const int32_t *tokens,
-                    const int32_t *modality, const int32_t *doc, const int32_t *image,
-                    const int32_t *noise_limit, const float *latents, const char *what, char *err);
+                    const int32_t *modality, const int32_t *doc, const int32_t *image, const int32_t *noise_limit,
+                    const float *latents, const char *what, char *err);
 
 /* dst = rows [row0, row0 + rows) of src, its images renumbered in order of
  * appearance (a rank's or a micro-batch's share of a global batch). */

@@ -22,9 +22,9 @@ void model_embed(model *m, const plan *p, float *x);
  * block_qkv: n1 = RMSNorm(x), qkv = n1 Wqkv^T with RoPE at pos on q and k;
  * block_out: x_mid = x + att Wo^T, x_out = x_mid + down(swiglu(gate|up(RMSNorm(x_mid)))).
  * Rows are N positions; rope tables as in plan. */
-void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv,
-               const int32_t *pos, const float *rope_cos, const float *rope_sin, int N);
-void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att,
-               float *x_mid, float *n2, float *gu, float *act, float *x_out, int N);
+void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv, const int32_t *pos,
+               const float *rope_cos, const float *rope_sin, int N);
+void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att, float *x_mid, float *n2,
+               float *gu, float *act, float *x_out, int N);
 
 #endif

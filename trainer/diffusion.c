@@ -36,7 +36,10 @@ static void patch_copy(float *patch, float *x, int k, const model_config *c, int
             for (int ch = 0; ch < C; ch++) {
                 float *e = patch + (py * p + px) * C + ch;
                 float *v = x + ((size_t)ch * w + gy * p + py) * w + gx * p + px;
-                if (to_latent) *v = *e; else *e = *v;
+                if (to_latent)
+                    *v = *e;
+                else
+                    *e = *v;
             }
 }
 
@@ -52,8 +55,8 @@ void diffusion_timesteps(int *ts, int D, int T) {
     for (int i = 0; i <= D; i++) ts[i] = (int)(((long)i * T + D - 1) / D);
 }
 
-void diffusion_reverse_step(float *x, const float *eps, const float *z, size_t n, double ab_t,
-                            double ab_prev, double eta, double clip) {
+void diffusion_reverse_step(float *x, const float *eps, const float *z, size_t n, double ab_t, double ab_prev,
+                            double eta, double clip) {
     double sigma = eta * sqrt((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev));
     double dir = sqrt(fmax(1.0 - ab_prev - sigma * sigma, 0.0));
     double inv_sa = 1.0 / sqrt(ab_t), sb = sqrt(1.0 - ab_t), sa_prev = sqrt(ab_prev);
@@ -61,7 +64,7 @@ void diffusion_reverse_step(float *x, const float *eps, const float *z, size_t n
         double x0 = (x[i] - sb * eps[i]) * inv_sa, e = eps[i];
         if (clip > 0 && fabs(x0) > clip) {
             x0 = x0 > 0 ? clip : -clip;
-            e = (x[i] - sqrt(ab_t) * x0) / sb;     /* the noise that x0 implies */
+            e = (x[i] - sqrt(ab_t) * x0) / sb; /* the noise that x0 implies */
         }
         double v = sa_prev * x0 + dir * e;
         if (sigma > 0) v += sigma * z[i];

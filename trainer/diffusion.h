@@ -37,7 +37,7 @@ void diffusion_timesteps(int *ts, int D, int T);
  * schedule's alpha_bar is 2e-9, so x0 = (x - ...) / sqrt(ab_t) multiplies
  * the error of eps by 2e4, and one unclipped step sends x far outside
  * anything the model was trained on. In float64 per element. */
-void diffusion_reverse_step(float *x, const float *eps, const float *z, size_t n, double ab_t,
-                            double ab_prev, double eta, double clip);
+void diffusion_reverse_step(float *x, const float *eps, const float *z, size_t n, double ab_t, double ab_prev,
+                            double eta, double clip);
 
 #endif

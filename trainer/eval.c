@@ -29,8 +29,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EVAL_ROWS 16          /* rows per model call */
-#define N_BUCKETS 4           /* timestep quarters: t <= T/4, ... */
+#define EVAL_ROWS 16 /* rows per model call */
+#define N_BUCKETS 4  /* timestep quarters: t <= T/4, ... */
 
 /* ------------------------------------------------------------------ draws */
 
@@ -65,11 +65,11 @@ enum { ROW_GEN, ROW_CAP, ROW_TEXT };
 /* One evaluation row: a document of one of the three layouts. */
 typedef struct {
     int kind;
-    const int32_t *text;       /* caption or text ids (NULL: none) */
+    const int32_t *text; /* caption or text ids (NULL: none) */
     int text_len;
-    const float *x0;           /* ROW_GEN, ROW_CAP: the image's latent */
-    int t;                     /* ROW_GEN: the timestep */
-    uint64_t noise_key;        /* ROW_GEN: the noise draw's key */
+    const float *x0;    /* ROW_GEN, ROW_CAP: the image's latent */
+    int t;              /* ROW_GEN: the timestep */
+    uint64_t noise_key; /* ROW_GEN: the noise draw's key */
 } row;
 
 typedef struct {
@@ -87,9 +87,7 @@ static int add_row(row_list *l, row r) {
     return l->n++;
 }
 
-static int row_len(const row *r, int P) {
-    return r->kind == ROW_TEXT ? r->text_len + 2 : r->text_len + P + 4;
-}
+static int row_len(const row *r, int P) { return r->kind == ROW_TEXT ? r->text_len + 2 : r->text_len + P + 4; }
 
 /* The losses of rows [a, b) into ce[], se[] (indexed like the list). */
 static void run_batch(model *m, const row *rows, int a, int b, uint64_t seed, double *ce, double *se) {
@@ -107,13 +105,23 @@ static void run_batch(model *m, const row *rows, int a, int b, uint64_t seed, do
     int32_t *limit = xcalloc(n_img + 1, sizeof(int32_t));
     float *x0 = xmalloc(sizeof(float) * ((size_t)n_img * lat + 1));
     int *clean = xcalloc(n_img + 1, sizeof(int));
-    for (size_t q = 0; q < N; q++) { mod[q] = MOD_PAD; doc[q] = -1; img[q] = -1; }
+    for (size_t q = 0; q < N; q++) {
+        mod[q] = MOD_PAD;
+        doc[q] = -1;
+        img[q] = -1;
+    }
     int k = 0;
     for (int i = a; i < b; i++) {
         const row *r = &rows[i];
         size_t at = (size_t)(i - a) * L;
         int pos = 0;
-#define PUT_TOKEN(id) do { tok[at + pos] = (id); mod[at + pos] = MOD_TOKEN; doc[at + pos] = 0; pos++; } while (0)
+#define PUT_TOKEN(id)                                                                                                  \
+    do {                                                                                                               \
+        tok[at + pos] = (id);                                                                                          \
+        mod[at + pos] = MOD_TOKEN;                                                                                     \
+        doc[at + pos] = 0;                                                                                             \
+        pos++;                                                                                                         \
+    } while (0)
         PUT_TOKEN(c->bos_token_id);
         if (r->kind == ROW_TEXT) {
             for (int q = 0; q < r->text_len; q++) PUT_TOKEN(r->text[q]);
@@ -121,7 +129,11 @@ static void run_batch(model *m, const row *rows, int a, int b, uint64_t seed, do
             if (r->kind == ROW_GEN)
                 for (int q = 0; q < r->text_len; q++) PUT_TOKEN(r->text[q]);
             PUT_TOKEN(c->boi_token_id);
-            for (int q = 0; q < P; q++, pos++) { mod[at + pos] = MOD_PATCH; doc[at + pos] = 0; img[at + pos] = k; }
+            for (int q = 0; q < P; q++, pos++) {
+                mod[at + pos] = MOD_PATCH;
+                doc[at + pos] = 0;
+                img[at + pos] = k;
+            }
             PUT_TOKEN(c->eoi_token_id);
             if (r->kind == ROW_CAP)
                 for (int q = 0; q < r->text_len; q++) PUT_TOKEN(r->text[q]);
@@ -140,7 +152,8 @@ static void run_batch(model *m, const row *rows, int a, int b, uint64_t seed, do
         if (r->kind == ROW_TEXT) continue;
         bt.timesteps[k] = r->kind == ROW_GEN ? r->t : 1;
         rng nr = draw(seed, DRAW_NOISE, r->noise_key);
-        for (int e = 0; e < lat; e++) bt.noise[(size_t)k * lat + e] = r->kind == ROW_GEN ? (float)rng_normal(&nr) : 0.0f;
+        for (int e = 0; e < lat; e++)
+            bt.noise[(size_t)k * lat + e] = r->kind == ROW_GEN ? (float)rng_normal(&nr) : 0.0f;
         k++;
     }
     plan p;
@@ -149,14 +162,25 @@ static void run_batch(model *m, const row *rows, int a, int b, uint64_t seed, do
     int Pd = cfg_patch_dim(c);
     for (int q = 0; q < p.n_patch; q++)
         if (clean[p.patch_image[q]])
-            diffusion_patchify(p.patch_x + (size_t)q * Pd, bt.latents + (size_t)p.patch_image[q] * lat, p.patch_k[q], c);
+            diffusion_patchify(p.patch_x + (size_t)q * Pd, bt.latents + (size_t)p.patch_image[q] * lat, p.patch_k[q],
+                               c);
     double *rce = xmalloc(sizeof(double) * B), *rse = xmalloc(sizeof(double) * B);
     model_row_losses(m, &p, rce, rse);
-    for (int i = a; i < b; i++) { ce[i] = rce[i - a]; se[i] = rse[i - a]; }
-    free(rce); free(rse);
+    for (int i = a; i < b; i++) {
+        ce[i] = rce[i - a];
+        se[i] = rse[i - a];
+    }
+    free(rce);
+    free(rse);
     plan_free(&p);
     batch_free(&bt);
-    free(tok); free(mod); free(doc); free(img); free(limit); free(x0); free(clean);
+    free(tok);
+    free(mod);
+    free(doc);
+    free(img);
+    free(limit);
+    free(x0);
+    free(clean);
 }
 
 /* Every row's losses, batches dealt to the ranks in turn and gathered. */
@@ -173,7 +197,7 @@ static void run_rows(model *m, const row_list *l, uint64_t seed, double *ce, dou
             fprintf(stderr, "eval: %s: %d of %d batches (%.0f s)\n", what, k + 1, nb, shown - t0);
         }
     }
-    for (int a = 0; a < l->n; a += 1 << 20) {           /* MPI counts are int */
+    for (int a = 0; a < l->n; a += 1 << 20) { /* MPI counts are int */
         int n = l->n - a < (1 << 20) ? l->n - a : 1 << 20;
         dist_allreduce_sum_f64(ce + a, n);
         dist_allreduce_sum_f64(se + a, n);
@@ -185,7 +209,7 @@ static void run_rows(model *m, const row_list *l, uint64_t seed, double *ce, dou
 
 typedef struct {
     int n;
-    float *x0;                 /* [n, lat] normalized latents */
+    float *x0; /* [n, lat] normalized latents */
     int32_t **cap;
     int *cap_len;
 } image_set;
@@ -218,7 +242,9 @@ static void read_images(image_set *s, session *ss, const char *spec, int n, int 
 
 static void image_set_free(image_set *s) {
     for (int i = 0; i < s->n; i++) free(s->cap[i]);
-    free(s->cap); free(s->cap_len); free(s->x0);
+    free(s->cap);
+    free(s->cap_len);
+    free(s->x0);
 }
 
 /* Documents of the .txt files of dir (common/text_docs.h: the dataloader's
@@ -259,7 +285,7 @@ static void read_text(text_set *t, session *ss, const char *dir, int n) {
     memset(t, 0, sizeof *t);
     t->ids = xcalloc(n, sizeof(int32_t *));
     t->len = xcalloc(n, sizeof(int));
-    for (size_t k = 0, live = 1; t->n < n && live; k++) {         /* document k of every file in turn */
+    for (size_t k = 0, live = 1; t->n < n && live; k++) { /* document k of every file in turn */
         live = 0;
         for (int f = 0; f < nf && t->n < n; f++) {
             if (k >= docs[f].n) continue;
@@ -270,14 +296,23 @@ static void read_text(text_set *t, session *ss, const char *dir, int n) {
             size_t cap = 0;
             long len = spm_encode(ss->tok, d->text, d->len, &ids, &cap, err);
             if (len < 0) die_input("--text %s/%s: %s", dir, names[f], err);
-            if (len + 2 > ss->context) { free(ids); continue; }       /* longer than the context */
+            if (len + 2 > ss->context) {
+                free(ids);
+                continue;
+            } /* longer than the context */
             t->ids[t->n] = ids;
             t->len[t->n++] = (int)len;
             t->bytes += (long)d->len;
         }
     }
-    for (int f = 0; f < nf; f++) { free(data[f]); free(names[f]); free(docs[f].d); }
-    free(data); free(docs); free(names);
+    for (int f = 0; f < nf; f++) {
+        free(data[f]);
+        free(names[f]);
+        free(docs[f].d);
+    }
+    free(data);
+    free(docs);
+    free(names);
     if (t->n == 0) die_input("--text %s: no document fits the context of %d", dir, ss->context);
 }
 
@@ -329,7 +364,8 @@ cJSON *eval_run(const args *a) {
     int K = (int)arg_int(a, "candidates"), T = c->diffusion_steps, P = cfg_patches_per_image(c);
     int lat = c->latent_channels * c->latent_size * c->latent_size;
     int max_cap = ss.context - P - 4;
-    if (max_cap < 1) die_input("%s %s: the context %d cannot hold an image and a caption", a->prog->name, a->cmd->name, ss.context);
+    if (max_cap < 1)
+        die_input("%s %s: the context %d cannot hold an image and a caption", a->prog->name, a->cmd->name, ss.context);
     double t_start = now_s();
     /* Every input is read first, so that bad input stops before any work. */
     const char *text_dir = arg_str(a, "text"), *prompts_path = arg_str(a, "prompts");
@@ -375,7 +411,10 @@ cJSON *eval_run(const args *a) {
     for (int r = 0; r < gen.n; r += 3) {
         int bk = (gen.rows[r].t - 1) * N_BUCKETS / T;
         bcount[bk]++;
-        for (int q = 0; q < 3; q++) { sum[q] += se[r + q] / norm; bsum[bk][q] += se[r + q] / norm; }
+        for (int q = 0; q < 3; q++) {
+            sum[q] += se[r + q] / norm;
+            bsum[bk][q] += se[r + q] / norm;
+        }
     }
     int pairs = gen.n / 3;
     cJSON *dl = cJSON_AddObjectToObject(out, "diffusion_loss");
@@ -398,7 +437,8 @@ cJSON *eval_run(const args *a) {
         }
         cJSON_AddItemToArray(bl, o);
     }
-    free(ce); free(se);
+    free(ce);
+    free(se);
 
     /* 2. Captioning: each image with K candidate captions (its own first),
      *    and its own caption after another image. */
@@ -412,11 +452,16 @@ cJSON *eval_run(const args *a) {
         int o = (i + shift) % n;
         other_row[i] = add_row(&cap, (row){ROW_CAP, im.cap[i], im.cap_len[i], im.x0 + (size_t)o * lat, 1, 0});
     }
-    ce = xmalloc(sizeof(double) * (cap.n + 1)); se = xmalloc(sizeof(double) * (cap.n + 1));
+    ce = xmalloc(sizeof(double) * (cap.n + 1));
+    se = xmalloc(sizeof(double) * (cap.n + 1));
     run_rows(m, &cap, seed, ce, se, "captioning");
     double own = 0, other = 0;
     long tokens = 0;
-    for (int i = 0; i < n; i++) { own += ce[base[i]]; other += ce[other_row[i]]; tokens += im.cap_len[i] + 1; }
+    for (int i = 0; i < n; i++) {
+        own += ce[base[i]];
+        other += ce[other_row[i]];
+        tokens += im.cap_len[i] + 1;
+    }
     double top1, top5;
     retrieval(ce, base, n, K, &top1, &top5);
     cJSON *cp = cJSON_AddObjectToObject(out, "captioning");
@@ -428,13 +473,15 @@ cJSON *eval_run(const args *a) {
     cJSON_AddNumberToObject(cp, "retrieval_top5_pct", top5);
     cJSON_AddNumberToObject(cp, "chance_top1_pct", 100.0 / K);
     cJSON_AddNumberToObject(cp, "chance_top5_pct", 100.0 * (K < 5 ? K : 5) / K);
-    free(ce); free(se);
+    free(ce);
+    free(se);
 
     /* 3. Bits per byte on held-out text. */
     if (text_dir) {
         row_list tx = {0};
         for (int i = 0; i < ts.n; i++) add_row(&tx, (row){ROW_TEXT, ts.ids[i], ts.len[i], NULL, 0, 0});
-        ce = xmalloc(sizeof(double) * (tx.n + 1)); se = xmalloc(sizeof(double) * (tx.n + 1));
+        ce = xmalloc(sizeof(double) * (tx.n + 1));
+        se = xmalloc(sizeof(double) * (tx.n + 1));
         run_rows(m, &tx, seed, ce, se, "text");
         double nats = 0;
         for (int i = 0; i < tx.n; i++) nats += ce[i];
@@ -442,9 +489,12 @@ cJSON *eval_run(const args *a) {
         cJSON_AddNumberToObject(t, "documents", ts.n);
         cJSON_AddNumberToObject(t, "bytes", (double)ts.bytes);
         cJSON_AddNumberToObject(t, "text_bpb", nats / log(2.0) / (double)ts.bytes);
-        free(ce); free(se); free(tx.rows);
+        free(ce);
+        free(se);
+        free(tx.rows);
         for (int i = 0; i < ts.n; i++) free(ts.ids[i]);
-        free(ts.ids); free(ts.len);
+        free(ts.ids);
+        free(ts.len);
     }
 
     /* 4. Generation from held-out prompts: latent Fréchet distance to the
@@ -469,7 +519,8 @@ cJSON *eval_run(const args *a) {
             memcpy(made + (size_t)j * lat, gs.img, sizeof(float) * lat);
             gen_sample_free(&gs);
             infer_rows_free(&prefix);
-            if (dist_rank() == 0) fprintf(stderr, "eval: generated %d of %d images (%.0f s)\n", j + 1, np, now_s() - t0);
+            if (dist_rank() == 0)
+                fprintf(stderr, "eval: generated %d of %d images (%.0f s)\n", j + 1, np, now_s() - t0);
         }
         dist_allreduce_sum(made, (size_t)np * lat);
         row_list pr = {0};
@@ -480,7 +531,8 @@ cJSON *eval_run(const args *a) {
             for (int k = 0; k < Kp; k++)
                 add_row(&pr, (row){ROW_CAP, pid[pc[k]], plen[pc[k]], made + (size_t)j * lat, 1, 0});
         }
-        ce = xmalloc(sizeof(double) * (pr.n + 1)); se = xmalloc(sizeof(double) * (pr.n + 1));
+        ce = xmalloc(sizeof(double) * (pr.n + 1));
+        se = xmalloc(sizeof(double) * (pr.n + 1));
         run_rows(m, &pr, seed, ce, se, "prompt retrieval");
         double p1, p5;
         retrieval(ce, pbase, np, Kp, &p1, &p5);
@@ -489,17 +541,31 @@ cJSON *eval_run(const args *a) {
         cJSON_AddNumberToObject(g, "sampler_steps", o.steps);
         cJSON_AddNumberToObject(g, "cfg", o.cfg);
         cJSON_AddNumberToObject(g, "latent_fd", frechet_distance(made, np, im.x0, n, lat));
-        cJSON_AddNumberToObject(g, "latent_fd_real_halves", frechet_distance(im.x0, n / 2, im.x0 + (size_t)(n / 2) * lat,
-                                                                             n - n / 2, lat));
+        cJSON_AddNumberToObject(g, "latent_fd_real_halves",
+                                frechet_distance(im.x0, n / 2, im.x0 + (size_t)(n / 2) * lat, n - n / 2, lat));
         cJSON_AddNumberToObject(g, "prompt_retrieval_top1_pct", p1);
         cJSON_AddNumberToObject(g, "candidates", Kp);
         cJSON_AddNumberToObject(g, "chance_top1_pct", 100.0 / Kp);
-        free(ce); free(se); free(pr.rows); free(pbase); free(pc); free(made);
+        free(ce);
+        free(se);
+        free(pr.rows);
+        free(pbase);
+        free(pc);
+        free(made);
     }
-    for (int j = 0; j < np; j++) { free(pid[j]); free(prompts[j]); }
-    free(pid); free(plen); free(prompts);
+    for (int j = 0; j < np; j++) {
+        free(pid[j]);
+        free(prompts[j]);
+    }
+    free(pid);
+    free(plen);
+    free(prompts);
     cJSON_AddNumberToObject(out, "seconds", now_s() - t_start);
-    free(gen.rows); free(cap.rows); free(base); free(other_row); free(cand);
+    free(gen.rows);
+    free(cap.rows);
+    free(base);
+    free(other_row);
+    free(cand);
     image_set_free(&im);
     session_close(&ss);
     return out;
@@ -522,7 +588,8 @@ static int cmd_eval(const args *a) {
 }
 
 static const cli_flag eval_flags[] = {
-    {"images", FLAG_TEXT | FLAG_REQUIRED, "GLOB", NULL, NULL, "held-out image-caption shards or folders (comma-separated paths or globs)"},
+    {"images", FLAG_TEXT | FLAG_REQUIRED, "GLOB", NULL, NULL,
+     "held-out image-caption shards or folders (comma-separated paths or globs)"},
     {"text", FLAG_TEXT, "DIR", NULL, NULL, "held-out text documents: adds bits per byte"},
     {"prompts", FLAG_TEXT, "FILE", NULL, NULL, "one prompt a line: adds generation figures"},
     {"n", FLAG_INT, "N", "[2, inf)", "64", "images (the first N of --images)"},
@@ -535,5 +602,7 @@ static const cli_flag eval_flags[] = {
 };
 
 const cli_command eval_command = {
-    "eval", "held-out figures of a checkpoint: caption and image gains, retrieval, text bpb, generation",
-    cmd_eval, {eval_flags, session_flags, image_flags, device_flags}};
+    "eval",
+    "held-out figures of a checkpoint: caption and image gains, retrieval, text bpb, generation",
+    cmd_eval,
+    {eval_flags, session_flags, image_flags, device_flags}};

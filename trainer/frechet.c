@@ -75,10 +75,17 @@ double frechet_distance(const float *a, int na, const float *b, int nb, int dim)
     /* tr((S_a^1/2 S_b S_a^1/2)^1/2) */
     matmul(sa, sb, t, dim);
     matmul(t, sa, v, dim);
-    for (size_t i = 0; i < (size_t)dim; i++)        /* symmetric up to rounding: make it exactly so */
-        for (size_t j = i + 1; j < (size_t)dim; j++) v[i * dim + j] = v[j * dim + i] = 0.5 * (v[i * dim + j] + v[j * dim + i]);
+    for (size_t i = 0; i < (size_t)dim; i++) /* symmetric up to rounding: make it exactly so */
+        for (size_t j = i + 1; j < (size_t)dim; j++)
+            v[i * dim + j] = v[j * dim + i] = 0.5 * (v[i * dim + j] + v[j * dim + i]);
     eigen(v, dim, w);
     for (int j = 0; j < dim; j++) fd -= 2.0 * sqrt(w[j] > 0 ? w[j] : 0);
-    free(mu_a); free(mu_b); free(sa); free(sb); free(v); free(t); free(w);
+    free(mu_a);
+    free(mu_b);
+    free(sa);
+    free(sb);
+    free(v);
+    free(t);
+    free(w);
     return fd;
 }

@@ -15,9 +15,9 @@ typedef struct {
     infer *f;
     infer_rows rows;
     gen_sample *out;
-    rng *r;                 /* [K] one stream per sample */
-    float *logits;          /* [K, V]: what each sample's next token is drawn from */
-    int32_t *last;          /* [K] last token of each sample's sequence */
+    rng *r;        /* [K] one stream per sample */
+    float *logits; /* [K, V]: what each sample's next token is drawn from */
+    int32_t *last; /* [K] last token of each sample's sequence */
     int guided, lat;
     double *alpha_bar;
     int *ts;
@@ -26,7 +26,7 @@ typedef struct {
 } gen_state;
 
 static void push_token(gen_sample *s, int32_t tok) {
-    if ((s->n_tok & (s->n_tok - 1)) == 0) {      /* grow at powers of two */
+    if ((s->n_tok & (s->n_tok - 1)) == 0) { /* grow at powers of two */
         s->tok = realloc(s->tok, sizeof(int32_t) * (s->n_tok ? 2 * s->n_tok : 1));
         if (!s->tok) die("out of memory");
     }
@@ -47,12 +47,15 @@ void gen_sample_free(gen_sample *s) {
 
 /* --------------------------------------------------------------- LM mode */
 
-typedef struct { float p; int id; } cand;
+typedef struct {
+    float p;
+    int id;
+} cand;
 
 static int by_prob(const void *a, const void *b) {
     const cand *x = a, *y = b;
     if (x->p != y->p) return x->p > y->p ? -1 : 1;
-    return x->id - y->id;                        /* ties: a fixed order */
+    return x->id - y->id; /* ties: a fixed order */
 }
 
 /* Draws a token from logits (modified: masked ids become -inf). */
@@ -60,7 +63,7 @@ static int sample_token(gen_state *g, float *l, int sampled, rng *r) {
     const model_config *c = &g->m->cfg;
     const gen_options *o = g->o;
     int V = c->vocab_size;
-    l[c->eoi_token_id] = -INFINITY;              /* EOI only ever follows an image */
+    l[c->eoi_token_id] = -INFINITY; /* EOI only ever follows an image */
     if (o->text_only) l[c->boi_token_id] = -INFINITY;
     if (o->ignore_eos || sampled < o->min_tokens) l[c->eos_token_id] = -INFINITY;
     int best = 0;
@@ -76,18 +79,24 @@ static int sample_token(gen_state *g, float *l, int sampled, rng *r) {
     }
     int keep = o->top_k > 0 && o->top_k < V ? o->top_k : V;
     double kept = sum;
-    if (keep < V || o->top_p < 1) {                /* filtering needs them by probability */
+    if (keep < V || o->top_p < 1) { /* filtering needs them by probability */
         qsort(cs, V, sizeof(cand), by_prob);
         kept = 0;
         for (int i = 0; i < keep; i++) {
             kept += cs[i].p;
-            if (kept >= o->top_p * sum) { keep = i + 1; break; }
+            if (kept >= o->top_p * sum) {
+                keep = i + 1;
+                break;
+            }
         }
     }
     double u = rng_uniform(r) * kept, acc = 0;
     int tok = cs[keep - 1].id;
     for (int i = 0; i < keep; i++)
-        if ((acc += cs[i].p) > u) { tok = cs[i].id; break; }
+        if ((acc += cs[i].p) > u) {
+            tok = cs[i].id;
+            break;
+        }
     free(cs);
     return tok;
 }
@@ -118,12 +127,15 @@ static int run_images(gen_state *g, const int *set, int n, char *err) {
     for (int s = o->steps; s >= 1 && !rc; s--) {
         int t = g->ts[s], tp = g->ts[s - 1];
         infer_rows_clear(&g->rows);
-        for (int j = 0; j < n; j++) {                 /* image j: cond at per*j, uncond after it */
+        for (int j = 0; j < n; j++) { /* image j: cond at per*j, uncond after it */
             infer_rows_image(&g->rows, set[j], x + (size_t)j * lat, t, c);
             if (g->guided) infer_rows_image(&g->rows, K + set[j], x + (size_t)j * lat, t, c);
         }
         const float *h = infer_forward(g->f, &g->rows, 0, err);
-        if (!h) { rc = -1; break; }
+        if (!h) {
+            rc = -1;
+            break;
+        }
         infer_eps(g->f, h, &g->rows, eps);
         for (int j = 0; j < n; j++) {
             float *e = eps + (size_t)per * j * lat;
@@ -133,8 +145,8 @@ static int run_images(gen_state *g, const int *set, int n, char *err) {
             }
             if (o->eta > 0 && tp > 0)
                 for (int q = 0; q < lat; q++) z[(size_t)j * lat + q] = (float)rng_normal(&g->r[set[j]]);
-            diffusion_reverse_step(x + (size_t)j * lat, e, z + (size_t)j * lat, lat, g->alpha_bar[t],
-                                   g->alpha_bar[tp], tp > 0 ? o->eta : 0.0, o->clip);
+            diffusion_reverse_step(x + (size_t)j * lat, e, z + (size_t)j * lat, lat, g->alpha_bar[t], g->alpha_bar[tp],
+                                   tp > 0 ? o->eta : 0.0, o->clip);
         }
     }
     if (!rc) {
@@ -144,22 +156,26 @@ static int run_images(gen_state *g, const int *set, int n, char *err) {
             infer_rows_token(&g->rows, set[j], c->eoi_token_id);
         }
         const float *h = infer_forward(g->f, &g->rows, 1, err);
-        if (!h) rc = -1;
-        else take_logits(g, h);
+        if (!h)
+            rc = -1;
+        else
+            take_logits(g, h);
         for (int j = 0; j < n && !rc; j++) {
             push_image(&g->out[set[j]], x + (size_t)j * lat, lat);
             push_token(&g->out[set[j]], c->eoi_token_id);
             g->last[set[j]] = c->eoi_token_id;
         }
     }
-    free(x); free(z); free(eps);
+    free(x);
+    free(z);
+    free(eps);
     return rc;
 }
 
 /* ------------------------------------------------------------------ loop */
 
-int generate(model *m, const gen_options *o, const infer_rows *prefix, gen_sample *out,
-             gen_logits_fn on_logits, void *ctx, char *err) {
+int generate(model *m, const gen_options *o, const infer_rows *prefix, gen_sample *out, gen_logits_fn on_logits,
+             void *ctx, char *err) {
     const model_config *c = &m->cfg;
     int K = o->n, V = c->vocab_size, N = cfg_patches_per_image(c);
     gen_state g = {.m = m, .o = o, .out = out, .on_logits = on_logits, .ctx = ctx};
@@ -183,8 +199,10 @@ int generate(model *m, const gen_options *o, const infer_rows *prefix, gen_sampl
     /* Prefill: the prefixes, and BOS BOI of every unconditional branch. */
     for (int i = 0; i < prefix->n; i++) {
         int s = prefix->seq[i], im = prefix->img[i];
-        if (prefix->mod[i] == MOD_TOKEN) infer_rows_token(&g.rows, s, prefix->tok[i]);
-        else if (prefix->k[i] == 0) infer_rows_image(&g.rows, s, prefix->x + (size_t)im * g.lat, prefix->t[im], c);
+        if (prefix->mod[i] == MOD_TOKEN)
+            infer_rows_token(&g.rows, s, prefix->tok[i]);
+        else if (prefix->k[i] == 0)
+            infer_rows_image(&g.rows, s, prefix->x + (size_t)im * g.lat, prefix->t[im], c);
         g.last[s] = prefix->mod[i] == MOD_TOKEN ? prefix->tok[i] : -1;
     }
     for (int i = 0; g.guided && i < K; i++) {
@@ -203,29 +221,47 @@ int generate(model *m, const gen_options *o, const infer_rows *prefix, gen_sampl
         infer_rows_clear(&g.rows);
         for (int i = 0; i < K; i++) {
             if (!active[i]) continue;
-            if (sampled[i] >= o->max_tokens) { out[i].stop = "max_tokens"; active[i] = 0; continue; }
+            if (sampled[i] >= o->max_tokens) {
+                out[i].stop = "max_tokens";
+                active[i] = 0;
+                continue;
+            }
             float *l = g.logits + (size_t)i * V;
             if (on_logits) on_logits(ctx, i, l, V);
             int tok = sample_token(&g, l, sampled[i], &g.r[i]);
             sampled[i]++;
-            int need = tok == c->boi_token_id ? N + 2 : 1;          /* BOI, patches, EOI */
+            int need = tok == c->boi_token_id ? N + 2 : 1; /* BOI, patches, EOI */
             if (tok != c->eos_token_id && infer_len(g.f, i) + need > o->context) {
-                out[i].stop = "context"; active[i] = 0; continue;
+                out[i].stop = "context";
+                active[i] = 0;
+                continue;
             }
             push_token(&out[i], tok);
-            if (tok == c->eos_token_id) { out[i].stop = "eos"; active[i] = 0; continue; }
+            if (tok == c->eos_token_id) {
+                out[i].stop = "eos";
+                active[i] = 0;
+                continue;
+            }
             infer_rows_token(&g.rows, i, tok);
             g.last[i] = tok;
         }
         if (g.rows.n == 0) break;
-        if (!(h = infer_forward(g.f, &g.rows, 1, err))) rc = -1;
-        else take_logits(&g, h);
+        if (!(h = infer_forward(g.f, &g.rows, 1, err)))
+            rc = -1;
+        else
+            take_logits(&g, h);
     }
     if (rc)
         for (int i = 0; i < K; i++) gen_sample_free(&out[i]);
     infer_rows_free(&g.rows);
     infer_free(g.f);
-    free(g.r); free(g.logits); free(g.last); free(g.alpha_bar); free(g.ts);
-    free(active); free(sampled); free(set);
+    free(g.r);
+    free(g.logits);
+    free(g.last);
+    free(g.alpha_bar);
+    free(g.ts);
+    free(active);
+    free(sampled);
+    free(set);
     return rc;
 }

@@ -33,7 +33,13 @@ static void grow(void **p, int *cap, int need, size_t size) {
 void infer_rows_clear(infer_rows *r) { r->n = r->n_img = 0; }
 
 void infer_rows_free(infer_rows *r) {
-    free(r->seq); free(r->mod); free(r->tok); free(r->img); free(r->k); free(r->x); free(r->t);
+    free(r->seq);
+    free(r->mod);
+    free(r->tok);
+    free(r->img);
+    free(r->k);
+    free(r->x);
+    free(r->t);
     memset(r, 0, sizeof *r);
 }
 
@@ -47,7 +53,11 @@ static int add_row(infer_rows *r, int seq, int mod, int32_t tok, int img, int k)
         }
         r->cap = cap;
     }
-    r->seq[r->n] = seq; r->mod[r->n] = mod; r->tok[r->n] = tok; r->img[r->n] = img; r->k[r->n] = k;
+    r->seq[r->n] = seq;
+    r->mod[r->n] = mod;
+    r->tok[r->n] = tok;
+    r->img[r->n] = img;
+    r->k[r->n] = k;
     return r->n++;
 }
 
@@ -73,11 +83,11 @@ int infer_rows_image(infer_rows *r, int seq, const float *x, int t, const model_
 struct infer {
     model *m;
     int S, cap, recompute, rows_cap;
-    int32_t *len;                   /* [S] committed positions */
+    int32_t *len; /* [S] committed positions */
     /* Per layer [S * cap, 3d]: the q | k | v rows of the committed positions,
      * whole (the layout nn_attention_rows reads; q unused), at slot s * cap + pos. */
     float **kv;
-    float *rope_cos, *rope_sin;     /* [cap, head_dim / 2] float32 */
+    float *rope_cos, *rope_sin; /* [cap, head_dim / 2] float32 */
     /* What each sequence holds, for recompute: per position token, modality
      * and image (an index into hist_x / hist_t). */
     int32_t *hist_tok, *hist_mod, *hist_img;
@@ -87,19 +97,22 @@ struct infer {
     /* per new row, host: position, key range and cache slot, offset in its
      * sequence, and the row indices of a gather */
     int32_t *pos, *lo, *hi, *slot, *off, *idx;
-    int32_t *d_pos, *d_lo, *d_hi, *d_slot, *d_idx;     /* what the kernels read of them */
+    int32_t *d_pos, *d_lo, *d_hi, *d_slot, *d_idx; /* what the kernels read of them */
     float *x, *x_next, *n1, *qkv, *att, *x_mid, *n2, *gu, *act, *h;
-    float *out;                     /* [n, max(V, patch_dim)] float32: logits or predicted noise */
-    float *out_host;                /* [n, patch_dim]: the predicted noise, downloaded */
+    float *out;      /* [n, max(V, patch_dim)] float32: logits or predicted noise */
+    float *out_host; /* [n, patch_dim]: the predicted noise, downloaded */
 };
 
 infer *infer_create(model *m, int S, int cap, int recompute) {
     const model_config *c = &m->cfg;
     infer *f = xcalloc(1, sizeof *f);
-    f->m = m; f->S = S; f->cap = cap; f->recompute = recompute;
+    f->m = m;
+    f->S = S;
+    f->cap = cap;
+    f->recompute = recompute;
     f->len = xcalloc(S, sizeof(int32_t));
     size_t slots = (size_t)S * cap, half = cfg_head_dim(c) / 2;
-    if (!recompute) {                   /* recompute runs the training forward, with its own plan */
+    if (!recompute) { /* recompute runs the training forward, with its own plan */
         f->kv = xcalloc(c->num_hidden_layers, sizeof(float *));
         for (int l = 0; l < c->num_hidden_layers; l++) f->kv[l] = nn_alloc(slots * 3 * c->hidden_size);
         float *cs = xmalloc(sizeof(float) * cap * half), *sn = xmalloc(sizeof(float) * cap * half);
@@ -118,9 +131,15 @@ infer *infer_create(model *m, int S, int cap, int recompute) {
 }
 
 static void free_row_buffers(infer *f) {
-    free(f->pos); free(f->lo); free(f->hi); free(f->slot); free(f->off); free(f->idx); free(f->out_host);
-    void *bufs[] = {f->d_pos, f->d_lo, f->d_hi, f->d_slot, f->d_idx, f->x, f->x_next, f->n1, f->qkv,
-                    f->att, f->x_mid, f->n2, f->gu, f->act, f->h, f->out};
+    free(f->pos);
+    free(f->lo);
+    free(f->hi);
+    free(f->slot);
+    free(f->off);
+    free(f->idx);
+    free(f->out_host);
+    void *bufs[] = {f->d_pos, f->d_lo, f->d_hi,  f->d_slot, f->d_idx, f->x,   f->x_next, f->n1,
+                    f->qkv,   f->att,  f->x_mid, f->n2,     f->gu,    f->act, f->h,      f->out};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
 }
 
@@ -129,9 +148,14 @@ void infer_free(infer *f) {
     free_row_buffers(f);
     for (int l = 0; f->kv && l < f->m->cfg.num_hidden_layers; l++) nn_free(f->kv[l]);
     free(f->kv);
-    nn_free(f->rope_cos); nn_free(f->rope_sin);
+    nn_free(f->rope_cos);
+    nn_free(f->rope_sin);
     free(f->len);
-    free(f->hist_tok); free(f->hist_mod); free(f->hist_img); free(f->hist_x); free(f->hist_t);
+    free(f->hist_tok);
+    free(f->hist_mod);
+    free(f->hist_img);
+    free(f->hist_x);
+    free(f->hist_t);
     free(f);
 }
 
@@ -147,9 +171,15 @@ static void ensure_rows(infer *f, int n) {
     for (size_t k = 0; k < sizeof host / sizeof *host; k++) *host[k] = xmalloc(sizeof(int32_t) * N);
     int32_t **dev[] = {&f->d_pos, &f->d_lo, &f->d_hi, &f->d_slot, &f->d_idx};
     for (size_t k = 0; k < sizeof dev / sizeof *dev; k++) *dev[k] = nn_alloc_i32(N);
-    f->x = nn_alloc(N * d); f->x_next = nn_alloc(N * d); f->n1 = nn_alloc(N * d);
-    f->qkv = nn_alloc(N * 3 * d); f->att = nn_alloc(N * d); f->x_mid = nn_alloc(N * d);
-    f->n2 = nn_alloc(N * d); f->gu = nn_alloc(N * 2 * ff); f->act = nn_alloc(N * ff);
+    f->x = nn_alloc(N * d);
+    f->x_next = nn_alloc(N * d);
+    f->n1 = nn_alloc(N * d);
+    f->qkv = nn_alloc(N * 3 * d);
+    f->att = nn_alloc(N * d);
+    f->x_mid = nn_alloc(N * d);
+    f->n2 = nn_alloc(N * d);
+    f->gu = nn_alloc(N * 2 * ff);
+    f->act = nn_alloc(N * ff);
     f->h = nn_alloc(N * d);
     f->out = nn_alloc_f32(N * head);
     f->out_host = xmalloc(sizeof(float) * N * Pd);
@@ -185,9 +215,13 @@ static int place_rows(infer *f, const infer_rows *r, char *err) {
 static void rows_plan(plan *p, const infer_rows *r, const model_config *c) {
     int Pd = cfg_patch_dim(c), T = c->timestep_dim;
     memset(p, 0, sizeof *p);
-    p->B = 1; p->L = p->N = r->n; p->n_images = r->n_img;
-    p->tok_row = xmalloc(sizeof(int32_t) * (r->n + 1)); p->tok_id = xmalloc(sizeof(int32_t) * (r->n + 1));
-    p->patch_row = xmalloc(sizeof(int32_t) * (r->n + 1)); p->patch_image = xmalloc(sizeof(int32_t) * (r->n + 1));
+    p->B = 1;
+    p->L = p->N = r->n;
+    p->n_images = r->n_img;
+    p->tok_row = xmalloc(sizeof(int32_t) * (r->n + 1));
+    p->tok_id = xmalloc(sizeof(int32_t) * (r->n + 1));
+    p->patch_row = xmalloc(sizeof(int32_t) * (r->n + 1));
+    p->patch_image = xmalloc(sizeof(int32_t) * (r->n + 1));
     p->patch_k = xmalloc(sizeof(int32_t) * (r->n + 1));
     p->patch_x = xmalloc(sizeof(float) * ((size_t)r->n * Pd + 1));
     for (int i = 0; i < r->n; i++) {
@@ -221,10 +255,11 @@ static void forward_cached(infer *f, const infer_rows *r) {
         const layer_weights *w = &m->W.layers[l];
         block_qkv(c, w, f->x, f->n1, f->qkv, f->d_pos, f->rope_cos, f->rope_sin, n);
         nn_scatter_rows(f->kv[l], f->qkv, f->d_slot, n, 3 * d);
-        nn_attention_rows(f->att, f->qkv, f->kv[l], f->d_lo, f->d_hi, n, c->num_attention_heads,
-                          cfg_head_dim(c));
+        nn_attention_rows(f->att, f->qkv, f->kv[l], f->d_lo, f->d_hi, n, c->num_attention_heads, cfg_head_dim(c));
         block_out(c, w, f->x, f->att, f->x_mid, f->n2, f->gu, f->act, f->x_next, n);
-        float *t = f->x; f->x = f->x_next; f->x_next = t;
+        float *t = f->x;
+        f->x = f->x_next;
+        f->x_next = t;
     }
     nn_rmsnorm_forward(f->h, f->x, m->W.norm, n, d, c->rms_norm_eps);
 }
@@ -245,8 +280,10 @@ static void forward_recompute(infer *f, const infer_rows *r) {
         if (row_of[s] >= 0 && f->len[s] > L) L = f->len[s];
     batch b = {.B = B, .L = L, .n_images = f->hist_n + r->n_img};
     size_t N = (size_t)B * L;
-    b.tokens = xcalloc(N, sizeof(int32_t)); b.modality = xcalloc(N, sizeof(int32_t));
-    b.doc = xcalloc(N, sizeof(int32_t)); b.image = xcalloc(N, sizeof(int32_t));
+    b.tokens = xcalloc(N, sizeof(int32_t));
+    b.modality = xcalloc(N, sizeof(int32_t));
+    b.doc = xcalloc(N, sizeof(int32_t));
+    b.image = xcalloc(N, sizeof(int32_t));
     b.latents = xcalloc((size_t)b.n_images * lat + 1, sizeof(float));
     b.noise = xcalloc((size_t)b.n_images * lat + 1, sizeof(float));
     b.timesteps = xcalloc(b.n_images + 1, sizeof(int32_t));
@@ -313,8 +350,10 @@ const float *infer_forward(infer *f, const infer_rows *r, int commit, char *err)
     ensure_rows(f, r->n > 0 ? r->n : 1);
     if (place_rows(f, r, err)) return NULL;
     if (r->n == 0) return f->h;
-    if (f->recompute) forward_recompute(f, r);
-    else forward_cached(f, r);
+    if (f->recompute)
+        forward_recompute(f, r);
+    else
+        forward_cached(f, r);
     if (commit) commit_rows(f, r);
     return f->h;
 }

@@ -23,11 +23,11 @@
  * an image is its N patch rows in order (infer_rows_image). */
 typedef struct {
     int n, cap;
-    int32_t *seq, *mod, *tok, *img, *k;   /* per row: sequence, MOD_TOKEN or MOD_PATCH, token,
+    int32_t *seq, *mod, *tok, *img, *k; /* per row: sequence, MOD_TOKEN or MOD_PATCH, token,
                                              image index, patch index in the image */
     int n_img, img_cap, lat;
-    float *x;                             /* [n_img, lat]: each image's input latent (x_t, or clean) */
-    int32_t *t;                           /* [n_img]: its timestep */
+    float *x;   /* [n_img, lat]: each image's input latent (x_t, or clean) */
+    int32_t *t; /* [n_img]: its timestep */
 } infer_rows;
 
 void infer_rows_clear(infer_rows *r);

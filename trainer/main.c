@@ -66,8 +66,9 @@ static int cmd_loss(const args *a) {
     plan_build(&p, &b, &m.cfg);
     loss_sums s = model_step(&m, &p, (double)p.n_lm, (double)p.n_patch * cfg_patch_dim(&m.cfg), 1);
     double lm = s.n_lm ? s.ce_sum / s.n_lm : 0.0, diff = s.n_latent ? s.se_sum / s.n_latent : 0.0;
-    printf("{\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"n_lm\":%ld,\"n_latent\":%ld,\"grad_norm\":%.9g}\n",
-           lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m.dev));
+    printf(
+        "{\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"n_lm\":%ld,\"n_latent\":%ld,\"grad_norm\":%.9g}\n",
+        lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m.dev));
     model_download(&m, 0, 1);
     if (gpath && params_save(&m.ps, m.ps.g, gpath, err)) die("%s", err);
     plan_free(&p);
@@ -93,7 +94,7 @@ static void generated_run_open(generated_run *g, const args *a, float lr, int wa
     session_init_device(a);
     rng r;
     rng_seed(&r, seed);
-    const char *bpath = arg_str(a, "batch");      /* a peer's batch, to time the same work */
+    const char *bpath = arg_str(a, "batch"); /* a peer's batch, to time the same work */
     char err[ERR_LEN];
     if (bpath && batch_load(bpath, &c, &g->b, err)) die_input("%s", err);
     if (!bpath) batch_generate(&g->b, &c, B, L, &r);
@@ -119,7 +120,7 @@ static double train_step(generated_run *g, double *gnorm, float *lr) {
     loss_sums s = model_step(m, &g->p, (double)g->p.n_lm, n_latent, 1);
     *gnorm = grad_norm(&m->dev);
     *lr = optim_step(&g->o, &m->dev, *gnorm);
-    nn_sync();                          /* a step ends when the device is done */
+    nn_sync(); /* a step ends when the device is done */
     return (s.n_lm ? s.ce_sum / s.n_lm : 0.0) + m->cfg.lambda_diffusion * (n_latent ? s.se_sum / n_latent : 0.0);
 }
 
@@ -129,15 +130,15 @@ static int cmd_bench(const args *a) {
     generated_run_open(&g, a, 3e-4f, 10, 1000);
     double gnorm, *times = xcalloc(steps, sizeof(double));
     float lr;
-    train_step(&g, &gnorm, &lr);                        /* warm-up: allocations, caches */
+    train_step(&g, &gnorm, &lr); /* warm-up: allocations, caches */
     for (int s = 0; s < steps; s++) {
         double t0 = now_s();
         train_step(&g, &gnorm, &lr);
         times[s] = now_s() - t0;
     }
     const plan *p = &g.p;
-    double med = median_sorted(times, steps), flops = model_step_flops(&g.m, p);   /* times now sorted */
-    double state_mb = 4.0 * g.m.ps.numel * sizeof(float) / 1048576.0;   /* weights, grads, m, v */
+    double med = median_sorted(times, steps), flops = model_step_flops(&g.m, p); /* times now sorted */
+    double state_mb = 4.0 * g.m.ps.numel * sizeof(float) / 1048576.0;            /* weights, grads, m, v */
     double act_mb = model_activation_floats(&g.m, p) * sizeof(float) / 1048576.0;
     /* memory_ratio: peak RSS over what training needs at the least (weights,
      * gradients, Adam moments, and the activations backward reads). */
@@ -198,7 +199,8 @@ static const cli_flag bench_flags[] = {
 
 static const cli_flag export_flags[] = {
     {"ckpt", FLAG_TEXT | FLAG_REQUIRED, "STEP_DIR", NULL, NULL, "a step folder of a run"},
-    {"out", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "the consolidated folder to write (config, weights, tokenizer, statistics)"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL,
+     "the consolidated folder to write (config, weights, tokenizer, statistics)"},
     {"dtype", FLAG_CHOICE, "f32|bf16", NULL, "f32", "the weights' type"},
     {"weights", FLAG_CHOICE, "ema|raw", NULL, NULL, "which weights (default: the EMA where there is one)"},
     {0},
@@ -206,26 +208,28 @@ static const cli_flag export_flags[] = {
 
 static const cli_command init_command = {
     "init", "writes a checkpoint with freshly initialized weights", cmd_init, {init_flags}};
-static const cli_command loss_command = {
-    "loss", "the loss and gradient norm of a checkpoint on a batch file (conformance)", cmd_loss,
-    {loss_flags, device_flags}};
-static const cli_command bench_command = {
-    "bench", "times training steps on a generated batch: step time, FLOP/s, memory", cmd_bench,
-    {bench_flags, device_flags}};
+static const cli_command loss_command = {"loss",
+                                         "the loss and gradient norm of a checkpoint on a batch file (conformance)",
+                                         cmd_loss,
+                                         {loss_flags, device_flags}};
+static const cli_command bench_command = {"bench",
+                                          "times training steps on a generated batch: step time, FLOP/s, memory",
+                                          cmd_bench,
+                                          {bench_flags, device_flags}};
 static const cli_command export_command = {
     "export", "a step folder as one consolidated checkpoint, f32 or bf16", cmd_export, {export_flags}};
 
 static const cli_command *const commands[] = {
-    &init_command, &loss_command, &bench_command, &train_command, &export_command,
+    &init_command,   &loss_command,    &bench_command,        &train_command, &export_command,
     &sample_command, &caption_command, &sample_bench_command, &eval_command,
 };
 
-static const cli_program program = {
-    "trainer", "Trains the Transfusion model and generates from it.", commands, sizeof commands / sizeof *commands};
+static const cli_program program = {"trainer", "Trains the Transfusion model and generates from it.", commands,
+                                    sizeof commands / sizeof *commands};
 
 int main(int argc, char **argv) {
     nn_startup(argv);
-    dist_init(&argc, &argv);            /* MPI only when started by mpirun */
+    dist_init(&argc, &argv); /* MPI only when started by mpirun */
     int rc = cli_main(&program, argc, argv);
     dist_finalize();
     return rc;

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CE_CHUNK 256          /* LM positions per cross-entropy chunk */
+#define CE_CHUNK 256 /* LM positions per cross-entropy chunk */
 
 /* ---------------------------------------------------------------- layout */
 
@@ -30,10 +30,12 @@ static void bind_views(weights *v, float *base, const model *m) {
     for (int l = 0; l < nl; l++) {
         layer_weights *lw = &v->layers[l];
         lw->ln1 = base + p[i++].offset;
-        lw->wqkv = base + p[i].offset; i += 3;       /* q, k, v adjacent */
+        lw->wqkv = base + p[i].offset;
+        i += 3; /* q, k, v adjacent */
         lw->wo = base + p[i++].offset;
         lw->ln2 = base + p[i++].offset;
-        lw->wgu = base + p[i].offset; i += 2;        /* gate, up adjacent */
+        lw->wgu = base + p[i].offset;
+        i += 2; /* gate, up adjacent */
         lw->wd = base + p[i++].offset;
     }
     v->norm = base + p[i++].offset;
@@ -133,20 +135,20 @@ void model_init_weights(model *m, unsigned long long seed) {
 /* ------------------------------------------------------------- workspace */
 
 typedef struct {
-    float *x;       /* residual stream entering the layer [N, d] */
+    float *x; /* residual stream entering the layer [N, d] */
     float *n1, *qkv, *att, *lse, *x_mid, *n2, *gu, *act;
 } layer_acts;
 
 struct workspace {
-    int N, n_patch, n_images;       /* capacities */
+    int N, n_patch, n_images; /* capacities */
     layer_acts *layers;
-    float *x_final, *h;             /* last residual, final norm output */
+    float *x_final, *h; /* last residual, final norm output */
     float *patch_in, *t_h1, *t_a1, *temb;
-    float *pred;                    /* [n_patch, P], then its gradient */
-    float *rows;                    /* gathered rows [N, d] */
+    float *pred; /* [n_patch, P], then its gradient */
+    float *rows; /* gathered rows [N, d] */
     float *dh, *dx, *dn, *datt, *dqkv, *dgu, *dact;
-    float *logits, *lm_h, *lm_dh;   /* one cross-entropy chunk */
-    plan_mirror *pm;                /* the plan in backend buffers; NULL in host memory */
+    float *logits, *lm_h, *lm_dh; /* one cross-entropy chunk */
+    plan_mirror *pm;              /* the plan in backend buffers; NULL in host memory */
 };
 
 static void workspace_free(workspace *ws, int nl) {
@@ -157,9 +159,8 @@ static void workspace_free(workspace *ws, int nl) {
         for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     }
     free(ws->layers);
-    float *bufs[] = {ws->x_final, ws->h, ws->patch_in, ws->t_h1, ws->t_a1, ws->temb, ws->pred,
-                     ws->rows, ws->dh, ws->dx, ws->dn, ws->datt, ws->dqkv, ws->dgu, ws->dact,
-                     ws->logits, ws->lm_h, ws->lm_dh};
+    float *bufs[] = {ws->x_final, ws->h,  ws->patch_in, ws->t_h1, ws->t_a1, ws->temb, ws->pred,   ws->rows, ws->dh,
+                     ws->dx,      ws->dn, ws->datt,     ws->dqkv, ws->dgu,  ws->dact, ws->logits, ws->lm_h, ws->lm_dh};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     plan_mirror_free(ws->pm);
     free(ws);
@@ -175,34 +176,48 @@ static workspace *workspace_for(model *m, const plan *p) {
     size_t N = p->N, d = c->hidden_size, f = c->intermediate_size, H = c->num_attention_heads;
     size_t np = p->n_patch, ni = p->n_images, P = cfg_patch_dim(c);
     ws = xcalloc(1, sizeof *ws);
-    ws->N = p->N; ws->n_patch = p->n_patch; ws->n_images = p->n_images;
+    ws->N = p->N;
+    ws->n_patch = p->n_patch;
+    ws->n_images = p->n_images;
     ws->layers = xcalloc(nl, sizeof(layer_acts));
     for (int l = 0; l < nl; l++) {
         layer_acts *a = &ws->layers[l];
-        a->x = nn_alloc(N * d); a->n1 = nn_alloc(N * d); a->qkv = nn_alloc(N * 3 * d);
-        a->att = nn_alloc(N * d); a->lse = nn_alloc_f32(N * H); a->x_mid = nn_alloc(N * d);
-        a->n2 = nn_alloc(N * d); a->gu = nn_alloc(N * 2 * f); a->act = nn_alloc(N * f);
+        a->x = nn_alloc(N * d);
+        a->n1 = nn_alloc(N * d);
+        a->qkv = nn_alloc(N * 3 * d);
+        a->att = nn_alloc(N * d);
+        a->lse = nn_alloc_f32(N * H);
+        a->x_mid = nn_alloc(N * d);
+        a->n2 = nn_alloc(N * d);
+        a->gu = nn_alloc(N * 2 * f);
+        a->act = nn_alloc(N * f);
     }
-    ws->x_final = nn_alloc(N * d); ws->h = nn_alloc(N * d);
+    ws->x_final = nn_alloc(N * d);
+    ws->h = nn_alloc(N * d);
     ws->patch_in = nn_alloc(np * d);
-    ws->t_h1 = nn_alloc(ni * d); ws->t_a1 = nn_alloc(ni * d); ws->temb = nn_alloc(ni * d);
+    ws->t_h1 = nn_alloc(ni * d);
+    ws->t_a1 = nn_alloc(ni * d);
+    ws->temb = nn_alloc(ni * d);
     ws->pred = nn_alloc(np * P);
     ws->rows = nn_alloc(N * d);
-    size_t scratch = N > ni ? N : ni;       /* dn, datt also serve the timestep MLP */
-    ws->dh = nn_alloc(N * d); ws->dx = nn_alloc(N * d); ws->dn = nn_alloc(scratch * d);
-    ws->datt = nn_alloc(scratch * d); ws->dqkv = nn_alloc(N * 3 * d);
-    ws->dgu = nn_alloc(N * 2 * f); ws->dact = nn_alloc(N * f);
+    size_t scratch = N > ni ? N : ni; /* dn, datt also serve the timestep MLP */
+    ws->dh = nn_alloc(N * d);
+    ws->dx = nn_alloc(N * d);
+    ws->dn = nn_alloc(scratch * d);
+    ws->datt = nn_alloc(scratch * d);
+    ws->dqkv = nn_alloc(N * 3 * d);
+    ws->dgu = nn_alloc(N * 2 * f);
+    ws->dact = nn_alloc(N * f);
     ws->logits = nn_alloc((size_t)CE_CHUNK * c->vocab_size);
-    ws->lm_h = nn_alloc((size_t)CE_CHUNK * d); ws->lm_dh = nn_alloc((size_t)CE_CHUNK * d);
+    ws->lm_h = nn_alloc((size_t)CE_CHUNK * d);
+    ws->lm_dh = nn_alloc((size_t)CE_CHUNK * d);
     if (!nn_host_memory()) ws->pm = plan_mirror_create(p->N, p->n_patch, p->n_images, c);
     m->ws = ws;
     return ws;
 }
 
 /* The plan the kernels read: p itself, or its copy in backend buffers. */
-static const plan *kernel_plan(workspace *ws, const plan *p) {
-    return ws->pm ? plan_mirror_upload(ws->pm, p) : p;
-}
+static const plan *kernel_plan(workspace *ws, const plan *p) { return ws->pm ? plan_mirror_upload(ws->pm, p) : p; }
 
 void model_free(model *m) {
     workspace_free(m->ws, m->cfg.num_hidden_layers);
@@ -211,7 +226,8 @@ void model_free(model *m) {
         nn_free(m->dev.g);
     }
     params_free(&m->ps);
-    free(m->W.layers); free(m->G.layers);
+    free(m->W.layers);
+    free(m->G.layers);
     memset(m, 0, sizeof *m);
 }
 
@@ -239,16 +255,16 @@ static void embed_inputs(model *m, const plan *p, workspace *ws, float *x) {
     nn_scatter_rows(x, ws->patch_in, p->patch_row, p->n_patch, d);
 }
 
-void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv,
-               const int32_t *pos, const float *rope_cos, const float *rope_sin, int N) {
+void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv, const int32_t *pos,
+               const float *rope_cos, const float *rope_sin, int N) {
     int d = c->hidden_size, H = c->num_attention_heads, hd = cfg_head_dim(c);
     nn_rmsnorm_forward(n1, x, w->ln1, N, d, c->rms_norm_eps);
     nn_linear_forward(qkv, n1, w->wqkv, NULL, N, d, 3 * d);
-    nn_rope(qkv, 3 * d, pos, N, 2 * H, hd, rope_cos, rope_sin, 0);     /* q and k */
+    nn_rope(qkv, 3 * d, pos, N, 2 * H, hd, rope_cos, rope_sin, 0); /* q and k */
 }
 
-void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att,
-               float *x_mid, float *n2, float *gu, float *act, float *x_out, int N) {
+void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att, float *x_mid, float *n2,
+               float *gu, float *act, float *x_out, int N) {
     int d = c->hidden_size, f = c->intermediate_size;
     nn_linear_forward(x_mid, att, w->wo, NULL, N, d, d);
     nn_add(x_mid, x, (size_t)N * d);
@@ -259,8 +275,7 @@ void block_out(const model_config *c, const layer_weights *w, const float *x, co
     nn_add(x_out, x_mid, (size_t)N * d);
 }
 
-static void layer_forward(const model_config *c, const layer_weights *w, layer_acts *a,
-                          float *x_out, const plan *p) {
+static void layer_forward(const model_config *c, const layer_weights *w, layer_acts *a, float *x_out, const plan *p) {
     block_qkv(c, w, a->x, a->n1, a->qkv, p->pos, p->rope_cos, p->rope_sin, p->N);
     nn_attention_forward(a->att, a->lse, a->qkv, p->lo, p->hi, p->B, p->L, c->num_attention_heads, cfg_head_dim(c));
     block_out(c, w, a->x, a->att, a->x_mid, a->n2, a->gu, a->act, x_out, p->N);
@@ -271,8 +286,7 @@ static void forward_trunk(model *m, const plan *p, workspace *ws) {
     int nl = c->num_hidden_layers;
     embed_inputs(m, p, ws, ws->layers[0].x);
     for (int l = 0; l < nl; l++)
-        layer_forward(c, &m->W.layers[l], &ws->layers[l],
-                      l + 1 < nl ? ws->layers[l + 1].x : ws->x_final, p);
+        layer_forward(c, &m->W.layers[l], &ws->layers[l], l + 1 < nl ? ws->layers[l + 1].x : ws->x_final, p);
     nn_rmsnorm_forward(ws->h, ws->x_final, m->W.norm, p->N, c->hidden_size, c->rms_norm_eps);
 }
 
@@ -310,17 +324,16 @@ static double lm_head(model *m, const plan *p, workspace *ws, int from, int to, 
 
 /* patch_out head + squared error against eps over patches [from, to). Adds
  * dloss/dh into ws->dh. */
-static double diffusion_head(model *m, const plan *p, workspace *ws, int from, int to, float scale,
-                             int want_grads) {
+static double diffusion_head(model *m, const plan *p, workspace *ws, int from, int to, float scale, int want_grads) {
     int d = m->cfg.hidden_size, P = cfg_patch_dim(&m->cfg), n = to - from;
     nn_gather_rows(ws->rows, ws->h, p->patch_row + from, n, d);
     nn_linear_forward(ws->pred, ws->rows, m->W.patch_out_w, m->W.patch_out_b, n, d, P);
-    double se = nn_squared_error(ws->pred, ws->pred, p->patch_eps + (size_t)from * P, (size_t)n * P,
-                                 want_grads ? scale : 0.0f);
+    double se =
+        nn_squared_error(ws->pred, ws->pred, p->patch_eps + (size_t)from * P, (size_t)n * P, want_grads ? scale : 0.0f);
     if (want_grads) {
         /* ws->pred now holds dpred; ws->dn is free scratch here. */
-        nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->pred, ws->rows,
-                           m->W.patch_out_w, n, d, P, 0);
+        nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->pred, ws->rows, m->W.patch_out_w, n, d, P,
+                           0);
         nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row + from, n, d);
     }
     return se;
@@ -329,8 +342,8 @@ static double diffusion_head(model *m, const plan *p, workspace *ws, int from, i
 /* --------------------------------------------------------------- backward */
 
 /* On entry ws->dx holds dloss/d(layer output); on exit dloss/d(layer input). */
-static void layer_backward(const model_config *c, const layer_weights *w, layer_weights *g,
-                           const layer_acts *a, workspace *ws, const plan *p) {
+static void layer_backward(const model_config *c, const layer_weights *w, layer_weights *g, const layer_acts *a,
+                           workspace *ws, const plan *p) {
     int N = p->N, d = c->hidden_size, f = c->intermediate_size;
     int H = c->num_attention_heads, hd = cfg_head_dim(c);
     float eps = c->rms_norm_eps;
@@ -357,16 +370,14 @@ static void embed_backward(model *m, const plan *p, workspace *ws) {
 
     float *dpatch = ws->rows;
     nn_gather_rows(dpatch, ws->dx, p->patch_row, p->n_patch, d);
-    nn_linear_backward(NULL, G->patch_in_w, G->patch_in_b, dpatch, p->patch_x, m->W.patch_in_w,
-                       p->n_patch, P, d, 0);
+    nn_linear_backward(NULL, G->patch_in_w, G->patch_in_b, dpatch, p->patch_x, m->W.patch_in_w, p->n_patch, P, d, 0);
     nn_scatter_add_rows(G->pos_embed, dpatch, p->patch_k, p->n_patch, d);
-    float *dtemb = ws->dn, *da1 = ws->datt;       /* free scratch here */
+    float *dtemb = ws->dn, *da1 = ws->datt; /* free scratch here */
     nn_zero(dtemb, (size_t)ni * d);
     nn_scatter_add_rows(dtemb, dpatch, p->patch_image, p->n_patch, d);
     nn_linear_backward(da1, G->time2_w, G->time2_b, dtemb, ws->t_a1, m->W.time2_w, ni, d, d, 0);
     nn_silu_backward(da1, da1, ws->t_h1, (size_t)ni * d);
-    nn_linear_backward(NULL, G->time0_w, G->time0_b, da1, p->time_feat, m->W.time0_w,
-                       ni, c->timestep_dim, d, 0);
+    nn_linear_backward(NULL, G->time0_w, G->time0_b, da1, p->time_feat, m->W.time0_w, ni, c->timestep_dim, d, 0);
 }
 
 loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads) {
@@ -429,7 +440,7 @@ void model_row_losses(model *m, const plan *hp, double *ce, double *se) {
 size_t model_activation_floats(const model *m, const plan *p) {
     const model_config *c = &m->cfg;
     size_t N = p->N, d = c->hidden_size, f = c->intermediate_size, H = c->num_attention_heads;
-    size_t per_layer = N * (8 * d + 3 * f + H);   /* x n1 qkv att x_mid n2 | gu act | lse */
+    size_t per_layer = N * (8 * d + 3 * f + H); /* x n1 qkv att x_mid n2 | gu act | lse */
     return c->num_hidden_layers * per_layer + 2 * N * d + (size_t)p->n_patch * d;
 }
 
@@ -437,7 +448,7 @@ double model_step_flops(const model *m, const plan *p) {
     const model_config *c = &m->cfg;
     double d = c->hidden_size, f = c->intermediate_size, P = cfg_patch_dim(c);
     double per_pos = c->num_hidden_layers * (4 * d * d + 3 * d * f);
-    double pairs = 0;                       /* allowed (query, key) pairs */
+    double pairs = 0; /* allowed (query, key) pairs */
     for (int i = 0; i < p->N; i++) pairs += p->hi[i] - p->lo[i] + 1;
     double flops = 6.0 * p->N * per_pos;
     flops += 6.0 * p->n_lm * d * c->vocab_size;

@@ -14,7 +14,9 @@
 
 #include <stddef.h>
 
-typedef struct { float *ln1, *wqkv, *wo, *ln2, *wgu, *wd; } layer_weights;
+typedef struct {
+    float *ln1, *wqkv, *wo, *ln2, *wgu, *wd;
+} layer_weights;
 
 /* Views into a flat parameter-shaped array (weights or gradients). */
 typedef struct {
@@ -29,13 +31,13 @@ typedef struct workspace workspace;
 
 typedef struct {
     model_config cfg;
-    param_set ps;               /* names, shapes; flat weights ps.w, gradients ps.g (host) */
-    param_set dev;              /* what the kernels use: ps itself where the backend works
+    param_set ps;         /* names, shapes; flat weights ps.w, gradients ps.g (host) */
+    param_set dev;        /* what the kernels use: ps itself where the backend works
                                  * in host memory, else float32 copies in its buffers */
-    int dev_copies;             /* 1: dev.w and dev.g are those copies (the model frees them) */
-    weights W, G;               /* views into dev.w and dev.g */
-    workspace *ws;              /* activations, sized for the last plan */
-    grad_hook grad_ready;       /* told as each layer's gradients are final (params.h) */
+    int dev_copies;       /* 1: dev.w and dev.g are those copies (the model frees them) */
+    weights W, G;         /* views into dev.w and dev.g */
+    workspace *ws;        /* activations, sized for the last plan */
+    grad_hook grad_ready; /* told as each layer's gradients are final (params.h) */
 } model;
 
 /* Loss sums of one forward pass; the loss is

@@ -10,11 +10,21 @@
 #include <string.h>
 
 void plan_free(plan *p) {
-    free(p->lo); free(p->hi); free(p->pos); free(p->rope_cos); free(p->rope_sin);
-    free(p->tok_row); free(p->tok_id);
-    free(p->patch_row); free(p->patch_image); free(p->patch_k);
-    free(p->patch_x); free(p->patch_eps);
-    free(p->lm_row); free(p->lm_target); free(p->time_feat);
+    free(p->lo);
+    free(p->hi);
+    free(p->pos);
+    free(p->rope_cos);
+    free(p->rope_sin);
+    free(p->tok_row);
+    free(p->tok_id);
+    free(p->patch_row);
+    free(p->patch_image);
+    free(p->patch_k);
+    free(p->patch_x);
+    free(p->patch_eps);
+    free(p->lm_row);
+    free(p->lm_target);
+    free(p->time_feat);
     memset(p, 0, sizeof *p);
 }
 
@@ -38,8 +48,8 @@ static void plan_ranges(plan *p, const batch *b, const model_config *c) {
         for (int i = 0; i < b->L; i++) {
             /* The attention kernels' tile search (nn/attn_tiles.h) assumes it. */
             if (i > 0 && (lo[i] < lo[i - 1] || hi[i] < hi[i - 1]))
-                die("plan: key ranges decrease at row %d, position %d ([%d, %d] after [%d, %d])", r, i, lo[i],
-                    hi[i], lo[i - 1], hi[i - 1]);
+                die("plan: key ranges decrease at row %d, position %d ([%d, %d] after [%d, %d])", r, i, lo[i], hi[i],
+                    lo[i - 1], hi[i - 1]);
             p->pos[(size_t)r * b->L + i] = i - lo[i];
         }
     }
@@ -89,15 +99,21 @@ static void plan_patches(plan *p, const batch *b, const model_config *c) {
 
 void plan_build(plan *p, const batch *b, const model_config *c) {
     memset(p, 0, sizeof *p);
-    p->B = b->B; p->L = b->L; p->N = b->B * b->L; p->n_images = b->n_images;
+    p->B = b->B;
+    p->L = b->L;
+    p->N = b->B * b->L;
+    p->n_images = b->n_images;
     size_t N = (size_t)p->N;
     p->lo = xmalloc(sizeof(int32_t) * N);
     p->hi = xmalloc(sizeof(int32_t) * N);
     p->pos = xmalloc(sizeof(int32_t) * N);
-    p->tok_row = xmalloc(sizeof(int32_t) * N); p->tok_id = xmalloc(sizeof(int32_t) * N);
-    p->patch_row = xmalloc(sizeof(int32_t) * N); p->patch_image = xmalloc(sizeof(int32_t) * N);
+    p->tok_row = xmalloc(sizeof(int32_t) * N);
+    p->tok_id = xmalloc(sizeof(int32_t) * N);
+    p->patch_row = xmalloc(sizeof(int32_t) * N);
+    p->patch_image = xmalloc(sizeof(int32_t) * N);
     p->patch_k = xmalloc(sizeof(int32_t) * N);
-    p->lm_row = xmalloc(sizeof(int32_t) * N); p->lm_target = xmalloc(sizeof(int32_t) * N);
+    p->lm_row = xmalloc(sizeof(int32_t) * N);
+    p->lm_target = xmalloc(sizeof(int32_t) * N);
     plan_ranges(p, b, c);
     plan_rope_tables(p, c);
     for (size_t i = 0; i < N; i++) {

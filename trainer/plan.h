@@ -8,18 +8,18 @@
 #include "batch.h"
 
 typedef struct {
-    int B, L, N;                 /* N = B*L */
-    int32_t *lo, *hi, *pos;      /* [N]: key range (row-relative), RoPE position */
-    float *rope_cos, *rope_sin;  /* [L, head_dim/2] */
-    int n_tok;                   /* token positions: row, id */
+    int B, L, N;                /* N = B*L */
+    int32_t *lo, *hi, *pos;     /* [N]: key range (row-relative), RoPE position */
+    float *rope_cos, *rope_sin; /* [L, head_dim/2] */
+    int n_tok;                  /* token positions: row, id */
     int32_t *tok_row, *tok_id;
-    int n_patch;                 /* patch positions in order: row, image, k */
+    int n_patch; /* patch positions in order: row, image, k */
     int32_t *patch_row, *patch_image, *patch_k;
-    float *patch_x, *patch_eps;  /* [n_patch, patch_dim]: noised x_t and eps */
-    int n_lm;                    /* LM targets: row and target token */
+    float *patch_x, *patch_eps; /* [n_patch, patch_dim]: noised x_t and eps */
+    int n_lm;                   /* LM targets: row and target token */
     int32_t *lm_row, *lm_target;
     int n_images;
-    float *time_feat;            /* [n_images, timestep_dim] */
+    float *time_feat; /* [n_images, timestep_dim] */
 } plan;
 
 /* RoPE cosines and sines [L, head_dim/2] of positions 0..L-1 (angles in

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 struct plan_mirror {
-    plan p;                     /* counts of the last upload, the buffers below */
+    plan p; /* counts of the last upload, the buffers below */
     int half, P, tdim;
 };
 
@@ -16,10 +16,10 @@ plan_mirror *plan_mirror_create(int N, int n_patch, int n_images, const model_co
     pm->half = cfg_head_dim(c) / 2;
     pm->P = cfg_patch_dim(c);
     pm->tdim = c->timestep_dim;
-    int32_t **idx[] = {&p->lo, &p->hi, &p->pos, &p->tok_row, &p->tok_id, &p->patch_row,
-                       &p->patch_image, &p->patch_k, &p->lm_row, &p->lm_target};
+    int32_t **idx[] = {&p->lo,        &p->hi,          &p->pos,     &p->tok_row, &p->tok_id,
+                       &p->patch_row, &p->patch_image, &p->patch_k, &p->lm_row,  &p->lm_target};
     for (size_t k = 0; k < sizeof idx / sizeof *idx; k++) *idx[k] = nn_alloc_i32(N);
-    p->rope_cos = nn_alloc_f32((size_t)N * pm->half);      /* L <= N rows */
+    p->rope_cos = nn_alloc_f32((size_t)N * pm->half); /* L <= N rows */
     p->rope_sin = nn_alloc_f32((size_t)N * pm->half);
     p->patch_x = nn_alloc((size_t)n_patch * pm->P);
     p->patch_eps = nn_alloc_f32((size_t)n_patch * pm->P);
@@ -40,8 +40,13 @@ static void up(float *dst, const float *src, size_t n) {
 
 const plan *plan_mirror_upload(plan_mirror *pm, const plan *h) {
     plan *p = &pm->p;
-    p->B = h->B; p->L = h->L; p->N = h->N;
-    p->n_tok = h->n_tok; p->n_patch = h->n_patch; p->n_lm = h->n_lm; p->n_images = h->n_images;
+    p->B = h->B;
+    p->L = h->L;
+    p->N = h->N;
+    p->n_tok = h->n_tok;
+    p->n_patch = h->n_patch;
+    p->n_lm = h->n_lm;
+    p->n_images = h->n_images;
     up_i32(p->lo, h->lo, h->N);
     up_i32(p->hi, h->hi, h->N);
     up_i32(p->pos, h->pos, h->N);
@@ -63,8 +68,9 @@ const plan *plan_mirror_upload(plan_mirror *pm, const plan *h) {
 void plan_mirror_free(plan_mirror *pm) {
     if (!pm) return;
     plan *p = &pm->p;
-    void *bufs[] = {p->lo, p->hi, p->pos, p->tok_row, p->tok_id, p->patch_row, p->patch_image, p->patch_k,
-                    p->lm_row, p->lm_target, p->rope_cos, p->rope_sin, p->patch_x, p->patch_eps, p->time_feat};
+    void *bufs[] = {p->lo,        p->hi,          p->pos,     p->tok_row,   p->tok_id,
+                    p->patch_row, p->patch_image, p->patch_k, p->lm_row,    p->lm_target,
+                    p->rope_cos,  p->rope_sin,    p->patch_x, p->patch_eps, p->time_feat};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     free(pm);
 }

@@ -13,9 +13,9 @@
 struct row_source {
     model_config cfg;
     int accum, B, L;
-    dl_client **clients;        /* [accum], NULL for generated rows */
-    cJSON *info;                /* the loader's info */
-    batch *micro;               /* [accum] */
+    dl_client **clients; /* [accum], NULL for generated rows */
+    cJSON *info;         /* the loader's info */
+    batch *micro;        /* [accum] */
 };
 
 row_source *rows_open_generated(const model_config *c, int accum, int B, int L, unsigned long long seed) {
@@ -37,7 +37,7 @@ row_source *rows_open_generated(const model_config *c, int accum, int B, int L, 
 
 /* The config fields the loader dictates, from its info JSON. */
 static cJSON *loader_fields(const cJSON *info, const char *endpoint, char *err) {
-    static const char *const ids[] = {"vocab_size", "bos_token_id", "eos_token_id", "boi_token_id",
+    static const char *const ids[] = {"vocab_size",   "bos_token_id",    "eos_token_id", "boi_token_id",
                                       "eoi_token_id", "latent_channels", "patch_size"};
     cJSON *g = cJSON_CreateObject();
     for (size_t i = 0; i < sizeof ids / sizeof *ids; i++) {
@@ -49,7 +49,8 @@ static cJSON *loader_fields(const cJSON *info, const char *endpoint, char *err) 
         }
         cJSON_AddNumberToObject(g, ids[i], v->valuedouble);
     }
-    const cJSON *h = cJSON_GetObjectItemCaseSensitive(info, "latent_h"), *w = cJSON_GetObjectItemCaseSensitive(info, "latent_w");
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(info, "latent_h"),
+                *w = cJSON_GetObjectItemCaseSensitive(info, "latent_w");
     if (!cJSON_IsNumber(h) || !cJSON_IsNumber(w) || h->valuedouble != w->valuedouble) {
         set_error(err, "loader %s: latents must be square (info latent_h, latent_w)", endpoint);
         cJSON_Delete(g);
@@ -59,8 +60,8 @@ static cJSON *loader_fields(const cJSON *info, const char *endpoint, char *err) 
     return g;
 }
 
-row_source *rows_open_loader(const char *endpoint, const char *config_path, int accum, long first_step,
-                             model_config *c, int *B, int *L, char *err) {
+row_source *rows_open_loader(const char *endpoint, const char *config_path, int accum, long first_step, model_config *c,
+                             int *B, int *L, char *err) {
     row_source *s = xcalloc(1, sizeof *s);
     s->accum = accum;
     s->micro = xcalloc(accum, sizeof(batch));
@@ -123,14 +124,15 @@ int rows_next(row_source *s, batch **micro, double *wait_s, char *err) {
         const model_config *c = &s->cfg;
         char what[96];
         snprintf(what, sizeof what, "loader step %lld rank %d", (long long)d.step, d.rank);
-        if (d.B != s->B || d.L != s->L || d.C != c->latent_channels || d.h != c->latent_size ||
-            d.w != c->latent_size || d.patch != c->patch_size)
-            return set_error(err, "%s: rows of %dx%d with %dx%dx%d latents (patch %d), expected %dx%d and %dx%dx%d (patch %d)",
-                             what, d.B, d.L, d.C, d.h, d.w, d.patch, s->B, s->L, c->latent_channels,
-                             c->latent_size, c->latent_size, c->patch_size);
+        if (d.B != s->B || d.L != s->L || d.C != c->latent_channels || d.h != c->latent_size || d.w != c->latent_size ||
+            d.patch != c->patch_size)
+            return set_error(
+                err, "%s: rows of %dx%d with %dx%dx%d latents (patch %d), expected %dx%d and %dx%dx%d (patch %d)", what,
+                d.B, d.L, d.C, d.h, d.w, d.patch, s->B, s->L, c->latent_channels, c->latent_size, c->latent_size,
+                c->patch_size);
         batch_free(&s->micro[j]);
-        if (batch_from_rows(&s->micro[j], c, d.B, d.L, d.n_images, d.tokens, d.modality, d.doc, d.image,
-                            d.noise_limit, d.latents, what, err))
+        if (batch_from_rows(&s->micro[j], c, d.B, d.L, d.n_images, d.tokens, d.modality, d.doc, d.image, d.noise_limit,
+                            d.latents, what, err))
             return 1;
     }
     return 0;

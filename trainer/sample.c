@@ -124,7 +124,10 @@ static int cmd_sample(const args *a) {
     fprintf(stderr, "sample: %d samples, %d images in %.2f s (%s, %d steps, cfg %g) -> %s\n", K, total, gen_s,
             o.eta > 0 ? "ddpm" : "ddim", o.steps, o.cfg, out);
     for (int i = 0; i < K; i++) gen_sample_free(&gs[i]);
-    free(gs); free(rgb); free(jsonl); free(ids);
+    free(gs);
+    free(rgb);
+    free(jsonl);
+    free(ids);
     infer_rows_free(&prefix);
     session_close(&ss);
     return 0;
@@ -145,7 +148,7 @@ static int cmd_caption(const args *a) {
     gen_options o = session_text_options(a, ss.context, K);
     o.text_only = 1;
     o.cfg = 1.0f;
-    o.steps = 1;                /* no image is generated, but the sampler's schedule needs a length */
+    o.steps = 1; /* no image is generated, but the sampler's schedule needs a length */
     /* After an image, EOS is likelier than any one first word of a caption
      * (most images in training are followed by EOS: caption first), so a
      * greedy caption would be empty. */
@@ -182,7 +185,11 @@ static int cmd_caption(const args *a) {
         free(text);
         gen_sample_free(&gs[i]);
     }
-    free(gs); free(rgb); free(mean); free(ids); free(files);
+    free(gs);
+    free(rgb);
+    free(mean);
+    free(ids);
+    free(files);
     infer_rows_free(&prefix);
     session_close(&ss);
     return 0;
@@ -222,8 +229,16 @@ static int cmd_sample_bench(const args *a) {
     model_create(&m, &c);
     model_init_weights(&m, (unsigned long long)arg_int(a, "seed"));
     model_upload_weights(&m);
-    gen_options lm = {.n = K, .context = ctx, .max_tokens = M, .temperature = 1.0f, .top_p = 1.0f,
-                      .steps = D, .clip = 4.0f, .cfg = 1.0f, .text_only = 1, .ignore_eos = 1};
+    gen_options lm = {.n = K,
+                      .context = ctx,
+                      .max_tokens = M,
+                      .temperature = 1.0f,
+                      .top_p = 1.0f,
+                      .steps = D,
+                      .clip = 4.0f,
+                      .cfg = 1.0f,
+                      .text_only = 1,
+                      .ignore_eos = 1};
     gen_options im = lm;
     im.text_only = 0;
     im.max_tokens = 0;
@@ -232,7 +247,7 @@ static int cmd_sample_bench(const args *a) {
     im1.cfg = 1.0f;
     gen_options lm_nc = lm, im_nc = im;
     lm_nc.recompute = im_nc.recompute = 1;
-    time_generate(&m, lm, P, 0);                     /* warm-up: allocations, JIT kernels */
+    time_generate(&m, lm, P, 0); /* warm-up: allocations, JIT kernels */
     double lm_s = time_generate(&m, lm, P, 0), lm_nc_s = time_generate(&m, lm_nc, P, 0);
     double im_s = time_generate(&m, im, P, 1), im1_s = time_generate(&m, im1, P, 1);
     double im_nc_s = time_generate(&m, im_nc, P, 1);
@@ -255,9 +270,10 @@ static const cli_flag sample_flags[] = {
     {0},
 };
 
-const cli_command sample_command = {
-    "sample", "generates text and images from a prompt: images where the model opens one (BOI)", cmd_sample,
-    {sample_flags, session_flags, text_flags, image_flags, device_flags}};
+const cli_command sample_command = {"sample",
+                                    "generates text and images from a prompt: images where the model opens one (BOI)",
+                                    cmd_sample,
+                                    {sample_flags, session_flags, text_flags, image_flags, device_flags}};
 
 static const cli_flag caption_flags[] = {
     {"image", FLAG_TEXT | FLAG_REQUIRED | FLAG_REPEATED, "FILE", NULL, NULL, "an image (WebP, PNG, JPEG) to caption"},
@@ -268,9 +284,10 @@ static const cli_flag caption_flags[] = {
     {0},
 };
 
-const cli_command caption_command = {
-    "caption", "writes a caption for each --image: the text the model generates after it", cmd_caption,
-    {caption_flags, session_flags, text_flags, device_flags}};
+const cli_command caption_command = {"caption",
+                                     "writes a caption for each --image: the text the model generates after it",
+                                     cmd_caption,
+                                     {caption_flags, session_flags, text_flags, device_flags}};
 
 static const cli_flag sample_bench_flags[] = {
     {"config", FLAG_TEXT | FLAG_REQUIRED, "MODEL.json", NULL, NULL, "the model's config (random weights)"},
@@ -284,5 +301,7 @@ static const cli_flag sample_bench_flags[] = {
 };
 
 const cli_command sample_bench_command = {
-    "sample-bench", "times generation: tokens/s and images/s, with and without the cache and guidance",
-    cmd_sample_bench, {sample_bench_flags, device_flags}};
+    "sample-bench",
+    "times generation: tokens/s and images/s, with and without the cache and guidance",
+    cmd_sample_bench,
+    {sample_bench_flags, device_flags}};

@@ -18,7 +18,8 @@
 /* ---------------------------------------------------------------- device */
 
 const cli_flag device_flags[] = {
-    {"device", FLAG_TEXT, "cpu|cuda", NULL, "cpu", "the backend (cpu-device: the CPU's kernels on the GPU's code path)"},
+    {"device", FLAG_TEXT, "cpu|cuda", NULL, "cpu",
+     "the backend (cpu-device: the CPU's kernels on the GPU's code path)"},
     {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
     {0},
 };
@@ -85,7 +86,9 @@ static const char *load_checkpoint(const char *path, ckpt_weights which, model *
     snprintf(cfg, sizeof cfg, "%s/config.json", dir);
     if (config_load(cfg, &c, err)) die_input("%s", err);
     if (!has_tensor(dir, "image.patch_in.weight"))
-        die_input("%s: the checkpoint has no image parameters (image.patch_in.weight): it cannot generate or read images", dir);
+        die_input(
+            "%s: the checkpoint has no image parameters (image.patch_in.weight): it cannot generate or read images",
+            dir);
     if (step) {
         ckpt_reader rd;
         if (ckpt_open(&rd, dir, err)) die_input("%s", err);
@@ -93,7 +96,7 @@ static const char *load_checkpoint(const char *path, ckpt_weights which, model *
         ckpt_weights used;
         if (ckpt_load_chosen(&rd, &m->ps, which, &used, err)) die_input("%s", err);
         ckpt_close(&rd);
-        model_upload_weights(m);                /* (model_load uploads them itself) */
+        model_upload_weights(m); /* (model_load uploads them itself) */
         return used == CKPT_EMA ? "ema" : "raw";
     }
     if (which == CKPT_EMA)
@@ -188,10 +191,12 @@ long session_encode(session *s, const char *what, const char *text, long extra, 
 /* ---------------------------------------------------------------- options */
 
 const cli_flag session_flags[] = {
-    {"ckpt", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL, "a checkpoint: an export, a step folder or a run's folder (its newest step)"},
+    {"ckpt", FLAG_TEXT | FLAG_REQUIRED, "DIR", NULL, NULL,
+     "a checkpoint: an export, a step folder or a run's folder (its newest step)"},
     {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE whose latents the model was trained on"},
     {"tokenizer", FLAG_TEXT, "TOK.model", NULL, NULL, "the tokenizer (default: the checkpoint's tokenizer.model)"},
-    {"weights", FLAG_CHOICE, "ema|raw", NULL, NULL, "which weights of a step folder (default: the EMA where there is one)"},
+    {"weights", FLAG_CHOICE, "ema|raw", NULL, NULL,
+     "which weights of a step folder (default: the EMA where there is one)"},
     {"context", FLAG_INT, "C", "[1, inf)", NULL, "positions (default: the trained sequence length, else 256)"},
     {0},
 };
@@ -209,7 +214,8 @@ const cli_flag image_flags[] = {
     {"eta", FLAG_NUM, "E", "[0, inf)", "0", "DDIM's noise (0: deterministic); DDPM is eta 1"},
     {"cfg", FLAG_NUM, "G", "[0, inf)", "5", "classifier-free guidance scale (1: none)"},
     {"clip", FLAG_NUM, "X", "[0, inf)", "4", "clip the predicted clean latent to [-X, X] (0: no clipping)"},
-    {"no-cache", FLAG_SWITCH, NULL, NULL, NULL, "recompute every position at each step instead of caching keys and values"},
+    {"no-cache", FLAG_SWITCH, NULL, NULL, NULL,
+     "recompute every position at each step instead of caching keys and values"},
     {0},
 };
 

@@ -20,16 +20,16 @@
 typedef struct {
     vae_model *vae;
     double *mean, *std;
-    int size;                   /* image side in pixels */
+    int size; /* image side in pixels */
 } image_io;
 
 typedef struct {
-    char dir[4096];             /* the folder that holds the weights */
-    const char *weights;        /* which: "ema", "raw" (a step folder) or "export" */
+    char dir[4096];      /* the folder that holds the weights */
+    const char *weights; /* which: "ema", "raw" (a step folder) or "export" */
     model m;
     spm *tok;
     image_io io;
-    int context;                /* --context, else the trained seq_len, else 256 */
+    int context; /* --context, else the trained seq_len, else 256 */
 } session;
 
 /* --device (cpu, cuda, cpu-device) and --threads: the flags of every

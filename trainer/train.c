@@ -36,7 +36,7 @@
 
 typedef struct {
     int steps, warmup, log_every, B, A, L, ckpt_every, keep, keep_every, eval_every;
-    float lr, ema;              /* ema: --ema's decay, 0 when not given */
+    float lr, ema; /* ema: --ema's decay, 0 when not given */
     unsigned long long seed;
     const char *loader, *ckpt_dir, *resume, *out, *init_from;
 } run_options;
@@ -87,7 +87,8 @@ static void resume_from(ckpt_reader *rd, const char *path, const row_source *row
     if ((then || now) && !(then && now && strcmp(then, now) == 0))
         die_input("--resume %s: trained on loader data %s, but the loader now serves %s", path,
                   then ? then : "(none: generated rows)", now ? now : "(none: generated rows)");
-    if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, rd->step, rd->world_size);
+    if (dist_rank() == 0)
+        fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, rd->step, rd->world_size);
 }
 
 /* The EMA, none when ema->avg stays NULL: continued from the checkpoint when
@@ -99,8 +100,10 @@ static void start_ema(weight_ema *ema, const run_options *o, const ckpt_reader *
     long updates = 0;
     if (rd && rd->has_ema) {
         const cJSON *st = cJSON_GetObjectItemCaseSensitive(rd->state, "ema");
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(st, "decay"), *u = cJSON_GetObjectItemCaseSensitive(st, "updates");
-        if (!cJSON_IsNumber(d) || !(d->valuedouble > 0 && d->valuedouble < 1) || !cJSON_IsNumber(u) || u->valuedouble < 0)
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(st, "decay"),
+                    *u = cJSON_GetObjectItemCaseSensitive(st, "updates");
+        if (!cJSON_IsNumber(d) || !(d->valuedouble > 0 && d->valuedouble < 1) || !cJSON_IsNumber(u) ||
+            u->valuedouble < 0)
             die_input("--resume %s: trainer_state.json: an EMA needs ema.decay in (0, 1) and ema.updates", rd->dir);
         if (dist_rank() == 0 && decay && decay != (float)d->valuedouble)
             fprintf(stderr, "EMA: decay %g from now on (the checkpoint's was %g)\n", decay, d->valuedouble);
@@ -122,8 +125,8 @@ static void start_ema(weight_ema *ema, const run_options *o, const ckpt_reader *
     free(all);
 }
 
-static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt,
-                 const weight_ema *ema, long step) {
+static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt, const weight_ema *ema,
+                 long step) {
     char err[ERR_LEN];
     cJSON *state = run_state(o, rows, ema, step, dist_size());
     const cJSON *info = rows_loader_info(rows);
@@ -137,9 +140,19 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
     model_download(m, 1, 0);
     optim_host_moments(opt, &mom1, &mom2, 1);
     cJSON *config = config_json(&m->cfg);
-    ckpt_save_request r = {.ps = &m->ps, .config = config, .step = step, .opt_offset = opt->off,
-                           .opt_count = opt->n, .m = mom1, .v = mom2, .ema = avg, .state = state,
-                           .extras = extras, .n_extras = n, .keep = o->keep, .keep_every = o->keep_every};
+    ckpt_save_request r = {.ps = &m->ps,
+                           .config = config,
+                           .step = step,
+                           .opt_offset = opt->off,
+                           .opt_count = opt->n,
+                           .m = mom1,
+                           .v = mom2,
+                           .ema = avg,
+                           .state = state,
+                           .extras = extras,
+                           .n_extras = n,
+                           .keep = o->keep,
+                           .keep_every = o->keep_every};
     double t0 = now_s();
     /* A failed save must never end in a run that looks successful. */
     if (ckpt_save(o->ckpt_dir, &r, err)) die("checkpoint at step %ld not saved: %s", step, err);
@@ -163,7 +176,8 @@ static void check_eval_inputs(const args *a, const run_options *o) {
     if (none) die_input("trainer train: --eval-images %s: no such files", images);
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", vae);
-    if (access(path, R_OK)) die_input("trainer train: --vae %s: no config.json (a VAE folder of vae_service train)", vae);
+    if (access(path, R_OK))
+        die_input("trainer train: --vae %s: no config.json (a VAE folder of vae_service train)", vae);
     if (text && access(text, R_OK)) die_input("trainer train: --eval-text %s: cannot read", text);
     if (prompts && access(prompts, R_OK)) die_input("trainer train: --eval-prompts %s: cannot read", prompts);
 }
@@ -175,13 +189,24 @@ static void eval_saved_step(const args *a, const run_options *o, long step, FILE
     snprintf(dir, sizeof dir, "%s/step_%08ld", o->ckpt_dir, step);
     const char *argv[20];
     int n = 0;
-    argv[n++] = "--ckpt"; argv[n++] = dir;
-    argv[n++] = "--vae"; argv[n++] = arg_str(a, "vae");
-    argv[n++] = "--images"; argv[n++] = arg_str(a, "eval-images");
-    argv[n++] = "--n"; argv[n++] = arg_str(a, "eval-n");
-    argv[n++] = "--steps"; argv[n++] = arg_str(a, "eval-sampler-steps");
-    if (arg_given(a, "eval-text")) { argv[n++] = "--text"; argv[n++] = arg_str(a, "eval-text"); }
-    if (arg_given(a, "eval-prompts")) { argv[n++] = "--prompts"; argv[n++] = arg_str(a, "eval-prompts"); }
+    argv[n++] = "--ckpt";
+    argv[n++] = dir;
+    argv[n++] = "--vae";
+    argv[n++] = arg_str(a, "vae");
+    argv[n++] = "--images";
+    argv[n++] = arg_str(a, "eval-images");
+    argv[n++] = "--n";
+    argv[n++] = arg_str(a, "eval-n");
+    argv[n++] = "--steps";
+    argv[n++] = arg_str(a, "eval-sampler-steps");
+    if (arg_given(a, "eval-text")) {
+        argv[n++] = "--text";
+        argv[n++] = arg_str(a, "eval-text");
+    }
+    if (arg_given(a, "eval-prompts")) {
+        argv[n++] = "--prompts";
+        argv[n++] = arg_str(a, "eval-prompts");
+    }
     args ea = {n, (char **)argv, a->prog, &eval_command};
     cJSON *figures = eval_run(&ea);
     if (metrics) {
@@ -190,7 +215,8 @@ static void eval_saved_step(const args *a, const run_options *o, long step, FILE
         fflush(metrics);
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(figures, "diffusion_loss");
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(figures, "captioning");
-        printf("eval at step %ld: diffusion %.5f, caption gain %.2f%%, image gain %.2f%%, retrieval top-1 %.1f%% (%.0f s)\n",
+        printf("eval at step %ld: diffusion %.5f, caption gain %.2f%%, image gain %.2f%%, retrieval top-1 %.1f%% (%.0f "
+               "s)\n",
                step, cJSON_GetObjectItemCaseSensitive(d, "own_caption")->valuedouble,
                cJSON_GetObjectItemCaseSensitive(d, "caption_gain_pct")->valuedouble,
                cJSON_GetObjectItemCaseSensitive(c, "image_gain_pct")->valuedouble,
@@ -216,22 +242,32 @@ static FILE *open_metrics(const char *dir) {
 
 static int cmd_train(const args *a) {
     run_options o = {
-        .steps = (int)arg_int(a, "steps"), .warmup = (int)arg_int(a, "warmup"),
-        .log_every = (int)arg_int(a, "log-every"), .B = (int)arg_int(a, "batch-rows"),
-        .A = (int)arg_int(a, "grad-accum"), .L = (int)arg_int(a, "seq-len"),
-        .ckpt_every = (int)arg_int(a, "ckpt-every"), .keep = (int)arg_int(a, "keep"),
-        .keep_every = (int)arg_int(a, "keep-every"), .lr = (float)arg_num(a, "lr"),
-        .seed = (unsigned long long)arg_int(a, "seed"), .loader = arg_str(a, "loader"),
-        .ckpt_dir = arg_str(a, "ckpt-dir"), .resume = arg_str(a, "resume"), .out = arg_str(a, "out"),
-        .init_from = arg_str(a, "init-from"), .ema = arg_given(a, "ema") ? (float)arg_num(a, "ema") : 0.0f,
+        .steps = (int)arg_int(a, "steps"),
+        .warmup = (int)arg_int(a, "warmup"),
+        .log_every = (int)arg_int(a, "log-every"),
+        .B = (int)arg_int(a, "batch-rows"),
+        .A = (int)arg_int(a, "grad-accum"),
+        .L = (int)arg_int(a, "seq-len"),
+        .ckpt_every = (int)arg_int(a, "ckpt-every"),
+        .keep = (int)arg_int(a, "keep"),
+        .keep_every = (int)arg_int(a, "keep-every"),
+        .lr = (float)arg_num(a, "lr"),
+        .seed = (unsigned long long)arg_int(a, "seed"),
+        .loader = arg_str(a, "loader"),
+        .ckpt_dir = arg_str(a, "ckpt-dir"),
+        .resume = arg_str(a, "resume"),
+        .out = arg_str(a, "out"),
+        .init_from = arg_str(a, "init-from"),
+        .ema = arg_given(a, "ema") ? (float)arg_num(a, "ema") : 0.0f,
         .eval_every = arg_given(a, "eval-every") ? (int)arg_int(a, "eval-every") : 0,
     };
-    if (!(o.ema < 1))       /* as a float, 0.99999999 is 1 */
+    if (!(o.ema < 1)) /* as a float, 0.99999999 is 1 */
         die_input("trainer train: --ema %s: expected a decay below 1, e.g. 0.999", arg_str(a, "ema"));
     /* The model: a config (fresh weights) or a checkpoint's (its weights, a
      * fresh optimizer). */
     char config_path[4096];
-    if (o.init_from) snprintf(config_path, sizeof config_path, "%s/config.json", o.init_from);
+    if (o.init_from)
+        snprintf(config_path, sizeof config_path, "%s/config.json", o.init_from);
     else {
         const char *json = arg_given(a, "model") ? arg_str(a, "model") : arg_str(a, "config");
         if (!json) die_input("trainer train: missing --model MODEL.json (or --init-from CKPT_DIR)");
@@ -239,7 +275,7 @@ static int cmd_train(const args *a) {
     }
     if (o.resume && !o.ckpt_dir) die_input("trainer train: --resume needs --ckpt-dir");
     if (o.eval_every) check_eval_inputs(a, &o);
-    stop_signal_install();              /* before any thread starts: see stop_signal.h */
+    stop_signal_install(); /* before any thread starts: see stop_signal.h */
     char err[ERR_LEN], path[4096];
     session_init_device(a);
     int world = dist_size(), rank = dist_rank();
@@ -259,11 +295,10 @@ static int cmd_train(const args *a) {
     row_source *rows;
     if (o.loader) {
         int lb, ll;
-        if (!(rows = rows_open_loader(o.loader, config_path, o.A, start, &c, &lb, &ll, err)))
-            die_input("%s", err);
+        if (!(rows = rows_open_loader(o.loader, config_path, o.A, start, &c, &lb, &ll, err))) die_input("%s", err);
         if ((arg_given(a, "batch-rows") && lb != o.B) || (arg_given(a, "seq-len") && ll != o.L))
-            die_input("trainer train: --batch-rows %d --seq-len %d, but the loader at %s serves %d rows of %d",
-                      o.B, o.L, o.loader, lb, ll);
+            die_input("trainer train: --batch-rows %d --seq-len %d, but the loader at %s serves %d rows of %d", o.B,
+                      o.L, o.loader, lb, ll);
         o.B = lb;
         o.L = ll;
     } else {
@@ -288,8 +323,9 @@ static int cmd_train(const args *a) {
     if (ema.avg) snprintf(ema_txt, sizeof ema_txt, "decay %g", ema.decay);
     if (rank == 0)
         printf("training %zu parameters on %s: %d ranks x %d accumulation steps x %d rows x %d positions, "
-               "ZeRO-1 %s, EMA %s, steps %ld..%d\n", m.ps.numel, o.loader ? o.loader : "generated rows", world, o.A,
-               o.B, o.L, dp.zero ? "on" : "off", ema_txt, start + 1, o.steps);
+               "ZeRO-1 %s, EMA %s, steps %ld..%d\n",
+               m.ps.numel, o.loader ? o.loader : "generated rows", world, o.A, o.B, o.L, dp.zero ? "on" : "off",
+               ema_txt, start + 1, o.steps);
 
     double first = 0, loss = 0, t0 = now_s();
     for (long s = start; s < o.steps; s++) {
@@ -320,7 +356,7 @@ static int cmd_train(const args *a) {
         free(p);
         double gnorm = dp_finish_reduction(&dp);
         float lr = dp_update(&dp, &opt, gnorm);
-        if (ema.avg) ema_step(&ema, m.dev.w);       /* after the all-gather: it reads whole tensors */
+        if (ema.avg) ema_step(&ema, m.dev.w); /* after the all-gather: it reads whole tensors */
         double totals[5] = {sums[0], sums[1], flops, wait, dp.wait_s};
         dp.wait_s = 0;
         dist_allreduce_sum_f64(totals, 5);
@@ -335,10 +371,12 @@ static int cmd_train(const args *a) {
             fflush(stdout);
         }
         if (metrics) {
-            fprintf(metrics, "{\"step\":%ld,\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"lr\":%.6g,"
+            fprintf(metrics,
+                    "{\"step\":%ld,\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"lr\":%.6g,"
                     "\"grad_norm\":%.6g,\"positions_per_s\":%.1f,\"gflops_per_s\":%.2f,\"data_wait_s\":%.4f,"
-                    "\"reduce_wait_s\":%.4f,\"step_s\":%.4f,\"time_s\":%.3f}\n", s + 1, loss, lm, diff, lr, gnorm,
-                    pos_s, gflops, totals[3] / world, totals[4] / world, dt, now_s() - t0);
+                    "\"reduce_wait_s\":%.4f,\"step_s\":%.4f,\"time_s\":%.3f}\n",
+                    s + 1, loss, lm, diff, lr, gnorm, pos_s, gflops, totals[3] / world, totals[4] / world, dt,
+                    now_s() - t0);
             fflush(metrics);
         }
         int stop = stop_signal_any_rank();
@@ -366,8 +404,10 @@ static int cmd_train(const args *a) {
 static const cli_flag train_flags[] = {
     {"model", FLAG_TEXT, "MODEL.json", NULL, NULL, "the model's config: fresh weights"},
     {"config", FLAG_TEXT, "MODEL.json", NULL, NULL, "the same as --model (the name `trainer init` uses)"},
-    {"init-from", FLAG_TEXT, "CKPT_DIR", NULL, NULL, "start from a checkpoint's weights (and config), a fresh optimizer"},
-    {"loader", FLAG_TEXT, "tcp://HOST:PORT", NULL, NULL, "the dataloader (default: generated rows, for tests and benchmarks)"},
+    {"init-from", FLAG_TEXT, "CKPT_DIR", NULL, NULL,
+     "start from a checkpoint's weights (and config), a fresh optimizer"},
+    {"loader", FLAG_TEXT, "tcp://HOST:PORT", NULL, NULL,
+     "the dataloader (default: generated rows, for tests and benchmarks)"},
     {"steps", FLAG_INT, "N", "[1, inf)", "300", "optimizer steps (the learning rate's schedule ends there)"},
     {"batch-rows", FLAG_INT, "B", "[1, inf)", "4", "rows per rank and micro-batch (the loader's, when given)"},
     {"grad-accum", FLAG_INT, "A", "[1, inf)", "1", "micro-batches per optimizer step"},
@@ -396,5 +436,7 @@ static const cli_flag train_flags[] = {
 };
 
 const cli_command train_command = {
-    "train", "trains the model: data-parallel ranks under mpirun, sharded checkpoints, exact resume", cmd_train,
+    "train",
+    "trains the model: data-parallel ranks under mpirun, sharded checkpoints, exact resume",
+    cmd_train,
     {train_flags, device_flags}};

@@ -17,40 +17,31 @@
 
 enum { FORMAT_UNKNOWN, FORMAT_WEBP, FORMAT_PNG, FORMAT_JPEG };
 
-static int detect_format(const unsigned char *p, size_t n)
-{
-    if (n >= 12 && !memcmp(p, "RIFF", 4) && !memcmp(p + 8, "WEBP", 4))
-        return FORMAT_WEBP;
-    if (n >= 8 && !memcmp(p, "\x89PNG\r\n\x1a\n", 8))
-        return FORMAT_PNG;
-    if (n >= 3 && p[0] == 0xff && p[1] == 0xd8 && p[2] == 0xff)
-        return FORMAT_JPEG;
+static int detect_format(const unsigned char *p, size_t n) {
+    if (n >= 12 && !memcmp(p, "RIFF", 4) && !memcmp(p + 8, "WEBP", 4)) return FORMAT_WEBP;
+    if (n >= 8 && !memcmp(p, "\x89PNG\r\n\x1a\n", 8)) return FORMAT_PNG;
+    if (n >= 3 && p[0] == 0xff && p[1] == 0xd8 && p[2] == 0xff) return FORMAT_JPEG;
     return FORMAT_UNKNOWN;
 }
 
-static uint32_t be32(const unsigned char *p)
-{
+static uint32_t be32(const unsigned char *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
 /* Dimensions as the file's header states them, read here rather than by
  * stb_image because stb_image refuses some large headers with the same
  * failure as a corrupt one. -1 when no header is found. */
-static int png_dimensions(const unsigned char *p, size_t n, uint32_t *w, uint32_t *h)
-{
-    if (n < 24 || memcmp(p + 12, "IHDR", 4))
-        return -1;
+static int png_dimensions(const unsigned char *p, size_t n, uint32_t *w, uint32_t *h) {
+    if (n < 24 || memcmp(p + 12, "IHDR", 4)) return -1;
     *w = be32(p + 16);
     *h = be32(p + 20);
     return 0;
 }
 
-static int jpeg_dimensions(const unsigned char *p, size_t n, uint32_t *w, uint32_t *h)
-{
+static int jpeg_dimensions(const unsigned char *p, size_t n, uint32_t *w, uint32_t *h) {
     size_t i = 2;
     while (i + 4 <= n) {
-        if (p[i] != 0xff)
-            return -1;
+        if (p[i] != 0xff) return -1;
         unsigned m = p[i + 1];
         if (m == 0xff) { /* fill byte */
             i++;
@@ -63,11 +54,9 @@ static int jpeg_dimensions(const unsigned char *p, size_t n, uint32_t *w, uint32
         if (m == 0xd9 || m == 0xda) /* end of image or scan data before any frame */
             return -1;
         size_t len = (size_t)p[i + 2] << 8 | p[i + 3];
-        if (len < 2)
-            return -1;
+        if (len < 2) return -1;
         if (m >= 0xc0 && m <= 0xcf && m != 0xc4 && m != 0xc8 && m != 0xcc) { /* SOFn */
-            if (i + 9 > n || len < 7)
-                return -1;
+            if (i + 9 > n || len < 7) return -1;
             *h = (uint32_t)p[i + 5] << 8 | p[i + 6];
             *w = (uint32_t)p[i + 7] << 8 | p[i + 8];
             return 0;
@@ -78,24 +67,21 @@ static int jpeg_dimensions(const unsigned char *p, size_t n, uint32_t *w, uint32
 }
 
 /* stb_image's short failure code, such as "outofdata". */
-static const char *stbi_reason(void)
-{
+static const char *stbi_reason(void) {
     const char *r = stbi_failure_reason();
     return r ? r : "unknown";
 }
 
 /* Pixels come from the library that allocated them. */
-static void free_pixels(int format, unsigned char *px)
-{
+static void free_pixels(int format, unsigned char *px) {
     if (px && format == FORMAT_WEBP)
         WebPFree(px);
     else if (px)
         stbi_image_free(px);
 }
 
-int image_decode_detail(const unsigned char *data, size_t len, int size, float *rgb, skip_reason *why,
-                        char *detail, size_t dlen)
-{
+int image_decode_detail(const unsigned char *data, size_t len, int size, float *rgb, skip_reason *why, char *detail,
+                        size_t dlen) {
     detail[0] = '\0';
     if (size < 1 || size > IMAGE_MAX_SIDE) {
         snprintf(detail, dlen, "output size %d out of range", size);
@@ -127,8 +113,7 @@ int image_decode_detail(const unsigned char *data, size_t len, int size, float *
         ok = WebPGetInfo(data, len, &w, &h) && w > 0 && h > 0;
         hw = (uint32_t)w, hh = (uint32_t)h;
     } else {
-        ok = (format == FORMAT_PNG ? png_dimensions(data, len, &hw, &hh)
-                                   : jpeg_dimensions(data, len, &hw, &hh)) == 0;
+        ok = (format == FORMAT_PNG ? png_dimensions(data, len, &hw, &hh) : jpeg_dimensions(data, len, &hw, &hh)) == 0;
     }
     if (!ok || hw == 0 || hh == 0) {
         snprintf(detail, dlen, "no valid header");
@@ -143,8 +128,7 @@ int image_decode_detail(const unsigned char *data, size_t len, int size, float *
     if (format != FORMAT_WEBP) {
         /* stb_image must agree, so that what it allocates is what was checked. */
         int w, h, comp;
-        if (!stbi_info_from_memory(data, (int)len, &w, &h, &comp) || (uint32_t)w != hw ||
-            (uint32_t)h != hh) {
+        if (!stbi_info_from_memory(data, (int)len, &w, &h, &comp) || (uint32_t)w != hw || (uint32_t)h != hh) {
             snprintf(detail, dlen, "bad header (stb_image: %s)", stbi_reason());
             *why = SKIP_CORRUPT_IMAGE;
             return -1;
@@ -188,25 +172,22 @@ int image_decode_detail(const unsigned char *data, size_t len, int size, float *
     size_t stride = (size_t)w * 3;
     unsigned char *out = xmalloc((size_t)size * size * 3);
     if (side == size) {
-        for (int y = 0; y < size; y++)
-            memcpy(out + (size_t)y * size * 3, crop + y * stride, (size_t)size * 3);
+        for (int y = 0; y < size; y++) memcpy(out + (size_t)y * size * 3, crop + y * stride, (size_t)size * 3);
     } else if (!stbir_resize_uint8_generic(crop, side, side, (int)stride, out, size, size, size * 3, 3,
-                                           STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP,
-                                           STBIR_FILTER_DEFAULT, STBIR_COLORSPACE_LINEAR, NULL)) {
+                                           STBIR_ALPHA_CHANNEL_NONE, 0, STBIR_EDGE_CLAMP, STBIR_FILTER_DEFAULT,
+                                           STBIR_COLORSPACE_LINEAR, NULL)) {
         die("out of memory resizing a %dx%d image", side, side);
     }
     free_pixels(format, px);
 
     size_t plane = (size_t)size * size;
     for (size_t i = 0; i < plane; i++)
-        for (int c = 0; c < 3; c++)
-            rgb[c * plane + i] = out[3 * i + c] / 127.5f - 1.0f;
+        for (int c = 0; c < 3; c++) rgb[c * plane + i] = out[3 * i + c] / 127.5f - 1.0f;
     free(out);
     return 0;
 }
 
-int image_decode(const unsigned char *data, size_t len, int size, float *rgb, skip_reason *why)
-{
+int image_decode(const unsigned char *data, size_t len, int size, float *rgb, skip_reason *why) {
     char detail[256];
     return image_decode_detail(data, len, size, rgb, why, detail, sizeof detail);
 }

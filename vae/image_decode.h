@@ -8,15 +8,15 @@
 
 #include <stddef.h>
 
-#define IMAGE_MAX_SIDE 16384    /* pixels a side an image may claim */
+#define IMAGE_MAX_SIDE 16384 /* pixels a side an image may claim */
 
 /* Decodes an image file in memory (WebP via libwebp, PNG and JPEG via
  * stb_image), composites alpha on white, center-crops to a square and resizes
  * to size x size with an antialiasing filter; rgb gets [3, size, size] in
  * [-1, 1]. Returns 0, or -1 with *why set and detail (dlen bytes) saying
  * what was wrong, for the skip line. */
-int image_decode_detail(const unsigned char *data, size_t len, int size, float *rgb, skip_reason *why,
-                        char *detail, size_t dlen);
+int image_decode_detail(const unsigned char *data, size_t len, int size, float *rgb, skip_reason *why, char *detail,
+                        size_t dlen);
 
 /* image_decode_detail without the detail, for the service's encode requests,
  * `trainer caption`, the tests and the bench. */

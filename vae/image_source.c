@@ -45,24 +45,17 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#define MAX_IMAGE_BYTES (1ull << 30)    /* largest image member read */
-#define MAX_TEXT_BYTES (16ull << 20)    /* largest caption or json member */
+#define MAX_IMAGE_BYTES (1ull << 30) /* largest image member read */
+#define MAX_TEXT_BYTES (16ull << 20) /* largest caption or json member */
 
 static const char *reason_names[SKIP_REASONS] = {
-    [SKIP_CORRUPT_IMAGE] = "corrupt image",
-    [SKIP_NOT_AN_IMAGE] = "not an image",
-    [SKIP_TOO_LARGE] = "too large",
-    [SKIP_NO_CAPTION] = "no caption",
-    [SKIP_BAD_UTF8] = "bad utf-8",
-    [SKIP_DUPLICATE_KEY] = "duplicate key",
-    [SKIP_UNSAFE_NAME] = "unsafe name",
-    [SKIP_NO_IMAGE] = "no image",
+    [SKIP_CORRUPT_IMAGE] = "corrupt image", [SKIP_NOT_AN_IMAGE] = "not an image",
+    [SKIP_TOO_LARGE] = "too large",         [SKIP_NO_CAPTION] = "no caption",
+    [SKIP_BAD_UTF8] = "bad utf-8",          [SKIP_DUPLICATE_KEY] = "duplicate key",
+    [SKIP_UNSAFE_NAME] = "unsafe name",     [SKIP_NO_IMAGE] = "no image",
 };
 
-const char *skip_reason_name(skip_reason r)
-{
-    return (unsigned)r < SKIP_REASONS ? reason_names[r] : "unknown";
-}
+const char *skip_reason_name(skip_reason r) { return (unsigned)r < SKIP_REASONS ? reason_names[r] : "unknown"; }
 
 /* ---- set of keys (open addressing, FNV-1a) ---------------------------- */
 
@@ -79,26 +72,21 @@ typedef struct {
     size_t cap, n;
 } key_set;
 
-static uint64_t hash_key(const char *s)
-{
+static uint64_t hash_key(const char *s) {
     uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
     return h;
 }
 
-static void key_set_insert_slot(key_entry *slots, size_t cap, key_entry e)
-{
+static void key_set_insert_slot(key_entry *slots, size_t cap, key_entry e) {
     size_t i = hash_key(e.key) & (cap - 1);
-    while (slots[i].key)
-        i = (i + 1) & (cap - 1);
+    while (slots[i].key) i = (i + 1) & (cap - 1);
     slots[i] = e;
 }
 
 /* Returns 0 when the key is new (and adds it), 1 when it was met at the same
  * (input, ordinal), 2 when it was met elsewhere. */
-static int key_set_add(key_set *ks, const char *key, int input, long ordinal)
-{
+static int key_set_add(key_set *ks, const char *key, int input, long ordinal) {
     if (ks->cap) {
         size_t i = hash_key(key) & (ks->cap - 1);
         for (; ks->slots[i].key; i = (i + 1) & (ks->cap - 1))
@@ -109,8 +97,7 @@ static int key_set_add(key_set *ks, const char *key, int input, long ordinal)
         size_t cap = ks->cap ? 2 * ks->cap : 64;
         key_entry *slots = xcalloc(cap, sizeof *slots);
         for (size_t i = 0; i < ks->cap; i++)
-            if (ks->slots[i].key)
-                key_set_insert_slot(slots, cap, ks->slots[i]);
+            if (ks->slots[i].key) key_set_insert_slot(slots, cap, ks->slots[i]);
         free(ks->slots);
         ks->slots = slots;
         ks->cap = cap;
@@ -120,10 +107,8 @@ static int key_set_add(key_set *ks, const char *key, int input, long ordinal)
     return 0;
 }
 
-static void key_set_free(key_set *ks)
-{
-    for (size_t i = 0; i < ks->cap; i++)
-        free(ks->slots[i].key);
+static void key_set_free(key_set *ks) {
+    for (size_t i = 0; i < ks->cap; i++) free(ks->slots[i].key);
     free(ks->slots);
     memset(ks, 0, sizeof *ks);
 }
@@ -132,31 +117,27 @@ static void key_set_free(key_set *ks)
 
 enum { MEMBER_OTHER, MEMBER_IMAGE, MEMBER_CAPTION, MEMBER_JSON };
 
-static int member_kind(const char *ext)
-{
-    if (!strcasecmp(ext, "webp") || !strcasecmp(ext, "png") || !strcasecmp(ext, "jpg") ||
-        !strcasecmp(ext, "jpeg"))
+static int member_kind(const char *ext) {
+    if (!strcasecmp(ext, "webp") || !strcasecmp(ext, "png") || !strcasecmp(ext, "jpg") || !strcasecmp(ext, "jpeg"))
         return MEMBER_IMAGE;
-    if (!strcasecmp(ext, "txt"))
-        return MEMBER_CAPTION;
-    if (!strcasecmp(ext, "json"))
-        return MEMBER_JSON;
+    if (!strcasecmp(ext, "txt")) return MEMBER_CAPTION;
+    if (!strcasecmp(ext, "json")) return MEMBER_JSON;
     return MEMBER_OTHER;
 }
 
 /* The members of one key. */
 typedef struct {
     char *key;
-    long ordinal;             /* index of the sample in its input */
+    long ordinal; /* index of the sample in its input */
     char *image_name;
     unsigned char *image;
     uint64_t image_len;
-    unsigned char *caption;   /* NULL: no .txt member */
+    unsigned char *caption; /* NULL: no .txt member */
     uint64_t caption_len;
     char *json;
-    char *unsafe_member;      /* first member with an unsafe name */
-    char *cut_member;         /* member that could not be read */
-    char *big_member;         /* member over its size limit */
+    char *unsafe_member; /* first member with an unsafe name */
+    char *cut_member;    /* member that could not be read */
+    char *big_member;    /* member over its size limit */
     uint64_t big_size;
 } group;
 
@@ -164,19 +145,18 @@ struct image_source {
     char **inputs;
     int n_inputs;
     int size;
-    int cur, end;             /* inputs still to read: [cur, end) */
-    int open;                 /* rd holds inputs[cur] */
+    int cur, end; /* inputs still to read: [cur, end) */
+    int open;     /* rd holds inputs[cur] */
     reader rd;
-    int pending;              /* rd's current member starts the next group */
-    long ordinal;             /* samples met so far in the current input */
+    int pending;  /* rd's current member starts the next group */
+    long ordinal; /* samples met so far in the current input */
     key_set seen;
     long good, skipped[SKIP_REASONS];
     float *rgb;
-    group sample;             /* strings of the sample last returned */
+    group sample; /* strings of the sample last returned */
 };
 
-static void group_free(group *g)
-{
+static void group_free(group *g) {
     free(g->key);
     free(g->image_name);
     free(g->image);
@@ -188,26 +168,21 @@ static void group_free(group *g)
     memset(g, 0, sizeof *g);
 }
 
-static void note_member(char **slot, const char *name)
-{
-    if (!*slot)
-        *slot = xstrdup(name);
+static void note_member(char **slot, const char *name) {
+    if (!*slot) *slot = xstrdup(name);
 }
 
 /* Reads the members of the next key into g: 1, or 0 at the end of the input. */
-static int read_group(image_source *s, group *g)
-{
+static int read_group(image_source *s, group *g) {
     reader *r = &s->rd;
     memset(g, 0, sizeof *g);
     for (;;) {
-        if (!s->pending && !reader_next(r))
-            break;
+        if (!s->pending && !reader_next(r)) break;
         s->pending = 0;
         const char *ext;
         size_t klen = key_length(r->name, &ext);
         if (!klen) { /* hidden or no extension: not part of any sample */
-            if (reader_skip(r) != 0)
-                note_member(&g->cut_member, r->name);
+            if (reader_skip(r) != 0) note_member(&g->cut_member, r->name);
             continue;
         }
         if (g->key && (strlen(g->key) != klen || memcmp(g->key, r->name, klen))) {
@@ -223,10 +198,9 @@ static int read_group(image_source *s, group *g)
             note_member(&g->unsafe_member, r->name);
             kind = MEMBER_OTHER;
         }
-        if (kind == MEMBER_OTHER || (kind == MEMBER_IMAGE && g->image_name) ||
-            (kind == MEMBER_CAPTION && g->caption) || (kind == MEMBER_JSON && g->json)) {
-            if (reader_skip(r) != 0)
-                note_member(&g->cut_member, r->name);
+        if (kind == MEMBER_OTHER || (kind == MEMBER_IMAGE && g->image_name) || (kind == MEMBER_CAPTION && g->caption) ||
+            (kind == MEMBER_JSON && g->json)) {
+            if (reader_skip(r) != 0) note_member(&g->cut_member, r->name);
             continue;
         }
         unsigned char *data;
@@ -237,8 +211,7 @@ static int read_group(image_source *s, group *g)
             continue;
         }
         if (rc > 0) {
-            if (!g->big_member)
-                g->big_size = len;
+            if (!g->big_member) g->big_size = len;
             note_member(&g->big_member, r->name);
             continue;
         }
@@ -253,19 +226,16 @@ static int read_group(image_source *s, group *g)
             g->json = (char *)data;
         }
     }
-    if (!g->key)
-        group_free(g); /* a cut hidden member may have left a note */
+    if (!g->key) group_free(g); /* a cut hidden member may have left a note */
     return g->key != NULL;
 }
 
 /* Offset of the first byte that is not valid UTF-8 (or is NUL), -1 if none. */
-static long utf8_invalid_at(const unsigned char *p, size_t n)
-{
+static long utf8_invalid_at(const unsigned char *p, size_t n) {
     size_t i = 0;
     while (i < n) {
         unsigned c = p[i];
-        if (c == 0)
-            return (long)i;
+        if (c == 0) return (long)i;
         if (c < 0x80) {
             i++;
             continue;
@@ -280,11 +250,9 @@ static long utf8_invalid_at(const unsigned char *p, size_t n)
             len = 4, cp = c & 0x07;
         else /* a continuation byte, or 0xf5..0xff */
             return (long)i;
-        if (n - i < len)
-            return (long)i;
+        if (n - i < len) return (long)i;
         for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return (long)i;
+            if ((p[i + k] & 0xc0) != 0x80) return (long)i;
             cp = cp << 6 | (p[i + k] & 0x3f);
         }
         if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
@@ -299,8 +267,7 @@ static int is_space(unsigned char c) { return c == ' ' || (c >= '\t' && c <= '\r
 
 /* Checks a group; 0 when it is a good sample (its caption trimmed in place
  * and its pixels in s->rgb), else -1 with *why and detail. */
-static int check_group(image_source *s, group *g, skip_reason *why, char *detail, size_t dlen)
-{
+static int check_group(image_source *s, group *g, skip_reason *why, char *detail, size_t dlen) {
     detail[0] = '\0';
     if (g->unsafe_member) {
         snprintf(detail, dlen, "member %s", g->unsafe_member);
@@ -317,8 +284,7 @@ static int check_group(image_source *s, group *g, skip_reason *why, char *detail
         return -1;
     }
     if (g->big_member) {
-        snprintf(detail, dlen, "member %s has %llu bytes", g->big_member,
-                 (unsigned long long)g->big_size);
+        snprintf(detail, dlen, "member %s has %llu bytes", g->big_member, (unsigned long long)g->big_size);
         *why = SKIP_TOO_LARGE;
         return -1;
     }
@@ -340,10 +306,8 @@ static int check_group(image_source *s, group *g, skip_reason *why, char *detail
     unsigned char *a = g->caption, *b = g->caption + g->caption_len;
     if (b - a >= 3 && a[0] == 0xef && a[1] == 0xbb && a[2] == 0xbf) /* byte order mark */
         a += 3;
-    while (a < b && is_space(*a))
-        a++;
-    while (b > a && is_space(b[-1]))
-        b--;
+    while (a < b && is_space(*a)) a++;
+    while (b > a && is_space(b[-1])) b--;
     if (a == b) {
         snprintf(detail, dlen, "empty caption");
         *why = SKIP_NO_CAPTION;
@@ -352,27 +316,23 @@ static int check_group(image_source *s, group *g, skip_reason *why, char *detail
     memmove(g->caption, a, (size_t)(b - a));
     g->caption[b - a] = '\0';
     char why_image[256];
-    if (image_decode_detail(g->image, (size_t)g->image_len, s->size, s->rgb, why, why_image,
-                            sizeof why_image) != 0) {
+    if (image_decode_detail(g->image, (size_t)g->image_len, s->size, s->rgb, why, why_image, sizeof why_image) != 0) {
         snprintf(detail, dlen, "%s: %s", g->image_name, why_image);
         return -1;
     }
     return 0;
 }
 
-static int has_tar_suffix(const char *path)
-{
+static int has_tar_suffix(const char *path) {
     size_t n = strlen(path);
     return n >= 4 && strcasecmp(path + n - 4, ".tar") == 0;
 }
 
-static int cmp_strings(const void *a, const void *b)
-{
+static int cmp_strings(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-image_source *image_source_open(const char *spec, int size, int rank, int nranks, char *err)
-{
+image_source *image_source_open(const char *spec, int size, int rank, int nranks, char *err) {
     if (size < 1 || size > IMAGE_MAX_SIDE) {
         set_error(err, "image source: size %d out of range [1, %d]", size, IMAGE_MAX_SIDE);
         return NULL;
@@ -395,8 +355,7 @@ image_source *image_source_open(const char *spec, int size, int rank, int nranks
         if (rc != 0) {
             set_error(err, "image source: '%s' %s", item,
                       rc == GLOB_NOMATCH ? "matches nothing" : "cannot be expanded");
-            if (rc != GLOB_NOMATCH)
-                globfree(&gl);
+            if (rc != GLOB_NOMATCH) globfree(&gl);
             failed = 1;
             break;
         }
@@ -416,8 +375,7 @@ image_source *image_source_open(const char *spec, int size, int rank, int nranks
                 if (n_all == cap) {
                     cap = cap ? 2 * cap : 16;
                     char **grown = realloc(all, (size_t)cap * sizeof *all);
-                    if (!grown)
-                        die("out of memory listing inputs");
+                    if (!grown) die("out of memory listing inputs");
                     all = grown;
                 }
                 all[n_all++] = xstrdup(path);
@@ -432,8 +390,7 @@ image_source *image_source_open(const char *spec, int size, int rank, int nranks
         failed = 1;
     }
     if (failed) {
-        for (int i = 0; i < n_all; i++)
-            free(all[i]);
+        for (int i = 0; i < n_all; i++) free(all[i]);
         free(all);
         return NULL;
     }
@@ -455,15 +412,12 @@ image_source *image_source_open(const char *spec, int size, int rank, int nranks
 
 int image_source_count_inputs(const image_source *s) { return s->n_inputs; }
 
-const char *image_source_input_path(const image_source *s, int i)
-{
+const char *image_source_input_path(const image_source *s, int i) {
     return i >= 0 && i < s->n_inputs ? s->inputs[i] : NULL;
 }
 
-void image_source_select(image_source *s, int i)
-{
-    if (s->open)
-        reader_close(&s->rd);
+void image_source_select(image_source *s, int i) {
+    if (s->open) reader_close(&s->rd);
     s->open = 0;
     s->pending = 0;
     if (i < 0) {
@@ -475,14 +429,12 @@ void image_source_select(image_source *s, int i)
     }
 }
 
-int image_source_next(image_source *s, image_sample *out)
-{
+int image_source_next(image_source *s, image_sample *out) {
     group_free(&s->sample);
     memset(out, 0, sizeof *out);
     for (;;) {
         if (!s->open) {
-            if (s->cur >= s->end)
-                return 0;
+            if (s->cur >= s->end) return 0;
             if (reader_open(&s->rd, s->inputs[s->cur]) != 0) {
                 s->cur++;
                 continue;
@@ -502,8 +454,8 @@ int image_source_next(image_source *s, image_sample *out)
         char detail[768];
         if (check_group(s, &g, &why, detail, sizeof detail) != 0) {
             s->skipped[why]++;
-            log_line("skip %s %s: %s%s%s%s", s->inputs[s->cur], g.key, skip_reason_name(why),
-                     detail[0] ? " (" : "", detail, detail[0] ? ")" : "");
+            log_line("skip %s %s: %s%s%s%s", s->inputs[s->cur], g.key, skip_reason_name(why), detail[0] ? " (" : "",
+                     detail, detail[0] ? ")" : "");
             group_free(&g);
             continue;
         }
@@ -520,40 +472,30 @@ int image_source_next(image_source *s, image_sample *out)
 
 long image_source_good(const image_source *s) { return s->good; }
 
-long image_source_skipped(const image_source *s, skip_reason r)
-{
+long image_source_skipped(const image_source *s, skip_reason r) {
     return (unsigned)r < SKIP_REASONS ? s->skipped[r] : 0;
 }
 
-void image_source_summary(const image_source *s, char *buf, size_t len)
-{
-    if (!len)
-        return;
+void image_source_summary(const image_source *s, char *buf, size_t len) {
+    if (!len) return;
     long total = 0;
-    for (int r = 0; r < SKIP_REASONS; r++)
-        total += s->skipped[r];
+    for (int r = 0; r < SKIP_REASONS; r++) total += s->skipped[r];
     size_t n = (size_t)snprintf(buf, len, "%ld good, %ld skipped", s->good, total);
     const char *sep = " (";
     for (int r = 0; r < SKIP_REASONS && n < len; r++) {
-        if (!s->skipped[r])
-            continue;
+        if (!s->skipped[r]) continue;
         n += (size_t)snprintf(buf + n, len - n, "%s%s: %ld", sep, reason_names[r], s->skipped[r]);
         sep = ", ";
     }
-    if (total && n < len)
-        snprintf(buf + n, len - n, ")");
+    if (total && n < len) snprintf(buf + n, len - n, ")");
 }
 
-void image_source_close(image_source *s)
-{
-    if (!s)
-        return;
-    if (s->open)
-        reader_close(&s->rd);
+void image_source_close(image_source *s) {
+    if (!s) return;
+    if (s->open) reader_close(&s->rd);
     group_free(&s->sample);
     key_set_free(&s->seen);
-    for (int i = 0; i < s->n_inputs; i++)
-        free(s->inputs[i]);
+    for (int i = 0; i < s->n_inputs; i++) free(s->inputs[i]);
     free(s->inputs);
     free(s->rgb);
     free(s);

@@ -15,25 +15,25 @@
 
 /* Why a sample was skipped (see image_source.c for the exact rules). */
 typedef enum {
-    SKIP_CORRUPT_IMAGE,     /* truncated or undecodable image data */
-    SKIP_NOT_AN_IMAGE,      /* unknown or mismatching format, empty file */
-    SKIP_TOO_LARGE,         /* header claims more than 16384 pixels a side */
-    SKIP_NO_CAPTION,        /* missing or empty (whitespace only) caption */
-    SKIP_BAD_UTF8,          /* caption is not valid UTF-8 */
-    SKIP_DUPLICATE_KEY,     /* key already seen in this source */
-    SKIP_UNSAFE_NAME,       /* tar member name with ".." or an absolute path */
-    SKIP_NO_IMAGE,          /* caption without an image */
+    SKIP_CORRUPT_IMAGE, /* truncated or undecodable image data */
+    SKIP_NOT_AN_IMAGE,  /* unknown or mismatching format, empty file */
+    SKIP_TOO_LARGE,     /* header claims more than 16384 pixels a side */
+    SKIP_NO_CAPTION,    /* missing or empty (whitespace only) caption */
+    SKIP_BAD_UTF8,      /* caption is not valid UTF-8 */
+    SKIP_DUPLICATE_KEY, /* key already seen in this source */
+    SKIP_UNSAFE_NAME,   /* tar member name with ".." or an absolute path */
+    SKIP_NO_IMAGE,      /* caption without an image */
     SKIP_REASONS
 } skip_reason;
 
 const char *skip_reason_name(skip_reason r);
 
 typedef struct {
-    char *key;              /* sample key (file name without extension) */
-    char *caption;          /* UTF-8, trimmed */
-    char *json;             /* KEY.json contents or NULL */
-    int size;               /* the square side */
-    float *rgb;             /* [3, size, size], values in [-1, 1] */
+    char *key;     /* sample key (file name without extension) */
+    char *caption; /* UTF-8, trimmed */
+    char *json;    /* KEY.json contents or NULL */
+    int size;      /* the square side */
+    float *rgb;    /* [3, size, size], values in [-1, 1] */
 } image_sample;
 
 typedef struct image_source image_source;

@@ -25,12 +25,19 @@ int image_write_webp(const char *path, const uint8_t *rgb, int H, int W, char *e
 
 /* stb writes PNG to memory through this callback; the bytes then go out
  * with atomic_write. */
-typedef struct { uint8_t *p; size_t n; int failed; } mem_buf;
+typedef struct {
+    uint8_t *p;
+    size_t n;
+    int failed;
+} mem_buf;
 
 static void to_mem(void *ctx, void *data, int size) {
     mem_buf *b = ctx;
     uint8_t *q = realloc(b->p, b->n + size);
-    if (!q) { b->failed = 1; return; }
+    if (!q) {
+        b->failed = 1;
+        return;
+    }
     for (int i = 0; i < size; i++) q[b->n + i] = ((const uint8_t *)data)[i];
     b->p = q;
     b->n += size;

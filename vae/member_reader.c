@@ -19,33 +19,27 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
-#define MAX_EXT_HEADER (1ull << 20)     /* largest pax / GNU long-name record */
+#define MAX_EXT_HEADER (1ull << 20) /* largest pax / GNU long-name record */
 
 /* ---- member names ----------------------------------------------------- */
 
-int unsafe_name(const char *name)
-{
-    if (name[0] == '/')
-        return 1;
+int unsafe_name(const char *name) {
+    if (name[0] == '/') return 1;
     for (const char *p = name; *p;) {
         const char *slash = strchr(p, '/');
         size_t n = slash ? (size_t)(slash - p) : strlen(p);
-        if (n == 2 && p[0] == '.' && p[1] == '.')
-            return 1;
+        if (n == 2 && p[0] == '.' && p[1] == '.') return 1;
         p += n;
-        if (*p == '/')
-            p++;
+        if (*p == '/') p++;
     }
     return 0;
 }
 
-size_t key_length(const char *name, const char **ext)
-{
+size_t key_length(const char *name, const char **ext) {
     const char *base = strrchr(name, '/');
     base = base ? base + 1 : name;
     const char *dot = strchr(base, '.');
-    if (!dot || dot == base)
-        return 0;
+    if (!dot || dot == base) return 0;
     *ext = dot + 1;
     return (size_t)(dot - name);
 }
@@ -54,22 +48,18 @@ size_t key_length(const char *name, const char **ext)
 
 /* Folder files sort by key first, then by name, so that a sample's members
  * are adjacent (as in a shard) and samples come in key order. */
-static int cmp_member_names(const void *a, const void *b)
-{
+static int cmp_member_names(const void *a, const void *b) {
     const char *x = *(const char *const *)a, *y = *(const char *const *)b;
     const char *ex, *ey;
     size_t kx = key_length(x, &ex), ky = key_length(y, &ey);
     size_t n = kx < ky ? kx : ky;
     int c = memcmp(x, y, n);
-    if (c)
-        return c;
-    if (kx != ky)
-        return kx < ky ? -1 : 1;
+    if (c) return c;
+    if (kx != ky) return kx < ky ? -1 : 1;
     return strcmp(x, y);
 }
 
-int reader_open(reader *r, const char *path)
-{
+int reader_open(reader *r, const char *path) {
     memset(r, 0, sizeof *r);
     r->path = path;
     r->next_size = -1;
@@ -92,21 +82,19 @@ int reader_open(reader *r, const char *path)
                 continue;
             char full[PATH_MAX];
             struct stat fst;
-            if (snprintf(full, sizeof full, "%s/%s", path, e->d_name) >= (int)sizeof full ||
-                stat(full, &fst) != 0 || !S_ISREG(fst.st_mode))
+            if (snprintf(full, sizeof full, "%s/%s", path, e->d_name) >= (int)sizeof full || stat(full, &fst) != 0 ||
+                !S_ISREG(fst.st_mode))
                 continue;
             if (r->n_names == cap) {
                 cap = cap ? 2 * cap : 64;
                 char **names = realloc(r->names, (size_t)cap * sizeof *names);
-                if (!names)
-                    die("out of memory listing %s", path);
+                if (!names) die("out of memory listing %s", path);
                 r->names = names;
             }
             r->names[r->n_names++] = xstrdup(e->d_name);
         }
         closedir(d);
-        if (r->n_names)
-            qsort(r->names, (size_t)r->n_names, sizeof *r->names, cmp_member_names);
+        if (r->n_names) qsort(r->names, (size_t)r->n_names, sizeof *r->names, cmp_member_names);
         return 0;
     }
     r->is_tar = 1;
@@ -119,12 +107,9 @@ int reader_open(reader *r, const char *path)
     return 0;
 }
 
-void reader_close(reader *r)
-{
-    if (r->fp)
-        fclose(r->fp);
-    for (int i = 0; i < r->n_names; i++)
-        free(r->names[i]);
+void reader_close(reader *r) {
+    if (r->fp) fclose(r->fp);
+    for (int i = 0; i < r->n_names; i++) free(r->names[i]);
     free(r->names);
     free(r->name);
     free(r->next_name);
@@ -132,17 +117,14 @@ void reader_close(reader *r)
 }
 
 /* Ends a tar input after a problem: nothing after it can be trusted. */
-static void tar_stop(reader *r, const char *what, uint64_t at)
-{
-    log_line("image_source: %s: %s at byte %llu; rest of the input skipped", r->path, what,
-             (unsigned long long)at);
+static void tar_stop(reader *r, const char *what, uint64_t at) {
+    log_line("image_source: %s: %s at byte %llu; rest of the input skipped", r->path, what, (unsigned long long)at);
     r->ended = 1;
 }
 
 /* Octal number (spaces before, NUL or spaces after), or GNU base-256 when the
  * high bit of the first byte is set. -1 when the field is malformed. */
-static int tar_number(const unsigned char *f, size_t n, uint64_t *out)
-{
+static int tar_number(const unsigned char *f, size_t n, uint64_t *out) {
     uint64_t v = 0;
     if (f[0] & 0x80) {
         if (f[0] & 0x40) /* negative */
@@ -157,27 +139,21 @@ static int tar_number(const unsigned char *f, size_t n, uint64_t *out)
         return 0;
     }
     size_t i = 0;
-    while (i < n && f[i] == ' ')
-        i++;
+    while (i < n && f[i] == ' ') i++;
     for (; i < n && f[i] >= '0' && f[i] <= '7'; i++)
         v = v * 8 + (uint64_t)(f[i] - '0'); /* at most 12 digits: no overflow */
     for (; i < n; i++)
-        if (f[i] != ' ' && f[i] != '\0')
-            return -1;
+        if (f[i] != ' ' && f[i] != '\0') return -1;
     *out = v;
     return 0;
 }
 
 /* Bytes left in the file after the current position (0 past its end). */
-static uint64_t tar_avail(const reader *r)
-{
-    return r->pos < r->file_size ? r->file_size - r->pos : 0;
-}
+static uint64_t tar_avail(const reader *r) { return r->pos < r->file_size ? r->file_size - r->pos : 0; }
 
 /* Consumes the current member's data without reading it. -1 when the tar
  * ends inside the data (the input then ends). */
-static int tar_skip(reader *r)
-{
+static int tar_skip(reader *r) {
     if (r->remaining > tar_avail(r)) {
         tar_stop(r, "tar truncated: member data runs past the end of the file", r->file_size);
         return -1;
@@ -195,8 +171,7 @@ static int tar_skip(reader *r)
 }
 
 /* Reads the current member's data into a new NUL-terminated buffer. */
-static int tar_read(reader *r, unsigned char **data)
-{
+static int tar_read(reader *r, unsigned char **data) {
     *data = NULL;
     if (r->remaining > tar_avail(r)) {
         /* Checked before allocating: a header may claim any size. */
@@ -222,18 +197,14 @@ static int tar_read(reader *r, unsigned char **data)
 
 /* Parses a pax extended header ("LEN key=value\n" records); keeps path and
  * size for the next member, ignores the other keys. */
-static int pax_parse(reader *r, const char *p, size_t n)
-{
+static int pax_parse(reader *r, const char *p, size_t n) {
     while (n) {
         size_t len = 0, i = 0;
-        while (i < n && p[i] >= '0' && p[i] <= '9' && len < n)
-            len = len * 10 + (size_t)(p[i++] - '0');
-        if (i == 0 || i >= n || p[i] != ' ' || len <= i + 1 || len > n || p[len - 1] != '\n')
-            return -1;
+        while (i < n && p[i] >= '0' && p[i] <= '9' && len < n) len = len * 10 + (size_t)(p[i++] - '0');
+        if (i == 0 || i >= n || p[i] != ' ' || len <= i + 1 || len > n || p[len - 1] != '\n') return -1;
         const char *kv = p + i + 1, *end = p + len - 1;
         const char *eq = memchr(kv, '=', (size_t)(end - kv));
-        if (!eq)
-            return -1;
+        if (!eq) return -1;
         size_t klen = (size_t)(eq - kv);
         if (klen == 4 && !memcmp(kv, "path", 4)) {
             free(r->next_name);
@@ -241,11 +212,9 @@ static int pax_parse(reader *r, const char *p, size_t n)
         } else if (klen == 4 && !memcmp(kv, "size", 4)) {
             uint64_t v = 0;
             const char *q = eq + 1;
-            if (q == end)
-                return -1;
+            if (q == end) return -1;
             for (; q < end; q++) {
-                if (*q < '0' || *q > '9' || v > (1ull << 54))
-                    return -1;
+                if (*q < '0' || *q > '9' || v > (1ull << 54)) return -1;
                 v = v * 10 + (uint64_t)(*q - '0');
             }
             r->next_size = (int64_t)v;
@@ -258,10 +227,8 @@ static int pax_parse(reader *r, const char *p, size_t n)
 
 /* Advances to the next regular file. 1: r->name and r->size are set; 0: no
  * more members (the end, or a problem that was logged). */
-static int tar_next(reader *r)
-{
-    if ((r->remaining || r->padding) && tar_skip(r) != 0)
-        return 0;
+static int tar_next(reader *r) {
+    if ((r->remaining || r->padding) && tar_skip(r) != 0) return 0;
     for (;;) {
         unsigned char h[512];
         uint64_t at = r->pos;
@@ -276,8 +243,7 @@ static int tar_next(reader *r)
         }
         r->pos += sizeof h;
         int zero = 1;
-        for (size_t i = 0; i < sizeof h && zero; i++)
-            zero = h[i] == 0;
+        for (size_t i = 0; i < sizeof h && zero; i++) zero = h[i] == 0;
         if (zero) { /* end-of-archive marker (the second zero block is not needed) */
             r->ended = 1;
             return 0;
@@ -314,8 +280,7 @@ static int tar_next(reader *r)
                 return 0;
             }
             unsigned char *ext;
-            if (tar_read(r, &ext) != 0)
-                return 0;
+            if (tar_read(r, &ext) != 0) return 0;
             int bad = 0;
             if (type == 'L') {
                 free(r->next_name);
@@ -331,8 +296,7 @@ static int tar_next(reader *r)
             continue;
         }
         if (type == 'g' || type == 'K') { /* global pax header, GNU long link name */
-            if (tar_skip(r) != 0)
-                return 0;
+            if (tar_skip(r) != 0) return 0;
             continue;
         }
 
@@ -352,8 +316,7 @@ static int tar_next(reader *r)
             if (!memcmp(h + 257, "ustar\0", 6)) { /* POSIX: prefix field; GNU uses it otherwise */
                 np = strnlen((char *)h + 345, 155);
                 memcpy(full, h + 345, np);
-                if (np)
-                    full[np++] = '/';
+                if (np) full[np++] = '/';
             }
             memcpy(full + np, h, n);
             full[np + n] = '\0';
@@ -367,8 +330,7 @@ static int tar_next(reader *r)
         }
         if (type != '0' && type != '\0' && type != '7') { /* unknown: skip its data */
             free(name);
-            if (tar_skip(r) != 0)
-                return 0;
+            if (tar_skip(r) != 0) return 0;
             continue;
         }
         free(r->name);
@@ -378,12 +340,9 @@ static int tar_next(reader *r)
     }
 }
 
-int reader_next(reader *r)
-{
-    if (r->ended)
-        return 0;
-    if (r->is_tar)
-        return tar_next(r);
+int reader_next(reader *r) {
+    if (r->ended) return 0;
+    if (r->is_tar) return tar_next(r);
     if (r->next_index == r->n_names) {
         r->ended = 1;
         return 0;
@@ -396,13 +355,11 @@ int reader_next(reader *r)
 
 int reader_skip(reader *r) { return r->is_tar ? tar_skip(r) : 0; }
 
-int reader_read(reader *r, uint64_t max, unsigned char **data, uint64_t *len)
-{
+int reader_read(reader *r, uint64_t max, unsigned char **data, uint64_t *len) {
     *data = NULL;
     if (r->is_tar) {
         *len = r->size;
-        if (r->size > max)
-            return tar_skip(r) == 0 ? 1 : -1;
+        if (r->size > max) return tar_skip(r) == 0 ? 1 : -1;
         return tar_read(r, data);
     }
     char full[PATH_MAX];
@@ -411,8 +368,7 @@ int reader_read(reader *r, uint64_t max, unsigned char **data, uint64_t *len)
     struct stat st;
     if (!fp || fstat(fileno(fp), &st) != 0) {
         log_line("image_source: %s: %s", full, strerror(errno));
-        if (fp)
-            fclose(fp);
+        if (fp) fclose(fp);
         return -1;
     }
     *len = (uint64_t)st.st_size;

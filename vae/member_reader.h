@@ -15,18 +15,18 @@
 /* Public so that a source can hold one in place; callers read path and
  * name, the rest is the reader's. */
 typedef struct {
-    const char *path;       /* the input, for log lines */
+    const char *path; /* the input, for log lines */
     int is_tar;
-    int ended;              /* no more members (end, or a logged problem) */
-    char *name;             /* current member */
+    int ended;  /* no more members (end, or a logged problem) */
+    char *name; /* current member */
     uint64_t size;
     /* tar */
     FILE *fp;
     uint64_t pos, file_size;
-    uint64_t remaining;     /* data bytes of the current member not consumed */
-    uint64_t padding;       /* then zero bytes up to the next 512 boundary */
-    char *next_name;        /* from a GNU 'L' or pax path record */
-    int64_t next_size;      /* from a pax size record, or -1 */
+    uint64_t remaining; /* data bytes of the current member not consumed */
+    uint64_t padding;   /* then zero bytes up to the next 512 boundary */
+    char *next_name;    /* from a GNU 'L' or pax path record */
+    int64_t next_size;  /* from a pax size record, or -1 */
     /* folder */
     char **names;
     int n_names, next_index;

@@ -28,13 +28,19 @@
 
 /* ----------------------------------------------------------------- arena */
 
-typedef struct { float *base; size_t cap, used; } arena_block;
-typedef struct { arena_block *blocks; int n, cur; } arena;
+typedef struct {
+    float *base;
+    size_t cap, used;
+} arena_block;
+typedef struct {
+    arena_block *blocks;
+    int n, cur;
+} arena;
 
 #define ARENA_BLOCK_FLOATS ((size_t)16 << 20)
 
 static float *arena_alloc(arena *a, size_t n) {
-    n = (n + 15) & ~(size_t)15;                 /* 64-byte aligned pieces */
+    n = (n + 15) & ~(size_t)15; /* 64-byte aligned pieces */
     while (a->cur < a->n && a->blocks[a->cur].cap - a->blocks[a->cur].used < n) a->cur++;
     if (a->cur == a->n) {
         a->blocks = realloc(a->blocks, sizeof(arena_block) * (a->n + 1));
@@ -61,11 +67,29 @@ static void arena_free(arena *a) {
 
 /* ------------------------------------------------------------ parameters */
 
-typedef struct { size_t w, b; int c_in, c_out, k, stride, pad_b; } conv_p;  /* pad_b: 1 = (0,1,0,1) */
-typedef struct { size_t w, b; int C; } norm_p;
-typedef struct { norm_p norm1, norm2; conv_p conv1, conv2, shortcut; int has_shortcut, c_in, c_out; } resnet_p;
-typedef struct { norm_p norm; size_t wqkv, bqkv, wo, bo; int C; } attn_p;
-typedef struct { resnet_p *res; int n_res, has_sampler; conv_p sampler; } block_p;
+typedef struct {
+    size_t w, b;
+    int c_in, c_out, k, stride, pad_b;
+} conv_p; /* pad_b: 1 = (0,1,0,1) */
+typedef struct {
+    size_t w, b;
+    int C;
+} norm_p;
+typedef struct {
+    norm_p norm1, norm2;
+    conv_p conv1, conv2, shortcut;
+    int has_shortcut, c_in, c_out;
+} resnet_p;
+typedef struct {
+    norm_p norm;
+    size_t wqkv, bqkv, wo, bo;
+    int C;
+} attn_p;
+typedef struct {
+    resnet_p *res;
+    int n_res, has_sampler;
+    conv_p sampler;
+} block_p;
 
 typedef struct {
     conv_p conv_in, conv_out;
@@ -80,8 +104,8 @@ struct vae_model {
     param_set ps;
     coder_p enc, dec;
     conv_p quant, post_quant;
-    int bf16;                   /* convolutions read bf16 (vae_set_bf16) */
-    int training;               /* the pass keeps what backward needs */
+    int bf16;     /* convolutions read bf16 (vae_set_bf16) */
+    int training; /* the pass keeps what backward needs */
     arena arena;
 };
 
@@ -123,10 +147,14 @@ static norm_p add_norm(vae_model *v, const char *prefix, int C) {
 static resnet_p add_resnet(vae_model *v, const char *prefix, int c_in, int c_out) {
     char name[NAME_LEN];
     resnet_p r = {.c_in = c_in, .c_out = c_out, .has_shortcut = c_in != c_out};
-    fmt_name(name, "%s.norm1", prefix); r.norm1 = add_norm(v, name, c_in);
-    fmt_name(name, "%s.conv1", prefix); r.conv1 = add_conv(v, name, c_in, c_out, 3, 1, 0);
-    fmt_name(name, "%s.norm2", prefix); r.norm2 = add_norm(v, name, c_out);
-    fmt_name(name, "%s.conv2", prefix); r.conv2 = add_conv(v, name, c_out, c_out, 3, 1, 0);
+    fmt_name(name, "%s.norm1", prefix);
+    r.norm1 = add_norm(v, name, c_in);
+    fmt_name(name, "%s.conv1", prefix);
+    r.conv1 = add_conv(v, name, c_in, c_out, 3, 1, 0);
+    fmt_name(name, "%s.norm2", prefix);
+    r.norm2 = add_norm(v, name, c_out);
+    fmt_name(name, "%s.conv2", prefix);
+    r.conv2 = add_conv(v, name, c_out, c_out, 3, 1, 0);
     if (r.has_shortcut) {
         fmt_name(name, "%s.conv_shortcut", prefix);
         r.shortcut = add_conv(v, name, c_in, c_out, 1, 1, 0);
@@ -280,9 +308,19 @@ void vae_init_weights(vae_model *v, unsigned long long seed) {
 /* ----------------------------------------------------------- layer ops */
 
 static conv_shape shape_of(const vae_model *v, const conv_p *c, int n, int h, int w) {
-    return (conv_shape){c->c_in, c->c_out, n, h, w, c->k, c->stride,
-                        c->k == 3 && !c->pad_b, c->k == 3 && !c->pad_b,
-                        c->k == 3 ? 1 : 0, c->k == 3 ? 1 : 0, v->bf16, !v->training};
+    return (conv_shape){c->c_in,
+                        c->c_out,
+                        n,
+                        h,
+                        w,
+                        c->k,
+                        c->stride,
+                        c->k == 3 && !c->pad_b,
+                        c->k == 3 && !c->pad_b,
+                        c->k == 3 ? 1 : 0,
+                        c->k == 3 ? 1 : 0,
+                        v->bf16,
+                        !v->training};
 }
 
 static float *conv_fwd(vae_model *v, const conv_p *c, const float *x, int n, int *h, int *w) {
@@ -304,7 +342,9 @@ static float *conv_bwd(vae_model *v, const conv_p *c, const float *dy, const flo
     return dx;
 }
 
-typedef struct { float *y, *mean, *rstd; } norm_rec;
+typedef struct {
+    float *y, *mean, *rstd;
+} norm_rec;
 
 static norm_rec norm_fwd(vae_model *v, const norm_p *p, const float *x, int n, int hw) {
     int groups = v->cfg.norm_num_groups;
@@ -314,8 +354,8 @@ static norm_rec norm_fwd(vae_model *v, const norm_p *p, const float *x, int n, i
     return r;
 }
 
-static float *norm_bwd(vae_model *v, const norm_p *p, const norm_rec *r, const float *dy, const float *x,
-                       int n, int hw) {
+static float *norm_bwd(vae_model *v, const norm_p *p, const norm_rec *r, const float *dy, const float *x, int n,
+                       int hw) {
     float *dx = arena_alloc(&v->arena, (size_t)p->C * n * hw);
     nn_group_norm_backward(dx, G(v, p->w), G(v, p->b), dy, x, r->mean, r->rstd, W(v, p->w), p->C, n, hw,
                            v->cfg.norm_num_groups);
@@ -335,16 +375,20 @@ static float *silu_bwd(vae_model *v, const float *dy, const float *x, size_t len
 }
 
 /* GroupNorm -> SiLU, as every ResNet half and the output head start. */
-typedef struct { const float *x; norm_rec norm; float *act; } norm_act_rec;
+typedef struct {
+    const float *x;
+    norm_rec norm;
+    float *act;
+} norm_act_rec;
 
 static float *norm_act_fwd(vae_model *v, const norm_p *p, norm_act_rec *r, const float *x, int n, int hw) {
     r->x = x;
-    if (!v->training) {         /* inference: one fused pass, the norm's output is not kept */
+    if (!v->training) { /* inference: one fused pass, the norm's output is not kept */
         int groups = v->cfg.norm_num_groups;
         r->act = arena_alloc(&v->arena, (size_t)p->C * n * hw);
         float *stats = arena_alloc(&v->arena, (size_t)2 * n * groups);
-        nn_group_norm_silu_forward(r->act, stats, stats + (size_t)n * groups, x, W(v, p->w), W(v, p->b), p->C, n,
-                                   hw, groups, GN_EPS);
+        nn_group_norm_silu_forward(r->act, stats, stats + (size_t)n * groups, x, W(v, p->w), W(v, p->b), p->C, n, hw,
+                                   groups, GN_EPS);
         return r->act;
     }
     r->norm = norm_fwd(v, p, x, n, hw);
@@ -359,7 +403,11 @@ static float *norm_act_bwd(vae_model *v, const norm_p *p, const norm_act_rec *r,
 
 /* --------------------------------------------------------------- ResNet */
 
-typedef struct { const float *x; norm_act_rec n1, n2; float *h1; } resnet_rec;
+typedef struct {
+    const float *x;
+    norm_act_rec n1, n2;
+    float *h1;
+} resnet_rec;
 
 static float *resnet_fwd(vae_model *v, const resnet_p *p, resnet_rec *r, const float *x, int n, int h, int w) {
     int hh = h, ww = w;
@@ -367,11 +415,13 @@ static float *resnet_fwd(vae_model *v, const resnet_p *p, resnet_rec *r, const f
     float *a1 = norm_act_fwd(v, &p->norm1, &r->n1, x, n, h * w);
     r->h1 = conv_fwd(v, &p->conv1, a1, n, &hh, &ww);
     float *a2 = norm_act_fwd(v, &p->norm2, &r->n2, r->h1, n, h * w);
-    hh = h; ww = w;
+    hh = h;
+    ww = w;
     float *out = conv_fwd(v, &p->conv2, a2, n, &hh, &ww);
     size_t len = (size_t)p->c_out * n * h * w;
     if (p->has_shortcut) {
-        hh = h; ww = w;
+        hh = h;
+        ww = w;
         nn_add(out, conv_fwd(v, &p->shortcut, x, n, &hh, &ww), len);
     } else {
         nn_add(out, x, len);
@@ -386,8 +436,10 @@ static float *resnet_bwd(vae_model *v, const resnet_p *p, const resnet_rec *r, c
     float *da1 = conv_bwd(v, &p->conv1, dh1, r->n1.act, n, h, w, 1);
     float *dx = norm_act_bwd(v, &p->norm1, &r->n1, da1, n, hw);
     size_t len = (size_t)p->c_in * n * hw;
-    if (p->has_shortcut) nn_add(dx, conv_bwd(v, &p->shortcut, dout, r->x, n, h, w, 1), len);
-    else nn_add(dx, dout, len);
+    if (p->has_shortcut)
+        nn_add(dx, conv_bwd(v, &p->shortcut, dout, r->x, n, h, w, 1), len);
+    else
+        nn_add(dx, dout, len);
     return dx;
 }
 
@@ -396,7 +448,12 @@ static float *resnet_bwd(vae_model *v, const resnet_p *p, const resnet_rec *r, c
 /* Single-head self-attention over the h*w pixels of each image, reusing the
  * transformer's attention kernel with every key allowed (lo 0, hi hw - 1).
  * The NHWC map is already the [pixels, C] rows the linears take. */
-typedef struct { const float *x; norm_rec norm; float *qkv, *att, *lse; int32_t *lo, *hi; } attn_rec;
+typedef struct {
+    const float *x;
+    norm_rec norm;
+    float *qkv, *att, *lse;
+    int32_t *lo, *hi;
+} attn_rec;
 
 static float *attn_fwd(vae_model *v, const attn_p *p, attn_rec *r, const float *x, int n, int hw) {
     int C = p->C, N = n * hw;
@@ -407,7 +464,10 @@ static float *attn_fwd(vae_model *v, const attn_p *p, attn_rec *r, const float *
     /* int32 key ranges share the float arena: both are 4 bytes. */
     r->lo = (int32_t *)arena_alloc(&v->arena, (size_t)N);
     r->hi = (int32_t *)arena_alloc(&v->arena, (size_t)N);
-    for (int i = 0; i < N; i++) { r->lo[i] = 0; r->hi[i] = hw - 1; }
+    for (int i = 0; i < N; i++) {
+        r->lo[i] = 0;
+        r->hi[i] = hw - 1;
+    }
     r->att = arena_alloc(&v->arena, (size_t)N * C);
     r->lse = arena_alloc(&v->arena, (size_t)N);
     nn_attention_forward(r->att, r->lse, r->qkv, r->lo, r->hi, n, hw, 1, C);
@@ -435,10 +495,10 @@ static float *attn_bwd(vae_model *v, const attn_p *p, const attn_rec *r, const f
 typedef struct {
     int n, h_in, w_in;
     const float *in;
-    resnet_rec res[VAE_MAX_RESNETS];   /* blocks' in order, then mid1, mid2 */
+    resnet_rec res[VAE_MAX_RESNETS]; /* blocks' in order, then mid1, mid2 */
     float *sampler_in[VAE_MAX_BLOCKS];
     attn_rec attn;
-    float *h_in_mid;               /* attention input */
+    float *h_in_mid; /* attention input */
     norm_act_rec out;
     float *quant_in;
 } coder_rec;
@@ -459,7 +519,10 @@ static float *mid_bwd(vae_model *v, const coder_p *cp, const coder_rec *r, int *
 static float *encoder_fwd(vae_model *v, coder_rec *r, const float *x, int n, int H, int W_) {
     const coder_p *e = &v->enc;
     int hh = H, ww = W_, k = 0;
-    r->n = n; r->h_in = H; r->w_in = W_; r->in = x;
+    r->n = n;
+    r->h_in = H;
+    r->w_in = W_;
+    r->in = x;
     float *h = conv_fwd(v, &e->conv_in, x, n, &hh, &ww);
     for (int b = 0; b < v->cfg.n_blocks; b++) {
         const block_p *blk = &e->blocks[b];
@@ -493,7 +556,8 @@ static void encoder_bwd(vae_model *v, const coder_rec *r, float *d) {
     for (int b = v->cfg.n_blocks - 1; b >= 0; b--) {
         const block_p *blk = &e->blocks[b];
         if (blk->has_sampler) {
-            hh *= 2; ww *= 2;
+            hh *= 2;
+            ww *= 2;
             d = conv_bwd(v, &blk->sampler, d, r->sampler_in[b], n, hh, ww, 1);
         }
         for (int j = blk->n_res - 1; j >= 0; j--) d = resnet_bwd(v, &blk->res[j], &r->res[--k], d, n, hh, ww);
@@ -505,12 +569,15 @@ static void encoder_bwd(vae_model *v, const coder_rec *r, float *d) {
 static float *decoder_fwd(vae_model *v, coder_rec *r, const float *z, int n, int h, int w) {
     const coder_p *dcp = &v->dec;
     int hh = h, ww = w, k = 0;
-    r->n = n; r->h_in = h; r->w_in = w; r->in = z;
+    r->n = n;
+    r->h_in = h;
+    r->w_in = w;
+    r->in = z;
     if (v->cfg.use_post_quant_conv) {
         r->quant_in = (float *)z;
         z = conv_fwd(v, &v->post_quant, z, n, &hh, &ww);
     }
-    r->h_in_mid = (float *)z;                   /* conv_in's input */
+    r->h_in_mid = (float *)z; /* conv_in's input */
     float *x = conv_fwd(v, &dcp->conv_in, z, n, &hh, &ww);
     x = mid_fwd(v, dcp, r, &k, x, n, hh, ww);
     for (int b = 0; b < v->cfg.n_blocks; b++) {
@@ -520,7 +587,8 @@ static float *decoder_fwd(vae_model *v, coder_rec *r, const float *z, int n, int
             int C = blk->sampler.c_in;
             float *up = arena_alloc(&v->arena, (size_t)C * n * 4 * hh * ww);
             nn_upsample2x_forward(up, x, n, hh, ww, C);
-            hh *= 2; ww *= 2;
+            hh *= 2;
+            ww *= 2;
             r->sampler_in[b] = up;
             x = conv_fwd(v, &blk->sampler, up, n, &hh, &ww);
         }
@@ -540,7 +608,8 @@ static float *decoder_bwd(vae_model *v, const coder_rec *r, float *d) {
         const block_p *blk = &dcp->blocks[b];
         if (blk->has_sampler) {
             float *dup = conv_bwd(v, &blk->sampler, d, r->sampler_in[b], n, hh, ww, 1);
-            hh /= 2; ww /= 2;
+            hh /= 2;
+            ww /= 2;
             d = arena_alloc(&v->arena, (size_t)blk->sampler.c_in * n * hh * ww);
             nn_upsample2x_backward(d, dup, n, hh, ww, blk->sampler.c_in);
         }
@@ -575,7 +644,7 @@ void vae_encode(vae_model *v, const float *images, int n, int H, int W_, float *
     to_nhwc(x, images, n, c->in_channels, (size_t)H * W_);
     coder_rec *r = xcalloc(1, sizeof *r);
     float *mom = encoder_fwd(v, r, x, n, H, W_);
-    float *planes = arena_alloc(&v->arena, 2 * per * n);    /* [n, 2C, hw]: mean planes, then logvar's */
+    float *planes = arena_alloc(&v->arena, 2 * per * n); /* [n, 2C, hw]: mean planes, then logvar's */
     to_nchw(planes, mom, n, 2 * C, hw);
     for (int i = 0; i < n; i++) {
         const float *m = planes + 2 * per * i;
@@ -604,8 +673,8 @@ double vae_psnr(const float *recon, const float *orig, size_t n) {
     return 10.0 * log10(1.0 / (mse > 1e-12 ? mse : 1e-12));
 }
 
-vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, int n, int H, int W_,
-                          vae_loss_kind loss, float kl_weight, int want_grads) {
+vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, int n, int H, int W_, vae_loss_kind loss,
+                          float kl_weight, int want_grads) {
     const vae_config *c = &v->cfg;
     int C = c->latent_channels, f = vae_downscale(c), h = H / f, w = W_ / f;
     size_t hw = (size_t)h * w, pixels = (size_t)n * hw, half = (size_t)C * pixels;
@@ -618,7 +687,7 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
     float *e = arena_alloc(&v->arena, half);
     to_nhwc(e, eps, n, C, hw);
     coder_rec *er = xcalloc(1, sizeof *er), *dr = xcalloc(1, sizeof *dr);
-    float *mom = encoder_fwd(v, er, x, n, H, W_);           /* [pixels, 2C] */
+    float *mom = encoder_fwd(v, er, x, n, H, W_); /* [pixels, 2C] */
     float *z = arena_alloc(&v->arena, half), *stdv = arena_alloc(&v->arena, half);
     double kl = 0.0;
     for (size_t p = 0; p < pixels; p++)
@@ -633,10 +702,11 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
     float *drecon = arena_alloc(&v->arena, npix);
     float scale = want_grads ? 1.0f / (float)npix : 0.0f;
     out.rec_loss = (loss == VAE_LOSS_L1 ? nn_abs_error(drecon, recon, x, npix, scale)
-                                        : nn_squared_error(drecon, recon, x, npix, scale)) / (double)npix;
+                                        : nn_squared_error(drecon, recon, x, npix, scale)) /
+        (double)npix;
     out.kl = kl / (double)npix;
     out.loss = out.rec_loss + kl_weight * out.kl;
-    size_t per = npix / n;                  /* an image is contiguous in NHWC too */
+    size_t per = npix / n; /* an image is contiguous in NHWC too */
     for (int i = 0; i < n; i++) out.psnr += vae_psnr(recon + i * per, x + i * per, per) / n;
     if (want_grads) {
         float *dz = decoder_bwd(v, dr, drecon);
@@ -646,7 +716,7 @@ vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, i
             for (int ch = 0; ch < C; ch++) {
                 size_t k = p * C + ch, mi = 2 * p * C + ch, li = mi + C;
                 float lv = mom[li];
-                int inside = lv >= LOGVAR_MIN && lv <= LOGVAR_MAX;   /* clamp passes gradient inside */
+                int inside = lv >= LOGVAR_MIN && lv <= LOGVAR_MAX; /* clamp passes gradient inside */
                 dmom[mi] = dz[k] + kscale * mom[mi];
                 dmom[li] = inside ? dz[k] * e[k] * 0.5f * stdv[k] + kscale * 0.5f * (stdv[k] * stdv[k] - 1.0f) : 0.0f;
             }

@@ -23,7 +23,7 @@ typedef struct {
     int in_channels, out_channels, latent_channels;
     int n_blocks, block_out_channels[VAE_MAX_BLOCKS];
     int layers_per_block, norm_num_groups, sample_size;
-    float scaling_factor, shift_factor;   /* shift 0 when the config says null */
+    float scaling_factor, shift_factor; /* shift 0 when the config says null */
     int use_quant_conv, use_post_quant_conv, mid_block_add_attention;
 } vae_config;
 
@@ -67,16 +67,16 @@ void vae_decode(vae_model *v, const float *latents, int n, int h, int w, float *
 typedef enum { VAE_LOSS_L1, VAE_LOSS_L2 } vae_loss_kind;
 
 typedef struct {
-    double loss, rec_loss, kl;   /* loss = rec_loss + kl_weight * kl */
-    double psnr;                 /* mean over images, of the reconstruction */
+    double loss, rec_loss, kl; /* loss = rec_loss + kl_weight * kl */
+    double psnr;               /* mean over images, of the reconstruction */
 } vae_losses;
 
 /* One training evaluation: z = mean + exp(logvar/2) * eps (eps [n, C, h, w]),
  * recon = decode(z), rec_loss of `loss` over all elements,
  * kl = sum(mean^2 + exp(logvar) - 1 - logvar) / 2 / (n * 3 * H * W).
  * With want_grads, adds the gradient of loss into the params' g. */
-vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, int n, int H, int W,
-                          vae_loss_kind loss, float kl_weight, int want_grads);
+vae_losses vae_train_step(vae_model *v, const float *images, const float *eps, int n, int H, int W, vae_loss_kind loss,
+                          float kl_weight, int want_grads);
 
 /* PSNR (dB) of a reconstruction against the original, both in [-1, 1]. */
 double vae_psnr(const float *recon, const float *orig, size_t n);

@@ -13,7 +13,10 @@ static int get_int(const cJSON *root, const char *path, const char *name, int de
         *out = def;
         return 0;
     }
-    if (cJSON_IsBool(v)) { *out = cJSON_IsTrue(v); return 0; }
+    if (cJSON_IsBool(v)) {
+        *out = cJSON_IsTrue(v);
+        return 0;
+    }
     if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
         return set_error(err, "%s: field '%s': not an integer", path, name);
     *out = (int)v->valuedouble;
@@ -22,7 +25,10 @@ static int get_int(const cJSON *root, const char *path, const char *name, int de
 
 static int get_float(const cJSON *root, const char *path, const char *name, float def, float *out, char *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, name);
-    if (!v || cJSON_IsNull(v)) { *out = def; return 0; }
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return 0;
+    }
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
         return set_error(err, "%s: field '%s': not a finite number", path, name);
     *out = (float)v->valuedouble;
@@ -35,9 +41,8 @@ static int check_types(const cJSON *root, const char *path, const char *name, co
     if (!v) return 0;
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n)
         return set_error(err, "%s: field '%s': must list %d block types", path, name, n);
-    cJSON_ArrayForEach(e, v)
-        if (!cJSON_IsString(e) || strcmp(e->valuestring, want) != 0)
-            return set_error(err, "%s: field '%s': only %s is supported", path, name, want);
+    cJSON_ArrayForEach(e, v) if (!cJSON_IsString(e) || strcmp(e->valuestring, want) != 0) return set_error(
+        err, "%s: field '%s': only %s is supported", path, name, want);
     return 0;
 }
 
@@ -65,7 +70,8 @@ int vae_config_load(const char *path, vae_config *c, char *err) {
     int rc = -1;
     const cJSON *blocks = cJSON_GetObjectItemCaseSensitive(root, "block_out_channels"), *e;
     if (!cJSON_IsArray(blocks) || cJSON_GetArraySize(blocks) < 1 || cJSON_GetArraySize(blocks) > VAE_MAX_BLOCKS) {
-        set_error(err, "%s: field 'block_out_channels': must be a list of 1 to %d channel counts", path, VAE_MAX_BLOCKS);
+        set_error(err, "%s: field 'block_out_channels': must be a list of 1 to %d channel counts", path,
+                  VAE_MAX_BLOCKS);
         goto out;
     }
     cJSON_ArrayForEach(e, blocks) {
@@ -92,8 +98,7 @@ int vae_config_load(const char *path, vae_config *c, char *err) {
         get_float(root, path, "scaling_factor", 1.0f, &c->scaling_factor, err) ||
         get_float(root, path, "shift_factor", 0.0f, &c->shift_factor, err) ||
         check_types(root, path, "down_block_types", "DownEncoderBlock2D", c->n_blocks, err) ||
-        check_types(root, path, "up_block_types", "UpDecoderBlock2D", c->n_blocks, err) ||
-        validate(c, path, err))
+        check_types(root, path, "up_block_types", "UpDecoderBlock2D", c->n_blocks, err) || validate(c, path, err))
         goto out;
     rc = 0;
 out:
@@ -120,8 +125,10 @@ cJSON *vae_config_json(const vae_config *c) {
     cJSON_AddNumberToObject(root, "norm_num_groups", c->norm_num_groups);
     cJSON_AddNumberToObject(root, "sample_size", c->sample_size);
     cJSON_AddNumberToObject(root, "scaling_factor", c->scaling_factor);
-    if (c->shift_factor != 0.0f) cJSON_AddNumberToObject(root, "shift_factor", c->shift_factor);
-    else cJSON_AddNullToObject(root, "shift_factor");
+    if (c->shift_factor != 0.0f)
+        cJSON_AddNumberToObject(root, "shift_factor", c->shift_factor);
+    else
+        cJSON_AddNullToObject(root, "shift_factor");
     cJSON_AddBoolToObject(root, "use_quant_conv", c->use_quant_conv);
     cJSON_AddBoolToObject(root, "use_post_quant_conv", c->use_post_quant_conv);
     cJSON_AddBoolToObject(root, "mid_block_add_attention", c->mid_block_add_attention);

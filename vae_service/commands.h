@@ -7,9 +7,9 @@
 #include "../vae/vae.h"
 
 /* The commands, each with its table of flags. */
-extern const cli_command vae_train_command, vae_eval_command;       /* train.c */
-extern const cli_command vae_encode_command, vae_decode_command;    /* latents.c */
-extern const cli_command vae_serve_command;                         /* serve.c */
+extern const cli_command vae_train_command, vae_eval_command;    /* train.c */
+extern const cli_command vae_encode_command, vae_decode_command; /* latents.c */
+extern const cli_command vae_serve_command;                      /* serve.c */
 
 /* The flags several commands share (train.c): --threads, which every
  * command that runs the VAE takes; --loss l2|l1 and --precision bf16|fp32

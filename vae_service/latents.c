@@ -97,7 +97,12 @@ static cJSON *vae_identity(vae_model *v, const char *vae_dir, int size, char *er
 }
 
 /* Growable byte string with offsets: captions and keys of a shard. */
-typedef struct { char *bytes; size_t len, cap; int64_t *off; int n, cap_n; } string_list;
+typedef struct {
+    char *bytes;
+    size_t len, cap;
+    int64_t *off;
+    int n, cap_n;
+} string_list;
 
 static void strings_add(string_list *s, const char *str) {
     size_t k = strlen(str);
@@ -116,7 +121,11 @@ static void strings_add(string_list *s, const char *str) {
     s->off[++s->n] = (int64_t)s->len;
 }
 
-static void strings_free(string_list *s) { free(s->bytes); free(s->off); memset(s, 0, sizeof *s); }
+static void strings_free(string_list *s) {
+    free(s->bytes);
+    free(s->off);
+    memset(s, 0, sizeof *s);
+}
 
 /* Encodes every good sample of the selected input into one shard file. */
 static long encode_input(vae_model *v, image_source *src, int input, const char *out_path, int size, int batch,
@@ -125,7 +134,8 @@ static long encode_input(vae_model *v, image_source *src, int input, const char 
     int f = vae_downscale(c), C = c->latent_channels, h = size / f;
     size_t per = (size_t)3 * size * size, lat = (size_t)C * h * h;
     float *x = xmalloc(sizeof(float) * batch * per);
-    float *mean = NULL, *logvar = NULL, *bm = xmalloc(sizeof(float) * batch * lat), *bl = xmalloc(sizeof(float) * batch * lat);
+    float *mean = NULL, *logvar = NULL, *bm = xmalloc(sizeof(float) * batch * lat),
+          *bl = xmalloc(sizeof(float) * batch * lat);
     string_list caps = {0}, keys = {0};
     long n = 0, cap = 0;
     image_source_select(src, input);
@@ -163,7 +173,11 @@ static long encode_input(vae_model *v, image_source *src, int input, const char 
         };
         if (st_write(out_path, e, keep_logvar ? 6 : 5, err)) die("%s", err);
     }
-    free(x); free(bm); free(bl); free(mean); free(logvar);
+    free(x);
+    free(bm);
+    free(bl);
+    free(mean);
+    free(logvar);
     strings_free(&caps);
     strings_free(&keys);
     return n;
@@ -171,8 +185,8 @@ static long encode_input(vae_model *v, image_source *src, int input, const char 
 
 /* Per-channel mean and std over every latent of the listed shards, and the
  * shard entries of dataset.json (name, samples, bytes, crc32c). */
-static int summarize(const char *dir, char **names, int n_shards, int C, cJSON *shards, double *ch_mean,
-                     double *ch_std, long *count, char *err) {
+static int summarize(const char *dir, char **names, int n_shards, int C, cJSON *shards, double *ch_mean, double *ch_std,
+                     long *count, char *err) {
     double *s1 = calloc(C, sizeof(double)), *s2 = calloc(C, sizeof(double));
     long values = 0;
     *count = 0;
@@ -181,12 +195,17 @@ static int summarize(const char *dir, char **names, int n_shards, int C, cJSON *
         snprintf(path, sizeof path, "%s/%s", dir, names[k]);
         st_file f;
         uint32_t crc;
-        if (st_open(path, &f, err) || crc32c_file(path, &crc, err)) { free(s1); free(s2); return -1; }
+        if (st_open(path, &f, err) || crc32c_file(path, &crc, err)) {
+            free(s1);
+            free(s2);
+            return -1;
+        }
         const st_tensor *t = st_find(&f, "mean");
         if (!t || t->dtype != ST_F32 || t->ndim != 4 || t->shape[1] != C) {
             set_error(err, "%s: tensor 'mean': expected F32 [n, %d, h, w]", path, C);
             st_close(&f);
-            free(s1); free(s2);
+            free(s1);
+            free(s2);
             return -1;
         }
         size_t plane = (size_t)t->shape[2] * t->shape[3];
@@ -241,7 +260,7 @@ static int cmd_encode(const args *a) {
     if (!id) die_input("%s", err);
     snprintf(path, sizeof path, "%s/encode.json", out);
     if (rank != 0 || file_exists(path)) {
-        dist_barrier();             /* rank 0 has checked or written it */
+        dist_barrier(); /* rank 0 has checked or written it */
         cJSON *old = json_read_object(path, err);
         if (!old) die_input("%s", err);
         int same = cJSON_Compare(cJSON_GetObjectItem(old, "vae"), id, 1);
@@ -260,11 +279,14 @@ static int cmd_encode(const args *a) {
     double t0 = now_s();
     for (int i = 0; i < n_inputs; i++) {
         snprintf(path, sizeof path, "%s/%s", out, names[i]);
-        if (file_exists(path)) { skipped_inputs++; continue; }     /* complete: renamed into place */
+        if (file_exists(path)) {
+            skipped_inputs++;
+            continue;
+        } /* complete: renamed into place */
         encode_input(v, src, i, path, size, batch, keep_logvar, t0, &total);
         double dt = now_s() - t0;
-        fprintf(stderr, "\rshard %d/%d %s: %ld images, %.1f images/s, eta %.0f s\n", i + 1, n_inputs, names[i],
-                total, total / dt, dt / (i + 1 - skipped_inputs) * (n_inputs - i - 1));
+        fprintf(stderr, "\rshard %d/%d %s: %ld images, %.1f images/s, eta %.0f s\n", i + 1, n_inputs, names[i], total,
+                total / dt, dt / (i + 1 - skipped_inputs) * (n_inputs - i - 1));
     }
     run_summary(src, summary, sizeof summary);
     int64_t encoded = total;
@@ -273,7 +295,7 @@ static int cmd_encode(const args *a) {
     for (int i = 0; i < n_inputs; i++) free(names[i]);
     free(names);
     image_source_close(src);
-    dist_barrier();                 /* every rank's shards are in place */
+    dist_barrier(); /* every rank's shards are in place */
     if (rank != 0) {
         cJSON_Delete(id);
         vae_free(v);
@@ -289,8 +311,10 @@ static int cmd_encode(const args *a) {
     int n_shards = 0;
     for (int i = 0; i < n_inputs; i++) {
         snprintf(path, sizeof path, "%s/%s", out, names[i]);
-        if (file_exists(path)) names[n_shards++] = names[i];
-        else free(names[i]);
+        if (file_exists(path))
+            names[n_shards++] = names[i];
+        else
+            free(names[i]);
     }
     int C = c->latent_channels, h = size / f;
     double *ch_mean = xcalloc(C, sizeof(double)), *ch_std = xcalloc(C, sizeof(double));
@@ -306,13 +330,15 @@ static int cmd_encode(const args *a) {
     cJSON_AddItemToObject(root, "channel_mean", cJSON_CreateDoubleArray(ch_mean, C));
     cJSON_AddItemToObject(root, "channel_std", cJSON_CreateDoubleArray(ch_std, C));
     cJSON_AddItemToObject(root, "vae", id);
-    cJSON_AddStringToObject(root, "last_run", summary);      /* what this run read and skipped */
+    cJSON_AddStringToObject(root, "last_run", summary); /* what this run read and skipped */
     snprintf(path, sizeof path, "%s/dataset.json", out);
     if (json_write(path, root, err)) die("%s", err);
-    printf("encoded %lld images this run; dataset %ld latents in %d shards (%s)\n", (long long)encoded, count,
-           n_shards, summary);
+    printf("encoded %lld images this run; dataset %ld latents in %d shards (%s)\n", (long long)encoded, count, n_shards,
+           summary);
     for (int i = 0; i < n_shards; i++) free(names[i]);
-    free(names); free(ch_mean); free(ch_std);
+    free(names);
+    free(ch_mean);
+    free(ch_std);
     image_source_close(src);
     vae_free(v);
     return 0;
@@ -326,7 +352,10 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
     st_file f;
     if (st_open(path, &f, err)) return -1;
     const st_tensor *t = st_find(&f, "mean");
-    if (!t || t->ndim != 4) { st_close(&f); return set_error(err, "%s: tensor 'mean': missing or not [n, C, h, w]", path); }
+    if (!t || t->ndim != 4) {
+        st_close(&f);
+        return set_error(err, "%s: tensor 'mean': missing or not [n, C, h, w]", path);
+    }
     if (t->shape[1] != c->latent_channels) {
         set_error(err, "%s: tensor 'mean': %lld channels, but this VAE has %d (latents of another VAE)", path,
                   (long long)t->shape[1], c->latent_channels);
@@ -338,7 +367,12 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
     if (limit > 0 && n > limit) n = limit;
     size_t lat = (size_t)c->latent_channels * h * w, per = (size_t)3 * H * W_;
     float *z = xmalloc(sizeof(float) * t->shape[0] * lat), *img = xmalloc(sizeof(float) * per);
-    if (st_read_f32(&f, "mean", 4, t->shape, z, err)) { st_close(&f); free(z); free(img); return -1; }
+    if (st_read_f32(&f, "mean", 4, t->shape, z, err)) {
+        st_close(&f);
+        free(z);
+        free(img);
+        return -1;
+    }
     const st_tensor *kb = st_find(&f, "key_bytes"), *ko = st_find(&f, "key_offsets");
     uint8_t *rgb = xmalloc((size_t)H * W_ * 3);
     for (int i = 0; i < n; i++) {
@@ -357,10 +391,15 @@ static long decode_file(vae_model *v, const char *path, const char *out, int lim
         if (!key[0] || strchr(key, '/')) snprintf(key, sizeof key, "%06d", i);
         char file[4096];
         snprintf(file, sizeof file, "%s/%s.webp", out, key);
-        if (image_write_webp(file, rgb, H, W_, err)) { n = -1; break; }
+        if (image_write_webp(file, rgb, H, W_, err)) {
+            n = -1;
+            break;
+        }
     }
     st_close(&f);
-    free(z); free(img); free(rgb);
+    free(z);
+    free(img);
+    free(rgb);
     return n;
 }
 
@@ -403,8 +442,10 @@ static int cmd_decode(const args *a) {
 
 static const cli_flag encode_flags[] = {
     {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
-    {"data", FLAG_TEXT | FLAG_REQUIRED, "SHARDS", NULL, NULL, "image-caption tar shards or folders (comma-separated paths or globs)"},
-    {"out", FLAG_TEXT | FLAG_REQUIRED, "LATENT_DIR", NULL, NULL, "the latent dataset: one shard per input, dataset.json"},
+    {"data", FLAG_TEXT | FLAG_REQUIRED, "SHARDS", NULL, NULL,
+     "image-caption tar shards or folders (comma-separated paths or globs)"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "LATENT_DIR", NULL, NULL,
+     "the latent dataset: one shard per input, dataset.json"},
     {"size", FLAG_INT, "S", "[8, inf)", "64", "image side in pixels (center-cropped and resized)"},
     {"batch", FLAG_INT, "B", "[1, inf)", "32", "images per forward pass"},
     {"logvar", FLAG_SWITCH, NULL, NULL, NULL, "also store the posterior's log-variance"},
@@ -412,7 +453,9 @@ static const cli_flag encode_flags[] = {
 };
 
 const cli_command vae_encode_command = {
-    "encode", "encodes an image-caption dataset to latent shards, once (resumable, split over MPI ranks)", cmd_encode,
+    "encode",
+    "encodes an image-caption dataset to latent shards, once (resumable, split over MPI ranks)",
+    cmd_encode,
     {encode_flags, vae_threads_flags}};
 
 static const cli_flag decode_flags[] = {

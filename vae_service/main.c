@@ -29,7 +29,10 @@ static vae_model *load_vae(const args *a) {
 
 /* An images file: `images` F32 [n, in_channels, H, W], H and W multiples of
  * the VAE's downscale; optionally `eps` F32 [n, C, H/f, W/f]. */
-typedef struct { int n, H, W; float *images, *eps; } image_batch;
+typedef struct {
+    int n, H, W;
+    float *images, *eps;
+} image_batch;
 
 static image_batch load_images(const char *path, const vae_config *c, int want_eps) {
     char err[ERR_LEN];
@@ -40,8 +43,7 @@ static image_batch load_images(const char *path, const vae_config *c, int want_e
         die_input("%s: tensor 'images': %s", path, t ? "expected [n, in_channels, H, W]" : "missing");
     int f8 = vae_downscale(c);
     image_batch b = {(int)t->shape[0], (int)t->shape[2], (int)t->shape[3], NULL, NULL};
-    if (b.H % f8 || b.W % f8 || b.n < 1)
-        die_input("%s: tensor 'images': H and W must be multiples of %d", path, f8);
+    if (b.H % f8 || b.W % f8 || b.n < 1) die_input("%s: tensor 'images': H and W must be multiples of %d", path, f8);
     b.images = xmalloc(sizeof(float) * b.n * c->in_channels * b.H * b.W);
     if (st_read_f32(&f, "images", 4, t->shape, b.images, err)) die_input("%s", err);
     if (want_eps) {
@@ -81,7 +83,10 @@ static int cmd_forward(const args *a) {
                      {"recon", ST_F32, 4, {b.n, c->out_channels, b.H, b.W}, recon}};
     char err[ERR_LEN];
     if (st_write(arg_str(a, "out"), e, 3, err)) die("%s", err);
-    free(mean); free(logvar); free(recon); free(b.images);
+    free(mean);
+    free(logvar);
+    free(recon);
+    free(b.images);
     vae_free(v);
     return 0;
 }
@@ -97,7 +102,8 @@ static int cmd_grads(const args *a) {
     printf("{\"loss\":%.9g,\"rec_loss\":%.9g,\"kl\":%.9g,\"psnr\":%.4f}\n", l.loss, l.rec_loss, l.kl, l.psnr);
     char err[ERR_LEN];
     if (params_save(ps, ps->g, arg_str(a, "out"), err)) die("%s", err);
-    free(b.images); free(b.eps);
+    free(b.images);
+    free(b.eps);
     vae_free(v);
     return 0;
 }
@@ -144,7 +150,11 @@ static int cmd_bench(const args *a) {
     printf("{\"images_per_s\":%.2f,\"size\":%d,\"threads\":%d,\"batch\":%d,\"mode\":\"%s\",\"batch_s\":%.4f,"
            "\"parameters\":%zu,\"peak_rss_mb\":%.1f}\n",
            batch / med, size, nn_threads(), batch, train ? "train" : "encode", med, ps->numel, u.ru_maxrss / 1024.0);
-    free(x); free(eps); free(mean); free(logvar); free(times);
+    free(x);
+    free(eps);
+    free(mean);
+    free(logvar);
+    free(times);
     optim_free(&o);
     vae_free(v);
     return 0;
@@ -166,7 +176,8 @@ static const cli_flag forward_flags[] = {
 
 static const cli_flag grads_flags[] = {
     {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
-    {"images", FLAG_TEXT | FLAG_REQUIRED, "IN.safetensors", NULL, NULL, "`images` F32 [n, 3, H, W] and `eps` [n, C, h, w]"},
+    {"images", FLAG_TEXT | FLAG_REQUIRED, "IN.safetensors", NULL, NULL,
+     "`images` F32 [n, 3, H, W] and `eps` [n, C, h, w]"},
     {"out", FLAG_TEXT | FLAG_REQUIRED, "GRADS.safetensors", NULL, NULL, "the gradient of every parameter"},
     {"kl-weight", FLAG_NUM, "W", "(0, inf)", "1e-6", "weight of the KL term"},
     {"loss", FLAG_CHOICE, "l2|l1", NULL, "l2", "the reconstruction loss"},
@@ -188,24 +199,25 @@ static const cli_command init_command = {
     "init", "writes a VAE folder with freshly initialized weights", cmd_init, {init_flags}};
 static const cli_command forward_command = {
     "forward", "encodes and decodes an images file (conformance)", cmd_forward, {forward_flags, vae_threads_flags}};
-static const cli_command grads_command = {
-    "grads", "the loss and gradients of one training step on an images file (conformance)", cmd_grads,
-    {grads_flags, vae_threads_flags}};
+static const cli_command grads_command = {"grads",
+                                          "the loss and gradients of one training step on an images file (conformance)",
+                                          cmd_grads,
+                                          {grads_flags, vae_threads_flags}};
 static const cli_command bench_command = {
     "bench", "times encoding or training steps on random images", cmd_bench, {bench_flags, vae_threads_flags}};
 
 static const cli_command *const commands[] = {
     &vae_train_command, &vae_eval_command, &vae_encode_command, &vae_decode_command, &vae_serve_command,
-    &bench_command, &init_command, &forward_command, &grads_command,
+    &bench_command,     &init_command,     &forward_command,    &grads_command,
 };
 
-static const cli_program program = {
-    "vae_service", "Trains the VAE, encodes image datasets to latents once, decodes and serves.", commands,
-    sizeof commands / sizeof *commands};
+static const cli_program program = {"vae_service",
+                                    "Trains the VAE, encodes image datasets to latents once, decodes and serves.",
+                                    commands, sizeof commands / sizeof *commands};
 
 int main(int argc, char **argv) {
     nn_startup(argv);
-    dist_init(&argc, &argv);            /* MPI only when started by mpirun */
+    dist_init(&argc, &argv); /* MPI only when started by mpirun */
     int rc = cli_main(&program, argc, argv);
     dist_finalize();
     return rc;

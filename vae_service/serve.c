@@ -70,11 +70,11 @@
 #define PROTOCOL_VERSION 1
 #define MAX_IMAGES 256
 #define MAX_SIDE 4096
-#define MAX_PIXELS ((int64_t)1 << 26)          /* n * H * W of one request */
+#define MAX_PIXELS ((int64_t)1 << 26) /* n * H * W of one request */
 #define MAX_HEADER (64 << 10)
-#define MAX_FRAME ((int64_t)1 << 30)           /* ZMQ_MAXMSGSIZE */
+#define MAX_FRAME ((int64_t)1 << 30) /* ZMQ_MAXMSGSIZE */
 #define MAX_FRAMES (ZSVC_MAX_ENVELOPE + 2 + MAX_IMAGES)
-#define POLL_MS 200                             /* how soon a signal is noticed when idle */
+#define POLL_MS 200 /* how soon a signal is noticed when idle */
 
 enum { OP_INFO, OP_ENCODE, OP_ENCODE_RGB, OP_DECODE, OPS };
 static const char *const op_names[OPS] = {"info", "encode", "encode_rgb", "decode"};
@@ -83,7 +83,7 @@ typedef struct {
     vae_model *v;
     const vae_config *c;
     const char *dir;
-    int f, batch;                  /* downscale; images per VAE call, 0 = all */
+    int f, batch; /* downscale; images per VAE call, 0 = all */
     long requests, errors, by_op[OPS], encoded, decoded, lost;
 } server;
 
@@ -94,8 +94,14 @@ typedef struct {
     zsvc_part p[MAX_IMAGES + 1];
 } reply;
 
-static void release_malloc(void *data, void *hint) { (void)hint; free(data); }
-static void release_webp(void *data, void *hint) { (void)hint; WebPFree(data); }
+static void release_malloc(void *data, void *hint) {
+    (void)hint;
+    free(data);
+}
+static void release_webp(void *data, void *hint) {
+    (void)hint;
+    WebPFree(data);
+}
 
 static void reply_add(reply *r, void *data, size_t len, zmq_free_fn *release) {
     r->p[r->n++] = (zsvc_part){data, len, release};
@@ -116,7 +122,8 @@ static int get_int(const cJSON *req, const char *name, int lo, int hi, int multi
     double d = j->valuedouble;
     if (!cJSON_IsNumber(j) || !(d >= lo && d <= hi) || d != floor(d))
         return set_error(err, "\"%s\" must be an integer in [%d, %d]", name, lo, hi);
-    if ((int)d % multiple) return set_error(err, "\"%s\" %d is not a multiple of the downscale %d", name, (int)d, multiple);
+    if ((int)d % multiple)
+        return set_error(err, "\"%s\" %d is not a multiple of the downscale %d", name, (int)d, multiple);
     *out = (int)d;
     return 0;
 }
@@ -182,7 +189,8 @@ static void encode_reply(server *s, const float *images, int n, int H, int W, re
 }
 
 static int op_info(server *s, const cJSON *req, zmq_msg_t *pl, int npl, reply *r, char *err) {
-    (void)req; (void)pl;
+    (void)req;
+    (void)pl;
     if (npl) return set_error(err, "info takes no payload frames, got %d", npl);
     const vae_config *c = s->c;
     cJSON *h = r->header;
@@ -238,7 +246,7 @@ static int op_encode_rgb(server *s, const cJSON *req, zmq_msg_t *pl, int npl, re
 }
 
 static uint8_t to_u8(float x) {
-    float v = (x + 1.0f) * 127.5f + 0.5f;   /* the same rounding as decode's files */
+    float v = (x + 1.0f) * 127.5f + 0.5f; /* the same rounding as decode's files */
     return (uint8_t)(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
@@ -262,8 +270,7 @@ static int op_decode(server *s, const cJSON *req, zmq_msg_t *pl, int npl, reply 
     size_t per = (size_t)oc * H * W, lat = (size_t)C * h * w;
     float *img = xmalloc(sizeof(float) * n * per);
     int b = s->batch > 0 ? s->batch : n;
-    for (int i = 0; i < n; i += b)
-        vae_decode(s->v, z + i * lat, n - i < b ? n - i : b, h, w, img + i * per);
+    for (int i = 0; i < n; i += b) vae_decode(s->v, z + i * lat, n - i < b ? n - i : b, h, w, img + i * per);
     free(copy);
     s->decoded += n;
 
@@ -394,9 +401,11 @@ static int cmd_serve(const args *a) {
     vae_free(v);
     char lost[64] = "";
     if (s.lost) snprintf(lost, sizeof lost, ", %ld replies lost", s.lost);
-    fprintf(stderr, "vae_service serve: %ld requests (info %ld, encode %ld, encode_rgb %ld, decode %ld; %ld errors%s), "
-            "%ld images encoded, %ld decoded in %.1f s\n", s.requests, s.by_op[OP_INFO], s.by_op[OP_ENCODE],
-            s.by_op[OP_ENCODE_RGB], s.by_op[OP_DECODE], s.errors, lost, s.encoded, s.decoded, now_s() - t0);
+    fprintf(stderr,
+            "vae_service serve: %ld requests (info %ld, encode %ld, encode_rgb %ld, decode %ld; %ld errors%s), "
+            "%ld images encoded, %ld decoded in %.1f s\n",
+            s.requests, s.by_op[OP_INFO], s.by_op[OP_ENCODE], s.by_op[OP_ENCODE_RGB], s.by_op[OP_DECODE], s.errors,
+            lost, s.encoded, s.decoded, now_s() - t0);
     return 0;
 }
 

@@ -42,7 +42,7 @@
 
 typedef struct {
     int n, size;
-    uint8_t *pixels;            /* [n, 3, size, size] */
+    uint8_t *pixels; /* [n, 3, size, size] */
 } image_set;
 
 /* A training sample: image [3, size, size], mirrored left-right when flip. */
@@ -95,8 +95,15 @@ static void save(const run_files *f, vae_model *v, const optimizer *o, long step
     cJSON_AddNumberToObject(state, "seed", (double)f->seed);
     float *m, *mv;
     optim_host_moments(o, &m, &mv, 1);
-    ckpt_save_request r = {.ps = ps, .config = config, .step = step, .opt_offset = o->off, .opt_count = o->n,
-                           .m = m, .v = mv, .state = state, .keep = f->keep};
+    ckpt_save_request r = {.ps = ps,
+                           .config = config,
+                           .step = step,
+                           .opt_offset = o->off,
+                           .opt_count = o->n,
+                           .m = m,
+                           .v = mv,
+                           .state = state,
+                           .keep = f->keep};
     /* A failed save must never end in a run that looks successful. */
     if (ckpt_save(f->ckpt_dir, &r, err)) die("checkpoint at step %ld not saved: %s", step, err);
     optim_host_release(o, m, mv, 0);
@@ -125,7 +132,8 @@ static void resume_from(const char *path, vae_model *v, optimizer *o, uint64_t *
     const cJSON *s = cJSON_GetObjectItemCaseSensitive(rd.state, "seed");
     if (!cJSON_IsNumber(s) || s->valuedouble < 0) die_input("--resume %s: trainer_state.json: no seed", path);
     *seed = (uint64_t)s->valuedouble;
-    if (dist_rank() == 0) fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, rd.step, rd.world_size);
+    if (dist_rank() == 0)
+        fprintf(stderr, "resuming %s at step %ld (written by %d ranks)\n", path, rd.step, rd.world_size);
     ckpt_close(&rd);
 }
 
@@ -136,7 +144,8 @@ static void draw_sample(const image_set *set, uint64_t seed, long s, long j, flo
     rng r;
     rng_seed(&r, rng_key(rng_key(seed, (uint64_t)s), (uint64_t)j));
     uint64_t draw = rng_u64(&r);
-    to_float_sample(x, set->pixels + (draw >> 1) % set->n * (size_t)3 * set->size * set->size, set->size, (int)(draw & 1));
+    to_float_sample(x, set->pixels + (draw >> 1) % set->n * (size_t)3 * set->size * set->size, set->size,
+                    (int)(draw & 1));
     for (size_t k = 0; k < lat; k++) eps[k] = (float)rng_normal(&r);
 }
 
@@ -166,8 +175,8 @@ static int cmd_train(const args *a) {
     snprintf(ckpt_dir, sizeof ckpt_dir, "%s/checkpoints", out);
     run_files files = {out, arg_given(a, "ckpt-dir") ? arg_str(a, "ckpt-dir") : ckpt_dir, (int)arg_int(a, "keep"),
                        (uint64_t)arg_int(a, "seed")};
-    if (make_dir(out, err)) die_input("%s", err);       /* every rank: the checkpoints go inside */
-    stop_signal_install();              /* before any thread starts: see nn/stop_signal.h */
+    if (make_dir(out, err)) die_input("%s", err); /* every rank: the checkpoints go inside */
+    stop_signal_install();                        /* before any thread starts: see nn/stop_signal.h */
     nn_init((int)arg_int(a, "threads"));
 
     vae_config c;
@@ -186,7 +195,7 @@ static int cmd_train(const args *a) {
     dp_init(&dp, ps, 1, 1);
     int rank = dp.rank, ranks = dp.world;
     optim_config oc = optim_defaults(lr, steps / 20 + 1, steps);
-    oc.weight_decay = 0.0f;             /* a small conv VAE: no decay, as diffusers' VAE training */
+    oc.weight_decay = 0.0f; /* a small conv VAE: no decay, as diffusers' VAE training */
     optimizer o;
     dp_optimizer(&dp, &o, oc);
     if (from) resume_from(from, v, &o, &files.seed);
@@ -195,8 +204,8 @@ static int cmd_train(const args *a) {
     size_t per = (size_t)3 * size * size, lat = (size_t)c.latent_channels * (size / f) * (size / f);
     float *x = xmalloc(sizeof(float) * batch * per), *eps = xmalloc(sizeof(float) * batch * lat);
     if (rank == 0)
-        fprintf(stderr, "training %zu parameters on %d images of %dx%d, batch %d x %d ranks, %d steps\n",
-                ps->numel, set.n, size, size, batch, ranks, steps);
+        fprintf(stderr, "training %zu parameters on %d images of %dx%d, batch %d x %d ranks, %d steps\n", ps->numel,
+                set.n, size, size, batch, ranks, steps);
     double t0 = now_s(), acc_loss = 0, acc_psnr = 0;
     long start = o.step, seen = 0;
     int acc_n = 0, stop = 0;
@@ -212,7 +221,10 @@ static int cmd_train(const args *a) {
         double stats[2] = {l.loss, l.psnr};
         dist_allreduce_sum_f64(stats, 2);
         dp_update(&dp, &o, dp_finish_reduction(&dp));
-        acc_loss += stats[0] / ranks; acc_psnr += stats[1] / ranks; acc_n++; seen += (long)batch * ranks;
+        acc_loss += stats[0] / ranks;
+        acc_psnr += stats[1] / ranks;
+        acc_n++;
+        seen += (long)batch * ranks;
         if (rank == 0 && (o.step % log_every == 0 || o.step == steps)) {
             double dt = now_s() - t0;
             printf("step %5ld/%d  loss %.4f  psnr %.2f dB  %.1f images/s  eta %.0f s\n", o.step, steps,
@@ -226,7 +238,9 @@ static int cmd_train(const args *a) {
     }
     if (rank == 0 && stop) fprintf(stderr, "stopped by a signal after step %ld\n", o.step);
     if (rank == 0) printf("saved %s\n", out);
-    free(x); free(eps); free(set.pixels);
+    free(x);
+    free(eps);
+    free(set.pixels);
     optim_free(&o);
     dp_free(&dp);
     vae_free(v);
@@ -258,7 +272,8 @@ static int cmd_eval(const args *a) {
     image_sample smp;
     for (int done = 0; !done;) {
         int n = 0;
-        while (n < batch && !(done = image_source_next(src, &smp) != 1)) memcpy(x + n++ * per, smp.rgb, per * sizeof(float));
+        while (n < batch && !(done = image_source_next(src, &smp) != 1))
+            memcpy(x + n++ * per, smp.rgb, per * sizeof(float));
         if (n == 0) break;
         vae_encode(v, x, n, size, size, mean, logvar);
         vae_decode(v, mean, n, size / f, size / f, rec);
@@ -278,22 +293,29 @@ static int cmd_eval(const args *a) {
     printf("{\"images\":%ld,\"psnr_db\":%.3f}\n", count, psnr_sum / count);
     int shown = count < GRID ? (int)count : GRID, cols = shown < GRID_COLS ? shown : GRID_COLS;
     int rows = 2 * ((shown + GRID_COLS - 1) / GRID_COLS);
-    if (cols < GRID_COLS)                   /* one short row pair: its reconstructions move up */
+    if (cols < GRID_COLS) /* one short row pair: its reconstructions move up */
         memmove(tiles + cols * per, tiles + GRID_COLS * per, cols * per);
     if (grid && image_write_grid_png(grid, tiles, rows * cols, cols, size, size, err)) die("%s", err);
-    free(x); free(rec); free(mean); free(logvar); free(tiles);
+    free(x);
+    free(rec);
+    free(mean);
+    free(logvar);
+    free(tiles);
     vae_free(v);
     return 0;
 }
 
 static const cli_flag train_flags[] = {
-    {"data", FLAG_TEXT | FLAG_REQUIRED, "SHARDS", NULL, NULL, "image-caption tar shards or folders (comma-separated paths or globs)"},
-    {"out", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder (diffusers AutoencoderKL), rewritten at each save"},
+    {"data", FLAG_TEXT | FLAG_REQUIRED, "SHARDS", NULL, NULL,
+     "image-caption tar shards or folders (comma-separated paths or globs)"},
+    {"out", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL,
+     "the VAE folder (diffusers AutoencoderKL), rewritten at each save"},
     {"config", FLAG_TEXT, "VAE.json", NULL, NULL, "the VAE's config (needed unless resuming)"},
     {"size", FLAG_INT, "S", "[8, inf)", "64", "image side in pixels (center-cropped and resized)"},
     {"steps", FLAG_INT, "N", "[1, inf)", "2000", "optimizer steps"},
     {"batch", FLAG_INT, "B", "[1, inf)", "8", "images per rank and step"},
-    {"lr", FLAG_NUM, "LR", "(0, inf)", "1e-3", "peak learning rate (AdamW, warm-up over 5% of the steps, cosine decay)"},
+    {"lr", FLAG_NUM, "LR", "(0, inf)", "1e-3",
+     "peak learning rate (AdamW, warm-up over 5% of the steps, cosine decay)"},
     {"loss", FLAG_CHOICE, "l2|l1", NULL, "l2", "the reconstruction loss"},
     {"kl-weight", FLAG_NUM, "W", "(0, inf)", "1e-3", "weight of the KL term"},
     {"precision", FLAG_CHOICE, "bf16|fp32", NULL, "bf16", "the convolutions' arithmetic"},
@@ -303,12 +325,15 @@ static const cli_flag train_flags[] = {
     {"ckpt-dir", FLAG_TEXT, "DIR", NULL, NULL, "the step folders (default: VAE_DIR/checkpoints)"},
     {"keep", FLAG_INT, "N", "[1, inf)", "2", "newest step folders kept"},
     {"resume", FLAG_TEXT, "auto|STEP_DIR", NULL, NULL, "continue from the newest good step of --ckpt-dir, or this one"},
-    {"stop-at", FLAG_INT, "STEP", "[1, inf)", NULL, "save and stop after this step, as on a stop signal (default: --steps)"},
+    {"stop-at", FLAG_INT, "STEP", "[1, inf)", NULL,
+     "save and stop after this step, as on a stop signal (default: --steps)"},
     {0},
 };
 
 const cli_command vae_train_command = {
-    "train", "trains the VAE on images: data-parallel under mpirun, checkpoints, exact resume", cmd_train,
+    "train",
+    "trains the VAE on images: data-parallel under mpirun, checkpoints, exact resume",
+    cmd_train,
     {train_flags, vae_threads_flags}};
 
 static const cli_flag eval_flags[] = {

@@ -5,13 +5,13 @@
 #include <math.h>
 
 void cpu_silu_forward(float *y, const float *x, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoid(x[i]);
 }
 
 /* silu'(x) = s + x * s * (1 - s), s = sigmoid(x) */
 void cpu_silu_backward(float *dx, const float *dy, const float *x, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float s = sigmoid(x[i]);
         dx[i] = dy[i] * (s + x[i] * s * (1.0f - s));
@@ -19,21 +19,21 @@ void cpu_silu_backward(float *dx, const float *dy, const float *x, size_t n) {
 }
 
 void cpu_swiglu_forward(float *act, const float *gu, int N, int f) {
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *g = gu + (size_t)i * 2 * f, *u = g + f;
         float *a = act + (size_t)i * f;
-        #pragma omp simd
+#pragma omp simd
         for (int j = 0; j < f; j++) a[j] = g[j] * sigmoid(g[j]) * u[j];
     }
 }
 
 void cpu_swiglu_backward(float *dgu, const float *dact, const float *gu, int N, int f) {
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++) {
         const float *g = gu + (size_t)i * 2 * f, *u = g + f, *da = dact + (size_t)i * f;
         float *dg = dgu + (size_t)i * 2 * f, *du = dg + f;
-        #pragma omp simd
+#pragma omp simd
         for (int j = 0; j < f; j++) {
             float s = sigmoid(g[j]);
             du[j] = da[j] * g[j] * s;

@@ -19,7 +19,9 @@
 
 #define QBLOCK 64
 
-typedef struct { int k0, nk; } key_span;
+typedef struct {
+    int k0, nk;
+} key_span;
 
 static key_span block_span(const int32_t *lo, const int32_t *hi, int q0, int nq) {
     int k0 = lo[q0], k1 = hi[q0];
@@ -31,38 +33,36 @@ static key_span block_span(const int32_t *lo, const int32_t *hi, int q0, int nq)
 }
 
 /* Scores of a query block: S[r, j] = scale * q_{q0+r} . k_{k0+j}. */
-static void block_scores(float *S, const float *Q, const float *K, int ld, int q0, int nq,
-                         key_span ks, int head_dim, float scale) {
-    cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, Q + (size_t)q0 * ld, ld,
-            K + (size_t)ks.k0 * ld, ld, 0.0f, S, ks.nk);
+static void block_scores(float *S, const float *Q, const float *K, int ld, int q0, int nq, key_span ks, int head_dim,
+                         float scale) {
+    cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, Q + (size_t)q0 * ld, ld, K + (size_t)ks.k0 * ld, ld, 0.0f, S, ks.nk);
 }
 
 /* Softmax of s[a..e] in place, zero elsewhere in s[0..nk); returns the
  * log-sum-exp of the scores. */
 static inline float softmax_range(float *s, int a, int e, int nk) {
     float mx = -FLT_MAX, sum = 0.0f;
-    #pragma omp simd reduction(max:mx)
+#pragma omp simd reduction(max : mx)
     for (int j = a; j <= e; j++) mx = s[j] > mx ? s[j] : mx;
-    #pragma omp simd reduction(+:sum)
+#pragma omp simd reduction(+ : sum)
     for (int j = 0; j < nk; j++) {
         s[j] = (j >= a && j <= e) ? vexpf(s[j] - mx) : 0.0f;
         sum += s[j];
     }
     float inv = 1.0f / sum;
-    #pragma omp simd
+#pragma omp simd
     for (int j = a; j <= e; j++) s[j] *= inv;
     return mx + logf(sum);
 }
 
-void cpu_attention_forward(float *out, float *lse, const float *qkv,
-                          const int32_t *lo, const int32_t *hi,
-                          int B, int L, int H, int head_dim) {
+void cpu_attention_forward(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi, int B, int L,
+                           int H, int head_dim) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
-    #pragma omp parallel
+#pragma omp parallel
     {
         float *S = cpu_alloc((size_t)QBLOCK * L);
-        #pragma omp for schedule(static)
+#pragma omp for schedule(static)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
             const float *Q = qkv + (size_t)b * L * ld + h * head_dim;
@@ -75,8 +75,8 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv,
                 for (int r = 0; r < nq; r++)
                     lse[((size_t)b * L + q0 + r) * H + h] =
                         softmax_range(S + (size_t)r * ks.nk, lo_b[q0 + r] - ks.k0, hi_b[q0 + r] - ks.k0, ks.nk);
-                cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld,
-                        0.0f, out + ((size_t)b * L + q0) * d + h * head_dim, d);
+                cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld, 0.0f,
+                         out + ((size_t)b * L + q0) * d + h * head_dim, d);
             }
         }
         cpu_free(S);
@@ -85,17 +85,15 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv,
 
 /* With P the probabilities and D_i = dout_i . out_i:
  *   dV += P^T dO,  dS = P * (dO V^T - D),  dQ = scale dS K,  dK += scale dS^T Q */
-void cpu_attention_backward(float *dqkv, const float *dout, const float *out,
-                           const float *lse, const float *qkv,
-                           const int32_t *lo, const int32_t *hi,
-                           int B, int L, int H, int head_dim) {
+void cpu_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
+                            const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
     cpu_zero(dqkv, (size_t)B * L * ld);
-    #pragma omp parallel
+#pragma omp parallel
     {
         float *P = cpu_alloc((size_t)QBLOCK * L), *dS = cpu_alloc((size_t)QBLOCK * L);
-        #pragma omp for schedule(static)
+#pragma omp for schedule(static)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
             size_t row0 = (size_t)b * L;
@@ -111,28 +109,26 @@ void cpu_attention_backward(float *dqkv, const float *dout, const float *out,
                     float *p = P + (size_t)r * ks.nk;
                     int a = lo_b[q0 + r] - ks.k0, e = hi_b[q0 + r] - ks.k0;
                     float l = lse[(row0 + q0 + r) * H + h];
-                    #pragma omp simd
+#pragma omp simd
                     for (int j = 0; j < ks.nk; j++) p[j] = (j >= a && j <= e) ? vexpf(p[j] - l) : 0.0f;
                 }
                 const float *dOb = dO + (size_t)q0 * d;
-                cpu_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld,
-                        0.0f, dS, ks.nk);
-                cpu_gemm(1, 0, ks.nk, head_dim, nq, 1.0f, P, ks.nk, dOb, d,
-                        1.0f, dV + (size_t)ks.k0 * ld, ld);
+                cpu_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld, 0.0f, dS, ks.nk);
+                cpu_gemm(1, 0, ks.nk, head_dim, nq, 1.0f, P, ks.nk, dOb, d, 1.0f, dV + (size_t)ks.k0 * ld, ld);
                 for (int r = 0; r < nq; r++) {
                     const float *o = O + (size_t)(q0 + r) * d, *g = dOb + (size_t)r * d;
                     float Di = 0.0f;
-                    #pragma omp simd reduction(+:Di)
+#pragma omp simd reduction(+ : Di)
                     for (int c = 0; c < head_dim; c++) Di += g[c] * o[c];
                     float *ds = dS + (size_t)r * ks.nk;
                     const float *p = P + (size_t)r * ks.nk;
-                    #pragma omp simd
+#pragma omp simd
                     for (int j = 0; j < ks.nk; j++) ds[j] = p[j] * (ds[j] - Di);
                 }
-                cpu_gemm(0, 0, nq, head_dim, ks.nk, scale, dS, ks.nk, K + (size_t)ks.k0 * ld, ld,
-                        0.0f, dQ + (size_t)q0 * ld, ld);
-                cpu_gemm(1, 0, ks.nk, head_dim, nq, scale, dS, ks.nk, Q + (size_t)q0 * ld, ld,
-                        1.0f, dK + (size_t)ks.k0 * ld, ld);
+                cpu_gemm(0, 0, nq, head_dim, ks.nk, scale, dS, ks.nk, K + (size_t)ks.k0 * ld, ld, 0.0f,
+                         dQ + (size_t)q0 * ld, ld);
+                cpu_gemm(1, 0, ks.nk, head_dim, nq, scale, dS, ks.nk, Q + (size_t)q0 * ld, ld, 1.0f,
+                         dK + (size_t)ks.k0 * ld, ld);
             }
         }
         cpu_free(P);
@@ -144,8 +140,8 @@ void cpu_attention_backward(float *dqkv, const float *dout, const float *out,
  * same lo (one sequence's new rows): a block's keys are one span, so its
  * scores are one GEMM, while queries of different sequences never pay for
  * each other's keys. q and kv rows are qkv rows: k at column d, v at 2d. */
-void cpu_attention_rows(float *out, const float *q, const float *kv, const int32_t *lo, const int32_t *hi, int n,
-                        int H, int head_dim) {
+void cpu_attention_rows(float *out, const float *q, const float *kv, const int32_t *lo, const int32_t *hi, int n, int H,
+                        int head_dim) {
     int d = H * head_dim, ld = 3 * d, nb = 0, max_span = 1;
     float scale = 1.0f / sqrtf((float)head_dim);
     const float *k = kv + d, *v = kv + 2 * d;
@@ -157,19 +153,19 @@ void cpu_attention_rows(float *out, const float *q, const float *kv, const int32
         key_span ks = block_span(lo, hi, start[b], start[b + 1] - start[b]);
         if (ks.nk > max_span) max_span = ks.nk;
     }
-    #pragma omp parallel
+#pragma omp parallel
     {
         float *S = cpu_alloc((size_t)QBLOCK * max_span);
-        #pragma omp for schedule(static)
+#pragma omp for schedule(static)
         for (int task = 0; task < nb * H; task++) {
             int b = task / H, h = task % H, q0 = start[b], nq = start[b + 1] - q0;
             key_span ks = block_span(lo, hi, q0, nq);
             cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, q + (size_t)q0 * ld + h * head_dim, ld,
-                    k + (size_t)ks.k0 * ld + h * head_dim, ld, 0.0f, S, ks.nk);
+                     k + (size_t)ks.k0 * ld + h * head_dim, ld, 0.0f, S, ks.nk);
             for (int r = 0; r < nq; r++)
                 softmax_range(S + (size_t)r * ks.nk, lo[q0 + r] - ks.k0, hi[q0 + r] - ks.k0, ks.nk);
-            cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, v + (size_t)ks.k0 * ld + h * head_dim, ld,
-                    0.0f, out + (size_t)q0 * d + h * head_dim, d);
+            cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, v + (size_t)ks.k0 * ld + h * head_dim, ld, 0.0f,
+                     out + (size_t)q0 * d + h * head_dim, d);
         }
         cpu_free(S);
     }

@@ -16,7 +16,7 @@
 void nn_startup(char **argv) {
     if (getenv("OMP_WAIT_POLICY")) return;
     setenv("OMP_WAIT_POLICY", "passive", 1);
-    execv("/proc/self/exe", argv);           /* returns only on failure: run on as we are */
+    execv("/proc/self/exe", argv); /* returns only on failure: run on as we are */
 }
 
 void nn_init(int threads) {
@@ -48,32 +48,29 @@ void cpu_download(float *host, const float *src, size_t n) { memcpy(host, src, n
 void cpu_sync(void) {}
 void cpu_upload_i32(int32_t *dst, const int32_t *host, size_t n) { memcpy(dst, host, n * sizeof(int32_t)); }
 
-void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha,
-             const float *A, int lda, const float *B, int ldb, float beta,
-             float *C, int ldc) {
+void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+              int ldb, float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
-    dnnl_status_t st = dnnl_sgemm(transA ? 'T' : 'N', transB ? 'T' : 'N', M, N, K,
-                                  alpha, A, lda, B, ldb, beta, C, ldc);
+    dnnl_status_t st = dnnl_sgemm(transA ? 'T' : 'N', transB ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     if (st != dnnl_success) die("dnnl_sgemm failed (status %d) for M=%d N=%d K=%d", (int)st, M, N, K);
 }
 
-void cpu_linear_forward(float *y, const float *x, const float *W, const float *b,
-                       int N, int in, int out) {
+void cpu_linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
     cpu_gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
     if (!b) return;
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++)
         for (int j = 0; j < out; j++) y[(size_t)i * out + j] += b[j];
 }
 
-void cpu_linear_backward(float *dx, float *dW, float *db, const float *dy,
-                        const float *x, const float *W, int N, int in, int out, int acc) {
+void cpu_linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N,
+                         int in, int out, int acc) {
     if (dx) cpu_gemm(0, 0, N, in, out, 1.0f, dy, out, W, in, acc ? 1.0f : 0.0f, dx, in);
     cpu_gemm(1, 0, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
     if (db) cpu_add_column_sums(db, dy, (size_t)N, out);
 }
 
-#define SUM_ROWS 64   /* rows per float partial sum */
+#define SUM_ROWS 64 /* rows per float partial sum */
 
 void cpu_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
     /* Fixed blocks of rows summed in float (vectorized along the row), then
@@ -81,17 +78,17 @@ void cpu_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
      * depend on the thread count, so neither do the bits. */
     size_t nb = (rows + SUM_ROWS - 1) / SUM_ROWS;
     float *part = cpu_alloc(nb * cols);
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (size_t b = 0; b < nb; b++) {
         float *p = part + b * cols;
         size_t r1 = (b + 1) * SUM_ROWS < rows ? (b + 1) * SUM_ROWS : rows;
         for (size_t r = b * SUM_ROWS; r < r1; r++) {
             const float *row = x + r * cols;
-            #pragma omp simd
+#pragma omp simd
             for (int c = 0; c < cols; c++) p[c] += row[c];
         }
     }
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (int c = 0; c < cols; c++) {
         double s = 0.0;
         for (size_t b = 0; b < nb; b++) s += part[b * cols + c];
@@ -101,26 +98,24 @@ void cpu_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
 }
 
 void cpu_add(float *y, const float *x, size_t n) {
-    #pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
 void cpu_gather_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++)
-        memcpy(dst + (size_t)i * d, src + (size_t)idx[i] * d, d * sizeof(float));
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * d, src + (size_t)idx[i] * d, d * sizeof(float));
 }
 
 void cpu_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
-    #pragma omp parallel for schedule(static)
-    for (int i = 0; i < n; i++)
-        memcpy(dst + (size_t)idx[i] * d, src + (size_t)i * d, d * sizeof(float));
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) memcpy(dst + (size_t)idx[i] * d, src + (size_t)i * d, d * sizeof(float));
 }
 
 void cpu_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
-    /* Rows may repeat (the same token twice), so split the columns, not the
+/* Rows may repeat (the same token twice), so split the columns, not the
      * rows, across threads: each element is summed in the order of i. */
-    #pragma omp parallel
+#pragma omp parallel
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
         int c0 = (int)((long)d * t / nt), c1 = (int)((long)d * (t + 1) / nt);
@@ -133,11 +128,10 @@ void cpu_scatter_add_rows(float *dst, const float *src, const int32_t *idx, int 
 }
 
 void cpu_transpose(float *dst, const float *src, int rows, int cols) {
-    /* Blocks of 32 x 32 keep both sides in cache. */
-    #pragma omp parallel for schedule(static) collapse(2)
+/* Blocks of 32 x 32 keep both sides in cache. */
+#pragma omp parallel for schedule(static) collapse(2)
     for (int r0 = 0; r0 < rows; r0 += 32)
         for (int c0 = 0; c0 < cols; c0 += 32)
             for (int r = r0; r < r0 + 32 && r < rows; r++)
-                for (int c = c0; c < c0 + 32 && c < cols; c++)
-                    dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+                for (int c = c0; c < c0 + 32 && c < cols; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }

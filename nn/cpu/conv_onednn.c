@@ -46,7 +46,7 @@ typedef enum { PASS_FORWARD, PASS_DATA, PASS_WEIGHTS } conv_pass;
  * primitive wants another layout its own buffer and the reorder between. */
 typedef struct {
     int arg;
-    dnnl_memory_t user, own;          /* own NULL: the primitive uses user */
+    dnnl_memory_t user, own; /* own NULL: the primitive uses user */
     dnnl_primitive_t reorder;
 } operand;
 
@@ -63,8 +63,8 @@ typedef struct {
 
 /* A caller's weight tensor in a primitive's layout (fixed_weights). */
 typedef struct {
-    const float *w;             /* the caller's tensor */
-    float *values;              /* what it held when `prepared` was made */
+    const float *w; /* the caller's tensor */
+    float *values;  /* what it held when `prepared` was made */
     size_t n;
     dnnl_memory_t prepared;
 } kept_weights;
@@ -77,7 +77,10 @@ static kept_weights kept[KEPT_WEIGHTS];
 static int n_kept, next_kept_victim;
 
 #define OK(call) ((call) == dnnl_success)
-#define MUST(call) do { if (!OK(call)) die("oneDNN: %s failed", #call); } while (0)
+#define MUST(call)                                                                                                     \
+    do {                                                                                                               \
+        if (!OK(call)) die("oneDNN: %s failed", #call);                                                                \
+    } while (0)
 
 static void make_reorder(dnnl_primitive_t *p, const dnnl_memory_desc_t *from, const dnnl_memory_desc_t *to,
                          int accumulate) {
@@ -98,9 +101,9 @@ static void make_reorder(dnnl_primitive_t *p, const dnnl_memory_desc_t *from, co
 }
 
 enum {
-    BIND_OUTPUT = 1,        /* the primitive writes it */
-    BIND_ACCUMULATE = 2,    /* ... adding into the caller's values */
-    BIND_LENT = 4,          /* its own buffer is lent at run time (lend_workspace, kept_form) */
+    BIND_OUTPUT = 1,     /* the primitive writes it */
+    BIND_ACCUMULATE = 2, /* ... adding into the caller's values */
+    BIND_LENT = 4,       /* its own buffer is lent at run time (lend_workspace, kept_form) */
 };
 
 /* The caller's layout `user` against the primitive's `prim`: a reorder
@@ -110,8 +113,10 @@ static void bind(operand *o, int arg, const dnnl_memory_desc_t *user, const dnnl
     MUST(dnnl_memory_create(&o->user, user, engine, DNNL_MEMORY_NONE));
     if (!(flags & BIND_ACCUMULATE) && dnnl_memory_desc_equal(user, prim)) return;
     MUST(dnnl_memory_create(&o->own, prim, engine, flags & BIND_LENT ? DNNL_MEMORY_NONE : DNNL_MEMORY_ALLOCATE));
-    if (flags & BIND_OUTPUT) make_reorder(&o->reorder, prim, user, flags & BIND_ACCUMULATE);
-    else make_reorder(&o->reorder, user, prim, 0);
+    if (flags & BIND_OUTPUT)
+        make_reorder(&o->reorder, prim, user, flags & BIND_ACCUMULATE);
+    else
+        make_reorder(&o->reorder, user, prim, 0);
 }
 
 static int is_reference(const_dnnl_primitive_desc_t pd) {
@@ -138,8 +143,8 @@ static dnnl_primitive_desc_t make_pd(const conv_entry *e, dnnl_format_tag_t act,
     dnnl_convolution_desc_t fd, bd;
     dnnl_primitive_desc_t hint = NULL, pd = NULL;
     if (e->pass == PASS_FORWARD) {
-        if (!OK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_inference, alg, &src, &wei,
-                                                   e->bias ? &bias : NULL, &dst, strides, pad_l, pad_r)) ||
+        if (!OK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_inference, alg, &src, &wei, e->bias ? &bias : NULL,
+                                                   &dst, strides, pad_l, pad_r)) ||
             !OK(dnnl_primitive_desc_create(&pd, &fd, NULL, engine, NULL)))
             return NULL;
         return pd;
@@ -149,15 +154,14 @@ static dnnl_primitive_desc_t make_pd(const conv_entry *e, dnnl_format_tag_t act,
     dnnl_memory_desc_init_by_tag(&fsrc, 4, src_dims, in, act);
     dnnl_memory_desc_init_by_tag(&fdst, 4, dst_dims, in, act);
     dnnl_memory_desc_init_by_tag(&fwei, 4, wei_dims, in, dnnl_format_tag_any);
-    if (!OK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &fsrc, &fwei,
-                                               NULL, &fdst, strides, pad_l, pad_r)) ||
+    if (!OK(dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &fsrc, &fwei, NULL,
+                                               &fdst, strides, pad_l, pad_r)) ||
         !OK(dnnl_primitive_desc_create(&hint, &fd, NULL, engine, NULL)))
         return NULL;
-    int ok = e->pass == PASS_DATA
-                 ? OK(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &src, &wei, &dst,
-                                                               strides, pad_l, pad_r))
-                 : OK(dnnl_convolution_backward_weights_desc_init(&bd, dnnl_convolution_direct, &src, &wei, NULL,
-                                                                  &dst, strides, pad_l, pad_r));
+    int ok = e->pass == PASS_DATA ? OK(dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &src,
+                                                                                &wei, &dst, strides, pad_l, pad_r))
+                                  : OK(dnnl_convolution_backward_weights_desc_init(
+                                        &bd, dnnl_convolution_direct, &src, &wei, NULL, &dst, strides, pad_l, pad_r));
     if (ok) ok = OK(dnnl_primitive_desc_create(&pd, &bd, NULL, engine, hint));
     dnnl_primitive_desc_destroy(hint);
     return ok ? pd : NULL;
@@ -183,8 +187,10 @@ static dnnl_primitive_desc_t choose_pd(const conv_entry *e) {
             if (slow) dnnl_primitive_desc_destroy(slow);
             return pd;
         }
-        if (slow) dnnl_primitive_desc_destroy(pd);
-        else slow = pd;
+        if (slow)
+            dnnl_primitive_desc_destroy(pd);
+        else
+            slow = pd;
     }
     return slow;
 }
@@ -202,22 +208,22 @@ static void build(conv_entry *e) {
     dnnl_memory_desc_init_by_tag(&bias, 1, bias_dims, dnnl_f32, dnnl_a);
 #define MD(q) dnnl_primitive_desc_query_md(pd, q, 0)
     switch (e->pass) {
-    case PASS_FORWARD:
-        bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), BIND_LENT);
-        bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), s->fixed_weights ? BIND_LENT : 0);
-        bind(&e->out, DNNL_ARG_DST, &dst, MD(dnnl_query_dst_md), BIND_OUTPUT | BIND_LENT);
-        MUST(dnnl_memory_create(&e->bias_mem, &bias, engine, DNNL_MEMORY_NONE));
-        break;
-    case PASS_DATA:
-        bind(&e->in[0], DNNL_ARG_DIFF_DST, &dst, MD(dnnl_query_diff_dst_md), 0);
-        bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), 0);
-        bind(&e->out, DNNL_ARG_DIFF_SRC, &src, MD(dnnl_query_diff_src_md), BIND_OUTPUT);
-        break;
-    case PASS_WEIGHTS:
-        bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), 0);
-        bind(&e->in[1], DNNL_ARG_DIFF_DST, &dst, MD(dnnl_query_diff_dst_md), 0);
-        bind(&e->out, DNNL_ARG_DIFF_WEIGHTS, &wei, MD(dnnl_query_diff_weights_md), BIND_OUTPUT | BIND_ACCUMULATE);
-        break;
+        case PASS_FORWARD:
+            bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), BIND_LENT);
+            bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), s->fixed_weights ? BIND_LENT : 0);
+            bind(&e->out, DNNL_ARG_DST, &dst, MD(dnnl_query_dst_md), BIND_OUTPUT | BIND_LENT);
+            MUST(dnnl_memory_create(&e->bias_mem, &bias, engine, DNNL_MEMORY_NONE));
+            break;
+        case PASS_DATA:
+            bind(&e->in[0], DNNL_ARG_DIFF_DST, &dst, MD(dnnl_query_diff_dst_md), 0);
+            bind(&e->in[1], DNNL_ARG_WEIGHTS, &wei, MD(dnnl_query_weights_md), 0);
+            bind(&e->out, DNNL_ARG_DIFF_SRC, &src, MD(dnnl_query_diff_src_md), BIND_OUTPUT);
+            break;
+        case PASS_WEIGHTS:
+            bind(&e->in[0], DNNL_ARG_SRC, &src, MD(dnnl_query_src_md), 0);
+            bind(&e->in[1], DNNL_ARG_DIFF_DST, &dst, MD(dnnl_query_diff_dst_md), 0);
+            bind(&e->out, DNNL_ARG_DIFF_WEIGHTS, &wei, MD(dnnl_query_diff_weights_md), BIND_OUTPUT | BIND_ACCUMULATE);
+            break;
     }
 #undef MD
     MUST(dnnl_primitive_create(&e->conv, pd));
@@ -244,8 +250,7 @@ static void release(conv_entry *e) {
  * its oldest entry, never `keep` (an entry the caller still holds). */
 static conv_entry *entry_for(const conv_shape *s, conv_pass pass, int bias, const conv_entry *keep) {
     for (int i = 0; i < n_cached; i++)
-        if (cache[i].pass == pass && cache[i].bias == bias && memcmp(&cache[i].s, s, sizeof *s) == 0)
-            return &cache[i];
+        if (cache[i].pass == pass && cache[i].bias == bias && memcmp(&cache[i].s, s, sizeof *s) == 0) return &cache[i];
     if (!engine) {
         MUST(dnnl_engine_create(&engine, dnnl_cpu, 0));
         MUST(dnnl_stream_create(&stream, engine, dnnl_stream_default_flags));
@@ -253,7 +258,7 @@ static conv_entry *entry_for(const conv_shape *s, conv_pass pass, int bias, cons
     conv_entry *e;
     if (n_cached < MAX_SHAPES) {
         e = &cache[n_cached++];
-    } else {                        /* e.g. a server seeing many batch sizes */
+    } else { /* e.g. a server seeing many batch sizes */
         if (&cache[next_victim] == keep) next_victim = (next_victim + 1) % MAX_SHAPES;
         e = &cache[next_victim];
         next_victim = (next_victim + 1) % MAX_SHAPES;
@@ -340,8 +345,8 @@ static void run_entry(conv_entry *e, const float *a, const float *b, float *out,
         if (e->in[i].reorder && in[i] == e->in[i].own)
             run(e->in[i].reorder, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, e->in[i].user}, {DNNL_ARG_TO, in[i]}});
     }
-    dnnl_exec_arg_t args[4] = {{e->in[0].arg, in[0]}, {e->in[1].arg, in[1]},
-                               {e->out.arg, used(&e->out)}, {DNNL_ARG_BIAS, e->bias_mem}};
+    dnnl_exec_arg_t args[4] = {
+        {e->in[0].arg, in[0]}, {e->in[1].arg, in[1]}, {e->out.arg, used(&e->out)}, {DNNL_ARG_BIAS, e->bias_mem}};
     if (bias) dnnl_memory_set_data_handle(e->bias_mem, (void *)bias);
     run(e->conv, bias ? 4 : 3, args);
     if (e->out.reorder)
@@ -352,7 +357,7 @@ static void run_entry(conv_entry *e, const float *a, const float *b, float *out,
 static int same_layout(dnnl_memory_t a, dnnl_memory_t b) {
     const dnnl_memory_desc_t *ma, *mb;
     return a && b && OK(dnnl_memory_get_memory_desc(a, &ma)) && OK(dnnl_memory_get_memory_desc(b, &mb)) &&
-           dnnl_memory_desc_equal(ma, mb);
+        dnnl_memory_desc_equal(ma, mb);
 }
 
 void conv_onednn_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s) {
@@ -366,8 +371,7 @@ void conv_onednn_forward(float *y, const float *x, const float *w, const float *
     run_entry(e, x, w, y, b, ready);
 }
 
-void conv_onednn_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                          const conv_shape *s) {
+void conv_onednn_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const conv_shape *s) {
     conv_entry *wg = entry_for(s, PASS_WEIGHTS, 0, NULL);
     dnnl_memory_t dy_ready = NULL;
     if (dx) {

@@ -9,7 +9,6 @@
 void conv_onednn_forward(float *y, const float *x, const float *w, const float *b, const conv_shape *s);
 /* For output gradient dy: dx = the input gradient (overwritten; skipped when
  * dx is NULL), dw += the weight gradient. */
-void conv_onednn_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                          const conv_shape *s);
+void conv_onednn_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, const conv_shape *s);
 
 #endif

@@ -14,7 +14,10 @@
 
 #define GN_CHUNK 256
 
-typedef struct { int C, n, hw, groups, cpg; size_t chunks; } gn_dims;
+typedef struct {
+    int C, n, hw, groups, cpg;
+    size_t chunks;
+} gn_dims;
 
 static gn_dims dims_of(int C, int n, int hw, int groups) {
     return (gn_dims){C, n, hw, groups, C / groups, ((size_t)hw + GN_CHUNK - 1) / GN_CHUNK};
@@ -45,21 +48,21 @@ static void spread(const gn_dims *d, float *per_channel, const float *per_group)
 }
 
 /* y = group_norm(x), or silu of it with `silu`. */
-static void forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b, int C,
-                    int n, int hw, int groups, float eps, int silu) {
+static void forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b, int C, int n,
+                    int hw, int groups, float eps, int silu) {
     gn_dims d = dims_of(C, n, hw, groups);
     size_t tasks = (size_t)n * d.chunks;
     float *part = cpu_alloc(tasks * C), *mu = cpu_alloc((size_t)n * C), *a = cpu_alloc((size_t)n * C);
     double count = (double)d.cpg * hw;
-    /* Two passes (mean, then squared deviations from it), as a one-pass
+/* Two passes (mean, then squared deviations from it), as a one-pass
      * variance loses digits when the mean is large against the spread. */
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (size_t t = 0; t < tasks; t++) {
         int p0, p1, i;
         const float *xi = chunk_of(&d, x, t, &p0, &p1, &i);
         float *s = part + t * C;
         for (int p = p0; p < p1; p++) {
-            #pragma omp simd
+#pragma omp simd
             for (int c = 0; c < C; c++) s[c] += xi[(size_t)p * C + c];
         }
     }
@@ -67,13 +70,13 @@ static void forward(float *y, float *mean, float *rstd, const float *x, const fl
         for (int g = 0; g < groups; g++) mean[i * groups + g] = (float)(group_sum(&d, part, i, g) / count);
     spread(&d, mu, mean);
     cpu_zero(part, tasks * C);
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (size_t t = 0; t < tasks; t++) {
         int p0, p1, i;
         const float *xi = chunk_of(&d, x, t, &p0, &p1, &i), *m = mu + (size_t)i * C;
         float *s = part + t * C;
         for (int p = p0; p < p1; p++) {
-            #pragma omp simd
+#pragma omp simd
             for (int c = 0; c < C; c++) {
                 float e = xi[(size_t)p * C + c] - m[c];
                 s[c] += e * e;
@@ -84,19 +87,19 @@ static void forward(float *y, float *mean, float *rstd, const float *x, const fl
         for (int g = 0; g < groups; g++)
             rstd[i * groups + g] = (float)(1.0 / sqrt(group_sum(&d, part, i, g) / count + eps));
     spread(&d, a, rstd);
-    for (int i = 0; i < n; i++)            /* y = (x - mu) * rstd * w + b = x * a + (b - mu * a) */
+    for (int i = 0; i < n; i++) /* y = (x - mu) * rstd * w + b = x * a + (b - mu * a) */
         for (int c = 0; c < C; c++) {
             size_t k = (size_t)i * C + c;
             a[k] *= w[c];
             mu[k] = b[c] - mu[k] * a[k];
         }
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (size_t t = 0; t < tasks; t++) {
         int p0, p1, i;
         const float *xi = chunk_of(&d, x, t, &p0, &p1, &i), *ai = a + (size_t)i * C, *ci = mu + (size_t)i * C;
         float *yi = y + (size_t)i * hw * C;
         for (int p = p0; p < p1; p++) {
-            #pragma omp simd
+#pragma omp simd
             for (int c = 0; c < C; c++) {
                 float v = xi[(size_t)p * C + c] * ai[c] + ci[c];
                 yi[(size_t)p * C + c] = silu ? v * sigmoid(v) : v;
@@ -108,13 +111,13 @@ static void forward(float *y, float *mean, float *rstd, const float *x, const fl
     cpu_free(a);
 }
 
-void cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
-                           const float *b, int C, int n, int hw, int groups, float eps) {
+void cpu_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w, const float *b, int C,
+                            int n, int hw, int groups, float eps) {
     forward(y, mean, rstd, x, w, b, C, n, hw, groups, eps, 0);
 }
 
-void cpu_group_norm_silu_forward(float *act, float *mean, float *rstd, const float *x, const float *w,
-                                const float *b, int C, int n, int hw, int groups, float eps) {
+void cpu_group_norm_silu_forward(float *act, float *mean, float *rstd, const float *x, const float *w, const float *b,
+                                 int C, int n, int hw, int groups, float eps) {
     forward(act, mean, rstd, x, w, b, C, n, hw, groups, eps, 1);
 }
 
@@ -122,9 +125,8 @@ void cpu_group_norm_silu_forward(float *act, float *mean, float *rstd, const flo
  *   dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   over the group
  *   dw += sum(dy * xhat), db += sum(dy)                  per channel
  * from the per-channel sums S1 = sum(dy) and S2 = sum(dy * (x - mean)). */
-void cpu_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
-                            const float *mean, const float *rstd, const float *w,
-                            int C, int n, int hw, int groups) {
+void cpu_group_norm_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *mean,
+                             const float *rstd, const float *w, int C, int n, int hw, int groups) {
     gn_dims d = dims_of(C, n, hw, groups);
     size_t tasks = (size_t)n * d.chunks, nc = (size_t)n * C;
     float *p1s = cpu_alloc(tasks * C), *p2s = cpu_alloc(tasks * C);
@@ -133,13 +135,13 @@ void cpu_group_norm_backward(float *dx, float *dw, float *db, const float *dy, c
     double count = (double)d.cpg * hw;
     spread(&d, mu, mean);
     spread(&d, r, rstd);
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (size_t t = 0; t < tasks; t++) {
         int p0, p1, i;
         const float *xi = chunk_of(&d, x, t, &p0, &p1, &i), *gi = dy + (size_t)i * hw * C, *m = mu + (size_t)i * C;
         float *u = p1s + t * C, *v = p2s + t * C;
         for (int p = p0; p < p1; p++) {
-            #pragma omp simd
+#pragma omp simd
             for (int c = 0; c < C; c++) {
                 float g = gi[(size_t)p * C + c];
                 u[c] += g;
@@ -154,7 +156,7 @@ void cpu_group_norm_backward(float *dx, float *dw, float *db, const float *dy, c
                 s1[k] += p1s[q];
                 s2[k] += p2s[q];
             }
-    for (int c = 0; c < C; c++) {           /* images in order: deterministic */
+    for (int c = 0; c < C; c++) { /* images in order: deterministic */
         double sw = 0.0, sb = 0.0;
         for (int i = 0; i < n; i++) {
             size_t k = (size_t)i * C + c;
@@ -182,20 +184,28 @@ void cpu_group_norm_backward(float *dx, float *dw, float *db, const float *dy, c
                 ccoef[k] = (float)(-r[k] * mg);
             }
         }
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (size_t t = 0; t < tasks; t++) {
         int p0, p1, i;
         const float *xi = chunk_of(&d, x, t, &p0, &p1, &i), *gi = dy + (size_t)i * hw * C;
-        const float *m = mu + (size_t)i * C, *ai = a + (size_t)i * C, *bi = bcoef + (size_t)i * C, *ci = ccoef + (size_t)i * C;
+        const float *m = mu + (size_t)i * C, *ai = a + (size_t)i * C, *bi = bcoef + (size_t)i * C,
+                    *ci = ccoef + (size_t)i * C;
         float *o = dx + (size_t)i * hw * C;
         for (int p = p0; p < p1; p++) {
-            #pragma omp simd
+#pragma omp simd
             for (int c = 0; c < C; c++) {
                 size_t k = (size_t)p * C + c;
                 o[k] = gi[k] * ai[c] - (xi[k] - m[c]) * bi[c] + ci[c];
             }
         }
     }
-    cpu_free(p1s); cpu_free(p2s); cpu_free(mu); cpu_free(r); cpu_free(a); cpu_free(bcoef); cpu_free(ccoef);
-    cpu_free(s1); cpu_free(s2);
+    cpu_free(p1s);
+    cpu_free(p2s);
+    cpu_free(mu);
+    cpu_free(r);
+    cpu_free(a);
+    cpu_free(bcoef);
+    cpu_free(ccoef);
+    cpu_free(s1);
+    cpu_free(s2);
 }

@@ -8,20 +8,20 @@
 #include <stddef.h>
 
 double cpu_cross_entropy(float *logits, const int32_t *targets, int n, int V, float grad_scale) {
-    double *row_loss = (double *)cpu_alloc(2 * (size_t)n);   /* summed in order below */
-    #pragma omp parallel for schedule(static)
+    double *row_loss = (double *)cpu_alloc(2 * (size_t)n); /* summed in order below */
+#pragma omp parallel for schedule(static)
     for (int i = 0; i < n; i++) {
         float *z = logits + (size_t)i * V;
         float mx = -FLT_MAX;
-        #pragma omp simd reduction(max:mx)
+#pragma omp simd reduction(max : mx)
         for (int j = 0; j < V; j++) mx = z[j] > mx ? z[j] : mx;
         float sum = 0.0f;
-        #pragma omp simd reduction(+:sum)
+#pragma omp simd reduction(+ : sum)
         for (int j = 0; j < V; j++) sum += vexpf(z[j] - mx);
         float lse = mx + logf(sum);
         row_loss[i] = (double)(lse - z[targets[i]]);
         if (grad_scale != 0.0f) {
-            #pragma omp simd
+#pragma omp simd
             for (int j = 0; j < V; j++) z[j] = grad_scale * vexpf(z[j] - lse);
             z[targets[i]] -= grad_scale;
         }
@@ -32,11 +32,10 @@ double cpu_cross_entropy(float *logits, const int32_t *targets, int n, int V, fl
     return total;
 }
 
-double cpu_squared_error(float *dpred, const float *pred, const float *target,
-                        size_t n, float grad_scale) {
-    double total = cpu_sum_squared_diff(pred, target, n);     /* before dpred may overwrite pred */
+double cpu_squared_error(float *dpred, const float *pred, const float *target, size_t n, float grad_scale) {
+    double total = cpu_sum_squared_diff(pred, target, n); /* before dpred may overwrite pred */
     if (grad_scale != 0.0f) {
-        #pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) dpred[i] = grad_scale * 2.0f * (pred[i] - target[i]);
     }
     return total;

@@ -12,7 +12,7 @@
 static double block_sum(const float *x, const float *y, size_t n, int absolute) {
     size_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
     double *block = (double *)cpu_alloc(2 * (nb ? nb : 1));
-    #pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static)
     for (size_t b = 0; b < nb; b++) {
         size_t i0 = b * SUM_BLOCK, i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
         double s = 0.0;
@@ -31,9 +31,9 @@ static double block_sum(const float *x, const float *y, size_t n, int absolute) 
 double cpu_sum_squared_diff(const float *x, const float *y, size_t n) { return block_sum(x, y, n, 0); }
 
 double cpu_abs_error(float *dpred, const float *pred, const float *target, size_t n, float grad_scale) {
-    double total = block_sum(pred, target, n, 1);      /* before dpred may overwrite pred */
+    double total = block_sum(pred, target, n, 1); /* before dpred may overwrite pred */
     if (grad_scale != 0.0f) {
-        #pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) {
             float e = pred[i] - target[i];
             dpred[i] = e > 0.0f ? grad_scale : (e < 0.0f ? -grad_scale : 0.0f);

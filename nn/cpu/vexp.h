@@ -10,9 +10,9 @@
 
 #pragma omp declare simd
 static inline float vexpf(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x);  /* stay in normal floats */
+    x = x < -87.3f ? -87.3f : (x > 88.0f ? 88.0f : x); /* stay in normal floats */
     float k = rintf(x * 1.44269504088896341f);
-    float r = fmaf(k, -0.693359375f, x);                 /* ln 2 split in two parts */
+    float r = fmaf(k, -0.693359375f, x); /* ln 2 split in two parts */
     r = fmaf(k, 2.12194440e-4f, r);
     float p = 1.9875691500e-4f;
     p = fmaf(p, r, 1.3981999507e-3f);
@@ -21,7 +21,10 @@ static inline float vexpf(float x) {
     p = fmaf(p, r, 1.6666665459e-1f);
     p = fmaf(p, r, 5.0000001201e-1f);
     p = fmaf(p, r * r, r) + 1.0f;
-    union { int32_t i; float f; } scale = {.i = ((int32_t)k + 127) << 23};
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)k + 127) << 23};
     return p * scale.f;
 }
 

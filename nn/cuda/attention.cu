@@ -19,8 +19,8 @@
 using namespace nvcuda;
 typedef __nv_bfloat16 bf16;
 
-#define BQ 64                   /* queries per tile */
-#define BK 64                   /* keys per tile */
+#define BQ 64 /* queries per tile */
+#define BK 64 /* keys per tile */
 #define WARPS 4
 #define ATT_THREADS (32 * WARPS)
 
@@ -33,7 +33,7 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b_col;
 /* Rows [0, n) of a [*, ld] bfloat16 matrix, columns [0, hd), into a BQ x HD
  * (or BK x HD) tile zero-padded to HD columns and 64 rows. */
 template <int HD> __device__ void load_tile(bf16 *dst, const bf16 *src, size_t ld, int n, int hd) {
-    if (hd == HD && (uintptr_t)src % 16 == 0 && ld % 8 == 0) {      /* 8 values (16 bytes) per load */
+    if (hd == HD && (uintptr_t)src % 16 == 0 && ld % 8 == 0) { /* 8 values (16 bytes) per load */
         for (int e = threadIdx.x; e < 64 * HD / 8; e += blockDim.x) {
             int r = e / (HD / 8), c = e % (HD / 8) * 8;
             uint4 v = make_uint4(0, 0, 0, 0);
@@ -105,13 +105,13 @@ __device__ __forceinline__ bool allowed(int lo_r, int hi_r, int j) { return j >=
 /* ------------------------------------------------------------ forward */
 
 template <int HD> struct fwd_layout {
-    static const size_t q = 0, k = q + BQ * HD * 2, v = k + BK * HD * 2, p = v + BK * HD * 2,
-                        s = p + BQ * BK * 2, o = s + BQ * BK * 4, rows = o + BQ * HD * 4, bytes = rows + BQ * 16;
+    static const size_t q = 0, k = q + BQ * HD * 2, v = k + BK * HD * 2, p = v + BK * HD * 2, s = p + BQ * BK * 2,
+                        o = s + BQ * BK * 4, rows = o + BQ * HD * 4, bytes = rows + BQ * 16;
 };
 
-template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS) attn_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *lo,
-                                                        const int32_t *hi, int L, int H, int hd, float scale) {
+template <int HD> __global__ void __launch_bounds__(ATT_THREADS)
+    attn_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *lo, const int32_t *hi, int L, int H, int hd,
+             float scale) {
     typedef fwd_layout<HD> lay;
     extern __shared__ __align__(128) unsigned char sm[];
     bf16 *Qs = (bf16 *)(sm + lay::q), *Ks = (bf16 *)(sm + lay::k), *Vs = (bf16 *)(sm + lay::v);
@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_fwd(bf16 *out, float *lse, c
     load_tile<HD>(Qs, Q + q0 * ld3, ld3, nq, hd);
     for (int e = threadIdx.x; e < BQ * HD; e += blockDim.x) Os[e] = 0.0f;
     for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
-        row_lo[r] = r < nq ? lo_b[q0 + r] : 1;      /* an empty range for rows past the end */
+        row_lo[r] = r < nq ? lo_b[q0 + r] : 1; /* an empty range for rows past the end */
         row_hi[r] = r < nq ? hi_b[q0 + r] : 0;
         row_m[r] = -INFINITY;
         row_l[r] = 0.0f;
@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_fwd(bf16 *out, float *lse, c
     for (int j0 = span[0]; j0 <= span[1]; j0 += BK) {
         int j1 = min(j0 + BK - 1, span[1]);
         int sees = threadIdx.x < BQ && attn_sees(row_lo[threadIdx.x], row_hi[threadIdx.x], j0, j1);
-        if (!__syncthreads_or(sees)) continue;      /* fully masked tile */
+        if (!__syncthreads_or(sees)) continue; /* fully masked tile */
         load_tile<HD>(Ks, K + j0 * ld3, ld3, j1 - j0 + 1, hd);
         load_tile<HD>(Vs, V + j0 * ld3, ld3, j1 - j0 + 1, hd);
         __syncthreads();
@@ -163,7 +163,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_fwd(bf16 *out, float *lse, c
         }
         __syncwarp();
         warp_pm<HD, false>(Os, Ps, Vs, w);
-        __syncthreads();                            /* K and V are replaced next */
+        __syncthreads(); /* K and V are replaced next */
     }
     for (int e = threadIdx.x; e < nq * hd; e += blockDim.x) {
         int r = e / hd, c = e % hd;
@@ -191,8 +191,8 @@ __global__ void attn_dot(float *D, const bf16 *dout, const bf16 *out, size_t n, 
  * already in Ss and dPs, P = exp(scale S - lse) on the allowed keys and
  * dS = P (dP - D) (bfloat16 into Ps, dSs). */
 __device__ void probs_and_dscores(bf16 *Ps, bf16 *dSs, const float *Ss, const float *dPs, const float *row_lse,
-                                  const float *row_D, const int *row_lo, const int *row_hi, int j0, int j1,
-                                  float scale, int w) {
+                                  const float *row_D, const int *row_lo, const int *row_hi, int j0, int j1, float scale,
+                                  int w) {
     int lane = threadIdx.x % 32;
     for (int rr = 0; rr < 16; rr++) {
         int r = w * 16 + rr;
@@ -207,9 +207,9 @@ __device__ void probs_and_dscores(bf16 *Ps, bf16 *dSs, const float *Ss, const fl
 
 template <int HD> struct bwd_layout {
     /* q, dO, k, v tiles; S and dP; P and dS; two float32 accumulators. */
-    static const size_t q = 0, dout = q + BQ * HD * 2, k = dout + BQ * HD * 2, v = k + BK * HD * 2,
-                        s = v + BK * HD * 2, dp = s + BQ * BK * 4, p = dp + BQ * BK * 4, ds = p + BQ * BK * 2,
-                        acc = ds + BQ * BK * 2, rows = acc + 2 * 64 * HD * 4, bytes = rows + BQ * 16;
+    static const size_t q = 0, dout = q + BQ * HD * 2, k = dout + BQ * HD * 2, v = k + BK * HD * 2, s = v + BK * HD * 2,
+                        dp = s + BQ * BK * 4, p = dp + BQ * BK * 4, ds = p + BQ * BK * 2, acc = ds + BQ * BK * 2,
+                        rows = acc + 2 * 64 * HD * 4, bytes = rows + BQ * 16;
 };
 
 /* Loads query rows [q0, q0 + nq): q and dO tiles and the per-row lse, D, range. */
@@ -228,26 +228,25 @@ template <int HD> __device__ void load_queries(bf16 *Qs, bf16 *dOs, float *row_l
     }
 }
 
-#define BWD_POINTERS                                                                                         \
-    typedef bwd_layout<HD> lay;                                                                              \
-    extern __shared__ __align__(128) unsigned char sm[];                                                     \
-    bf16 *Qs = (bf16 *)(sm + lay::q), *dOs = (bf16 *)(sm + lay::dout), *Ks = (bf16 *)(sm + lay::k);          \
-    bf16 *Vs = (bf16 *)(sm + lay::v), *Ps = (bf16 *)(sm + lay::p), *dSs = (bf16 *)(sm + lay::ds);            \
-    float *Ss = (float *)(sm + lay::s), *dPs = (float *)(sm + lay::dp), *acc = (float *)(sm + lay::acc);     \
-    float *row_lse = (float *)(sm + lay::rows), *row_D = row_lse + BQ;                                       \
-    int *row_lo = (int *)(row_D + BQ), *row_hi = row_lo + BQ;                                                \
-    int h = blockIdx.y, w = threadIdx.x / 32, d = H * hd;                                                    \
-    size_t row0 = (size_t)blockIdx.z * L, ld3 = 3 * (size_t)d;                                               \
-    const bf16 *Q = qkv + row0 * ld3 + h * hd, *K = Q + d, *V = Q + 2 * d, *dO = dout + row0 * d + h * hd;   \
-    const float *lse_b = lse + row0 * H, *D_b = D + row0 * H;                                                \
-    const int32_t *lo_b = lo + row0, *hi_b = hi + row0;                                                      \
+#define BWD_POINTERS                                                                                                   \
+    typedef bwd_layout<HD> lay;                                                                                        \
+    extern __shared__ __align__(128) unsigned char sm[];                                                               \
+    bf16 *Qs = (bf16 *)(sm + lay::q), *dOs = (bf16 *)(sm + lay::dout), *Ks = (bf16 *)(sm + lay::k);                    \
+    bf16 *Vs = (bf16 *)(sm + lay::v), *Ps = (bf16 *)(sm + lay::p), *dSs = (bf16 *)(sm + lay::ds);                      \
+    float *Ss = (float *)(sm + lay::s), *dPs = (float *)(sm + lay::dp), *acc = (float *)(sm + lay::acc);               \
+    float *row_lse = (float *)(sm + lay::rows), *row_D = row_lse + BQ;                                                 \
+    int *row_lo = (int *)(row_D + BQ), *row_hi = row_lo + BQ;                                                          \
+    int h = blockIdx.y, w = threadIdx.x / 32, d = H * hd;                                                              \
+    size_t row0 = (size_t)blockIdx.z * L, ld3 = 3 * (size_t)d;                                                         \
+    const bf16 *Q = qkv + row0 * ld3 + h * hd, *K = Q + d, *V = Q + 2 * d, *dO = dout + row0 * d + h * hd;             \
+    const float *lse_b = lse + row0 * H, *D_b = D + row0 * H;                                                          \
+    const int32_t *lo_b = lo + row0, *hi_b = hi + row0;                                                                \
     bf16 *dQ = dqkv + row0 * ld3 + h * hd;
 
 /* dK, dV of key tile blockIdx.x: over the query tiles that see it. */
-template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS) attn_bwd_kv(bf16 *dqkv, const bf16 *dout, const float *lse,
-                                                           const float *D, const bf16 *qkv, const int32_t *lo,
-                                                           const int32_t *hi, int L, int H, int hd, float scale) {
+template <int HD> __global__ void __launch_bounds__(ATT_THREADS)
+    attn_bwd_kv(bf16 *dqkv, const bf16 *dout, const float *lse, const float *D, const bf16 *qkv, const int32_t *lo,
+                const int32_t *hi, int L, int H, int hd, float scale) {
     BWD_POINTERS
     float *dKs = acc, *dVs = acc + 64 * HD;
     bf16 *dK = dQ + d, *dV = dQ + 2 * d;
@@ -260,14 +259,14 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_kv(bf16 *dqkv, const bf1
     __syncthreads();
     for (int q0 = span[0]; q0 <= span[1]; q0 += BQ) {
         int nq = min(BQ, span[1] - q0 + 1);
-        load_queries<HD>(Qs, dOs, row_lse, row_D, row_lo, row_hi, Q, dO, lse_b, D_b, lo_b, hi_b, ld3, d, H, h,
-                         q0, nq, hd);
+        load_queries<HD>(Qs, dOs, row_lse, row_D, row_lo, row_hi, Q, dO, lse_b, D_b, lo_b, hi_b, ld3, d, H, h, q0, nq,
+                         hd);
         __syncthreads();
         warp_abt<HD>(Ss, Qs, Ks, w);
         warp_abt<HD>(dPs, dOs, Vs, w);
         __syncwarp();
         probs_and_dscores(Ps, dSs, Ss, dPs, row_lse, row_D, row_lo, row_hi, j0, j1, scale, w);
-        __syncthreads();                            /* the key rows' products need every query row */
+        __syncthreads(); /* the key rows' products need every query row */
         warp_pm<HD, true>(dVs, Ps, dOs, w);
         warp_pm<HD, true>(dKs, dSs, Qs, w);
         __syncthreads();
@@ -280,16 +279,14 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_kv(bf16 *dqkv, const bf1
 }
 
 /* dQ of query tile blockIdx.x: over the key tiles its queries see. */
-template <int HD>
-__global__ void __launch_bounds__(ATT_THREADS) attn_bwd_q(bf16 *dqkv, const bf16 *dout, const float *lse,
-                                                          const float *D, const bf16 *qkv, const int32_t *lo,
-                                                          const int32_t *hi, int L, int H, int hd, float scale) {
+template <int HD> __global__ void __launch_bounds__(ATT_THREADS)
+    attn_bwd_q(bf16 *dqkv, const bf16 *dout, const float *lse, const float *D, const bf16 *qkv, const int32_t *lo,
+               const int32_t *hi, int L, int H, int hd, float scale) {
     BWD_POINTERS
     float *dQs = acc;
     __shared__ int span[2];
     int q0 = blockIdx.x * BQ, nq = min(BQ, L - q0);
-    load_queries<HD>(Qs, dOs, row_lse, row_D, row_lo, row_hi, Q, dO, lse_b, D_b, lo_b, hi_b, ld3, d, H, h, q0, nq,
-                     hd);
+    load_queries<HD>(Qs, dOs, row_lse, row_D, row_lo, row_hi, Q, dO, lse_b, D_b, lo_b, hi_b, ld3, d, H, h, q0, nq, hd);
     for (int e = threadIdx.x; e < BQ * HD; e += blockDim.x) dQs[e] = 0.0f;
     if (threadIdx.x == 0) attn_qtile_keys(lo_b, hi_b, q0, nq, &span[0], &span[1]);
     __syncthreads();
@@ -318,19 +315,23 @@ __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_q(bf16 *dqkv, const bf16
 
 /* Runs kernel<HD> for the smallest HD of 16, 32, 64, 128 that holds head_dim
  * (padded with zeros), with its shared memory allowed. */
-#define DISPATCH_HD(head_dim, LAYOUT, KERNEL, grid, ...)                                                      \
-    do {                                                                                                      \
-        if (head_dim > 128) die("cuda attention: head_dim %d (at most 128)", head_dim);                      \
-        if (head_dim <= 16) LAUNCH_HD(16, LAYOUT, KERNEL, grid, __VA_ARGS__);                                 \
-        else if (head_dim <= 32) LAUNCH_HD(32, LAYOUT, KERNEL, grid, __VA_ARGS__);                            \
-        else if (head_dim <= 64) LAUNCH_HD(64, LAYOUT, KERNEL, grid, __VA_ARGS__);                            \
-        else LAUNCH_HD(128, LAYOUT, KERNEL, grid, __VA_ARGS__);                                               \
+#define DISPATCH_HD(head_dim, LAYOUT, KERNEL, grid, ...)                                                               \
+    do {                                                                                                               \
+        if (head_dim > 128) die("cuda attention: head_dim %d (at most 128)", head_dim);                                \
+        if (head_dim <= 16)                                                                                            \
+            LAUNCH_HD(16, LAYOUT, KERNEL, grid, __VA_ARGS__);                                                          \
+        else if (head_dim <= 32)                                                                                       \
+            LAUNCH_HD(32, LAYOUT, KERNEL, grid, __VA_ARGS__);                                                          \
+        else if (head_dim <= 64)                                                                                       \
+            LAUNCH_HD(64, LAYOUT, KERNEL, grid, __VA_ARGS__);                                                          \
+        else                                                                                                           \
+            LAUNCH_HD(128, LAYOUT, KERNEL, grid, __VA_ARGS__);                                                         \
     } while (0)
-#define LAUNCH_HD(HD, LAYOUT, KERNEL, grid, ...)                                                              \
-    do {                                                                                                      \
-        size_t bytes_ = LAYOUT<HD>::bytes;                                                                    \
-        CUDA_CHECK(cudaFuncSetAttribute(KERNEL<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes_)); \
-        CUDA_LAUNCH(KERNEL<HD>, grid, ATT_THREADS, bytes_, __VA_ARGS__);                                  \
+#define LAUNCH_HD(HD, LAYOUT, KERNEL, grid, ...)                                                                       \
+    do {                                                                                                               \
+        size_t bytes_ = LAYOUT<HD>::bytes;                                                                             \
+        CUDA_CHECK(cudaFuncSetAttribute(KERNEL<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes_));        \
+        CUDA_LAUNCH(KERNEL<HD>, grid, ATT_THREADS, bytes_, __VA_ARGS__);                                               \
     } while (0)
 
 static void check_types(const float *qkv, const float *out, const float *lse) {
@@ -338,8 +339,8 @@ static void check_types(const float *qkv, const float *out, const float *lse) {
         die("cuda attention: qkv and out must be activation (bfloat16) buffers, lse float32");
 }
 
-extern "C" void cuda_attention_forward(float *out, float *lse, const float *qkv, const int32_t *lo,
-                                       const int32_t *hi, int B, int L, int H, int head_dim) {
+extern "C" void cuda_attention_forward(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi,
+                                       int B, int L, int H, int head_dim) {
     if (B == 0 || L == 0) return;
     check_types(qkv, out, lse);
     dim3 grid((L + BQ - 1) / BQ, H, B);
@@ -357,11 +358,11 @@ extern "C" void cuda_attention_backward(float *dqkv, const float *dout, const fl
     size_t n = (size_t)B * L;
     float *D = (float *)cuda_scratch(SCRATCH_ROWS, sizeof(float) * n * H);
     CUDA_LAUNCH(attn_dot, cuda_blocks(n * H * 32, 256), 256, 0, D, (const bf16 *)dout, (const bf16 *)out, n, H,
-                                                                    head_dim);
+                head_dim);
     float scale = 1.0f / sqrtf((float)head_dim);
     dim3 kgrid((L + BK - 1) / BK, H, B), qgrid((L + BQ - 1) / BQ, H, B);
-    DISPATCH_HD(head_dim, bwd_layout, attn_bwd_kv, kgrid, (bf16 *)dqkv, (const bf16 *)dout, lse, D,
-                (const bf16 *)qkv, lo, hi, L, H, head_dim, scale);
-    DISPATCH_HD(head_dim, bwd_layout, attn_bwd_q, qgrid, (bf16 *)dqkv, (const bf16 *)dout, lse, D,
-                (const bf16 *)qkv, lo, hi, L, H, head_dim, scale);
+    DISPATCH_HD(head_dim, bwd_layout, attn_bwd_kv, kgrid, (bf16 *)dqkv, (const bf16 *)dout, lse, D, (const bf16 *)qkv,
+                lo, hi, L, H, head_dim, scale);
+    DISPATCH_HD(head_dim, bwd_layout, attn_bwd_q, qgrid, (bf16 *)dqkv, (const bf16 *)dout, lse, D, (const bf16 *)qkv,
+                lo, hi, L, H, head_dim, scale);
 }

@@ -17,12 +17,12 @@
 #define ROWS_THREADS 128
 #define ROWS_TILE 64
 
-__global__ void __launch_bounds__(ROWS_THREADS) attn_rows(tview out, tview q, tview kv, const int32_t *lo,
-                                                          const int32_t *hi, int H, int hd, float scale) {
+__global__ void __launch_bounds__(ROWS_THREADS)
+    attn_rows(tview out, tview q, tview kv, const int32_t *lo, const int32_t *hi, int H, int hd, float scale) {
     extern __shared__ float sm[];
-    float *qs = sm, *acc = sm + hd, *p = sm + 2 * hd;      /* q * scale, output sums [hd]; tile scores */
+    float *qs = sm, *acc = sm + hd, *p = sm + 2 * hd; /* q * scale, output sums [hd]; tile scores */
     int r = blockIdx.x, h = blockIdx.y, d = H * hd, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    size_t stride = 3 * (size_t)d;                          /* q | k | v rows */
+    size_t stride = 3 * (size_t)d; /* q | k | v rows */
     for (int c = threadIdx.x; c < hd; c += blockDim.x) {
         qs[c] = ld(q, r * stride + h * hd + c) * scale;
         acc[c] = 0.0f;
@@ -42,10 +42,10 @@ __global__ void __launch_bounds__(ROWS_THREADS) attn_rows(tview out, tview q, tv
         __syncthreads();
         float mt = m;
         for (int j = 0; j < nt; j++) mt = fmaxf(mt, p[j]);
-        __syncthreads();                                    /* every thread has its max before p changes */
+        __syncthreads(); /* every thread has its max before p changes */
         for (int j = threadIdx.x; j < nt; j += blockDim.x) p[j] = expf(p[j] - mt);
         __syncthreads();
-        float alpha = expf(m - mt), sum = 0.0f;             /* alpha 0 on the first tile (m = -inf) */
+        float alpha = expf(m - mt), sum = 0.0f; /* alpha 0 on the first tile (m = -inf) */
         for (int j = 0; j < nt; j++) sum += p[j];
         l = l * alpha + sum;
         for (int c = threadIdx.x; c < hd; c += blockDim.x) {
@@ -55,18 +55,19 @@ __global__ void __launch_bounds__(ROWS_THREADS) attn_rows(tview out, tview q, tv
             acc[c] = a;
         }
         m = mt;
-        __syncthreads();                                    /* p is read before the next tile writes it */
+        __syncthreads(); /* p is read before the next tile writes it */
     }
     for (int c = threadIdx.x; c < hd; c += blockDim.x) st(out, (size_t)r * d + h * hd + c, acc[c] / l);
 }
 
 /* The kernel reads lo and hi on the device: a host array would fault there. */
 static void need_i32(const int32_t *p, const char *what) {
-    if (cuda_buffer(p, what)->type != BUF_I32) die("cuda attention_rows: %s must be an int32 buffer (nn_alloc_i32)", what);
+    if (cuda_buffer(p, what)->type != BUF_I32)
+        die("cuda attention_rows: %s must be an int32 buffer (nn_alloc_i32)", what);
 }
 
-extern "C" void cuda_attention_rows(float *out, const float *q, const float *kv, const int32_t *lo,
-                                    const int32_t *hi, int n, int H, int head_dim) {
+extern "C" void cuda_attention_rows(float *out, const float *q, const float *kv, const int32_t *lo, const int32_t *hi,
+                                    int n, int H, int head_dim) {
     if (n == 0) return;
     need_i32(lo, "attention_rows lo");
     need_i32(hi, "attention_rows hi");

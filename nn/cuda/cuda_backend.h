@@ -29,7 +29,7 @@ void cuda_nccl_init(void);
 void cuda_check(cudaError_t e, const char *what, const char *file, int line);
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
 
-extern cudaStream_t cuda_stream;        /* every kernel runs on it, in order */
+extern cudaStream_t cuda_stream; /* every kernel runs on it, in order */
 extern buf_table cuda_buffers;
 
 /* The entry of a backend pointer; dies naming `what` for any other pointer. */

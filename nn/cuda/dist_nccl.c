@@ -13,8 +13,11 @@
 
 #include <nccl.h>
 
-#define NCCL_CHECK(call) do { ncclResult_t r_ = (call); \
-        if (r_ != ncclSuccess) die("NCCL: %s failed: %s", #call, ncclGetErrorString(r_)); } while (0)
+#define NCCL_CHECK(call)                                                                                               \
+    do {                                                                                                               \
+        ncclResult_t r_ = (call);                                                                                      \
+        if (r_ != ncclSuccess) die("NCCL: %s failed: %s", #call, ncclGetErrorString(r_));                              \
+    } while (0)
 
 static ncclComm_t comm;
 static cudaStream_t comm_stream;
@@ -32,7 +35,8 @@ static void reduce_scatter_start(const float *x, size_t n, const int *counts, fl
     size_t off = 0;
     NCCL_CHECK(ncclGroupStart());
     for (int r = 0; r < dist_size(); r++) {
-        if (counts[r]) NCCL_CHECK(ncclReduce(x + off, recv, (size_t)counts[r], ncclFloat, ncclSum, r, comm, comm_stream));
+        if (counts[r])
+            NCCL_CHECK(ncclReduce(x + off, recv, (size_t)counts[r], ncclFloat, ncclSum, r, comm, comm_stream));
         off += (size_t)counts[r];
     }
     NCCL_CHECK(ncclGroupEnd());
@@ -57,7 +61,7 @@ static void allgather_parts(float *x, const size_t *offsets, const size_t *count
             NCCL_CHECK(ncclBroadcast(x + offsets[r], x + offsets[r], counts[r], ncclFloat, r, comm, comm_stream));
     NCCL_CHECK(ncclGroupEnd());
     wait_all();
-    cuda_mirror_sync(x, offsets[last] + counts[last]);   /* the GEMMs' copy of the weights */
+    cuda_mirror_sync(x, offsets[last] + counts[last]); /* the GEMMs' copy of the weights */
 }
 
 static const dist_buffer_ops nccl_ops = {reduce_scatter_start, allreduce_start, wait_all, allgather_parts};

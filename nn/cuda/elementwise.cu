@@ -44,8 +44,8 @@ extern "C" void cuda_rmsnorm_forward(float *y, const float *x, const float *w, i
     CUDA_LAUNCH(rmsnorm_fwd, N, THREADS, 0, tv(y, "rmsnorm y"), tv(x, "rmsnorm x"), w, d, eps);
 }
 
-extern "C" void cuda_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                                      int N, int d, float eps) {
+extern "C" void cuda_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x, const float *w, int N,
+                                      int d, float eps) {
     if (N == 0) return;
     float *rs = (float *)cuda_scratch(SCRATCH_ROWS, sizeof(float) * N);
     tview tdy = tv(dy, "rmsnorm dy"), tx = tv(x, "rmsnorm x");
@@ -55,8 +55,8 @@ extern "C" void cuda_rmsnorm_backward(float *dx, float *dw, const float *dy, con
 
 /* ---- RoPE (rotate_half): one thread per pair (row, head, j < half) ---- */
 
-__global__ void rope_kernel(tview x, int stride, const int32_t *pos, int N, int n_heads, int half,
-                            const float *cos_tab, const float *sin_tab, float sign) {
+__global__ void rope_kernel(tview x, int stride, const int32_t *pos, int N, int n_heads, int half, const float *cos_tab,
+                            const float *sin_tab, float sign) {
     size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (t >= (size_t)N * n_heads * half) return;
     int j = t % half, h = (t / half) % n_heads;
@@ -108,7 +108,10 @@ extern "C" void cuda_swiglu_backward(float *dgu, const float *dact, const float 
 
 __global__ void silu_fwd(tview y, tview x, size_t n) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < n) { float v = ld(x, i); st(y, i, v * sigmoid(v)); }
+    if (i < n) {
+        float v = ld(x, i);
+        st(y, i, v * sigmoid(v));
+    }
 }
 
 __global__ void silu_bwd(tview dx, tview dy, tview x, size_t n) {
@@ -152,8 +155,7 @@ extern "C" void cuda_gather_rows(float *dst, const float *src, const int32_t *id
 }
 
 extern "C" void cuda_scatter_rows(float *dst, const float *src, const int32_t *idx, int n, int d) {
-    if (n && d)
-        LAUNCH(scatter_kernel, (size_t)n * d, tv(dst, "scatter dst"), tv(src, "scatter src"), idx, n, d);
+    if (n && d) LAUNCH(scatter_kernel, (size_t)n * d, tv(dst, "scatter dst"), tv(src, "scatter src"), idx, n, d);
 }
 
 __global__ void iota_kernel(int32_t *v, int n) {
@@ -180,14 +182,14 @@ extern "C" void cuda_scatter_add_rows(float *dst, const float *src, const int32_
     size_t temp = 0;
     cub::DeviceRadixSort::SortPairs(NULL, temp, (const int32_t *)NULL, (int32_t *)NULL, (const int32_t *)NULL,
                                     (int32_t *)NULL, n, 0, 32, cuda_stream);
-    size_t ints = ((size_t)3 * n + 63) / 64 * 64;           /* sorted keys, rows, sorted rows */
+    size_t ints = ((size_t)3 * n + 63) / 64 * 64; /* sorted keys, rows, sorted rows */
     int32_t *keys = (int32_t *)cuda_scratch(SCRATCH_SORT, ints * 4 + temp);
     int32_t *rows = keys + n, *rows_sorted = keys + 2 * n;
     void *tmp = keys + ints;
     LAUNCH(iota_kernel, (size_t)n, rows, n);
     CUDA_CHECK(cub::DeviceRadixSort::SortPairs(tmp, temp, idx, keys, rows, rows_sorted, n, 0, 32, cuda_stream));
-    CUDA_LAUNCH(scatter_add_runs, n, 128, 0, tv(dst, "scatter_add dst"), tv(src, "scatter_add src"), keys,
-                                                  rows_sorted, n, d);
+    CUDA_LAUNCH(scatter_add_runs, n, 128, 0, tv(dst, "scatter_add dst"), tv(src, "scatter_add src"), keys, rows_sorted,
+                n, d);
 }
 
 /* ---- optimizer ---- */
@@ -219,8 +221,8 @@ __global__ void adamw_kernel(float *p, __nv_bfloat16 *p16, const float *g, float
     if (p16) p16[i] = __float2bfloat16_rn(pi);
 }
 
-extern "C" void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
-                           float beta2, float eps, float wd, float bc1, float bc2) {
+extern "C" void cuda_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1, float beta2,
+                           float eps, float wd, float bc1, float bc2) {
     if (!n) return;
     const void *args[] = {p, g, m, v};
     for (int k = 0; k < 4; k++)

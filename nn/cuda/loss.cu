@@ -18,7 +18,7 @@ __global__ void cross_entropy_rows(double *loss, tview z, const int32_t *targets
     for (int w = 0; w < (int)blockDim.x / 32; w++) mx = fmaxf(mx, wmax[w]);
     float sum = 0.0f;
     for (int j = threadIdx.x; j < V; j += blockDim.x) sum += __expf(ld(z, row + j) - mx);
-    float lse = mx + logf(block_sum(sum));             /* block_sum syncs: zt is visible */
+    float lse = mx + logf(block_sum(sum)); /* block_sum syncs: zt is visible */
     if (threadIdx.x == 0) loss[i] = (double)(lse - zt);
     if (grad_scale == 0.0f) return;
     int t = targets[i];
@@ -65,12 +65,11 @@ static double squared(float *dx, const float *x, const float *y, size_t n, float
     double *part = partials(0);
     tview tx = tv(x, "squared x");
     CUDA_LAUNCH(squared_diff, SUM_BLOCKS, SUM_THREADS, 0, part, tx, y ? tv(y, "squared y") : tx, y != NULL,
-                                                              dx ? tv(dx, "squared dx") : tx, grad_scale, n);
+                dx ? tv(dx, "squared dx") : tx, grad_scale, n);
     return cuda_total(part);
 }
 
-extern "C" double cuda_squared_error(float *dpred, const float *pred, const float *target, size_t n,
-                                     float grad_scale) {
+extern "C" double cuda_squared_error(float *dpred, const float *pred, const float *target, size_t n, float grad_scale) {
     return squared(grad_scale != 0.0f ? dpred : NULL, pred, target, n, grad_scale);
 }
 

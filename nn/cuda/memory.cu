@@ -68,7 +68,7 @@ extern "C" void cuda_free(void *p) {
     if (!p) return;
     buf_entry e = buf_table_remove(&cuda_buffers, p);
     if (!e.base) die("cuda backend: nn_free of %p, which is not the start of a buffer", p);
-    CUDA_CHECK(cudaStreamSynchronize(cuda_stream));      /* kernels may still use it */
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream)); /* kernels may still use it */
     CUDA_CHECK(cudaFree(p));
     if (e.mirror) CUDA_CHECK(cudaFree(e.mirror));
 }
@@ -127,10 +127,10 @@ extern "C" void cuda_upload(float *dst, const float *host, size_t n) {
         cuda_mirror_sync(dst, n);
     } else {
         std::vector<uint16_t> b(n);
-        st_f32_to_bf16(host, b.data(), n);      /* round to nearest even, as the device does */
+        st_f32_to_bf16(host, b.data(), n); /* round to nearest even, as the device does */
         CUDA_CHECK(cudaMemcpyAsync(dst, b.data(), n * 2, cudaMemcpyHostToDevice, cuda_stream));
     }
-    CUDA_CHECK(cudaStreamSynchronize(cuda_stream));     /* the host buffer may go after return */
+    CUDA_CHECK(cudaStreamSynchronize(cuda_stream)); /* the host buffer may go after return */
 }
 
 extern "C" void cuda_download(float *host, const float *src, size_t n) {

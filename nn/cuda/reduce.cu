@@ -2,7 +2,7 @@
  * step of every float64 sum, both in a fixed order (reduce.cuh). */
 #include "reduce.cuh"
 
-#define COL_ROWS 64             /* rows per partial column sum */
+#define COL_ROWS 64 /* rows per partial column sum */
 
 __global__ void colsum_partial(float *part, tview src, tview x, int has_x, const float *r, int N, int d) {
     int j = blockIdx.x * blockDim.x + threadIdx.x, i0 = blockIdx.y * COL_ROWS;
@@ -41,7 +41,7 @@ __global__ void total_kernel(double *out, const double *part) {
 }
 
 double cuda_total(const double *partials) {
-    double *d = (double *)(partials + SUM_BLOCKS), h;      /* callers leave room for it */
+    double *d = (double *)(partials + SUM_BLOCKS), h; /* callers leave room for it */
     CUDA_LAUNCH(total_kernel, 1, SUM_THREADS, 0, d, partials);
     CUDA_CHECK(cudaMemcpyAsync(&h, d, sizeof h, cudaMemcpyDeviceToHost, cuda_stream));
     CUDA_CHECK(cudaStreamSynchronize(cuda_stream));

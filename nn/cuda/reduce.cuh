@@ -5,7 +5,7 @@
 
 #include "typed.cuh"
 
-#define SUM_BLOCKS 512          /* blocks of the partial sums, whatever n */
+#define SUM_BLOCKS 512 /* blocks of the partial sums, whatever n */
 #define SUM_THREADS 256
 
 /* Sum over the block of each thread's v (blockDim.x a multiple of 32, at
@@ -14,11 +14,11 @@ template <typename T> __device__ T block_sum(T v) {
     __shared__ T part[32];
     for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
     int w = threadIdx.x / 32, nw = blockDim.x / 32;
-    __syncthreads();                                    /* part may be in use by a previous call */
+    __syncthreads(); /* part may be in use by a previous call */
     if (threadIdx.x % 32 == 0) part[w] = v;
     __syncthreads();
     T t = 0;
-    for (int i = 0; i < nw; i++) t += part[i];          /* same order in every thread */
+    for (int i = 0; i < nw; i++) t += part[i]; /* same order in every thread */
     return t;
 }
 

@@ -14,7 +14,7 @@ extern "C" {
 
 struct tview {
     void *p;
-    int f32;                    /* 1: float32, 0: bfloat16 */
+    int f32; /* 1: float32, 0: bfloat16 */
 };
 
 __device__ __forceinline__ float ld(const tview &v, size_t i) {
@@ -22,8 +22,10 @@ __device__ __forceinline__ float ld(const tview &v, size_t i) {
 }
 
 __device__ __forceinline__ void st(const tview &v, size_t i, float x) {
-    if (v.f32) ((float *)v.p)[i] = x;
-    else ((__nv_bfloat16 *)v.p)[i] = __float2bfloat16_rn(x);
+    if (v.f32)
+        ((float *)v.p)[i] = x;
+    else
+        ((__nv_bfloat16 *)v.p)[i] = __float2bfloat16_rn(x);
 }
 
 /* Every kernel launch goes through CUDA_LAUNCH: a bad launch (grid, shared
@@ -32,9 +34,10 @@ __device__ __forceinline__ void st(const tview &v, size_t i, float x) {
  * after each launch, so a kernel that faults is named itself instead of the
  * next call that happens to sync. */
 void cuda_launched(const char *kernel, const char *file, int line);
-#define CUDA_LAUNCH(kernel, grid, block, smem, ...) do {                     \
-        kernel<<<(grid), (block), (smem), cuda_stream>>>(__VA_ARGS__);       \
-        cuda_launched(#kernel, __FILE__, __LINE__);                          \
+#define CUDA_LAUNCH(kernel, grid, block, smem, ...)                                                                    \
+    do {                                                                                                               \
+        kernel<<<(grid), (block), (smem), cuda_stream>>>(__VA_ARGS__);                                                 \
+        cuda_launched(#kernel, __FILE__, __LINE__);                                                                    \
     } while (0)
 
 /* The view of a float tensor argument (host side). */

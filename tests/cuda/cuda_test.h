@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-#define TOL 2e-2                /* of the largest reference value */
+#define TOL 2e-2 /* of the largest reference value */
 
 static rng r;
 
@@ -64,7 +64,7 @@ static double rel_err(const float *got, const float *ref, size_t n) {
     double e = 0, m = 1e-30;
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - ref[i]);
-        if (isnan(d) || d > e) e = d;               /* once NaN, e stays NaN */
+        if (isnan(d) || d > e) e = d; /* once NaN, e stays NaN */
         if (fabs(ref[i]) > m) m = fabs(ref[i]);
     }
     return e / m;

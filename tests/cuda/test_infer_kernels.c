@@ -48,12 +48,12 @@ static void test_rows(int H, int hd, int n, int keys, int pattern) {
         } else if (pattern == WHOLE_CACHE) {
             lo[i] = 0;
             hi[i] = keys - 1;
-        } else if (pattern == SEQUENCES) {          /* the last `per` positions of sequence s */
+        } else if (pattern == SEQUENCES) { /* the last `per` positions of sequence s */
             int s = i / per < 3 ? i / per : 3, j = i - s * per, last = cap - per + j;
-            if (j >= 8 && j < 24) last = cap - per + 23;        /* an image: rows 8..23 see each other */
+            if (j >= 8 && j < 24) last = cap - per + 23; /* an image: rows 8..23 see each other */
             lo[i] = s * cap;
             hi[i] = s * cap + last;
-        } else {                                    /* 63..67 keys: across the 64-key tile */
+        } else { /* 63..67 keys: across the 64-key tile */
             int len = i % 4 == 0 ? 62 + i % 5 : (int)(rng_u64(&r) % 1000);
             lo[i] = (int32_t)(rng_u64(&r) % (keys - len));
             hi[i] = lo[i] + len;
@@ -61,25 +61,31 @@ static void test_rows(int H, int hd, int n, int keys, int pattern) {
     }
     cpu();
     nn_attention_rows(out, q, kv, lo, hi, n, H, hd);
-    float *g_q = gpu(q, (size_t)n * 3 * d, 0), *g_kv = gpu(kv, (size_t)keys * 3 * d, 0), *g_out = nn_alloc((size_t)n * d);
+    float *g_q = gpu(q, (size_t)n * 3 * d, 0), *g_kv = gpu(kv, (size_t)keys * 3 * d, 0),
+          *g_out = nn_alloc((size_t)n * d);
     int32_t *g_lo = gpu_i32(lo, n), *g_hi = gpu_i32(hi, n);
     nn_attention_rows(g_out, g_q, g_kv, g_lo, g_hi, n, H, hd);
     float *got = host(g_out, (size_t)n * d);
     double e = rel_err(got, out, (size_t)n * d);
-    CHECK(e <= TOL, "attention_rows, %d heads of %d, %d rows over %d keys, %s: error %.2e of the largest value", H,
-          hd, n, keys, pattern_name[pattern], e);
+    CHECK(e <= TOL, "attention_rows, %d heads of %d, %d rows over %d keys, %s: error %.2e of the largest value", H, hd,
+          n, keys, pattern_name[pattern], e);
     void *bufs[] = {g_q, g_kv, g_out, g_lo, g_hi};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
-    free(q); free(kv); free(out); free(lo); free(hi); free(got);
+    free(q);
+    free(kv);
+    free(out);
+    free(lo);
+    free(hi);
+    free(got);
 }
 
 /* ------------------------------------------------------------ generate */
 
 typedef struct {
     const model_config *c;
-    double gap;             /* smallest gap between the two best logits the sampler may pick */
+    double gap; /* smallest gap between the two best logits the sampler may pick */
     int n;
-    float *logits;          /* every logits vector, in order */
+    float *logits; /* every logits vector, in order */
 } trace;
 
 static void record(void *ctx, int sample, const float *l, int V) {
@@ -87,9 +93,12 @@ static void record(void *ctx, int sample, const float *l, int V) {
     trace *t = ctx;
     double a = -INFINITY, b = -INFINITY;
     for (int v = 0; v < V; v++) {
-        if (v == t->c->eoi_token_id || v == t->c->boi_token_id || v == t->c->eos_token_id) continue;  /* masked */
-        if (l[v] > a) { b = a; a = l[v]; }
-        else if (l[v] > b) b = l[v];
+        if (v == t->c->eoi_token_id || v == t->c->boi_token_id || v == t->c->eos_token_id) continue; /* masked */
+        if (l[v] > a) {
+            b = a;
+            a = l[v];
+        } else if (l[v] > b)
+            b = l[v];
     }
     if (a - b < t->gap) t->gap = a - b;
     t->logits = realloc(t->logits, sizeof(float) * V * (t->n + 1));
@@ -136,8 +145,17 @@ static void test_text(const model_config *c) {
     infer_rows_image(&p, 2, img, 1, c);
     infer_rows_token(&p, 2, c->eoi_token_id);
     infer_rows_token(&p, 2, 42);
-    gen_options o = {.n = 3, .context = 64, .max_tokens = 16, .temperature = 0, .top_p = 1, .steps = 10, .cfg = 1,
-                     .clip = 4, .seed = 1, .text_only = 1, .ignore_eos = 1};
+    gen_options o = {.n = 3,
+                     .context = 64,
+                     .max_tokens = 16,
+                     .temperature = 0,
+                     .top_p = 1,
+                     .steps = 10,
+                     .cfg = 1,
+                     .clip = 4,
+                     .seed = 1,
+                     .text_only = 1,
+                     .ignore_eos = 1};
     gen_sample a[3], g[3], gr[3];
     trace ta = {.c = c, .gap = INFINITY}, tg = {.c = c, .gap = INFINITY};
     int rc = run(&nn_cpu_backend, c, &o, &p, a, &ta) | run(&nn_cuda_backend, c, &o, &p, g, &tg);
@@ -150,11 +168,19 @@ static void test_text(const model_config *c) {
         if (isnan(e) || e > worst) worst = e;
         if (fabs(ta.logits[k]) > scale) scale = fabs(ta.logits[k]);
     }
-    CHECK(same, "generate, greedy text: the CPU's %d tokens on the GPU with the KV cache (logits within %.1e, "
-          "up to %.2f; the smallest top-2 gap on the CPU %.1e)", 3 * o.max_tokens, worst, scale, ta.gap);
+    CHECK(same,
+          "generate, greedy text: the CPU's %d tokens on the GPU with the KV cache (logits within %.1e, "
+          "up to %.2f; the smallest top-2 gap on the CPU %.1e)",
+          3 * o.max_tokens, worst, scale, ta.gap);
     CHECK(!rc && same_tokens(a, gr, 3), "generate, greedy text: the same tokens on the GPU without the cache");
-    for (int i = 0; i < 3; i++) { gen_sample_free(&a[i]); gen_sample_free(&g[i]); gen_sample_free(&gr[i]); }
-    free(ta.logits); free(tg.logits); free(img);
+    for (int i = 0; i < 3; i++) {
+        gen_sample_free(&a[i]);
+        gen_sample_free(&g[i]);
+        gen_sample_free(&gr[i]);
+    }
+    free(ta.logits);
+    free(tg.logits);
+    free(img);
     infer_rows_free(&p);
 }
 
@@ -168,8 +194,15 @@ static void test_images(const model_config *c) {
         for (int i = 0; i < 3; i++) infer_rows_token(&p, s, 10 + 17 * i + s);
         infer_rows_token(&p, s, c->boi_token_id);
     }
-    gen_options o = {.n = K, .context = 64, .max_tokens = 0, .temperature = 0, .top_p = 1, .steps = 10, .cfg = 3,
-                     .clip = 4, .seed = 1};
+    gen_options o = {.n = K,
+                     .context = 64,
+                     .max_tokens = 0,
+                     .temperature = 0,
+                     .top_p = 1,
+                     .steps = 10,
+                     .cfg = 3,
+                     .clip = 4,
+                     .seed = 1};
     gen_sample a[2], g[2];
     int rc = run(&nn_cpu_backend, c, &o, &p, a, NULL) | run(&nn_cuda_backend, c, &o, &p, g, NULL);
     int ok = !rc;
@@ -179,18 +212,24 @@ static void test_images(const model_config *c) {
         double e = ok ? rel_err(g[i].img, a[i].img, lat) : NAN;
         if (isnan(e) || e > worst) worst = e;
     }
-    CHECK(ok && worst <= TOL_IMAGE, "generate, %d guided DDIM images (10 steps): latents within %.2e of the largest "
-          "CPU value", K, worst);
-    for (int i = 0; i < K; i++) { gen_sample_free(&a[i]); gen_sample_free(&g[i]); }
+    CHECK(ok && worst <= TOL_IMAGE,
+          "generate, %d guided DDIM images (10 steps): latents within %.2e of the largest "
+          "CPU value",
+          K, worst);
+    for (int i = 0; i < K; i++) {
+        gen_sample_free(&a[i]);
+        gen_sample_free(&g[i]);
+    }
     infer_rows_free(&p);
 }
 
 int main(void) {
     nn_init_device("cuda", 0);
     rng_seed(&r, 42);
-    static const int shapes[][2] = {{4, 16}, {4, 64}, {2, 128}};      /* heads, head_dim */
+    static const int shapes[][2] = {{4, 16}, {4, 64}, {2, 128}}; /* heads, head_dim */
     for (int k = 0; k < 3; k++)
-        for (int pattern = ONE_KEY; pattern <= RANDOM; pattern++) test_rows(shapes[k][0], shapes[k][1], 96, 3000, pattern);
+        for (int pattern = ONE_KEY; pattern <= RANDOM; pattern++)
+            test_rows(shapes[k][0], shapes[k][1], 96, 3000, pattern);
     model_config c;
     char err[ERR_LEN];
     if (config_load("configs/tiny.json", &c, err)) die_input("%s", err);

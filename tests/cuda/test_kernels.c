@@ -51,7 +51,14 @@ static void test_linear(int N, int in, int out) {
     close_to("linear_forward after AdamW (the bfloat16 copy follows)", dy, y, (size_t)N * out);
     void *bufs[] = {dp, dx, dy, dg, dgx, dgw, dm, dv};
     for (int k = 0; k < 8; k++) nn_free(bufs[k]);
-    free(params); free(x); free(y); free(g); free(gx); free(gw); free(m); free(v);
+    free(params);
+    free(x);
+    free(y);
+    free(g);
+    free(gx);
+    free(gw);
+    free(m);
+    free(v);
 }
 
 static void test_norm_rope_act(int N, int d, int H) {
@@ -74,10 +81,14 @@ static void test_norm_rope_act(int N, int d, int H) {
     /* RoPE over q and k of a [N, 3d] row (2H heads), forward and inverse. */
     int hd = d / H, half = hd / 2;
     size_t nq = (size_t)N * 3 * d;
-    float *qkv = bf16_round(randn(nq, 1), nq), *cs = xmalloc(sizeof(float) * N * half), *sn = xmalloc(sizeof(float) * N * half);
+    float *qkv = bf16_round(randn(nq, 1), nq), *cs = xmalloc(sizeof(float) * N * half),
+          *sn = xmalloc(sizeof(float) * N * half);
     int32_t *pos = xmalloc(sizeof(int32_t) * N);
     for (int i = 0; i < N; i++) pos[i] = (i * 7) % N;
-    for (int t = 0; t < N * half; t++) { cs[t] = cosf(0.01f * t); sn[t] = sinf(0.01f * t); }
+    for (int t = 0; t < N * half; t++) {
+        cs[t] = cosf(0.01f * t);
+        sn[t] = sinf(0.01f * t);
+    }
     float *dq = gpu(qkv, nq, 0), *dcs = gpu(cs, (size_t)N * half, 1), *dsn = gpu(sn, (size_t)N * half, 1);
     int32_t *dpos = gpu_i32(pos, N);
     for (int inv = 0; inv < 2; inv++) {
@@ -92,43 +103,70 @@ static void test_norm_rope_act(int N, int d, int H) {
     int f = d / 2;
     float *gu = bf16_round(randn(n, 2), n), *act = xmalloc(sizeof(float) * N * f);
     float *dgu = gpu(gu, n, 0), *dact = gpu(act, (size_t)N * f, 0);
-    cpu(); nn_swiglu_forward(act, gu, N, f);
-    cuda(); nn_swiglu_forward(dact, dgu, N, f);
+    cpu();
+    nn_swiglu_forward(act, gu, N, f);
+    cuda();
+    nn_swiglu_forward(dact, dgu, N, f);
     close_to("swiglu_forward", dact, act, (size_t)N * f);
     float *ga = bf16_round(randn((size_t)N * f, 1), (size_t)N * f), *ggu = xmalloc(sizeof(float) * n);
     float *dga = gpu(ga, (size_t)N * f, 0), *dggu = gpu(ggu, n, 0);
-    cpu(); nn_swiglu_backward(ggu, ga, gu, N, f);
-    cuda(); nn_swiglu_backward(dggu, dga, dgu, N, f);
+    cpu();
+    nn_swiglu_backward(ggu, ga, gu, N, f);
+    cuda();
+    nn_swiglu_backward(dggu, dga, dgu, N, f);
     close_to("swiglu_backward", dggu, ggu, n);
-    cpu(); nn_silu_forward(y, x, n); nn_silu_backward(gx, g, x, n); nn_add(y, gx, n);
-    cuda(); nn_silu_forward(dy, dx, n); nn_silu_backward(dgx, dg, dx, n);
+    cpu();
+    nn_silu_forward(y, x, n);
+    nn_silu_backward(gx, g, x, n);
+    nn_add(y, gx, n);
+    cuda();
+    nn_silu_forward(dy, dx, n);
+    nn_silu_backward(dgx, dg, dx, n);
     close_to("silu_backward", dgx, gx, n);
     nn_add(dy, dgx, n);
     close_to("silu_forward + add", dy, y, n);
     void *bufs[] = {dx, dw, dy, dg, dgx, dgw, dq, dcs, dsn, dpos, dgu, dact, dga, dggu};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
-    free(x); free(w); free(y); free(g); free(gx); free(gw); free(qkv); free(cs); free(sn); free(pos);
-    free(gu); free(act); free(ga); free(ggu);
+    free(x);
+    free(w);
+    free(y);
+    free(g);
+    free(gx);
+    free(gw);
+    free(qkv);
+    free(cs);
+    free(sn);
+    free(pos);
+    free(gu);
+    free(act);
+    free(ga);
+    free(ggu);
 }
 
 static void test_rows_and_losses(void) {
     int n = 300, d = 40, rows = 12, V = 1000;
     float *table = randn((size_t)rows * d, 1), *src = bf16_round(randn((size_t)n * d, 1), (size_t)n * d);
     int32_t *idx = xmalloc(sizeof(int32_t) * n);
-    for (int i = 0; i < n; i++) idx[i] = (int32_t)(rng_u64(&r) % rows);     /* many repeats */
+    for (int i = 0; i < n; i++) idx[i] = (int32_t)(rng_u64(&r) % rows); /* many repeats */
     float *got = xmalloc(sizeof(float) * n * d), *acc = randn((size_t)rows * d, 1);
     float *dt = gpu(table, (size_t)rows * d, 1), *dsrc = gpu(src, (size_t)n * d, 0), *dgot = gpu(got, (size_t)n * d, 0);
     float *dacc = gpu(acc, (size_t)rows * d, 1);
     int32_t *didx = gpu_i32(idx, n);
-    cpu(); nn_gather_rows(got, table, idx, n, d); nn_scatter_add_rows(acc, src, idx, n, d);
-    cuda(); nn_gather_rows(dgot, dt, didx, n, d); nn_scatter_add_rows(dacc, dsrc, didx, n, d);
+    cpu();
+    nn_gather_rows(got, table, idx, n, d);
+    nn_scatter_add_rows(acc, src, idx, n, d);
+    cuda();
+    nn_gather_rows(dgot, dt, didx, n, d);
+    nn_scatter_add_rows(dacc, dsrc, didx, n, d);
     close_to("gather_rows (float32 table to activations)", dgot, got, (size_t)n * d);
     close_to("scatter_add_rows with repeated rows", dacc, acc, (size_t)rows * d);
     int32_t *perm = xmalloc(sizeof(int32_t) * rows);
     for (int i = 0; i < rows; i++) perm[i] = (i * 5) % rows;
     int32_t *dperm = gpu_i32(perm, rows);
-    cpu(); nn_scatter_rows(acc, table, perm, rows, d);
-    cuda(); nn_scatter_rows(dacc, dt, dperm, rows, d);
+    cpu();
+    nn_scatter_rows(acc, table, perm, rows, d);
+    cuda();
+    nn_scatter_rows(dacc, dt, dperm, rows, d);
     close_to("scatter_rows", dacc, acc, (size_t)rows * d);
 
     float *logits = bf16_round(randn((size_t)n * V, 3), (size_t)n * V);
@@ -153,13 +191,23 @@ static void test_rows_and_losses(void) {
     CHECK(fabs(se_gpu - se) <= TOL * se && fabs(ss_gpu - ss) <= 1e-6 * ss,
           "squared_error %.4f (CPU %.4f), sum of squares %.6f (CPU %.6f)", se_gpu, se, ss_gpu, ss);
     close_to("squared_error gradient", dpred, pred, m);
-    cpu(); nn_scale(target, 0.3f, m);
-    cuda(); nn_scale(dtarget, 0.3f, m);
+    cpu();
+    nn_scale(target, 0.3f, m);
+    cuda();
+    nn_scale(dtarget, 0.3f, m);
     close_to("scale", dtarget, target, m);
     void *bufs[] = {dt, dsrc, dgot, dacc, didx, dperm, dl, dtgt, dpred, dtarget};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
-    free(table); free(src); free(idx); free(got); free(acc); free(perm); free(logits); free(tgt);
-    free(pred); free(target);
+    free(table);
+    free(src);
+    free(idx);
+    free(got);
+    free(acc);
+    free(perm);
+    free(logits);
+    free(tgt);
+    free(pred);
+    free(target);
 }
 
 /* Attention on the key ranges of a generated batch's plan. */
@@ -191,7 +239,11 @@ static void test_attention(const model_config *c, int B, int L) {
     close_to(what, g_dqkv, dqkv, N * 3 * d);
     void *bufs[] = {g_qkv, g_dout, g_out, g_lse, g_dqkv, g_lo, g_hi};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
-    free(qkv); free(dout); free(out); free(lse); free(dqkv);
+    free(qkv);
+    free(dout);
+    free(out);
+    free(lse);
+    free(dqkv);
     plan_free(&p);
     batch_free(&b);
 }
@@ -221,7 +273,10 @@ static void test_model(const model_config *c, int B, int L) {
     for (int i = 0; i < a.ps.n; i++) {
         const param_info *t = &a.ps.info[i];
         double e = rel_err(g.ps.g + t->offset, a.ps.g + t->offset, t->numel);
-        if (!(e <= worst)) { worst = e; worst_name = t->name; }      /* NaN-safe: a NaN becomes the worst */
+        if (!(e <= worst)) {
+            worst = e;
+            worst_name = t->name;
+        } /* NaN-safe: a NaN becomes the worst */
     }
     CHECK(worst <= TOL, "model gradients, every tensor: worst %.2e (%s)", worst, worst_name);
     model_free(&g);
@@ -243,7 +298,7 @@ int main(int argc, char **argv) {
     model_config c;
     char err[ERR_LEN];
     if (config_load("configs/bench.json", &c, err)) die_input("%s", err);
-    static const int heads[][2] = {{384, 6}, {384, 24}, {384, 12}, {512, 4}, {240, 5}};   /* head_dim 64 16 32 128 48 */
+    static const int heads[][2] = {{384, 6}, {384, 24}, {384, 12}, {512, 4}, {240, 5}}; /* head_dim 64 16 32 128 48 */
     for (int k = 0; k < 5; k++) {
         model_config ck = c;
         ck.hidden_size = heads[k][0];
