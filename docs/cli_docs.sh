@@ -54,6 +54,8 @@ fill() {
     else mv "$tmp" "$file"; echo "rewrote $file"; fi
 }
 
-program_table | fill README.md
-for p in trainer vae_service dataloader; do command_help $p | fill $p/README.md; done
+# (fill reads a redirection, not a pipe: in a pipeline it would run in a
+# subshell, and its `stale=1` would be lost)
+fill README.md < <(program_table)
+for p in trainer vae_service dataloader; do fill $p/README.md < <(command_help $p); done
 exit $stale
