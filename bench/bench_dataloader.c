@@ -4,7 +4,7 @@
  *       96-byte header and an N-byte payload sent zero-copy from one buffer
  *       (no packing, no checksum: what ZeroMQ alone moves)
  *   clients: K threads, each one trainer rank of a world of K fetching steps
- *       through dataloader/client.h (prefetch 4), or with --raw the same
+ *       through dataloader_client/client.h (prefetch 4), or with --raw the same
  *       request pattern on a bare DEALER (5 requests in flight). Prints one
  *       JSON line: batches/s, rows/s and MB/s over all clients, and the mean
  *       payload bytes of a reply. */

@@ -11,7 +11,7 @@
 # both report the median step time after one warmup). Prints the median per
 # setting, the best setting of each side, speedup = torch_best_step_s /
 # trainer_best_step_s, and the trainer's GFLOP/s against the machine's 530 GFLOP/s
-# FP32 peak (2 cores, shared/notes/machine.md). The last line is one JSON summary.
+# FP32 peak (2 AVX-512 cores; docs/benchmarks.md). The last line is one JSON summary.
 set -u
 BIN=${BIN:-bin}
 case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac

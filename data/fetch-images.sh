@@ -6,7 +6,7 @@
 #   data/images-S/manifest.json                    counts per split and source
 #   data/images-S/LICENSES.md, licenses/           licence and attribution
 #
-# Sources (pinned; see shared/notes/data-sources.md): npm openmoji, @twemoji/svg,
+# Sources (pinned; see data/README.md): npm openmoji, @twemoji/svg,
 # @svgmoji/noto, fluentui-emoji (fetched once with `npm pack` into data/cache/npm
 # and checked against the sha512 below), Debian tuxpaint-stamps-default.
 # The held-out concepts of data/heldout_concepts.tsv (test, ood) never go to

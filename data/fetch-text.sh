@@ -7,7 +7,7 @@
 #   data/text/manifest.json      packages, counts and sha256 per file (written last)
 #   data/text/LICENSES.md, licenses/   each part's licence and its copyright file
 #
-# Parts (see shared/notes/data-sources.md): bible (King James, one document
+# Parts (see data/README.md): bible (King James, one document
 # per chapter), austen (Jane Austen's six novels, one per paragraph), wordnet
 # (one gloss per synset), fortunes (the non-offensive sets, one per fortune),
 # jargon (the Jargon File, one per paragraph), devil (The Devil's Dictionary,

@@ -7,7 +7,7 @@
  *       [--caption-first 0.8] [--drop-caption 0.1] [--max-caption 64]
  *       [--noise-limit on|off] [--skip-bad-shards]
  *
- * One ROUTER socket answers any number of clients (dataloader/client.h, or
+ * One ROUTER socket answers any number of clients (dataloader_client/client.h, or
  * anything that speaks wire.h): a batch request (step, rank, world) gets rank
  * r's B rows of step s (packer.h), an info request the special ids and
  * shapes as JSON. Requests are answered one at a time in arrival order:

@@ -1,6 +1,6 @@
 /* params.h - a model's parameters as one flat array: a table of named
  * tensors (name, shape, offset), the weights, and gradients of the same
- * layout. Models (trainer/model.c, vae_service/vae.c) declare their tensors
+ * layout. Models (trainer/model.c, vae/vae.c) declare their tensors
  * here; the optimizer, gradient all-reduce and checkpoint I/O then work on
  * whole buffers without knowing the model. */
 #ifndef NN_PARAMS_H

@@ -1,5 +1,5 @@
 /* fuzz_dl_request.c - libFuzzer target for the dataloader's wire parser
- * (dataloader/wire.c): the request parser on arbitrary bytes, the reply
+ * (dataloader_client/wire.c): the request parser on arbitrary bytes, the reply
  * header parser on the same bytes, and the payload layout of any header it
  * accepts (the sizes a client would trust). `make fuzz` runs it. */
 #include "../dataloader_client/wire.h"

@@ -1,4 +1,4 @@
-/* spm.h - the C face of SentencePiece (dataloader/spm_shim.cc, the project's
+/* spm.h - the C face of SentencePiece (tokenizer/spm_shim.cc, the project's
  * only C++): train a model, load one, encode text to ids, decode ids to text.
  *
  * Special ids follow docs/model.md section 1: BOS/EOS are the model's own; BOI and

@@ -1,5 +1,5 @@
 // spm_shim.cc - the thin C++ shim over Debian's libsentencepiece behind
-// dataloader/spm.h. Nothing else in the project is C++.
+// tokenizer/spm.h. Nothing else in the project is C++.
 extern "C" {
 #include "spm.h"
 #include "../common/atomic_file.h"

@@ -1,5 +1,5 @@
 /* rows.h - where a trainer rank's rows come from: the dataloader service
- * (dataloader/client.h) or, without one, a generated set (benchmarks, tests,
+ * (dataloader_client/client.h) or, without one, a generated set (benchmarks, tests,
  * the quickstart).
  *
  * A step's global batch is world x accum x B rows. Micro-batch j of rank r is
