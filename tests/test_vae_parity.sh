@@ -16,24 +16,41 @@ fail() { echo "FAIL $*"; fails=$((fails + 1)); }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# compare LABEL ARGS...: the reference's element-wise comparison, its lines
+# labelled; a comparison that fails without a FAIL line (an exception) fails.
+compare() {
+    local label=$1 rc n; shift
+    $PY $REF compare "$@" >"$tmp/cmp"
+    rc=$?
+    sed "s/^\(ok\|FAIL\) /\1 $label /" "$tmp/cmp"
+    n=$(grep -c '^FAIL' "$tmp/cmp")
+    fails=$((fails + n))
+    [ $rc -eq 0 ] || [ "$n" -gt 0 ] || fail "$label: the comparison exited $rc"
+    grep -q '^ok' "$tmp/cmp" || [ "$n" -gt 0 ] || fail "$label: the comparison checked nothing"
+}
+
 # case NAME CONFIG SIZE IMAGE_SEED
 run_case() {
     local name=$1 cfg=$2 size=$3 seed=$4 d="$tmp/$1"
     mkdir -p "$d"
     $PY $REF init --config "$cfg" --out "$d/vae" --seed 1 --random-affine >/dev/null || { fail "$name init"; return; }
-    $PY $REF make-images --vae "$d/vae" --n 2 --size "$size" --seed "$seed" --out "$d/in.st" >/dev/null
+    $PY $REF make-images --vae "$d/vae" --n 2 --size "$size" --seed "$seed" --out "$d/in.st" >/dev/null ||
+        { fail "$name: the reference's make-images failed"; return; }
     if "$BIN/vae_service" forward --vae "$d/vae" --images "$d/in.st" --out "$d/c.st"; then
         ok "$name: vae_service loads the PyTorch-written VAE and runs forward"
     else
         fail "$name: vae_service forward failed"; return
     fi
-    $PY $REF forward --vae "$d/vae" --images "$d/in.st" --out "$d/t.st" >/dev/null
-    $PY $REF compare --ref "$d/t.st" --test "$d/c.st" --rtol 1e-4 | sed "s/^\(ok\|FAIL\) /\1 $name forward /" >"$d/cmp"
-    fails=$((fails + $(grep -c '^FAIL' "$d/cmp")))
-    cat "$d/cmp"
+    if $PY $REF forward --vae "$d/vae" --images "$d/in.st" --out "$d/t.st" >/dev/null; then
+        compare "$name forward" --ref "$d/t.st" --test "$d/c.st" --rtol 1e-4
+    else
+        fail "$name forward: the reference's forward failed"
+    fi
     for loss in l2 l1; do
         lc=$("$BIN/vae_service" grads --vae "$d/vae" --images "$d/in.st" --out "$d/gc.st" --kl-weight 0.5 --loss $loss)
-        lt=$($PY $REF train-step --vae "$d/vae" --images "$d/in.st" --out "$d/gt.st" --kl-weight 0.5 --loss $loss)
+        if ! lt=$($PY $REF train-step --vae "$d/vae" --images "$d/in.st" --out "$d/gt.st" --kl-weight 0.5 --loss $loss); then
+            fail "$name $loss: the reference's train-step failed"; continue
+        fi
         if $PY - "$lc" "$lt" $loss <<'PYEOF'
 import json, sys
 c, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
@@ -46,9 +63,7 @@ if sys.argv[3] == "l1" and t["min_abs_residual"] < 1e-5:
 sys.exit(1 if bad else 0)
 PYEOF
         then ok "$name $loss training loss matches ($lc)"; else fail "$name $loss training loss: C $lc, torch $lt"; fi
-        $PY $REF compare --ref "$d/gt.st" --test "$d/gc.st" --rtol 1e-4 | sed "s/^\(ok\|FAIL\) /\1 $name $loss grad /" >"$d/cmp"
-        fails=$((fails + $(grep -c '^FAIL' "$d/cmp")))
-        cat "$d/cmp"
+        compare "$name $loss grad" --ref "$d/gt.st" --test "$d/gc.st" --rtol 1e-4
     done
 }
 
