@@ -4,6 +4,7 @@
 #include "error.h"
 #include "file_read.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,8 +41,8 @@ int json_number_list(const cJSON *obj, const char *name, int n, int positive, do
         return set_error(err, "%s: field '%s': expected a list of %d numbers", path, name, n);
     int k = 0;
     cJSON_ArrayForEach(e, a) {
-        if (!cJSON_IsNumber(e) || (positive && !(e->valuedouble > 0)) || e->valuedouble != e->valuedouble)
-            return set_error(err, "%s: field '%s': entry %d is not a%s number", path, name, k,
+        if (!cJSON_IsNumber(e) || (positive && !(e->valuedouble > 0)) || !isfinite(e->valuedouble))
+            return set_error(err, "%s: field '%s': entry %d is not a finite%s number", path, name, k,
                              positive ? " positive" : "");
         out[k++] = e->valuedouble;
     }

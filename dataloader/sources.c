@@ -1,6 +1,7 @@
 /* sources.c - open and validate the text and latent datasets (sources.h). */
 #include "sources.h"
 #include "../common/crc32c.h"
+#include "../common/finite.h"
 #include "../common/error.h"
 #include "../common/json_file.h"
 #include "../common/safetensors.h"
@@ -156,6 +157,21 @@ static int dim(const cJSON *ds, const char *name, const char *json, int *out, ch
     return 0;
 }
 
+/* 1 when a float tensor of a mapped shard holds a NaN or an infinity: one
+ * would poison every step that draws its image. Read through a buffer, as
+ * the tensor may be unaligned in the file. */
+static int has_nonfinite(const st_file *f, const st_tensor *t) {
+    float buf[4096];
+    size_t n = (size_t)(t->end - t->begin) / sizeof(float);
+    const uint8_t *p = f->buf + f->data_start + t->begin;
+    for (size_t at = 0; at < n; at += 4096) {
+        size_t k = n - at < 4096 ? n - at : 4096;
+        memcpy(buf, p + at * sizeof(float), k * sizeof(float));
+        if (first_nonfinite(buf, k) >= 0) return 1;
+    }
+    return 0;
+}
+
 /* Checks a latent shard against its dataset.json entry and the tensors
  * that rows need; on success *n is its sample count. */
 static int check_latent_shard(const char *path, st_file *f, int64_t bytes, uint32_t crc, int64_t samples, char *err) {
@@ -177,6 +193,7 @@ static int check_latent_shard(const char *path, st_file *f, int64_t bytes, uint3
         why = "tensor 'caption_bytes': missing or not U8 [bytes]";
     else if (!co || co->dtype != ST_I64 || co->ndim != 1 || co->shape[0] != samples + 1)
         why = "tensor 'caption_offsets': missing or not I64 [n + 1]";
+    if (!why && has_nonfinite(f, m)) why = "tensor 'mean': holds a NaN or an infinity";
     if (!why) {
         int64_t prev = 0;
         for (int64_t i = 0; i <= samples && !why; i++) {

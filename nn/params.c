@@ -23,17 +23,33 @@ size_t params_add(param_set *ps, const char *name, int ndim, const int64_t *shap
     if (snprintf(p->name, sizeof p->name, "%s", name) >= (int)sizeof p->name) die("parameter name too long: %s", name);
     p->ndim = ndim;
     p->numel = 1;
+    /* Sizes come from a config: each may pass its own check while their
+     * product wraps, which would allocate a few bytes for a huge model. */
     for (int k = 0; k < ndim; k++) {
         p->shape[k] = shape[k];
-        p->numel *= (size_t)shape[k];
+        if (shape[k] < 0 || __builtin_mul_overflow(p->numel, (size_t)shape[k], &p->numel))
+            die_input("parameter %s: its shape's element count overflows", name);
     }
     p->offset = ps->numel;
     p->decay = decay;
-    ps->numel += p->numel;
+    if (__builtin_add_overflow(ps->numel, p->numel, &ps->numel))
+        die_input("parameter %s: the model's element count overflows", name);
     return p->offset;
 }
 
+/* Refused as bad input before any allocation: a model whose weights and
+ * gradients alone exceed the machine's memory. */
+static void check_fits(const param_set *ps) {
+    double need = 2.0 * sizeof(float) * (double)ps->numel;
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (have > 0 && need > have)
+        die_input("a model of %zu parameters needs %.1f GB for its weights and gradients, more than this machine's "
+                  "%.1f GB of memory",
+                  ps->numel, need / 1e9, have / 1e9);
+}
+
 void params_alloc(param_set *ps) {
+    check_fits(ps);
     ps->w = cpu_alloc_f32(ps->numel); /* host memory whatever the backend */
     ps->g = cpu_alloc_f32(ps->numel);
 }

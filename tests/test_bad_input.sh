@@ -201,7 +201,7 @@ noise = [rng.gauss(0, 1) for _ in range(C * S * S)]
 def i32(v): return struct.pack("<%di" % len(v), *v)
 def f32(v): return struct.pack("<%df" % len(v), *v)
 
-def batch(name, tokens=tokens, timestep=500, tokens_dtype="I32", drop=None):
+def batch(name, tokens=tokens, timestep=500, tokens_dtype="I32", drop=None, latents=latents, noise=noise):
     entries = [
         ("tokens", tokens_dtype, [1, 16],
          i32(tokens) if tokens_dtype == "I32" else f32(tokens)),
@@ -221,6 +221,17 @@ batch("b_float.safetensors", tokens_dtype="F32")
 batch("b_vocab.safetensors", tokens=tokens[:1] + [V] + tokens[2:])
 batch("b_zero.safetensors", timestep=0)
 batch("b_late.safetensors", timestep=T_steps + 1)
+batch("b_nan.safetensors", latents=latents[:3] + [float("nan")] + latents[4:])
+batch("b_inf.safetensors", noise=noise[:1] + [float("inf")] + noise[2:])
+
+# Sizes that each pass their own check but whose products wrap, and a model
+# larger than any machine's memory.
+for name, changes in {"wrap": dict(hidden_size=1073741824, num_hidden_layers=1048576, num_attention_heads=4),
+                      "huge": dict(vocab_size=1073741824, hidden_size=1073741824, intermediate_size=268435456,
+                                   num_attention_heads=4, max_image_patches=268435446)}.items():
+    c = dict(cfg)
+    c.update(changes)
+    json.dump(c, open(os.path.join(T, "cfg_%s.json" % name), "w"))
 EOF
     fail craft_files "python3 could not craft the bad files"
     exit 1
@@ -259,6 +270,11 @@ expect_bad batch_tokens_dtype b_float.safetensors tokens -- loss "$T/ck" "$T/b_f
 expect_bad batch_token_beyond_vocab b_vocab.safetensors tokens -- loss "$T/ck" "$T/b_vocab.safetensors"
 expect_bad batch_timestep_zero b_zero.safetensors timesteps -- loss "$T/ck" "$T/b_zero.safetensors"
 expect_bad batch_timestep_beyond_T b_late.safetensors timesteps -- loss "$T/ck" "$T/b_late.safetensors"
+expect_bad batch_nan_latent b_nan.safetensors latents "NaN or an infinity" -- loss "$T/ck" "$T/b_nan.safetensors"
+expect_bad batch_inf_noise b_inf.safetensors noise "NaN or an infinity" -- loss "$T/ck" "$T/b_inf.safetensors"
+expect_bad init_sizes_that_wrap overflows -- "$TRAINER" init --config "$T/cfg_wrap.json" --out "$T/out_wrap"
+expect_bad init_larger_than_memory "GB for its weights and gradients" -- \
+    "$TRAINER" init --config "$T/cfg_huge.json" --out "$T/out_huge"
 
 # --device: an unknown name, and cuda in this (plain make) build.
 expect_bad device_unknown tpu -- "$TRAINER" loss --ckpt "$T/ck" --batch "$GOOD" --device tpu

@@ -142,6 +142,39 @@ if serve --text "$t/text" --latents "$t/lat_bad" --tokenizer "$t/tok.model" --pa
 else
     fail "serve --skip-bad-shards (latents) starts: $(cat "$t/serve.err")"
 fi
+# A NaN in a latent shard whose size and checksum dataset.json vouches for:
+# it would poison every step that draws its image.
+cp -r "$t/lat" "$t/lat_nan"
+$PY - "$t/lat_nan" <<'PYEOF'
+import json, struct, sys
+d = sys.argv[1]
+path = d + "/shard-00001.safetensors"
+data = bytearray(open(path, "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+at = 8 + n + json.loads(data[8:8 + n])["mean"]["data_offsets"][0] + 4 * 5
+data[at:at + 4] = struct.pack("<I", 0x7FC00000)
+open(path, "wb").write(data)
+table = []
+for i in range(256):
+    c = i
+    for _ in range(8): c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+    table.append(c)
+crc = 0xFFFFFFFF
+for b in data: crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+ds = json.load(open(d + "/dataset.json"))
+for e in ds["shards"]:
+    if e["file"] == "shard-00001.safetensors": e["crc32c"] = "%08x" % (crc ^ 0xFFFFFFFF)
+json.dump(ds, open(d + "/dataset.json", "w"))
+PYEOF
+bad "serve: a latent shard holding a NaN (its checksum right)" "shard-00001.safetensors: tensor 'mean': holds a NaN or an infinity" \
+    "$DL" serve --text "$t/text" --latents "$t/lat_nan" --tokenizer "$t/tok.model" --patch-size 2 --endpoint 'tcp://127.0.0.1:*'
+if serve --text "$t/text" --latents "$t/lat_nan" --tokenizer "$t/tok.model" --patch-size 2 --skip-bad-shards; then
+    check "--skip-bad-shards: the shard with a NaN is left out and counted" \
+        grep -q '30 images .* in 1 shards; left out: 1 bad shards' "$t/serve.err"
+    stop
+else
+    fail "serve --skip-bad-shards (NaN latents) starts: $(cat "$t/serve.err")"
+fi
 "$DL" tokenize --tokenizer "$t/bpe.model" --input "$t/a.txt" --out "$t/text_bpe" >/dev/null 2>&1
 bad "serve: text of another tokenizer" "tokenized with another tokenizer" \
     "$DL" serve --text "$t/text_bpe" --latents "$t/lat" --tokenizer "$t/tok.model" --patch-size 2 --endpoint 'tcp://127.0.0.1:*'

@@ -2,6 +2,7 @@
  * and a synthetic generator for benchmarks and the quickstart. */
 #include "batch.h"
 #include "../common/error.h"
+#include "../common/finite.h"
 #include "../common/batch_file.h"
 #include "../common/safetensors.h"
 
@@ -82,6 +83,17 @@ static int batch_validate(const batch *b, const model_config *c, const char *pat
                           path, r, i, img, run, G);
                 goto out;
             }
+        }
+    }
+    size_t per = (size_t)c->latent_channels * c->latent_size * c->latent_size;
+    const float *data[2] = {b->latents, b->noise};
+    const char *names[2] = {"latents", "noise"};
+    for (int k = 0; k < 2; k++) {
+        long long at = first_nonfinite(data[k], per * b->n_images);
+        if (at >= 0) {
+            set_error(err, "%s: tensor '%s': image %lld holds a NaN or an infinity", path, names[k],
+                      at / (long long)per);
+            goto out;
         }
     }
     for (int k = 0; k < b->n_images; k++) {

@@ -16,6 +16,7 @@
 #include "../common/timing.h"
 #include "../common/cli.h"
 #include "../common/error.h"
+#include "../common/finite.h"
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
@@ -66,9 +67,10 @@ static int cmd_loss(const args *a) {
     plan_build(&p, &b, &m.cfg);
     loss_sums s = model_step(&m, &p, (double)p.n_lm, (double)p.n_patch * cfg_patch_dim(&m.cfg), 1);
     double lm = s.n_lm ? s.ce_sum / s.n_lm : 0.0, diff = s.n_latent ? s.se_sum / s.n_latent : 0.0;
-    printf(
-        "{\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"n_lm\":%ld,\"n_latent\":%ld,\"grad_norm\":%.9g}\n",
-        lm + m.cfg.lambda_diffusion * diff, lm, diff, s.n_lm, s.n_latent, grad_norm(&m.dev));
+    char num[4][32]; /* JSON has no NaN: a non-finite figure is null */
+    printf("{\"loss\":%s,\"lm_loss\":%s,\"diffusion_loss\":%s,\"n_lm\":%ld,\"n_latent\":%ld,\"grad_norm\":%s}\n",
+           json_num(num[0], lm + m.cfg.lambda_diffusion * diff), json_num(num[1], lm), json_num(num[2], diff), s.n_lm,
+           s.n_latent, json_num(num[3], grad_norm(&m.dev)));
     model_download(&m, 0, 1);
     if (gpath && params_save(&m.ps, m.ps.g, gpath, err)) die("%s", err);
     plan_free(&p);

@@ -23,19 +23,21 @@
 #include "../checkpoint/ckpt.h"
 #include "../nn/stop_signal.h"
 #include "../common/error.h"
+#include "../common/finite.h"
 #include "../common/timing.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
 #include "../common/dir.h"
 
 #include <glob.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 typedef struct {
-    int steps, warmup, log_every, B, A, L, ckpt_every, keep, keep_every, eval_every;
+    int steps, warmup, log_every, B, A, L, ckpt_every, keep, keep_every, eval_every, max_bad;
     float lr, ema; /* ema: --ema's decay, 0 when not given */
     unsigned long long seed;
     const char *loader, *ckpt_dir, *resume, *out, *init_from;
@@ -125,6 +127,19 @@ static void start_ema(weight_ema *ema, const run_options *o, const ckpt_reader *
     free(all);
 }
 
+/* Stops the run rather than write a checkpoint that holds a NaN or an
+ * infinity: a run resumed from it could never recover. x holds n floats
+ * from flat offset `off` of ps (a rank's part, or all of it). */
+static void refuse_nonfinite(const param_set *ps, const float *x, size_t off, size_t n, long step, const char *what) {
+    long long k = first_nonfinite(x, n);
+    if (k < 0) return;
+    size_t at = off + (size_t)k;
+    int i = 0;
+    while (i + 1 < ps->n && ps->info[i].offset + ps->info[i].numel <= at) i++;
+    die("step %ld: the %s of tensor %s hold a NaN or an infinity; no checkpoint written", step, what,
+        ps->info[i].name);
+}
+
 static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt, const weight_ema *ema,
                  long step) {
     char err[ERR_LEN];
@@ -139,6 +154,10 @@ static void save(const run_options *o, const row_source *rows, model *m, const o
     float *mom1, *mom2, *avg = ema->avg ? ema_host(ema, 1) : NULL;
     model_download(m, 1, 0);
     optim_host_moments(opt, &mom1, &mom2, 1);
+    refuse_nonfinite(&m->ps, m->ps.w, 0, m->ps.numel, step, "weights");
+    refuse_nonfinite(&m->ps, mom1, opt->off, opt->n, step, "Adam moments");
+    refuse_nonfinite(&m->ps, mom2, opt->off, opt->n, step, "Adam moments");
+    if (avg) refuse_nonfinite(&m->ps, avg, ema->off, ema->n, step, "EMA");
     cJSON *config = config_json(&m->cfg);
     ckpt_save_request r = {.ps = &m->ps,
                            .config = config,
@@ -260,6 +279,7 @@ static int cmd_train(const args *a) {
         .init_from = arg_str(a, "init-from"),
         .ema = arg_given(a, "ema") ? (float)arg_num(a, "ema") : 0.0f,
         .eval_every = arg_given(a, "eval-every") ? (int)arg_int(a, "eval-every") : 0,
+        .max_bad = (int)arg_int(a, "max-bad-steps"),
     };
     if (!(o.ema < 1)) /* as a float, 0.99999999 is 1 */
         die_input("trainer train: --ema %s: expected a decay below 1, e.g. 0.999", arg_str(a, "ema"));
@@ -328,6 +348,7 @@ static int cmd_train(const args *a) {
                ema_txt, start + 1, o.steps);
 
     double first = 0, loss = 0, t0 = now_s();
+    int bad_run = 0, diverged = 0; /* steps in a row whose update was skipped */
     for (long s = start; s < o.steps; s++) {
         double ts = now_s(), wait;
         batch *micro;
@@ -355,14 +376,33 @@ static int cmd_train(const args *a) {
         }
         free(p);
         double gnorm = dp_finish_reduction(&dp);
-        float lr = dp_update(&dp, &opt, gnorm);
-        if (ema.avg) ema_step(&ema, m.dev.w); /* after the all-gather: it reads whole tensors */
         double totals[5] = {sums[0], sums[1], flops, wait, dp.wait_s};
         dp.wait_s = 0;
         dist_allreduce_sum_f64(totals, 5);
         double lm = counts[0] ? totals[0] / counts[0] : 0, diff = counts[1] ? totals[1] / counts[1] : 0;
         loss = lm + c.lambda_diffusion * diff;
         if (s == start) first = loss;
+        /* An update from a non-finite loss or gradient would poison the
+         * weights for good: it is skipped, on every rank alike (both figures
+         * are global), and a run that keeps producing them stops. */
+        float lr = 0;
+        if (isfinite(loss) && isfinite(gnorm)) {
+            lr = dp_update(&dp, &opt, gnorm);
+            if (ema.avg) ema_step(&ema, m.dev.w); /* after the all-gather: it reads whole tensors */
+            bad_run = 0;
+        } else if (rank == 0) {
+            fprintf(stderr, "step %ld: loss %g, gradient norm %g: not finite, update skipped (%d in a row of %d)\n",
+                    s + 1, loss, gnorm, bad_run + 1, o.max_bad);
+        }
+        if (!(isfinite(loss) && isfinite(gnorm)) && ++bad_run >= o.max_bad) {
+            if (rank == 0)
+                fprintf(stderr,
+                        "error: trainer train: %d steps in a row had a non-finite loss or gradient norm (--max-bad-steps); "
+                        "stopped after step %ld without saving it (lower --lr, or check the data)\n",
+                        bad_run, s + 1);
+            diverged = 1;
+            break;
+        }
         double dt = now_s() - ts, pos_s = (double)world * o.A * o.B * o.L / dt, gflops = totals[2] / dt / 1e9;
         if (rank == 0 && ((s + 1) % o.log_every == 0 || s == start || s + 1 == o.steps)) {
             printf("step %4ld/%d  loss %.9f  lm %.6f  diffusion %.6f  lr %.2e  grad_norm %.4f  "
@@ -371,12 +411,14 @@ static int cmd_train(const args *a) {
             fflush(stdout);
         }
         if (metrics) {
+            char b[4][32]; /* JSON has no NaN: a non-finite figure is null */
             fprintf(metrics,
-                    "{\"step\":%ld,\"loss\":%.9g,\"lm_loss\":%.9g,\"diffusion_loss\":%.9g,\"lr\":%.6g,"
-                    "\"grad_norm\":%.6g,\"positions_per_s\":%.1f,\"gflops_per_s\":%.2f,\"data_wait_s\":%.4f,"
-                    "\"reduce_wait_s\":%.4f,\"step_s\":%.4f,\"time_s\":%.3f}\n",
-                    s + 1, loss, lm, diff, lr, gnorm, pos_s, gflops, totals[3] / world, totals[4] / world, dt,
-                    now_s() - t0);
+                    "{\"step\":%ld,\"loss\":%s,\"lm_loss\":%s,\"diffusion_loss\":%s,\"lr\":%.6g,"
+                    "\"grad_norm\":%s,\"positions_per_s\":%.1f,\"gflops_per_s\":%.2f,\"data_wait_s\":%.4f,"
+                    "\"reduce_wait_s\":%.4f,\"step_s\":%.4f,\"time_s\":%.3f%s}\n",
+                    s + 1, json_num(b[0], loss), json_num(b[1], lm), json_num(b[2], diff), lr, json_num(b[3], gnorm),
+                    pos_s, gflops, totals[3] / world, totals[4] / world, dt, now_s() - t0,
+                    bad_run ? ",\"skipped\":true" : "");
             fflush(metrics);
         }
         int stop = stop_signal_any_rank();
@@ -389,16 +431,16 @@ static int cmd_train(const args *a) {
             break;
         }
     }
-    if (rank == 0 && start < o.steps) printf("loss %.4f -> %.4f\n", first, loss);
-    if (o.out) model_download(&m, 1, 0);
-    if (o.out && rank == 0 && model_save(&m, o.out, err)) die("%s", err);
+    if (rank == 0 && start < o.steps && !diverged) printf("loss %.4f -> %.4f\n", first, loss);
+    if (o.out && !diverged) model_download(&m, 1, 0);
+    if (o.out && !diverged && rank == 0 && model_save(&m, o.out, err)) die("%s", err);
     if (metrics) fclose(metrics);
     rows_close(rows);
     optim_free(&opt);
     ema_free(&ema);
     dp_free(&dp);
     model_free(&m);
-    return 0;
+    return diverged;
 }
 
 static const cli_flag train_flags[] = {
@@ -425,6 +467,8 @@ static const cli_flag train_flags[] = {
     {"keep", FLAG_INT, "N", "[0, inf)", "3", "newest step folders kept (0: all)"},
     {"keep-every", FLAG_INT, "M", "[0, inf)", "0", "also keep every step that is a multiple of M"},
     {"resume", FLAG_TEXT, "auto|STEP_DIR", NULL, NULL, "continue from the newest good step of --ckpt-dir, or this one"},
+    {"max-bad-steps", FLAG_INT, "N", "[1, inf)", "5",
+     "stop (exit 1) after N steps in a row with a non-finite loss or gradient norm; their updates are skipped"},
     {"eval-every", FLAG_INT, "K", "[1, inf)", NULL, "save and run `trainer eval` every K steps and at the end"},
     {"eval-images", FLAG_TEXT, "GLOB", NULL, NULL, "--eval-every's held-out images"},
     {"vae", FLAG_TEXT, "VAE_DIR", NULL, NULL, "--eval-every's VAE"},
