@@ -97,6 +97,13 @@ int ckpt_open(ckpt_reader *r, const char *step_dir, char *err) {
     if (read_index(r, err) || !(r->config = json_read_object(path, err))) goto fail;
     ckpt_join(path, step_dir, CKPT_STATE);
     if (!(r->state = json_read_object(path, err))) goto fail;
+    /* Both are checksummed, but written apart: a run resumes from the step
+     * the index names only if the state saved with the weights agrees. */
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(r->state, "step");
+    if (!cJSON_IsNumber(s) || s->valuedouble != (double)r->step) {
+        set_error(err, "%s: step %.0f, but the index says %ld", path, cJSON_IsNumber(s) ? s->valuedouble : -1.0, r->step);
+        goto fail;
+    }
     return 0;
 fail:
     ckpt_close(r);

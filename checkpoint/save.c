@@ -4,6 +4,7 @@
  * and the retention. */
 #include "ckpt.h"
 #include "folder.h"
+#include "../common/atomic_file.h"
 #include "../common/crc32c.h"
 #include "../common/error.h"
 #include "../common/json_file.h"
@@ -148,6 +149,19 @@ static int ranges_tile(const char *tmp, const int64_t *g, int size, size_t numel
     return 0;
 }
 
+/* The index's own checksum, the folder's last file: without it the index
+ * (which names the step and every other file's checksum) could be edited or
+ * damaged unseen. */
+static int write_index_sum(const char *tmp, char *err) {
+    char path[CKPT_PATH_LEN], line[64];
+    int64_t bytes = 0, crc = 0;
+    ckpt_join(path, tmp, CKPT_INDEX);
+    if (file_sum(path, &bytes, &crc, err)) return -1;
+    int n = snprintf(line, sizeof line, "%08x %lld\n", (uint32_t)crc, (long long)bytes);
+    ckpt_join(path, tmp, CKPT_INDEX_SUM);
+    return atomic_write(path, &(file_piece){line, (size_t)n}, 1, err);
+}
+
 /* Rank 0: everything but the rank files, the index last. g holds G_N values
  * per rank. */
 static int write_folder_files(const char *tmp, const ckpt_save_request *r, int size, const int64_t *g, char *err) {
@@ -232,7 +246,7 @@ static int write_folder_files(const char *tmp, const ckpt_save_request *r, int s
     cJSON_AddItemToObject(index, "files", files);
     files = NULL;
     ckpt_join(path, tmp, CKPT_INDEX);
-    rc = json_write(path, index, err); /* fsyncs the file and tmp */
+    rc = json_write(path, index, err) || write_index_sum(tmp, err) ? -1 : 0; /* each fsyncs its file and tmp */
 out:
     cJSON_Delete(files);
     return rc;

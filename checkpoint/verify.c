@@ -42,11 +42,35 @@ static int listed(const cJSON *files, const char *index, const char *name, const
     return 0;
 }
 
+/* The index against its own size and CRC32C (index.crc32c). */
+static int check_index(const char *dir, const char *index, char *err) {
+    char path[CKPT_PATH_LEN], line[64] = "";
+    ckpt_join(path, dir, CKPT_INDEX_SUM);
+    FILE *f = fopen(path, "r");
+    if (!f) return set_error(err, "%s: cannot open: %s", path, strerror(errno));
+    int ok = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    unsigned crc;
+    long long bytes;
+    if (!ok || sscanf(line, "%8x %lld", &crc, &bytes) != 2) return set_error(err, "%s: expected \"CRC32C BYTES\"", path);
+    struct stat sb;
+    uint32_t got;
+    if (stat(index, &sb) != 0) return set_error(err, "%s: missing: %s", index, strerror(errno));
+    if (sb.st_size != bytes) return set_error(err, "%s: %lld bytes, %s says %lld", index, (long long)sb.st_size, path, bytes);
+    if (crc32c_file(index, &got, err)) return -1;
+    if (got != crc) return set_error(err, "%s: CRC32C %08x, %s says %08x", index, got, path, crc);
+    return 0;
+}
+
 int ckpt_verify(const char *dir, char *err) {
     char index[CKPT_PATH_LEN];
     ckpt_join(index, dir, CKPT_INDEX);
     cJSON *root = json_read_object(index, err);
     if (!root) return -1;
+    if (check_index(dir, index, err)) {
+        cJSON_Delete(root);
+        return -1;
+    }
     int rc = -1;
     const cJSON *files = cJSON_GetObjectItemCaseSensitive(root, "files");
     const cJSON *wmap = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
@@ -74,9 +98,19 @@ out:
     return rc;
 }
 
+/* Verified, and readable as a training state: its parts tile the flat
+ * parameters and match their files, and its index and trainer_state.json
+ * name the same step. What fails here would fail at load. */
+static int intact(const char *dir, char *err) {
+    ckpt_reader r;
+    if (ckpt_verify(dir, err) || ckpt_open(&r, dir, err)) return -1;
+    ckpt_close(&r);
+    return 0;
+}
+
 /* Rank 0's choice: the step (>= 0), -1 none at all, -2 an error. */
 static long choose(const char *dir, const char *spec, char *err) {
-    if (strcmp(spec, "auto") != 0) return ckpt_verify(spec, err) ? -2 : 0;
+    if (strcmp(spec, "auto") != 0) return intact(spec, err) ? -2 : 0;
     long *steps;
     int n = ckpt_list_steps(dir, &steps, err);
     if (n < 0) return -2;
@@ -84,7 +118,7 @@ static long choose(const char *dir, const char *spec, char *err) {
     for (int i = n - 1; i >= 0 && chosen == -2; i--) {
         char path[CKPT_PATH_LEN], why[ERR_LEN];
         ckpt_step_path(path, dir, CKPT_STEP_PREFIX, steps[i]);
-        if (ckpt_verify(path, why) == 0)
+        if (intact(path, why) == 0)
             chosen = steps[i];
         else
             fprintf(stderr, "checkpoint: skipping %s: %s\n", path, why);

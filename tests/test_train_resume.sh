@@ -6,7 +6,9 @@
 # of 2 ranks resumes on 1 and a run of 1 on 2 (optimizer state resharded)
 # to the same weights within 1e-5; SIGTERM finishes the step, saves and
 # exits 0; a damaged newest checkpoint makes auto fall back and an explicit
-# --resume fail with exit 2; an unusable --ckpt-dir stops the run non-zero.
+# --resume fail with exit 2, and so does one forged so that its files'
+# checksums match (the index edited, optimizer parts off by one, state and
+# index naming other steps); an unusable --ckpt-dir stops the run non-zero.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -100,6 +102,46 @@ for i in 1 2 3 4 5 6; do
 done
 check "6 runs stopped by SIGTERM or SIGUSR1 mid-step all exit 0 ($codes)" [ "$codes" = 000000 ]
 
+# Forged checkpoints whose file checksums still match: the index is covered
+# by its own (index.crc32c), and a folder that verifies but cannot be loaded
+# (its optimizer parts off by one, or its state and index naming different
+# steps) is skipped by auto as a damaged one is. Each copy of the run's
+# step 20 is forged one way; auto must resume at 15 and name the reason.
+forge() {   # forge NAME HOW: a copy of the run, its step 20 forged
+    rm -rf "$t/$1"; cp -r "$t/full" "$t/$1"
+    $PY - "$t/$1/step_00000020" "$2" <<'PYEOF'
+import json, os, sys
+sys.path.insert(0, "tests")
+from crc32c import crc32c
+d, how = sys.argv[1], sys.argv[2]
+index = json.load(open(d + "/model.safetensors.index.json"))
+def rewrite(name, text, listed=True):
+    data = text.encode()
+    open(os.path.join(d, name), "wb").write(data)
+    if listed: index["files"][name] = {"bytes": len(data), "crc32c": "%08x" % crc32c(data)}
+if how == "step":          # the index alone edited: step 20 -> 21
+    index["metadata"]["step"] = 21
+    open(d + "/model.safetensors.index.json", "w").write(json.dumps(index))
+    sys.exit(0)
+if how == "parts":         # an optimizer part's offset off by one
+    index["optimizer_parts"][0]["offset"] += 1
+if how == "state":         # trainer_state.json says another step
+    state = json.load(open(d + "/trainer_state.json"))
+    state["step"] = 19
+    rewrite("trainer_state.json", json.dumps(state))
+text = json.dumps(index)
+open(d + "/model.safetensors.index.json", "w").write(text)
+open(d + "/index.crc32c", "w").write("%08x %d\n" % (crc32c(text.encode()), len(text.encode())))
+PYEOF
+}
+for how in step:index.crc32c parts:"range. does not match the index" state:"trainer_state.json: step 19, but the index says 20"; do
+    forge "forged_${how%%:*}" "${how%%:*}"
+    train --batch-rows 4 --ckpt-dir "$t/forged_${how%%:*}" --resume auto --steps 20 >"$t/forged.log" 2>&1
+    check "forged (${how%%:*}): --resume auto skips step 20, naming ${how#*:}, and resumes at 15" \
+        sh -c "grep -q 'skipping .*step_00000020: .*${how#*:}' '$t/forged.log' &&
+               grep -q 'resuming .*step_00000015 at step 15' '$t/forged.log'"
+done
+
 # A damaged newest checkpoint: auto falls back, an explicit path fails.
 printf 'X' | dd of="$t/full/step_00000020/config.json" bs=1 seek=3 conv=notrunc 2>/dev/null
 train --batch-rows 4 --ckpt-dir "$t/full" --resume auto --steps 20 >"$t/fb.log" 2>&1
@@ -108,6 +150,7 @@ printf 'X' | dd of="$t/full/step_00000020/config.json" bs=1 seek=3 conv=notrunc 
 train --batch-rows 4 --ckpt-dir "$t/full" --resume "$t/full/step_00000020" >/dev/null 2>"$t/err"
 rc=$?
 check "--resume of a damaged checkpoint exits 2 ($rc) naming the file" sh -c "[ $rc -eq 2 ] && grep -q 'config.json' '$t/err'"
+
 
 train --batch-rows 4 --ckpt-dir /etc/hostname/ckpt >/dev/null 2>"$t/err"
 rc=$?
