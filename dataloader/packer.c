@@ -28,8 +28,10 @@ struct packer {
     int64_t text_epoch; /* text stream positions per epoch */
     epoch_cache text[CACHED_EPOCHS], img[CACHED_EPOCHS];
     int64_t uses;       /* the clock of the caches' LRU */
-    int64_t *img_start; /* img_start[e]: image stream positions before epoch e */
-    int64_t n_img_start, cap_img_start;
+    double *phase;      /* [n_images]: where each image's evenly spaced caption drops start */
+    int64_t img_full;   /* image stream positions of an epoch if no caption were dropped */
+    int64_t captions;   /* caption positions of an epoch, none dropped */
+    int64_t epoch_at, epoch_start[2]; /* the last epoch found: its start and the next one's */
     uint64_t fingerprint;
 };
 
@@ -47,9 +49,15 @@ static uint64_t draw(uint64_t seed, uint64_t tag, int64_t epoch, int64_t index) 
 
 static double unit(uint64_t bits) { return (bits >> 11) * 0x1.0p-53; }
 
-static int dropped(const packer *p, int64_t e, int64_t i) {
-    return unit(draw(p->c.seed, TAG_DROP, e, i)) < p->c.drop_caption;
+/* Image i's caption is dropped in a fraction drop_caption of its epochs,
+ * evenly spaced from a random phase: floor(E d + phase_i) times in epochs
+ * [0, E). A closed form, where a draw per epoch would leave the image
+ * stream's epoch starts a sum over every epoch before (see epoch_start). */
+static int64_t drops_before(const packer *p, int64_t E, int64_t i) {
+    return (int64_t)floor((double)E * p->c.drop_caption + p->phase[i]);
 }
+
+static int dropped(const packer *p, int64_t e, int64_t i) { return drops_before(p, e + 1, i) > drops_before(p, e, i); }
 
 static int caption_first(const packer *p, int64_t e, int64_t i) {
     return unit(draw(p->c.seed, TAG_ORDER, e, i)) < p->c.caption_first;
@@ -104,20 +112,28 @@ static const epoch_cache *epoch_of(packer *p, int image, int64_t e) {
     return c;
 }
 
-/* Extends img_start until it covers position T (img_start[last] > T). An
- * epoch's total needs no permutation: it is a sum over every image. */
-static void cover(packer *p, int64_t T) {
-    while (p->img_start[p->n_img_start - 1] <= T) {
-        if (p->n_img_start == p->cap_img_start) {
-            p->cap_img_start *= 2;
-            p->img_start = realloc(p->img_start, sizeof(int64_t) * p->cap_img_start);
-            if (!p->img_start) die("out of memory");
-        }
-        int64_t e = p->n_img_start - 1, total = 0;
-        for (int64_t i = 0; i < p->s->n_images; i++) total += image_doc_len(p, e, i);
-        p->img_start[p->n_img_start] = p->img_start[e] + total;
-        p->n_img_start++;
-    }
+/* Image stream positions before epoch E: E full epochs less every caption
+ * dropped in them. One pass over the images, whatever E is. */
+static int64_t epoch_start(const packer *p, int64_t E) {
+    int64_t dropped_len = 0;
+    for (int64_t i = 0; i < p->s->n_images; i++) dropped_len += p->s->caption_len[i] * drops_before(p, E, i);
+    return E * p->img_full - dropped_len;
+}
+
+/* The epoch of the image stream that holds position T. An epoch's length
+ * is within the captions' total of its mean, so the mean's estimate is off
+ * by an epoch or two at most; consecutive rows ask for the same epoch, which
+ * is kept. */
+static int64_t epoch_holding(packer *p, int64_t T) {
+    if (p->epoch_at >= 0 && p->epoch_start[0] <= T && T < p->epoch_start[1]) return p->epoch_at;
+    double mean = (double)p->img_full - p->c.drop_caption * (double)p->captions;
+    int64_t E = (int64_t)((double)T / mean);
+    while (E > 0 && epoch_start(p, E) > T) E--;
+    while (epoch_start(p, E + 1) <= T) E++;
+    p->epoch_at = E;
+    p->epoch_start[0] = epoch_start(p, E);
+    p->epoch_start[1] = epoch_start(p, E + 1);
+    return E;
 }
 
 /* Largest k in [0, n] with a[k] <= x (a increasing, a[0] <= x). */
@@ -140,12 +156,11 @@ static void images_before(packer *p, int64_t T, int64_t *a, int64_t *S) {
         *S = 0;
         return;
     }
-    cover(p, T);
-    int64_t e = last_at_most(p->img_start, p->n_img_start - 1, T);
+    int64_t e = epoch_holding(p, T);
     const epoch_cache *c = epoch_of(p, 1, e);
-    int64_t k = last_at_most(c->prefix, p->s->n_images, T - p->img_start[e]);
+    int64_t k = last_at_most(c->prefix, p->s->n_images, T - p->epoch_start[0]);
     *a = e * p->s->n_images + k;
-    *S = p->img_start[e] + c->prefix[k];
+    *S = p->epoch_start[0] + c->prefix[k];
 }
 
 static int64_t target(const packer *p, int64_t row) {
@@ -190,10 +205,17 @@ packer *packer_create(const sources *s, const pack_config *c, char *err) {
     }
     for (int k = 0; k < CACHED_EPOCHS; k++) p->text[k].epoch = p->img[k].epoch = -1; /* allocated when first used */
     for (int64_t d = 0; d < s->n_docs; d++) p->text_epoch += s->doc_len[d] + 2;
-    p->cap_img_start = 64;
-    p->img_start = xcalloc(p->cap_img_start, sizeof(int64_t));
-    p->n_img_start = 1;
-    uint64_t h = fnv1a(s->fingerprint, &c->L, sizeof c->L);
+    p->phase = xcalloc(s->n_images ? s->n_images : 1, sizeof(double));
+    for (int64_t i = 0; i < s->n_images; i++) {
+        p->phase[i] = unit(draw(c->seed, TAG_DROP, 0, i));
+        p->img_full += p->N + 4 + s->caption_len[i];
+        p->captions += s->caption_len[i];
+    }
+    p->epoch_at = -1;
+    /* The layout's version: rows of another layout are other rows. */
+    static const uint32_t layout = 2;
+    uint64_t h = fnv1a(s->fingerprint, &layout, sizeof layout);
+    h = fnv1a(h, &c->L, sizeof c->L);
     h = fnv1a(h, &c->patch, sizeof c->patch);
     h = fnv1a(h, &c->max_caption, sizeof c->max_caption);
     h = fnv1a(h, &c->image_fraction, sizeof(double));
@@ -216,7 +238,7 @@ void packer_free(packer *p) {
         free(p->img[k].perm);
         free(p->img[k].prefix);
     }
-    free(p->img_start);
+    free(p->phase);
     free(p);
 }
 

@@ -4,8 +4,10 @@
  * Two endless streams are cut into rows. The image stream is the image-
  * caption documents in a seeded permutation per epoch (epoch e of the stream
  * is permutation (seed, e) of every usable image); each occurrence draws,
- * from (seed, epoch, image), whether its caption is dropped and whether it
- * comes first. The text stream is `BOS doc EOS` of every usable document in
+ * from (seed, epoch, image), whether its caption comes first, and drops it
+ * in an evenly spaced drop_caption of the image's epochs (packer.c), so
+ * that an epoch's start is a closed form: any step is found in one pass
+ * over the images. The text stream is `BOS doc EOS` of every usable document in
  * permutation (seed, e), back to back. Let S(j) be the positions of the
  * first j image documents and q = image_fraction * L. Row r holds
  *   - image documents [a(r), a(r+1)), a(r) = max { j : S(j) <= floor(q r) },

@@ -368,6 +368,40 @@ int main(void) {
     for (int k = 0, m = 0; k < pl2.n_items && m < n_first; k++)
         if (pl2.items[k].image) differs |= pl2.items[k].index != first_ids[m++];
     CHECK(differs, "a later epoch draws another permutation");
+
+    /* Finding a step costs the same at any step: a fresh loader builds steps
+     * 10^6 and 2^40 (rows far past 2^40 epochs of images) as it builds step
+     * 0, well formed and the same on a second asking. */
+    static const int64_t far_steps[] = {1000000, (int64_t)1 << 40};
+    bad = NULL;
+    int same_twice = 1;
+    for (int k = 0; k < 2 && !bad; k++) {
+        packer *fresh = packer_create(&s, &c, err);
+        owned a = get(fresh, &s, far_steps[k], 0, 1, 8), b = get(q, &s, far_steps[k], 0, 1, 8);
+        bad = malformed(&s, &a.b, N);
+        same_twice &= same(&a, &b);
+        free(a.payload);
+        free(b.payload);
+        packer_free(fresh);
+    }
+    CHECK(!bad && same_twice, "steps 10^6 and 2^40 are well formed and the same from a fresh loader (%s)",
+          bad ? bad : "");
+
+    /* Each image's caption is dropped in exactly a tenth of its epochs,
+     * evenly spaced: over the first 100 epochs of images, 10 times each. */
+    long *drops = calloc(s.n_images, sizeof(long)), occurrences = 0;
+    for (int64_t row = 0; occurrences < 100 * s.n_images; row++) {
+        packer_plan(q, row, 1, &pl);
+        for (int k = 0; k < pl.n_items && occurrences < 100 * s.n_images; k++)
+            if (pl.items[k].image) {
+                drops[pl.items[k].index] += pl.items[k].dropped;
+                occurrences++;
+            }
+    }
+    int evenly = 1;
+    for (int64_t i = 0; i < s.n_images; i++) evenly &= drops[i] == 10;
+    CHECK(evenly, "over 100 epochs every image's caption is dropped exactly 10 times (--drop-caption 0.1)");
+    free(drops);
     pack_plan_free(&pl);
     pack_plan_free(&pl2);
 

@@ -95,8 +95,10 @@ n = b['latents'].shape[0]
 sys.exit(not (b['noise_limit'].shape == (n,) and b['sample_ids'].dtype.kind == 'i' and b['tokens'].shape == (4, 256)))"
     "$DL" inspect --endpoint "$ep" --step 3 --rank 1 --world 2 --dump "$t/again.safetensors" >/dev/null 2>&1
     check "the same request gives the same batch file" cmp -s "$t/batch.safetensors" "$t/again.safetensors"
+    "$DL" inspect --endpoint "$ep" --step 1099511627775 --rank 1 --world 2 --timeout-ms 5000 >"$t/far.json" 2>"$t/far.err"
+    check "step 2^40 - 1 is served as step 3 is ($?)" grep -q '"step":1099511627775,"rank":1,"world":2,"rows":4' "$t/far.json"
     check "SIGTERM: exit 0" stop
-    check "the exit line counts the requests" grep -q 'dataloader serve: 2 requests (2 batches' "$t/serve.err"
+    check "the exit line counts the requests" grep -q 'dataloader serve: 3 requests (3 batches' "$t/serve.err"
 else
     fail "serve starts: $(cat "$t/serve.err")"
 fi
