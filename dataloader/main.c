@@ -8,6 +8,7 @@
 #include "../tokenizer/spm.h"
 #include "../common/error.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,7 @@ static int cmd_tokenizer_train(const args *a) {
     char *save = NULL;
     for (char *in = strtok_r(inputs, ",", &save); in && n < 1024; in = strtok_r(NULL, ",", &save)) {
         FILE *f = fopen(in, "rb");
-        if (!f) die_input("%s %s: --input %s: cannot open", a->prog->name, a->cmd->name, in);
+        if (!f) die_input("%s %s: --input %s: cannot open: %s", a->prog->name, a->cmd->name, in, strerror(errno));
         fclose(f);
         list[n++] = in;
     }

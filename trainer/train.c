@@ -29,6 +29,7 @@
 #include "../nn/kernels.h"
 #include "../common/dir.h"
 
+#include <errno.h>
 #include <glob.h>
 #include <math.h>
 #include <stdio.h>
@@ -197,8 +198,8 @@ static void check_eval_inputs(const args *a, const run_options *o) {
     snprintf(path, sizeof path, "%s/config.json", vae);
     if (access(path, R_OK))
         die_input("trainer train: --vae %s: no config.json (a VAE folder of vae_service train)", vae);
-    if (text && access(text, R_OK)) die_input("trainer train: --eval-text %s: cannot read", text);
-    if (prompts && access(prompts, R_OK)) die_input("trainer train: --eval-prompts %s: cannot read", prompts);
+    if (text && access(text, R_OK)) die_input("trainer train: --eval-text %s: cannot read: %s", text, strerror(errno));
+    if (prompts && access(prompts, R_OK)) die_input("trainer train: --eval-prompts %s: cannot read: %s", prompts, strerror(errno));
 }
 
 /* `trainer eval` on the step folder just saved (every rank takes part), its
@@ -252,7 +253,7 @@ static FILE *open_metrics(const char *dir) {
     if (make_dir(dir, err)) die_input("%s", err);
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir);
     FILE *f = fopen(path, "a+");
-    if (!f) die_input("%s: cannot append", path);
+    if (!f) die_input("%s: cannot append: %s", path, strerror(errno));
     /* A run killed mid-line left a torn last line: end it, so the lines this
      * run appends stay whole. */
     if (fseek(f, -1, SEEK_END) == 0 && fgetc(f) != '\n') fputc('\n', f);
