@@ -30,6 +30,7 @@ train --steps 6 --device cpu --ckpt-dir "$t/a" >"$t/a.log" 2>&1 || fail "cpu run
 train --steps 6 --device cpu-device --ckpt-dir "$t/b" >"$t/b.log" 2>&1 || fail "cpu-device run"
 train --steps 3 --device cpu-device --ckpt-dir "$t/c" >"$t/c1.log" 2>&1 &&
     train --steps 6 --device cpu-device --ckpt-dir "$t/c" --resume auto >"$t/c2.log" 2>&1 || fail "cpu-device resume"
+check "cpu-device: the second run resumed step 3" grep -q 'resuming .*c/step_00000003 at step 3' "$t/c2.log"
 files=0 differ=0
 for s in step_00000003 step_00000006; do
     for f in "$t/a/$s"/*.safetensors; do

@@ -64,8 +64,14 @@ print(f"  max relative difference {err:.3g}")
 sys.exit(0 if err <= 1e-5 else 1)
 PYEOF
 }
-check "2 ranks resumed on 1 rank: the 2-rank run's weights" close "$t/two.out" "$t/two_to_one.out"
-check "1 rank resumed on 2 ranks: the 1-rank run's weights" close "$t/one.out" "$t/one_to_two.out"
+# (A fresh run would end near the same weights: the checks first make sure
+# each run did resume, at step 10 and from the other rank count.)
+check "2 ranks resumed on 1: it resumed step 10 of 2 ranks and ran steps 11..20" \
+    sh -c "grep -q 'resuming .*two/step_00000010 at step 10 (written by 2 ranks)' '$t/21.log' && grep -q 'steps 11\.\.20' '$t/21.log'"
+check "... to the 2-rank run's weights" close "$t/two.out" "$t/two_to_one.out"
+check "1 rank resumed on 2: it resumed step 10 of 1 rank and ran steps 11..20" \
+    sh -c "grep -q 'resuming .*one/step_00000010 at step 10 (written by 1 ranks)' '$t/12.log' && grep -q 'steps 11\.\.20' '$t/12.log'"
+check "... to the 1-rank run's weights" close "$t/one.out" "$t/one_to_two.out"
 
 # A rank killed: mpirun ends the job, the newest checkpoint stays whole, and
 # --resume auto goes on from it.
