@@ -391,9 +391,13 @@ static int cmd_train(const args *a) {
             lr = dp_update(&dp, &opt, gnorm);
             if (ema.avg) ema_step(&ema, m.dev.w); /* after the all-gather: it reads whole tensors */
             bad_run = 0;
-        } else if (rank == 0) {
-            fprintf(stderr, "step %ld: loss %g, gradient norm %g: not finite, update skipped (%d in a row of %d)\n",
-                    s + 1, loss, gnorm, bad_run + 1, o.max_bad);
+        } else {
+            /* The step still counts: the schedule, and a resume (which sets
+             * the optimizer's step from the checkpoint's), stay in step. */
+            opt.step++;
+            if (rank == 0)
+                fprintf(stderr, "step %ld: loss %g, gradient norm %g: not finite, update skipped (%d in a row of %d)\n",
+                        s + 1, loss, gnorm, bad_run + 1, o.max_bad);
         }
         if (!(isfinite(loss) && isfinite(gnorm)) && ++bad_run >= o.max_bad) {
             if (rank == 0)
