@@ -11,7 +11,7 @@ doc_start/hi rule, F.cross_entropy, autograd for the gradients).
 Run it with /usr/bin/python3 (Debian's python3-torch, torch 1.13, CPU).
 
 Subcommands:
-  make-batch --config CONFIG.json --out BATCH.safetensors --rows B --seq-len L --seed S
+  make-batch --config CONFIG.json --out BATCH.safetensors --rows B --seq-len L --seed S [--mode test|bench]
       A random packed batch (docs/model.md section 7): several documents per row (text
       docs, caption-first and image-first pairs, sometimes a document with two
       images), pads at the end of every row.
@@ -29,7 +29,7 @@ Subcommands:
   compare --ref A.safetensors --test B.safetensors [--rtol 1e-4]
       Every tensor of A must be in B with the same shape and
       max|A-B| <= rtol * max|A| (all-zero A: max|B| <= 1e-6).
-  bench --config CONFIG.json --batch-rows B --seq-len L --steps N --threads T
+  bench --config CONFIG.json --batch-rows B --seq-len L --steps N --threads T [--batch BATCH.safetensors]
       Eager float32 training steps (forward, backward, clip 1.0, AdamW) on a
       generated packed batch with about half of the positions in images; prints
       {"step_s","positions_per_s","threads",...} (step_s: median after 1 warmup).
@@ -491,7 +491,7 @@ def gen_batch(c, B, L, rng, mode="test"):
 def cmd_make_batch(a):
     c = load_config(a.config)
     rng = np.random.default_rng(a.seed)
-    b = gen_batch(c, a.rows, a.seq_len, rng, "test")
+    b = gen_batch(c, a.rows, a.seq_len, rng, a.mode)
     st_write(a.out, b)
     mod = b["modality"]
     print(json.dumps({"rows": a.rows, "seq_len": a.seq_len, "images": int(b["latents"].shape[0]),
@@ -563,7 +563,8 @@ def cmd_bench(a):
     torch.manual_seed(0)
     c = load_config(a.config)
     rng = np.random.default_rng(a.seed)
-    batch = gen_batch(c, a.batch_rows, a.seq_len, rng, "bench")
+    # --batch: a file both sides time (bench/bench_vs_torch.sh), else generated
+    batch = st_read(a.batch)[0] if a.batch else gen_batch(c, a.batch_rows, a.seq_len, rng, "bench")
     prep = prepare(c, batch, torch.float32)
     w = init_params(c, rng)
     W = {n: torch.tensor(v, requires_grad=True) for n, v in w.items()}
@@ -606,6 +607,7 @@ def main():
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--seq-len", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="test", choices=["test", "bench"])
     p.set_defaults(fn=cmd_make_batch)
     p = sp.add_parser("randomize")
     p.add_argument("--ckpt", required=True)
@@ -635,6 +637,7 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch", help="time this batch file instead of a generated one")
     p.set_defaults(fn=cmd_bench)
     a = ap.parse_args()
     try:
