@@ -13,7 +13,7 @@
 #define CKPT_CONFIG "config.json"
 #define CKPT_STATE "trainer_state.json"
 #define CKPT_INDEX_SUM "index.crc32c" /* "CRC32C BYTES" of the index: written last, so every file is checksummed */
-#define CKPT_STEP_PREFIX "step_"         /* complete folders: step_XXXXXXXX */
+#define CKPT_STEP_PREFIX "step_"         /* complete folders: step_ and the step in 8 digits */
 #define CKPT_TMP_PREFIX ".tmp-step_"     /* being written */
 #define CKPT_TRASH_PREFIX ".trash-step_" /* being deleted */
 #define CKPT_PATH_LEN 4096

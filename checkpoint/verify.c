@@ -5,6 +5,7 @@
 #include "folder.h"
 #include "../common/crc32c.h"
 #include "../common/error.h"
+#include "../common/file_read.h"
 #include "../common/json_file.h"
 #include "../nn/dist.h"
 
@@ -44,15 +45,16 @@ static int listed(const cJSON *files, const char *index, const char *name, const
 
 /* The index against its own size and CRC32C (index.crc32c). */
 static int check_index(const char *dir, const char *index, char *err) {
-    char path[CKPT_PATH_LEN], line[64] = "";
+    char path[CKPT_PATH_LEN];
+    size_t len;
     ckpt_join(path, dir, CKPT_INDEX_SUM);
-    FILE *f = fopen(path, "r");
-    if (!f) return set_error(err, "%s: cannot open: %s", path, strerror(errno));
-    int ok = fgets(line, sizeof line, f) != NULL;
-    fclose(f);
+    char *line = file_read(path, 64, &len, err);
+    if (!line) return -1;
     unsigned crc;
     long long bytes;
-    if (!ok || sscanf(line, "%8x %lld", &crc, &bytes) != 2) return set_error(err, "%s: expected \"CRC32C BYTES\"", path);
+    int ok = sscanf(line, "%8x %lld", &crc, &bytes) == 2;
+    free(line);
+    if (!ok) return set_error(err, "%s: expected \"CRC32C BYTES\"", path);
     struct stat sb;
     uint32_t got;
     if (stat(index, &sb) != 0) return set_error(err, "%s: missing: %s", index, strerror(errno));

@@ -132,24 +132,25 @@ __attribute__((noreturn, format(printf, 2, 3))) static void bad_args(const args 
     exit(EXIT_BAD_INPUT);
 }
 
-static void check_value(const args *a, const cli_flag *f, const char *v) {
+/* What is wrong with v as a value of f, into why ("expected an integer >= 1",
+ * "expected a, b or c"); 0 when it is a valid value. */
+static int invalid(const cli_flag *f, const char *v, char *why, size_t len) {
     char *end, kind[96];
     if (TYPE(f) == FLAG_INT || TYPE(f) == FLAG_NUM) {
         double x = TYPE(f) == FLAG_INT ? (double)strtol(v, &end, 10) : strtod(v, &end);
-        if (*v == '\0' || *end != '\0' || isnan(x) || !in_range(x, f->range)) {
-            describe(f, kind, sizeof kind);
-            bad_args(a, "--%s %s: expected %s", f->name, v, kind);
-        }
-    } else if (TYPE(f) == FLAG_CHOICE && !is_choice(f->value, v)) {
-        char choices[256] = ""; /* "a|b|c" reads "a, b or c" */
-        for (const char *p = f->value, *bar; *p; p = bar ? bar + 1 : p + strlen(p)) {
-            bar = strchr(p, '|');
-            const char *sep = p == f->value ? "" : bar ? ", " : " or ";
-            snprintf(choices + strlen(choices), sizeof choices - strlen(choices), "%s%.*s", sep,
-                     (int)(bar ? (size_t)(bar - p) : strlen(p)), p);
-        }
-        bad_args(a, "--%s %s: expected %s", f->name, v, choices);
+        if (*v != '\0' && *end == '\0' && !isnan(x) && in_range(x, f->range)) return 0;
+        describe(f, kind, sizeof kind);
+        snprintf(why, len, "expected %s", kind);
+        return 1;
     }
+    if (TYPE(f) != FLAG_CHOICE || is_choice(f->value, v)) return 0;
+    snprintf(why, len, "expected ");   /* "a|b|c" reads "a, b or c" */
+    for (const char *p = f->value, *bar; *p; p = bar ? bar + 1 : p + strlen(p)) {
+        bar = strchr(p, '|');
+        const char *sep = p == f->value ? "" : bar ? ", " : " or ";
+        snprintf(why + strlen(why), len - strlen(why), "%s%.*s", sep, (int)(bar ? (size_t)(bar - p) : strlen(p)), p);
+    }
+    return 1;
 }
 
 /* Every argument a known --flag with a valid value; every required flag given. */
@@ -159,7 +160,9 @@ static void check_args(const args *a) {
         if (!f) bad_args(a, "unknown argument '%s'", a->argv[i]);
         if (TYPE(f) == FLAG_SWITCH) continue;
         if (i + 1 >= a->argc) bad_args(a, "%s needs a value", a->argv[i]);
-        check_value(a, f, a->argv[++i]);
+        char why[256];
+        i++;
+        if (invalid(f, a->argv[i], why, sizeof why)) bad_args(a, "--%s %s: %s", f->name, a->argv[i], why);
     }
     FOR_EACH_FLAG(a->cmd, f)
     if ((f->kind & FLAG_REQUIRED) && find(a, f->name) < 0) bad_args(a, "missing --%s", f->name);
@@ -167,15 +170,11 @@ static void check_args(const args *a) {
 
 /* A default the command's own check would refuse is a bug in its table. */
 static void check_defaults(const args *a) {
-    FOR_EACH_FLAG(a->cmd, f) {
-        if (!f->def || TYPE(f) == FLAG_TEXT || TYPE(f) == FLAG_SWITCH) continue;
-        char *end = "";
-        double x = TYPE(f) == FLAG_INT ? (double)strtol(f->def, &end, 10)
-            : TYPE(f) == FLAG_NUM      ? strtod(f->def, &end)
-                                       : 0;
-        if (*end || (TYPE(f) == FLAG_CHOICE ? !is_choice(f->value, f->def) : !in_range(x, f->range)))
-            die("%s %s: the default of --%s, %s, is not a valid value", a->prog->name, a->cmd->name, f->name, f->def);
-    }
+    char why[256];
+    FOR_EACH_FLAG(a->cmd, f)
+    if (f->def && invalid(f, f->def, why, sizeof why))
+        die("%s %s: the default of --%s, %s, is not a valid value (%s)", a->prog->name, a->cmd->name, f->name, f->def,
+            why);
 }
 
 static int wants_help(int argc, char **argv) {
@@ -219,6 +218,11 @@ int cli_main(const cli_program *p, int argc, char **argv) {
     fprintf(stderr, " ('%s --help' says what each does)\n", p->name);
     return EXIT_BAD_INPUT;
 }
+
+const cli_flag cli_threads_flags[] = {
+    {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
+    {0},
+};
 
 /* ---- values ---- */
 

@@ -68,6 +68,10 @@ int arg_given(const args *a, const char *name);
 /* Every value of a repeated flag, in order; returns how many (at most max). */
 int arg_all(const args *a, const char *name, const char **out, int max);
 
+/* --threads, which every command that runs OpenMP code takes: 0 (the
+ * default) leaves OpenMP's own count (OMP_NUM_THREADS, else every core). */
+extern const cli_flag cli_threads_flags[];
+
 /* The program's help, or one command's, as --help prints it. */
 void cli_print_help(const cli_program *p, const cli_command *c);
 

@@ -9,7 +9,4 @@
 /* Index of the first NaN or infinity in x[0..n), or -1 when all are finite. */
 long long first_nonfinite(const float *x, size_t n);
 
-/* x as JSON text: "%.9g", or null when it is not finite (JSON has no NaN). */
-const char *json_num(char buf[32], double x);
-
 #endif

@@ -5,6 +5,7 @@
 #include "file_read.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -61,4 +62,10 @@ int json_write(const char *path, cJSON *root, char *err) {
     int rc = atomic_write(path, &(file_piece){line, len + 1}, 1, err);
     free(line);
     return rc;
+}
+
+const char *json_num(char buf[32], double x) {
+    if (!isfinite(x)) return "null";
+    snprintf(buf, 32, "%.9g", x);
+    return buf;
 }

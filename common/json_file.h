@@ -18,4 +18,7 @@ int json_number_list(const cJSON *obj, const char *name, int n, int positive, do
  * root (deletes it). */
 int json_write(const char *path, cJSON *root, char *err);
 
+/* x as JSON text: "%.9g", or null when it is not finite (JSON has no NaN). */
+const char *json_num(char buf[32], double x);
+
 #endif

@@ -230,9 +230,8 @@ static const cli_flag tokenize_flags[] = {
     {"input", FLAG_TEXT | FLAG_REQUIRED, "FILE[,FILE...]", NULL, NULL,
      ".txt (documents between blank lines) or .jsonl"},
     {"out", FLAG_TEXT | FLAG_REQUIRED, "TEXT_DIR", NULL, NULL, "token shards and dataset.json"},
-    {"threads", FLAG_INT, "T", "[0, inf)", "0", "threads (0: OMP_NUM_THREADS, else every core)"},
     {0},
 };
 
 const cli_command dl_tokenize_command = {
-    "tokenize", "text files to token shards, once", cmd_tokenize, {tokenize_flags}};
+    "tokenize", "text files to token shards, once", cmd_tokenize, {tokenize_flags, cli_threads_flags}};

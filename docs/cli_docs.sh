@@ -43,7 +43,7 @@ command_help() {
 fill() {
     local file=$1 new tmp
     new=$(cat)
-    tmp=$(mktemp)
+    tmp=$(mktemp "$file.XXXXXX")   # beside the file: the mv is a rename
     awk -v new="$new" '
         /<!-- commands:end -->/ { inside = 0 }
         !inside { print }

@@ -605,4 +605,4 @@ const cli_command eval_command = {
     "eval",
     "held-out figures of a checkpoint: caption and image gains, retrieval, text bpb, generation",
     cmd_eval,
-    {eval_flags, session_flags, image_flags, device_flags}};
+    {eval_flags, session_flags, image_flags, device_flags, cli_threads_flags}};

@@ -16,7 +16,7 @@
 #include "../common/timing.h"
 #include "../common/cli.h"
 #include "../common/error.h"
-#include "../common/finite.h"
+#include "../common/json_file.h"
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
@@ -213,11 +213,11 @@ static const cli_command init_command = {
 static const cli_command loss_command = {"loss",
                                          "the loss and gradient norm of a checkpoint on a batch file (conformance)",
                                          cmd_loss,
-                                         {loss_flags, device_flags}};
+                                         {loss_flags, device_flags, cli_threads_flags}};
 static const cli_command bench_command = {"bench",
                                           "times training steps on a generated batch: step time, FLOP/s, memory",
                                           cmd_bench,
-                                          {bench_flags, device_flags}};
+                                          {bench_flags, device_flags, cli_threads_flags}};
 static const cli_command export_command = {
     "export", "a step folder as one consolidated checkpoint, f32 or bf16", cmd_export, {export_flags}};
 

@@ -273,7 +273,7 @@ static const cli_flag sample_flags[] = {
 const cli_command sample_command = {"sample",
                                     "generates text and images from a prompt: images where the model opens one (BOI)",
                                     cmd_sample,
-                                    {sample_flags, session_flags, text_flags, image_flags, device_flags}};
+                                    {sample_flags, session_flags, text_flags, image_flags, device_flags, cli_threads_flags}};
 
 static const cli_flag caption_flags[] = {
     {"image", FLAG_TEXT | FLAG_REQUIRED | FLAG_REPEATED, "FILE", NULL, NULL, "an image (WebP, PNG, JPEG) to caption"},
@@ -287,7 +287,7 @@ static const cli_flag caption_flags[] = {
 const cli_command caption_command = {"caption",
                                      "writes a caption for each --image: the text the model generates after it",
                                      cmd_caption,
-                                     {caption_flags, session_flags, text_flags, device_flags}};
+                                     {caption_flags, session_flags, text_flags, device_flags, cli_threads_flags}};
 
 static const cli_flag sample_bench_flags[] = {
     {"config", FLAG_TEXT | FLAG_REQUIRED, "MODEL.json", NULL, NULL, "the model's config (random weights)"},
@@ -304,4 +304,4 @@ const cli_command sample_bench_command = {
     "sample-bench",
     "times generation: tokens/s and images/s, with and without the cache and guidance",
     cmd_sample_bench,
-    {sample_bench_flags, device_flags}};
+    {sample_bench_flags, device_flags, cli_threads_flags}};

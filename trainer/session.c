@@ -20,7 +20,6 @@
 const cli_flag device_flags[] = {
     {"device", FLAG_TEXT, "cpu|cuda", NULL, "cpu",
      "the backend (cpu-device: the CPU's kernels on the GPU's code path)"},
-    {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
     {0},
 };
 

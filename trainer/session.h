@@ -32,8 +32,8 @@ typedef struct {
     int context; /* --context, else the trained seq_len, else 256 */
 } session;
 
-/* --device (cpu, cuda, cpu-device) and --threads: the flags of every
- * command that runs the model. */
+/* --device (cpu, cuda, cpu-device), which every command that runs the
+ * model takes with cli_threads_flags; session_init_device reads both. */
 extern const cli_flag device_flags[];
 void session_init_device(const args *a);
 void vae_on_cpu(int on);

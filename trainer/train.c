@@ -24,6 +24,7 @@
 #include "../nn/stop_signal.h"
 #include "../common/error.h"
 #include "../common/finite.h"
+#include "../common/json_file.h"
 #include "../common/timing.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
@@ -488,4 +489,4 @@ const cli_command train_command = {
     "train",
     "trains the model: data-parallel ranks under mpirun, sharded checkpoints, exact resume",
     cmd_train,
-    {train_flags, device_flags}};
+    {train_flags, device_flags, cli_threads_flags}};

@@ -11,10 +11,8 @@ extern const cli_command vae_train_command, vae_eval_command;    /* train.c */
 extern const cli_command vae_encode_command, vae_decode_command; /* latents.c */
 extern const cli_command vae_serve_command;                      /* serve.c */
 
-/* The flags several commands share (train.c): --threads, which every
- * command that runs the VAE takes; --loss l2|l1 and --precision bf16|fp32
- * (1: bf16), whose defaults the commands' tables set. */
-extern const cli_flag vae_threads_flags[];
+/* --loss l2|l1 and --precision bf16|fp32 (1: bf16), which several
+ * commands take with defaults of their own (train.c). */
 vae_loss_kind vae_loss_arg(const args *a);
 int vae_bf16_arg(const args *a);
 

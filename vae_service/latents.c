@@ -456,7 +456,7 @@ const cli_command vae_encode_command = {
     "encode",
     "encodes an image-caption dataset to latent shards, once (resumable, split over MPI ranks)",
     cmd_encode,
-    {encode_flags, vae_threads_flags}};
+    {encode_flags, cli_threads_flags}};
 
 static const cli_flag decode_flags[] = {
     {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
@@ -467,4 +467,4 @@ static const cli_flag decode_flags[] = {
 };
 
 const cli_command vae_decode_command = {
-    "decode", "decodes latents back to images", cmd_decode, {decode_flags, vae_threads_flags}};
+    "decode", "decodes latents back to images", cmd_decode, {decode_flags, cli_threads_flags}};

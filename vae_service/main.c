@@ -198,13 +198,13 @@ static const cli_flag bench_flags[] = {
 static const cli_command init_command = {
     "init", "writes a VAE folder with freshly initialized weights", cmd_init, {init_flags}};
 static const cli_command forward_command = {
-    "forward", "encodes and decodes an images file (conformance)", cmd_forward, {forward_flags, vae_threads_flags}};
+    "forward", "encodes and decodes an images file (conformance)", cmd_forward, {forward_flags, cli_threads_flags}};
 static const cli_command grads_command = {"grads",
                                           "the loss and gradients of one training step on an images file (conformance)",
                                           cmd_grads,
-                                          {grads_flags, vae_threads_flags}};
+                                          {grads_flags, cli_threads_flags}};
 static const cli_command bench_command = {
-    "bench", "times encoding or training steps on random images", cmd_bench, {bench_flags, vae_threads_flags}};
+    "bench", "times encoding or training steps on random images", cmd_bench, {bench_flags, cli_threads_flags}};
 
 static const cli_command *const commands[] = {
     &vae_train_command, &vae_eval_command, &vae_encode_command, &vae_decode_command, &vae_serve_command,

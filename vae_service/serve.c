@@ -417,4 +417,4 @@ static const cli_flag serve_flags[] = {
 };
 
 const cli_command vae_serve_command = {
-    "serve", "the VAE as a ZeroMQ service: encode images, decode latents", cmd_serve, {serve_flags, vae_threads_flags}};
+    "serve", "the VAE as a ZeroMQ service: encode images, decode latents", cmd_serve, {serve_flags, cli_threads_flags}};

@@ -151,11 +151,6 @@ static void draw_sample(const image_set *set, uint64_t seed, long s, long j, flo
 
 /* ---------------------------------------------------------------- train */
 
-const cli_flag vae_threads_flags[] = {
-    {"threads", FLAG_INT, "T", "[0, inf)", "0", "CPU threads (0: OMP_NUM_THREADS, else every core)"},
-    {0},
-};
-
 vae_loss_kind vae_loss_arg(const args *a) { return strcmp(arg_str(a, "loss"), "l1") == 0 ? VAE_LOSS_L1 : VAE_LOSS_L2; }
 
 int vae_bf16_arg(const args *a) { return strcmp(arg_str(a, "precision"), "bf16") == 0; }
@@ -334,7 +329,7 @@ const cli_command vae_train_command = {
     "train",
     "trains the VAE on images: data-parallel under mpirun, checkpoints, exact resume",
     cmd_train,
-    {train_flags, vae_threads_flags}};
+    {train_flags, cli_threads_flags}};
 
 static const cli_flag eval_flags[] = {
     {"vae", FLAG_TEXT | FLAG_REQUIRED, "VAE_DIR", NULL, NULL, "the VAE folder"},
@@ -346,4 +341,4 @@ static const cli_flag eval_flags[] = {
 };
 
 const cli_command vae_eval_command = {
-    "eval", "the mean PSNR of the VAE's reconstructions over a dataset", cmd_eval, {eval_flags, vae_threads_flags}};
+    "eval", "the mean PSNR of the VAE's reconstructions over a dataset", cmd_eval, {eval_flags, cli_threads_flags}};
