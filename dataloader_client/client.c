@@ -15,6 +15,7 @@ enum { FREE, ASKED, READY };
 typedef struct {
     int64_t step;
     int state, tries;
+    int unsent; /* ASKED while no loader was connected: sent once one is */
     double asked_at;
     dl_reply h;
     zmq_msg_t payload; /* READY: the reply's payload frame */
@@ -33,15 +34,15 @@ struct dl_client {
     char *info; /* an info reply not yet collected */
 };
 
+/* 1: sent; 0: no loader connected (ZMQ_IMMEDIATE), to be sent once one
+ * is; -1: an error. */
 static int send_request(dl_client *c, int op, int64_t step, char *err) {
     dl_request r = {DL_PROTOCOL, op, c->fingerprint, step, c->rank, c->world};
     uint8_t buf[DL_REQUEST_BYTES];
     dl_request_encode(&r, buf);
-    /* Not connected yet, or the pipe is full: the request stays unsent and
-     * its timeout asks again. */
-    if (zmq_send(c->sock, buf, sizeof buf, ZMQ_DONTWAIT) < 0 && errno != EAGAIN)
-        return set_error(err, "%s: send: %s", c->endpoint, zmq_strerror(errno));
-    return 0;
+    if (zmq_send(c->sock, buf, sizeof buf, ZMQ_DONTWAIT) >= 0) return 1;
+    if (errno == EAGAIN) return 0;
+    return set_error(err, "%s: send: %s", c->endpoint, zmq_strerror(errno));
 }
 
 dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t first_step, const dl_client_options *o,
@@ -68,9 +69,13 @@ dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t fir
     c->ctx = zmq_ctx_new();
     c->sock = c->ctx ? zmq_socket(c->ctx, ZMQ_DEALER) : NULL;
     if (!c->sock) die("zmq: %s", zmq_strerror(errno));
-    int linger = 0, ivl = 100;
+    int linger = 0, ivl = 100, immediate = 1;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    /* Requests go only to loaders connected now: without this a DEALER keeps
+     * queueing a share of them for a replica that died, and every one of
+     * those waits out its timeout before the live replica is asked. */
+    zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
     /* Several loaders (replicas): a DEALER spreads the requests over them. */
     char *list = strdup(endpoint), *save = NULL;
     if (!list) die("out of memory");
@@ -169,10 +174,11 @@ static int receive(dl_client *c, char *err) {
     }
 }
 
-/* Waits for a reply until the earliest deadline among the asked steps. */
-static int wait_replies(dl_client *c, double deadline, char *err) {
+/* Waits for a reply until the earliest deadline among the asked steps, or,
+ * with unsent requests, until a loader connects. */
+static int wait_replies(dl_client *c, double deadline, int unsent, char *err) {
     double ms = (deadline - now_s()) * 1e3;
-    zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN, 0};
+    zmq_pollitem_t item = {c->sock, 0, ZMQ_POLLIN | (unsent ? ZMQ_POLLOUT : 0), 0};
     int rc = zmq_poll(&item, 1, ms < 1 ? 1 : (long)ms);
     if (rc < 0 && errno != EINTR) return set_error(err, "%s: poll: %s", c->endpoint, zmq_strerror(errno));
     return receive(c, err);
@@ -188,6 +194,7 @@ int dl_client_next(dl_client *c, dl_batch *b, char *err) {
          * evaluation) are taken before any request is judged unanswered. */
         if (receive(c, err)) return -1;
         double now = now_s(), deadline = now + c->timeout_ms * 1e-3;
+        int unsent = 0;
         for (int64_t s = c->next; s < c->next + c->window; s++) {
             slot *sl = &c->slots[s % c->window];
             if (sl->step != s) {
@@ -195,7 +202,13 @@ int dl_client_next(dl_client *c, dl_batch *b, char *err) {
                 *sl = (slot){.step = s, .state = FREE};
             }
             if (sl->state == READY) continue;
+            if (sl->state == ASKED && sl->unsent) { /* a loader connected since: its timeout starts now */
+                int sent = send_request(c, DL_OP_BATCH, s, err);
+                if (sent < 0) return -1;
+                if (sent) sl->unsent = 0, sl->asked_at = now;
+            }
             if (sl->state == ASKED && now - sl->asked_at < c->timeout_ms * 1e-3) {
+                unsent |= sl->unsent;
                 if (sl->asked_at + c->timeout_ms * 1e-3 < deadline) deadline = sl->asked_at + c->timeout_ms * 1e-3;
                 continue;
             }
@@ -210,7 +223,10 @@ int dl_client_next(dl_client *c, dl_batch *b, char *err) {
                     stderr,
                     "rank %d: waiting for the dataloader at %s: step %lld unanswered for %d ms, asking again (%d/%d)\n",
                     c->rank, c->endpoint, (long long)s, c->timeout_ms, sl->tries + 1, c->tries);
-            if (send_request(c, DL_OP_BATCH, s, err)) return -1;
+            int sent = send_request(c, DL_OP_BATCH, s, err);
+            if (sent < 0) return -1;
+            sl->unsent = !sent;
+            unsent |= sl->unsent;
             sl->state = ASKED;
             sl->tries++;
             sl->asked_at = now;
@@ -233,7 +249,7 @@ int dl_client_next(dl_client *c, dl_batch *b, char *err) {
             c->next++;
             return 0;
         }
-        if (wait_replies(c, deadline, err)) return -1;
+        if (wait_replies(c, deadline, unsent, err)) return -1;
     }
 }
 
@@ -241,10 +257,12 @@ char *dl_client_info(dl_client *c, char *err) {
     free(c->info);
     c->info = NULL;
     for (int tries = 0; tries < c->tries; tries++) {
-        if (send_request(c, DL_OP_INFO, 0, err)) return NULL;
         double deadline = now_s() + c->timeout_ms * 1e-3;
-        while (!c->info && now_s() < deadline)
-            if (wait_replies(c, deadline, err)) return NULL;
+        int sent = 0;
+        while (!c->info && now_s() < deadline) {
+            if (!sent && (sent = send_request(c, DL_OP_INFO, 0, err)) < 0) return NULL;
+            if (wait_replies(c, deadline, !sent, err)) return NULL;
+        }
         if (c->info) {
             char *info = c->info;
             c->info = NULL;

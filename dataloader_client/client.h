@@ -27,8 +27,10 @@ typedef struct {
 typedef struct dl_client dl_client;
 
 /* NULL options: the defaults. endpoint may list several loaders serving the
- * same data, separated by commas: requests are spread over them, and a
- * step unanswered by one is asked again of any. Connects lazily (ZeroMQ),
+ * same data, separated by commas: requests are spread over the ones
+ * connected now, so when a replica dies its clients move to the others
+ * within one timeout (the steps it had been asked are asked again of the
+ * rest, none skipped or repeated). Connects lazily (ZeroMQ),
  * so this fails only on a malformed endpoint or bad arguments. */
 dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t first_step, const dl_client_options *o,
                           char *err);

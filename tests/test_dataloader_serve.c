@@ -332,8 +332,16 @@ int main(void) {
         replicas = dl_client_next(c, &b, err) == 0 && b.step == 7 + k &&
             matches(p, &s, 7 + k, 2, 4, b.sample_ids, payload_size(&b));
     CHECK(replicas, "one client on two replicas gets steps 7..22 in order, each correct (%s)", replicas ? both : err);
-    dl_client_close(c);
+    /* One replica dies: the client moves to the other within about one
+     * timeout, and no step is skipped or repeated. */
     kill_child();
+    double moved = now_s();
+    for (int k = 16; k < 32 && replicas; k++)
+        replicas = dl_client_next(c, &b, err) == 0 && b.step == 7 + k &&
+            matches(p, &s, 7 + k, 2, 4, b.sample_ids, payload_size(&b));
+    CHECK(replicas && now_s() - moved < 10, "a replica killed: the client gets steps 23..38 from the other in %.1f s (%s)",
+          now_s() - moved, replicas ? "" : err);
+    dl_client_close(c);
     child = first;
     snprintf(endpoint, sizeof endpoint, "%s", first_ep);
 
