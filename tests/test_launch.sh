@@ -15,19 +15,8 @@ t=$(mktemp -d)
 pids=""
 trap 'for p in $pids; do kill -9 $p 2>/dev/null; done; rm -rf "$t"' EXIT
 
-# Data: a small text corpus, its tokenizer and tokens, and latents of a random VAE.
-$PY - "$t" <<'PYEOF'
-import random, sys
-r = random.Random(5); w = "a small boat drifts on the grey sea under low clouds and wind".split()
-with open(sys.argv[1] + "/a.txt", "w") as f:
-    for _ in range(300): f.write(" ".join(r.choice(w) for _ in range(r.randint(4, 60))) + "\n\n")
-PYEOF
-"$DL" tokenizer train --input "$t/a.txt" --vocab 300 --out "$t/tok.model" >/dev/null 2>&1 &&
-"$DL" tokenize --tokenizer "$t/tok.model" --input "$t/a.txt" --out "$t/text" >/dev/null 2>&1 &&
-mkdir -p "$t/img" && $PY tests/make_image_shards.py --out "$t/img" --shards 1 --per-shard 30 --size 16 >/dev/null &&
-"$BIN/vae_service" init --config configs/vae-tiny.json --out "$t/vae" >/dev/null &&
-"$BIN/vae_service" encode --vae "$t/vae" --data "$t/img/shard-00000.tar" --out "$t/lat" --size 16 >/dev/null 2>&1
-check "the test data is built" [ -f "$t/lat/dataset.json" -a -f "$t/text/dataset.json" ]
+tests/loader_data.sh "$t"
+check "the test data is built ($?)" [ $? -eq 0 ]
 printf '{"hidden_size":32,"num_hidden_layers":1,"num_attention_heads":2,"intermediate_size":64,"max_image_patches":16}\n' >"$t/model.json"
 data=(--text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" --loader-args "--patch-size 2 --rows-per-rank 2 --seq-len 128")
 args=(--config "$t/model.json" --lr 3e-3 --warmup 2 --threads 1 --log-every 1)
