@@ -3,6 +3,7 @@
 #include "../common/crc32c.h"
 #include "../common/error.h"
 #include "../common/timing.h"
+#include "../common/zmq_keys.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -46,7 +47,7 @@ static int send_request(dl_client *c, int op, int64_t step, char *err) {
 
 dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t first_step, const dl_client_options *o,
                           char *err) {
-    dl_client_options d = {4, 2000, 30, 0};
+    dl_client_options d = {4, 2000, 30, 0, NULL};
     if (!o) o = &d;
     if (world < 1 || world > DL_MAX_WORLD || rank < 0 || rank >= world || first_step < 0 || o->prefetch < 0 ||
         o->prefetch > 1024 || o->timeout_ms < 1 || o->tries < 1) {
@@ -71,6 +72,10 @@ dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t fir
     int linger = 0, ivl = 100;
     zmq_setsockopt(c->sock, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(c->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    if (o->server_key && zkey_set_client(c->sock, o->server_key, err)) {
+        dl_client_close(c);
+        return NULL;
+    }
     /* Several loaders (replicas): a DEALER spreads the requests over them. */
     char *list = strdup(endpoint), *save = NULL;
     if (!list) die("out of memory");

@@ -18,10 +18,11 @@
 #include <stdint.h>
 
 typedef struct {
-    int prefetch;         /* steps asked for ahead of the one returned (default 4) */
-    int timeout_ms;       /* a step unanswered this long is asked again (default 2000) */
-    int tries;            /* asks of one step before giving up (default 30) */
-    uint64_t fingerprint; /* the dataset/config to accept; 0: the first loader's, then pinned */
+    int prefetch;           /* steps asked for ahead of the one returned (default 4) */
+    int timeout_ms;         /* a step unanswered this long is asked again (default 2000) */
+    int tries;              /* asks of one step before giving up (default 30) */
+    uint64_t fingerprint;   /* the dataset/config to accept; 0: the first loader's, then pinned */
+    const char *server_key; /* the loaders' public key file (server.pub): CURVE; NULL: plain */
 } dl_client_options;
 
 typedef struct dl_client dl_client;
@@ -29,7 +30,10 @@ typedef struct dl_client dl_client;
 /* NULL options: the defaults. endpoint may list several loaders serving the
  * same data, separated by commas: requests are spread over them, and a
  * step unanswered by one is asked again of any. Connects lazily (ZeroMQ),
- * so this fails only on a malformed endpoint or bad arguments. */
+ * so this fails only on a malformed endpoint, bad arguments or a bad key
+ * file. Replicas share one key pair: a server_key is the key of each. A
+ * loader that speaks CURVE never answers a client without its key (nor one
+ * with the wrong key): such a client runs out of tries. */
 dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t first_step, const dl_client_options *o,
                           char *err);
 void dl_client_close(dl_client *c);
