@@ -31,7 +31,7 @@ static int cmd_raw_serve(const args *a) {
     uint8_t head[DL_REPLY_HEADER_BYTES] = {0};
     void *payload = xcalloc(1, bytes);
     zmq_service svc;
-    if (zsvc_open(&svc, arg_str(a, "endpoint"), DL_MAX_REQUEST, err)) die_input("%s", err);
+    if (zsvc_open(&svc, arg_str(a, "endpoint"), DL_MAX_REQUEST, NULL, err)) die_input("%s", err);
     printf("serving on %s\n", svc.endpoint);
     fflush(stdout);
     zmq_msg_t frames[ZSVC_MAX_ENVELOPE + 2];

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static volatile sig_atomic_t stop_requested;
 
@@ -26,12 +27,46 @@ static int bad_tcp_port(const char *endpoint) {
     return strlen(colon + 1) > 5 || atol(colon + 1) > 65535;
 }
 
-int zsvc_open(zmq_service *s, const char *endpoint, int64_t max_frame, char *err) {
+const cli_flag zsvc_auth_flags[] = {
+    {"curve-key", FLAG_TEXT, "DIR|FILE", NULL, NULL,
+     "the server's secret key (DIR/server.key of `keygen`): clients need its server.pub"},
+    {"insecure", FLAG_SWITCH, NULL, NULL, NULL, "bind beyond loopback without CURVE (anyone who reaches it is served)"},
+    {0},
+};
+
+int zsvc_auth_from_args(const args *a, const char *endpoint, zsvc_auth *auth, char *err) {
+    memset(auth, 0, sizeof *auth);
+    const char *key = arg_str(a, "curve-key");
+    if (!key) {
+        if (zkey_endpoint_is_local(endpoint) || arg_switch(a, "insecure")) return 0;
+        return set_error(err,
+                         "--endpoint %s is reachable from other machines: give --curve-key DIR (made by `%s keygen "
+                         "--out DIR`; clients get DIR/server.pub) or --insecure",
+                         endpoint, a->prog->name);
+    }
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof path, stat(key, &st) == 0 && S_ISDIR(st.st_mode) ? "%s/server.key" : "%s", key);
+    size_t n = strlen(path);
+    if (n > 4 && !strcmp(path + n - 4, ".pub")) /* an easy slip: the clients' half */
+        return set_error(err, "--curve-key %s: this is the public key; give the secret server.key", path);
+    if (zkey_read(path, auth->secret, err)) return -1;
+    auth->curve = 1;
+    return 0;
+}
+
+int zsvc_open(zmq_service *s, const char *endpoint, int64_t max_frame, const zsvc_auth *auth, char *err) {
     memset(s, 0, sizeof *s);
     if (bad_tcp_port(endpoint)) return set_error(err, "--endpoint %s: port out of range", endpoint);
     s->ctx = zmq_ctx_new();
     s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_ROUTER) : NULL;
     if (!s->sock) die("zmq: %s", zmq_strerror(errno));
+    /* Before the bind: every connection then starts with the handshake, and
+     * a peer without the server's public key never gets a request in. */
+    if (auth && auth->curve && zkey_set_server(s->sock, auth->secret, err)) {
+        zsvc_close(s);
+        return -1;
+    }
     int linger = 1000; /* let the last replies leave, but never hang the exit */
     zmq_setsockopt(s->sock, ZMQ_MAXMSGSIZE, &max_frame, sizeof max_frame);
     zmq_setsockopt(s->sock, ZMQ_LINGER, &linger, sizeof linger);

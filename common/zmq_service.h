@@ -1,9 +1,13 @@
 /* zmq_service.h - the ROUTER end shared by the project's ZeroMQ services
  * (vae_service serve, dataloader serve): bind an endpoint, wait for requests
  * while noticing SIGINT/SIGTERM, receive a request with its envelope, and
- * send a reply whose payload frames go out without a copy. */
+ * send a reply whose payload frames go out without a copy. Beyond loopback
+ * a service speaks CURVE (zmq_keys.h), or binds only when told --insecure. */
 #ifndef COMMON_ZMQ_SERVICE_H
 #define COMMON_ZMQ_SERVICE_H
+
+#include "cli.h"
+#include "zmq_keys.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -16,11 +20,25 @@ typedef struct {
     char endpoint[1024]; /* what was bound (a port of `*` resolved) */
 } zmq_service;
 
-/* Binds a ROUTER socket. Frames over max_frame bytes never reach the
+/* --curve-key DIR_OR_FILE and --insecure: every service command's flags. */
+extern const cli_flag zsvc_auth_flags[];
+
+typedef struct {
+    int curve; /* 1: CURVE server with this secret key */
+    char secret[ZKEY_LEN + 1];
+} zsvc_auth;
+
+/* From the command's --curve-key and --insecure, for binding endpoint: reads
+ * the secret key (a folder means its server.key), or refuses an endpoint
+ * beyond loopback without one unless --insecure. A command calls it before
+ * its slow start-up, so that a missing key fails at once. */
+int zsvc_auth_from_args(const args *a, const char *endpoint, zsvc_auth *auth, char *err);
+
+/* Binds a ROUTER socket (with CURVE when auth says so; NULL: plain). Frames over max_frame bytes never reach the
  * service: ZeroMQ drops them and the connection that sent them. A TCP port
  * over 65535 is refused (libzmq would bind it modulo 65536). Installs
  * SIGINT/SIGTERM handlers that make zsvc_wait return 0. */
-int zsvc_open(zmq_service *s, const char *endpoint, int64_t max_frame, char *err);
+int zsvc_open(zmq_service *s, const char *endpoint, int64_t max_frame, const zsvc_auth *auth, char *err);
 void zsvc_close(zmq_service *s);
 
 /* 1 when a request is waiting; 0 after ms or once a stop signal came. */

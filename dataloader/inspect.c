@@ -2,7 +2,7 @@
  * describe it.
  *
  *   dataloader inspect --endpoint E --step S --rank R --world W [--dump FILE.safetensors]
- *                      [--timeout-ms MS] [--diffusion-steps T]
+ *                      [--timeout-ms MS] [--diffusion-steps T] [--loader-key FILE]
  *
  * Prints one JSON line: positions, pad and image fractions (image-caption
  * document positions over non-pad positions), images, caption-first,
@@ -93,7 +93,8 @@ static int cmd_inspect(const args *a) {
     int world = (int)arg_int(a, "world"), rank = (int)arg_int(a, "rank");
     int T = (int)arg_int(a, "diffusion-steps");
     if (rank >= world) die_input("%s %s: --rank %d is not below --world %d", a->prog->name, a->cmd->name, rank, world);
-    dl_client_options o = {.prefetch = 0, .timeout_ms = (int)arg_int(a, "timeout-ms"), .tries = 2};
+    dl_client_options o = {
+        .prefetch = 0, .timeout_ms = (int)arg_int(a, "timeout-ms"), .tries = 2, .server_key = arg_str(a, "loader-key")};
     dl_client *c = dl_client_open(endpoint, rank, world, step, &o, err);
     if (!c) die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     dl_batch b;
@@ -114,6 +115,7 @@ static int cmd_inspect(const args *a) {
 
 static const cli_flag inspect_flags[] = {
     {"endpoint", FLAG_TEXT | FLAG_REQUIRED, "tcp://HOST:PORT", NULL, NULL, "the loader"},
+    {"loader-key", FLAG_TEXT, "FILE", NULL, NULL, "the loader's public key (server.pub of `keygen`): CURVE"},
     {"step", FLAG_INT, "S", "[0, inf)", "0", "the step"},
     {"rank", FLAG_INT, "R", "[0, inf)", "0", "the rank (below --world)"},
     {"world", FLAG_INT, "W", "[1, inf)", "1", "ranks"},

@@ -1,12 +1,13 @@
 /* main.c - the dataloader's command line: the program's commands, each with
  * its table of flags (common/cli.h); `dataloader --help` and `dataloader
  * COMMAND --help` print them. `tokenizer train` lives here; tokenize, serve
- * and inspect in their own files.
+ * and inspect in their own files, keygen in common/zmq_keys.c.
  *
  * Bad input exits with status 2 and one line naming the file and field. */
 #include "commands.h"
 #include "../tokenizer/spm.h"
 #include "../common/error.h"
+#include "../common/zmq_keys.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -60,6 +61,7 @@ static const cli_command *const commands[] = {
     &dl_tokenize_command,
     &dl_serve_command,
     &dl_inspect_command,
+    &zkey_keygen_command,
 };
 
 static const cli_program program = {"dataloader",

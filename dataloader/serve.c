@@ -5,7 +5,7 @@
  *       --patch-size P [--endpoint tcp://127.0.0.1:5555] [--seq-len 256]
  *       [--rows-per-rank 8] [--seed 0] [--image-fraction 0.5]
  *       [--caption-first 0.8] [--drop-caption 0.1] [--max-caption 64]
- *       [--noise-limit on|off] [--skip-bad-shards]
+ *       [--noise-limit on|off] [--skip-bad-shards] [--curve-key DIR | --insecure]
  *
  * One ROUTER socket answers any number of clients (dataloader_client/client.h, or
  * anything that speaks wire.h): a batch request (step, rank, world) gets rank
@@ -18,7 +18,9 @@
  * fingerprint or bad fields gets an error reply; a frame over 4 KiB never
  * arrives (ZeroMQ drops it and its connection). Rows do not depend on the
  * process: a restarted loader, or a second replica, serves the same rows.
- * SIGINT and SIGTERM end the loop; the exit line counts what was served. */
+ * SIGINT and SIGTERM end the loop; the exit line counts what was served.
+ * Beyond loopback it speaks CURVE with --curve-key (common/zmq_keys.h), or
+ * binds without it only when told --insecure. */
 #include "commands.h"
 #include "packer.h"
 #include "sources.h"
@@ -175,6 +177,9 @@ static int serve_one(server *sv, zmq_service *svc) {
 static int cmd_serve(const args *a) {
     char err[ERR_LEN], summary[1024];
     const char *tok_path = arg_str(a, "tokenizer");
+    zsvc_auth auth; /* first: a missing key should not wait for the datasets to load */
+    if (zsvc_auth_from_args(a, arg_str(a, "endpoint"), &auth, err))
+        die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     pack_config c = {
         .L = (int)arg_int(a, "seq-len"),
         .patch = arg_given(a, "patch-size") ? (int)arg_int(a, "patch-size") : 0,
@@ -210,7 +215,7 @@ static int cmd_serve(const args *a) {
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
     zmq_service svc;
-    if (zsvc_open(&svc, arg_str(a, "endpoint"), DL_MAX_REQUEST, err))
+    if (zsvc_open(&svc, arg_str(a, "endpoint"), DL_MAX_REQUEST, &auth, err))
         die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     sources_summary(&s, summary, sizeof summary); /* after every check: bad input stays one line */
     fprintf(stderr, "%s\n", summary);
@@ -249,5 +254,7 @@ static const cli_flag serve_flags[] = {
     {0},
 };
 
-const cli_command dl_serve_command = {
-    "serve", "serves every trainer rank its packed rows of any step over ZeroMQ", cmd_serve, {serve_flags}};
+const cli_command dl_serve_command = {"serve",
+                                      "serves every trainer rank its packed rows of any step over ZeroMQ",
+                                      cmd_serve,
+                                      {serve_flags, zsvc_auth_flags}};

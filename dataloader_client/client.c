@@ -3,6 +3,7 @@
 #include "../common/crc32c.h"
 #include "../common/error.h"
 #include "../common/timing.h"
+#include "../common/zmq_keys.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -47,7 +48,7 @@ static int send_request(dl_client *c, int op, int64_t step, char *err) {
 
 dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t first_step, const dl_client_options *o,
                           char *err) {
-    dl_client_options d = {4, 2000, 30, 0};
+    dl_client_options d = {4, 2000, 30, 0, NULL};
     if (!o) o = &d;
     if (world < 1 || world > DL_MAX_WORLD || rank < 0 || rank >= world || first_step < 0 || o->prefetch < 0 ||
         o->prefetch > 1024 || o->timeout_ms < 1 || o->tries < 1) {
@@ -76,6 +77,10 @@ dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t fir
      * queueing a share of them for a replica that died, and every one of
      * those waits out its timeout before the live replica is asked. */
     zmq_setsockopt(c->sock, ZMQ_IMMEDIATE, &immediate, sizeof immediate);
+    if (o->server_key && zkey_set_client(c->sock, o->server_key, err)) {
+        dl_client_close(c);
+        return NULL;
+    }
     /* Several loaders (replicas): a DEALER spreads the requests over them. */
     char *list = strdup(endpoint), *save = NULL;
     if (!list) die("out of memory");

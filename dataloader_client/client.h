@@ -18,10 +18,11 @@
 #include <stdint.h>
 
 typedef struct {
-    int prefetch;         /* steps asked for ahead of the one returned (default 4) */
-    int timeout_ms;       /* a step unanswered this long is asked again (default 2000) */
-    int tries;            /* asks of one step before giving up (default 30) */
-    uint64_t fingerprint; /* the dataset/config to accept; 0: the first loader's, then pinned */
+    int prefetch;           /* steps asked for ahead of the one returned (default 4) */
+    int timeout_ms;         /* a step unanswered this long is asked again (default 2000) */
+    int tries;              /* asks of one step before giving up (default 30) */
+    uint64_t fingerprint;   /* the dataset/config to accept; 0: the first loader's, then pinned */
+    const char *server_key; /* the loaders' public key file (server.pub): CURVE; NULL: plain */
 } dl_client_options;
 
 typedef struct dl_client dl_client;
@@ -30,8 +31,11 @@ typedef struct dl_client dl_client;
  * same data, separated by commas: requests are spread over the ones
  * connected now, so when a replica dies its clients move to the others
  * within one timeout (the steps it had been asked are asked again of the
- * rest, none skipped or repeated). Connects lazily (ZeroMQ),
- * so this fails only on a malformed endpoint or bad arguments. */
+ * rest, none skipped or repeated). Connects lazily (ZeroMQ), so this fails
+ * only on a malformed endpoint, bad arguments or a bad key file. Replicas
+ * share one key pair: a server_key is the key of each. A loader that speaks
+ * CURVE never answers a client without its key (nor one with the wrong
+ * key): such a client runs out of tries. */
 dl_client *dl_client_open(const char *endpoint, int rank, int world, int64_t first_step, const dl_client_options *o,
                           char *err);
 void dl_client_close(dl_client *c);

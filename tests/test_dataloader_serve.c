@@ -280,7 +280,7 @@ int main(void) {
     dl_client_close(c);
 
     /* Another fingerprint is refused with a clear error. */
-    dl_client_options o = {4, 2000, 3, packer_fingerprint(p) ^ 1};
+    dl_client_options o = {4, 2000, 3, packer_fingerprint(p) ^ 1, NULL};
     c = dl_client_open(endpoint, 0, 1, 0, &o, err);
     dl_batch b;
     CHECK(c && dl_client_next(c, &b, err) != 0 && strstr(err, "fingerprint"),
@@ -290,7 +290,7 @@ int main(void) {
     /* A caller busy for longer than the timeout (a long step, an
      * evaluation): the replies that came meanwhile are taken, not judged
      * unanswered (with one try, a re-ask would be an error). */
-    dl_client_options busy = {4, 200, 1, 0};
+    dl_client_options busy = {4, 200, 1, 0, NULL};
     c = dl_client_open(endpoint, 0, 1, 20, &busy, err);
     int calm = c != NULL;
     for (int k = 0; k < 6 && calm; k++) {
@@ -301,7 +301,7 @@ int main(void) {
     dl_client_close(c);
 
     /* The loader dies and comes back: no step skipped or repeated. */
-    dl_client_options ro = {4, 300, 100, 0};
+    dl_client_options ro = {4, 300, 100, 0, NULL};
     c = dl_client_open(endpoint, 1, 3, 50, &ro, err);
     int steady = 1;
     for (int k = 0; k < 30 && steady; k++) {
@@ -352,7 +352,7 @@ int main(void) {
     child = -1;
 
     /* Nobody there: the client gives up after its tries. */
-    dl_client_options quick = {1, 100, 3, 0};
+    dl_client_options quick = {1, 100, 3, 0, NULL};
     c = dl_client_open(endpoint, 0, 1, 0, &quick, err);
     CHECK(c && dl_client_next(c, &b, err) != 0 && strstr(err, "no reply"), "no loader: the client gives up (%s)", err);
     dl_client_close(c);

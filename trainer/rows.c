@@ -60,8 +60,8 @@ static cJSON *loader_fields(const cJSON *info, const char *endpoint, char *err) 
     return g;
 }
 
-row_source *rows_open_loader(const char *endpoint, const char *config_path, int accum, long first_step, model_config *c,
-                             int *B, int *L, char *err) {
+row_source *rows_open_loader(const char *endpoint, const char *key, const char *config_path, int accum, long first_step,
+                             model_config *c, int *B, int *L, char *err) {
     row_source *s = xcalloc(1, sizeof *s);
     s->accum = accum;
     s->micro = xcalloc(accum, sizeof(batch));
@@ -69,8 +69,9 @@ row_source *rows_open_loader(const char *endpoint, const char *config_path, int 
     int world = dist_size(), rank = dist_rank();
     char source[512];
     cJSON *info = NULL, *given = NULL;
+    dl_client_options o = {4, 2000, 30, 0, key}; /* the defaults, and CURVE when key is given */
     for (int j = 0; j < accum; j++)
-        if (!(s->clients[j] = dl_client_open(endpoint, rank * accum + j, world * accum, first_step, NULL, err)))
+        if (!(s->clients[j] = dl_client_open(endpoint, rank * accum + j, world * accum, first_step, &o, err)))
             goto fail;
     char *text = dl_client_info(s->clients[0], err);
     if (!text) goto fail;

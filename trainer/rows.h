@@ -19,9 +19,10 @@ typedef struct row_source row_source;
  * starting at first_step. Loads the model config from config_path, taking
  * what it leaves out from the loader (vocabulary and special token ids,
  * latent channels and size, patch size) and refusing what disagrees; B and L
- * are the loader's rows per rank and sequence length. */
-row_source *rows_open_loader(const char *endpoint, const char *config_path, int accum, long first_step, model_config *c,
-                             int *B, int *L, char *err);
+ * are the loader's rows per rank and sequence length. key: the file of the
+ * loader's public key (CURVE), or NULL. */
+row_source *rows_open_loader(const char *endpoint, const char *key, const char *config_path, int accum, long first_step,
+                             model_config *c, int *B, int *L, char *err);
 /* A generated global batch (seed), the same every step. */
 row_source *rows_open_generated(const model_config *c, int accum, int B, int L, unsigned long long seed);
 void rows_close(row_source *s);

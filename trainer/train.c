@@ -317,7 +317,8 @@ static int cmd_train(const args *a) {
     row_source *rows;
     if (o.loader) {
         int lb, ll;
-        if (!(rows = rows_open_loader(o.loader, config_path, o.A, start, &c, &lb, &ll, err))) die_input("%s", err);
+        if (!(rows = rows_open_loader(o.loader, arg_str(a, "loader-key"), config_path, o.A, start, &c, &lb, &ll, err)))
+            die_input("%s", err);
         if ((arg_given(a, "batch-rows") && lb != o.B) || (arg_given(a, "seq-len") && ll != o.L))
             die_input("trainer train: --batch-rows %d --seq-len %d, but the loader at %s serves %d rows of %d", o.B,
                       o.L, o.loader, lb, ll);
@@ -456,6 +457,7 @@ static const cli_flag train_flags[] = {
      "start from a checkpoint's weights (and config), a fresh optimizer"},
     {"loader", FLAG_TEXT, "tcp://HOST:PORT", NULL, NULL,
      "the dataloader (default: generated rows, for tests and benchmarks)"},
+    {"loader-key", FLAG_TEXT, "FILE", NULL, NULL, "the loader's public key (server.pub of `dataloader keygen`): CURVE"},
     {"steps", FLAG_INT, "N", "[1, inf)", "300", "optimizer steps (the learning rate's schedule ends there)"},
     {"batch-rows", FLAG_INT, "B", "[1, inf)", "4", "rows per rank and micro-batch (the loader's, when given)"},
     {"grad-accum", FLAG_INT, "A", "[1, inf)", "1", "micro-batches per optimizer step"},

@@ -2,13 +2,14 @@
  * with its table of flags (common/cli.h); `vae_service --help` and
  * `vae_service COMMAND --help` print them. init, forward, grads and bench
  * live here; train and eval in train.c, encode and decode in latents.c,
- * serve in serve.c.
+ * serve in serve.c, keygen in common/zmq_keys.c.
  *
  * Bad input exits with status 2 and one line naming the file and field. */
 #include "commands.h"
 #include "../vae/vae.h"
 #include "../common/timing.h"
 #include "../common/cli.h"
+#include "../common/zmq_keys.h"
 #include "../common/safetensors.h"
 #include "../nn/dist.h"
 #include "../nn/kernels.h"
@@ -208,7 +209,7 @@ static const cli_command bench_command = {
 
 static const cli_command *const commands[] = {
     &vae_train_command, &vae_eval_command, &vae_encode_command, &vae_decode_command, &vae_serve_command,
-    &bench_command,     &init_command,     &forward_command,    &grads_command,
+    &bench_command,     &init_command,     &forward_command,    &grads_command,      &zkey_keygen_command,
 };
 
 static const cli_program program = {"vae_service",

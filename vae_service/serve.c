@@ -2,6 +2,7 @@
  * sampler can encode images and decode latents without holding a VAE itself.
  *
  *   vae_service serve --vae VAE_DIR --endpoint tcp://127.0.0.1:PORT [--threads T] [--batch B]
+ *       [--curve-key DIR | --insecure]
  *
  * One ZMQ_ROUTER socket bound to ENDPOINT answers any number of REQ (or
  * DEALER) clients. Requests are handled one at a time, in arrival order: the
@@ -9,7 +10,10 @@
  * only share the cores and need more memory. --batch B caps the images per
  * vae_encode / vae_decode call (default: the whole request in one call), which
  * bounds the VAE's working memory for large requests. A port of `*` binds any
- * free port; the start line names the endpoint actually bound.
+ * free port; the start line names the endpoint actually bound. Beyond
+ * loopback it speaks CURVE with --curve-key (common/zmq_keys.h; clients set
+ * ZMQ_CURVE_SERVERKEY to its server.pub), or binds without it only when told
+ * --insecure.
  *
  * Wire protocol, version 1
  * ------------------------
@@ -380,14 +384,16 @@ static void serve_one(server *s, zmq_service *svc) {
 static int cmd_serve(const args *a) {
     const char *dir = arg_str(a, "vae"), *endpoint = arg_str(a, "endpoint");
     int batch = arg_given(a, "batch") ? (int)arg_int(a, "batch") : 0;
-    nn_init((int)arg_int(a, "threads"));
     char err[ERR_LEN];
+    zsvc_auth auth; /* first: a missing key should not wait for the VAE to load */
+    if (zsvc_auth_from_args(a, endpoint, &auth, err)) die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
+    nn_init((int)arg_int(a, "threads"));
     vae_model *v = vae_load(dir, err);
     if (!v) die_input("%s", err);
     server s = {.v = v, .c = vae_cfg(v), .dir = dir, .f = vae_downscale(vae_cfg(v)), .batch = batch};
 
     zmq_service svc;
-    if (zsvc_open(&svc, endpoint, MAX_FRAME, err)) {
+    if (zsvc_open(&svc, endpoint, MAX_FRAME, &auth, err)) {
         vae_free(v);
         die_input("%s %s: %s", a->prog->name, a->cmd->name, err);
     }
@@ -416,5 +422,7 @@ static const cli_flag serve_flags[] = {
     {0},
 };
 
-const cli_command vae_serve_command = {
-    "serve", "the VAE as a ZeroMQ service: encode images, decode latents", cmd_serve, {serve_flags, cli_threads_flags}};
+const cli_command vae_serve_command = {"serve",
+                                       "the VAE as a ZeroMQ service: encode images, decode latents",
+                                       cmd_serve,
+                                       {serve_flags, zsvc_auth_flags, cli_threads_flags}};
