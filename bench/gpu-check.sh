@@ -206,8 +206,11 @@ sys.exit(0 if rel <= 1e-2 and a["n_lm"] == b["n_lm"] and a["n_latent"] == b["n_l
 PY
 ) || pfail=1
     echo "# $name ($cfg, $rows x $len): device against cpu, every gradient within $GRAD_TOL of its largest value" >>"$L/parity.log"
+    # bfloat16 against float32: every element within GRAD_TOL of its tensor's
+    # largest value (--atol-rel), the old per-tensor scale kept because no
+    # element-wise figures for the device have been measured yet
     "$PYTHON" tests/torch_ref.py compare --ref "$T/g_${name}_cpu.safetensors" --test "$T/g_${name}_$DEVICE.safetensors" \
-        --rtol "$GRAD_TOL" >"$T/cmp" 2>&1 || pfail=1
+        --rtol 0 --atol 0 --atol-rel "$GRAD_TOL" >"$T/cmp" 2>&1 || pfail=1
     cat "$T/cmp" >>"$L/parity.log"
     worst=$(grep -o 'err [0-9.e+-]*' "$T/cmp" | awk '{print $2}' | sort -g | tail -n 1)
     pfig+="\"$name\":{\"loss\":${f:-null},\"worst_grad_err\":${worst:-null}},"

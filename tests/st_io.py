@@ -11,7 +11,6 @@ import numpy as np
 
 _NP_OF = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64,
           "I32": np.int32, "I64": np.int64, "U8": np.uint8}
-ZERO_REF = 1e-12  # compare: a reference tensor with max|A| <= this counts as zero
 
 
 def st_read(path):
@@ -100,20 +99,30 @@ def st_write(path, tensors, dtypes=None, meta=None):
     atomic_write(path, [struct.pack("<Q", len(hb)), hb] + chunks)
 
 
-def compare(ref_path, test_path, rtol, label=""):
-    """Every tensor of ref must be in test with the same shape and
-    max|A-B| <= rtol * max|A|; a reference with max|A| <= ZERO_REF counts as
-    zero and then needs max|B| <= 1e-6. Prints "ok LABEL NAME (err X)" or
-    "FAIL LABEL NAME: why" per tensor; returns the number of failures."""
+def compare(ref_path, test_path, rtol, atol, label="", atol_rel=0.0):
+    """Element-wise: every tensor of ref must be in test with the same shape,
+    finite, and for every element
+        |A - B| <= atol + atol_rel * max|A| + rtol * |A|,
+    and where |A| is above the absolute part of that allowance, B must have A's
+    sign (an element that large cannot flip sign within the bound unless rtol
+    is near 1, so this only makes the rule explicit). A bound on max|A-B|
+    relative to max|A| alone would let the small entries of a tensor be wrong,
+    sign included; atol covers the entries that float32 rounding of sums of
+    larger terms leaves near zero (an all-zero A needs |B| <= atol).
+    Prints "ok LABEL NAME (ratio R, err E)" per tensor, R the worst element's
+    |A-B| over its allowance (pass: R <= 1) and E = max|A-B| / max|A| (absolute
+    where all of A is below the floor), or
+    "FAIL LABEL NAME: why" naming the worst element (index, ref, test); then
+    one "# worst ..." line for the whole file. Returns the number of failures."""
     ref, _ = st_read(ref_path)
     test, _ = st_read(test_path)
-    bad = 0
+    bad, worst = 0, (-1.0, "")
     for name, A in ref.items():
         what = f"{label}{name}"
         B = test.get(name)
         if B is None or A.shape != B.shape:
             why = f"missing in {test_path}" if B is None else f"shape {list(B.shape)}, want {list(A.shape)}"
-            print(f"FAIL {what}: {why} (err {rel:.3g})")
+            print(f"FAIL {what}: {why}")
             bad += 1
             continue
         A64, B64 = A.astype(np.float64), B.astype(np.float64)
@@ -121,18 +130,34 @@ def compare(ref_path, test_path, rtol, label=""):
             print(f"FAIL {what}: non-finite values in {test_path}")
             bad += 1
             continue
-        amax = float(np.abs(A64).max()) if A64.size else 0.0
-        if amax <= ZERO_REF:
-            err = float(np.abs(B64).max()) if B64.size else 0.0
-            ok, rel = err <= 1e-6, err
-            why = f"reference is zero (max|ref| = {amax:.3g}), max|test| = {err:.3g} > 1e-6"
-        else:
-            err = float(np.abs(A64 - B64).max())
-            ok, rel = err <= rtol * amax, err / amax
-            why = f"max|ref-test| = {err:.3g} > {rtol:g} * max|ref| = {rtol * amax:.3g}"
-        if ok:
-            print(f"ok {what} (err {rel:.3g})")
-        else:
-            print(f"FAIL {what}: {why} (err {rel:.3g})")
+        if A64.size == 0:
+            print(f"ok {what} (empty)")
+            continue
+        amax = float(np.abs(A64).max())
+        floor = atol + atol_rel * amax
+        diff = np.abs(A64 - B64)
+        allow = floor + rtol * np.abs(A64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(allow > 0, diff / allow, np.where(diff > 0, np.inf, 0.0))
+        flips = (np.abs(A64) > floor) & (np.sign(A64) != np.sign(B64))
+        i = int(np.argmax(flips)) if flips.any() else int(np.argmax(ratio))
+        r = float(ratio.flat[i])
+        idx = list(np.unravel_index(i, A.shape)) if A.shape else []
+        at = f"{what}{idx} ref {A64.flat[i]:.9g} test {B64.flat[i]:.9g}"
+        # E relative to max|A|, or absolute where all of A is below the floor
+        err = f"err {diff.max() / amax:.3g}" if amax > floor else f"max|diff| {diff.max():.3g}, |ref| <= atol"
+        if r > worst[0]:
+            worst = (r, at)
+        if flips.any():
+            print(f"FAIL {what}: {int(flips.sum())} elements with |ref| > {floor:.3g} have the wrong sign, first {at} ({err})")
             bad += 1
+        elif r <= 1:
+            print(f"ok {what} (ratio {r:.3g}, {err})")
+        else:
+            print(f"FAIL {what}: {int((ratio > 1).sum())} of {A.size} elements outside |ref-test| <= "
+                  f"{floor:.3g} + {rtol:g}|ref|, worst {at} (|diff| {diff.flat[i]:.3g}, {r:.3g}x the allowance; {err})")
+            bad += 1
+    if worst[0] >= 0:
+        print(f"# worst element: {worst[1]}, {worst[0]:.3g} of its allowance "
+              f"(atol {atol:g}, atol_rel {atol_rel:g}, rtol {rtol:g})")
     return bad

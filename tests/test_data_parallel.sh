@@ -3,8 +3,9 @@
 # through real MPI ranks: the same global batch split as 1 rank x 12 rows,
 # 2 ranks x 6 rows (ZeRO-1, and without it), 3 ranks x 4 rows (ZeRO parts
 # that cut tensors unevenly) and 1 rank x 6 rows x 2 accumulation steps gives
-# the same per-step losses and the same final weights (each tensor's norm of
-# the difference), within 1e-5 relative, over 20 steps; 2 ranks on the GPU's
+# the same per-step losses within 1e-7 relative and the same final weights
+# within 1e-5 relative (each tensor's norm of the difference) over 20 steps
+# (measured: 1.4e-8 and 1.8e-6, 7x and 5.5x margin); 2 ranks on the GPU's
 # code path with the CPU's kernels (--device cpu-device) give bitwise 2 ranks'.
 set -u
 BIN=${BIN:-bin}
@@ -51,10 +52,10 @@ wb, _ = st_read(f"{t}/{name}/model.safetensors")
 # up to lr, so single elements may differ more than the tensor as a whole.
 werr = max(float(np.linalg.norm(wa[k].astype(np.float64) - wb[k]) / max(np.linalg.norm(wa[k]), 1e-30)) for k in wa)
 moved = max(float(np.abs(wa[k]).max()) for k in wa) > 0 and a[0] != a[-1]
-if lerr <= 1e-5 and werr <= 1e-5 and moved:
+if lerr <= 1e-7 and werr <= 1e-5 and moved:
     print(f"ok {name} = {ref}: 20 losses within {lerr:.2g} relative, weights within {werr:.2g} (loss {a[0]:.4f} -> {a[-1]:.4f})")
 else:
-    print(f"FAIL {name} vs {ref}: losses differ by {lerr:.3g}, weights by {werr:.3g} relative (limit 1e-5), training moved: {moved}")
+    print(f"FAIL {name} vs {ref}: losses differ by {lerr:.3g}, weights by {werr:.3g} relative (limits 1e-7 and 1e-5), training moved: {moved}")
     sys.exit(1)
 PYEOF
     [ $? -eq 0 ] || fails=$((fails + 1))

@@ -3,7 +3,13 @@
  * For each tensor it probes the entry with the largest analytic gradient and
  * two random entries: (loss(w + h) - loss(w - h)) / 2h must match the
  * analytic gradient to 0.2% of the tensor's largest gradient. Losses are
- * summed in float64 by the model; h is sized for float32 activations. */
+ * summed in float64 by the model; h is sized for float32 activations.
+ * The bound is per tensor, not per element (as test_parity.sh's is): a
+ * central difference errs by h^2 times the third derivative plus float32
+ * rounding of the loss over 2h, neither of which shrinks with the probed
+ * entry, so a small entry cannot be held to a fraction of itself. The
+ * element-wise check of every gradient entry is test_parity.sh's, against
+ * float64 autograd. */
 #include "check.h"
 #include "../trainer/model.h"
 #include "../nn/kernels.h"

@@ -4,7 +4,17 @@
 # with several documents per row, images of both orders, a document with two
 # images and pads, `trainer loss` must print the same loss, lm_loss,
 # diffusion_loss, n_lm, n_latent (and grad_norm) as the reference, and every
-# parameter gradient must match at rtol 1e-4 (max|ref-test| <= 1e-4 max|ref|).
+# element of every parameter gradient must match: |ref-test| <= 3e-7 + 1e-5 |ref|
+# (tests/st_io.py compare; small entries keep their sign). Why those numbers:
+# the largest gradients here are ~0.67 and the trainer sums in float32, so
+# its errors are float32 roundings of sums of terms of that size, absolute
+# rather than relative to the element: a fixed atol, not one per tensor (an
+# atol of c * max|ref| kept this margin only at c = 3e-6, ten times looser on
+# the largest tensors: small tensors err more relative to their own largest
+# entry). Measured worst element, |diff| over its allowance, over the three
+# cases: 0.18 (AVX-512, 2 threads) and 0.22 (1 thread, ONEDNN_MAX_CPU_ISA=AVX2):
+# 4.5-5.5x margin. The old bound,
+# max|diff| <= 1e-4 max|ref|, let entries below 1e-4 of the largest be wrong.
 # Three cases: a tiny model, a vocabulary of 3000 with > 128 LM positions so
 # that the trainer's chunked cross-entropy crosses chunk boundaries, and the
 # tiny model with causal attention inside images (image_attention, the
@@ -92,9 +102,9 @@ else:
 sys.exit(1 if bad else 0)
 EOF
     [ $? -eq 0 ] || fails=$((fails + 1))
-    "$PY" "$REF" compare --ref g_t.safetensors --test g_c.safetensors --rtol 1e-4 >cmp.out 2>&1
+    "$PY" "$REF" compare --ref g_t.safetensors --test g_c.safetensors --rtol 1e-5 --atol 3e-7 >cmp.out 2>&1
     local rc=$?
-    sed -e "s/^ok /ok $name /" -e "s/^FAIL /FAIL $name /" cmp.out
+    sed -e "s/^ok /ok $name /" -e "s/^FAIL /FAIL $name /" -e "s/^# /# $name: /" cmp.out
     if [ $rc -ne 0 ]; then
         grep -q '^FAIL ' cmp.out || echo "FAIL $name compare: exited $rc: $(tail -n 3 cmp.out | tr '\n' ' ')"
         fails=$((fails + 1))

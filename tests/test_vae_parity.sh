@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
 # test_vae_parity.sh - the C VAE (bin/vae_service) against the independent
 # PyTorch AutoencoderKL of tests/vae_ref.py, on random weights (GroupNorm
-# affines and biases randomized too): encoder mean and logvar and the decoded
-# image within 1e-4 of each tensor's largest value, the training loss (L2 and
-# L1) within 1e-5 relative, and the gradient of every parameter within 1e-4. A VAE
-# written by the PyTorch script loads into vae_service by name.
+# affines and biases randomized too): every element of the encoder mean and
+# logvar and the decoded image within 3e-5 + 1e-5 |ref|, the training loss (L2
+# and L1) within 1e-5 relative, and every element of the gradient of every
+# parameter within 5e-7 + 1e-5 |ref| (tests/st_io.py compare; small entries
+# keep their sign). A VAE written by the PyTorch script loads into vae_service
+# by name.
+# Why those numbers: the C side works in float32, so its errors are roundings
+# of sums of terms as large as a tensor's larger entries (values ~1.6,
+# gradients ~0.3), absolute rather than relative to the element: a fixed atol.
+# A per-tensor c * max|ref| cannot hold: each to_k.bias gradient is
+# mathematically 0 (softmax ignores a per-query constant), ~1e-21 in the
+# reference. Measured worst element, |diff| over its allowance, over both
+# cases and both losses: forward 0.084 (AVX-512, 2 threads) and 0.22
+# (1 thread, ONEDNN_MAX_CPU_ISA=AVX2); gradients 0.20 and 0.19: 4.5-5x margin
+# or more. The old bound, max|diff| <= 1e-4 max|ref| per tensor, let entries
+# below 1e-4 of the largest be wrong.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -22,7 +34,7 @@ compare() {
     local label=$1 rc n; shift
     $PY $REF compare "$@" >"$tmp/cmp"
     rc=$?
-    sed "s/^\(ok\|FAIL\) /\1 $label /" "$tmp/cmp"
+    sed "s/^\(ok\|FAIL\|#\) /\1 $label /" "$tmp/cmp"
     n=$(grep -c '^FAIL' "$tmp/cmp")
     fails=$((fails + n))
     [ $rc -eq 0 ] || [ "$n" -gt 0 ] || fail "$label: the comparison exited $rc"
@@ -42,7 +54,7 @@ run_case() {
         fail "$name: vae_service forward failed"; return
     fi
     if $PY $REF forward --vae "$d/vae" --images "$d/in.st" --out "$d/t.st" >/dev/null; then
-        compare "$name forward" --ref "$d/t.st" --test "$d/c.st" --rtol 1e-4
+        compare "$name forward" --ref "$d/t.st" --test "$d/c.st" --rtol 1e-5 --atol 3e-5
     else
         fail "$name forward: the reference's forward failed"
     fi
@@ -63,7 +75,7 @@ if sys.argv[3] == "l1" and t["min_abs_residual"] < 1e-5:
 sys.exit(1 if bad else 0)
 PYEOF
         then ok "$name $loss training loss matches ($lc)"; else fail "$name $loss training loss: C $lc, torch $lt"; fi
-        compare "$name $loss grad" --ref "$d/gt.st" --test "$d/gc.st" --rtol 1e-4
+        compare "$name $loss grad" --ref "$d/gt.st" --test "$d/gc.st" --rtol 1e-5 --atol 5e-7
     done
 }
 

@@ -26,9 +26,10 @@ Subcommands:
       Loss and gradients of a checkpoint on a batch file; prints the JSON line
       {"loss","lm_loss","diffusion_loss","n_lm","n_latent","grad_norm"} and writes
       the gradients (F32) under each parameter's name.
-  compare --ref A.safetensors --test B.safetensors [--rtol 1e-4]
-      Every tensor of A must be in B with the same shape and
-      max|A-B| <= rtol * max|A| (all-zero A: max|B| <= 1e-6).
+  compare --ref A.safetensors --test B.safetensors --rtol R --atol T [--atol-rel C]
+      Every tensor of A must be in B with the same shape, and every element
+      |A-B| <= T + C * max|A| + R * |A|, with A's sign where |A| > T + C * max|A|
+      (st_io.compare). The worst element is printed on failure.
   bench --config CONFIG.json --batch-rows B --seq-len L --steps N --threads T [--batch BATCH.safetensors]
       Eager float32 training steps (forward, backward, clip 1.0, AdamW) on a
       generated packed batch with about half of the positions in images; prints
@@ -554,7 +555,7 @@ def cmd_loss(a):
 
 
 def cmd_compare(a):
-    sys.exit(1 if compare(a.ref, a.test, a.rtol, "grad ") else 0)
+    sys.exit(1 if compare(a.ref, a.test, a.rtol, a.atol, "grad ", a.atol_rel) else 0)
 
 
 def cmd_bench(a):
@@ -627,7 +628,9 @@ def main():
     p = sp.add_parser("compare")
     p.add_argument("--ref", required=True)
     p.add_argument("--test", required=True)
-    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, required=True)
+    p.add_argument("--atol", type=float, required=True)
+    p.add_argument("--atol-rel", type=float, default=0.0)
     p.set_defaults(fn=cmd_compare)
     p = sp.add_parser("bench")
     p.add_argument("--config", required=True)

@@ -72,13 +72,13 @@ Subcommands:
       (if IN has none, eps = numpy default_rng(S).standard_normal, float64).
       Prints {"loss","rec_loss","kl","min_abs_residual"} as one JSON line and writes the gradient
       of loss for every parameter under its diffusers name (F32).
-  compare --ref A --test B [--rtol 1e-4]
-      Every tensor of A must be in B with the same shape and
-      max|A-B| <= rtol * max|A|; a reference with max|A| <= 1e-12 counts as
-      zero and then needs max|B| <= 1e-6 (the gradient of every to_k.bias is
-      mathematically 0: softmax ignores a per-query constant; float64 autograd
-      leaves ~1e-23 rounding noise there). Prints
-      "ok NAME (err X)" (X relative to max|A|) or "FAIL NAME: why" per tensor;
+  compare --ref A --test B --rtol R --atol T [--atol-rel C]
+      Every tensor of A must be in B with the same shape, and every element
+      |A-B| <= T + C * max|A| + R * |A|, with A's sign where |A| > T + C * max|A|
+      (st_io.compare; an all-zero A needs |B| <= T: the gradient of every
+      to_k.bias is mathematically 0, softmax ignores a per-query constant, and
+      float64 autograd leaves ~1e-21 rounding noise there). Prints "ok NAME
+      (ratio R, err E)" or "FAIL NAME: why" with the worst element per tensor;
       exit 1 on any failure.
   bench --config CFG.json --size S --batch N --threads T [--steps K] [--train] [--precision fp32|bf16]
       Encode throughput: encoder + quant_conv, mean only, float32, eval,
@@ -509,7 +509,7 @@ def cmd_train_step(a):
 
 
 def cmd_compare(a):
-    sys.exit(1 if compare(a.ref, a.test, a.rtol, "") else 0)
+    sys.exit(1 if compare(a.ref, a.test, a.rtol, a.atol, "", a.atol_rel) else 0)
 
 
 def cmd_bench(a):
@@ -611,7 +611,9 @@ def main():
     p = sp.add_parser("compare")
     p.add_argument("--ref", required=True)
     p.add_argument("--test", required=True)
-    p.add_argument("--rtol", type=float, default=1e-4)
+    p.add_argument("--rtol", type=float, required=True)
+    p.add_argument("--atol", type=float, required=True)
+    p.add_argument("--atol-rel", type=float, default=0.0)
     p.set_defaults(fn=cmd_compare)
     p = sp.add_parser("bench")
     p.add_argument("--config", required=True)
