@@ -50,7 +50,7 @@ log=$(mktemp -d)
 loader=""; trainers=""
 cleanup() {
     [ -n "$trainers" ] && kill -0 "$trainers" 2>/dev/null && kill -KILL "$trainers" 2>/dev/null
-    [ -n "$loader" ] && kill -TERM "$loader" 2>/dev/null && wait "$loader" 2>/dev/null
+    [ -n "$loader" ] && kill -TERM "$loader" 2>/dev/null && wait "$loader" 2>/dev/null || true  # mpirun exits 1 on SIGTERM
     rm -rf "$log"
 }
 trap cleanup EXIT
