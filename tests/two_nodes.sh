@@ -12,6 +12,9 @@
 # Not part of `make test`: it needs root and `ip netns`.
 #   tests/two_nodes.sh     (RANKS_PER_NODE=2 STEPS=20 PORT=5555 HIDDEN=64
 #                           LAYERS=2 BTL=tcp,self by default; KEEP=1 keeps its temp folder)
+# HOSTNAMES=1 gives each node a hostname of its own (a UTS namespace) and
+# leaves the transports to Open MPI (shared memory within a node, TCP across):
+# with one hostname, the nodes' shared-memory segments collide in /dev/shm.
 set -u
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
@@ -23,9 +26,12 @@ K=${RANKS_PER_NODE:-2} STEPS=${STEPS:-20} PORT=${PORT:-5555}
 DL=$(realpath "$BIN/dataloader") TR=$(realpath "$BIN/trainer")
 N1=tfn1-$$ N2=tfn2-$$ V1=tfa$$ V2=tfb$$        # unique: other copies may run beside this one
 t=$(mktemp -d)
-run=""
+run="" w1="" w2=""
 cleanup() {
-    [ -n "$run" ] && kill -TERM "$run" 2>/dev/null && sleep 1
+    [ -n "$w1$w2" ] && kill $w1 $w2 2>/dev/null
+    if [ -n "$run" ] && kill -TERM "$run" 2>/dev/null; then   # train.sh: the ranks save and stop
+        for _ in $(seq 50); do kill -0 "$run" 2>/dev/null || break; sleep 0.2; done
+    fi
     for ns in "$N1" "$N2"; do                 # whatever is left in our namespaces is ours
         for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
         ip netns del "$ns" 2>/dev/null
@@ -75,7 +81,7 @@ veth() { ip netns exec "$N1" cat "/sys/class/net/$V1/statistics/$1"; }
 # Which of our programs run in a namespace: writes "DATALOADERS TRAINERS", the most seen at once.
 watch_ns() {
     local most_d=0 most_t=0 d n p
-    while [ ! -e "$t/stop_watch" ]; do
+    while [ -d "$t" ] && [ ! -e "$t/stop_watch" ]; do
         d=0 n=0
         for p in $(ip netns pids "$1" 2>/dev/null); do
             case $(tr '\0' ' ' 2>/dev/null <"/proc/$p/cmdline") in
@@ -94,15 +100,20 @@ printf '10.77.0.1 slots=%d\n10.77.0.2 slots=%d\n' "$K" "$K" >"$t/hosts"
 rm -f "$t/stop_watch"; watch_ns "$N1" & w1=$!; watch_ns "$N2" & w2=$!
 tx0=$(veth tx_bytes) rx0=$(veth rx_bytes)
 start=$(date +%s.%N)
-ip netns exec "$N1" env \
+btl=(OMPI_MCA_btl="${BTL:-tcp,self}") in_ns1=(ip netns exec "$N1")
+if [ -n "${HOSTNAMES:-}" ]; then              # each node its own hostname, Open MPI's default transports
+    btl=(NETNS_AGENT_HOSTNAME=1) in_ns1+=(unshare --uts sh -c 'hostname "$0" && exec "$@"' "$N1")
+    [ -n "${BTL:-}" ] && btl+=(OMPI_MCA_btl="$BTL")
+fi
+"${in_ns1[@]}" env "${btl[@]}" \
     OMPI_MCA_plm_rsh_agent="$PWD/launch/netns_agent.sh" NETNS_AGENT_NAMESPACES="$N1 $N2" \
-    OMPI_MCA_oob_tcp_if_include=10.77.0.0/24 OMPI_MCA_btl_tcp_if_include=10.77.0.0/24 OMPI_MCA_btl="${BTL:-tcp,self}" \
+    OMPI_MCA_oob_tcp_if_include=10.77.0.0/24 OMPI_MCA_btl_tcp_if_include=10.77.0.0/24 \
     launch/train.sh --hostfile "$t/hosts" --ranks-per-node "$K" --port "$PORT" "${data[@]}" -- "${args[@]}" \
     --ckpt-dir "$t/two" >"$t/two.log" 2>&1 &
 run=$!; wait $run; rc=$?; run=""
 wall=$(echo "$(date +%s.%N) - $start" | bc)
 tx=$(( $(veth tx_bytes) - tx0 )) rx=$(( $(veth rx_bytes) - rx0 ))
-touch "$t/stop_watch"; wait $w1 $w2
+touch "$t/stop_watch"; wait $w1 $w2; w1="" w2=""
 check "two nodes: launch/train.sh --hostfile runs $STEPS steps on 2 x $K ranks (exit $rc)" \
     sh -c "[ $rc -eq 0 ] && grep -q '^step *$STEPS/$STEPS' '$t/two.log'"
 [ $rc -eq 0 ] || tail -n 20 "$t/two.log" | sed 's/^/    | /'
