@@ -16,7 +16,7 @@
 # leaves the transports to Open MPI (shared memory within a node, TCP across):
 # with one hostname, the nodes' shared-memory segments collide in /dev/shm.
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
 . tests/check.sh
