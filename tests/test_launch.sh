@@ -4,7 +4,9 @@
 # Ctrl-C (SIGTERM to the script) makes the ranks finish their step, save
 # and exit 0, and the loader stops; a loader killed and restarted mid-run leaves the trainers' losses
 # exactly those of an undisturbed run (so they got the same rows: no step
-# skipped or repeated); launch/plot_metrics.sh draws the run's loss curves.
+# skipped or repeated); with --restarts, a loader and a rank killed are
+# started again and the run ends with the undisturbed losses;
+# launch/plot_metrics.sh draws the run's loss curves.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -84,4 +86,20 @@ check "loader restart: the trainers said they were waiting" grep -q 'waiting for
 check "loader restart: every step's 40 losses equal the undisturbed run's" \
     diff <(sed 's/,"lr".*//' "$t/calm/metrics.jsonl") <(sed 's/,"lr".*//' "$t/restart/metrics.jsonl")
 kill $loader 2>/dev/null
+
+# --restarts: the loader and then a rank killed with kill -9; train.sh starts
+# each again (the trainers with --resume auto from their newest checkpoint),
+# and the last loss logged for every step is the undisturbed run's.
+launch/train.sh --ranks 2 --restarts 3 "${data[@]}" -- "${args[@]}" --steps 40 --ckpt-dir "$t/re" --ckpt-every 5 \
+    >"$t/re.log" 2>&1 &
+pid=$!; pids="$pids $pid"
+at_step() { for _ in $(seq 1500); do grep -q "^{\"step\":$1," "$t/re/metrics.jsonl" 2>/dev/null && return; sleep 0.02; done; }
+at_step 8; pkill -9 -f "^$DL serve .*$t/text"
+at_step 20; pkill -9 -n -f "^$TR train .*$t/re "
+wait $pid; rc=$?
+check "--restarts: the run ends with exit 0 ($rc) after restarting the loader and the trainers" \
+    sh -c "[ $rc -eq 0 ] && grep -q 'restart 1/3: dataloader 1 exited' '$t/re.log' && grep -q 'restart 2/3: the trainers exited' '$t/re.log'"
+last_losses() { awk -F'[:,]' '/^\{"step":[0-9]+,"loss":[^,]+,/ { loss[$2] = $4 } END { for (s = 1; s <= 40; s++) print s, loss[s] }' "$1"; }
+check "--restarts: the last loss logged for every step equals the undisturbed run's" \
+    diff <(last_losses "$t/calm/metrics.jsonl") <(last_losses "$t/re/metrics.jsonl")
 [ $fails -eq 0 ]
