@@ -55,13 +55,16 @@ check "--help wins over the other flags (exit $?), and nothing runs" grep -q '^u
 # The scripts: --help prints the header and starts nothing.
 for s in launch/train.sh launch/pipeline.sh launch/learn.sh launch/ablate.sh launch/report.sh \
          launch/plot_metrics.sh data/fetch-images.sh data/fetch-text.sh docs/cli_docs.sh; do
-    before=$(pgrep -c -f '[b]in/(dataloader|trainer|vae_service|render_images)' || true)
-    timeout 10 bash "$s" --help >"$t/s.out" 2>"$t/s.err"
+    # in a session of its own, so that what it leaves behind can be told
+    # from other programs running on the machine
+    setsid timeout 10 bash "$s" --help >"$t/s.out" 2>"$t/s.err" &
+    sid=$!
+    wait $sid
     rc=$?
     check "$s --help exits 0 ($rc) with its header" \
         sh -c "[ $rc -eq 0 ] && [ ! -s '$t/s.err' ] && head -1 '$t/s.out' | grep -q '^$(basename "$s") - '"
-    after=$(pgrep -c -f '[b]in/(dataloader|trainer|vae_service|render_images)' || true)
-    check "... and starts no program ($before before, $after after)" [ "$after" -le "$before" ]
+    left=$(pgrep -c -s "$sid" || true)
+    check "... and leaves no process running ($left)" [ "$left" -eq 0 ]
 done
 
 check "the READMEs' command summaries are the tables' (docs/cli_docs.sh --check)" \
