@@ -35,6 +35,15 @@ static inline pid_t spawn(char *const argv[], int *out_fd, int *err_fd) {
     return pid;
 }
 
+/* SIGKILL to *pid (when there is one), reaped; *pid becomes -1. */
+static inline void kill_wait(pid_t *pid) {
+    if (*pid > 0) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+        *pid = -1;
+    }
+}
+
 /* Reads what fd gives until EOF, a newline (stop_at_newline) or the timeout. */
 static inline int read_text(int fd, char *buf, size_t len, int stop_at_newline, int timeout_ms) {
     size_t n = 0;

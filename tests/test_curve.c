@@ -29,13 +29,7 @@ static fixture fx;
 static char bin_dir[512], keys[256], other[256], pub[300], other_pub[300], vae_dir[256];
 static pid_t child = -1;
 
-static void kill_child(void) {
-    if (child > 0) {
-        kill(child, SIGKILL);
-        waitpid(child, NULL, 0);
-        child = -1;
-    }
-}
+static void kill_child(void) { kill_wait(&child); }
 
 /* Runs a command to its end; its exit status, or -1. */
 static int run(char *const argv[]) {

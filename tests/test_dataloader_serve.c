@@ -39,13 +39,7 @@ static fixture fx;
 static char endpoint[256], bin[512];
 static pid_t child = -1;
 
-static void kill_child(void) {
-    if (child > 0) {
-        kill(child, SIGKILL);
-        waitpid(child, NULL, 0);
-        child = -1;
-    }
-}
+static void kill_child(void) { kill_wait(&child); }
 
 /* Starts the server on `where`; its stdout line names the bound endpoint. */
 static int start_server(const char *where, char *fingerprint) {

@@ -45,13 +45,7 @@ static pid_t child = -1;
 static int child_out = -1; /* read end of the child's stdout */
 static int server_dead;    /* a request timed out: the REQ socket is stuck */
 
-static void kill_child(void) {
-    if (child > 0) {
-        kill(child, SIGKILL);
-        waitpid(child, NULL, 0);
-        child = -1;
-    }
-}
+static void kill_child(void) { kill_wait(&child); }
 
 /* ---- requests ------------------------------------------------------------- */
 

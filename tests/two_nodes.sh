@@ -58,20 +58,10 @@ done
 wait
 check "node 1 reaches node 2 over the veth" [ "$reply" = hi ]
 
-# Data, as tests/test_launch.sh builds it: a text corpus, its tokenizer and
-# tokens, and latents of a random VAE; a tiny model.
-$PY - "$t" <<'PYEOF'
-import random, sys
-r = random.Random(5); w = "a small boat drifts on the grey sea under low clouds and wind".split()
-with open(sys.argv[1] + "/a.txt", "w") as f:
-    for _ in range(300): f.write(" ".join(r.choice(w) for _ in range(r.randint(4, 60))) + "\n\n")
-PYEOF
-"$DL" tokenizer train --input "$t/a.txt" --vocab 300 --out "$t/tok.model" >/dev/null 2>&1 &&
-"$DL" tokenize --tokenizer "$t/tok.model" --input "$t/a.txt" --out "$t/text" >/dev/null 2>&1 &&
-mkdir -p "$t/img" && $PY tests/make_image_shards.py --out "$t/img" --shards 1 --per-shard 30 --size 16 >/dev/null &&
-"$BIN/vae_service" init --config configs/vae-tiny.json --out "$t/vae" >/dev/null &&
-"$BIN/vae_service" encode --vae "$t/vae" --data "$t/img/shard-00000.tar" --out "$t/lat" --size 16 >/dev/null 2>&1
-check "the test data is built" [ -f "$t/lat/dataset.json" -a -f "$t/text/dataset.json" ]
+# Data (tests/loader_data.sh): a text corpus, its tokenizer and tokens, and
+# latents of a random VAE; a tiny model.
+BIN="$BIN" tests/loader_data.sh "$t"
+check "the test data is built ($?)" [ $? -eq 0 ]
 printf '{"hidden_size":%d,"num_hidden_layers":%d,"num_attention_heads":4,"intermediate_size":%d,"max_image_patches":16}\n' \
     "${HIDDEN:-64}" "${LAYERS:-2}" "$((${HIDDEN:-64} * 2))" >"$t/model.json"
 data=(--text "$t/text" --latents "$t/lat" --tokenizer "$t/tok.model" --loader-args "--patch-size 2 --rows-per-rank 2 --seq-len 128")
