@@ -40,6 +40,49 @@ static const field fields[] = {
 };
 #define N_FIELDS ((int)(sizeof fields / sizeof fields[0]))
 
+/* "image_encoder" and, for "unet", its settings (defaults in config.h). */
+static int load_image_encoder(const cJSON *root, const char *path, model_config *c, char *err) {
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(root, "image_encoder");
+    if (!e) return 0;
+    if (!cJSON_IsString(e) || (strcmp(e->valuestring, "linear") && strcmp(e->valuestring, "unet")))
+        return set_error(err, "%s: field 'image_encoder': expected \"linear\" or \"unet\"", path);
+    if (strcmp(e->valuestring, "unet")) return 0;
+    c->image_unet = 1;
+    c->unet_levels = 2;
+    c->unet_channels[0] = 64;
+    c->unet_channels[1] = 128;
+    c->unet_layers_per_block = 1;
+    c->unet_groups = 8;
+    const cJSON *ch = cJSON_GetObjectItemCaseSensitive(root, "unet_channels");
+    if (ch) {
+        int n = cJSON_GetArraySize(ch);
+        if (!cJSON_IsArray(ch) || n < 1 || n > CONFIG_UNET_LEVELS)
+            return set_error(err, "%s: field 'unet_channels': expected a list of 1 to %d channel counts", path,
+                             CONFIG_UNET_LEVELS);
+        c->unet_levels = n;
+        for (int i = 0; i < n; i++) {
+            const cJSON *v = cJSON_GetArrayItem(ch, i);
+            if (!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble || v->valuedouble < 1 ||
+                v->valuedouble > 65536)
+                return set_error(err, "%s: field 'unet_channels': entry %d is not a count in [1, 65536]", path, i);
+            c->unet_channels[i] = (int)v->valuedouble;
+        }
+    }
+    const struct {
+        const char *name;
+        int *value;
+    } ints[] = {{"unet_layers_per_block", &c->unet_layers_per_block}, {"unet_groups", &c->unet_groups}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, ints[i].name);
+        if (!v) continue;
+        if (!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble || v->valuedouble < 1 ||
+            v->valuedouble > 65536)
+            return set_error(err, "%s: field '%s': not a count in [1, 65536]", path, ints[i].name);
+        *ints[i].value = (int)v->valuedouble;
+    }
+    return 0;
+}
+
 int config_load(const char *path, model_config *c, char *err) { return config_load_given(path, NULL, NULL, c, err); }
 
 int config_load_given(const char *path, const cJSON *given, const char *source, model_config *c, char *err) {
@@ -104,6 +147,7 @@ int config_load_given(const char *path, const cJSON *given, const char *source, 
             rc = set_error(err, "%s: field 'image_attention': expected \"bidirectional\" or \"causal\"", path);
         c->image_causal = causal;
     }
+    if (rc == 0) rc = load_image_encoder(root, path, c, err);
     /* BOI and EOI default to the two ids appended after the SentencePiece
      * vocabulary (docs/model.md section 1). */
     if (!cJSON_GetObjectItemCaseSensitive(root, "boi_token_id") &&
@@ -166,6 +210,22 @@ int config_validate(const model_config *c, const char *path, char *err) {
     if (!(c->lambda_diffusion >= 0) || !isfinite(c->lambda_diffusion))
         return set_error(err, "%s: field 'lambda_diffusion': %g must be >= 0", path, c->lambda_diffusion);
 
+    if (c->image_unet) {
+        int levels = c->unet_levels;
+        if (levels < 1 || levels > CONFIG_UNET_LEVELS || c->unet_layers_per_block < 1 || c->unet_groups < 1)
+            return set_error(err, "%s: field 'unet_channels': 1 to %d levels, with unet_layers_per_block and "
+                             "unet_groups >= 1", path, CONFIG_UNET_LEVELS);
+        if (c->patch_size != 1 << (levels - 1))
+            return set_error(err,
+                             "%s: field 'patch_size': %d, but %d U-Net levels halve the latent %d times, so it "
+                             "must be %d",
+                             path, c->patch_size, levels, levels - 1, 1 << (levels - 1));
+        for (int i = 0; i < levels; i++)
+            if (c->unet_channels[i] < 1 || c->unet_channels[i] % c->unet_groups)
+                return set_error(err, "%s: field 'unet_groups': %d does not divide unet_channels[%d] = %d", path,
+                                 c->unet_groups, i, c->unet_channels[i]);
+    }
+
     const struct {
         const char *name;
         int value;
@@ -218,6 +278,12 @@ cJSON *config_json(const model_config *c) {
         if (v && !ok) cJSON_Delete(v);
     }
     ok = ok && cJSON_AddStringToObject(root, "image_attention", c->image_causal ? "causal" : "bidirectional");
+    if (ok && c->image_unet) { /* a linear config's file stays as it was */
+        cJSON *ch = cJSON_CreateIntArray(c->unet_channels, c->unet_levels);
+        ok = cJSON_AddStringToObject(root, "image_encoder", "unet") && ch && cJSON_AddItemToObject(root, "unet_channels", ch) &&
+             cJSON_AddNumberToObject(root, "unet_layers_per_block", c->unet_layers_per_block) &&
+             cJSON_AddNumberToObject(root, "unet_groups", c->unet_groups);
+    }
     if (!ok) die("out of memory writing a model config");
     return root;
 }

@@ -7,6 +7,8 @@
 
 #include <cjson/cJSON.h>
 
+#define CONFIG_UNET_LEVELS 6 /* the most U-Net levels (patch_size up to 32) */
+
 typedef struct {
     int vocab_size;
     int hidden_size;
@@ -28,11 +30,24 @@ typedef struct {
                                    default: a patch sees its whole image) or
                                    "causal" (1: only the patches before it;
                                    the paper's ablation) */
+    /* "image_encoder": "linear" (0, the default: patch_in and patch_out
+     * are linear layers) or "unet" (1: U-Net down and up blocks around the
+     * transformer, docs/model.md "The U-Net image path"); its settings: */
+    int image_unet;
+    int unet_levels;                       /* entries of unet_channels */
+    int unet_channels[CONFIG_UNET_LEVELS]; /* default [64, 128] */
+    int unet_layers_per_block;             /* default 1 */
+    int unet_groups;                       /* default 8 */
 } model_config;
 
 /* Derived sizes. */
 static inline int cfg_head_dim(const model_config *c) { return c->hidden_size / c->num_attention_heads; }
 static inline int cfg_patch_dim(const model_config *c) { return c->latent_channels * c->patch_size * c->patch_size; }
+/* Entries of the vector a patch becomes on each side of the transformer:
+ * a patch's latents (linear path) or a cell of the U-Net's deepest map. */
+static inline int cfg_patch_features(const model_config *c) {
+    return c->image_unet ? c->unet_channels[c->unet_levels - 1] : cfg_patch_dim(c);
+}
 static inline int cfg_patches_per_image(const model_config *c) {
     int g = c->latent_size / c->patch_size;
     return g * g;

@@ -47,6 +47,7 @@ static void bind_views(weights *v, float *base, const model *m) {
     v->time0_b = base + p[i++].offset;
     v->time2_w = base + p[i++].offset;
     v->time2_b = base + p[i++].offset;
+    i = (int)(params_find(&m->ps, "image.patch_out.weight") - p); /* past the U-Net's, if any */
     v->patch_out_w = base + p[i++].offset;
     v->patch_out_b = base + p[i++].offset;
 }
@@ -55,7 +56,7 @@ void model_create(model *m, const model_config *c) {
     memset(m, 0, sizeof *m);
     m->cfg = *c;
     int d = c->hidden_size, f = c->intermediate_size, V = c->vocab_size, nl = c->num_hidden_layers;
-    int P = cfg_patch_dim(c);
+    int P = cfg_patch_features(c);
     char name[96];
     add_param(m, "model.embed_tokens.weight", V, d, 0);
     for (int l = 0; l < nl; l++) {
@@ -85,6 +86,7 @@ void model_create(model *m, const model_config *c) {
     add_param(m, "image.time_embed.0.bias", d, 0, 0);
     add_param(m, "image.time_embed.2.weight", d, d, 1);
     add_param(m, "image.time_embed.2.bias", d, 0, 0);
+    if (c->image_unet) unet_create(&m->unet, &m->ps, &m->cfg);
     add_param(m, "image.patch_out.weight", P, d, 1);
     add_param(m, "image.patch_out.bias", P, 0, 0);
     params_alloc(&m->ps);
@@ -121,7 +123,7 @@ void model_init_weights(model *m, unsigned long long seed) {
     for (int i = 0; i < m->ps.n; i++) {
         const param_info *p = &m->ps.info[i];
         float *w = m->ps.w + p->offset;
-        if (ends_with(p->name, "norm.weight")) {
+        if (ends_with(p->name, "norm.weight") || unet_is_norm_weight(p->name)) {
             for (size_t k = 0; k < p->numel; k++) w[k] = 1.0f;
         } else if (ends_with(p->name, ".bias")) {
             memset(w, 0, p->numel * sizeof(float));
@@ -144,6 +146,7 @@ struct workspace {
     layer_acts *layers;
     float *x_final, *h; /* last residual, final norm output */
     float *patch_in, *t_h1, *t_a1, *temb;
+    float *u_rows, *du_rows, *v_rows; /* U-Net: its deepest map, the gradient, patch_out's output */
     float *pred; /* [n_patch, P], then its gradient */
     float *rows; /* gathered rows [N, d] */
     float *dh, *dx, *dn, *datt, *dqkv, *dgu, *dact;
@@ -159,8 +162,9 @@ static void workspace_free(workspace *ws, int nl) {
         for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     }
     free(ws->layers);
-    float *bufs[] = {ws->x_final, ws->h,  ws->patch_in, ws->t_h1, ws->t_a1, ws->temb, ws->pred,   ws->rows, ws->dh,
-                     ws->dx,      ws->dn, ws->datt,     ws->dqkv, ws->dgu,  ws->dact, ws->logits, ws->lm_h, ws->lm_dh};
+    float *bufs[] = {ws->x_final, ws->h,    ws->patch_in, ws->t_h1,   ws->t_a1, ws->temb, ws->u_rows,
+                     ws->du_rows, ws->v_rows, ws->pred,   ws->rows,   ws->dh,   ws->dx,   ws->dn,
+                     ws->datt,    ws->dqkv, ws->dgu,      ws->dact,   ws->logits, ws->lm_h, ws->lm_dh};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     plan_mirror_free(ws->pm);
     free(ws);
@@ -199,6 +203,10 @@ static workspace *workspace_for(model *m, const plan *p) {
     ws->t_a1 = nn_alloc(ni * d);
     ws->temb = nn_alloc(ni * d);
     ws->pred = nn_alloc(np * P);
+    if (c->image_unet) {
+        size_t F = cfg_patch_features(c);
+        ws->u_rows = nn_alloc(np * F), ws->du_rows = nn_alloc(np * F), ws->v_rows = nn_alloc(np * F);
+    }
     ws->rows = nn_alloc(N * d);
     size_t scratch = N > ni ? N : ni; /* dn, datt also serve the timestep MLP */
     ws->dh = nn_alloc(N * d);
@@ -221,6 +229,7 @@ static const plan *kernel_plan(workspace *ws, const plan *p) { return ws->pm ? p
 
 void model_free(model *m) {
     workspace_free(m->ws, m->cfg.num_hidden_layers);
+    unet_free(&m->unet);
     if (m->dev_copies) {
         nn_free(m->dev.w);
         nn_free(m->dev.g);
@@ -233,12 +242,21 @@ void model_free(model *m) {
 
 /* ---------------------------------------------------------------- forward */
 
-/* Input vectors: token embeddings, patch_in(x_t) + pos_embed[k] + temb(t),
- * zeros at pads. */
+/* The U-Net runs on whole images: the plan's patches must be every patch
+ * of each of its images (plan.c builds them so; a batch validated as
+ * batch.c does has no cut image). */
+static void whole_images(const plan *p, const model_config *c) {
+    if (p->n_patch != p->n_images * cfg_patches_per_image(c))
+        die("the U-Net image path needs whole images: %d patches for %d images of %d", p->n_patch, p->n_images,
+            cfg_patches_per_image(c));
+}
+
+/* Input vectors: token embeddings, patch_in(x_t) + pos_embed[k] + temb(t)
+ * (the U-Net's down path in front of patch_in, with it), zeros at pads. */
 static void embed_inputs(model *m, const plan *p, workspace *ws, float *x) {
     const model_config *c = &m->cfg;
     const weights *W = &m->W;
-    int d = c->hidden_size, P = cfg_patch_dim(c);
+    int d = c->hidden_size, F = cfg_patch_features(c);
     nn_zero(x, (size_t)p->N * d);
     nn_gather_rows(ws->rows, W->embed, p->tok_id, p->n_tok, d);
     nn_scatter_rows(x, ws->rows, p->tok_row, p->n_tok, d);
@@ -247,7 +265,13 @@ static void embed_inputs(model *m, const plan *p, workspace *ws, float *x) {
     nn_silu_forward(ws->t_a1, ws->t_h1, (size_t)p->n_images * d);
     nn_linear_forward(ws->temb, ws->t_a1, W->time2_w, W->time2_b, p->n_images, d, d);
 
-    nn_linear_forward(ws->patch_in, p->patch_x, W->patch_in_w, W->patch_in_b, p->n_patch, P, d);
+    const float *features = p->patch_x;
+    if (c->image_unet && p->n_patch) {
+        whole_images(p, c);
+        unet_down(&m->unet, m->dev.w, ws->temb, p->patch_x, p->n_images, ws->u_rows);
+        features = ws->u_rows;
+    }
+    nn_linear_forward(ws->patch_in, features, W->patch_in_w, W->patch_in_b, p->n_patch, F, d);
     nn_gather_rows(ws->rows, W->pos_embed, p->patch_k, p->n_patch, d);
     nn_add(ws->patch_in, ws->rows, (size_t)p->n_patch * d);
     nn_gather_rows(ws->rows, ws->temb, p->patch_image, p->n_patch, d);
@@ -325,15 +349,18 @@ static double lm_head(model *m, const plan *p, workspace *ws, int from, int to, 
 /* patch_out head + squared error against eps over patches [from, to). Adds
  * dloss/dh into ws->dh. */
 static double diffusion_head(model *m, const plan *p, workspace *ws, int from, int to, float scale, int want_grads) {
-    int d = m->cfg.hidden_size, P = cfg_patch_dim(&m->cfg), n = to - from;
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), n = to - from, N = cfg_patches_per_image(c);
+    float *out = c->image_unet ? ws->v_rows : ws->pred; /* patch_out's output */
     nn_gather_rows(ws->rows, ws->h, p->patch_row + from, n, d);
-    nn_linear_forward(ws->pred, ws->rows, m->W.patch_out_w, m->W.patch_out_b, n, d, P);
+    nn_linear_forward(out, ws->rows, m->W.patch_out_w, m->W.patch_out_b, n, d, F);
+    if (c->image_unet) unet_up(&m->unet, m->dev.w, out, from / N, n / N, ws->pred); /* rows of whole images */
     double se =
         nn_squared_error(ws->pred, ws->pred, p->patch_eps + (size_t)from * P, (size_t)n * P, want_grads ? scale : 0.0f);
     if (want_grads) {
         /* ws->pred now holds dpred; ws->dn is free scratch here. */
-        nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->pred, ws->rows, m->W.patch_out_w, n, d, P,
-                           0);
+        if (c->image_unet) unet_up_backward(&m->unet, m->dev.w, m->dev.g, ws->pred, out);
+        nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, out, ws->rows, m->W.patch_out_w, n, d, F, 0);
         nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row + from, n, d);
     }
     return se;
@@ -363,18 +390,21 @@ static void layer_backward(const model_config *c, const layer_weights *w, layer_
  * timestep MLP. dx is dloss/d(input vectors). */
 static void embed_backward(model *m, const plan *p, workspace *ws) {
     const model_config *c = &m->cfg;
-    int d = c->hidden_size, P = cfg_patch_dim(c), ni = p->n_images;
+    int d = c->hidden_size, F = cfg_patch_features(c), ni = p->n_images;
     weights *G = &m->G;
     nn_gather_rows(ws->rows, ws->dx, p->tok_row, p->n_tok, d);
     nn_scatter_add_rows(G->embed, ws->rows, p->tok_id, p->n_tok, d);
 
     float *dpatch = ws->rows;
     nn_gather_rows(dpatch, ws->dx, p->patch_row, p->n_patch, d);
-    nn_linear_backward(NULL, G->patch_in_w, G->patch_in_b, dpatch, p->patch_x, m->W.patch_in_w, p->n_patch, P, d, 0);
+    int unet = c->image_unet && p->n_patch;
+    nn_linear_backward(unet ? ws->du_rows : NULL, G->patch_in_w, G->patch_in_b, dpatch, unet ? ws->u_rows : p->patch_x,
+                       m->W.patch_in_w, p->n_patch, F, d, 0);
     nn_scatter_add_rows(G->pos_embed, dpatch, p->patch_k, p->n_patch, d);
     float *dtemb = ws->dn, *da1 = ws->datt; /* free scratch here */
     nn_zero(dtemb, (size_t)ni * d);
     nn_scatter_add_rows(dtemb, dpatch, p->patch_image, p->n_patch, d);
+    if (unet) unet_down_backward(&m->unet, m->dev.w, m->dev.g, ws->du_rows, dtemb);
     nn_linear_backward(da1, G->time2_w, G->time2_b, dtemb, ws->t_a1, m->W.time2_w, ni, d, d, 0);
     nn_silu_backward(da1, da1, ws->t_h1, (size_t)ni * d);
     nn_linear_backward(NULL, G->time0_w, G->time0_b, da1, p->time_feat, m->W.time0_w, ni, c->timestep_dim, d, 0);
@@ -446,7 +476,7 @@ size_t model_activation_floats(const model *m, const plan *p) {
 
 double model_step_flops(const model *m, const plan *p) {
     const model_config *c = &m->cfg;
-    double d = c->hidden_size, f = c->intermediate_size, P = cfg_patch_dim(c);
+    double d = c->hidden_size, f = c->intermediate_size, P = cfg_patch_features(c);
     double per_pos = c->num_hidden_layers * (4 * d * d + 3 * d * f);
     double pairs = 0; /* allowed (query, key) pairs */
     for (int i = 0; i < p->N; i++) pairs += p->hi[i] - p->lo[i] + 1;
@@ -454,6 +484,7 @@ double model_step_flops(const model *m, const plan *p) {
     flops += 6.0 * p->n_lm * d * c->vocab_size;
     flops += 6.0 * p->n_patch * 2 * d * P + 6.0 * p->n_images * (c->timestep_dim + d) * d;
     flops += 12.0 * d * pairs * c->num_hidden_layers;
+    if (c->image_unet) flops += unet_flops(&m->unet, p->n_images);
     return flops;
 }
 

@@ -10,6 +10,7 @@
 
 #include "../common/config.h"
 #include "plan.h"
+#include "unet.h"
 #include "../nn/params.h"
 
 #include <stddef.h>
@@ -38,6 +39,7 @@ typedef struct {
     weights W, G;         /* views into dev.w and dev.g */
     workspace *ws;        /* activations, sized for the last plan */
     grad_hook grad_ready; /* told as each layer's gradients are final (params.h) */
+    unet unet;            /* the U-Net image path ("image_encoder": "unet") */
 } model;
 
 /* Loss sums of one forward pass; the loss is
