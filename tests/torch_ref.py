@@ -8,6 +8,14 @@ own safetensors reader (struct + json + numpy) and computes the model with a
 deliberately plain implementation (an explicit L x L attention mask built from the
 doc_start/hi rule, F.cross_entropy, autograd for the gradients).
 
+It covers both image paths of docs/model.md section 3: the linear one (patch_in /
+patch_out on latent patches) and, with "image_encoder": "unet" in config.json, the
+U-Net one (diffusers' UNet2DModel layout with DownBlock2D/UpBlock2D and AdaGN,
+"scale_shift": down blocks before the transformer, up blocks after it), written
+with F.conv2d, F.group_norm (eps 1e-5), F.interpolate (nearest, 2x) on each image's
+[C, h, w] map; its parameter shapes follow diffusers' constructor formulas, its
+forward the skip stack, so the convolutions check the two against each other.
+
 Run it with /usr/bin/python3 (Debian's python3-torch, torch 1.13, CPU).
 
 Subcommands:
@@ -17,8 +25,8 @@ Subcommands:
       images), pads at the end of every row.
   randomize --ckpt DIR --seed S
       Rewrites every tensor of DIR/*.safetensors with random values that exercise
-      every parameter (matrices N(0, 0.05), norms 1 + 0.1 N, biases and pos_embed
-      0.1 N).
+      every parameter (matrices and convolution kernels N(0, 0.05), norms (RMSNorm and
+      the U-Net's GroupNorm weights) 1 + 0.1 N, biases and pos_embed 0.1 N).
   init --config CONFIG.json --out DIR --seed S
       Writes a freshly initialized checkpoint (config.json + model.safetensors),
       docs/model.md section 6 initialization.
@@ -47,6 +55,10 @@ Interpretations (shared with the C side):
   - LM targets at i with modality[i] == modality[i+1] == 0 and doc[i] == doc[i+1].
   - loss = CE_sum / N_lm + lambda * SE_sum / N_latent, N_latent = patches * C*p*p;
     a term whose count is 0 contributes 0.
+  - U-Net: x_t of an image is its noised patches un-patchified; cell (gy, gx) of the
+    last down map is patch k = gy*g + gx, and the transformer's output at patch k
+    goes back to that cell. The U-Net runs on every image of the batch file; an
+    image that no row uses gets a zero map and does not reach the loss.
 """
 import argparse
 import json
@@ -747,10 +759,11 @@ def cmd_bench(a):
     prep = prepare(c, batch, torch.float32)
     w = init_params(c, rng)
     W = {n: torch.tensor(v, requires_grad=True) for n, v in w.items()}
+    # decayed: the matrices and (U-Net) convolution kernels, not embed_tokens or pos_embed
     decay = [t for n, t in W.items()
-             if t.dim() == 2 and n not in ("model.embed_tokens.weight", "image.pos_embed")]
+             if t.dim() >= 2 and n not in ("model.embed_tokens.weight", "image.pos_embed")]
     no_decay = [t for n, t in W.items()
-                if not (t.dim() == 2 and n not in ("model.embed_tokens.weight", "image.pos_embed"))]
+                if not (t.dim() >= 2 and n not in ("model.embed_tokens.weight", "image.pos_embed"))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
