@@ -8,6 +8,14 @@ own safetensors reader (struct + json + numpy) and computes the model with a
 deliberately plain implementation (an explicit L x L attention mask built from the
 doc_start/hi rule, F.cross_entropy, autograd for the gradients).
 
+It covers both image paths of docs/model.md section 3: the linear one (patch_in /
+patch_out on latent patches) and, with "image_encoder": "unet" in config.json, the
+U-Net one (diffusers' UNet2DModel layout with DownBlock2D/UpBlock2D and AdaGN,
+"scale_shift": down blocks before the transformer, up blocks after it), written
+with F.conv2d, F.group_norm (eps 1e-5), F.interpolate (nearest, 2x) on each image's
+[C, h, w] map; its parameter shapes follow diffusers' constructor formulas, its
+forward the skip stack, so the convolutions check the two against each other.
+
 Run it with /usr/bin/python3 (Debian's python3-torch, torch 1.13, CPU).
 
 Subcommands:
@@ -17,8 +25,8 @@ Subcommands:
       images), pads at the end of every row.
   randomize --ckpt DIR --seed S
       Rewrites every tensor of DIR/*.safetensors with random values that exercise
-      every parameter (matrices N(0, 0.05), norms 1 + 0.1 N, biases and pos_embed
-      0.1 N).
+      every parameter (matrices and convolution kernels N(0, 0.05), norms (RMSNorm and
+      the U-Net's GroupNorm weights) 1 + 0.1 N, biases and pos_embed 0.1 N).
   init --config CONFIG.json --out DIR --seed S
       Writes a freshly initialized checkpoint (config.json + model.safetensors),
       docs/model.md section 6 initialization.
@@ -47,6 +55,10 @@ Interpretations (shared with the C side):
   - LM targets at i with modality[i] == modality[i+1] == 0 and doc[i] == doc[i+1].
   - loss = CE_sum / N_lm + lambda * SE_sum / N_latent, N_latent = patches * C*p*p;
     a term whose count is 0 contributes 0.
+  - U-Net: x_t of an image is its noised patches un-patchified; cell (gy, gx) of the
+    last down map is patch k = gy*g + gx, and the transformer's output at patch k
+    goes back to that cell. The U-Net runs on every image of the batch file; an
+    image that no row uses gets a zero map and does not reach the loss.
 """
 import argparse
 import json
@@ -95,7 +107,31 @@ def load_config(path):
         raise ValueError(f"{path}: patch_size must divide latent_size")
     if c["max_image_patches"] < patches_per_image(c):
         raise ValueError(f"{path}: max_image_patches < patches per image")
+    c.setdefault("image_encoder", "linear")
+    if c["image_encoder"] not in ("linear", "unet"):
+        raise ValueError(f"{path}: image_encoder must be linear or unet")
+    if c["image_encoder"] == "unet":
+        # docs/model.md section 3, "The U-Net image path"
+        c.setdefault("unet_channels", [64, 128])
+        c.setdefault("unet_layers_per_block", 1)
+        c.setdefault("unet_groups", 8)
+        ch, r, gr = c["unet_channels"], c["unet_layers_per_block"], c["unet_groups"]
+        # type() is int, not isinstance: JSON true would pass as 1
+        if not isinstance(ch, list) or not ch or any(type(x) is not int or x <= 0 for x in ch):
+            raise ValueError(f"{path}: unet_channels must be a non-empty list of positive integers")
+        if type(r) is not int or r <= 0:
+            raise ValueError(f"{path}: unet_layers_per_block must be a positive integer")
+        if type(gr) is not int or gr <= 0 or any(x % gr for x in ch):
+            raise ValueError(f"{path}: unet_groups must be a positive integer dividing every unet_channels entry")
+        # n - 1 stride-2 downsamplings turn each patch into one cell of the g x g map
+        if c["patch_size"] != 2 ** (len(ch) - 1):
+            raise ValueError(f"{path}: with image_encoder unet, patch_size must be 2^(len(unet_channels) - 1)"
+                             f" = {2 ** (len(ch) - 1)}")
     return c
+
+
+def is_unet(c):
+    return c["image_encoder"] == "unet"
 
 
 def patches_per_image(c):
@@ -107,9 +143,68 @@ def patch_dim(c):
     return c["latent_channels"] * c["patch_size"] ** 2
 
 
+def patch_io_dim(c):
+    """Width of what image.patch_in reads and image.patch_out writes: a latent patch
+    (C*p*p) on the linear path, one cell of the U-Net's last map (c_{n-1}) with unet."""
+    return c["unet_channels"][-1] if is_unet(c) else patch_dim(c)
+
+
+def unet_shapes(c):
+    """image.unet.* in storage order (docs/model.md section 6), diffusers' names.
+    The channels follow diffusers' UNet2DModel constructor (its formulas for each
+    block's input and skip widths), not the skip stack that unet_down/unet_up pop:
+    the forward's convolutions then check that the two agree."""
+    ch, r, d = c["unet_channels"], c["unet_layers_per_block"], c["hidden_size"]
+    n, C = len(ch), c["latent_channels"]
+    s = {}
+
+    def conv(name, cout, cin, k=3):
+        s[name + ".weight"] = (cout, cin, k, k)
+        s[name + ".bias"] = (cout,)
+
+    def norm(name, ch_):
+        s[name + ".weight"] = (ch_,)
+        s[name + ".bias"] = (ch_,)
+
+    def resnet(p, cin, cout):
+        norm(p + "norm1", cin)
+        conv(p + "conv1", cout, cin)
+        s[p + "time_emb_proj.weight"] = (2 * cout, d)
+        s[p + "time_emb_proj.bias"] = (2 * cout,)
+        norm(p + "norm2", cout)
+        conv(p + "conv2", cout, cout)
+        if cin != cout:
+            conv(p + "conv_shortcut", cout, cin, 1)
+
+    u = "image.unet."
+    conv(u + "conv_in", ch[0], C)
+    cout = ch[0]
+    for i in range(n):
+        cin, cout = cout, ch[i]
+        for j in range(r):
+            resnet(f"{u}down_blocks.{i}.resnets.{j}.", cin if j == 0 else cout, cout)
+        if i < n - 1:
+            conv(f"{u}down_blocks.{i}.downsamplers.0.conv", cout, cout)
+    rev = ch[::-1]
+    cout = rev[0]
+    for j in range(n):
+        # UpBlock2D(in_channels=rev[j+1] (rev[n-1] at the last), prev_output_channel,
+        # out_channels=rev[j]): block k reads the previous map (prev for k = 0) and a
+        # skip that is out_channels wide except for the last block's, in_channels
+        prev, cout, cin = cout, rev[j], rev[min(j + 1, n - 1)]
+        for k in range(r + 1):
+            skip = cin if k == r else cout
+            resnet(f"{u}up_blocks.{j}.resnets.{k}.", (prev if k == 0 else cout) + skip, cout)
+        if j < n - 1:
+            conv(f"{u}up_blocks.{j}.upsamplers.0.conv", cout, cout)
+    norm(u + "conv_norm_out", ch[0])
+    conv(u + "conv_out", C, ch[0])
+    return s
+
+
 def param_shapes(c):
     V, d, f = c["vocab_size"], c["hidden_size"], c["intermediate_size"]
-    P, td = patch_dim(c), c["timestep_dim"]
+    P, td = patch_io_dim(c), c["timestep_dim"]
     s = {"model.embed_tokens.weight": (V, d)}
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -129,13 +224,18 @@ def param_shapes(c):
     s["image.time_embed.0.bias"] = (d,)
     s["image.time_embed.2.weight"] = (d, d)
     s["image.time_embed.2.bias"] = (d,)
+    if is_unet(c):
+        s.update(unet_shapes(c))
     s["image.patch_out.weight"] = (P, d)
     s["image.patch_out.bias"] = (P,)
     return s
 
 
 def is_norm(name):
-    return name.endswith("layernorm.weight") or name == "model.norm.weight"
+    # the U-Net's GroupNorm weights (norm1, norm2, conv_norm_out) start at 1 like the RMSNorms
+    return (name.endswith("layernorm.weight") or name == "model.norm.weight"
+            or (name.startswith("image.unet.") and name.endswith(("norm1.weight", "norm2.weight",
+                                                                   "conv_norm_out.weight"))))
 
 
 def init_params(c, rng):
@@ -204,6 +304,15 @@ def patchify(x, p):
     x = x.reshape(n, C, h // p, p, w // p, p)          # n c gy py gx px
     x = x.permute(0, 2, 4, 3, 5, 1)                    # n gy gx py px c
     return x.reshape(n, (h // p) * (w // p), p * p * C)
+
+
+def unpatchify(x, p, C):
+    """patchify's inverse: [n, g*g, C*p*p] -> [n, C, g*p, g*p]."""
+    n, N, _ = x.shape
+    g = math.isqrt(N)
+    x = x.reshape(n, g, g, p, p, C)                    # n gy gx py px c
+    x = x.permute(0, 5, 1, 3, 2, 4)                    # n c gy py gx px
+    return x.reshape(n, C, g * p, g * p)
 
 
 # ----------------------------------------------------------------------------
@@ -326,6 +435,68 @@ def rotate_half(x):
     return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
 
 
+# The U-Net image path (docs/model.md section 3): diffusers' UNet2DModel with
+# DownBlock2D/UpBlock2D and resnet_time_scale_shift "scale_shift", its middle block
+# replaced by the transformer. Maps are [n_img, channels, H, W], every image of the
+# batch at once: GroupNorm and the convolutions act on each image alone.
+
+GN_EPS = 1e-5
+
+
+def gn(W, name, x, c):
+    return F.group_norm(x, c["unet_groups"], W[name + ".weight"], W[name + ".bias"], eps=GN_EPS)
+
+
+def conv(W, name, x, **kw):
+    return F.conv2d(x, W[name + ".weight"], W[name + ".bias"], **kw)
+
+
+def resnet_block(W, p, x, temb_act, c):
+    """R(x; c_in -> c_out); temb_act = silu(temb), [n_img, d]."""
+    h = conv(W, p + "conv1", F.silu(gn(W, p + "norm1", x, c)), padding=1)
+    cout = h.shape[1]
+    ss = F.linear(temb_act, W[p + "time_emb_proj.weight"], W[p + "time_emb_proj.bias"])
+    scale, shift = ss[:, :cout, None, None], ss[:, cout:, None, None]   # scale first
+    h = gn(W, p + "norm2", h, c) * (1 + scale) + shift
+    h = conv(W, p + "conv2", F.silu(h), padding=1)
+    # the 1x1 shortcut exists exactly when c_in != c_out (param_shapes)
+    sc = conv(W, p + "conv_shortcut", x) if p + "conv_shortcut.weight" in W else x
+    return sc + h
+
+
+def unet_down(W, c, x, temb_act):
+    """x_t [n_img, C, h, w] -> (u [n_img, c_{n-1}, g, g], the skip stack)."""
+    n, r = len(c["unet_channels"]), c["unet_layers_per_block"]
+    u = "image.unet."
+    x = conv(W, u + "conv_in", x, padding=1)
+    skips = [x]
+    for i in range(n):
+        for j in range(r):
+            x = resnet_block(W, f"{u}down_blocks.{i}.resnets.{j}.", x, temb_act, c)
+            skips.append(x)
+        if i < n - 1:
+            x = conv(W, f"{u}down_blocks.{i}.downsamplers.0.conv", x, stride=2, padding=1)
+            skips.append(x)
+    return x, skips
+
+
+def unet_up(W, c, v, skips, temb_act):
+    """v [n_img, c_{n-1}, g, g] (the transformer's patch outputs) -> eps_hat
+    [n_img, C, h, w]. Pops skips (the list is consumed)."""
+    n, r = len(c["unet_channels"]), c["unet_layers_per_block"]
+    u = "image.unet."
+    for j in range(n):
+        for k in range(r + 1):
+            # the map first, then the newest skip (diffusers' torch.cat order)
+            v = resnet_block(W, f"{u}up_blocks.{j}.resnets.{k}.", torch.cat([v, skips.pop()], dim=1),
+                             temb_act, c)
+        if j < n - 1:
+            v = conv(W, f"{u}up_blocks.{j}.upsamplers.0.conv",
+                     F.interpolate(v, scale_factor=2.0, mode="nearest"), padding=1)
+    assert not skips
+    return conv(W, u + "conv_out", F.silu(gn(W, u + "conv_norm_out", v, c)), padding=1)
+
+
 def forward_loss(W, c, prep):
     """Returns (loss, ce_sum, se_sum, n_lm, n_latent)."""
     B, L = prep["B"], prep["L"]
@@ -338,10 +509,22 @@ def forward_loss(W, c, prep):
     # input vectors: tokens, patches, pads (zero)
     x = torch.zeros(B * L, d, dtype=dtype)
     x = x.index_add(0, prep["tok_idx"], W["model.embed_tokens.weight"][prep["tok_ids"]])
-    if prep["n_img"]:
+    unet = is_unet(c)
+    # (p is taken: the layer loop below names its weight prefix so)
+    n_img, N, ps, C = prep["n_img"], patches_per_image(c), c["patch_size"], c["latent_channels"]
+    if n_img:
         te = F.linear(prep["feat"], W["image.time_embed.0.weight"], W["image.time_embed.0.bias"])
         te = F.linear(F.silu(te), W["image.time_embed.2.weight"], W["image.time_embed.2.bias"])
-        pv = F.linear(prep["xt_patches"], W["image.patch_in.weight"], W["image.patch_in.bias"])
+        if unet:
+            # the U-Net runs on every image of the file; one that no row uses gets
+            # v = 0 below and none of its outputs reaches the loss
+            te_act = F.silu(te)
+            um, skips = unet_down(W, c, unpatchify(prep["xt_patches"].view(n_img, N, -1), ps, C), te_act)
+            # cell (gy, gx) of the last map is patch k = gy * g + gx: row img * N + k
+            pin = um.permute(0, 2, 3, 1).reshape(n_img * N, -1)
+        else:
+            pin = prep["xt_patches"]
+        pv = F.linear(pin, W["image.patch_in.weight"], W["image.patch_in.bias"])
         pv = pv[prep["pat_src"]] + W["image.pos_embed"][prep["pat_k"]] + te[prep["pat_img"]]
         x = x.index_add(0, prep["pat_idx"], pv)
     x = x.view(B, L, d)
@@ -375,6 +558,13 @@ def forward_loss(W, c, prep):
         ce = zero
     if n_latent:
         pred = F.linear(hf[prep["pat_idx"]], W["image.patch_out.weight"], W["image.patch_out.bias"])
+        if unet:
+            # patch outputs back to their cells: v [n_img, c_{n-1}, g, g]
+            gr = c["latent_size"] // ps
+            v = torch.zeros(n_img * N, pred.shape[1], dtype=dtype).index_add(0, prep["pat_src"], pred)
+            v = v.view(n_img, gr, gr, -1).permute(0, 3, 1, 2)
+            eps_hat = unet_up(W, c, v, skips, te_act)
+            pred = patchify(eps_hat, ps).reshape(n_img * N, -1)[prep["pat_src"]]
         se = (pred - prep["eps_patches"][prep["pat_src"]]).pow(2).sum()
     else:
         se = zero
@@ -569,10 +759,11 @@ def cmd_bench(a):
     prep = prepare(c, batch, torch.float32)
     w = init_params(c, rng)
     W = {n: torch.tensor(v, requires_grad=True) for n, v in w.items()}
+    # decayed: the matrices and (U-Net) convolution kernels, not embed_tokens or pos_embed
     decay = [t for n, t in W.items()
-             if t.dim() == 2 and n not in ("model.embed_tokens.weight", "image.pos_embed")]
+             if t.dim() >= 2 and n not in ("model.embed_tokens.weight", "image.pos_embed")]
     no_decay = [t for n, t in W.items()
-                if not (t.dim() == 2 and n not in ("model.embed_tokens.weight", "image.pos_embed"))]
+                if not (t.dim() >= 2 and n not in ("model.embed_tokens.weight", "image.pos_embed"))]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
