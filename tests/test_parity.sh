@@ -19,10 +19,13 @@
 # that the trainer's chunked cross-entropy crosses chunk boundaries, and the
 # tiny model with causal attention inside images (image_attention, the
 # paper's ablation). Two more for the U-Net image path ("image_encoder":
-# "unet", docs/model.md section 3), same tolerances: two levels [8, 16] (a
-# conv_shortcut in the down path and in every up block), and three levels
-# [8, 8, 16] with two ResNet blocks per level (blocks without a shortcut, two
-# upsamplers, skips of every width).
+# "unet", docs/model.md section 3): two levels [8, 16] (a conv_shortcut in
+# the down path and in every up block), and three levels [8, 8, 16] with two
+# ResNet blocks per level (blocks without a shortcut, two upsamplers, skips
+# of every width). Their atol is 1e-6: conv_in's gradient sums over every
+# pixel of every image, and its worst element took 0.53-0.56 of the 3e-7
+# allowance (0.19 of 1e-6's with AVX-512 and 2 threads, 0.21-0.31 with 1 thread
+# and ONEDNN_MAX_CPU_ISA=AVX2: a 3x margin or more).
 #
 # Prints "ok NAME" / "FAIL NAME: why"; exits non-zero on any failure.
 # Env: BIN (default bin) holds the trainer; PyTorch is /usr/bin/python3's.
@@ -49,9 +52,9 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-# run_case NAME CONFIG_JSON ROWS SEQ_LEN MIN_N_LM
+# run_case NAME CONFIG_JSON ROWS SEQ_LEN MIN_N_LM [ATOL]
 run_case() {
-    local name=$1 cfg=$2 rows=$3 len=$4 min_lm=$5
+    local name=$1 cfg=$2 rows=$3 len=$4 min_lm=$5 atol=${6:-3e-7}
     local d="$TMP/$name"
     mkdir -p "$d"
     cd "$d" || return
@@ -106,7 +109,7 @@ else:
 sys.exit(1 if bad else 0)
 EOF
     [ $? -eq 0 ] || fails=$((fails + 1))
-    "$PY" "$REF" compare --ref g_t.safetensors --test g_c.safetensors --rtol 1e-5 --atol 3e-7 >cmp.out 2>&1
+    "$PY" "$REF" compare --ref g_t.safetensors --test g_c.safetensors --rtol 1e-5 --atol "$atol" >cmp.out 2>&1
     local rc=$?
     sed -e "s/^ok /ok $name /" -e "s/^FAIL /FAIL $name /" -e "s/^# /# $name: /" cmp.out
     if [ $rc -ne 0 ]; then
@@ -125,28 +128,10 @@ CAUSAL='{"vocab_size":97,"hidden_size":48,"num_hidden_layers":2,"num_attention_h
 UNET2='{"vocab_size":64,"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":64,"latent_channels":4,"latent_size":8,"patch_size":2,"max_image_patches":16,"image_encoder":"unet","unet_channels":[8,16],"unet_groups":4}'
 UNET3='{"vocab_size":64,"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":64,"latent_channels":4,"latent_size":8,"patch_size":4,"max_image_patches":16,"image_encoder":"unet","unet_channels":[8,8,16],"unet_layers_per_block":2,"unet_groups":4}'
 
-# TEMPORARY (issue 17, remove when the trainer's U-Net path is merged): skip a
-# U-Net case, silently, where the trainer does not have it yet: its `init`
-# refuses the config naming image_encoder, or (a trainer that predates the
-# field, which ignores unknown fields) writes a linear checkpoint whose
-# config.json has no image_encoder "unet".
-trainer_has_unet() {
-    local d="$TMP/unet_probe"
-    rm -rf "$d"; mkdir -p "$d"
-    echo "$1" > "$d/cfg.json"
-    if ! "$BIN/trainer" init --config "$d/cfg.json" --out "$d/ck" --seed 1 >"$d/init.out" 2>&1; then
-        grep -q image_encoder "$d/init.out" && return 1
-        return 0        # another failure: run_case reports it
-    fi
-    grep -q '"unet"' "$d/ck/config.json"
-}
-
 run_case tiny "$TINY" 3 48 0
 run_case vocab3000 "$BIGV" 2 160 128
 run_case image_causal "$CAUSAL" 3 48 0
-if trainer_has_unet "$UNET2"; then
-    run_case unet_2level "$UNET2" 3 96 0
-    run_case unet_3level_r2 "$UNET3" 3 48 0
-fi
+run_case unet_2level "$UNET2" 3 96 0 1e-6
+run_case unet_3level_r2 "$UNET3" 3 48 0 1e-6
 
 [ "$fails" -eq 0 ]
