@@ -2,7 +2,8 @@
  * (trainer/diffusion.c):
  *   - KV cache against recomputing every sequence from its start: the same
  *     tokens and the logits of every step within 1e-5, through text, images
- *     generated mid-sequence with guidance, and a given clean image;
+ *     generated mid-sequence with guidance, and a given clean image (with
+ *     bidirectional and causal image attention, and the U-Net image path);
  *   - DDIM over all 1000 steps with eta 0 against the deterministic reverse
  *     process (the probability-flow ODE), solved in closed form for Gaussian
  *     data whose exact noise predictor is known;
@@ -76,11 +77,17 @@ static void build_prefix(infer_rows *p, const model_config *c, const float *img)
 }
 
 /* With causal image attention (the paper's ablation) a patch of the cache
- * must see only the patches before it, as training's plan has it. */
-static void test_cache_vs_recompute(int causal) {
+ * must see only the patches before it, as training's plan has it. With the
+ * U-Net, the cache runs it on the new image alone, recomputing on every
+ * image of the batch. */
+static void test_cache_vs_recompute(int causal, int unet) {
     model_config c = tiny_config();
     c.image_causal = causal;
-    const char *how = causal ? ", causal image attention" : "";
+    if (unet) {
+        c.image_unet = 1, c.unet_levels = 2, c.unet_channels[0] = 16, c.unet_channels[1] = 32;
+        c.unet_layers_per_block = 1, c.unet_groups = 4;
+    }
+    const char *how = causal ? ", causal image attention" : unet ? ", U-Net image path" : "";
     model m;
     model_create(&m, &c);
     model_init_weights(&m, 7);
@@ -294,7 +301,8 @@ static void test_samplers(void) {
 int main(void) {
     nn_init(0);
     test_samplers();
-    test_cache_vs_recompute(0);
-    test_cache_vs_recompute(1);
+    test_cache_vs_recompute(0, 0);
+    test_cache_vs_recompute(1, 0);
+    test_cache_vs_recompute(0, 1);
     return CHECK_DONE();
 }

@@ -101,6 +101,7 @@ struct infer {
     float *x, *x_next, *n1, *qkv, *att, *x_mid, *n2, *gu, *act, *h;
     float *out;      /* [n, max(V, patch_dim)] float32: logits or predicted noise */
     float *out_host; /* [n, patch_dim]: the predicted noise, downloaded */
+    int32_t *prow;   /* [n]: each row's row in the last model plan (the U-Net's eps) */
 };
 
 infer *infer_create(model *m, int S, int cap, int recompute) {
@@ -138,6 +139,7 @@ static void free_row_buffers(infer *f) {
     free(f->off);
     free(f->idx);
     free(f->out_host);
+    free(f->prow);
     void *bufs[] = {f->d_pos, f->d_lo, f->d_hi,  f->d_slot, f->d_idx, f->x,   f->x_next, f->n1,
                     f->qkv,   f->att,  f->x_mid, f->n2,     f->gu,    f->act, f->h,      f->out};
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
@@ -167,7 +169,7 @@ static void ensure_rows(infer *f, int n) {
     const model_config *c = &f->m->cfg;
     size_t N = n, d = c->hidden_size, ff = c->intermediate_size, Pd = cfg_patch_dim(c);
     size_t head = (size_t)c->vocab_size > Pd ? (size_t)c->vocab_size : Pd;
-    int32_t **host[] = {&f->pos, &f->lo, &f->hi, &f->slot, &f->off, &f->idx};
+    int32_t **host[] = {&f->pos, &f->lo, &f->hi, &f->slot, &f->off, &f->idx, &f->prow};
     for (size_t k = 0; k < sizeof host / sizeof *host; k++) *host[k] = xmalloc(sizeof(int32_t) * N);
     int32_t **dev[] = {&f->d_pos, &f->d_lo, &f->d_hi, &f->d_slot, &f->d_idx};
     for (size_t k = 0; k < sizeof dev / sizeof *dev; k++) *dev[k] = nn_alloc_i32(N);
@@ -251,6 +253,7 @@ static void forward_cached(infer *f, const infer_rows *r) {
     rows_plan(&p, r, c);
     model_embed(m, &p, f->x);
     plan_free(&p);
+    for (int i = 0; i < n; i++) f->prow[i] = i;
     for (int l = 0; l < nl; l++) {
         const layer_weights *w = &m->W.layers[l];
         block_qkv(c, w, f->x, f->n1, f->qkv, f->d_pos, f->rope_cos, f->rope_sin, n);
@@ -317,7 +320,7 @@ static void forward_recompute(infer *f, const infer_rows *r) {
     for (int q = 0; q < p.n_patch; q++)
         diffusion_patchify(p.patch_x + (size_t)q * Pd, b.latents + (size_t)p.patch_image[q] * lat, p.patch_k[q], c);
     const float *h = model_hidden(m, &p);
-    for (int i = 0; i < r->n; i++) f->idx[i] = row_of[r->seq[i]] * L + f->pos[i];
+    for (int i = 0; i < r->n; i++) f->prow[i] = f->idx[i] = row_of[r->seq[i]] * L + f->pos[i];
     nn_upload_i32(f->d_idx, f->idx, r->n);
     nn_gather_rows(f->h, h, f->d_idx, r->n, d);
     plan_free(&p);
@@ -374,7 +377,14 @@ void infer_eps(infer *f, const float *h, const infer_rows *r, float *eps) {
         if (r->mod[i] == MOD_PATCH) f->idx[n++] = i;
     nn_upload_i32(f->d_idx, f->idx, n);
     nn_gather_rows(f->n1, h, f->d_idx, n, d);
-    nn_linear_forward(f->out, f->n1, W->patch_out_w, W->patch_out_b, n, d, Pd);
+    if (c->image_unet) {
+        for (int q = 0; q < n; q++) f->idx[q] = f->prow[f->idx[q]];
+        model_unet_eps(f->m, f->n1, f->idx, n, f->out);
+        for (int q = 0, i = 0; i < r->n; i++) /* idx back to the rows, as below reads it */
+            if (r->mod[i] == MOD_PATCH) f->idx[q++] = i;
+    } else {
+        nn_linear_forward(f->out, f->n1, W->patch_out_w, W->patch_out_b, n, d, Pd);
+    }
     nn_download(f->out_host, f->out, (size_t)n * Pd);
     for (int q = 0; q < n; q++) {
         int i = f->idx[q];

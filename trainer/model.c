@@ -146,7 +146,15 @@ struct workspace {
     layer_acts *layers;
     float *x_final, *h; /* last residual, final norm output */
     float *patch_in, *t_h1, *t_a1, *temb;
-    float *u_rows, *du_rows, *v_rows; /* U-Net: its deepest map, the gradient, patch_out's output */
+    /* The U-Net runs on whole images in slots: image_of_slot[s] is the plan
+     * image in slot s, and patch q is row slot_of_patch[q] = s * N + k of the
+     * slot-ordered arrays (host copies, then the kernels' buffers). */
+    int n_slots;
+    int32_t *slot_of_patch_h, *image_of_slot_h, *slot_of_patch, *image_of_slot;
+    int32_t *patch_of_row_h, *rows_slot; /* sampling: the plan's patch at each row; model_unet_eps's slots */
+    float *u_rows, *du_rows, *v_rows; /* [n_patch, F] in plan order: the deepest map, its gradient, patch_out's */
+    float *f_slots, *p_slots;         /* [n_patch, F], [n_patch, P] in slot order */
+    float *temb_slots, *dtemb_slots;  /* [n_images, d] in slot order */
     float *pred; /* [n_patch, P], then its gradient */
     float *rows; /* gathered rows [N, d] */
     float *dh, *dx, *dn, *datt, *dqkv, *dgu, *dact;
@@ -162,9 +170,12 @@ static void workspace_free(workspace *ws, int nl) {
         for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     }
     free(ws->layers);
-    float *bufs[] = {ws->x_final, ws->h,    ws->patch_in, ws->t_h1,   ws->t_a1, ws->temb, ws->u_rows,
-                     ws->du_rows, ws->v_rows, ws->pred,   ws->rows,   ws->dh,   ws->dx,   ws->dn,
-                     ws->datt,    ws->dqkv, ws->dgu,      ws->dact,   ws->logits, ws->lm_h, ws->lm_dh};
+    float *bufs[] = {ws->x_final, ws->h,       ws->patch_in,    ws->t_h1,    ws->t_a1, ws->temb, ws->u_rows,
+                     ws->du_rows, ws->v_rows,  ws->f_slots,     ws->p_slots, ws->temb_slots, ws->dtemb_slots,
+                     ws->pred,    ws->rows,    ws->dh,          ws->dx,      ws->dn,   ws->datt, ws->dqkv,
+                     ws->dgu,     ws->dact,    ws->logits,      ws->lm_h,    ws->lm_dh};
+    nn_free(ws->slot_of_patch), nn_free(ws->image_of_slot), nn_free(ws->rows_slot);
+    free(ws->slot_of_patch_h), free(ws->image_of_slot_h), free(ws->patch_of_row_h);
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     plan_mirror_free(ws->pm);
     free(ws);
@@ -206,6 +217,11 @@ static workspace *workspace_for(model *m, const plan *p) {
     if (c->image_unet) {
         size_t F = cfg_patch_features(c);
         ws->u_rows = nn_alloc(np * F), ws->du_rows = nn_alloc(np * F), ws->v_rows = nn_alloc(np * F);
+        ws->f_slots = nn_alloc(np * F), ws->p_slots = nn_alloc(np * P);
+        ws->temb_slots = nn_alloc(ni * d), ws->dtemb_slots = nn_alloc(ni * d);
+        ws->slot_of_patch_h = xmalloc(sizeof(int32_t) * (np + 1)), ws->slot_of_patch = nn_alloc_i32(np + 1);
+        ws->image_of_slot_h = xmalloc(sizeof(int32_t) * (ni + 1)), ws->image_of_slot = nn_alloc_i32(ni + 1);
+        ws->patch_of_row_h = xmalloc(sizeof(int32_t) * (N + 1)), ws->rows_slot = nn_alloc_i32(np + 1);
     }
     ws->rows = nn_alloc(N * d);
     size_t scratch = N > ni ? N : ni; /* dn, datt also serve the timestep MLP */
@@ -242,13 +258,38 @@ void model_free(model *m) {
 
 /* ---------------------------------------------------------------- forward */
 
-/* The U-Net runs on whole images: the plan's patches must be every patch
- * of each of its images (plan.c builds them so; a batch validated as
- * batch.c does has no cut image). */
-static void whole_images(const plan *p, const model_config *c) {
-    if (p->n_patch != p->n_images * cfg_patches_per_image(c))
-        die("the U-Net image path needs whole images: %d patches for %d images of %d", p->n_patch, p->n_images,
-            cfg_patches_per_image(c));
+/* The U-Net's slots of a plan (host memory): its images in the order their
+ * patches first appear, each of which must have all of its patches (a
+ * validated batch cuts no image; an image without patches, such as another
+ * sequence's in sampling, takes no slot). */
+static void image_slots(const model *m, workspace *ws, const plan *hp) {
+    int N = cfg_patches_per_image(&m->cfg), *slot = xmalloc(sizeof(int) * (hp->n_images + 1));
+    int *seen = xcalloc((size_t)hp->n_images * N + 1, sizeof(int));
+    for (int i = 0; i < hp->n_images; i++) slot[i] = -1;
+    ws->n_slots = 0;
+    for (int i = 0; i < hp->N; i++) ws->patch_of_row_h[i] = -1;
+    for (int q = 0; q < hp->n_patch; q++) {
+        ws->patch_of_row_h[hp->patch_row[q]] = q;
+        int i = hp->patch_image[q];
+        if (slot[i] < 0) ws->image_of_slot_h[slot[i] = ws->n_slots++] = i;
+        ws->slot_of_patch_h[q] = slot[i] * N + hp->patch_k[q];
+        seen[(size_t)slot[i] * N + hp->patch_k[q]]++;
+    }
+    for (size_t e = 0; e < (size_t)ws->n_slots * N; e++)
+        if (seen[e] != 1)
+            die("the U-Net image path needs whole images: image %d has patch %d %d times",
+                ws->image_of_slot_h[e / N], (int)(e % N), seen[e]);
+    nn_upload_i32(ws->slot_of_patch, ws->slot_of_patch_h, hp->n_patch);
+    nn_upload_i32(ws->image_of_slot, ws->image_of_slot_h, ws->n_slots);
+    free(seen);
+    free(slot);
+}
+
+/* The workspace and the kernels' plan for a host plan hp. */
+static const plan *begin(model *m, const plan *hp, workspace **out) {
+    workspace *ws = *out = workspace_for(m, hp);
+    if (m->cfg.image_unet) image_slots(m, ws, hp);
+    return kernel_plan(ws, hp);
 }
 
 /* Input vectors: token embeddings, patch_in(x_t) + pos_embed[k] + temb(t)
@@ -267,8 +308,11 @@ static void embed_inputs(model *m, const plan *p, workspace *ws, float *x) {
 
     const float *features = p->patch_x;
     if (c->image_unet && p->n_patch) {
-        whole_images(p, c);
-        unet_down(&m->unet, m->dev.w, ws->temb, p->patch_x, p->n_images, ws->u_rows);
+        int n = ws->n_slots;
+        nn_scatter_rows(ws->p_slots, p->patch_x, ws->slot_of_patch, p->n_patch, cfg_patch_dim(c));
+        nn_gather_rows(ws->temb_slots, ws->temb, ws->image_of_slot, n, d);
+        unet_down(&m->unet, m->dev.w, ws->temb_slots, ws->p_slots, n, ws->f_slots);
+        nn_gather_rows(ws->u_rows, ws->f_slots, ws->slot_of_patch, p->n_patch, F);
         features = ws->u_rows;
     }
     nn_linear_forward(ws->patch_in, features, W->patch_in_w, W->patch_in_b, p->n_patch, F, d);
@@ -315,13 +359,15 @@ static void forward_trunk(model *m, const plan *p, workspace *ws) {
 }
 
 void model_embed(model *m, const plan *p, float *x) {
-    workspace *ws = workspace_for(m, p);
-    embed_inputs(m, kernel_plan(ws, p), ws, x);
+    workspace *ws;
+    const plan *kp = begin(m, p, &ws);
+    embed_inputs(m, kp, ws, x);
 }
 
 const float *model_hidden(model *m, const plan *p) {
-    workspace *ws = workspace_for(m, p);
-    forward_trunk(m, kernel_plan(ws, p), ws);
+    workspace *ws;
+    const plan *kp = begin(m, p, &ws);
+    forward_trunk(m, kp, ws);
     return ws->h;
 }
 
@@ -346,24 +392,74 @@ static double lm_head(model *m, const plan *p, workspace *ws, int from, int to, 
     return ce;
 }
 
-/* patch_out head + squared error against eps over patches [from, to). Adds
- * dloss/dh into ws->dh. */
-static double diffusion_head(model *m, const plan *p, workspace *ws, int from, int to, float scale, int want_grads) {
+/* The U-Net's predictions of every patch of the plan, into ws->pred in
+ * plan order: patch_out over ws->rows (the final hidden rows of the patches)
+ * into v_rows, then the up path over the slots. */
+static void unet_predict(model *m, const plan *p, workspace *ws) {
     const model_config *c = &m->cfg;
-    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), n = to - from, N = cfg_patches_per_image(c);
-    float *out = c->image_unet ? ws->v_rows : ws->pred; /* patch_out's output */
-    nn_gather_rows(ws->rows, ws->h, p->patch_row + from, n, d);
-    nn_linear_forward(out, ws->rows, m->W.patch_out_w, m->W.patch_out_b, n, d, F);
-    if (c->image_unet) unet_up(&m->unet, m->dev.w, out, from / N, n / N, ws->pred); /* rows of whole images */
-    double se =
-        nn_squared_error(ws->pred, ws->pred, p->patch_eps + (size_t)from * P, (size_t)n * P, want_grads ? scale : 0.0f);
-    if (want_grads) {
-        /* ws->pred now holds dpred; ws->dn is free scratch here. */
-        if (c->image_unet) unet_up_backward(&m->unet, m->dev.w, m->dev.g, ws->pred, out);
-        nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, out, ws->rows, m->W.patch_out_w, n, d, F, 0);
+    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), np = p->n_patch;
+    nn_gather_rows(ws->rows, ws->h, p->patch_row, np, d);
+    nn_linear_forward(ws->v_rows, ws->rows, m->W.patch_out_w, m->W.patch_out_b, np, d, F);
+    nn_scatter_rows(ws->f_slots, ws->v_rows, ws->slot_of_patch, np, F);
+    unet_up(&m->unet, m->dev.w, ws->f_slots, ws->p_slots);
+    nn_gather_rows(ws->pred, ws->p_slots, ws->slot_of_patch, np, P);
+}
+
+/* Backward of unet_predict: dpred in ws->pred -> dloss/dh added into ws->dh. */
+static void unet_predict_backward(model *m, const plan *p, workspace *ws) {
+    const model_config *c = &m->cfg;
+    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), np = p->n_patch;
+    nn_scatter_rows(ws->p_slots, ws->pred, ws->slot_of_patch, np, P);
+    unet_up_backward(&m->unet, m->dev.w, m->dev.g, ws->p_slots, ws->f_slots);
+    nn_gather_rows(ws->v_rows, ws->f_slots, ws->slot_of_patch, np, F);
+    nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->v_rows, ws->rows, m->W.patch_out_w, np, d, F,
+                       0);
+    nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row, np, d);
+}
+
+/* patch_out head + squared error against eps over patches [from, to). Adds
+ * dloss/dh into ws->dh. With the U-Net, ws->pred must hold unet_predict's
+ * predictions (which need whole images, so they are made for every patch at
+ * once), and gradients are taken over every patch. */
+static double diffusion_head(model *m, const plan *p, workspace *ws, int from, int to, float scale, int want_grads) {
+    int d = m->cfg.hidden_size, P = cfg_patch_dim(&m->cfg), n = to - from;
+    float *pred = ws->pred;
+    if (m->cfg.image_unet) {
+        pred += (size_t)from * P;
+    } else {
+        nn_gather_rows(ws->rows, ws->h, p->patch_row + from, n, d);
+        nn_linear_forward(pred, ws->rows, m->W.patch_out_w, m->W.patch_out_b, n, d, P);
+    }
+    double se = nn_squared_error(pred, pred, p->patch_eps + (size_t)from * P, (size_t)n * P, want_grads ? scale : 0.0f);
+    if (!want_grads) return se;
+    /* pred now holds dpred; ws->dn is free scratch here. */
+    if (m->cfg.image_unet) {
+        unet_predict_backward(m, p, ws);
+    } else {
+        nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, pred, ws->rows, m->W.patch_out_w, n, d, P, 0);
         nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row + from, n, d);
     }
     return se;
+}
+
+void model_unet_eps(model *m, const float *h, const int32_t *plan_rows, int n, float *pred) {
+    const model_config *c = &m->cfg;
+    workspace *ws = m->ws;
+    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), N = cfg_patches_per_image(c);
+    int32_t *slot = xmalloc(sizeof(int32_t) * (n + 1));
+    for (int i = 0; i < n; i++) {
+        int q = ws && plan_rows[i] >= 0 && plan_rows[i] < ws->N ? ws->patch_of_row_h[plan_rows[i]] : -1;
+        if (q < 0) die("model_unet_eps: row %d of the last plan is not a patch", plan_rows[i]);
+        slot[i] = ws->slot_of_patch_h[q];
+    }
+    nn_upload_i32(ws->rows_slot, slot, n);
+    free(slot);
+    /* Slots no row asks for get zeros: images never mix in the U-Net. */
+    nn_linear_forward(ws->v_rows, h, m->W.patch_out_w, m->W.patch_out_b, n, d, F);
+    nn_zero(ws->f_slots, (size_t)ws->n_slots * N * F);
+    nn_scatter_rows(ws->f_slots, ws->v_rows, ws->rows_slot, n, F);
+    unet_up(&m->unet, m->dev.w, ws->f_slots, ws->p_slots);
+    nn_gather_rows(pred, ws->p_slots, ws->rows_slot, n, P);
 }
 
 /* --------------------------------------------------------------- backward */
@@ -404,7 +500,12 @@ static void embed_backward(model *m, const plan *p, workspace *ws) {
     float *dtemb = ws->dn, *da1 = ws->datt; /* free scratch here */
     nn_zero(dtemb, (size_t)ni * d);
     nn_scatter_add_rows(dtemb, dpatch, p->patch_image, p->n_patch, d);
-    if (unet) unet_down_backward(&m->unet, m->dev.w, m->dev.g, ws->du_rows, dtemb);
+    if (unet) {
+        nn_scatter_rows(ws->f_slots, ws->du_rows, ws->slot_of_patch, p->n_patch, F);
+        nn_zero(ws->dtemb_slots, (size_t)ws->n_slots * d);
+        unet_down_backward(&m->unet, m->dev.w, m->dev.g, ws->f_slots, ws->dtemb_slots);
+        nn_scatter_add_rows(dtemb, ws->dtemb_slots, ws->image_of_slot, ws->n_slots, d);
+    }
     nn_linear_backward(da1, G->time2_w, G->time2_b, dtemb, ws->t_a1, m->W.time2_w, ni, d, d, 0);
     nn_silu_backward(da1, da1, ws->t_h1, (size_t)ni * d);
     nn_linear_backward(NULL, G->time0_w, G->time0_b, da1, p->time_feat, m->W.time0_w, ni, c->timestep_dim, d, 0);
@@ -413,14 +514,15 @@ static void embed_backward(model *m, const plan *p, workspace *ws) {
 loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads) {
     const model_config *c = &m->cfg;
     int d = c->hidden_size, nl = c->num_hidden_layers;
-    workspace *ws = workspace_for(m, p);
-    p = kernel_plan(ws, p);
+    workspace *ws;
+    p = begin(m, p, &ws);
     loss_sums s = {0, 0, p->n_lm, (long)p->n_patch * cfg_patch_dim(c)};
     forward_trunk(m, p, ws);
     if (want_grads) nn_zero(ws->dh, (size_t)p->N * d);
     float lm_scale = norm_lm > 0 ? (float)(1.0 / norm_lm) : 0.0f;
     float diff_scale = norm_latent > 0 ? (float)(c->lambda_diffusion / norm_latent) : 0.0f;
     s.ce_sum = lm_head(m, p, ws, 0, p->n_lm, lm_scale, want_grads);
+    if (c->image_unet && p->n_patch) unet_predict(m, p, ws);
     s.se_sum = diffusion_head(m, p, ws, 0, p->n_patch, diff_scale, want_grads);
     if (!want_grads) return s;
 
@@ -453,14 +555,15 @@ static int row_run_end(const int32_t *rows, int from, int n, int L) {
 }
 
 void model_row_losses(model *m, const plan *hp, double *ce, double *se) {
-    workspace *ws = workspace_for(m, hp);
-    const plan *p = kernel_plan(ws, hp);
+    workspace *ws;
+    const plan *p = begin(m, hp, &ws);
     forward_trunk(m, p, ws);
     for (int r = 0; r < hp->B; r++) ce[r] = se[r] = 0.0;
     for (int a = 0, b; a < hp->n_lm; a = b) {
         b = row_run_end(hp->lm_row, a, hp->n_lm, hp->L);
         ce[hp->lm_row[a] / hp->L] = lm_head(m, p, ws, a, b, 0.0f, 0);
     }
+    if (m->cfg.image_unet && hp->n_patch) unet_predict(m, p, ws);
     for (int a = 0, b; a < hp->n_patch; a = b) {
         b = row_run_end(hp->patch_row, a, hp->n_patch, hp->L);
         se[hp->patch_row[a] / hp->L] = diffusion_head(m, p, ws, a, b, 0.0f, 0);

@@ -73,6 +73,11 @@ int model_save(const model *m, const char *dir, char *err);
  * the counts over the whole step (every micro-batch and rank). */
 loss_sums model_step(model *m, const plan *p, double norm_lm, double norm_latent, int want_grads);
 
+/* Sampling with the U-Net: the predicted noise pred [n, patch_dim] of n
+ * patches of the last model_embed or model_hidden plan, from their final
+ * hidden rows h [n, d] (a backend buffer) and their rows in that plan. */
+void model_unet_eps(model *m, const float *h, const int32_t *plan_rows, int n, float *pred);
+
 /* Forward only; each row's loss sums (ce[r] over its LM targets, se[r] over
  * its patches, both [B]): per-sample figures from one batch, for evaluation. */
 void model_row_losses(model *m, const plan *p, double *ce, double *se);

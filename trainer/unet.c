@@ -30,7 +30,7 @@ typedef struct {
 
 struct unet_acts {
     int n;                        /* images the buffers hold */
-    int n_down, img0, n_up;       /* images of the last unet_down, unet_up */
+    int n_down;                   /* images of the last unet_down */
     float *xt, *s_temb, *te, *dte; /* the latents as a map; temb, silu(temb), dte */
     float **skip, **dskip;   /* [K] */
     block_acts *down, *up;   /* as u->down, u->up */
@@ -314,23 +314,21 @@ void unet_down(unet *u, const float *W, const float *temb, const float *patch_x,
     nn_copy(rows, a->skip[k - 1], (size_t)n * g * g * chan(u, L - 1));
 }
 
-void unet_up(unet *u, const float *W, const float *rows, int img0, int n, float *pred) {
+void unet_up(unet *u, const float *W, const float *rows, float *pred) {
     const model_config *c = u->c;
     unet_acts *a = u->acts;
-    int L = u->levels, r = u->r, K = skips(u), p = c->patch_size, g = c->latent_size / p;
-    a->img0 = img0, a->n_up = n;
-    const float *te = a->te + (size_t)img0 * u->d, *map = rows;
+    int L = u->levels, r = u->r, K = skips(u), p = c->patch_size, g = c->latent_size / p, n = a->n_down;
+    const float *map = a->v;
     nn_copy(a->v, rows, (size_t)n * g * g * chan(u, L - 1));
-    map = a->v;
     for (int j = 0, k = K; j < L; j++) {
         for (int q = 0; q <= r; q++) {
             const unet_resnet *b = &u->up[j * (r + 1) + q];
             block_acts *x = &a->up[j * (r + 1) + q];
-            size_t M = (size_t)n * b->side * b->side, at = (size_t)img0 * b->side * b->side;
+            size_t M = (size_t)n * b->side * b->side;
             int cin = b->c_in + b->c_skip;
             nn_copy_columns(x->cat, cin, map, b->c_in, M, b->c_in);
-            nn_copy_columns(x->cat + b->c_in, cin, a->skip[--k] + at * b->c_skip, b->c_skip, M, b->c_skip);
-            resnet_forward(u, W, b, x, x->cat, te, n);
+            nn_copy_columns(x->cat + b->c_in, cin, a->skip[--k], b->c_skip, M, b->c_skip);
+            resnet_forward(u, W, b, x, x->cat, a->te, n);
             map = x->out;
         }
         if (j < L - 1) {
@@ -353,9 +351,8 @@ void unet_up(unet *u, const float *W, const float *rows, int img0, int n, float 
 void unet_up_backward(unet *u, const float *W, float *G, const float *dpred, float *drows) {
     const model_config *c = u->c;
     unet_acts *a = u->acts;
-    int L = u->levels, r = u->r, n = a->n_up, p = c->patch_size, g = c->latent_size / p;
+    int L = u->levels, r = u->r, n = a->n_down, p = c->patch_size, g = c->latent_size / p;
     int c0 = chan(u, 0), hw = c->latent_size * c->latent_size;
-    if (a->img0 != 0 || n != a->n_down) die("unet_up_backward: the last unet_up did not cover every image");
     nn_zero(a->dte, (size_t)n * u->d);
     float *dmap = a->s3, *dcat = a->s4; /* the current map's gradient; a block input's */
     nn_patches_to_map(dmap, dpred, n, g, p, c->latent_channels);

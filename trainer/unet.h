@@ -4,9 +4,10 @@
  * the up path (image.patch_out's vectors -> predicted noise patches), each
  * with its backward pass. model.c calls these for "image_encoder": "unet".
  *
- * Images are whole: rows [i * N, (i + 1) * N) of the patch arrays are image
- * i's patches in order k (N = patches per image), and the deepest map of the
- * down path, [n, g, g, c_last] in NHWC, is exactly those rows. Weights and
+ * Images are whole and in slots: rows [i * N, (i + 1) * N) of the patch
+ * arrays are image i's patches in order k (N = patches per image; model.c
+ * puts a plan's patches in that order), and the deepest map of the down
+ * path, [n, g, g, c_last] in NHWC, is exactly those rows. Weights and
  * gradients are the model's flat arrays (base pointers); the U-Net keeps
  * offsets into them. */
 #ifndef TRAINER_UNET_H
@@ -45,15 +46,16 @@ void unet_free(unet *u);
 /* 1 for the names of GroupNorm weights (initialized to 1). */
 int unet_is_norm_weight(const char *name);
 
-/* Down path of n images: patch_x [n * N, patch_dim] -> rows [n * N, c_last].
+/* Down path of n images: patches [n * N, patch_dim] -> rows [n * N, c_last]
+ * (image i's patches, and its deepest map's cells, are rows i * N + k).
  * temb [n, d] is the images' timestep embedding (kept for backward). */
-void unet_down(unet *u, const float *W, const float *temb, const float *patch_x, int n, float *rows);
-/* Up path of images [img0, img0 + n) of the last unet_down: rows
- * [n * N, c_last] -> pred [n * N, patch_dim]. */
-void unet_up(unet *u, const float *W, const float *rows, int img0, int n, float *pred);
+void unet_down(unet *u, const float *W, const float *temb, const float *patches, int n, float *rows);
+/* Up path of the images of the last unet_down: rows [n * N, c_last] ->
+ * pred [n * N, patch_dim]. */
+void unet_up(unet *u, const float *W, const float *rows, float *pred);
 
-/* Backward of the last unet_up (over every image of unet_down): dpred
- * [n * N, patch_dim] -> drows (overwritten); gradients added into G. */
+/* Backward of the last unet_up: dpred [n * N, patch_dim] -> drows
+ * (overwritten); gradients added into G. */
 void unet_up_backward(unet *u, const float *W, float *G, const float *dpred, float *drows);
 /* Backward of the last unet_down: drows [n * N, c_last] (the gradient of
  * its output); gradients added into G, and dtemb [n, d] += the timestep
