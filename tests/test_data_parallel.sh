@@ -6,7 +6,8 @@
 # the same per-step losses within 1e-7 relative and the same final weights
 # within 1e-5 relative (each tensor's norm of the difference) over 20 steps
 # (measured: 1.4e-8 and 1.8e-6, 7x and 5.5x margin); 2 ranks on the GPU's
-# code path with the CPU's kernels (--device cpu-device) give bitwise 2 ranks'.
+# code path with the CPU's kernels (--device cpu-device) give bitwise 2 ranks';
+# with the U-Net image path, 2 x 6 rows match 1 x 12 (weights within 1e-4).
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -16,7 +17,7 @@ fail() { echo "FAIL $*"; fails=$((fails + 1)); }
 [ -x "$BIN/trainer" ] || { echo "FAIL data_parallel: $BIN/trainer not found"; exit 1; }
 TR=$(realpath "$BIN/trainer")
 t=$(mktemp -d)
-trap 'rm -rf "$t"' EXIT
+trap '[ -n "${KEEP:-}" ] || rm -rf "$t"' EXIT
 export ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0      # Open MPI's own allocations
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS"
 
@@ -24,21 +25,22 @@ MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREAD
 run() {
     local name=$1 np=$2 rows=$3 accum=$4
     shift 4
-    local cmd=("$TR" train --config configs/tiny.json --steps 20 --seq-len 64 --lr 3e-3 --warmup 3
+    local cmd=("$TR" train --config "${config:-configs/tiny.json}" --steps 20 --seq-len 64 --lr 3e-3 --warmup 3
                --batch-rows "$rows" --grad-accum "$accum" --log-every 1 --seed 7 --out "$t/$name" "$@")
     if [ "$np" -eq 1 ]; then OMP_NUM_THREADS=1 "${cmd[@]}"; else $MPI -np "$np" "${cmd[@]}"; fi >"$t/$name.log" 2>&1
     if [ $? -eq 0 ] && [ -f "$t/$name/model.safetensors" ]; then ok "$name: $np ranks x $rows rows x $accum accumulation runs"
     else fail "$name: run failed"; tail -n 5 "$t/$name.log"; fi
 }
 
-# same NAME REF: per-step losses and final weights of NAME match REF
+# same NAME REF [WEIGHT_LIMIT]: per-step losses and final weights of NAME match REF
 same() {
-    $PY - "$t" "$1" "$2" <<'PYEOF'
+    $PY - "$t" "$1" "$2" "${3:-1e-5}" <<'PYEOF'
 import re, sys
 sys.path.insert(0, "tests")
 import numpy as np
 from st_io import st_read
-t, name, ref = sys.argv[1:]
+t, name, ref, wlim = sys.argv[1:5]
+wlim = float(wlim)
 def losses(n):
     return [float(m.group(1)) for m in re.finditer(r"^step +\d+/\d+ +loss (\S+)", open(f"{t}/{n}.log").read(), re.M)]
 a, b = losses(ref), losses(name)
@@ -52,10 +54,10 @@ wb, _ = st_read(f"{t}/{name}/model.safetensors")
 # up to lr, so single elements may differ more than the tensor as a whole.
 werr = max(float(np.linalg.norm(wa[k].astype(np.float64) - wb[k]) / max(np.linalg.norm(wa[k]), 1e-30)) for k in wa)
 moved = max(float(np.abs(wa[k]).max()) for k in wa) > 0 and a[0] != a[-1]
-if lerr <= 1e-7 and werr <= 1e-5 and moved:
+if lerr <= 1e-7 and werr <= wlim and moved:
     print(f"ok {name} = {ref}: 20 losses within {lerr:.2g} relative, weights within {werr:.2g} (loss {a[0]:.4f} -> {a[-1]:.4f})")
 else:
-    print(f"FAIL {name} vs {ref}: losses differ by {lerr:.3g}, weights by {werr:.3g} relative (limits 1e-7 and 1e-5), training moved: {moved}")
+    print(f"FAIL {name} vs {ref}: losses differ by {lerr:.3g}, weights by {werr:.3g} relative (limits 1e-7 and {wlim:g}), training moved: {moved}")
     sys.exit(1)
 PYEOF
     [ $? -eq 0 ] || fails=$((fails + 1))
@@ -73,6 +75,16 @@ same two one
 same two_no_zero one
 same three one
 same accum one
+# The U-Net image path (docs/model.md section 3) splits the same way.
+sed 's/}$/,"image_encoder":"unet","unet_channels":[16,32],"unet_groups":4}/' configs/tiny.json >"$t/unet.json"
+config="$t/unet.json" run one_unet 1 12 1
+config="$t/unet.json" run two_unet 2 6 1
+grep -q '"image_encoder"' "$t/unet.json" && ok "the U-Net config" || fail "the U-Net config was not written"
+# The losses agree as closely (measured 3.8e-8); the weights drift further
+# apart (2.3e-5, in the transformer's tensors as much as in the U-Net's):
+# the larger model amplifies the last-bit differences of the sums more
+# over 20 Adam steps. 1e-4 keeps a 4x margin.
+same two_unet one_unet 1e-4
 # The GPU's code path (parameter copies, ZeRO part copied back) on CPU kernels.
 losses() { grep -o '^step *[0-9]*/[0-9]*  loss [0-9.]*' "$1"; }
 if cmp -s "$t/two/model.safetensors" "$t/two_device/model.safetensors" &&

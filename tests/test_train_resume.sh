@@ -9,7 +9,8 @@
 # exits 0; a damaged newest checkpoint makes auto fall back and an explicit
 # --resume fail with exit 2, and so does one forged so that its files'
 # checksums match (the index edited, optimizer parts off by one, state and
-# index naming other steps); an unusable --ckpt-dir stops the run non-zero.
+# index naming other steps); an unusable --ckpt-dir stops the run non-zero;
+# the U-Net image path resumes byte for byte and exports.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -94,6 +95,20 @@ check "... to the 2-rank run's weights" close "$t/two.out" "$t/two_to_one.out"
 check "1 rank resumed on 2: it resumed step 10 of 1 rank and ran steps 11..20" \
     sh -c "grep -q 'resuming .*one/step_00000010 at step 10 (written by 1 ranks)' '$t/12.log' && grep -q 'steps 11\.\.20' '$t/12.log'"
 check "... to the 1-rank run's weights" close "$t/one.out" "$t/one_to_two.out"
+
+# The U-Net image path saves, resumes and exports as exactly: 12 steps
+# straight, and 6 more from the step-6 folder, end byte for byte the same;
+# the export of the last step holds those weights and the U-Net's config.
+sed 's/}$/,"image_encoder":"unet","unet_channels":[16,32],"unet_groups":4}/' configs/tiny.json >"$t/unet.json"
+unet_run() { "$TR" train --config "$t/unet.json" --steps 12 --seq-len 64 --batch-rows 2 --lr 3e-3 --warmup 3 --seed 5 \
+                 --threads 1 "$@"; }
+unet_run --ckpt-dir "$t/u1" --ckpt-every 6 --out "$t/u1.out" >"$t/u1.log" 2>&1
+unet_run --ckpt-dir "$t/u2" --resume "$t/u1/step_00000006" --out "$t/u2.out" >"$t/u2.log" 2>&1
+check "U-Net: resumed at step 6, the same weights at step 12 byte for byte" \
+    sh -c "grep -q 'resuming .*u1/step_00000006 at step 6' '$t/u2.log' && cmp -s '$t/u1.out/model.safetensors' '$t/u2.out/model.safetensors'"
+"$TR" export --ckpt "$t/u1/step_00000012" --out "$t/u1.export" >/dev/null 2>&1
+check "U-Net: export writes the weights and the config" \
+    sh -c "cmp -s '$t/u1.out/model.safetensors' '$t/u1.export/model.safetensors' && grep -q '\"unet\"' '$t/u1.export/config.json'"
 
 # SIGTERM: the step finishes, a checkpoint is written, exit 0.
 "$TR" train --config configs/tiny.json --steps 100000 --seq-len 64 --batch-rows 4 --threads 1 \

@@ -5,6 +5,7 @@
 #include "plan_mirror.h"
 #include "../common/error.h"
 #include "../common/rng.h"
+#include "../nn/backend.h"
 #include "../nn/kernels.h"
 #include "../common/dir.h"
 
@@ -86,6 +87,9 @@ void model_create(model *m, const model_config *c) {
     add_param(m, "image.time_embed.0.bias", d, 0, 0);
     add_param(m, "image.time_embed.2.weight", d, d, 1);
     add_param(m, "image.time_embed.2.bias", d, 0, 0);
+    if (c->image_unet && !nn_current_backend()->conv2d_forward) /* the CUDA backend, for now */
+        die_input("\"image_encoder\": \"unet\": the %s backend has no convolution kernels yet (use --device cpu)",
+                  nn_current_backend()->name);
     if (c->image_unet) unet_create(&m->unet, &m->ps, &m->cfg);
     add_param(m, "image.patch_out.weight", P, d, 1);
     add_param(m, "image.patch_out.bias", P, 0, 0);
