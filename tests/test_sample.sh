@@ -9,7 +9,8 @@
 # consolidated checkpoint; the device code path (--device cpu-device) giving
 # the same bytes as the CPU's; and bad input: a prompt longer than the
 # context, an unreadable image, a checkpoint without image parameters, a bad
-# flag value, an unknown device: one line, exit 2.
+# flag value, an unknown device: one line, exit 2. The U-Net image path,
+# overfit the same way, gives back images and captions too.
 set -u
 BIN=${BIN:-bin}
 PY=/usr/bin/python3
@@ -101,6 +102,22 @@ check "--device cpu-device: caption prints the CPU's captions ($(cut -f2 "$t/c_c
     sh -c "[ -s '$t/c_cpu.out' ] && cmp -s '$t/c_cpu.out' '$t/c_cpu-device.out'"
 check "--device cpu-device: sample-bench runs" sh -c "'$TR' sample-bench --config configs/tiny.json --n 2 \
     --prompt-len 4 --tokens 8 --steps 2 --threads 2 --device cpu-device | grep -q '\"device\":\"cpu-device\"'"
+
+# The U-Net image path ("image_encoder": "unet") overfit on the same pairs:
+# a training caption gives back its image, and each image its caption.
+BIN="$BIN" PY="$PY" MODEL='{"hidden_size":96,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"max_image_patches":16,"image_encoder":"unet","unet_channels":[32,64]}' \
+    tests/tiny_run.sh "$t/u" 2>"$t/u.err"
+check "U-Net: the tiny model is trained ($(grep '^step' "$t/u/train.log" 2>/dev/null | tail -1 | cut -c1-60))" \
+    [ -d "$t/u/run/latest" ] || cat "$t/u.err"
+"$TR" sample --ckpt "$t/u/run" --vae "$t/u/vae" --threads 2 --prompt "a blue square" --image --out "$t/us" --steps 50 \
+    --sampler ddim --max-tokens 4 --seed 3 >/dev/null 2>&1
+p=($(psnr "$t/us/sample0-0.webp" "$t/u/dec/k1.webp" "$t/u/dec/k0.webp" "$t/u/dec/k2.webp" "$t/u/dec/k3.webp"))
+check "U-Net: 'a blue square' gives its training image back (PSNR ${p[0]} dB >= 20; others ${p[1]}, ${p[2]}, ${p[3]})" \
+    $PY -c "import sys; sys.exit(not (${p[0]} >= 20 and ${p[0]} > max(${p[1]}, ${p[2]}, ${p[3]}) + 3))"
+"$TR" caption --ckpt "$t/u/run" --vae "$t/u/vae" --threads 2 --image "$t/u/img/k0.png" --image "$t/u/img/k1.png" \
+    --image "$t/u/img/k2.png" --image "$t/u/img/k3.png" 2>/dev/null | cut -f2 >"$t/ucap.out"
+check "U-Net: each training image gives back its caption ($(tr '\n' ',' <"$t/ucap.out"))" \
+    diff "$t/ucap.out" <(for i in 0 1 2 3; do cat "$t/u/img/k$i.txt"; echo; done)
 
 # Bad input.
 long=$(printf 'a red circle %.0s' $(seq 60))

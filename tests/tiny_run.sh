@@ -7,7 +7,8 @@
 #   OUT/vae/                    a random tiny VAE  OUT/lat/, OUT/dec/  latents, their decodes
 #   OUT/run/                    the checkpoints    OUT/train.log
 # Used by tests/test_sample.sh and by bench/gpu-bundle.sh (the GPU check's
-# generation fixture). BIN (default bin) holds the programs; STEPS (600) and
+# generation fixture). BIN (default bin) holds the programs; MODEL the model's
+# config JSON (default a 96-wide linear-path model); STEPS (600) and
 # THREADS (2) set the training. Exits non-zero, naming the step, on failure.
 set -u
 OUT=${1:?usage: tests/tiny_run.sh OUT_DIR}
@@ -62,8 +63,8 @@ for _ in $(seq 200); do
     ep=$(sed -n 's/^serving on \([^ ]*\) .*/\1/p' "$OUT/serve.out" 2>/dev/null); [ -n "$ep" ] && break; sleep 0.05
 done
 [ -n "$ep" ] || { echo "tiny_run: the dataloader does not serve: $(cat "$OUT/serve.err")" >&2; exit 1; }
-printf '{"hidden_size":96,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"max_image_patches":16}\n' \
-    >"$OUT/model.json"
+linear='{"hidden_size":96,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":256,"max_image_patches":16}'
+echo "${MODEL:-$linear}" >"$OUT/model.json"
 "$TR" train --model "$OUT/model.json" --loader "$ep" --steps "${STEPS:-600}" --lr 3e-3 --warmup 20 \
     --threads "${THREADS:-2}" --log-every 100 --ckpt-dir "$OUT/run" >"$OUT/train.log" 2>&1
 kill $pid 2>/dev/null; wait $pid 2>/dev/null; pid=""
