@@ -181,6 +181,52 @@ static void test_invalid(void) {
     CHECK(rc != 0 && strstr(err, "absent.json"), "missing_file %s", err);
 }
 
+/* The base config plus `extra` fields (JSON members), loaded. */
+static int load_extra(const char *name, const char *extra, model_config *c, char *err) {
+    char text[1024];
+    snprintf(text, sizeof text, "%.*s,%s}", (int)strlen(base_json) - 1, base_json, extra);
+    write_text(name, text);
+    err[0] = '\0';
+    return config_load(in_dir(name), c, err);
+}
+
+/* "image_encoder": "unet" and its settings: defaults, the round trip,
+ * refusals naming the file and the field. */
+static void test_unet(void) {
+    model_config c, back;
+    char err[ERR_LEN];
+    int rc = load_extra("unet.json", "\"image_encoder\":\"unet\"", &c, err);
+    CHECK(rc == 0 && c.image_unet == 1 && c.unet_levels == 2 && c.unet_channels[0] == 64 && c.unet_channels[1] == 128 &&
+              c.unet_layers_per_block == 1 && c.unet_groups == 8 && cfg_patch_features(&c) == 128,
+          "unet: defaults [64, 128], 1 block, 8 groups; a patch becomes 128 features (%s)", err);
+    rc = load_extra("lin.json", "\"image_encoder\":\"linear\"", &c, err);
+    CHECK(rc == 0 && c.image_unet == 0 && cfg_patch_features(&c) == cfg_patch_dim(&c), "linear: the default path");
+    write_text("unet3.json", "{\"vocab_size\":64,\"hidden_size\":32,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+                             "\"intermediate_size\":48,\"latent_channels\":4,\"latent_size\":8,\"patch_size\":4,"
+                             "\"max_image_patches\":4,\"image_encoder\":\"unet\",\"unet_channels\":[8,8,16],"
+                             "\"unet_layers_per_block\":2,\"unet_groups\":4}");
+    rc = config_load(in_dir("unet3.json"), &c, err);
+    CHECK(rc == 0 && c.unet_levels == 3 && c.unet_channels[2] == 16 && c.unet_layers_per_block == 2, "unet: 3 levels %s",
+          err);
+    rc = config_save(in_dir("unet_saved.json"), &c, err) || config_load(in_dir("unet_saved.json"), &back, err);
+    CHECK(rc == 0 && memcmp(&c, &back, sizeof c) == 0, "unet: save and load round trip %s", err);
+    struct {
+        const char *extra, *want;
+    } bad[] = {
+        {"\"image_encoder\":\"vit\"", "'image_encoder'"},
+        {"\"image_encoder\":\"unet\",\"unet_channels\":[64,128,256]", "'patch_size': 2, but 3 U-Net levels"},
+        {"\"image_encoder\":\"unet\",\"unet_channels\":[12,24]", "'unet_groups': 8 does not divide"},
+        {"\"image_encoder\":\"unet\",\"unet_channels\":[]", "'unet_channels'"},
+        {"\"image_encoder\":\"unet\",\"unet_channels\":[64,\"x\"]", "'unet_channels': entry 1"},
+        {"\"image_encoder\":\"unet\",\"unet_groups\":0", "'unet_groups'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        rc = load_extra("unet_bad.json", bad[i].extra, &c, err);
+        printf("# %s\n", err);
+        CHECK(rc != 0 && strstr(err, "unet_bad.json") && strstr(err, bad[i].want), "unet: refused %s", bad[i].extra);
+    }
+}
+
 int main(void) {
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
@@ -189,6 +235,7 @@ int main(void) {
     test_valid();
     test_round_trip();
     test_invalid();
+    test_unet();
 
     DIR *d = opendir(dir);
     struct dirent *e;
