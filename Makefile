@@ -157,6 +157,7 @@ build/fuzz_dl_request: dataloader_client/wire.c common/crc32c.c common/error.c
 
 bench: all
 	bench/bench_vs_torch.sh
+	bench/bench_unet.sh
 	bench/bench_vae.sh
 	bench/bench_dataloader.sh
 	bench/bench_checkpoint.sh

@@ -16,6 +16,7 @@
 # each side, speedup = torch_best_step_s / trainer_best_step_s, and the
 # trainer's GFLOP/s against the machine's 530 GFLOP/s
 # FP32 peak (2 AVX-512 cores; docs/benchmarks.md). The last line is one JSON summary.
+# CFG (default configs/bench.json) times another model config the same way.
 set -u
 BIN=${BIN:-bin}
 case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
@@ -26,7 +27,7 @@ REPEATS=${REPEATS:-3}
 THREADS=${THREADS:-"1 2"}
 ROWS=8
 LEN=256
-CFG=configs/bench.json
+CFG=${CFG:-configs/bench.json}
 PEAK=530
 
 if [ ! -x "$BIN/trainer" ]; then echo "error: $BIN/trainer not found (build it first)" >&2; exit 1; fi

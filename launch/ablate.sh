@@ -7,6 +7,8 @@
 #   causal   "image_attention": "causal"             (paper: worse images)
 #   nolimit  dataloader serve --noise-limit off       (paper: worse captions)
 #   patch1   "patch_size": 1 (4x the patches)         (paper: better images)
+#   unet     "image_encoder": "unet", [64, 128]       (paper: better images and captions)
+#   unet4    the U-Net with 3 levels, patch 4 (1/4 of the positions per image)
 # Captions are cut at 60 tokens in every arm (patch1's 64-patch images must
 # fit half of a 256-position row). Each (arm, seed) is one 1-rank run;
 # PARALLEL of them run at once (one core each). The data (tokenizer, text, latents, VAE) come from a finished
@@ -14,7 +16,9 @@
 # OUT/ablations.md (the table, with each arm's mean and both seeds).
 # A finished arm (its eval written) is skipped when the script is rerun.
 #   launch/ablate.sh [--from runs/learn] [--out runs/ablate]
-#       (STEPS=3000 SEEDS="0 1" PARALLEL=2 ARMS="base causal nolimit patch1" N=128)
+#       (STEPS=3000 SEEDS="0 1" PARALLEL=2 ARMS="base causal nolimit patch1" N=128;
+#        UNET_STEPS, default STEPS: the U-Net arms' steps, for the same wall-clock
+#        budget as the linear arms when their steps cost more)
 . "$(dirname "$0")/help.sh"
 script_help "$@"
 set -euo pipefail
@@ -41,7 +45,10 @@ import json, sys
 arm, base, dst = sys.argv[1:]
 c = json.load(open(base))
 c.update({"base": {}, "causal": {"image_attention": "causal"}, "nolimit": {},
-          "patch1": {"patch_size": 1, "max_image_patches": 64}}[arm])
+          "patch1": {"patch_size": 1, "max_image_patches": 64},
+          "unet": {"image_encoder": "unet", "unet_channels": [64, 128]},
+          "unet4": {"image_encoder": "unet", "unet_channels": [64, 128, 128], "patch_size": 4,
+                    "max_image_patches": 4}}[arm])
 json.dump(c, open(dst, "w"))
 PY
 }
@@ -49,17 +56,19 @@ arm_loader() {
     case $1 in
         nolimit) echo "--patch-size 2 --noise-limit off" ;;
         patch1) echo "--patch-size 1" ;;
+        unet4) echo "--patch-size 4" ;;
         *) echo "--patch-size 2" ;;
     esac
 }
 
 run_arm() {                     # ARM SEED: train, then eval on val and test
-    local arm=$1 seed=$2 dir="$out/$1-s$2"
+    local arm=$1 seed=$2 dir="$out/$1-s$2" steps=$STEPS
+    case $arm in unet*) steps=${UNET_STEPS:-$STEPS} ;; esac
     [ -s "$dir/test.json" ] && { echo "already done: $dir"; return 0; }
     mkdir -p "$dir"
     launch/train.sh --ranks 1 --text "$from/text" --latents "$from/latents" --tokenizer "$from/tokenizer.model" \
         --loader-args "$(arm_loader "$arm") --rows-per-rank 4 --seq-len 256 --max-caption 60 --seed $seed" \
-        -- --config "$out/$arm.json" --steps "$STEPS" --warmup 100 --lr 1e-3 --ema 0.999 --seed "$seed" \
+        -- --config "$out/$arm.json" --steps "$steps" --warmup 100 --lr 1e-3 --ema 0.999 --seed "$seed" \
            --log-every 100 --ckpt-dir "$dir/ckpt" --ckpt-every 500 --keep 1 --resume auto >"$dir/train.log" 2>&1
     for split in val test; do
         bin/trainer eval --ckpt "$dir/ckpt" --vae "$from/vae" --images "data/images-64/$split-*.tar" \
