@@ -578,7 +578,7 @@ size_t model_activation_floats(const model *m, const plan *p) {
     const model_config *c = &m->cfg;
     size_t N = p->N, d = c->hidden_size, f = c->intermediate_size, H = c->num_attention_heads;
     size_t per_layer = N * (8 * d + 3 * f + H); /* x n1 qkv att x_mid n2 | gu act | lse */
-    return c->num_hidden_layers * per_layer + 2 * N * d + (size_t)p->n_patch * d;
+    return c->num_hidden_layers * per_layer + 2 * N * d + (size_t)p->n_patch * d + unet_activation_floats(&m->unet);
 }
 
 double model_step_flops(const model *m, const plan *p) {

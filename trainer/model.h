@@ -83,7 +83,8 @@ void model_unet_eps(model *m, const float *h, const int32_t *plan_rows, int n, f
 void model_row_losses(model *m, const plan *p, double *ce, double *se);
 
 /* Floats of the activations that backward needs for this plan (what the
- * workspace keeps per layer plus the final norm's input and output). */
+ * workspace keeps per layer plus the final norm's input and output, and the
+ * U-Net's for its last batch). */
 size_t model_activation_floats(const model *m, const plan *p);
 
 /* FLOPs of one forward + backward over the plan (matmuls and attention over

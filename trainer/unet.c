@@ -30,6 +30,7 @@ typedef struct {
 
 struct unet_acts {
     int n;                        /* images the buffers hold */
+    size_t kept;                  /* floats of the buffers backward reads (not the scratch) */
     int n_down;                   /* images of the last unet_down */
     float *xt, *s_temb, *te, *dte; /* the latents as a map; temb, silu(temb), dte */
     float **skip, **dskip;   /* [K] */
@@ -170,15 +171,20 @@ void unet_free(unet *u) {
     memset(u, 0, sizeof *u);
 }
 
-static void alloc_block(block_acts *x, const unet_resnet *b, int n, int groups, int up) {
+static float *kept(unet_acts *a, size_t n) {
+    a->kept += n;
+    return nn_alloc(n);
+}
+
+static void alloc_block(unet_acts *a, block_acts *x, const unet_resnet *b, int n, int groups, int up) {
     size_t M = (size_t)n * b->side * b->side, cin = b->c_in + b->c_skip;
-    if (up) x->cat = nn_alloc(M * cin);
-    x->n1 = nn_alloc(M * cin), x->a1 = nn_alloc(M * cin);
-    x->h1 = nn_alloc(M * b->c_out), x->n2 = nn_alloc(M * b->c_out), x->m2 = nn_alloc(M * b->c_out);
-    x->a2 = nn_alloc(M * b->c_out), x->ss = nn_alloc((size_t)n * 2 * b->c_out);
+    if (up) x->cat = kept(a, M * cin);
+    x->n1 = kept(a, M * cin), x->a1 = kept(a, M * cin);
+    x->h1 = kept(a, M * b->c_out), x->n2 = kept(a, M * b->c_out), x->m2 = kept(a, M * b->c_out);
+    x->a2 = kept(a, M * b->c_out), x->ss = kept(a, (size_t)n * 2 * b->c_out);
     x->mean1 = nn_alloc_f32((size_t)n * groups), x->rstd1 = nn_alloc_f32((size_t)n * groups);
     x->mean2 = nn_alloc_f32((size_t)n * groups), x->rstd2 = nn_alloc_f32((size_t)n * groups);
-    if (up) x->out = nn_alloc(M * b->c_out);
+    if (up) x->out = kept(a, M * b->c_out);
 }
 
 /* Buffers for n images; kept while n fits. */
@@ -192,14 +198,14 @@ static unet_acts *acts_for(unet *u, int n) {
     size_t big = (size_t)n * c->latent_size * c->latent_size, widest = c->latent_channels; /* pixels, channels */
     for (int i = 0; i < L; i++)
         if ((size_t)2 * chan(u, i) > widest) widest = 2 * chan(u, i);
-    a->xt = nn_alloc(big * c->latent_channels);
-    a->s_temb = nn_alloc((size_t)n * u->d), a->te = nn_alloc((size_t)n * u->d), a->dte = nn_alloc((size_t)n * u->d);
+    a->xt = kept(a, big * c->latent_channels);
+    a->s_temb = kept(a, (size_t)n * u->d), a->te = kept(a, (size_t)n * u->d), a->dte = nn_alloc((size_t)n * u->d);
     a->down = xcalloc(nd, sizeof(block_acts));
     a->up = xcalloc(nu, sizeof(block_acts));
     a->skip = xcalloc(K, sizeof(float *));
     a->dskip = xcalloc(K, sizeof(float *));
-    for (int b = 0; b < nd; b++) alloc_block(&a->down[b], &u->down[b], n, G, 0);
-    for (int b = 0; b < nu; b++) alloc_block(&a->up[b], &u->up[b], n, G, 1);
+    for (int b = 0; b < nd; b++) alloc_block(a, &a->down[b], &u->down[b], n, G, 0);
+    for (int b = 0; b < nu; b++) alloc_block(a, &a->up[b], &u->up[b], n, G, 1);
     /* Skips: conv_in's at full size, then each block's and downsampler's. */
     int k = 0, side = c->latent_size;
     size_t *skip_floats = xcalloc(K, sizeof(size_t));
@@ -208,18 +214,18 @@ static unet_acts *acts_for(unet *u, int n) {
         for (int j = 0; j < r; j++) skip_floats[k++] = (size_t)n * side * side * chan(u, i);
         if (i < L - 1) side /= 2, skip_floats[k++] = (size_t)n * side * side * chan(u, i);
     }
-    for (int q = 0; q < K; q++) a->skip[q] = nn_alloc(skip_floats[q]);
+    for (int q = 0; q < K; q++) a->skip[q] = kept(a, skip_floats[q]);
     for (int q = 0; q < K; q++) a->dskip[q] = nn_alloc(skip_floats[q]);
     for (int b = 0; b < nd; b++) a->down[b].out = a->skip[1 + b + b / r]; /* block b's output skip */
     a->up_in = xcalloc(L, sizeof(float *));
     a->up_out = xcalloc(L, sizeof(float *));
     for (int l = 0; l + 1 < L; l++) {
         int s = u->up[(l + 1) * (r + 1)].side, o = chan(u, L - 1 - l);
-        a->up_in[l] = nn_alloc((size_t)n * s * s * o), a->up_out[l] = nn_alloc((size_t)n * s * s * o);
+        a->up_in[l] = kept(a, (size_t)n * s * s * o), a->up_out[l] = kept(a, (size_t)n * s * s * o);
     }
     int last = chan(u, L - 1), c0 = chan(u, 0), g = c->latent_size >> (L - 1);
-    a->v = nn_alloc((size_t)n * g * g * last);
-    a->no = nn_alloc(big * c0), a->ao = nn_alloc(big * c0), a->eps = nn_alloc(big * c->latent_channels);
+    a->v = kept(a, (size_t)n * g * g * last);
+    a->no = kept(a, big * c0), a->ao = kept(a, big * c0), a->eps = kept(a, big * c->latent_channels);
     a->mean_o = nn_alloc_f32((size_t)n * G), a->rstd_o = nn_alloc_f32((size_t)n * G);
     a->s1 = nn_alloc(big * widest), a->s2 = nn_alloc(big * widest), a->s3 = nn_alloc(big * widest);
     a->s4 = nn_alloc(big * widest);
@@ -436,3 +442,5 @@ double unet_flops(const unet *u, int n) {
     }
     return 6.0 * macs; /* 2 per multiply-add, forward and the two products of backward */
 }
+
+size_t unet_activation_floats(const unet *u) { return u->acts ? u->acts->kept : 0; }

@@ -62,6 +62,10 @@ void unet_up_backward(unet *u, const float *W, float *G, const float *dpred, flo
  * embedding's gradient from both paths. */
 void unet_down_backward(unet *u, const float *W, float *G, const float *drows, float *dtemb);
 
+/* Floats of the activations backward reads, as allocated for the last
+ * batch (0 before the first). */
+size_t unet_activation_floats(const unet *u);
+
 /* FLOPs of the forward and backward passes over n images. */
 double unet_flops(const unet *u, int n);
 
