@@ -220,7 +220,9 @@ extern "C" void cuda_conv2d_forward(float *y, const float *x, const float *w, co
     float one = 1.0f, zero = 0.0f;
     CUDNN_CHECK(cudnnConvolutionForward(handle, &one, p->x, xs, p->f, wk, p->conv, p->fwd, ws, p->ws_fwd, &zero, p->y,
                                         ys));
-    LAUNCH(conv_out, ny, tv(y, "conv2d y"), ys, b, ny, p->c_out);
+    tview ty = tv(y, "conv2d y");
+    LAUNCH(conv_out, ny, ty, ys, b, ny, p->c_out);
+    if (ty.f32) cuda_mirror_sync(y, ny); /* a GEMM may read it */
 }
 
 extern "C" void cuda_conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x, const float *w,
@@ -240,7 +242,9 @@ extern "C" void cuda_conv2d_backward(float *dx, float *dw, float *db, const floa
         void *ws = p->ws_data ? cuda_scratch(SCRATCH_CONV_WS, p->ws_data) : NULL;
         CUDNN_CHECK(cudnnConvolutionBackwardData(handle, &one, p->f, wk, p->y, dys, p->conv, p->bwd_data, ws,
                                                  p->ws_data, &zero, p->x, dxs));
-        LAUNCH(map_from_f32, nx, tv(dx, "conv2d dx"), dxs, p->n, p->h, p->w, p->c_in, p->hp, p->wp, p->ep_t, p->ep_l);
+        tview tdx = tv(dx, "conv2d dx");
+        LAUNCH(map_from_f32, nx, tdx, dxs, p->n, p->h, p->w, p->c_in, p->hp, p->wp, p->ep_t, p->ep_l);
+        if (tdx.f32) cuda_mirror_sync(dx, nx);
     }
     if (dw) {
         if (!cuda_is_f32(dw, "conv2d dw")) die("cuda backend: conv2d: a weight gradient must be float32");

@@ -16,6 +16,13 @@
 #define THREADS 256
 #define LAUNCH(kernel, n, ...) CUDA_LAUNCH(kernel, cuda_blocks((n), THREADS), THREADS, 0, __VA_ARGS__)
 
+/* After a kernel wrote n elements at v: a float32 buffer's bfloat16 mirror,
+ * if it has one, follows (GEMMs read it: scale_shift's dss is the dy of the
+ * time_emb_proj's linear_backward). A no-op for bfloat16 buffers. */
+static void mirror_after(const tview &v, size_t n) {
+    if (v.f32 && n) cuda_mirror_sync((const float *)v.p, n);
+}
+
 __device__ __forceinline__ float silu_of(float v) { return v / (1.0f + __expf(-v)); }
 
 /* ---- GroupNorm: one block per (image, group) ----
@@ -63,8 +70,9 @@ static void gn_forward(float *y, float *mean, float *rstd, const float *x, const
                        int n, int hw, int groups, float eps, int silu) {
     if (n == 0 || hw == 0) return;
     gn_check(mean, rstd, w, b, C, groups);
-    CUDA_LAUNCH(gn_fwd, n * groups, THREADS, 0, tv(y, "group_norm y"), mean, rstd, tv(x, "group_norm x"), w, b, C,
-                hw, groups, eps, silu);
+    tview ty = tv(y, "group_norm y");
+    CUDA_LAUNCH(gn_fwd, n * groups, THREADS, 0, ty, mean, rstd, tv(x, "group_norm x"), w, b, C, hw, groups, eps, silu);
+    mirror_after(ty, (size_t)n * hw * C);
 }
 
 extern "C" void cuda_group_norm_forward(float *y, float *mean, float *rstd, const float *x, const float *w,
@@ -178,9 +186,11 @@ extern "C" void cuda_group_norm_backward(float *dx, float *dw, float *db, const 
         die("cuda backend: group_norm: weight gradients must be float32");
     double *s12 = (double *)cuda_scratch(SCRATCH_STATS, sizeof(double) * 2 * (size_t)n * C);
     CUDA_CHECK(cudaMemsetAsync(s12, 0, sizeof(double) * 2 * (size_t)n * C, cuda_stream)); /* hw == 0: zero sums */
+    tview tdx = tv(dx, "group_norm dx");
     if (hw > 0)
-        CUDA_LAUNCH(gn_bwd, n * groups, THREADS, 0, tv(dx, "group_norm dx"), s12, tv(dy, "group_norm dy"),
-                    tv(x, "group_norm x"), mean, rstd, w, C, hw, groups);
+        CUDA_LAUNCH(gn_bwd, n * groups, THREADS, 0, tdx, s12, tv(dy, "group_norm dy"), tv(x, "group_norm x"), mean,
+                    rstd, w, C, hw, groups);
+    mirror_after(tdx, (size_t)n * hw * C);
     LAUNCH(gn_bwd_weights, (size_t)C, dw, db, s12, rstd, C, n, groups);
 }
 
@@ -206,12 +216,18 @@ __global__ void up2_bwd(tview dx, tview dy, int n, int h, int w, int C) {
 
 extern "C" void cuda_upsample2x_forward(float *y, const float *x, int n, int h, int w, int C) {
     size_t m = (size_t)n * 4 * h * w * C;
-    if (m) LAUNCH(up2_fwd, m, tv(y, "upsample2x y"), tv(x, "upsample2x x"), n, h, w, C);
+    if (!m) return;
+    tview ty = tv(y, "upsample2x y");
+    LAUNCH(up2_fwd, m, ty, tv(x, "upsample2x x"), n, h, w, C);
+    mirror_after(ty, m);
 }
 
 extern "C" void cuda_upsample2x_backward(float *dx, const float *dy, int n, int h, int w, int C) {
     size_t m = (size_t)n * h * w * C;
-    if (m) LAUNCH(up2_bwd, m, tv(dx, "upsample2x dx"), tv(dy, "upsample2x dy"), n, h, w, C);
+    if (!m) return;
+    tview tdx = tv(dx, "upsample2x dx");
+    LAUNCH(up2_bwd, m, tdx, tv(dy, "upsample2x dy"), n, h, w, C);
+    mirror_after(tdx, m);
 }
 
 /* ---- patches <-> maps: one thread per map element ----
@@ -232,12 +248,18 @@ __global__ void patch_move(tview map, tview patches, int n, int g, int p, int C,
 
 extern "C" void cuda_patches_to_map(float *map, const float *patches, int n, int g, int p, int C) {
     size_t m = (size_t)n * g * p * g * p * C;
-    if (m) LAUNCH(patch_move, m, tv(map, "patches_to_map map"), tv(patches, "patches_to_map patches"), n, g, p, C, 1);
+    if (!m) return;
+    tview tm = tv(map, "patches_to_map map");
+    LAUNCH(patch_move, m, tm, tv(patches, "patches_to_map patches"), n, g, p, C, 1);
+    mirror_after(tm, m);
 }
 
 extern "C" void cuda_map_to_patches(float *patches, const float *map, int n, int g, int p, int C) {
     size_t m = (size_t)n * g * p * g * p * C;
-    if (m) LAUNCH(patch_move, m, tv(map, "map_to_patches map"), tv(patches, "map_to_patches patches"), n, g, p, C, 0);
+    if (!m) return;
+    tview tp = tv(patches, "map_to_patches patches");
+    LAUNCH(patch_move, m, tv(map, "map_to_patches map"), tp, n, g, p, C, 0);
+    mirror_after(tp, m);
 }
 
 /* ---- AdaGN's scale and shift: ss[n, 2C] = scale | shift per image ---- */
@@ -288,7 +310,10 @@ __global__ void ss_dx(tview dx, tview dy, tview ss, int hw, int C, size_t m) {
 
 extern "C" void cuda_scale_shift_forward(float *y, const float *x, const float *ss, int n, int hw, int C) {
     size_t m = (size_t)n * hw * C;
-    if (m) LAUNCH(ss_fwd, m, tv(y, "scale_shift y"), tv(x, "scale_shift x"), tv(ss, "scale_shift ss"), hw, C, m);
+    if (!m) return;
+    tview ty = tv(y, "scale_shift y");
+    LAUNCH(ss_fwd, m, ty, tv(x, "scale_shift x"), tv(ss, "scale_shift ss"), hw, C, m);
+    mirror_after(ty, m);
 }
 
 /* The sums first: dx may be dy (stream order keeps them apart). */
@@ -297,9 +322,12 @@ extern "C" void cuda_scale_shift_backward(float *dx, float *dss, const float *dy
     size_t m = (size_t)n * hw * C;
     if (n == 0 || C == 0) return;
     tview tdy = tv(dy, "scale_shift dy"), tss = tv(ss, "scale_shift ss");
-    CUDA_LAUNCH(ss_sums, dim3(cuda_blocks(C, 32), n), dim3(32, SS_ROWS), 0, tv(dss, "scale_shift dss"), tdy,
-                tv(x, "scale_shift x"), hw, C);
-    if (m) LAUNCH(ss_dx, m, tv(dx, "scale_shift dx"), tdy, tss, hw, C, m);
+    tview tdss = tv(dss, "scale_shift dss"), tdx = tv(dx, "scale_shift dx");
+    CUDA_LAUNCH(ss_sums, dim3(cuda_blocks(C, 32), n), dim3(32, SS_ROWS), 0, tdss, tdy, tv(x, "scale_shift x"), hw, C);
+    mirror_after(tdss, (size_t)n * 2 * C);
+    if (!m) return;
+    LAUNCH(ss_dx, m, tdx, tdy, tss, hw, C, m);
+    mirror_after(tdx, m);
 }
 
 /* ---- channel slices, column sums, transpose ---- */
@@ -320,6 +348,7 @@ extern "C" void cuda_copy_columns(float *dst, int ld_dst, int dst_col, const flo
     d.p = (char *)d.p + (size_t)dst_col * (d.f32 ? 4 : 2);
     s.p = (char *)s.p + (size_t)src_col * (s.f32 ? 4 : 2);
     LAUNCH(copy_cols, m, d, (size_t)ld_dst, s, (size_t)ld_src, cols, m);
+    mirror_after(d, (rows - 1) * (size_t)ld_dst + cols);
 }
 
 extern "C" void cuda_add_column_sums(float *sums, const float *x, size_t rows, int cols) {
@@ -346,6 +375,7 @@ __global__ void transpose_kernel(tview dst, tview src, int rows, int cols) {
 extern "C" void cuda_transpose(float *dst, const float *src, int rows, int cols) {
     if (rows == 0 || cols == 0) return;
     dim3 grid(cuda_blocks(cols, 32), cuda_blocks(rows, 32));
-    CUDA_LAUNCH(transpose_kernel, grid, dim3(32, 8), 0, tv(dst, "transpose dst"), tv(src, "transpose src"), rows,
-                cols);
+    tview td = tv(dst, "transpose dst");
+    CUDA_LAUNCH(transpose_kernel, grid, dim3(32, 8), 0, td, tv(src, "transpose src"), rows, cols);
+    mirror_after(td, (size_t)rows * cols);
 }
