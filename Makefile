@@ -55,7 +55,7 @@ ifeq ($(CUDA),1)
     $(error CUDA=1: no nvcc at $(NVCC) (install the CUDA toolkit or set CUDA_HOME))
   endif
   CFLAGS    += -DNN_CUDA -I$(CUDA_HOME)/include
-  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lnccl -lstdc++
+  LDLIBS    += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcudnn -lnccl -lstdc++
   CUDA_OBJ  := $(patsubst %.cu,$(BUILD)/%.o,$(wildcard nn/cuda/*.cu)) $(patsubst %.c,$(BUILD)/%.o,$(wildcard nn/cuda/*.c))
 endif
 

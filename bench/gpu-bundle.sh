@@ -6,14 +6,17 @@
 #   bin/trainer, bin/tests/cuda/test_*   the CUDA build
 #   lib/       every shared library they load that is neither glibc's nor
 #              CUDA's (oneDNN, cJSON, libwebp, stb, ZeroMQ, Open MPI,
-#              SentencePiece, libgomp, libstdc++ ...), found with ldd
+#              SentencePiece, libgomp, libstdc++ ...), found with ldd. cuDNN
+#              counts as CUDA's: its engines (hundreds of MiB, loaded with
+#              dlopen) do not fit; gpu-check.sh finds it on the GPU machine,
+#              else in PyTorch's NVIDIA wheels (nvidia/cudnn/lib)
 #   fixture/   a tiny model overfit on four image-caption pairs
 #              (tests/tiny_run.sh), its VAE and images: the generation stage
 # At most 40 MiB, so that the working tree sent to the GPU machine with it
 # stays under that machine's 64 MiB. `gpu-bundle.sh --system-libs` prints
 # the pattern of the libraries left out (tests/check_gpu_bundle.sh uses it).
 set -euo pipefail
-SYSTEM_LIBS='^(linux-vdso|ld-linux-x86-64|libc|libm|libdl|libpthread|librt|libresolv|libcudart|libcublasLt|libcublas|libnccl|libcuda)\.so'
+SYSTEM_LIBS='^(linux-vdso|ld-linux-x86-64|libc|libm|libdl|libpthread|librt|libresolv|libcudart|libcublasLt|libcublas|libcudnn|libnccl|libcuda)\.so'
 if [ "${1:-}" = --system-libs ]; then echo "$SYSTEM_LIBS"; exit 0; fi
 BIN=${1:?usage: bench/gpu-bundle.sh BIN_DIR}
 MAX_MIB=40

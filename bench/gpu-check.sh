@@ -7,9 +7,11 @@
 #               256-patch images), the model's loss and gradients, the KV
 #               cache attention and generate()
 #   parity      `trainer loss --grads` cuda against cpu on the 6-layer
-#               (configs/bench.json) and 16-layer (configs/gpu-0.16b.json)
-#               models: loss within 1e-2 relative, every gradient tensor
-#               within GRAD_TOL of its largest value (bfloat16 activations)
+#               (configs/bench.json), the same with the U-Net image path
+#               (UNET_CFG: unet_channels [16, 32], cuDNN convolutions,
+#               GroupNorm) and 16-layer (configs/gpu-0.16b.json) models: loss
+#               within 1e-2 relative, every gradient tensor within GRAD_TOL
+#               of its largest value (bfloat16 activations)
 #   generation  `trainer caption` and `trainer sample` cuda against cpu on a
 #               tiny trained run, same seed: the same greedy captions, images
 #               within SAMPLE_PSNR dB of each other
@@ -183,7 +185,13 @@ fi
 t0=$SECONDS
 pfail=0 pfig=""
 want parity && do_parity=1 || do_parity=0
-[ "$do_parity" = 1 ] && for spec in "bench:configs/bench.json:4:256" "big:configs/gpu-0.16b.json:$BIG_ROWS:$BIG_LEN"; do
+# configs/bench.json's trunk with the U-Net image path (docs/model.md section 3)
+UNET_CFG=$T/unet.json
+cat >"$UNET_CFG" <<'JSON'
+{"vocab_size":8192,"hidden_size":384,"num_hidden_layers":6,"num_attention_heads":6,"intermediate_size":1024,"latent_channels":8,"latent_size":8,"patch_size":2,"max_image_patches":16,"image_encoder":"unet","unet_channels":[16,32],"unet_layers_per_block":1,"unet_groups":4}
+JSON
+[ "$do_parity" = 1 ] && for spec in "bench:configs/bench.json:4:256" "unet:$UNET_CFG:4:256" \
+        "big:configs/gpu-0.16b.json:$BIG_ROWS:$BIG_LEN"; do
     IFS=: read -r name cfg rows len <<<"$spec"
     out_of_time 60 && { pfail=1; say "# parity $name: out of time"; continue; }
     "$TR" init --config "$cfg" --out "$T/ck_$name" --seed 3 >/dev/null &&

@@ -87,7 +87,7 @@ void model_create(model *m, const model_config *c) {
     add_param(m, "image.time_embed.0.bias", d, 0, 0);
     add_param(m, "image.time_embed.2.weight", d, d, 1);
     add_param(m, "image.time_embed.2.bias", d, 0, 0);
-    if (c->image_unet && !nn_current_backend()->conv2d_forward) /* the CUDA backend, for now */
+    if (c->image_unet && !nn_current_backend()->conv2d_forward) /* a backend without convolutions */
         die_input("\"image_encoder\": \"unet\": the %s backend has no convolution kernels yet (use --device cpu)",
                   nn_current_backend()->name);
     if (c->image_unet) unet_create(&m->unet, &m->ps, &m->cfg);
@@ -429,7 +429,12 @@ static double diffusion_head(model *m, const plan *p, workspace *ws, int from, i
     int d = m->cfg.hidden_size, P = cfg_patch_dim(&m->cfg), n = to - from;
     float *pred = ws->pred;
     if (m->cfg.image_unet) {
-        pred += (size_t)from * P;
+        if (from) { /* rows [from, to) to the front of p_slots (free after unet_predict's gather): a row
+                     * offset as a column offset, since pointer arithmetic in an activation buffer is
+                     * invalid where activations are bfloat16 */
+            nn_copy_columns(ws->p_slots, P, 0, ws->pred, P, from * P, (size_t)n, P);
+            pred = ws->p_slots;
+        }
     } else {
         nn_gather_rows(ws->rows, ws->h, p->patch_row + from, n, d);
         nn_linear_forward(pred, ws->rows, m->W.patch_out_w, m->W.patch_out_b, n, d, P);

@@ -332,8 +332,8 @@ void unet_up(unet *u, const float *W, const float *rows, float *pred) {
             block_acts *x = &a->up[j * (r + 1) + q];
             size_t M = (size_t)n * b->side * b->side;
             int cin = b->c_in + b->c_skip;
-            nn_copy_columns(x->cat, cin, map, b->c_in, M, b->c_in);
-            nn_copy_columns(x->cat + b->c_in, cin, a->skip[--k], b->c_skip, M, b->c_skip);
+            nn_copy_columns(x->cat, cin, 0, map, b->c_in, 0, M, b->c_in);
+            nn_copy_columns(x->cat, cin, b->c_in, a->skip[--k], b->c_skip, 0, M, b->c_skip);
             resnet_forward(u, W, b, x, x->cat, a->te, n);
             map = x->out;
         }
@@ -382,8 +382,8 @@ void unet_up_backward(unet *u, const float *W, float *G, const float *dpred, flo
             size_t M = (size_t)n * b->side * b->side;
             int cin = b->c_in + b->c_skip;
             resnet_backward(u, W, G, b, &a->up[j * (r + 1) + q], dmap, dcat, n);
-            nn_copy_columns(a->dskip[k], b->c_skip, dcat + b->c_in, cin, M, b->c_skip);
-            nn_copy_columns(dmap, b->c_in, dcat, cin, M, b->c_in);
+            nn_copy_columns(a->dskip[k], b->c_skip, 0, dcat, cin, b->c_in, M, b->c_skip);
+            nn_copy_columns(dmap, b->c_in, 0, dcat, cin, 0, M, b->c_in);
         }
     }
     nn_copy(drows, dmap, (size_t)n * g * g * chan(u, L - 1));

@@ -69,7 +69,9 @@ void cpu_scale_shift_backward(float *dx, float *dss, const float *dy, const floa
     }
 }
 
-void cpu_copy_columns(float *dst, int ld_dst, const float *src, int ld_src, size_t rows, int cols) {
+void cpu_copy_columns(float *dst, int ld_dst, int dst_col, const float *src, int ld_src, int src_col, size_t rows,
+                      int cols) {
 #pragma omp parallel for schedule(static)
-    for (size_t r = 0; r < rows; r++) memcpy(dst + r * ld_dst, src + r * ld_src, (size_t)cols * sizeof(float));
+    for (size_t r = 0; r < rows; r++)
+        memcpy(dst + r * ld_dst + dst_col, src + r * ld_src + src_col, (size_t)cols * sizeof(float));
 }

@@ -1,7 +1,9 @@
 /* backend_cuda.c - the CUDA backend's table (backend.h): bfloat16
  * activations, float32 parameters, gradients and optimizer state on one GPU
- * per rank. The VAE's kernels (convolution, group norm, upsampling,
- * transpose, absolute error) are not here: the VAE service trains on the CPU. */
+ * per rank. The image kernels of the U-Net path (convolution with cuDNN in
+ * conv.cu; group norm, upsampling, patch moves, scale and shift, channel
+ * slices, column sums, transpose in image.cu) are here; only the VAE's
+ * absolute error is not (the VAE service trains on the CPU): it dies at use. */
 #include "cuda_backend.h"
 #include "../backend.h"
 
@@ -36,6 +38,20 @@ const nn_backend nn_cuda_backend = {
     .gather_rows = cuda_gather_rows,
     .scatter_add_rows = cuda_scatter_add_rows,
     .scatter_rows = cuda_scatter_rows,
+    .conv2d_forward = cuda_conv2d_forward,
+    .conv2d_backward = cuda_conv2d_backward,
+    .group_norm_forward = cuda_group_norm_forward,
+    .group_norm_silu_forward = cuda_group_norm_silu_forward,
+    .group_norm_backward = cuda_group_norm_backward,
+    .upsample2x_forward = cuda_upsample2x_forward,
+    .upsample2x_backward = cuda_upsample2x_backward,
+    .patches_to_map = cuda_patches_to_map,
+    .map_to_patches = cuda_map_to_patches,
+    .scale_shift_forward = cuda_scale_shift_forward,
+    .scale_shift_backward = cuda_scale_shift_backward,
+    .copy_columns = cuda_copy_columns,
+    .add_column_sums = cuda_add_column_sums,
+    .transpose = cuda_transpose,
     .cross_entropy = cuda_cross_entropy,
     .squared_error = cuda_squared_error,
     .sum_squared_diff = cuda_sum_squared_diff,

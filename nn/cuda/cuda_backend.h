@@ -46,7 +46,19 @@ void cuda_mirror_sync(const float *p, size_t n);
 /* Scratch device memory of at least `bytes` in one of a few slots, valid
  * until the next call for the same slot (kernels run in stream order, so a
  * buffer may be reused as soon as the next kernel is queued). */
-enum { SCRATCH_SUM, SCRATCH_ROWS, SCRATCH_SORT, SCRATCH_SLOTS };
+enum {
+    SCRATCH_SUM,
+    SCRATCH_ROWS,
+    SCRATCH_SORT,
+    SCRATCH_CONV_X,  /* conv.cu: float32 copies of x, y (or dy), dx, the weights and dw; cuDNN's workspace */
+    SCRATCH_CONV_Y,
+    SCRATCH_CONV_DX,
+    SCRATCH_CONV_W,
+    SCRATCH_CONV_DW,
+    SCRATCH_CONV_WS,
+    SCRATCH_STATS,   /* image.cu: per-image, per-channel sums of GroupNorm's backward */
+    SCRATCH_SLOTS
+};
 void *cuda_scratch(int slot, size_t bytes);
 
 /* Blocks of `threads` covering n items (at least 1). */

@@ -5,7 +5,9 @@
  * 2e-2 of the largest reference value; a NaN anywhere fails.
  *
  *   test_kernels          every kernel, attention up to the 0.16B shapes
- *                         (16 heads of 64, L = 2048, 256-patch images)
+ *                         (16 heads of 64, L = 2048, 256-patch images), the
+ *                         U-Net's image kernels (cuDNN convolutions, GroupNorm,
+ *                         patch moves ...), the model with and without the U-Net
  *   test_kernels --small  small shapes only: for compute-sanitizer, which
  *                         slows kernels by 10-100x */
 #include "cuda_test.h"
@@ -248,6 +250,208 @@ static void test_attention(const model_config *c, int B, int L) {
     batch_free(&b);
 }
 
+/* ---- the U-Net's image kernels (NHWC maps) ---- */
+
+/* A convolution forward and backward. Weights and bias inside one float32
+ * "parameter" buffer, the bias at an odd offset (as the model's flat array);
+ * dw and db start nonzero (they accumulate); dx starts nonzero (it is
+ * overwritten). */
+static void test_conv(const char *name, conv_shape s, int bias, int want_dx, int want_db) {
+    int ho = conv_out_h(&s), wo = conv_out_w(&s);
+    size_t nx = (size_t)s.n * s.h * s.w * s.c_in, ny = (size_t)s.n * ho * wo * s.c_out;
+    size_t nw = (size_t)s.c_out * s.c_in * s.k * s.k, np = nw + 1 + s.c_out;
+    float *params = randn(np, 0.2f), *x = bf16_round(randn(nx, 1), nx), *y = xmalloc(sizeof(float) * ny);
+    float *b = bias ? params + nw + 1 : NULL;
+    cpu();
+    nn_conv2d_forward(y, x, params, b, &s);
+    float *dp = gpu(params, np, 1), *dx = gpu(x, nx, 0), *dy = gpu(y, ny, 0);
+    nn_conv2d_forward(dy, dx, dp, bias ? dp + nw + 1 : NULL, &s);
+    char what[160];
+    snprintf(what, sizeof what, "conv2d_forward %s%s", name, bias ? "" : " (no bias)");
+    close_to(what, dy, y, ny);
+
+    float *g = bf16_round(randn(ny, 1), ny), *gx = bf16_round(randn(nx, 1), nx), *gw = randn(np, 0.1f);
+    float *dg = gpu(g, ny, 0), *dgx = gpu(gx, nx, 0), *dgw = gpu(gw, np, 1);
+    cpu();
+    nn_conv2d_backward(want_dx ? gx : NULL, gw, want_db ? gw + nw + 1 : NULL, g, x, params, &s);
+    cuda();
+    nn_conv2d_backward(want_dx ? dgx : NULL, dgw, want_db ? dgw + nw + 1 : NULL, dg, dx, dp, &s);
+    if (want_dx) {
+        snprintf(what, sizeof what, "conv2d_backward %s dx (overwritten)", name);
+        close_to(what, dgx, gx, nx);
+    } else {
+        snprintf(what, sizeof what, "conv2d_backward %s dx NULL: the buffer left alone", name);
+        close_to(what, dgx, gx, nx); /* gx is still the initial values on both */
+    }
+    snprintf(what, sizeof what, "conv2d_backward %s dw (accumulated)", name);
+    close_to(what, dgw, gw, nw);
+    snprintf(what, sizeof what, "conv2d_backward %s db (%s)", name, want_db ? "accumulated" : "NULL: left alone");
+    close_to(what, dgw + nw + 1, gw + nw + 1, s.c_out);
+    void *bufs[] = {dp, dx, dy, dg, dgx, dgw};
+    for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    free(params);
+    free(x);
+    free(y);
+    free(g);
+    free(gx);
+    free(gw);
+}
+
+static conv_shape conv_of(int c_in, int c_out, int n, int h, int w, int k, int stride, int pt, int pl, int pb,
+                          int pr) {
+    return (conv_shape){.c_in = c_in, .c_out = c_out, .n = n, .h = h, .w = w, .k = k, .stride = stride,
+                        .pad_t = pt, .pad_l = pl, .pad_b = pb, .pad_r = pr};
+}
+
+/* GroupNorm forward (plain and with SiLU) and backward on [n, hw, C]; the
+ * input has a mean far from 0 (the two-pass variance). */
+static void test_group_norm(int n, int hw, int C, int groups) {
+    size_t m = (size_t)n * hw * C, ng = (size_t)n * groups;
+    float *x = randn(m, 1);
+    for (size_t i = 0; i < m; i++) x[i] += 3.0f;
+    bf16_round(x, m);
+    float *wb = randn(2 * (size_t)C, 1), *y = xmalloc(sizeof(float) * m), *act = xmalloc(sizeof(float) * m);
+    float *mean = xmalloc(sizeof(float) * ng), *rstd = xmalloc(sizeof(float) * ng);
+    cpu();
+    nn_group_norm_forward(y, mean, rstd, x, wb, wb + C, C, n, hw, groups, 1e-6f);
+    nn_group_norm_silu_forward(act, mean, rstd, x, wb, wb + C, C, n, hw, groups, 1e-6f);
+    float *dx = gpu(x, m, 0), *dwb = gpu(wb, 2 * (size_t)C, 1), *dy = gpu(y, m, 0), *dact = gpu(act, m, 0);
+    float *dmean = gpu(mean, ng, 1), *drstd = gpu(rstd, ng, 1);
+    char what[128];
+    nn_group_norm_silu_forward(dact, dmean, drstd, dx, dwb, dwb + C, C, n, hw, groups, 1e-6f);
+    nn_group_norm_forward(dy, dmean, drstd, dx, dwb, dwb + C, C, n, hw, groups, 1e-6f);
+    snprintf(what, sizeof what, "group_norm_forward (n %d, hw %d, C %d, %d groups)", n, hw, C, groups);
+    close_to(what, dy, y, m);
+    close_to("group_norm_silu_forward", dact, act, m);
+    close_to("group_norm mean", dmean, mean, ng);
+    close_to("group_norm rstd", drstd, rstd, ng);
+
+    float *g = bf16_round(randn(m, 1), m), *gx = bf16_round(randn(m, 1), m), *gwb = randn(2 * (size_t)C, 1);
+    float *dg = gpu(g, m, 0), *dgx = gpu(gx, m, 0), *dgwb = gpu(gwb, 2 * (size_t)C, 1);
+    cpu();
+    nn_group_norm_backward(gx, gwb, gwb + C, g, x, mean, rstd, wb, C, n, hw, groups);
+    cuda();
+    nn_group_norm_backward(dgx, dgwb, dgwb + C, dg, dx, dmean, drstd, dwb, C, n, hw, groups);
+    snprintf(what, sizeof what, "group_norm_backward dx (C %d, %d groups)", C, groups);
+    close_to(what, dgx, gx, m);
+    close_to("group_norm_backward dw (accumulated)", dgwb, gwb, C);
+    close_to("group_norm_backward db (accumulated)", dgwb + C, gwb + C, C);
+    void *bufs[] = {dx, dwb, dy, dact, dmean, drstd, dg, dgx, dgwb};
+    for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    free(x);
+    free(wb);
+    free(y);
+    free(act);
+    free(mean);
+    free(rstd);
+    free(g);
+    free(gx);
+    free(gwb);
+}
+
+/* Upsampling, patch moves, scale and shift, channel slices, column sums,
+ * transpose. */
+static void test_map_ops(void) {
+    int n = 2, h = 5, w = 6, C = 12;
+    size_t m = (size_t)n * h * w * C;
+    float *x = bf16_round(randn(m, 1), m), *up = xmalloc(sizeof(float) * 4 * m), *back = xmalloc(sizeof(float) * m);
+    cpu();
+    nn_upsample2x_forward(up, x, n, h, w, C);
+    float *dx = gpu(x, m, 0), *dup = gpu(up, 4 * m, 0), *dback = gpu(back, m, 0);
+    nn_upsample2x_forward(dup, dx, n, h, w, C);
+    close_to("upsample2x_forward", dup, up, 4 * m);
+    float *g = bf16_round(randn(4 * m, 1), 4 * m), *dg = gpu(g, 4 * m, 0);
+    cpu();
+    nn_upsample2x_backward(back, g, n, h, w, C);
+    cuda();
+    nn_upsample2x_backward(dback, dg, n, h, w, C);
+    close_to("upsample2x_backward", dback, back, m);
+
+    int gs = 4, p = 2, Cl = 8;
+    size_t mp = (size_t)n * gs * gs * p * p * Cl;
+    float *pt = bf16_round(randn(mp, 1), mp), *map = xmalloc(sizeof(float) * mp), *pt2 = xmalloc(sizeof(float) * mp);
+    float *dpt = gpu(pt, mp, 0), *dmap = gpu(map, mp, 0), *dpt2 = gpu(pt2, mp, 0);
+    cpu();
+    nn_patches_to_map(map, pt, n, gs, p, Cl);
+    for (size_t i = 0; i < mp; i++) map[i] *= 2.0f; /* a different map back */
+    nn_map_to_patches(pt2, map, n, gs, p, Cl);
+    for (size_t i = 0; i < mp; i++) map[i] *= 0.5f;
+    cuda();
+    nn_patches_to_map(dmap, dpt, n, gs, p, Cl);
+    close_to("patches_to_map", dmap, map, mp);
+    nn_add(dmap, dmap, mp);
+    nn_map_to_patches(dpt2, dmap, n, gs, p, Cl);
+    close_to("map_to_patches", dpt2, pt2, mp);
+
+    /* AdaGN: ss an activation (a linear layer's output), dss float32, dx over dy (as trainer/unet.c). */
+    int hw = h * w;
+    float *ss = bf16_round(randn((size_t)n * 2 * C, 0.5f), (size_t)n * 2 * C), *y = xmalloc(sizeof(float) * m);
+    float *dss = randn((size_t)n * 2 * C, 1), *gy = bf16_round(randn(m, 1), m);
+    float *dss_d = gpu(ss, (size_t)n * 2 * C, 0), *dy = gpu(y, m, 0), *ddss = gpu(dss, (size_t)n * 2 * C, 1);
+    float *dgy = gpu(gy, m, 0);
+    cpu();
+    nn_scale_shift_forward(y, x, ss, n, hw, C);
+    nn_scale_shift_backward(gy, dss, gy, x, ss, n, hw, C);
+    cuda();
+    nn_scale_shift_forward(dy, dx, dss_d, n, hw, C);
+    close_to("scale_shift_forward", dy, y, m);
+    nn_scale_shift_backward(dgy, ddss, dgy, dx, dss_d, n, hw, C);
+    close_to("scale_shift_backward dx (in place over dy)", dgy, gy, m);
+    close_to("scale_shift_backward dss (accumulated)", ddss, dss, (size_t)n * 2 * C);
+
+    /* A concatenation [rows, 5 | 7] of two maps and its slices back. */
+    size_t rows = (size_t)n * hw;
+    int ca = 5, cb = 7, cc = ca + cb;
+    float *a = bf16_round(randn(rows * ca, 1), rows * ca), *b = bf16_round(randn(rows * cb, 1), rows * cb);
+    float *cat = xmalloc(sizeof(float) * rows * cc), *b2 = xmalloc(sizeof(float) * rows * cb);
+    float *da = gpu(a, rows * ca, 0), *db = gpu(b, rows * cb, 0), *dcat = gpu(cat, rows * cc, 0);
+    float *db2 = gpu(b2, rows * cb, 1); /* a float32 destination too */
+    cpu();
+    nn_copy_columns(cat, cc, 0, a, ca, 0, rows, ca);
+    nn_copy_columns(cat, cc, ca, b, cb, 0, rows, cb);
+    nn_copy_columns(b2, cb, 0, cat, cc, ca, rows, cb);
+    cuda();
+    nn_copy_columns(dcat, cc, 0, da, ca, 0, rows, ca);
+    nn_copy_columns(dcat, cc, ca, db, cb, 0, rows, cb);
+    close_to("copy_columns into a concatenation (column offset in a bfloat16 buffer)", dcat, cat, rows * cc);
+    nn_copy_columns(db2, cb, 0, dcat, cc, ca, rows, cb);
+    close_to("copy_columns out of a concatenation", db2, b2, rows * cb);
+
+    float *sums = randn(cc, 1), *dsums = gpu(sums, cc, 1), *tr = xmalloc(sizeof(float) * rows * cc);
+    float *dtr = gpu(tr, rows * cc, 0);
+    cpu();
+    nn_add_column_sums(sums, cat, rows, cc);
+    nn_transpose(tr, cat, (int)rows, cc);
+    cuda();
+    nn_add_column_sums(dsums, dcat, rows, cc);
+    close_to("add_column_sums (accumulated)", dsums, sums, cc);
+    nn_transpose(dtr, dcat, (int)rows, cc);
+    close_to("transpose", dtr, tr, rows * cc);
+
+    void *bufs[] = {dx, dup, dback, dg, dpt, dmap, dpt2, dss_d, dy, ddss, dgy, da, db, dcat, db2, dsums, dtr};
+    for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
+    void *hosts[] = {x, up, back, g, pt, map, pt2, ss, y, dss, gy, a, b, cat, b2, sums, tr};
+    for (size_t k = 0; k < sizeof hosts / sizeof *hosts; k++) free(hosts[k]);
+}
+
+static void test_image_kernels(int small) {
+    /* The U-Net's shapes: 3x3 pad 1 (its ResNet blocks), 3x3 stride 2 pad 1
+     * (its downsampler), 1x1 (a conv_shortcut, a linear layer over pixels);
+     * and the VAE's asymmetric padding. */
+    test_conv("3x3 pad 1", conv_of(12, 16, 2, 8, 8, 3, 1, 1, 1, 1, 1), 1, 1, 1);
+    test_conv("3x3 pad 1, no bias gradient", conv_of(16, 8, 3, 7, 5, 3, 1, 1, 1, 1, 1), 0, 1, 0);
+    test_conv("3x3 stride 2 pad 1", conv_of(16, 16, 2, 8, 8, 3, 2, 1, 1, 1, 1), 1, 1, 1);
+    test_conv("1x1, dx NULL", conv_of(24, 16, 2, 8, 8, 1, 1, 0, 0, 0, 0), 1, 0, 1);
+    test_conv("1x1", conv_of(24, 40, 1, 6, 6, 1, 1, 0, 0, 0, 0), 0, 1, 1);
+    test_conv("3x3 stride 2 pad (0, 0, 1, 1) (asymmetric, the VAE's)", conv_of(8, 8, 2, 8, 8, 3, 2, 0, 0, 1, 1), 1,
+              1, 1);
+    if (!small) test_conv("3x3 pad 1 at 32x32, 128 -> 128", conv_of(128, 128, 4, 32, 32, 3, 1, 1, 1, 1, 1), 1, 1, 1);
+    test_group_norm(3, 40, 32, 4);
+    test_group_norm(2, 9, 640, 2); /* 320 channels a group: more than a block's threads */
+    if (!small) test_group_norm(4, 1024, 128, 32);
+    test_map_ops();
+}
+
 /* model_step on both backends: loss sums, and every tensor's gradient. */
 static void test_model(const model_config *c, int B, int L) {
     batch b;
@@ -306,6 +510,20 @@ int main(int argc, char **argv) {
         test_attention(&ck, 2, 300);
     }
     test_model(&c, 2, 256);
+    /* The U-Net image path (docs/model.md section 3) on bench.json's trunk:
+     * 8 x 8 latents, patches of 2, two levels of 16 and 32 channels. */
+    test_image_kernels(small);
+    model_config cu = c;
+    cu.image_unet = 1;
+    cu.unet_levels = 2;
+    cu.unet_channels[0] = 16;
+    cu.unet_channels[1] = 32;
+    cu.unet_layers_per_block = 1;
+    cu.unet_groups = 4;
+    cu.latent_size = 8;
+    cu.patch_size = 2;
+    if (config_validate(&cu, "the U-Net test config", err)) die("%s", err);
+    test_model(&cu, 2, 256);
     if (!small) {
         model_config big;
         if (config_load("configs/gpu-0.16b.json", &big, err)) die_input("%s", err);
