@@ -16,6 +16,7 @@
 #include "../nn/kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 static double loss_of(model *m, const plan *p) {
@@ -42,6 +43,16 @@ static void check_config(const model_config *c, const char *label, double tol) {
     }
     CHECK(p.n_lm > 0 && p.n_patch > 0, "%s: the batch has LM targets (%d) and patches (%d)", label, p.n_lm,
           p.n_patch);
+    /* Evaluation's per-row losses (model_row_losses) add up to the batch's. */
+    double *ce = calloc(p.B, sizeof(double)), *se = calloc(p.B, sizeof(double)), ce_sum = 0, se_sum = 0;
+    model_row_losses(&m, &p, ce, se);
+    for (int i = 0; i < p.B; i++) ce_sum += ce[i], se_sum += se[i];
+    loss_sums whole = model_step(&m, &p, p.n_lm, (double)p.n_patch * cfg_patch_dim(c), 0);
+    CHECK(fabs(ce_sum - whole.ce_sum) <= 1e-6 * whole.ce_sum && fabs(se_sum - whole.se_sum) <= 1e-6 * whole.se_sum,
+          "%s: the rows' losses add up to the batch's (%.9g, %.9g against %.9g, %.9g)", label, ce_sum, se_sum,
+          whole.ce_sum, whole.se_sum);
+    free(ce);
+    free(se);
     nn_zero(m.ps.g, m.ps.numel);
     model_step(&m, &p, p.n_lm, (double)p.n_patch * cfg_patch_dim(c), 1);
 
