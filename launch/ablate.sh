@@ -78,7 +78,7 @@ run_arm() {                     # ARM SEED: train, then eval on val and test
     echo "done: $dir ($(grep '^loss ' "$dir/train.log" | tail -n 1))"
 }
 
-echo "ablations: arms $ARMS, seeds $SEEDS, $STEPS steps each, $PARALLEL at once, into $out"
+echo "ablations: arms $ARMS, seeds $SEEDS, $STEPS steps each (U-Net arms ${UNET_STEPS:-$STEPS}), $PARALLEL at once, into $out"
 jobs_left=()
 for arm in $ARMS; do arm_config "$arm"; for seed in $SEEDS; do jobs_left+=("$arm $seed"); done; done
 running=0 failed=0
