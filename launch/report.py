@@ -11,9 +11,9 @@ import glob
 import json
 import os
 import statistics
-import tarfile
 
 from PIL import Image, ImageDraw
+from sample_grid import GAP, S, draw, read_prompts, training_images
 
 p = argparse.ArgumentParser()
 p.add_argument("--run", required=True)
@@ -24,7 +24,6 @@ p.add_argument("--checkpoints", nargs="+", required=True)
 p.add_argument("--ablations")
 a = p.parse_args()
 out = os.path.join(a.run, "report")
-S, GAP = 64, 4                                   # image side, gap between cells
 
 
 def step_of(d):
@@ -36,35 +35,9 @@ def webp(path):
 
 
 # ---------------------------------------------------------------- samples
-prompts = [l.strip() for l in open(a.prompts) if l.strip() and not l.startswith("#")]
-train_images = {}                                # caption -> image, for the prompts only
-for shard in sorted(glob.glob(os.path.join(a.data, "train-*.tar"))):
-    with tarfile.open(shard) as t:
-        members = {m.name: m for m in t.getmembers()}
-        for name, m in members.items():
-            if not name.endswith(".txt"):
-                continue
-            caption = t.extractfile(m).read().decode().strip()
-            image = next((members[name[:-4] + ext] for ext in (".webp", ".png") if name[:-4] + ext in members), None)
-            if caption in prompts and image:
-                train_images[caption] = Image.open(t.extractfile(image)).convert("RGB").resize((S, S))
-
-cols = 1 + 2 * len(a.checkpoints)
-head = 16
-grid = Image.new("RGB", (cols * (S + GAP) + GAP, head + len(prompts) * (S + GAP) + GAP), "white")
-draw = ImageDraw.Draw(grid)
-draw.text((GAP, 2), "training", fill="black")
-for k, ck in enumerate(a.checkpoints):
-    draw.text((GAP + (1 + 2 * k) * (S + GAP), 2), f"step {step_of(ck)}", fill="black")
-for j, prompt in enumerate(prompts):
-    y = head + GAP + j * (S + GAP)
-    if prompt in train_images:
-        grid.paste(train_images[prompt], (GAP, y))
-    for k, ck in enumerate(a.checkpoints):
-        for q in range(2):
-            grid.paste(webp(os.path.join(a.work, os.path.basename(ck), f"p{j}", f"sample{q}-0.webp")),
-                       (GAP + (1 + 2 * k + q) * (S + GAP), y))
-grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(os.path.join(out, "samples.png"))
+prompts = read_prompts(a.prompts)
+draw([(f"step {step_of(ck)}", os.path.join(a.work, os.path.basename(ck))) for ck in a.checkpoints], prompts,
+     training_images(a.data, prompts), os.path.join(out, "samples.png"))
 
 # ---------------------------------------------------------------- captions
 caption_rows = {}
