@@ -55,7 +55,9 @@ def draw(columns, prompts, train_images, out_png):
             for q in range(2):
                 sample = Image.open(os.path.join(folder, f"p{j}", f"sample{q}-0.webp")).convert("RGB").resize((S, S))
                 grid.paste(sample, (GAP + (1 + 2 * k + q) * (S + GAP), y))
-    grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(out_png)
+    tmp = out_png + ".tmp"                       # never a half-written PNG under the real name
+    grid.resize((grid.width * 2, grid.height * 2), Image.NEAREST).save(tmp, format="PNG")
+    os.replace(tmp, out_png)
 
 
 if __name__ == "__main__":

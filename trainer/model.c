@@ -396,17 +396,25 @@ static double lm_head(model *m, const plan *p, workspace *ws, int from, int to, 
     return ce;
 }
 
-/* The U-Net's predictions of every patch of the plan, into ws->pred in
- * plan order: patch_out over ws->rows (the final hidden rows of the patches)
- * into v_rows, then the up path over the slots. */
-static void unet_predict(model *m, const plan *p, workspace *ws) {
+/* The U-Net's predicted noise pred [n, P] of n patches from their final
+ * hidden rows h [n, d]: patch_out into v_rows, into their slots (slot[i]:
+ * backend buffer), the up path, and back out. Slots no patch fills get
+ * zeros: images never mix in the U-Net. */
+static void unet_eps(model *m, workspace *ws, const float *h, const int32_t *slot, int n, float *pred) {
     const model_config *c = &m->cfg;
-    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), np = p->n_patch;
-    nn_gather_rows(ws->rows, ws->h, p->patch_row, np, d);
-    nn_linear_forward(ws->v_rows, ws->rows, m->W.patch_out_w, m->W.patch_out_b, np, d, F);
-    nn_scatter_rows(ws->f_slots, ws->v_rows, ws->slot_of_patch, np, F);
+    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), N = cfg_patches_per_image(c);
+    nn_linear_forward(ws->v_rows, h, m->W.patch_out_w, m->W.patch_out_b, n, d, F);
+    nn_zero(ws->f_slots, (size_t)ws->n_slots * N * F);
+    nn_scatter_rows(ws->f_slots, ws->v_rows, slot, n, F);
     unet_up(&m->unet, m->dev.w, ws->f_slots, ws->p_slots);
-    nn_gather_rows(ws->pred, ws->p_slots, ws->slot_of_patch, np, P);
+    nn_gather_rows(pred, ws->p_slots, slot, n, P);
+}
+
+/* The U-Net's predictions of every patch of the plan, into ws->pred in
+ * plan order (ws->rows keeps the patches' hidden rows for backward). */
+static void unet_predict(model *m, const plan *p, workspace *ws) {
+    nn_gather_rows(ws->rows, ws->h, p->patch_row, p->n_patch, m->cfg.hidden_size);
+    unet_eps(m, ws, ws->rows, ws->slot_of_patch, p->n_patch, ws->pred);
 }
 
 /* Backward of unet_predict: dpred in ws->pred -> dloss/dh added into ws->dh. */
@@ -452,9 +460,7 @@ static double diffusion_head(model *m, const plan *p, workspace *ws, int from, i
 }
 
 void model_unet_eps(model *m, const float *h, const int32_t *plan_rows, int n, float *pred) {
-    const model_config *c = &m->cfg;
     workspace *ws = m->ws;
-    int d = c->hidden_size, P = cfg_patch_dim(c), F = cfg_patch_features(c), N = cfg_patches_per_image(c);
     int32_t *slot = xmalloc(sizeof(int32_t) * (n + 1));
     for (int i = 0; i < n; i++) {
         int q = ws && plan_rows[i] >= 0 && plan_rows[i] < ws->N ? ws->patch_of_row_h[plan_rows[i]] : -1;
@@ -463,12 +469,7 @@ void model_unet_eps(model *m, const float *h, const int32_t *plan_rows, int n, f
     }
     nn_upload_i32(ws->rows_slot, slot, n);
     free(slot);
-    /* Slots no row asks for get zeros: images never mix in the U-Net. */
-    nn_linear_forward(ws->v_rows, h, m->W.patch_out_w, m->W.patch_out_b, n, d, F);
-    nn_zero(ws->f_slots, (size_t)ws->n_slots * N * F);
-    nn_scatter_rows(ws->f_slots, ws->v_rows, ws->rows_slot, n, F);
-    unet_up(&m->unet, m->dev.w, ws->f_slots, ws->p_slots);
-    nn_gather_rows(pred, ws->p_slots, ws->rows_slot, n, P);
+    unet_eps(m, ws, h, ws->rows_slot, n, pred);
 }
 
 /* --------------------------------------------------------------- backward */
