@@ -2,12 +2,16 @@
  * backend's kernel; device selection by name. */
 #include "backend.h"
 #include "cpu/cpu.h"
+#include "cpu/matmul_bf16.h"
 #include "../common/error.h"
+#include "../common/timing.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 const nn_backend nn_cpu_backend = {
     .name = "cpu",
+    .precision = "fp32",
     .host_memory = 1,
 #define NN_V(name, params, args) .name = cpu_##name,
 #define NN_R(type, name, params, args) .name = cpu_##name,
@@ -28,19 +32,88 @@ static void need(int present, const char *kernel) {
     if (!present) die("nn_%s: not implemented by the %s backend", kernel, be->name);
 }
 
+/* The profile (nn_profile_start): each kernel's calls and seconds, the
+ * device synchronized around every call so that its time is its own. */
+enum {
+#define NN_V(name, params, args) K_##name,
+#define NN_R(type, name, params, args) K_##name,
+#include "kernels.def"
+#undef NN_V
+#undef NN_R
+    N_KERNELS
+};
+static const char *const kernel_name[N_KERNELS] = {
+#define NN_V(name, params, args) #name,
+#define NN_R(type, name, params, args) #name,
+#include "kernels.def"
+#undef NN_V
+#undef NN_R
+};
+static int profiling;
+static double prof_s[N_KERNELS];
+static long prof_calls[N_KERNELS];
+
+static double prof_begin(void) {
+    be->sync();
+    return now_s();
+}
+
+static void prof_end(int k, double t0) {
+    be->sync();
+    prof_s[k] += now_s() - t0;
+    prof_calls[k]++;
+}
+
 #define NN_V(name, params, args)                                                                                       \
     void nn_##name params {                                                                                            \
         need(be->name != NULL, #name);                                                                                 \
+        if (!profiling) {                                                                                              \
+            be->name args;                                                                                             \
+            return;                                                                                                    \
+        }                                                                                                              \
+        double t0 = prof_begin();                                                                                      \
         be->name args;                                                                                                 \
+        prof_end(K_##name, t0);                                                                                        \
     }
 #define NN_R(type, name, params, args)                                                                                 \
     type nn_##name params {                                                                                            \
         need(be->name != NULL, #name);                                                                                 \
-        return be->name args;                                                                                          \
+        if (!profiling) return be->name args;                                                                          \
+        double t0 = prof_begin();                                                                                      \
+        type r = be->name args;                                                                                        \
+        prof_end(K_##name, t0);                                                                                        \
+        return r;                                                                                                      \
     }
 #include "kernels.def"
 #undef NN_V
 #undef NN_R
+
+void nn_profile_start(void) {
+    profiling = 1;
+    memset(prof_s, 0, sizeof prof_s);
+    memset(prof_calls, 0, sizeof prof_calls);
+}
+
+static int by_time(const void *a, const void *b) {
+    double ta = prof_s[*(const int *)a], tb = prof_s[*(const int *)b];
+    return (ta < tb) - (ta > tb);
+}
+
+void nn_profile_report(FILE *f, int steps, double step_s) {
+    profiling = 0;
+    int order[N_KERNELS];
+    double total = 0.0;
+    for (int k = 0; k < N_KERNELS; k++) order[k] = k, total += prof_s[k];
+    qsort(order, N_KERNELS, sizeof *order, by_time);
+    fprintf(f, "%-22s %9s %10s %7s\n", "kernel", "calls", "ms/step", "share");
+    for (int i = 0; i < N_KERNELS && prof_s[order[i]] > 0.0; i++) {
+        int k = order[i];
+        fprintf(f, "%-22s %9.1f %10.2f %6.1f%%\n", kernel_name[k], (double)prof_calls[k] / steps,
+                1e3 * prof_s[k] / steps, 100.0 * prof_s[k] / steps / step_s);
+    }
+    fprintf(f, "%-22s %9s %10.2f %6.1f%%\n", "(outside kernels)", "", 1e3 * (step_s - total / steps),
+            100.0 * (1.0 - total / steps / step_s));
+}
 
 void nn_use_backend(const nn_backend *b) { be = b; }
 
@@ -62,11 +135,31 @@ const nn_backend *nn_backend_by_name(const char *name) {
     return NULL;
 }
 
-void nn_init_device(const char *device, int threads) {
+/* A CPU table with its matrix products on bf16 operands. */
+static const nn_backend *cpu_in_bf16(const nn_backend *fp32) {
+    static nn_backend t[2]; /* of cpu and of cpu-device */
+    nn_backend *b = &t[fp32->host_memory ? 0 : 1];
+    *b = *fp32;
+    b->gemm = cpu_gemm_bf16;
+    b->linear_forward = cpu_linear_forward_bf16;
+    b->linear_backward = cpu_linear_backward_bf16;
+    b->attention_forward = cpu_attention_forward_bf16;
+    b->attention_backward = cpu_attention_backward_bf16;
+    b->precision = "bf16";
+    return b;
+}
+
+void nn_init_device(const char *device, const char *precision, int threads) {
     const nn_backend *b = nn_backend_by_name(device);
     if (!b && strcmp(device, "cuda") == 0)
         die_input("--device cuda: this program was built without CUDA (make CUDA=1)");
     if (!b) die_input("--device %s: unknown device (cpu, cuda, or cpu-device: the CPU on the GPU's code path)", device);
+    int cuda = strcmp(device, "cuda") == 0;
+    if (precision && strcmp(precision, "bf16") != 0 && strcmp(precision, "fp32") != 0)
+        die_input("--precision %s: unknown precision (fp32 or bf16)", precision);
+    if (precision && cuda && strcmp(precision, "fp32") == 0)
+        die_input("--precision fp32: the cuda backend computes in bf16 (its activations are bf16)");
+    if (precision && !cuda && strcmp(precision, "bf16") == 0) b = cpu_in_bf16(b);
     nn_init(threads); /* host-side work (plans, data) uses the CPU threads either way */
     nn_use_backend(b);
     if (b->init) b->init();

@@ -23,9 +23,14 @@
 void nn_startup(char **argv);
 void nn_init(int threads); /* the CPU backend; threads <= 0: library default */
 /* Selects the backend by name ("cpu", "cuda", or "cpu-device": the CPU's
- * kernels on a device backend's code path, for tests) and initializes it; an
- * unknown or unavailable device is bad input (exit 2). Call after dist_init. */
-void nn_init_device(const char *device, int threads);
+ * kernels on a device backend's code path, for tests) and precision, and
+ * initializes it; an unknown or unavailable device or precision is bad input
+ * (exit 2). Call after dist_init. Precision NULL is the device's own: fp32 on
+ * the CPU, bf16 on CUDA. "bf16" on the CPU runs the matrix products (linear
+ * layers, attention, lm_head) on bf16 operands with float32 accumulation;
+ * everything else, parameters, gradients and optimizer state included, stays
+ * float32 (docs/conventions.md, "Precision"). */
+void nn_init_device(const char *device, const char *precision, int threads);
 int nn_threads(void);
 /* 1 when the selected backend's buffers are host memory (the CPU): then
  * nn_alloc'd floats can be read and written directly and no copies are needed. */

@@ -161,3 +161,42 @@ def compare(ref_path, test_path, rtol, atol, label="", atol_rel=0.0):
         print(f"# worst element: {worst[1]}, {worst[0]:.3g} of its allowance "
               f"(atol {atol:g}, atol_rel {atol_rel:g}, rtol {rtol:g})")
     return bad
+
+
+def compare_norms(ref_path, test_path, max_rel, min_rel, label=""):
+    """Per tensor: E = ||A - B|| / ||A|| (Frobenius) must lie in
+    [min_rel, max_rel]: a computation that rounds its operands on purpose (bf16
+    products) is held to a bound on the whole tensor's error, not on each
+    element (an element that is a small difference of large terms keeps no
+    relative precision), and the largest E >= min_rel shows that it did round. Prints
+    "ok LABEL NAME (err E)" or "FAIL LABEL NAME: why", then "# worst ...".
+    Returns the number of failures."""
+    ref, _ = st_read(ref_path)
+    test, _ = st_read(test_path)
+    bad, worst, least = 0, (-1.0, ""), (float("inf"), "")
+    for name, A in ref.items():
+        what = f"{label}{name}"
+        B = test.get(name)
+        if B is None or A.shape != B.shape:
+            print(f"FAIL {what}: {'missing' if B is None else 'shape ' + str(list(B.shape))}")
+            bad += 1
+            continue
+        A64, B64 = A.astype(np.float64), B.astype(np.float64)
+        norm = float(np.linalg.norm(A64))
+        if not np.all(np.isfinite(B64)) or norm == 0.0:
+            print(f"FAIL {what}: {'non-finite values' if norm else 'an all-zero reference'}")
+            bad += 1
+            continue
+        e = float(np.linalg.norm(A64 - B64)) / norm
+        worst = max(worst, (e, what))
+        least = min(least, (e, what))
+        if e > max_rel:
+            print(f"FAIL {what}: err {e:.3g} > {max_rel:g}")
+            bad += 1
+        else:
+            print(f"ok {what} (err {e:.3g})")
+    if worst[0] < min_rel:
+        print(f"FAIL {label}rounded: the largest err {worst[0]:.3g} < {min_rel:g} (were the operands rounded?)")
+        bad += 1
+    print(f"# error ||ref - test|| / ||ref|| from {least[0]:.3g} ({least[1]}) to {worst[0]:.3g} ({worst[1]})")
+    return bad

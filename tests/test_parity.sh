@@ -116,7 +116,46 @@ EOF
         grep -q '^FAIL ' cmp.out || echo "FAIL $name compare: exited $rc: $(tail -n 3 cmp.out | tr '\n' ' ')"
         fails=$((fails + 1))
     fi
+    bf16_case "$name"
     cd "$ROOT"
+}
+
+# --precision bf16 against the float32 path on the same batch. bf16 keeps 8
+# significant bits: rounding an operand errs by at most u = 2^-8 relative,
+# u / sqrt(3) RMS, so a product of two rounded operands errs by about
+# sqrt(2/3) u = 0.8 u in norm, and a gradient that passes through k products
+# in turn by about sqrt(k) 0.8 u. The deepest here pass through about 10
+# (2 layers of 4, the head, the patch layers; the U-Net's convolutions stay
+# float32): 2.6 u. Held to 6 u per tensor (||g_bf16 - g_fp32|| / ||g_fp32||),
+# and the largest to at least u / 4: the operands were rounded. Measured:
+# 0.2-2.0 u (transformer cases), to 3.2 u (U-Net cases, whose group norms
+# over two-channel groups amplify). The loss averages the errors of many
+# positions: held to u / 4 relative (measured about u / 200).
+bf16_case() {
+    local name=$1 u=0.00390625
+    if ! "$BIN/trainer" loss --ckpt ck --batch batch.safetensors --grads g_b.safetensors --precision bf16 \
+            >b.out 2>b.err; then
+        fail "$name bf16 trainer-loss: exited non-zero: $(tail -n 3 b.err | tr '\n' ' ')"; return
+    fi
+    "$PY" - "$name" "$u" <<'EOF'
+import json, sys
+name, u = sys.argv[1], float(sys.argv[2])
+c, b = (json.loads(open(f).read().splitlines()[-1]) for f in ("c.out", "b.out"))
+for k in ("loss", "lm_loss", "diffusion_loss"):
+    err = abs(b[k] - c[k]) / max(abs(c[k]), 1e-30)
+    ok = err <= u / 4
+    print(f"{'ok' if ok else 'FAIL'} {name} bf16 {k} (fp32 {c[k]:.9g}, bf16 {b[k]:.9g}, rel {err:.3g}, bound {u / 4:.3g})")
+    if not ok: sys.exit(1)
+EOF
+    [ $? -eq 0 ] || fails=$((fails + 1))
+    "$PY" "$REF" compare-norms --ref g_c.safetensors --test g_b.safetensors --max-rel 0.0234375 --min-rel 0.0009765625 \
+        >cmp_b.out 2>&1
+    local rc=$?
+    sed -e "s/^ok /ok $name bf16 /" -e "s/^FAIL /FAIL $name bf16 /" -e "s/^# /# $name bf16: /" cmp_b.out
+    if [ $rc -ne 0 ]; then
+        grep -q '^FAIL ' cmp_b.out || echo "FAIL $name bf16 compare: exited $rc: $(tail -n 3 cmp_b.out | tr '\n' ' ')"
+        fails=$((fails + 1))
+    fi
 }
 
 TINY='{"vocab_size":97,"hidden_size":48,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":80,"latent_channels":4,"latent_size":4,"patch_size":2,"max_image_patches":6,"rope_theta":10000}'

@@ -110,6 +110,14 @@ check "U-Net: resumed at step 6, the same weights at step 12 byte for byte" \
 check "U-Net: export writes the weights and the config" \
     sh -c "cmp -s '$t/u1.out/model.safetensors' '$t/u1.export/model.safetensors' && grep -q '\"unet\"' '$t/u1.export/config.json'"
 
+# --precision bf16 resumes as exactly: 12 steps straight against 6 + 6.
+bf16_run() { "$TR" train --config configs/tiny.json --steps 12 --seq-len 64 --batch-rows 2 --lr 3e-3 --warmup 3 --seed 5 \
+                 --threads 2 --precision bf16 "$@"; }
+bf16_run --ckpt-dir "$t/b1" --ckpt-every 6 --out "$t/b1.out" >"$t/b1.log" 2>&1
+bf16_run --ckpt-dir "$t/b2" --resume "$t/b1/step_00000006" --out "$t/b2.out" >"$t/b2.log" 2>&1
+check "bf16: resumed at step 6, the same weights at step 12 byte for byte" \
+    sh -c "grep -q 'resuming .*b1/step_00000006 at step 6' '$t/b2.log' && cmp -s '$t/b1.out/model.safetensors' '$t/b2.out/model.safetensors'"
+
 # SIGTERM: the step finishes, a checkpoint is written, exit 0.
 "$TR" train --config configs/tiny.json --steps 100000 --seq-len 64 --batch-rows 4 --threads 1 \
     --ckpt-dir "$t/term" --log-every 1 >"$t/term.log" 2>&1 &

@@ -73,7 +73,7 @@ import torch
 
 import torch.nn.functional as F
 
-from st_io import atomic_write, compare, st_dtypes, st_read, st_write
+from st_io import atomic_write, compare, compare_norms, st_dtypes, st_read, st_write
 
 # ----------------------------------------------------------------------------
 # config and parameters
@@ -748,6 +748,10 @@ def cmd_compare(a):
     sys.exit(1 if compare(a.ref, a.test, a.rtol, a.atol, "grad ", a.atol_rel) else 0)
 
 
+def cmd_compare_norms(a):
+    sys.exit(1 if compare_norms(a.ref, a.test, a.max_rel, a.min_rel, "grad ") else 0)
+
+
 def cmd_bench(a):
     # OpenBLAS reads OMP_NUM_THREADS when torch is imported: the caller sets it
     torch.set_num_threads(a.threads)
@@ -823,6 +827,12 @@ def main():
     p.add_argument("--atol", type=float, required=True)
     p.add_argument("--atol-rel", type=float, default=0.0)
     p.set_defaults(fn=cmd_compare)
+    p = sp.add_parser("compare-norms")
+    p.add_argument("--ref", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--max-rel", type=float, required=True)
+    p.add_argument("--min-rel", type=float, default=0.0)
+    p.set_defaults(fn=cmd_compare_norms)
     p = sp.add_parser("bench")
     p.add_argument("--config", required=True)
     p.add_argument("--batch-rows", type=int, required=True)

@@ -12,6 +12,7 @@
 #include "session.h"
 #include "train.h"
 #include "../checkpoint/ckpt.h"
+#include "../nn/backend.h"
 #include "../nn/optim.h"
 #include "../common/timing.h"
 #include "../common/cli.h"
@@ -146,13 +147,20 @@ static int cmd_bench(const args *a) {
      * gradients, Adam moments, and the activations backward reads). */
     printf("{\"step_s\":%.6f,\"min_step_s\":%.6f,\"positions_per_s\":%.1f,\"gflops_per_s\":%.1f,"
            "\"gflop_per_step\":%.2f,\"threads\":%d,\"params\":%zu,\"patch_fraction\":%.3f,"
-           "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f,\"memory_ratio\":%.2f,\"device\":\"%s\"",
+           "\"peak_rss_mb\":%.1f,\"state_mb\":%.1f,\"activation_mb\":%.1f,\"memory_ratio\":%.2f,\"device\":\"%s\",\"precision\":\"%s\"",
            med, times[0], p->N / med, flops / med / 1e9, flops / 1e9, nn_threads(), g.m.ps.numel,
            (double)p->n_patch / p->N, peak_rss_mb(), state_mb, act_mb, peak_rss_mb() / (state_mb + act_mb),
-           arg_str(a, "device"));
+           arg_str(a, "device"), nn_current_backend()->precision);
     /* Model FLOPs utilization against a given dense peak (989 TFLOP/s: H100 SXM bf16). */
     if (arg_given(a, "peak-tflops")) printf(",\"mfu\":%.4f", flops / med / (arg_num(a, "peak-tflops") * 1e12));
     printf("}\n");
+    if (arg_switch(a, "profile")) { /* after the timed steps: its syncs and clocks slow the step a little */
+        fflush(stdout);
+        double t0 = now_s();
+        nn_profile_start();
+        for (int s = 0; s < steps; s++) train_step(&g, &gnorm, &lr);
+        nn_profile_report(stderr, steps, (now_s() - t0) / steps);
+    }
     free(times);
     generated_run_close(&g);
     return 0;
@@ -196,6 +204,8 @@ static const cli_flag bench_flags[] = {
     {"seed", FLAG_INT, "S", "[0, inf)", "0", "fixes the weights and the batch"},
     {"batch", FLAG_TEXT, "BATCH.safetensors", NULL, NULL, "time this batch instead (a peer's, for the same work)"},
     {"peak-tflops", FLAG_NUM, "P", "(0, inf)", NULL, "also print the model FLOPs utilization against this peak"},
+    {"profile", FLAG_SWITCH, NULL, NULL, NULL,
+     "then time each kernel over as many steps again and print their shares (stderr)"},
     {0},
 };
 

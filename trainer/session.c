@@ -20,10 +20,14 @@
 const cli_flag device_flags[] = {
     {"device", FLAG_TEXT, "cpu|cuda", NULL, "cpu",
      "the backend (cpu-device: the CPU's kernels on the GPU's code path)"},
+    {"precision", FLAG_CHOICE, "fp32|bf16", NULL, NULL,
+     "the matrix products' operands (default: the device's, fp32 on cpu, bf16 on cuda)"},
     {0},
 };
 
-void session_init_device(const args *a) { nn_init_device(arg_str(a, "device"), (int)arg_int(a, "threads")); }
+void session_init_device(const args *a) {
+    nn_init_device(arg_str(a, "device"), arg_str(a, "precision"), (int)arg_int(a, "threads"));
+}
 
 /* The VAE's kernels exist on the CPU backend alone (the CUDA backend leaves
  * them out) and its activations are host memory: every VAE call runs between

@@ -10,6 +10,7 @@
  * One task owns all of its row-head's outputs, so no two threads write the
  * same element and the result does not depend on scheduling. */
 #include "cpu.h"
+#include "matmul_bf16.h"
 #include "vexp.h"
 #include "../../common/error.h"
 
@@ -32,10 +33,48 @@ static key_span block_span(const int32_t *lo, const int32_t *hi, int q0, int nq)
     return (key_span){k0, k1 - k0 + 1};
 }
 
+/* A matrix operand of the products below: float32, or (bf16 precision)
+ * the same matrix rounded to bf16. */
+typedef struct {
+    const float *f;
+    const bf16 *h;
+} operand;
+
+static operand at(operand m, size_t offset) {
+    return m.h ? (operand){NULL, m.h + offset} : (operand){m.f + offset, NULL};
+}
+
+static void product(int ta, int tb, int M, int N, int K, float alpha, operand A, int lda, operand B, int ldb, float beta,
+                    float *C, int ldc) {
+    if (A.h)
+        cpu_matmul_bf16(ta, tb, M, N, K, alpha, A.h, lda, B.h, ldb, beta, C, ldc);
+    else
+        cpu_gemm(ta, tb, M, N, K, alpha, A.f, lda, B.f, ldb, beta, C, ldc);
+}
+
+/* A block of probabilities or score gradients [nq, nk] as a product's
+ * operand: itself, or rounded into h. */
+static operand block_operand(const float *x, bf16 *h, int nq, int nk) {
+    if (!h) return (operand){x, NULL};
+    cpu_round_bf16(h, nk, x, nk, nq, nk);
+    return (operand){NULL, h};
+}
+
+/* x[rows, cols] in the given precision: itself, or a rounded copy that the
+ * caller frees. */
+static operand whole(const float *x, size_t rows, int cols, int bf16_ops, bf16 **copy) {
+    *copy = NULL;
+    if (!bf16_ops) return (operand){x, NULL};
+    *copy = xmalloc(rows * cols * sizeof(bf16));
+    cpu_round_bf16(*copy, cols, x, cols, (int)rows, cols);
+    return (operand){NULL, *copy};
+}
+
 /* Scores of a query block: S[r, j] = scale * q_{q0+r} . k_{k0+j}. */
-static void block_scores(float *S, const float *Q, const float *K, int ld, int q0, int nq, key_span ks, int head_dim,
+static void block_scores(float *S, operand Q, operand K, int ld, int q0, int nq, key_span ks, int head_dim,
                          float scale) {
-    cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, Q + (size_t)q0 * ld, ld, K + (size_t)ks.k0 * ld, ld, 0.0f, S, ks.nk);
+    product(0, 1, nq, ks.nk, head_dim, scale, at(Q, (size_t)q0 * ld), ld, at(K, (size_t)ks.k0 * ld), ld, 0.0f, S,
+            ks.nk);
 }
 
 /* Softmax of s[a..e] in place, zero elsewhere in s[0..nk); returns the
@@ -55,18 +94,22 @@ static inline float softmax_range(float *s, int a, int e, int nk) {
     return mx + logf(sum);
 }
 
-void cpu_attention_forward(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi, int B, int L,
-                           int H, int head_dim) {
+/* bf16_ops: the products read bf16 operands (float32 scores, softmax and
+ * accumulation). */
+static void forward(float *out, float *lse, const float *qkv_f, const int32_t *lo, const int32_t *hi, int B, int L,
+                    int H, int head_dim, int bf16_ops) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
+    bf16 *qkv_h;
+    operand qkv = whole(qkv_f, (size_t)B * L, ld, bf16_ops, &qkv_h);
 #pragma omp parallel
     {
         float *S = cpu_alloc((size_t)QBLOCK * L);
+        bf16 *Sh = bf16_ops ? xmalloc((size_t)QBLOCK * L * sizeof(bf16)) : NULL;
 #pragma omp for schedule(static)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
-            const float *Q = qkv + (size_t)b * L * ld + h * head_dim;
-            const float *K = Q + d, *V = Q + 2 * d;
+            operand Q = at(qkv, (size_t)b * L * ld + h * head_dim), K = at(Q, d), V = at(Q, 2 * d);
             const int32_t *lo_b = lo + (size_t)b * L, *hi_b = hi + (size_t)b * L;
             for (int q0 = 0; q0 < L; q0 += QBLOCK) {
                 int nq = L - q0 < QBLOCK ? L - q0 : QBLOCK;
@@ -75,31 +118,38 @@ void cpu_attention_forward(float *out, float *lse, const float *qkv, const int32
                 for (int r = 0; r < nq; r++)
                     lse[((size_t)b * L + q0 + r) * H + h] =
                         softmax_range(S + (size_t)r * ks.nk, lo_b[q0 + r] - ks.k0, hi_b[q0 + r] - ks.k0, ks.nk);
-                cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld, 0.0f,
-                         out + ((size_t)b * L + q0) * d + h * head_dim, d);
+                product(0, 0, nq, head_dim, ks.nk, 1.0f, block_operand(S, Sh, nq, ks.nk), ks.nk,
+                        at(V, (size_t)ks.k0 * ld), ld, 0.0f, out + ((size_t)b * L + q0) * d + h * head_dim, d);
             }
         }
         cpu_free(S);
+        free(Sh);
     }
+    free(qkv_h);
 }
 
 /* With P the probabilities and D_i = dout_i . out_i:
  *   dV += P^T dO,  dS = P * (dO V^T - D),  dQ = scale dS K,  dK += scale dS^T Q */
-void cpu_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
-                            const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim) {
+static void backward(float *dqkv, const float *dout_f, const float *out, const float *lse, const float *qkv_f,
+                     const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim, int bf16_ops) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
     cpu_zero(dqkv, (size_t)B * L * ld);
+    bf16 *qkv_h, *dout_h;
+    operand qkv = whole(qkv_f, (size_t)B * L, ld, bf16_ops, &qkv_h);
+    operand dout = whole(dout_f, (size_t)B * L, d, bf16_ops, &dout_h);
 #pragma omp parallel
     {
         float *P = cpu_alloc((size_t)QBLOCK * L), *dS = cpu_alloc((size_t)QBLOCK * L);
+        bf16 *Ph = bf16_ops ? xmalloc((size_t)QBLOCK * L * sizeof(bf16)) : NULL;
 #pragma omp for schedule(static)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
             size_t row0 = (size_t)b * L;
-            const float *Q = qkv + row0 * ld + h * head_dim, *K = Q + d, *V = Q + 2 * d;
+            operand Q = at(qkv, row0 * ld + h * head_dim), K = at(Q, d), V = at(Q, 2 * d);
+            operand dO = at(dout, row0 * d + h * head_dim);
             float *dQ = dqkv + row0 * ld + h * head_dim, *dK = dQ + d, *dV = dQ + 2 * d;
-            const float *dO = dout + row0 * d + h * head_dim, *O = out + row0 * d + h * head_dim;
+            const float *dO_f = dout_f + row0 * d + h * head_dim, *O = out + row0 * d + h * head_dim;
             const int32_t *lo_b = lo + row0, *hi_b = hi + row0;
             for (int q0 = 0; q0 < L; q0 += QBLOCK) {
                 int nq = L - q0 < QBLOCK ? L - q0 : QBLOCK;
@@ -112,11 +162,12 @@ void cpu_attention_backward(float *dqkv, const float *dout, const float *out, co
 #pragma omp simd
                     for (int j = 0; j < ks.nk; j++) p[j] = (j >= a && j <= e) ? vexpf(p[j] - l) : 0.0f;
                 }
-                const float *dOb = dO + (size_t)q0 * d;
-                cpu_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld, 0.0f, dS, ks.nk);
-                cpu_gemm(1, 0, ks.nk, head_dim, nq, 1.0f, P, ks.nk, dOb, d, 1.0f, dV + (size_t)ks.k0 * ld, ld);
+                operand dOb = at(dO, (size_t)q0 * d);
+                product(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, at(V, (size_t)ks.k0 * ld), ld, 0.0f, dS, ks.nk);
+                product(1, 0, ks.nk, head_dim, nq, 1.0f, block_operand(P, Ph, nq, ks.nk), ks.nk, dOb, d, 1.0f,
+                        dV + (size_t)ks.k0 * ld, ld);
                 for (int r = 0; r < nq; r++) {
-                    const float *o = O + (size_t)(q0 + r) * d, *g = dOb + (size_t)r * d;
+                    const float *o = O + (size_t)(q0 + r) * d, *g = dO_f + (size_t)(q0 + r) * d;
                     float Di = 0.0f;
 #pragma omp simd reduction(+ : Di)
                     for (int c = 0; c < head_dim; c++) Di += g[c] * o[c];
@@ -125,15 +176,39 @@ void cpu_attention_backward(float *dqkv, const float *dout, const float *out, co
 #pragma omp simd
                     for (int j = 0; j < ks.nk; j++) ds[j] = p[j] * (ds[j] - Di);
                 }
-                cpu_gemm(0, 0, nq, head_dim, ks.nk, scale, dS, ks.nk, K + (size_t)ks.k0 * ld, ld, 0.0f,
-                         dQ + (size_t)q0 * ld, ld);
-                cpu_gemm(1, 0, ks.nk, head_dim, nq, scale, dS, ks.nk, Q + (size_t)q0 * ld, ld, 1.0f,
-                         dK + (size_t)ks.k0 * ld, ld);
+                operand dSb = block_operand(dS, Ph, nq, ks.nk); /* P's bf16 copy is done with */
+                product(0, 0, nq, head_dim, ks.nk, scale, dSb, ks.nk, at(K, (size_t)ks.k0 * ld), ld, 0.0f,
+                        dQ + (size_t)q0 * ld, ld);
+                product(1, 0, ks.nk, head_dim, nq, scale, dSb, ks.nk, at(Q, (size_t)q0 * ld), ld, 1.0f,
+                        dK + (size_t)ks.k0 * ld, ld);
             }
         }
         cpu_free(P);
         cpu_free(dS);
+        free(Ph);
     }
+    free(qkv_h);
+    free(dout_h);
+}
+
+void cpu_attention_forward(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi, int B, int L,
+                           int H, int head_dim) {
+    forward(out, lse, qkv, lo, hi, B, L, H, head_dim, 0);
+}
+
+void cpu_attention_forward_bf16(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi, int B,
+                                int L, int H, int head_dim) {
+    forward(out, lse, qkv, lo, hi, B, L, H, head_dim, 1);
+}
+
+void cpu_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
+                            const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim) {
+    backward(dqkv, dout, out, lse, qkv, lo, hi, B, L, H, head_dim, 0);
+}
+
+void cpu_attention_backward_bf16(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
+                                 const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim) {
+    backward(dqkv, dout, out, lse, qkv, lo, hi, B, L, H, head_dim, 1);
 }
 
 /* Queries are grouped into blocks of up to QBLOCK consecutive rows with the
@@ -160,8 +235,8 @@ void cpu_attention_rows(float *out, const float *q, const float *kv, const int32
         for (int task = 0; task < nb * H; task++) {
             int b = task / H, h = task % H, q0 = start[b], nq = start[b + 1] - q0;
             key_span ks = block_span(lo, hi, q0, nq);
-            cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, q + (size_t)q0 * ld + h * head_dim, ld,
-                     k + (size_t)ks.k0 * ld + h * head_dim, ld, 0.0f, S, ks.nk);
+            block_scores(S, (operand){q + h * head_dim, NULL}, (operand){k + h * head_dim, NULL}, ld, q0, nq, ks,
+                         head_dim, scale);
             for (int r = 0; r < nq; r++)
                 softmax_range(S + (size_t)r * ks.nk, lo[q0 + r] - ks.k0, hi[q0 + r] - ks.k0, ks.nk);
             cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, v + (size_t)ks.k0 * ld + h * head_dim, ld, 0.0f,

@@ -57,7 +57,10 @@ void cpu_gemm(int transA, int transB, int M, int N, int K, float alpha, const fl
 
 void cpu_linear_forward(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
     cpu_gemm(0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
-    if (!b) return;
+    if (b) cpu_add_bias_rows(y, b, N, out);
+}
+
+void cpu_add_bias_rows(float *y, const float *b, int N, int out) {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < N; i++)
         for (int j = 0; j < out; j++) y[(size_t)i * out + j] += b[j];

@@ -11,4 +11,7 @@
 #undef NN_V
 #undef NN_R
 
+/* y[i, :] += b for each of N rows of `out` (a linear layer's bias). */
+void cpu_add_bias_rows(float *y, const float *b, int N, int out);
+
 #endif

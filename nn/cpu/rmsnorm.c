@@ -2,6 +2,7 @@
 #include "cpu.h"
 
 #include <math.h>
+#include <omp.h>
 
 static float inv_rms(const float *x, int d, float eps) {
     float ss = 0.0f;
@@ -40,12 +41,20 @@ void cpu_rmsnorm_backward(float *dx, float *dw, const float *dy, const float *x,
 #pragma omp simd
         for (int j = 0; j < d; j++) dxi[j] += ri * w[j] * gi[j] - xi[j] * c;
     }
-/* dw: columns in parallel, rows in order, so the sum is deterministic. */
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j < d; j++) {
-        float s = 0.0f;
-        for (int i = 0; i < N; i++) s += dy[(size_t)i * d + j] * x[(size_t)i * d + j] * r[i];
-        dw[j] += s;
+/* dw: each column summed over the rows in order (deterministic), a
+ * thread's block of columns at a time, row by row: contiguous reads. */
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        int j0 = (int)((long)d * t / nt), j1 = (int)((long)d * (t + 1) / nt);
+        float *s = cpu_alloc((size_t)(j1 - j0));
+        for (int i = 0; i < N; i++) {
+            const float *gi = dy + (size_t)i * d, *xi = x + (size_t)i * d;
+#pragma omp simd
+            for (int j = j0; j < j1; j++) s[j - j0] += gi[j] * xi[j] * r[i];
+        }
+        for (int j = j0; j < j1; j++) dw[j] += s[j - j0];
+        cpu_free(s);
     }
     cpu_free(r);
 }

@@ -9,6 +9,7 @@
 
 const nn_backend nn_cuda_backend = {
     .name = "cuda",
+    .precision = "bf16",
     .host_memory = 0,
     .init = cuda_init,
     .alloc = cuda_alloc,

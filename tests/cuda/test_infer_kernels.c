@@ -224,7 +224,7 @@ static void test_images(const model_config *c) {
 }
 
 int main(void) {
-    nn_init_device("cuda", 0);
+    nn_init_device("cuda", NULL, 0);
     rng_seed(&r, 42);
     static const int shapes[][2] = {{4, 16}, {4, 64}, {2, 128}}; /* heads, head_dim */
     for (int k = 0; k < 3; k++)

@@ -493,7 +493,7 @@ static void test_model(const model_config *c, int B, int L) {
 int main(int argc, char **argv) {
     int small = argc > 1 && strcmp(argv[1], "--small") == 0;
     if (argc > 1 && !small) die_input("usage: test_kernels [--small]");
-    nn_init_device("cuda", 0);
+    nn_init_device("cuda", NULL, 0);
     rng_seed(&r, 42);
     test_linear(100, 96, 80);
     test_linear(33, 256, 200);

@@ -1,0 +1,279 @@
+/* matmul_bf16.c - the CPU's bf16 matrix products (--precision bf16): C =
+ * alpha op(A) op(B) + beta C with bfloat16 operands, float32 accumulation
+ * and a float32 C, through oneDNN's matmul primitive (its AVX512-BF16
+ * kernels run at about twice the float32 rate here).
+ *
+ * Operands are rounded to bf16 (nearest even) as they are read: the
+ * weights stay float32 masters and are rounded on every use, which costs
+ * one pass over them per product, against M passes of arithmetic. A
+ * transposed operand needs no copy: the primitive takes any strides.
+ *
+ * Primitives are built once per problem (shape, strides, alpha, beta) and
+ * kept (MAX_PROBLEMS, then the oldest is replaced). They run with a
+ * caller-provided scratchpad, so the attention kernel's threads may run the
+ * same primitive at once, each single-threaded on its own buffers. For a
+ * given thread count oneDNN splits the work the same way every time, so
+ * results repeat bit for bit. */
+#include "matmul_bf16.h"
+#include "../../common/error.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PROBLEMS 512
+#define MAX_THREADS 256
+
+#define MUST(call)                                                                                                     \
+    do {                                                                                                               \
+        if ((call) != dnnl_success) die("oneDNN: %s failed", #call);                                                   \
+    } while (0)
+
+typedef struct {
+    int ta, tb, M, N, K, lda, ldb, ldc, nested;
+    float alpha, beta;
+} problem;
+
+typedef struct {
+    problem p;
+    dnnl_primitive_t prim;
+    dnnl_memory_desc_t a, b, c, scratch;
+} entry;
+
+/* Entries are found through an open-addressing table of 2 MAX_PROBLEMS
+ * slots. A slot is published (atomically) only once its entry is built, so
+ * lookups take no lock; only building one does. A full cache is emptied
+ * between parallel regions, where no thread holds an entry. */
+static entry cache[MAX_PROBLEMS];
+static entry *slots[2 * MAX_PROBLEMS];
+static int n_cached;
+static dnnl_engine_t engine;
+
+/* Per thread: a stream, a scratchpad and the rounded operands of gemm_bf16. */
+typedef struct {
+    dnnl_stream_t stream;
+    void *scratch, *ops;
+    size_t scratch_bytes, ops_bytes;
+} thread_state;
+static thread_state per_thread[MAX_THREADS];
+
+static void *grow(void **buf, size_t *have, size_t bytes) {
+    if (bytes <= *have) return *buf;
+    free(*buf);
+    *have = (bytes + 4095) / 4096 * 4096;
+    *buf = aligned_alloc(64, *have);
+    if (!*buf) die("out of memory (%zu bytes for a bf16 matrix product)", *have);
+    return *buf;
+}
+
+static void need_engine(void) {
+#pragma omp critical(matmul_bf16_cache)
+    if (!engine) MUST(dnnl_engine_create(&engine, dnnl_cpu, 0));
+}
+
+static thread_state *this_thread(void) {
+    need_engine();
+    int t = omp_get_thread_num();
+    if (omp_in_parallel() && omp_get_level() > 1) die("matmul_bf16: called from a nested parallel region");
+    if (t >= MAX_THREADS) die("matmul_bf16: more than %d threads", MAX_THREADS);
+    thread_state *s = &per_thread[t];
+    if (!s->stream) MUST(dnnl_stream_create(&s->stream, engine, dnnl_stream_default_flags));
+    return s;
+}
+
+/* A row-major matrix of `rows` x `cols` at row stride ld, or its transpose
+ * (trans: the caller's op() reads it transposed, i.e. memory holds cols x
+ * rows). */
+static void desc(dnnl_memory_desc_t *md, int rows, int cols, int ld, int trans, dnnl_data_type_t t) {
+    dnnl_dims_t dims = {rows, cols}, strides = {ld, 1};
+    if (trans) strides[0] = 1, strides[1] = ld;
+    MUST(dnnl_memory_desc_init_by_strides(md, 2, dims, t, strides));
+}
+
+static void build(entry *e) {
+    const problem *p = &e->p;
+    desc(&e->a, p->M, p->K, p->lda, p->ta, dnnl_bf16);
+    desc(&e->b, p->K, p->N, p->ldb, p->tb, dnnl_bf16);
+    desc(&e->c, p->M, p->N, p->ldc, 0, dnnl_f32);
+    dnnl_matmul_desc_t md;
+    MUST(dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c));
+    dnnl_primitive_attr_t attr;
+    MUST(dnnl_primitive_attr_create(&attr));
+    MUST(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
+    if (p->alpha != 1.0f) MUST(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &p->alpha));
+    dnnl_post_ops_t ops = NULL;
+    if (p->beta != 0.0f) {
+        MUST(dnnl_post_ops_create(&ops));
+        MUST(dnnl_post_ops_append_sum(ops, p->beta));
+        MUST(dnnl_primitive_attr_set_post_ops(attr, ops));
+    }
+    dnnl_primitive_desc_t pd;
+    MUST(dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL));
+    e->scratch = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    MUST(dnnl_primitive_create(&e->prim, pd));
+    dnnl_primitive_desc_destroy(pd);
+    if (ops) dnnl_post_ops_destroy(ops);
+    dnnl_primitive_attr_destroy(attr);
+}
+
+static unsigned hash(const problem *p) {
+    const unsigned char *b = (const unsigned char *)p;
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < sizeof *p; i++) h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
+/* The slot holding p, or the empty slot where it belongs. */
+static entry **probe(const problem *p) {
+    unsigned i = hash(p) % (2 * MAX_PROBLEMS);
+    for (;; i = (i + 1) % (2 * MAX_PROBLEMS)) {
+        entry *e = __atomic_load_n(&slots[i], __ATOMIC_ACQUIRE);
+        if (!e || memcmp(&e->p, p, sizeof *p) == 0) return &slots[i];
+    }
+}
+
+static const entry *entry_for(const problem *p) {
+    entry **slot = probe(p), *found = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    if (found) return found;
+#pragma omp critical(matmul_bf16_cache)
+    {
+        slot = probe(p); /* another thread may have built it meanwhile */
+        found = *slot;
+        if (!found) {
+            if (n_cached == MAX_PROBLEMS) {
+                if (omp_in_parallel()) die("matmul_bf16: more than %d problems in one parallel region", MAX_PROBLEMS);
+                for (int i = 0; i < n_cached; i++) dnnl_primitive_destroy(cache[i].prim);
+                memset(slots, 0, sizeof slots);
+                n_cached = 0;
+                slot = probe(p);
+            }
+            found = &cache[n_cached++];
+            memset(found, 0, sizeof *found);
+            found->p = *p;
+            build(found);
+            __atomic_store_n(slot, found, __ATOMIC_RELEASE);
+        }
+    }
+    return found;
+}
+
+void cpu_matmul_bf16(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
+                     float beta, float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) { /* a product over nothing: C = beta C */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    thread_state *s = this_thread();
+    /* (no padding: problems are compared with memcmp) */
+    problem p = {ta, tb, M, N, K, lda, ldb, ldc, omp_in_parallel(), alpha, beta};
+    const entry *e = entry_for(&p);
+    dnnl_memory_t ma, mb, mc, ms;
+    MUST(dnnl_memory_create(&ma, &e->a, engine, (void *)A));
+    MUST(dnnl_memory_create(&mb, &e->b, engine, (void *)B));
+    MUST(dnnl_memory_create(&mc, &e->c, engine, C));
+    MUST(dnnl_memory_create(&ms, &e->scratch, engine,
+                            grow(&s->scratch, &s->scratch_bytes, dnnl_memory_desc_get_size(&e->scratch) + 64)));
+    dnnl_exec_arg_t args[] = {
+        {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, ms}};
+    if (dnnl_primitive_execute(e->prim, s->stream, 4, args) != dnnl_success)
+        die("oneDNN: bf16 matmul failed for M=%d N=%d K=%d", M, N, K);
+    MUST(dnnl_stream_wait(s->stream));
+    dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+}
+
+/* Round to nearest even; a NaN stays a (quiet) NaN instead of carrying
+ * into the exponent. */
+static inline bf16 round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7fffffffu) > 0x7f800000u ? (bf16)((u >> 16) | 0x40u) : (bf16)r;
+}
+
+static void round_rows(bf16 *dst, int ld_dst, const float *src, int ld_src, int r0, int r1, int cols) {
+    for (int r = r0; r < r1; r++) {
+        const float *s = src + (size_t)r * ld_src;
+        bf16 *d = dst + (size_t)r * ld_dst;
+#pragma omp simd
+        for (int c = 0; c < cols; c++) d[c] = round_bf16(s[c]);
+    }
+}
+
+void cpu_round_bf16(bf16 *dst, int ld_dst, const float *src, int ld_src, int rows, int cols) {
+    /* A small block (attention's) on the calling thread: even a one-thread
+     * parallel region costs microseconds. */
+    if (omp_in_parallel() || (size_t)rows * cols < 65536) {
+        round_rows(dst, ld_dst, src, ld_src, 0, rows, cols);
+        return;
+    }
+#pragma omp parallel
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        round_rows(dst, ld_dst, src, ld_src, (int)((long)rows * t / nt), (int)((long)rows * (t + 1) / nt), cols);
+    }
+}
+
+/* dst[c, r] = src[r, c] rounded, for rows x cols (src at stride cols): in
+ * 32 x 32 tiles, which keep both sides in cache. */
+static void round_transposed(bf16 *dst, const float *src, int rows, int cols) {
+#pragma omp parallel for schedule(static) collapse(2) if (!omp_in_parallel())
+    for (int r0 = 0; r0 < rows; r0 += 32)
+        for (int c0 = 0; c0 < cols; c0 += 32)
+            for (int c = c0; c < c0 + 32 && c < cols; c++)
+                for (int r = r0; r < r0 + 32 && r < rows; r++)
+                    dst[(size_t)c * rows + r] = round_bf16(src[(size_t)r * cols + c]);
+}
+
+float cpu_bf16_to_float(bf16 x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* The calling thread's buffer for n bf16 operands of the given sizes. */
+static void operands(bf16 **out, const size_t *sizes, int n) {
+    thread_state *s = this_thread();
+    size_t total = 0;
+    for (int i = 0; i < n; i++) total += (sizes[i] + 31) / 32 * 32;
+    bf16 *p = grow(&s->ops, &s->ops_bytes, total * sizeof(bf16));
+    for (int i = 0; i < n; i++) out[i] = p, p += (sizes[i] + 31) / 32 * 32;
+}
+
+void cpu_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                   float beta, float *C, int ldc) {
+    if (M == 0 || N == 0) return;
+    /* Each operand as it lies in memory: rows x cols at its stride. */
+    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    bf16 *op[2];
+    operands(op, (size_t[]){(size_t)ar * ac, (size_t)br * bc}, 2);
+    cpu_round_bf16(op[0], ac, A, lda, ar, ac);
+    cpu_round_bf16(op[1], bc, B, ldb, br, bc);
+    cpu_matmul_bf16(ta, tb, M, N, K, alpha, op[0], ac, op[1], bc, beta, C, ldc);
+}
+
+void cpu_linear_forward_bf16(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
+    bf16 *op[2];
+    operands(op, (size_t[]){(size_t)N * in, (size_t)out * in}, 2);
+    cpu_round_bf16(op[0], in, x, in, N, in);
+    cpu_round_bf16(op[1], in, W, in, out, in);
+    cpu_matmul_bf16(0, 1, N, out, in, 1.0f, op[0], in, op[1], in, 0.0f, y, out);
+    if (b) cpu_add_bias_rows(y, b, N, out);
+}
+
+void cpu_linear_backward_bf16(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N,
+                              int in, int out, int acc) {
+    bf16 *op[3]; /* dy, W, x: dy is rounded once for both products */
+    operands(op, (size_t[]){(size_t)N * out, (size_t)out * in, (size_t)N * in}, 3);
+    cpu_round_bf16(op[0], out, dy, out, N, out);
+    if (dx) { /* W^T in memory: oneDNN's kernels read a transposed B faster here (520 against 390 GFLOP/s) */
+        round_transposed(op[1], W, out, in);
+        cpu_matmul_bf16(0, 1, N, in, out, 1.0f, op[0], out, op[1], out, acc ? 1.0f : 0.0f, dx, in);
+    }
+    cpu_round_bf16(op[2], in, x, in, N, in);
+    cpu_matmul_bf16(1, 0, out, in, N, 1.0f, op[0], out, op[2], in, 1.0f, dW, in);
+    if (db) cpu_add_column_sums(db, dy, (size_t)N, out);
+}
