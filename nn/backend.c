@@ -140,7 +140,6 @@ static const nn_backend *cpu_in_bf16(const nn_backend *fp32) {
     static nn_backend t[2]; /* of cpu and of cpu-device */
     nn_backend *b = &t[fp32->host_memory ? 0 : 1];
     *b = *fp32;
-    b->gemm = cpu_gemm_bf16;
     b->linear_forward = cpu_linear_forward_bf16;
     b->linear_backward = cpu_linear_backward_bf16;
     b->attention_forward = cpu_attention_forward_bf16;

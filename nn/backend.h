@@ -24,15 +24,6 @@ typedef struct {
 extern const nn_backend nn_cpu_backend;
 #ifdef NN_CUDA
 extern const nn_backend nn_cuda_backend; /* nn/cuda/backend_cuda.c */
-/* Kernel profile: from nn_profile_start on, every nn_* call is timed (the
- * device synchronized before and after, so a GPU loses its overlap: the
- * figures are each kernel's own time, not the step's). nn_profile_report
- * stops it and prints each kernel's calls and milliseconds per step and its
- * share of a step of step_s seconds, most expensive first, and the time
- * outside kernels. */
-void nn_profile_start(void);
-void nn_profile_report(FILE *f, int steps, double step_s);
-
 #endif
 
 /* Makes b the backend of every nn_* call (kernel tests compare two). */

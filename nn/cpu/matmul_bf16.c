@@ -9,7 +9,7 @@
  * transposed operand needs no copy: the primitive takes any strides.
  *
  * Primitives are built once per problem (shape, strides, alpha, beta) and
- * kept (MAX_PROBLEMS, then the oldest is replaced). They run with a
+ * kept (MAX_PROBLEMS; a full cache is emptied). They run with a
  * caller-provided scratchpad, so the attention kernel's threads may run the
  * same primitive at once, each single-threaded on its own buffers. For a
  * given thread count oneDNN splits the work the same way every time, so
@@ -50,7 +50,7 @@ static entry *slots[2 * MAX_PROBLEMS];
 static int n_cached;
 static dnnl_engine_t engine;
 
-/* Per thread: a stream, a scratchpad and the rounded operands of gemm_bf16. */
+/* Per thread: a stream, a scratchpad and the rounded operands of a linear layer. */
 typedef struct {
     dnnl_stream_t stream;
     void *scratch, *ops;
@@ -227,13 +227,6 @@ static void round_transposed(bf16 *dst, const float *src, int rows, int cols) {
                     dst[(size_t)c * rows + r] = round_bf16(src[(size_t)r * cols + c]);
 }
 
-float cpu_bf16_to_float(bf16 x) {
-    uint32_t u = (uint32_t)x << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* The calling thread's buffer for n bf16 operands of the given sizes. */
 static void operands(bf16 **out, const size_t *sizes, int n) {
     thread_state *s = this_thread();
@@ -241,18 +234,6 @@ static void operands(bf16 **out, const size_t *sizes, int n) {
     for (int i = 0; i < n; i++) total += (sizes[i] + 31) / 32 * 32;
     bf16 *p = grow(&s->ops, &s->ops_bytes, total * sizeof(bf16));
     for (int i = 0; i < n; i++) out[i] = p, p += (sizes[i] + 31) / 32 * 32;
-}
-
-void cpu_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-                   float beta, float *C, int ldc) {
-    if (M == 0 || N == 0) return;
-    /* Each operand as it lies in memory: rows x cols at its stride. */
-    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-    bf16 *op[2];
-    operands(op, (size_t[]){(size_t)ar * ac, (size_t)br * bc}, 2);
-    cpu_round_bf16(op[0], ac, A, lda, ar, ac);
-    cpu_round_bf16(op[1], bc, B, ldb, br, bc);
-    cpu_matmul_bf16(ta, tb, M, N, K, alpha, op[0], ac, op[1], bc, beta, C, ldc);
 }
 
 void cpu_linear_forward_bf16(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
