@@ -9,6 +9,7 @@
 #   patch1   "patch_size": 1 (4x the patches)         (paper: better images)
 #   unet     "image_encoder": "unet", [64, 128]       (paper: better images and captions)
 #   unet4    the U-Net with 3 levels, patch 4 (1/4 of the positions per image)
+#   bf16     base trained with --precision bf16 (issue 18: within 1% of base?)
 # Captions are cut at 60 tokens in every arm (patch1's 64-patch images must
 # fit half of a 256-position row). Each (arm, seed) is one 1-rank run;
 # PARALLEL of them run at once (one core each). The data (tokenizer, text, latents, VAE) come from a finished
@@ -44,7 +45,7 @@ arm_config() {
 import json, sys
 arm, base, dst = sys.argv[1:]
 c = json.load(open(base))
-c.update({"base": {}, "causal": {"image_attention": "causal"}, "nolimit": {},
+c.update({"base": {}, "bf16": {}, "causal": {"image_attention": "causal"}, "nolimit": {},
           "patch1": {"patch_size": 1, "max_image_patches": 64},
           "unet": {"image_encoder": "unet", "unet_channels": [64, 128]},
           "unet4": {"image_encoder": "unet", "unet_channels": [64, 128, 128], "patch_size": 4,
@@ -61,6 +62,12 @@ arm_loader() {
     esac
 }
 
+arm_train() {                   # trainer flags beyond the shared ones
+    case $1 in
+        bf16) echo "--precision bf16" ;;
+    esac
+}
+
 run_arm() {                     # ARM SEED: train, then eval on val and test
     local arm=$1 seed=$2 dir="$out/$1-s$2" steps=$STEPS
     case $arm in unet*) steps=${UNET_STEPS:-$STEPS} ;; esac
@@ -69,7 +76,8 @@ run_arm() {                     # ARM SEED: train, then eval on val and test
     launch/train.sh --ranks 1 --text "$from/text" --latents "$from/latents" --tokenizer "$from/tokenizer.model" \
         --loader-args "$(arm_loader "$arm") --rows-per-rank 4 --seq-len 256 --max-caption 60 --seed $seed" \
         -- --config "$out/$arm.json" --steps "$steps" --warmup 100 --lr 1e-3 --ema 0.999 --seed "$seed" \
-           --log-every 100 --ckpt-dir "$dir/ckpt" --ckpt-every 500 --keep 1 --resume auto >"$dir/train.log" 2>&1
+           --log-every 100 --ckpt-dir "$dir/ckpt" --ckpt-every 500 --keep 1 --resume auto \
+           $(arm_train "$arm") >"$dir/train.log" 2>&1
     for split in val test; do
         bin/trainer eval --ckpt "$dir/ckpt" --vae "$from/vae" --images "data/images-64/$split-*.tar" \
             --prompts configs/eval_prompts.txt --steps 50 --n "$N" --timesteps 8 --seed 0 \

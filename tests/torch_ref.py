@@ -776,7 +776,10 @@ def cmd_bench(a):
     for step in range(a.steps + 1):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = forward_loss(W, c, prep)[0]
+        # --precision bf16: PyTorch's own mixed precision (autocast runs the
+        # matrix products in bf16; the weights, Adam and the losses stay float32)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            loss = forward_loss(W, c, prep)[0]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -787,7 +790,7 @@ def cmd_bench(a):
     step_s = float(np.median(times)) if times else float("nan")
     mod = batch["modality"]
     print(json.dumps({"step_s": step_s, "positions_per_s": a.batch_rows * a.seq_len / step_s,
-                      "threads": a.threads, "steps": a.steps,
+                      "threads": a.threads, "steps": a.steps, "precision": a.precision,
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                       "image_fraction": float((mod == 1).mean()),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
@@ -842,6 +845,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch", help="time this batch file instead of a generated one")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: under torch.autocast (the peer of trainer --precision bf16)")
     p.set_defaults(fn=cmd_bench)
     a = ap.parse_args()
     try:
