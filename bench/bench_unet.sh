@@ -6,11 +6,11 @@
 # PyTorch reference of the same config on the same batch. Prints both
 # summaries and the U-Net's cost: its trainer step over the linear one's
 # (the issue's target: at most 1.3), and the PyTorch ratio of each.
-# THREADS (default 2), REPEATS (default 3) and STEPS go to bench_vs_torch.sh.
-# PyTorch's speed depends on its BLAS: see docs/benchmarks.md.
+# THREADS (default 2), REPEATS (default 3), PRECISIONS (default fp32, so that
+# both paths are compared in one precision) and STEPS go to bench_vs_torch.sh.
 set -u
 cd "$(dirname "$0")/.."
-export THREADS=${THREADS:-2} REPEATS=${REPEATS:-3}
+export THREADS=${THREADS:-2} REPEATS=${REPEATS:-3} PRECISIONS=${PRECISIONS:-fp32}
 PY=/usr/bin/python3
 unet=$(mktemp --suffix=.json)
 trap 'rm -f "$unet"' EXIT

@@ -788,13 +788,21 @@ def cmd_bench(a):
         if step > 0:
             times.append(dt)
     step_s = float(np.median(times)) if times else float("nan")
+    # the BLAS this process really ran on (torch may link the system
+    # libblas.so.3, the reference BLAS or OpenBLAS): the basenames of the
+    # mapped libraries that have "blas" in their name, read after the timing
+    with open("/proc/self/maps") as f:
+        fields = [line.split(None, 5) for line in f]
+    mapped = {os.path.basename(x[5].strip()) for x in fields if len(x) == 6}
+    blas = ",".join(sorted(n for n in mapped if "blas" in n))
     mod = batch["modality"]
     print(json.dumps({"step_s": step_s, "positions_per_s": a.batch_rows * a.seq_len / step_s,
                       "threads": a.threads, "steps": a.steps, "precision": a.precision,
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                       "image_fraction": float((mod == 1).mean()),
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                      "first_loss": losses[0], "last_loss": losses[-1]}))
+                      "first_loss": losses[0], "last_loss": losses[-1],
+                      "blas": blas}))
 
 
 def main():
