@@ -20,7 +20,10 @@ ifeq ($(origin CC),default)
 endif
 ARCH    ?= -march=native
 CFLAGS  ?= -O3 $(ARCH)
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -Wall -Wextra -MMD -MP
+# -fno-math-errno: sqrtf then compiles to the instruction, so loops with it
+# (AdamW) vectorize (8x faster there); the results are the same bits, as
+# IEEE square roots are exact and -std=c11 contracts no multiply-adds.
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fopenmp -fno-math-errno -Wall -Wextra -MMD -MP
 MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
 MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null)
 CFLAGS  += $(MPI_CFLAGS)
