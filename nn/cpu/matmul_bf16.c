@@ -8,9 +8,12 @@
  * one pass over them per product, against M passes of arithmetic. A
  * transposed operand needs no copy: the primitive takes any strides. The
  * linear layers hand over their B operand (a weight, or the layer input for
- * dW) in float32, and a oneDNN reorder rounds it straight into the blocked
- * layout the primitive prefers: about 800 GFLOP/s on 2 cores at the
- * reference shapes, against 650-720 with a plain bf16 B.
+ * dW) in float32, and it is rounded straight into the blocked layout the
+ * primitive prefers: about 800 GFLOP/s on 2 cores at the reference shapes,
+ * against 650-720 with a plain bf16 B. That layout is almost always
+ * BA16a64b2a, which pack_blocked writes on every thread at memory speed
+ * (oneDNN's own reorder into it, kept for any other layout, runs on one
+ * thread and took a tenth of a bf16 step).
  *
  * Primitives are built once per problem (shape, strides, alpha, beta) and
  * kept (MAX_PROBLEMS; a full cache is emptied). They run with a
@@ -42,8 +45,9 @@ typedef struct {
 
 typedef struct {
     problem p;
-    dnnl_primitive_t prim, reorder; /* reorder: b_f32 only, from b_user to b */
+    dnnl_primitive_t prim, reorder; /* reorder: b_f32 unless packed, from b_user to b */
     dnnl_memory_desc_t a, b, c, scratch, b_user;
+    int packed; /* b_f32 and b is BA16a64b2a: pack_blocked writes it */
 } entry;
 
 /* Entries are found through an open-addressing table of 2 MAX_PROBLEMS
@@ -125,10 +129,15 @@ static void build(entry *e) {
     MUST(dnnl_primitive_create(&e->prim, pd));
     if (p->b_f32) {
         e->b = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        dnnl_primitive_desc_t rpd;
-        MUST(dnnl_reorder_primitive_desc_create(&rpd, &e->b_user, engine, &e->b, engine, NULL));
-        MUST(dnnl_primitive_create(&e->reorder, rpd));
-        dnnl_primitive_desc_destroy(rpd);
+        dnnl_memory_desc_t blocked;
+        MUST(dnnl_memory_desc_init_by_tag(&blocked, 2, (dnnl_dims_t){p->K, p->N}, dnnl_bf16, dnnl_BA16a64b2a));
+        e->packed = dnnl_memory_desc_equal(&e->b, &blocked);
+        if (!e->packed) {
+            dnnl_primitive_desc_t rpd;
+            MUST(dnnl_reorder_primitive_desc_create(&rpd, &e->b_user, engine, &e->b, engine, NULL));
+            MUST(dnnl_primitive_create(&e->reorder, rpd));
+            dnnl_primitive_desc_destroy(rpd);
+        }
     }
     dnnl_primitive_desc_destroy(pd);
     if (ops) dnnl_post_ops_destroy(ops);
@@ -179,6 +188,51 @@ static const entry *entry_for(const problem *p) {
     return found;
 }
 
+/* Round to nearest even; a NaN stays a (quiet) NaN instead of carrying
+ * into the exponent. */
+static inline bf16 round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    return (u & 0x7fffffffu) > 0x7f800000u ? (bf16)((u >> 16) | 0x40u) : (bf16)r;
+}
+
+/* B [K, N] in float32 (element (k, n) at B[k ld + n], or at B[n ld + k]
+ * when tb) rounded into BA16a64b2a: blocks of 32 k by 64 n, stored n-block
+ * by n-block, and in a block for each pair of k (0-1, 2-3, ...) the 64 n as
+ * bf16 pairs (k, k+1), the operand order of VDPBF16PS. Padding is zero. */
+static void pack_blocked(void *dst, const float *B, int ld, int tb, int K, int N) {
+    int KB = (K + 31) / 32, NB = (N + 63) / 64;
+#pragma omp parallel for schedule(static) if (!omp_in_parallel())
+    for (int blk = 0; blk < NB * KB; blk++) {
+        int k0 = blk % KB * 32, n0 = blk / KB * 64;
+        uint32_t *d = (uint32_t *)dst + (size_t)blk * 32 * 64 / 2;
+        int whole = k0 + 32 <= K && n0 + 64 <= N;
+        for (int j = 0; j < 16; j++, d += 64) {
+            int k = k0 + 2 * j;
+            if (whole && !tb) {
+                const float *r0 = B + (size_t)k * ld + n0, *r1 = r0 + ld;
+#pragma omp simd
+                for (int n = 0; n < 64; n++) d[n] = round_bf16(r0[n]) | (uint32_t)round_bf16(r1[n]) << 16;
+            } else if (whole) {
+                const float *c = B + (size_t)n0 * ld + k;
+#pragma omp simd
+                for (int n = 0; n < 64; n++)
+                    d[n] = round_bf16(c[(size_t)n * ld]) | (uint32_t)round_bf16(c[(size_t)n * ld + 1]) << 16;
+            } else {
+                for (int n = 0; n < 64; n++) {
+                    uint32_t pair = 0;
+                    for (int h = 0; h < 2; h++)
+                        if (k + h < K && n0 + n < N)
+                            pair |= (uint32_t)round_bf16(tb ? B[(size_t)(n0 + n) * ld + k + h]
+                                                            : B[(size_t)(k + h) * ld + n0 + n]) << 16 * h;
+                    d[n] = pair;
+                }
+            }
+        }
+    }
+}
+
 /* C = alpha op(A) op(B) + beta C with A in bf16 and B in bf16, or (b_f32)
  * in float32, rounded by the problem's reorder into its blocked layout. */
 static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const void *B, int ldb,
@@ -196,13 +250,17 @@ static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 
     dnnl_memory_t ma, mb, mc, ms;
     MUST(dnnl_memory_create(&ma, &e->a, engine, (void *)A));
     if (b_f32) {
-        dnnl_memory_t mu;
-        MUST(dnnl_memory_create(&mu, &e->b_user, engine, (void *)B));
-        MUST(dnnl_memory_create(&mb, &e->b, engine,
-                                grow(&s->blocked, &s->blocked_bytes, dnnl_memory_desc_get_size(&e->b))));
-        dnnl_exec_arg_t rargs[] = {{DNNL_ARG_FROM, mu}, {DNNL_ARG_TO, mb}};
-        MUST(dnnl_primitive_execute(e->reorder, s->stream, 2, rargs));
-        dnnl_memory_destroy(mu);
+        void *blocked = grow(&s->blocked, &s->blocked_bytes, dnnl_memory_desc_get_size(&e->b));
+        MUST(dnnl_memory_create(&mb, &e->b, engine, blocked));
+        if (e->packed) {
+            pack_blocked(blocked, B, ldb, tb, K, N);
+        } else {
+            dnnl_memory_t mu;
+            MUST(dnnl_memory_create(&mu, &e->b_user, engine, (void *)B));
+            dnnl_exec_arg_t rargs[] = {{DNNL_ARG_FROM, mu}, {DNNL_ARG_TO, mb}};
+            MUST(dnnl_primitive_execute(e->reorder, s->stream, 2, rargs));
+            dnnl_memory_destroy(mu);
+        }
     } else {
         MUST(dnnl_memory_create(&mb, &e->b, engine, (void *)B));
     }
@@ -220,15 +278,6 @@ static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 
 void cpu_matmul_bf16(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
                      float beta, float *C, int ldc) {
     matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0, beta, C, ldc);
-}
-
-/* Round to nearest even; a NaN stays a (quiet) NaN instead of carrying
- * into the exponent. */
-static inline bf16 round_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (u & 0x7fffffffu) > 0x7f800000u ? (bf16)((u >> 16) | 0x40u) : (bf16)r;
 }
 
 static void round_rows(bf16 *dst, int ld_dst, const float *src, int ld_src, int r0, int r1, int cols) {
