@@ -6,8 +6,9 @@
 # rows of L=256, about half of the positions in images.
 #
 # Both sides time the same batch file (made once by torch_ref.py make-batch
-# --mode bench) under the same OpenMP wait policy (OMP_WAIT_POLICY, default
-# passive, the trainer's own default). In each of REPEATS rounds (default 5),
+# --mode bench) under the same OpenMP wait policy (GOMP_SPINCOUNT=1000, the
+# trainer's own default, unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is set;
+# both sides use GNU OpenMP). In each of REPEATS rounds (default 5),
 # for each thread count T (THREADS, default "1 2") and each precision P
 # (PRECISIONS, default "fp32 bf16"), it runs `$BIN/trainer bench ...
 # --threads T --precision P` and then `tests/torch_ref.py bench ... --threads T
@@ -48,7 +49,7 @@
 #
 # Knobs: CFG (default configs/bench.json) times another model config the same
 # way; BIN (default bin) is where the trainer is; THREADS, PRECISIONS,
-# REPEATS, STEPS, OMP_WAIT_POLICY as above.
+# REPEATS, STEPS, OMP_WAIT_POLICY / GOMP_SPINCOUNT as above.
 set -u
 BIN=${BIN:-bin}
 case "$BIN" in /*) ;; *) BIN="$PWD/$BIN" ;; esac
@@ -88,10 +89,11 @@ fi
 RES=$(mktemp)
 BATCH=$(mktemp --suffix=.safetensors)
 trap 'rm -f "$RES" "$RES".* "$BATCH"' EXIT
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+if [ -n "${OMP_WAIT_POLICY:-}" ]; then policy="OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
+else export GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-1000}; policy="GOMP_SPINCOUNT=$GOMP_SPINCOUNT"; fi
 "$PY" tests/torch_ref.py make-batch --config "$CFG" --out "$BATCH" --rows $ROWS --seq-len $LEN --mode bench >/dev/null ||
     { echo "error: torch_ref.py make-batch failed" >&2; exit 1; }
-echo "both sides: the batch $BATCH ($ROWS x $LEN), OMP_WAIT_POLICY=$OMP_WAIT_POLICY"
+echo "both sides: the batch $BATCH ($ROWS x $LEN), $policy"
 
 last_json() { grep '^{' | tail -n 1; }
 

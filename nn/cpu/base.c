@@ -15,8 +15,8 @@
 #include <unistd.h>
 
 void nn_startup(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    setenv("OMP_WAIT_POLICY", "passive", 1);
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    setenv("GOMP_SPINCOUNT", "1000", 1);
     execv("/proc/self/exe", argv); /* returns only on failure: run on as we are */
 }
 

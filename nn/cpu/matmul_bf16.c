@@ -206,28 +206,30 @@ static void pack_blocked(void *dst, const float *B, int ld, int tb, int K, int N
 #pragma omp parallel for schedule(static) if (!omp_in_parallel())
     for (int blk = 0; blk < NB * KB; blk++) {
         int k0 = blk % KB * 32, n0 = blk / KB * 64;
+        int nk = K - k0 < 32 ? K - k0 : 32, nn = N - n0 < 64 ? N - n0 : 64; /* short at the edges */
         uint32_t *d = (uint32_t *)dst + (size_t)blk * 32 * 64 / 2;
-        int whole = k0 + 32 <= K && n0 + 64 <= N;
-        for (int j = 0; j < 16; j++, d += 64) {
-            int k = k0 + 2 * j;
-            if (whole && !tb) {
-                const float *r0 = B + (size_t)k * ld + n0, *r1 = r0 + ld;
+        if (nk < 32 || nn < 64) memset(d, 0, 32 * 64 * sizeof(bf16));
+        if (tb) { /* B^T's rows are n: rows of pairs into a tile, the tile's columns into the block */
+            uint32_t tile[64][16];
+            for (int n = 0; n < nn; n++) {
+                const float *r = B + (size_t)(n0 + n) * ld + k0;
 #pragma omp simd
-                for (int n = 0; n < 64; n++) d[n] = round_bf16(r0[n]) | (uint32_t)round_bf16(r1[n]) << 16;
-            } else if (whole) {
-                const float *c = B + (size_t)n0 * ld + k;
+                for (int j = 0; j < nk / 2; j++) tile[n][j] = round_bf16(r[2 * j]) | (uint32_t)round_bf16(r[2 * j + 1]) << 16;
+                if (nk % 2) tile[n][nk / 2] = round_bf16(r[nk - 1]);
+            }
+            for (int j = 0; j < (nk + 1) / 2; j++)
 #pragma omp simd
-                for (int n = 0; n < 64; n++)
-                    d[n] = round_bf16(c[(size_t)n * ld]) | (uint32_t)round_bf16(c[(size_t)n * ld + 1]) << 16;
-            } else {
-                for (int n = 0; n < 64; n++) {
-                    uint32_t pair = 0;
-                    for (int h = 0; h < 2; h++)
-                        if (k + h < K && n0 + n < N)
-                            pair |= (uint32_t)round_bf16(tb ? B[(size_t)(n0 + n) * ld + k + h]
-                                                            : B[(size_t)(k + h) * ld + n0 + n]) << 16 * h;
-                    d[n] = pair;
-                }
+                for (int n = 0; n < nn; n++) d[j * 64 + n] = tile[n][j];
+            continue;
+        }
+        for (int j = 0; j < (nk + 1) / 2; j++) {
+            const float *r0 = B + (size_t)(k0 + 2 * j) * ld + n0, *r1 = r0 + ld;
+            if (2 * j + 1 < nk) {
+#pragma omp simd
+                for (int n = 0; n < nn; n++) d[j * 64 + n] = round_bf16(r0[n]) | (uint32_t)round_bf16(r1[n]) << 16;
+            } else { /* K odd: the pair's second half is padding */
+#pragma omp simd
+                for (int n = 0; n < nn; n++) d[j * 64 + n] = round_bf16(r0[n]);
             }
         }
     }
