@@ -106,7 +106,7 @@ static void forward(float *out, float *lse, const float *qkv_f, const int32_t *l
     {
         float *S = cpu_alloc((size_t)QBLOCK * L);
         bf16 *Sh = bf16_ops ? xmalloc((size_t)QBLOCK * L * sizeof(bf16)) : NULL;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
             operand Q = at(qkv, (size_t)b * L * ld + h * head_dim), K = at(Q, d), V = at(Q, 2 * d);
@@ -142,7 +142,7 @@ static void backward(float *dqkv, const float *dout_f, const float *out, const f
     {
         float *P = cpu_alloc((size_t)QBLOCK * L), *dS = cpu_alloc((size_t)QBLOCK * L);
         bf16 *Ph = bf16_ops ? xmalloc((size_t)QBLOCK * L * sizeof(bf16)) : NULL;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
             size_t row0 = (size_t)b * L;

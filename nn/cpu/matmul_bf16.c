@@ -78,8 +78,13 @@ static void *grow(void **buf, size_t *have, size_t bytes) {
 }
 
 static void need_engine(void) {
+    if (__atomic_load_n(&engine, __ATOMIC_ACQUIRE)) return; /* no lock once made: every product asks */
 #pragma omp critical(matmul_bf16_cache)
-    if (!engine) MUST(dnnl_engine_create(&engine, dnnl_cpu, 0));
+    if (!engine) {
+        dnnl_engine_t e;
+        MUST(dnnl_engine_create(&e, dnnl_cpu, 0));
+        __atomic_store_n(&engine, e, __ATOMIC_RELEASE);
+    }
 }
 
 static thread_state *this_thread(void) {
