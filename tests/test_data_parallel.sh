@@ -21,12 +21,13 @@ trap '[ -n "${KEEP:-}" ] || rm -rf "$t"' EXIT
 export ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0      # Open MPI's own allocations
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS=1 -x ASAN_OPTIONS"
 
-# run NAME RANKS ROWS ACCUM [FLAGS...]
+# [precision=P] run NAME RANKS ROWS ACCUM [FLAGS...]   (float32 unless P says otherwise)
 run() {
     local name=$1 np=$2 rows=$3 accum=$4
     shift 4
     local cmd=("$TR" train --config "${config:-configs/tiny.json}" --steps 20 --seq-len 64 --lr 3e-3 --warmup 3
-               --batch-rows "$rows" --grad-accum "$accum" --log-every 1 --seed 7 --out "$t/$name" "$@")
+               --batch-rows "$rows" --grad-accum "$accum" --log-every 1 --seed 7 --precision "${precision:-fp32}"
+               --out "$t/$name" "$@")
     if [ "$np" -eq 1 ]; then OMP_NUM_THREADS=1 "${cmd[@]}"; else $MPI -np "$np" "${cmd[@]}"; fi >"$t/$name.log" 2>&1
     if [ $? -eq 0 ] && [ -f "$t/$name/model.safetensors" ]; then ok "$name: $np ranks x $rows rows x $accum accumulation runs"
     else fail "$name: run failed"; tail -n 5 "$t/$name.log"; fi
@@ -90,9 +91,9 @@ same two_unet one_unet 1e-4
 # whole bf16 step (u = 2^-8), so they agree to a fraction of u instead:
 # measured losses 3.2e-5 relative, weights 4.3e-3 after 20 steps; held to
 # u / 8 and 2 u. And bf16 did change the run.
-run one_bf16 1 12 1 --precision bf16
-run two_bf16 2 6 1 --precision bf16
-run two_bf16_again 2 6 1 --precision bf16
+precision=bf16 run one_bf16 1 12 1
+precision=bf16 run two_bf16 2 6 1
+precision=bf16 run two_bf16_again 2 6 1
 if cmp -s "$t/two_bf16/model.safetensors" "$t/two_bf16_again/model.safetensors"; then
     ok "bf16: two 2-rank runs give the same weights bitwise"
 else

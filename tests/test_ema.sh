@@ -20,7 +20,7 @@ t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 export OMP_NUM_THREADS=1 ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -x ASAN_OPTIONS"
-base=(train --config configs/tiny.json --steps 6 --seq-len 64 --lr 3e-3 --warmup 3 --seed 5 --threads 1)
+base=(train --config configs/tiny.json --steps 6 --seq-len 64 --lr 3e-3 --warmup 3 --seed 5 --threads 1 --precision fp32)
 train() { "$TR" "${base[@]}" --ema 0.9 "$@"; }
 same_files() {      # same_files DIR_A DIR_B GLOB N: N files, each byte-identical in both
     local n=0 f

@@ -77,7 +77,7 @@ check "train --eval-every 3: figures at steps 3 and 6 in metrics.jsonl ($(grep -
     sh -c "[ \"\$(grep '\"eval\"' '$t/ev/metrics.jsonl' | cut -c1-12 | tr '\n' ' ')\" = '{\"step\":3,\"t {\"step\":6,\"t ' ]"
 check "... and in the log" grep -q "^eval at step 6: diffusion" "$t/ev.log"
 "$TR" eval --ckpt "$t/ev/step_00000006" --vae "$t/vae" --images "$t/img" --n 4 --prompts "$t/prompts.txt" --steps 20 \
-    --text "$t/text" --out "$t/ev6.json" >/dev/null 2>&1
+    --text "$t/text" --precision bf16 --out "$t/ev6.json" >/dev/null 2>&1    # (the training's precision)
 $PY -c "import json, sys; [json.dump(json.loads(l)['eval'], open(sys.argv[2], 'w')) for l in open(sys.argv[1]) if '\"step\":6,\"time' in l]" \
     "$t/ev/metrics.jsonl" "$t/ev6_train.json"
 check "the in-training figures of step 6 are those of trainer eval on its checkpoint" same "$t/ev6.json" "$t/ev6_train.json"

@@ -21,7 +21,10 @@ pid=""
 trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$t"' EXIT
 export OMP_NUM_THREADS=1 ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none -x OMP_NUM_THREADS -x ASAN_OPTIONS"
-train() { "$TR" train --config configs/tiny.json --steps 20 --seq-len 64 --lr 3e-3 --warmup 3 --seed 5 --log-every 1 --threads 1 "$@"; }
+# float32 (the CPU's training default is bf16): world sizes are compared to
+# float32 rounding below; bf16's own resume is checked at the end.
+train() { "$TR" train --config configs/tiny.json --steps 20 --seq-len 64 --lr 3e-3 --warmup 3 --seed 5 --log-every 1 --threads 1 \
+              --precision fp32 "$@"; }
 losses() { sed -n 's/^step *\([0-9]*\)\/[0-9]* *loss \([^ ]*\).*/\1 \2/p' "$1"; }
 
 train --batch-rows 4 --ckpt-dir "$t/full" --ckpt-every 5 --out "$t/full.out" >"$t/full.log" 2>&1
@@ -70,11 +73,11 @@ check "... and the torn metrics line stays on its own, the resumed ones whole" \
 
 # Another world size: 2 ranks x 4 rows <-> 1 rank x 8 rows.
 $MPI -np 2 "$TR" train --config configs/tiny.json --steps 20 --seq-len 64 --lr 3e-3 --warmup 3 --seed 5 --threads 1 \
-    --batch-rows 4 --ckpt-dir "$t/two" --ckpt-every 10 --out "$t/two.out" >"$t/two.log" 2>&1
+    --precision fp32 --batch-rows 4 --ckpt-dir "$t/two" --ckpt-every 10 --out "$t/two.out" >"$t/two.log" 2>&1
 train --batch-rows 8 --ckpt-dir "$t/one" --ckpt-every 10 --out "$t/one.out" >"$t/one.log" 2>&1
 train --batch-rows 8 --ckpt-dir "$t/two_to_one" --resume "$t/two/step_00000010" --out "$t/two_to_one.out" >"$t/21.log" 2>&1
 $MPI -np 2 "$TR" train --config configs/tiny.json --steps 20 --seq-len 64 --lr 3e-3 --warmup 3 --seed 5 --threads 1 \
-    --batch-rows 4 --ckpt-dir "$t/one_to_two" --resume "$t/one/step_00000010" --out "$t/one_to_two.out" >"$t/12.log" 2>&1
+    --precision fp32 --batch-rows 4 --ckpt-dir "$t/one_to_two" --resume "$t/one/step_00000010" --out "$t/one_to_two.out" >"$t/12.log" 2>&1
 close() {
     $PY - "$1" "$2" <<'PYEOF'
 import sys
@@ -110,13 +113,23 @@ check "U-Net: resumed at step 6, the same weights at step 12 byte for byte" \
 check "U-Net: export writes the weights and the config" \
     sh -c "cmp -s '$t/u1.out/model.safetensors' '$t/u1.export/model.safetensors' && grep -q '\"unet\"' '$t/u1.export/config.json'"
 
-# --precision bf16 resumes as exactly: 12 steps straight against 6 + 6.
+# bf16 (the CPU's training default) resumes as exactly: 12 steps straight
+# against 6 + 6, the resumed run in its checkpoint's precision without the
+# flag; a checkpoint of float32 training resumes in float32 (as one from
+# before the precision was recorded), and --precision overrides, saying so.
 bf16_run() { "$TR" train --config configs/tiny.json --steps 12 --seq-len 64 --batch-rows 2 --lr 3e-3 --warmup 3 --seed 5 \
-                 --threads 2 --precision bf16 "$@"; }
+                 --threads 2 "$@"; }
 bf16_run --ckpt-dir "$t/b1" --ckpt-every 6 --out "$t/b1.out" >"$t/b1.log" 2>&1
 bf16_run --ckpt-dir "$t/b2" --resume "$t/b1/step_00000006" --out "$t/b2.out" >"$t/b2.log" 2>&1
 check "bf16: resumed at step 6, the same weights at step 12 byte for byte" \
-    sh -c "grep -q 'resuming .*b1/step_00000006 at step 6' '$t/b2.log' && cmp -s '$t/b1.out/model.safetensors' '$t/b2.out/model.safetensors'"
+    sh -c "grep -q 'cpu bf16' '$t/b1.log' && grep -q 'resuming .*b1/step_00000006 at step 6' '$t/b2.log' &&
+           grep -q 'cpu bf16' '$t/b2.log' && cmp -s '$t/b1.out/model.safetensors' '$t/b2.out/model.safetensors'"
+bf16_run --ckpt-dir "$t/f1" --ckpt-every 6 --precision fp32 >"$t/f1.log" 2>&1
+bf16_run --ckpt-dir "$t/f2" --resume "$t/f1/step_00000006" >"$t/f2.log" 2>&1
+check "a float32 checkpoint resumes in float32" grep -q 'cpu fp32' "$t/f2.log"
+bf16_run --ckpt-dir "$t/f3" --resume "$t/f1/step_00000006" --precision bf16 >"$t/f3.log" 2>&1
+check "... and --precision bf16 switches it, saying so" \
+    sh -c "grep -q 'precision: bf16 from now on (the checkpoint was trained in fp32)' '$t/f3.log' && grep -q 'cpu bf16' '$t/f3.log'"
 
 # SIGTERM: the step finishes, a checkpoint is written, exit 0.
 "$TR" train --config configs/tiny.json --steps 100000 --seq-len 64 --batch-rows 4 --threads 1 \

@@ -21,7 +21,8 @@ const cli_flag device_flags[] = {
     {"device", FLAG_TEXT, "cpu|cuda", NULL, "cpu",
      "the backend (cpu-device: the CPU's kernels on the GPU's code path)"},
     {"precision", FLAG_CHOICE, "fp32|bf16", NULL, NULL,
-     "the matrix products' operands (default: the device's, fp32 on cpu, bf16 on cuda)"},
+     "the matrix products' operands (default: the device's, fp32 on cpu, bf16 on cuda; "
+     "train on cpu: bf16, or a resumed run's)"},
     {0},
 };
 
