@@ -8,9 +8,31 @@
  * buffer; between forward and backward only the log-sum-exp of each query is
  * kept (O(L) per head), and backward recomputes the probabilities from it.
  * One task owns all of its row-head's outputs, so no two threads write the
- * same element and the result does not depend on scheduling. */
+ * same element and the result does not depend on scheduling.
+ *
+ * Two variants share that structure and the float32 softmax arithmetic:
+ * float32 products (cpu_gemm), and bf16 products (--precision bf16) on
+ * tile_bf16.c's kernel. The bf16 variant rounds each task's q, k, v (and
+ * dout) once, into the pair layouts its six products read (tile_bf16.h):
+ * positions as rows for the A operands, positions as columns or as pairs
+ * of rows for the B operands. Pairs of positions start at position 0, so a
+ * block's key span is widened to start at an even key; the extra key lies
+ * outside every query's range and gets probability 0. Per block, the
+ * probabilities and score gradients are rounded as rows (for P V and dS K)
+ * or as pairs of rows, which read as their transposes (for P^T dO and
+ * dS^T Q).
+ *
+ * The bf16 variant walks blocks of QBLOCK_BF16 = 16 queries. Its products
+ * run at about 400 GFLOP/s on a core, so most of its time goes to the work
+ * that grows with the span (exp, the dS arithmetic, rounding P and dS),
+ * and a short block's span fits short documents more tightly: at the
+ * reference configurations a query sees 17 keys on average while a block
+ * of 64 spans 75, and 16-query blocks halved the bf16 attention's time
+ * there (same time on one long causal document). The float32 variant
+ * keeps blocks of 64 and with them its results. */
 #include "cpu.h"
 #include "matmul_bf16.h"
+#include "tile_bf16.h"
 #include "vexp.h"
 #include "../../common/error.h"
 
@@ -19,6 +41,8 @@
 #include <stdlib.h>
 
 #define QBLOCK 64
+#define QBLOCK_BF16 16
+_Static_assert(QBLOCK_BF16 % 2 == 0, "bf16 query blocks start at even positions (pairs of positions)");
 
 typedef struct {
     int k0, nk;
@@ -33,48 +57,10 @@ static key_span block_span(const int32_t *lo, const int32_t *hi, int q0, int nq)
     return (key_span){k0, k1 - k0 + 1};
 }
 
-/* A matrix operand of the products below: float32, or (bf16 precision)
- * the same matrix rounded to bf16. */
-typedef struct {
-    const float *f;
-    const bf16 *h;
-} operand;
-
-static operand at(operand m, size_t offset) {
-    return m.h ? (operand){NULL, m.h + offset} : (operand){m.f + offset, NULL};
-}
-
-static void product(int ta, int tb, int M, int N, int K, float alpha, operand A, int lda, operand B, int ldb, float beta,
-                    float *C, int ldc) {
-    if (A.h)
-        cpu_matmul_bf16(ta, tb, M, N, K, alpha, A.h, lda, B.h, ldb, beta, C, ldc);
-    else
-        cpu_gemm(ta, tb, M, N, K, alpha, A.f, lda, B.f, ldb, beta, C, ldc);
-}
-
-/* A block of probabilities or score gradients [nq, nk] as a product's
- * operand: itself, or rounded into h. */
-static operand block_operand(const float *x, bf16 *h, int nq, int nk) {
-    if (!h) return (operand){x, NULL};
-    cpu_round_bf16(h, nk, x, nk, nq, nk);
-    return (operand){NULL, h};
-}
-
-/* x[rows, cols] in the given precision: itself, or a rounded copy that the
- * caller frees. */
-static operand whole(const float *x, size_t rows, int cols, int bf16_ops, bf16 **copy) {
-    *copy = NULL;
-    if (!bf16_ops) return (operand){x, NULL};
-    *copy = xmalloc(rows * cols * sizeof(bf16));
-    cpu_round_bf16(*copy, cols, x, cols, (int)rows, cols);
-    return (operand){NULL, *copy};
-}
-
 /* Scores of a query block: S[r, j] = scale * q_{q0+r} . k_{k0+j}. */
-static void block_scores(float *S, operand Q, operand K, int ld, int q0, int nq, key_span ks, int head_dim,
+static void block_scores(float *S, const float *Q, const float *K, int ld, int q0, int nq, key_span ks, int head_dim,
                          float scale) {
-    product(0, 1, nq, ks.nk, head_dim, scale, at(Q, (size_t)q0 * ld), ld, at(K, (size_t)ks.k0 * ld), ld, 0.0f, S,
-            ks.nk);
+    cpu_gemm(0, 1, nq, ks.nk, head_dim, scale, Q + (size_t)q0 * ld, ld, K + (size_t)ks.k0 * ld, ld, 0.0f, S, ks.nk);
 }
 
 /* Softmax of s[a..e] in place, zero elsewhere in s[0..nk); returns the
@@ -94,121 +80,239 @@ static inline float softmax_range(float *s, int a, int e, int nk) {
     return mx + logf(sum);
 }
 
-/* bf16_ops: the products read bf16 operands (float32 scores, softmax and
- * accumulation). */
-static void forward(float *out, float *lse, const float *qkv_f, const int32_t *lo, const int32_t *hi, int B, int L,
-                    int H, int head_dim, int bf16_ops) {
+/* Softmax of a block's scores S [nq, nk] (keys from k0), each query's
+ * log-sum-exp into lse (at stride H). */
+static void block_softmax(float *S, float *lse, int H, const int32_t *lo, const int32_t *hi, int q0, int nq, int k0,
+                          int nk) {
+    for (int r = 0; r < nq; r++)
+        lse[(size_t)r * H] = softmax_range(S + (size_t)r * nk, lo[q0 + r] - k0, hi[q0 + r] - k0, nk);
+}
+
+/* Backward: the block's probabilities from its scores and the forward's
+ * log-sum-exp, in place. */
+static void block_probabilities(float *P, const float *lse, int H, const int32_t *lo, const int32_t *hi, int q0, int nq,
+                                int k0, int nk) {
+    for (int r = 0; r < nq; r++) {
+        float *p = P + (size_t)r * nk;
+        int a = lo[q0 + r] - k0, e = hi[q0 + r] - k0;
+        float l = lse[(size_t)r * H];
+#pragma omp simd
+        for (int j = 0; j < nk; j++) p[j] = (j >= a && j <= e) ? vexpf(p[j] - l) : 0.0f;
+    }
+}
+
+/* dS = P * (dP - D) in place of dP, with D_r = dout_r . out_r (rows of O
+ * and dO at stride d). */
+static void block_score_grads(float *dS, const float *P, const float *O, const float *dO, int d, int nq, int nk,
+                              int head_dim) {
+    for (int r = 0; r < nq; r++) {
+        const float *o = O + (size_t)r * d, *g = dO + (size_t)r * d;
+        float Di = 0.0f;
+#pragma omp simd reduction(+ : Di)
+        for (int c = 0; c < head_dim; c++) Di += g[c] * o[c];
+        float *ds = dS + (size_t)r * nk;
+        const float *p = P + (size_t)r * nk;
+#pragma omp simd
+        for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - Di);
+    }
+}
+
+void cpu_attention_forward(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi, int B, int L,
+                           int H, int head_dim) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
-    bf16 *qkv_h;
-    operand qkv = whole(qkv_f, (size_t)B * L, ld, bf16_ops, &qkv_h);
 #pragma omp parallel
     {
         float *S = cpu_alloc((size_t)QBLOCK * L);
-        bf16 *Sh = bf16_ops ? xmalloc((size_t)QBLOCK * L * sizeof(bf16)) : NULL;
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
-            operand Q = at(qkv, (size_t)b * L * ld + h * head_dim), K = at(Q, d), V = at(Q, 2 * d);
+            const float *Q = qkv + (size_t)b * L * ld + h * head_dim, *K = Q + d, *V = Q + 2 * d;
             const int32_t *lo_b = lo + (size_t)b * L, *hi_b = hi + (size_t)b * L;
             for (int q0 = 0; q0 < L; q0 += QBLOCK) {
                 int nq = L - q0 < QBLOCK ? L - q0 : QBLOCK;
                 key_span ks = block_span(lo_b, hi_b, q0, nq);
                 block_scores(S, Q, K, ld, q0, nq, ks, head_dim, scale);
-                for (int r = 0; r < nq; r++)
-                    lse[((size_t)b * L + q0 + r) * H + h] =
-                        softmax_range(S + (size_t)r * ks.nk, lo_b[q0 + r] - ks.k0, hi_b[q0 + r] - ks.k0, ks.nk);
-                product(0, 0, nq, head_dim, ks.nk, 1.0f, block_operand(S, Sh, nq, ks.nk), ks.nk,
-                        at(V, (size_t)ks.k0 * ld), ld, 0.0f, out + ((size_t)b * L + q0) * d + h * head_dim, d);
+                block_softmax(S, lse + ((size_t)b * L + q0) * H + h, H, lo_b, hi_b, q0, nq, ks.k0, ks.nk);
+                cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, V + (size_t)ks.k0 * ld, ld, 0.0f,
+                         out + ((size_t)b * L + q0) * d + h * head_dim, d);
             }
         }
         cpu_free(S);
-        free(Sh);
     }
-    free(qkv_h);
 }
 
 /* With P the probabilities and D_i = dout_i . out_i:
  *   dV += P^T dO,  dS = P * (dO V^T - D),  dQ = scale dS K,  dK += scale dS^T Q */
-static void backward(float *dqkv, const float *dout_f, const float *out, const float *lse, const float *qkv_f,
-                     const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim, int bf16_ops) {
+void cpu_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
+                            const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim) {
     int d = H * head_dim, ld = 3 * d;
     float scale = 1.0f / sqrtf((float)head_dim);
     cpu_zero(dqkv, (size_t)B * L * ld);
-    bf16 *qkv_h, *dout_h;
-    operand qkv = whole(qkv_f, (size_t)B * L, ld, bf16_ops, &qkv_h);
-    operand dout = whole(dout_f, (size_t)B * L, d, bf16_ops, &dout_h);
 #pragma omp parallel
     {
         float *P = cpu_alloc((size_t)QBLOCK * L), *dS = cpu_alloc((size_t)QBLOCK * L);
-        bf16 *Ph = bf16_ops ? xmalloc((size_t)QBLOCK * L * sizeof(bf16)) : NULL;
 #pragma omp for schedule(dynamic, 1)
         for (int task = 0; task < B * H; task++) {
             int b = task / H, h = task % H;
             size_t row0 = (size_t)b * L;
-            operand Q = at(qkv, row0 * ld + h * head_dim), K = at(Q, d), V = at(Q, 2 * d);
-            operand dO = at(dout, row0 * d + h * head_dim);
+            const float *Q = qkv + row0 * ld + h * head_dim, *K = Q + d, *V = Q + 2 * d;
+            const float *dO = dout + row0 * d + h * head_dim, *O = out + row0 * d + h * head_dim;
             float *dQ = dqkv + row0 * ld + h * head_dim, *dK = dQ + d, *dV = dQ + 2 * d;
-            const float *dO_f = dout_f + row0 * d + h * head_dim, *O = out + row0 * d + h * head_dim;
             const int32_t *lo_b = lo + row0, *hi_b = hi + row0;
             for (int q0 = 0; q0 < L; q0 += QBLOCK) {
                 int nq = L - q0 < QBLOCK ? L - q0 : QBLOCK;
                 key_span ks = block_span(lo_b, hi_b, q0, nq);
                 block_scores(P, Q, K, ld, q0, nq, ks, head_dim, scale);
-                for (int r = 0; r < nq; r++) {
-                    float *p = P + (size_t)r * ks.nk;
-                    int a = lo_b[q0 + r] - ks.k0, e = hi_b[q0 + r] - ks.k0;
-                    float l = lse[(row0 + q0 + r) * H + h];
-#pragma omp simd
-                    for (int j = 0; j < ks.nk; j++) p[j] = (j >= a && j <= e) ? vexpf(p[j] - l) : 0.0f;
-                }
-                operand dOb = at(dO, (size_t)q0 * d);
-                product(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, at(V, (size_t)ks.k0 * ld), ld, 0.0f, dS, ks.nk);
-                product(1, 0, ks.nk, head_dim, nq, 1.0f, block_operand(P, Ph, nq, ks.nk), ks.nk, dOb, d, 1.0f,
-                        dV + (size_t)ks.k0 * ld, ld);
-                for (int r = 0; r < nq; r++) {
-                    const float *o = O + (size_t)(q0 + r) * d, *g = dO_f + (size_t)(q0 + r) * d;
-                    float Di = 0.0f;
-#pragma omp simd reduction(+ : Di)
-                    for (int c = 0; c < head_dim; c++) Di += g[c] * o[c];
-                    float *ds = dS + (size_t)r * ks.nk;
-                    const float *p = P + (size_t)r * ks.nk;
-#pragma omp simd
-                    for (int j = 0; j < ks.nk; j++) ds[j] = p[j] * (ds[j] - Di);
-                }
-                operand dSb = block_operand(dS, Ph, nq, ks.nk); /* P's bf16 copy is done with */
-                product(0, 0, nq, head_dim, ks.nk, scale, dSb, ks.nk, at(K, (size_t)ks.k0 * ld), ld, 0.0f,
-                        dQ + (size_t)q0 * ld, ld);
-                product(1, 0, ks.nk, head_dim, nq, scale, dSb, ks.nk, at(Q, (size_t)q0 * ld), ld, 1.0f,
-                        dK + (size_t)ks.k0 * ld, ld);
+                block_probabilities(P, lse + (row0 + q0) * H + h, H, lo_b, hi_b, q0, nq, ks.k0, ks.nk);
+                const float *dOb = dO + (size_t)q0 * d;
+                cpu_gemm(0, 1, nq, ks.nk, head_dim, 1.0f, dOb, d, V + (size_t)ks.k0 * ld, ld, 0.0f, dS, ks.nk);
+                cpu_gemm(1, 0, ks.nk, head_dim, nq, 1.0f, P, ks.nk, dOb, d, 1.0f, dV + (size_t)ks.k0 * ld, ld);
+                block_score_grads(dS, P, O + (size_t)q0 * d, dOb, d, nq, ks.nk, head_dim);
+                cpu_gemm(0, 0, nq, head_dim, ks.nk, scale, dS, ks.nk, K + (size_t)ks.k0 * ld, ld, 0.0f,
+                         dQ + (size_t)q0 * ld, ld);
+                cpu_gemm(1, 0, ks.nk, head_dim, nq, scale, dS, ks.nk, Q + (size_t)q0 * ld, ld, 1.0f,
+                         dK + (size_t)ks.k0 * ld, ld);
             }
         }
         cpu_free(P);
         cpu_free(dS);
-        free(Ph);
     }
-    free(qkv_h);
-    free(dout_h);
 }
 
-void cpu_attention_forward(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi, int B, int L,
-                           int H, int head_dim) {
-    forward(out, lse, qkv, lo, hi, B, L, H, head_dim, 0);
+/* A block's key span for the bf16 products: started at the even key at or
+ * before the block's first (pairs of keys start at key 0); skip (0 or 1)
+ * is the extra key in front. */
+typedef struct {
+    int k0, nk, skip;
+} even_span;
+
+static even_span block_even_span(const int32_t *lo, const int32_t *hi, int q0, int nq) {
+    key_span ks = block_span(lo, hi, q0, nq);
+    int skip = ks.k0 % 2;
+    return (even_span){ks.k0 - skip, ks.nk + skip, skip};
+}
+
+/* One thread's buffers for the bf16 variant, for rows of L positions of
+ * one head (hd columns, hp = (hd+1)/2 pairs of them):
+ *   q, dout  [L, hp]        positions as rows: A of q k^T and dout v^T
+ *   kt, vt   [hp, L]        positions as columns: B of q k^T and dout v^T
+ *   v, k, qp, doutp [(L+1)/2, hd]  pairs of positions: B of P V, dS K,
+ *                           dS^T Q and P^T dO
+ *   rows     [QBLOCK_BF16, (L+2)/2]  a block's P or dS as rows of pairs
+ *   cols     [QBLOCK_BF16/2, L+1]    a block's P or dS as pairs of rows
+ * and float32 block scratch S, dS of QBLOCK_BF16 x (L+1) (a span can be
+ * widened by one key). */
+typedef struct {
+    uint32_t *q, *dout, *kt, *vt, *v, *k, *qp, *doutp, *rows, *cols;
+    float *S, *dS;
+} bf16_buffers;
+
+static bf16_buffers bf16_alloc(int L, int head_dim) {
+    size_t by_rows = (size_t)L * ((head_dim + 1) / 2), by_pairs = (size_t)(L + 1) / 2 * head_dim;
+    size_t task = by_rows > by_pairs ? by_rows : by_pairs, block = (size_t)QBLOCK_BF16 * (L + 1);
+    bf16_buffers t;
+    uint32_t **tasks[] = {&t.q, &t.dout, &t.kt, &t.vt, &t.v, &t.k, &t.qp, &t.doutp};
+    for (int i = 0; i < 8; i++) *tasks[i] = xmalloc(task * sizeof(uint32_t));
+    t.rows = xmalloc(block * sizeof(uint32_t)); /* block >= both sizes above */
+    t.cols = xmalloc(block * sizeof(uint32_t));
+    t.S = cpu_alloc(block);
+    t.dS = cpu_alloc(block);
+    return t;
+}
+
+static void bf16_free(bf16_buffers *t) {
+    uint32_t *tasks[] = {t->q, t->dout, t->kt, t->vt, t->v, t->k, t->qp, t->doutp, t->rows, t->cols};
+    for (int i = 0; i < 10; i++) free(tasks[i]);
+    cpu_free(t->S);
+    cpu_free(t->dS);
 }
 
 void cpu_attention_forward_bf16(float *out, float *lse, const float *qkv, const int32_t *lo, const int32_t *hi, int B,
                                 int L, int H, int head_dim) {
-    forward(out, lse, qkv, lo, hi, B, L, H, head_dim, 1);
+    int d = H * head_dim, ld = 3 * d, hp = (head_dim + 1) / 2;
+    float scale = 1.0f / sqrtf((float)head_dim);
+#pragma omp parallel
+    {
+        bf16_buffers t = bf16_alloc(L, head_dim);
+#pragma omp for schedule(dynamic, 1)
+        for (int task = 0; task < B * H; task++) {
+            int b = task / H, h = task % H;
+            const float *Q = qkv + (size_t)b * L * ld + h * head_dim, *K = Q + d, *V = Q + 2 * d;
+            const int32_t *lo_b = lo + (size_t)b * L, *hi_b = hi + (size_t)b * L;
+            bf16_pairs_along_cols(t.q, hp, Q, ld, L, head_dim);
+            bf16_pairs_transposed(t.kt, L, K, ld, L, head_dim);
+            bf16_pairs_along_rows(t.v, head_dim, V, ld, L, head_dim);
+            for (int q0 = 0; q0 < L; q0 += QBLOCK_BF16) {
+                int nq = L - q0 < QBLOCK_BF16 ? L - q0 : QBLOCK_BF16;
+                even_span ks = block_even_span(lo_b, hi_b, q0, nq);
+                int kp = (ks.nk + 1) / 2;
+                /* P = softmax(scale Q K^T), O = P V */
+                bf16_gemm(nq, ks.nk, hp, scale, t.q + (size_t)q0 * hp, hp, 1, t.kt + ks.k0, L, 0.0f, t.S, ks.nk);
+                block_softmax(t.S, lse + ((size_t)b * L + q0) * H + h, H, lo_b, hi_b, q0, nq, ks.k0, ks.nk);
+                bf16_pairs_along_cols(t.rows, kp, t.S, ks.nk, nq, ks.nk);
+                bf16_gemm(nq, head_dim, kp, 1.0f, t.rows, kp, 1, t.v + (size_t)ks.k0 / 2 * head_dim, head_dim, 0.0f,
+                          out + ((size_t)b * L + q0) * d + h * head_dim, d);
+            }
+        }
+        bf16_free(&t);
+    }
 }
 
-void cpu_attention_backward(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
-                            const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim) {
-    backward(dqkv, dout, out, lse, qkv, lo, hi, B, L, H, head_dim, 0);
-}
-
+/* cpu_attention_backward's products on bf16 operands. dV and dK are
+ * updated on the block's own keys only: the extra key in front of a
+ * widened span has probability 0 and nothing to add. */
 void cpu_attention_backward_bf16(float *dqkv, const float *dout, const float *out, const float *lse, const float *qkv,
                                  const int32_t *lo, const int32_t *hi, int B, int L, int H, int head_dim) {
-    backward(dqkv, dout, out, lse, qkv, lo, hi, B, L, H, head_dim, 1);
+    int d = H * head_dim, ld = 3 * d, hp = (head_dim + 1) / 2;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    cpu_zero(dqkv, (size_t)B * L * ld);
+#pragma omp parallel
+    {
+        bf16_buffers t = bf16_alloc(L, head_dim);
+#pragma omp for schedule(dynamic, 1)
+        for (int task = 0; task < B * H; task++) {
+            int b = task / H, h = task % H;
+            size_t row0 = (size_t)b * L;
+            const float *Q = qkv + row0 * ld + h * head_dim, *K = Q + d, *V = Q + 2 * d;
+            const float *dO = dout + row0 * d + h * head_dim, *O = out + row0 * d + h * head_dim;
+            float *dQ = dqkv + row0 * ld + h * head_dim, *dK = dQ + d, *dV = dQ + 2 * d;
+            const int32_t *lo_b = lo + row0, *hi_b = hi + row0;
+            bf16_pairs_along_cols(t.q, hp, Q, ld, L, head_dim);
+            bf16_pairs_along_cols(t.dout, hp, dO, d, L, head_dim);
+            bf16_pairs_transposed(t.kt, L, K, ld, L, head_dim);
+            bf16_pairs_transposed(t.vt, L, V, ld, L, head_dim);
+            bf16_pairs_along_rows(t.k, head_dim, K, ld, L, head_dim);
+            bf16_pairs_along_rows(t.qp, head_dim, Q, ld, L, head_dim);
+            bf16_pairs_along_rows(t.doutp, head_dim, dO, d, L, head_dim);
+            for (int q0 = 0; q0 < L; q0 += QBLOCK_BF16) {
+                int nq = L - q0 < QBLOCK_BF16 ? L - q0 : QBLOCK_BF16, qp = (nq + 1) / 2;
+                even_span ks = block_even_span(lo_b, hi_b, q0, nq);
+                int kp = (ks.nk + 1) / 2, nk_own = ks.nk - ks.skip;
+                float *P = t.S, *dS = t.dS;
+                /* pairs of positions from the span's first key and the block's first query (both even) */
+                const uint32_t *k_span = t.k + (size_t)ks.k0 / 2 * head_dim;
+                const uint32_t *q_block = t.qp + (size_t)q0 / 2 * head_dim;
+                const uint32_t *dout_block = t.doutp + (size_t)q0 / 2 * head_dim;
+                /* P = softmax(scale Q K^T), dP = dO V^T (into dS) */
+                bf16_gemm(nq, ks.nk, hp, scale, t.q + (size_t)q0 * hp, hp, 1, t.kt + ks.k0, L, 0.0f, P, ks.nk);
+                block_probabilities(P, lse + (row0 + q0) * H + h, H, lo_b, hi_b, q0, nq, ks.k0, ks.nk);
+                bf16_gemm(nq, ks.nk, hp, 1.0f, t.dout + (size_t)q0 * hp, hp, 1, t.vt + ks.k0, L, 0.0f, dS, ks.nk);
+                /* dV += P^T dO */
+                bf16_pairs_along_rows(t.cols, ks.nk, P, ks.nk, nq, ks.nk);
+                bf16_gemm(nk_own, head_dim, qp, 1.0f, t.cols + ks.skip, 1, ks.nk, dout_block, head_dim, 1.0f,
+                          dV + (size_t)(ks.k0 + ks.skip) * ld, ld);
+                /* dS = P * (dP - D), dQ = scale dS K, dK += scale dS^T Q */
+                block_score_grads(dS, P, O + (size_t)q0 * d, dO + (size_t)q0 * d, d, nq, ks.nk, head_dim);
+                bf16_pairs_along_cols(t.rows, kp, dS, ks.nk, nq, ks.nk);
+                bf16_gemm(nq, head_dim, kp, scale, t.rows, kp, 1, k_span, head_dim, 0.0f, dQ + (size_t)q0 * ld, ld);
+                bf16_pairs_along_rows(t.cols, ks.nk, dS, ks.nk, nq, ks.nk);
+                bf16_gemm(nk_own, head_dim, qp, scale, t.cols + ks.skip, 1, ks.nk, q_block, head_dim, 1.0f,
+                          dK + (size_t)(ks.k0 + ks.skip) * ld, ld);
+            }
+        }
+        bf16_free(&t);
+    }
 }
 
 /* Queries are grouped into blocks of up to QBLOCK consecutive rows with the
@@ -235,8 +339,7 @@ void cpu_attention_rows(float *out, const float *q, const float *kv, const int32
         for (int task = 0; task < nb * H; task++) {
             int b = task / H, h = task % H, q0 = start[b], nq = start[b + 1] - q0;
             key_span ks = block_span(lo, hi, q0, nq);
-            block_scores(S, (operand){q + h * head_dim, NULL}, (operand){k + h * head_dim, NULL}, ld, q0, nq, ks,
-                         head_dim, scale);
+            block_scores(S, q + h * head_dim, k + h * head_dim, ld, q0, nq, ks, head_dim, scale);
             for (int r = 0; r < nq; r++)
                 softmax_range(S + (size_t)r * ks.nk, lo[q0 + r] - ks.k0, hi[q0 + r] - ks.k0, ks.nk);
             cpu_gemm(0, 0, nq, head_dim, ks.nk, 1.0f, S, ks.nk, v + (size_t)ks.k0 * ld + h * head_dim, ld, 0.0f,
@@ -244,5 +347,4 @@ void cpu_attention_rows(float *out, const float *q, const float *kv, const int32
         }
         cpu_free(S);
     }
-    free(start);
 }

@@ -17,11 +17,12 @@
  *
  * Primitives are built once per problem (shape, strides, alpha, beta) and
  * kept (MAX_PROBLEMS; a full cache is emptied). They run with a
- * caller-provided scratchpad, so the attention kernel's threads may run the
- * same primitive at once, each single-threaded on its own buffers. For a
- * given thread count oneDNN splits the work the same way every time, so
- * results repeat bit for bit. */
+ * caller-provided scratchpad from the calling thread's state, so threads
+ * may run products at once. For a given thread count oneDNN splits the
+ * work the same way every time, so results repeat bit for bit. (The bf16
+ * attention's small block products have their own kernel, tile_bf16.c.) */
 #include "matmul_bf16.h"
+#include "bf16.h"
 #include "../../common/error.h"
 
 #include <oneapi/dnnl/dnnl.h>
@@ -39,15 +40,14 @@
 
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldc, nested;
-    int b_f32; /* B comes in float32 and is reordered into the primitive's layout */
     float alpha, beta;
 } problem;
 
 typedef struct {
     problem p;
-    dnnl_primitive_t prim, reorder; /* reorder: b_f32 unless packed, from b_user to b */
+    dnnl_primitive_t prim, reorder; /* reorder: unless packed, from b_user (float32) to b */
     dnnl_memory_desc_t a, b, c, scratch, b_user;
-    int packed; /* b_f32 and b is BA16a64b2a: pack_blocked writes it */
+    int packed; /* b is BA16a64b2a: pack_blocked writes it */
 } entry;
 
 /* Entries are found through an open-addressing table of 2 MAX_PROBLEMS
@@ -109,12 +109,8 @@ static void desc(dnnl_memory_desc_t *md, int rows, int cols, int ld, int trans, 
 static void build(entry *e) {
     const problem *p = &e->p;
     desc(&e->a, p->M, p->K, p->lda, p->ta, dnnl_bf16);
-    if (p->b_f32) {
-        desc(&e->b_user, p->K, p->N, p->ldb, p->tb, dnnl_f32);
-        MUST(dnnl_memory_desc_init_by_tag(&e->b, 2, (dnnl_dims_t){p->K, p->N}, dnnl_bf16, dnnl_format_tag_any));
-    } else {
-        desc(&e->b, p->K, p->N, p->ldb, p->tb, dnnl_bf16);
-    }
+    desc(&e->b_user, p->K, p->N, p->ldb, p->tb, dnnl_f32);
+    MUST(dnnl_memory_desc_init_by_tag(&e->b, 2, (dnnl_dims_t){p->K, p->N}, dnnl_bf16, dnnl_format_tag_any));
     desc(&e->c, p->M, p->N, p->ldc, 0, dnnl_f32);
     dnnl_matmul_desc_t md;
     MUST(dnnl_matmul_desc_init(&md, &e->a, &e->b, NULL, &e->c));
@@ -132,17 +128,15 @@ static void build(entry *e) {
     MUST(dnnl_primitive_desc_create(&pd, &md, attr, engine, NULL));
     e->scratch = *dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
     MUST(dnnl_primitive_create(&e->prim, pd));
-    if (p->b_f32) {
-        e->b = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        dnnl_memory_desc_t blocked;
-        MUST(dnnl_memory_desc_init_by_tag(&blocked, 2, (dnnl_dims_t){p->K, p->N}, dnnl_bf16, dnnl_BA16a64b2a));
-        e->packed = dnnl_memory_desc_equal(&e->b, &blocked);
-        if (!e->packed) {
-            dnnl_primitive_desc_t rpd;
-            MUST(dnnl_reorder_primitive_desc_create(&rpd, &e->b_user, engine, &e->b, engine, NULL));
-            MUST(dnnl_primitive_create(&e->reorder, rpd));
-            dnnl_primitive_desc_destroy(rpd);
-        }
+    e->b = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    dnnl_memory_desc_t blocked;
+    MUST(dnnl_memory_desc_init_by_tag(&blocked, 2, (dnnl_dims_t){p->K, p->N}, dnnl_bf16, dnnl_BA16a64b2a));
+    e->packed = dnnl_memory_desc_equal(&e->b, &blocked);
+    if (!e->packed) {
+        dnnl_primitive_desc_t rpd;
+        MUST(dnnl_reorder_primitive_desc_create(&rpd, &e->b_user, engine, &e->b, engine, NULL));
+        MUST(dnnl_primitive_create(&e->reorder, rpd));
+        dnnl_primitive_desc_destroy(rpd);
     }
     dnnl_primitive_desc_destroy(pd);
     if (ops) dnnl_post_ops_destroy(ops);
@@ -193,15 +187,6 @@ static const entry *entry_for(const problem *p) {
     return found;
 }
 
-/* Round to nearest even; a NaN stays a (quiet) NaN instead of carrying
- * into the exponent. */
-static inline bf16 round_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    return (u & 0x7fffffffu) > 0x7f800000u ? (bf16)((u >> 16) | 0x40u) : (bf16)r;
-}
-
 /* B [K, N] in float32 (element (k, n) at B[k ld + n], or at B[n ld + k]
  * when tb) rounded into BA16a64b2a: blocks of 32 k by 64 n, stored n-block
  * by n-block, and in a block for each pair of k (0-1, 2-3, ...) the 64 n as
@@ -240,10 +225,10 @@ static void pack_blocked(void *dst, const float *B, int ld, int tb, int K, int N
     }
 }
 
-/* C = alpha op(A) op(B) + beta C with A in bf16 and B in bf16, or (b_f32)
- * in float32, rounded by the problem's reorder into its blocked layout. */
-static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const void *B, int ldb,
-                   int b_f32, float beta, float *C, int ldc) {
+/* C = alpha op(A) op(B) + beta C with A in bf16 and B in float32, rounded
+ * into the primitive's blocked layout. */
+static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const float *B, int ldb,
+                   float beta, float *C, int ldc) {
     if (M == 0 || N == 0) return;
     if (K == 0) { /* a product over nothing: C = beta C */
         for (int i = 0; i < M; i++)
@@ -252,24 +237,20 @@ static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 
     }
     thread_state *s = this_thread();
     /* (no padding: problems are compared with memcmp) */
-    problem p = {ta, tb, M, N, K, lda, ldb, ldc, omp_in_parallel(), b_f32, alpha, beta};
+    problem p = {ta, tb, M, N, K, lda, ldb, ldc, omp_in_parallel(), alpha, beta};
     const entry *e = entry_for(&p);
     dnnl_memory_t ma, mb, mc, ms;
     MUST(dnnl_memory_create(&ma, &e->a, engine, (void *)A));
-    if (b_f32) {
-        void *blocked = grow(&s->blocked, &s->blocked_bytes, dnnl_memory_desc_get_size(&e->b));
-        MUST(dnnl_memory_create(&mb, &e->b, engine, blocked));
-        if (e->packed) {
-            pack_blocked(blocked, B, ldb, tb, K, N);
-        } else {
-            dnnl_memory_t mu;
-            MUST(dnnl_memory_create(&mu, &e->b_user, engine, (void *)B));
-            dnnl_exec_arg_t rargs[] = {{DNNL_ARG_FROM, mu}, {DNNL_ARG_TO, mb}};
-            MUST(dnnl_primitive_execute(e->reorder, s->stream, 2, rargs));
-            dnnl_memory_destroy(mu);
-        }
+    void *blocked = grow(&s->blocked, &s->blocked_bytes, dnnl_memory_desc_get_size(&e->b));
+    MUST(dnnl_memory_create(&mb, &e->b, engine, blocked));
+    if (e->packed) {
+        pack_blocked(blocked, B, ldb, tb, K, N);
     } else {
-        MUST(dnnl_memory_create(&mb, &e->b, engine, (void *)B));
+        dnnl_memory_t mu;
+        MUST(dnnl_memory_create(&mu, &e->b_user, engine, (void *)B));
+        dnnl_exec_arg_t rargs[] = {{DNNL_ARG_FROM, mu}, {DNNL_ARG_TO, mb}};
+        MUST(dnnl_primitive_execute(e->reorder, s->stream, 2, rargs));
+        dnnl_memory_destroy(mu);
     }
     MUST(dnnl_memory_create(&mc, &e->c, engine, C));
     MUST(dnnl_memory_create(&ms, &e->scratch, engine,
@@ -282,11 +263,6 @@ static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 
     dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
 }
 
-void cpu_matmul_bf16(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const bf16 *B, int ldb,
-                     float beta, float *C, int ldc) {
-    matmul(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0, beta, C, ldc);
-}
-
 static void round_rows(bf16 *dst, int ld_dst, const float *src, int ld_src, int r0, int r1, int cols) {
     for (int r = r0; r < r1; r++) {
         const float *s = src + (size_t)r * ld_src;
@@ -296,9 +272,11 @@ static void round_rows(bf16 *dst, int ld_dst, const float *src, int ld_src, int 
     }
 }
 
-void cpu_round_bf16(bf16 *dst, int ld_dst, const float *src, int ld_src, int rows, int cols) {
-    /* A small block (attention's) on the calling thread: even a one-thread
-     * parallel region costs microseconds. */
+/* dst[r, c] = src[r, c] rounded, rows x cols, each side at its own row
+ * stride; threaded unless small. */
+static void round_matrix(bf16 *dst, int ld_dst, const float *src, int ld_src, int rows, int cols) {
+    /* A small matrix on the calling thread: even a parallel region costs
+     * microseconds. */
     if (omp_in_parallel() || (size_t)rows * cols < 65536) {
         round_rows(dst, ld_dst, src, ld_src, 0, rows, cols);
         return;
@@ -322,8 +300,8 @@ static void operands(bf16 **out, const size_t *sizes, int n) {
 void cpu_linear_forward_bf16(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
     bf16 *op[1];
     operands(op, (size_t[]){(size_t)N * in}, 1);
-    cpu_round_bf16(op[0], in, x, in, N, in);
-    matmul(0, 1, N, out, in, 1.0f, op[0], in, W, in, 1, 0.0f, y, out);
+    round_matrix(op[0], in, x, in, N, in);
+    matmul(0, 1, N, out, in, 1.0f, op[0], in, W, in, 0.0f, y, out);
     if (b) cpu_add_bias_rows(y, b, N, out);
 }
 
@@ -331,8 +309,8 @@ void cpu_linear_backward_bf16(float *dx, float *dW, float *db, const float *dy, 
                               int in, int out, int acc) {
     bf16 *op[1]; /* dy, rounded once for both products */
     operands(op, (size_t[]){(size_t)N * out}, 1);
-    cpu_round_bf16(op[0], out, dy, out, N, out);
-    if (dx) matmul(0, 0, N, in, out, 1.0f, op[0], out, W, in, 1, acc ? 1.0f : 0.0f, dx, in);
-    matmul(1, 0, out, in, N, 1.0f, op[0], out, x, in, 1, 1.0f, dW, in);
+    round_matrix(op[0], out, dy, out, N, out);
+    if (dx) matmul(0, 0, N, in, out, 1.0f, op[0], out, W, in, acc ? 1.0f : 0.0f, dx, in);
+    matmul(1, 0, out, in, N, 1.0f, op[0], out, x, in, 1.0f, dW, in);
     if (db) cpu_add_column_sums(db, dy, (size_t)N, out);
 }
