@@ -347,4 +347,5 @@ void cpu_attention_rows(float *out, const float *q, const float *kv, const int32
         }
         cpu_free(S);
     }
+    free(start);
 }
