@@ -23,6 +23,7 @@
  * attention's small block products have their own kernel, tile_bf16.c.) */
 #include "matmul_bf16.h"
 #include "bf16.h"
+#include "tile_bf16.h"
 #include "../../common/error.h"
 
 #include <oneapi/dnnl/dnnl.h>
@@ -190,7 +191,9 @@ static const entry *entry_for(const problem *p) {
 /* B [K, N] in float32 (element (k, n) at B[k ld + n], or at B[n ld + k]
  * when tb) rounded into BA16a64b2a: blocks of 32 k by 64 n, stored n-block
  * by n-block, and in a block for each pair of k (0-1, 2-3, ...) the 64 n as
- * bf16 pairs (k, k+1), the operand order of VDPBF16PS. Padding is zero. */
+ * bf16 pairs (k, k+1), the operand order of VDPBF16PS. A block is a 16 x 64
+ * matrix of tile_bf16.h's pairs: two rows of B interleaved, or B^T's rows
+ * transposed. Padding is zero. */
 static void pack_blocked(void *dst, const float *B, int ld, int tb, int K, int N) {
     int KB = (K + 31) / 32, NB = (N + 63) / 64;
 #pragma omp parallel for schedule(static) if (!omp_in_parallel())
@@ -199,29 +202,10 @@ static void pack_blocked(void *dst, const float *B, int ld, int tb, int K, int N
         int nk = K - k0 < 32 ? K - k0 : 32, nn = N - n0 < 64 ? N - n0 : 64; /* short at the edges */
         uint32_t *d = (uint32_t *)dst + (size_t)blk * 32 * 64 / 2;
         if (nk < 32 || nn < 64) memset(d, 0, 32 * 64 * sizeof(bf16));
-        if (tb) { /* B^T's rows are n: rows of pairs into a tile, the tile's columns into the block */
-            uint32_t tile[64][16];
-            for (int n = 0; n < nn; n++) {
-                const float *r = B + (size_t)(n0 + n) * ld + k0;
-#pragma omp simd
-                for (int j = 0; j < nk / 2; j++) tile[n][j] = round_bf16(r[2 * j]) | (uint32_t)round_bf16(r[2 * j + 1]) << 16;
-                if (nk % 2) tile[n][nk / 2] = round_bf16(r[nk - 1]);
-            }
-            for (int j = 0; j < (nk + 1) / 2; j++)
-#pragma omp simd
-                for (int n = 0; n < nn; n++) d[j * 64 + n] = tile[n][j];
-            continue;
-        }
-        for (int j = 0; j < (nk + 1) / 2; j++) {
-            const float *r0 = B + (size_t)(k0 + 2 * j) * ld + n0, *r1 = r0 + ld;
-            if (2 * j + 1 < nk) {
-#pragma omp simd
-                for (int n = 0; n < nn; n++) d[j * 64 + n] = round_bf16(r0[n]) | (uint32_t)round_bf16(r1[n]) << 16;
-            } else { /* K odd: the pair's second half is padding */
-#pragma omp simd
-                for (int n = 0; n < nn; n++) d[j * 64 + n] = round_bf16(r0[n]);
-            }
-        }
+        if (tb)
+            bf16_pairs_transposed(d, 64, B + (size_t)n0 * ld + k0, ld, nn, nk);
+        else
+            bf16_pairs_along_rows(d, 64, B + (size_t)k0 * ld + n0, ld, nk, nn);
     }
 }
 
