@@ -38,14 +38,24 @@ static float *random_matrix(size_t n, int round) {
     return x;
 }
 
-/* The largest |got - sum| over outputs, each relative to its sum of |terms|. */
-typedef struct {
-    double worst;
-} error;
-
-static void compare(error *e, double got, double sum, double abs_sum) {
-    double r = fabs(got - sum) / (abs_sum > 0 ? abs_sum : 1.0);
-    if (r > e->worst || r != r) e->worst = r != r ? INFINITY : r;
+/* The worst error of C [M, N] (row-major) against init + A B in float64 on
+ * the bf16-rounded operands, each output's relative to its sum of |terms|:
+ * A(i, k) = A[i a_i + k a_k], B(k, j) = B[k b_k + j b_j], and init(i, j) =
+ * init[i init_i + j] (none when init is NULL). A NaN is the worst. */
+static double worst_error(const float *C, int M, int N, int K, const float *A, size_t a_i, size_t a_k, const float *B,
+                          size_t b_k, size_t b_j, const float *init, size_t init_i) {
+    double worst = 0.0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = init ? init[i * init_i + j] : 0.0, a = fabs(s);
+            for (int k = 0; k < K; k++) {
+                double t = (double)bf16_round(A[i * a_i + k * a_k]) * bf16_round(B[k * b_k + j * b_j]);
+                s += t, a += fabs(t);
+            }
+            double r = fabs(C[(size_t)i * N + j] - s) / (a > 0 ? a : 1.0);
+            if (!(r <= worst)) worst = r != r ? INFINITY : r;
+        }
+    return worst;
 }
 
 static void linear_case(int N, int in, int out) {
@@ -58,37 +68,13 @@ static void linear_case(int N, int in, int out) {
     nn_linear_forward(y, x, W, b, N, in, out);
     nn_linear_backward(dx, dW, db, dy, x, W, N, in, out, 0);
 
-    error fy = {0}, fdx = {0}, fdw = {0};
-    for (int i = 0; i < N; i++)
-        for (int o = 0; o < out; o++) {
-            double s = b[o], a = fabs(b[o]);
-            for (int k = 0; k < in; k++) {
-                double t = (double)bf16_round(x[(size_t)i * in + k]) * bf16_round(W[(size_t)o * in + k]);
-                s += t, a += fabs(t);
-            }
-            compare(&fy, y[(size_t)i * out + o], s, a);
-        }
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < in; k++) {
-            double s = 0, a = 0;
-            for (int o = 0; o < out; o++) {
-                double t = (double)bf16_round(dy[(size_t)i * out + o]) * bf16_round(W[(size_t)o * in + k]);
-                s += t, a += fabs(t);
-            }
-            compare(&fdx, dx[(size_t)i * in + k], s, a);
-        }
-    for (int o = 0; o < out; o++)
-        for (int k = 0; k < in; k++) {
-            double s = dW0[(size_t)o * in + k], a = fabs(s);
-            for (int i = 0; i < N; i++) {
-                double t = (double)bf16_round(dy[(size_t)i * out + o]) * bf16_round(x[(size_t)i * in + k]);
-                s += t, a += fabs(t);
-            }
-            compare(&fdw, dW[(size_t)o * in + k], s, a);
-        }
-    CHECK(fy.worst <= TOL, "bf16 linear N=%d in=%d out=%d: y (worst %.2g)", N, in, out, fy.worst);
-    CHECK(fdx.worst <= TOL, "bf16 linear N=%d in=%d out=%d: dx (worst %.2g)", N, in, out, fdx.worst);
-    CHECK(fdw.worst <= TOL, "bf16 linear N=%d in=%d out=%d: dW accumulated (worst %.2g)", N, in, out, fdw.worst);
+    /* y = b + x W^T, dx = dy W, dW = dW0 + dy^T x */
+    double ey = worst_error(y, N, out, in, x, in, 1, W, 1, in, b, 0);
+    double edx = worst_error(dx, N, in, out, dy, out, 1, W, in, 1, NULL, 0);
+    double edw = worst_error(dW, out, in, N, dy, 1, out, x, in, 1, dW0, in);
+    CHECK(ey <= TOL, "bf16 linear N=%d in=%d out=%d: y (worst %.2g)", N, in, out, ey);
+    CHECK(edx <= TOL, "bf16 linear N=%d in=%d out=%d: dx (worst %.2g)", N, in, out, edx);
+    CHECK(edw <= TOL, "bf16 linear N=%d in=%d out=%d: dW accumulated (worst %.2g)", N, in, out, edw);
     float *all[] = {x, W, dy, b, y, dx, dW, dW0, db};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) nn_free(all[i]);
 }
