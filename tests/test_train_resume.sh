@@ -175,9 +175,9 @@ if how == "step":          # the index alone edited: step 20 -> 21
     sys.exit(0)
 if how == "parts":         # an optimizer part's offset off by one
     index["optimizer_parts"][0]["offset"] += 1
-if how == "state":         # trainer_state.json says another step
+if how in ("state", "precision"):   # trainer_state.json says another step, or no precision there is
     state = json.load(open(d + "/trainer_state.json"))
-    state["step"] = 19
+    state.update({"step": 19} if how == "state" else {"precision": "fp16"})
     rewrite("trainer_state.json", json.dumps(state))
 text = json.dumps(index)
 open(d + "/model.safetensors.index.json", "w").write(text)
@@ -191,6 +191,11 @@ for how in step:index.crc32c parts:"range. does not match the index" state:"trai
         sh -c "grep -q 'skipping .*step_00000020: .*${how#*:}' '$t/forged.log' &&
                grep -q 'resuming .*step_00000015 at step 15' '$t/forged.log'"
 done
+
+forge forged_precision precision
+bad "--resume of a checkpoint whose trainer_state.json names an unknown precision" \
+    'trainer_state.json: precision: expected "fp32" or "bf16"' \
+    train --batch-rows 4 --ckpt-dir "$t/forged_precision" --resume "$t/forged_precision/step_00000020" --steps 21
 
 # A damaged newest checkpoint: auto falls back, an explicit path fails.
 printf 'X' | dd of="$t/full/step_00000020/config.json" bs=1 seek=3 conv=notrunc 2>/dev/null

@@ -271,6 +271,8 @@ static const char *train_precision(const args *a, const ckpt_reader *rd) {
     const char *given = arg_given(a, "precision") ? arg_str(a, "precision") : NULL;
     const cJSON *was = rd ? cJSON_GetObjectItemCaseSensitive(rd->state, "precision") : NULL;
     const char *then = cJSON_IsString(was) ? was->valuestring : rd ? "fp32" : NULL;
+    if (was && !(cJSON_IsString(was) && (strcmp(then, "fp32") == 0 || strcmp(then, "bf16") == 0)))
+        die_input("--resume %s: trainer_state.json: precision: expected \"fp32\" or \"bf16\"", rd->dir);
     if (given && then && strcmp(given, then) != 0 && dist_rank() == 0)
         fprintf(stderr, "precision: %s from now on (the checkpoint was trained in %s)\n", given, then);
     if (given || strcmp(arg_str(a, "device"), "cuda") == 0) return given;
