@@ -11,9 +11,9 @@
  * dW) in float32, and it is rounded straight into the blocked layout the
  * primitive prefers: about 800 GFLOP/s on 2 cores at the reference shapes,
  * against 650-720 with a plain bf16 B. That layout is almost always
- * BA16a64b2a, which pack_blocked writes on every thread at memory speed
- * (oneDNN's own reorder into it, kept for any other layout, runs on one
- * thread and took a tenth of a bf16 step).
+ * BA16a64b2a, which pack_blocked writes on every thread with tile_bf16.c's
+ * packers (oneDNN's own reorder into it, kept for any other layout, runs on
+ * one thread and took a tenth of a bf16 step).
  *
  * Primitives are built once per problem (shape, strides, alpha, beta) and
  * kept (MAX_PROBLEMS; a full cache is emptied). They run with a
