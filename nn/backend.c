@@ -15,9 +15,11 @@ const nn_backend nn_cpu_backend = {
     .host_memory = 1,
 #define NN_V(name, params, args) .name = cpu_##name,
 #define NN_R(type, name, params, args) .name = cpu_##name,
+#define NN_FUSED(name, params, args) /* NULL */
 #include "kernels.def"
 #undef NN_V
 #undef NN_R
+#undef NN_FUSED
 };
 
 /* The CPU's kernels behind the interface of a device backend: the model
@@ -64,16 +66,48 @@ static void prof_end(int k, double t0) {
     prof_calls[k]++;
 }
 
+/* The fused kernels of a backend that leaves them NULL: the plain kernels
+ * they stand for, in turn (kernels.def). */
+static void plain_linear_add_forward(float *y, const float *x, const float *W, const float *residual, int N, int in,
+                                     int out) {
+    nn_linear_forward(y, x, W, NULL, N, in, out);
+    nn_add(y, residual, (size_t)N * out);
+}
+
+static void plain_rmsnorm_linear_forward(float *y, float *n, const float *x, const float *w, const float *W, int N,
+                                         int d, int out, float eps) {
+    nn_rmsnorm_forward(n, x, w, N, d, eps);
+    nn_linear_forward(y, n, W, NULL, N, d, out);
+}
+
+static void plain_swiglu_linear_add_forward(float *y, float *act, const float *gu, const float *W,
+                                            const float *residual, int N, int f, int out) {
+    nn_swiglu_forward(act, gu, N, f);
+    nn_linear_add_forward(y, act, W, residual, N, f, out);
+}
+
+/* The body of a void dispatcher: the backend's kernel, timed when profiling. */
+#define CALL_V(name, args)                                                                                             \
+    if (!profiling) {                                                                                                  \
+        be->name args;                                                                                                 \
+        return;                                                                                                        \
+    }                                                                                                                  \
+    double t0 = prof_begin();                                                                                          \
+    be->name args;                                                                                                     \
+    prof_end(K_##name, t0);
+
 #define NN_V(name, params, args)                                                                                       \
     void nn_##name params {                                                                                            \
         need(be->name != NULL, #name);                                                                                 \
-        if (!profiling) {                                                                                              \
-            be->name args;                                                                                             \
+        CALL_V(name, args)                                                                                             \
+    }
+#define NN_FUSED(name, params, args)                                                                                   \
+    void nn_##name params {                                                                                            \
+        if (!be->name) {                                                                                               \
+            plain_##name args;                                                                                         \
             return;                                                                                                    \
         }                                                                                                              \
-        double t0 = prof_begin();                                                                                      \
-        be->name args;                                                                                                 \
-        prof_end(K_##name, t0);                                                                                        \
+        CALL_V(name, args)                                                                                             \
     }
 #define NN_R(type, name, params, args)                                                                                 \
     type nn_##name params {                                                                                            \
@@ -87,6 +121,8 @@ static void prof_end(int k, double t0) {
 #include "kernels.def"
 #undef NN_V
 #undef NN_R
+#undef NN_FUSED
+#undef CALL_V
 
 void nn_profile_start(void) {
     profiling = 1;
@@ -105,13 +141,13 @@ void nn_profile_report(FILE *f, int steps, double step_s) {
     double total = 0.0;
     for (int k = 0; k < N_KERNELS; k++) order[k] = k, total += prof_s[k];
     qsort(order, N_KERNELS, sizeof *order, by_time);
-    fprintf(f, "%-22s %9s %10s %7s\n", "kernel", "calls", "ms/step", "share");
+    fprintf(f, "%-26s %9s %10s %7s\n", "kernel", "calls", "ms/step", "share");
     for (int i = 0; i < N_KERNELS && prof_s[order[i]] > 0.0; i++) {
         int k = order[i];
-        fprintf(f, "%-22s %9.1f %10.2f %6.1f%%\n", kernel_name[k], (double)prof_calls[k] / steps,
+        fprintf(f, "%-26s %9.1f %10.2f %6.1f%%\n", kernel_name[k], (double)prof_calls[k] / steps,
                 1e3 * prof_s[k] / steps, 100.0 * prof_s[k] / steps / step_s);
     }
-    fprintf(f, "%-22s %9s %10.2f %6.1f%%\n", "(outside kernels)", "", 1e3 * (step_s - total / steps),
+    fprintf(f, "%-26s %9s %10.2f %6.1f%%\n", "(outside kernels)", "", 1e3 * (step_s - total / steps),
             100.0 * (1.0 - total / steps / step_s));
 }
 
@@ -144,6 +180,9 @@ static const nn_backend *cpu_in_bf16(const nn_backend *fp32) {
     b->linear_backward = cpu_linear_backward_bf16;
     b->attention_forward = cpu_attention_forward_bf16;
     b->attention_backward = cpu_attention_backward_bf16;
+    b->linear_add_forward = cpu_linear_add_forward_bf16;
+    b->rmsnorm_linear_forward = cpu_rmsnorm_linear_forward_bf16;
+    b->swiglu_linear_add_forward = cpu_swiglu_linear_add_forward_bf16;
     b->precision = "bf16";
     return b;
 }

@@ -21,13 +21,16 @@ static void counting_add(float *y, const float *x, size_t n) {
 }
 
 static void test_dispatch(void) {
-    int missing = 0;
+    int missing = 0, fused = 0;
 #define NN_V(name, params, args) missing += nn_cpu_backend.name == NULL;
 #define NN_R(type, name, params, args) missing += nn_cpu_backend.name == NULL;
+#define NN_FUSED(name, params, args) fused += nn_cpu_backend.name != NULL;
 #include "../nn/kernels.def"
 #undef NN_V
 #undef NN_R
+#undef NN_FUSED
     CHECK(missing == 0, "the CPU backend implements every kernel of kernels.def");
+    CHECK(fused == 0, "the float32 CPU backend fuses nothing (%d fused kernels): its bits are the plain kernels'", fused);
     nn_backend counting = nn_cpu_backend;
     counting.add = counting_add;
     float y[3] = {1, 2, 3}, x[3] = {10, 20, 30};
@@ -36,6 +39,15 @@ static void test_dispatch(void) {
     nn_use_backend(&nn_cpu_backend);
     nn_add(y, x, 3);
     CHECK(adds == 1 && y[0] == 21 && y[2] == 63, "nn_add calls the selected backend's kernel (%d calls)", adds);
+    /* A fused kernel a backend leaves NULL runs the plain kernels in turn. */
+    adds = 0;
+    nn_use_backend(&counting);
+    float W[3 * 2] = {1, 2, 3, 4, 5, 6}, in[2 * 2] = {1, -1, 2, 0.5f}, out[2 * 3], res[2 * 3] = {1, 1, 1, 1, 1, 1};
+    nn_linear_add_forward(out, in, W, res, 2, 2, 3);
+    nn_use_backend(&nn_cpu_backend);
+    CHECK(adds == 1 && out[0] == 0 && out[2] == 0 && out[3] == 4 && out[5] == 14,
+          "nn_linear_add_forward without a fused kernel: linear_forward, then add (%d adds; %g %g %g %g)", adds, out[0],
+          out[2], out[3], out[5]);
     CHECK(nn_backend_by_name("cpu") == &nn_cpu_backend && nn_backend_by_name("tpu") == NULL,
           "backends are found by name");
 #ifdef NN_CUDA

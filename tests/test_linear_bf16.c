@@ -8,10 +8,12 @@
  * left unzeroed, is off by whole terms. The shapes cover whole 32 x 64
  * blocks, edge blocks (K and N not multiples of the block) and both
  * orientations of the packed operand: W^T in forward, W for dx and the layer
- * input for dW in backward. */
+ * input for dW in backward. The fused passes (linear_add, rmsnorm_linear,
+ * swiglu_linear_add) are checked the same way, and the rows they keep for
+ * backward against the float32 kernels bit for bit. */
 #include "check.h"
 #include "../common/rng.h"
-#include "../nn/kernels.h"
+#include "../nn/backend.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -79,6 +81,35 @@ static void linear_case(int N, int in, int out) {
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) nn_free(all[i]);
 }
 
+/* The fused passes (kernels.def, NN_FUSED): the float32 rows they keep for
+ * backward are the plain kernels' bits, and y is the product of those rows,
+ * rounded, plus the residual. */
+static void fused_case(int N, int d, int out) {
+    const nn_backend *fp32 = &nn_cpu_backend;
+    float *x = random_matrix((size_t)N * d, 0), *w = random_matrix(d, 0), *W = random_matrix((size_t)out * d, 0);
+    float *gu = random_matrix((size_t)N * 2 * d, 0), *res = random_matrix((size_t)N * out, 0);
+    float *y = nn_alloc_f32((size_t)N * out), *kept = nn_alloc_f32((size_t)N * d), *ref = nn_alloc_f32((size_t)N * d);
+
+    nn_linear_add_forward(y, x, W, res, N, d, out);
+    double e = worst_error(y, N, out, d, x, d, 1, W, 1, d, res, out);
+    CHECK(e <= TOL, "bf16 linear_add N=%d d=%d out=%d: y = x W^T + residual (worst %.2g)", N, d, out, e);
+
+    nn_rmsnorm_linear_forward(y, kept, x, w, W, N, d, out, 1e-5f);
+    fp32->rmsnorm_forward(ref, x, w, N, d, 1e-5f);
+    CHECK(memcmp(kept, ref, sizeof(float) * N * d) == 0, "bf16 rmsnorm_linear N=%d d=%d: n is rmsnorm_forward's", N, d);
+    e = worst_error(y, N, out, d, ref, d, 1, W, 1, d, NULL, 0);
+    CHECK(e <= TOL, "bf16 rmsnorm_linear N=%d d=%d out=%d: y = n W^T (worst %.2g)", N, d, out, e);
+
+    nn_swiglu_linear_add_forward(y, kept, gu, W, res, N, d, out);
+    fp32->swiglu_forward(ref, gu, N, d);
+    CHECK(memcmp(kept, ref, sizeof(float) * N * d) == 0, "bf16 swiglu_linear_add N=%d f=%d: act is swiglu_forward's",
+          N, d);
+    e = worst_error(y, N, out, d, ref, d, 1, W, 1, d, res, out);
+    CHECK(e <= TOL, "bf16 swiglu_linear_add N=%d f=%d out=%d: y = act W^T + residual (worst %.2g)", N, d, out, e);
+    float *all[] = {x, w, W, gu, res, y, kept, ref};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) nn_free(all[i]);
+}
+
 int main(void) {
     rng_seed(&R, 7);
     nn_init_device("cpu", "bf16", 2);
@@ -86,5 +117,7 @@ int main(void) {
     linear_case(128, 384, 192); /* the reference config's widths */
     linear_case(37, 70, 130);   /* edge blocks in K and N, odd K */
     linear_case(5, 31, 3);      /* smaller than one block */
+    fused_case(128, 384, 192);
+    fused_case(37, 70, 130);
     return CHECK_DONE();
 }

@@ -15,8 +15,9 @@
 # cases: 0.18 (AVX-512, 2 threads) and 0.22 (1 thread, ONEDNN_MAX_CPU_ISA=AVX2):
 # 4.5-5.5x margin. The old bound,
 # max|diff| <= 1e-4 max|ref|, let entries below 1e-4 of the largest be wrong.
-# Three cases: a tiny model, a vocabulary of 3000 with > 128 LM positions so
-# that the trainer's chunked cross-entropy crosses chunk boundaries, and the
+# Three cases: a tiny model, a vocabulary of 3000 with > 128 LM positions in
+# cross-entropy chunks of 64 (--ce-chunk: the default chunk would hold them
+# all), so that the trainer's chunked cross-entropy crosses chunk boundaries, and the
 # tiny model with causal attention inside images (image_attention, the
 # paper's ablation). Two more for the U-Net image path ("image_encoder":
 # "unet", docs/model.md section 3): two levels [8, 16] (a conv_shortcut in
@@ -52,9 +53,10 @@ fi
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
-# run_case NAME CONFIG_JSON ROWS SEQ_LEN MIN_N_LM [ATOL]
+# run_case NAME CONFIG_JSON ROWS SEQ_LEN MIN_N_LM [ATOL [TRAINER_FLAGS]]
 run_case() {
     local name=$1 cfg=$2 rows=$3 len=$4 min_lm=$5 atol=${6:-3e-7}
+    TRAINER_FLAGS=${7:-}
     local d="$TMP/$name"
     mkdir -p "$d"
     cd "$d" || return
@@ -69,7 +71,7 @@ run_case() {
             --seq-len "$len" --seed 3 >batch.out 2>&1; then
         fail "$name make-batch: $(tail -n 3 batch.out | tr '\n' ' ')"; cd "$ROOT"; return
     fi
-    if ! "$BIN/trainer" loss --ckpt ck --batch batch.safetensors --grads g_c.safetensors \
+    if ! "$BIN/trainer" loss --ckpt ck --batch batch.safetensors --grads g_c.safetensors $TRAINER_FLAGS \
             >c.out 2>c.err; then
         fail "$name trainer-loss: exited non-zero: $(tail -n 3 c.err | tr '\n' ' ')"; cd "$ROOT"; return
     fi
@@ -134,7 +136,7 @@ EOF
 bf16_case() {
     local name=$1 u=0.00390625
     if ! "$BIN/trainer" loss --ckpt ck --batch batch.safetensors --grads g_b.safetensors --precision bf16 \
-            >b.out 2>b.err; then
+            $TRAINER_FLAGS >b.out 2>b.err; then
         fail "$name bf16 trainer-loss: exited non-zero: $(tail -n 3 b.err | tr '\n' ' ')"; return
     fi
     "$PY" - "$name" "$u" <<'EOF'
@@ -168,7 +170,7 @@ UNET2='{"vocab_size":64,"hidden_size":32,"num_hidden_layers":2,"num_attention_he
 UNET3='{"vocab_size":64,"hidden_size":32,"num_hidden_layers":2,"num_attention_heads":4,"intermediate_size":64,"latent_channels":4,"latent_size":8,"patch_size":4,"max_image_patches":16,"image_encoder":"unet","unet_channels":[8,8,16],"unet_layers_per_block":2,"unet_groups":4}'
 
 run_case tiny "$TINY" 3 48 0
-run_case vocab3000 "$BIGV" 2 160 128
+run_case vocab3000 "$BIGV" 2 160 128 3e-7 "--ce-chunk 64"
 run_case image_causal "$CAUSAL" 3 48 0
 run_case unet_2level "$UNET2" 3 96 0 1e-6
 run_case unet_3level_r2 "$UNET3" 3 48 0 1e-6

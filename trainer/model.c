@@ -14,7 +14,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CE_CHUNK 256 /* LM positions per cross-entropy chunk */
+/* LM positions per cross-entropy chunk (model_set_ce_chunk): unless set,
+ * as many as keep a chunk's logits within CE_LOGITS values (each chunk
+ * reads lm_head's weight twice, and adds into its gradient once), but at
+ * least CE_MIN_CHUNK; never more than the plan's positions. At the
+ * reference config (vocabulary 8192) one chunk holds every position of a
+ * batch of 8 x 256. */
+#define CE_LOGITS ((size_t)16 << 20) /* 64 MiB in float32 */
+#define CE_MIN_CHUNK 256
+static int ce_chunk_set;
+
+void model_set_ce_chunk(int positions) { ce_chunk_set = positions; }
 
 /* ---------------------------------------------------------------- layout */
 
@@ -162,7 +172,8 @@ struct workspace {
     float *pred; /* [n_patch, P], then its gradient */
     float *rows; /* gathered rows [N, d] */
     float *dh, *dx, *dn, *datt, *dqkv, *dgu, *dact;
-    float *logits, *lm_h, *lm_dh; /* one cross-entropy chunk */
+    int ce_chunk;                 /* positions of a cross-entropy chunk */
+    float *logits, *lm_h, *lm_dh; /* one chunk */
     plan_mirror *pm;              /* the plan in backend buffers; NULL in host memory */
 };
 
@@ -236,9 +247,12 @@ static workspace *workspace_for(model *m, const plan *p) {
     ws->dqkv = nn_alloc(N * 3 * d);
     ws->dgu = nn_alloc(N * 2 * f);
     ws->dact = nn_alloc(N * f);
-    ws->logits = nn_alloc((size_t)CE_CHUNK * c->vocab_size);
-    ws->lm_h = nn_alloc((size_t)CE_CHUNK * d);
-    ws->lm_dh = nn_alloc((size_t)CE_CHUNK * d);
+    size_t chunk = ce_chunk_set ? (size_t)ce_chunk_set : CE_LOGITS / c->vocab_size;
+    chunk = !ce_chunk_set && chunk < CE_MIN_CHUNK ? CE_MIN_CHUNK : chunk > N ? N : chunk;
+    ws->ce_chunk = (int)chunk;
+    ws->logits = nn_alloc(chunk * c->vocab_size);
+    ws->lm_h = nn_alloc(chunk * d);
+    ws->lm_dh = nn_alloc(chunk * d);
     if (!nn_host_memory()) ws->pm = plan_mirror_create(p->N, p->n_patch, p->n_images, c);
     m->ws = ws;
     return ws;
@@ -330,21 +344,16 @@ static void embed_inputs(model *m, const plan *p, workspace *ws, float *x) {
 void block_qkv(const model_config *c, const layer_weights *w, const float *x, float *n1, float *qkv, const int32_t *pos,
                const float *rope_cos, const float *rope_sin, int N) {
     int d = c->hidden_size, H = c->num_attention_heads, hd = cfg_head_dim(c);
-    nn_rmsnorm_forward(n1, x, w->ln1, N, d, c->rms_norm_eps);
-    nn_linear_forward(qkv, n1, w->wqkv, NULL, N, d, 3 * d);
+    nn_rmsnorm_linear_forward(qkv, n1, x, w->ln1, w->wqkv, N, d, 3 * d, c->rms_norm_eps);
     nn_rope(qkv, 3 * d, pos, N, 2 * H, hd, rope_cos, rope_sin, 0); /* q and k */
 }
 
 void block_out(const model_config *c, const layer_weights *w, const float *x, const float *att, float *x_mid, float *n2,
                float *gu, float *act, float *x_out, int N) {
     int d = c->hidden_size, f = c->intermediate_size;
-    nn_linear_forward(x_mid, att, w->wo, NULL, N, d, d);
-    nn_add(x_mid, x, (size_t)N * d);
-    nn_rmsnorm_forward(n2, x_mid, w->ln2, N, d, c->rms_norm_eps);
-    nn_linear_forward(gu, n2, w->wgu, NULL, N, d, 2 * f);
-    nn_swiglu_forward(act, gu, N, f);
-    nn_linear_forward(x_out, act, w->wd, NULL, N, f, d);
-    nn_add(x_out, x_mid, (size_t)N * d);
+    nn_linear_add_forward(x_mid, att, w->wo, x, N, d, d);
+    nn_rmsnorm_linear_forward(gu, n2, x_mid, w->ln2, w->wgu, N, d, 2 * f, c->rms_norm_eps);
+    nn_swiglu_linear_add_forward(x_out, act, gu, w->wd, x_mid, N, f, d);
 }
 
 static void layer_forward(const model_config *c, const layer_weights *w, layer_acts *a, float *x_out, const plan *p) {
@@ -377,15 +386,15 @@ const float *model_hidden(model *m, const plan *p) {
 
 /* ------------------------------------------------------------------ heads */
 
-/* LM head + cross-entropy over LM targets [from, to) in chunks of CE_CHUNK
- * positions: the logits of a chunk become their gradient in place and are
+/* LM head + cross-entropy over LM targets [from, to) in chunks of
+ * ws->ce_chunk positions: the logits of a chunk become their gradient in place and are
  * dropped, so no [positions x vocab] tensor is ever kept. Adds dloss/dh into
  * ws->dh. */
 static double lm_head(model *m, const plan *p, workspace *ws, int from, int to, float scale, int want_grads) {
     int d = m->cfg.hidden_size, V = m->cfg.vocab_size;
     double ce = 0.0;
-    for (int c0 = from; c0 < to; c0 += CE_CHUNK) {
-        int n = to - c0 < CE_CHUNK ? to - c0 : CE_CHUNK;
+    for (int c0 = from; c0 < to; c0 += ws->ce_chunk) {
+        int n = to - c0 < ws->ce_chunk ? to - c0 : ws->ce_chunk;
         nn_gather_rows(ws->lm_h, ws->h, p->lm_row + c0, n, d);
         nn_linear_forward(ws->logits, ws->lm_h, m->W.lm_head, NULL, n, d, V);
         ce += nn_cross_entropy(ws->logits, p->lm_target + c0, n, V, want_grads ? scale : 0.0f);

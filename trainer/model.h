@@ -67,6 +67,13 @@ void model_init_weights(model *m, unsigned long long seed);
 int model_load(model *m, const char *dir, char *err);
 int model_save(const model *m, const char *dir, char *err);
 
+/* LM positions per cross-entropy chunk from now on (--ce-chunk); 0, the
+ * default: as many as keep a chunk's logits within 64 MiB of float32, at
+ * least 256. Chunks bound memory; fewer chunks read lm_head's weight fewer
+ * times. Results differ from one chunking to another by the float32
+ * rounding of lm_head's gradient sum. */
+void model_set_ce_chunk(int positions);
+
 /* Forward over the plan, and with want_grads the backward too, adding the
  * gradient of  ce_sum / norm_lm + lambda * se_sum / norm_latent  into m->ps.g
  * (the caller zeroes it once per optimizer step). norm_lm and norm_latent are

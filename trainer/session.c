@@ -23,11 +23,15 @@ const cli_flag device_flags[] = {
     {"precision", FLAG_CHOICE, "fp32|bf16", NULL, NULL,
      "the matrix products' operands (default: the device's, fp32 on cpu, bf16 on cuda; "
      "train on cpu: bf16, or a resumed run's)"},
+    {"ce-chunk", FLAG_INT, "N", "[0, inf)", "0",
+     "LM positions per cross-entropy chunk where losses are taken (0: as many as keep a chunk's logits within "
+     "64 MiB of float32)"},
     {0},
 };
 
 void session_init_device(const args *a) {
     nn_init_device(arg_str(a, "device"), arg_str(a, "precision"), (int)arg_int(a, "threads"));
+    model_set_ce_chunk((int)arg_int(a, "ce-chunk"));
 }
 
 /* The VAE's kernels exist on the CPU backend alone (the CUDA backend leaves

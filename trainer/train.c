@@ -331,6 +331,7 @@ static int cmd_train(const args *a) {
         if (found == 0) start = rd.step;
     }
     nn_init_device(arg_str(a, "device"), train_precision(a, found == 0 ? &rd : NULL), (int)arg_int(a, "threads"));
+    model_set_ce_chunk((int)arg_int(a, "ce-chunk"));
     model_config c;
     row_source *rows;
     if (o.loader) {

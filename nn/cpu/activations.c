@@ -18,14 +18,15 @@ void cpu_silu_backward(float *dx, const float *dy, const float *x, size_t n) {
     }
 }
 
+void cpu_swiglu_row(float *act, const float *gu, int f) {
+    const float *g = gu, *u = gu + f;
+#pragma omp simd
+    for (int j = 0; j < f; j++) act[j] = g[j] * sigmoid(g[j]) * u[j];
+}
+
 void cpu_swiglu_forward(float *act, const float *gu, int N, int f) {
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        const float *g = gu + (size_t)i * 2 * f, *u = g + f;
-        float *a = act + (size_t)i * f;
-#pragma omp simd
-        for (int j = 0; j < f; j++) a[j] = g[j] * sigmoid(g[j]) * u[j];
-    }
+    for (int i = 0; i < N; i++) cpu_swiglu_row(act + (size_t)i * f, gu + (size_t)i * 2 * f, f);
 }
 
 void cpu_swiglu_backward(float *dgu, const float *dact, const float *gu, int N, int f) {

@@ -41,6 +41,7 @@
 
 typedef struct {
     int ta, tb, M, N, K, lda, ldb, ldc, nested;
+    int residual; /* C = ... + R, R [M, N] at row stride ldc (a binary post-op) */
     float alpha, beta;
 } problem;
 
@@ -120,9 +121,10 @@ static void build(entry *e) {
     MUST(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
     if (p->alpha != 1.0f) MUST(dnnl_primitive_attr_set_output_scales(attr, 1, 0, &p->alpha));
     dnnl_post_ops_t ops = NULL;
-    if (p->beta != 0.0f) {
+    if (p->beta != 0.0f || p->residual) {
         MUST(dnnl_post_ops_create(&ops));
-        MUST(dnnl_post_ops_append_sum(ops, p->beta));
+        if (p->beta != 0.0f) MUST(dnnl_post_ops_append_sum(ops, p->beta));
+        if (p->residual) MUST(dnnl_post_ops_append_binary(ops, dnnl_binary_add, &e->c));
         MUST(dnnl_primitive_attr_set_post_ops(attr, ops));
     }
     dnnl_primitive_desc_t pd;
@@ -209,21 +211,24 @@ static void pack_blocked(void *dst, const float *B, int ld, int tb, int K, int N
     }
 }
 
-/* C = alpha op(A) op(B) + beta C with A in bf16 and B in float32, rounded
- * into the primitive's blocked layout. */
+/* C = alpha op(A) op(B) + beta C (+ R, unless NULL: at C's strides) with
+ * A in bf16 and B in float32, rounded into the primitive's blocked layout. */
 static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 *A, int lda, const float *B, int ldb,
-                   float beta, float *C, int ldc) {
+                   float beta, float *C, int ldc, const float *R) {
     if (M == 0 || N == 0) return;
     if (K == 0) { /* a product over nothing: C = beta C */
         for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+            for (int j = 0; j < N; j++) {
+                float *c = &C[(size_t)i * ldc + j];
+                *c = (beta == 0.0f ? 0.0f : beta * *c) + (R ? R[(size_t)i * ldc + j] : 0.0f);
+            }
         return;
     }
     thread_state *s = this_thread();
     /* (no padding: problems are compared with memcmp) */
-    problem p = {ta, tb, M, N, K, lda, ldb, ldc, omp_in_parallel(), alpha, beta};
+    problem p = {ta, tb, M, N, K, lda, ldb, ldc, omp_in_parallel(), R != NULL, alpha, beta};
     const entry *e = entry_for(&p);
-    dnnl_memory_t ma, mb, mc, ms;
+    dnnl_memory_t ma, mb, mc, ms, mr = NULL;
     MUST(dnnl_memory_create(&ma, &e->a, engine, (void *)A));
     void *blocked = grow(&s->blocked, &s->blocked_bytes, dnnl_memory_desc_get_size(&e->b));
     MUST(dnnl_memory_create(&mb, &e->b, engine, blocked));
@@ -239,12 +244,18 @@ static void matmul(int ta, int tb, int M, int N, int K, float alpha, const bf16 
     MUST(dnnl_memory_create(&mc, &e->c, engine, C));
     MUST(dnnl_memory_create(&ms, &e->scratch, engine,
                             grow(&s->scratch, &s->scratch_bytes, dnnl_memory_desc_get_size(&e->scratch) + 64)));
-    dnnl_exec_arg_t args[] = {
-        {DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}, {DNNL_ARG_SCRATCHPAD, ms}};
-    if (dnnl_primitive_execute(e->prim, s->stream, 4, args) != dnnl_success)
+    if (R) MUST(dnnl_memory_create(&mr, &e->c, engine, (void *)R));
+    int post_op = p.beta != 0.0f; /* the residual's index among the post-ops: after the sum */
+    dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, ma},
+                              {DNNL_ARG_WEIGHTS, mb},
+                              {DNNL_ARG_DST, mc},
+                              {DNNL_ARG_SCRATCHPAD, ms},
+                              {DNNL_ARG_ATTR_MULTIPLE_POST_OP(post_op) | DNNL_ARG_SRC_1, mr}};
+    if (dnnl_primitive_execute(e->prim, s->stream, R ? 5 : 4, args) != dnnl_success)
         die("oneDNN: bf16 matmul failed for M=%d N=%d K=%d", M, N, K);
     MUST(dnnl_stream_wait(s->stream));
     dnnl_memory_destroy(ma), dnnl_memory_destroy(mb), dnnl_memory_destroy(mc), dnnl_memory_destroy(ms);
+    if (mr) dnnl_memory_destroy(mr);
 }
 
 static void round_rows(bf16 *dst, int ld_dst, const float *src, int ld_src, int r0, int r1, int cols) {
@@ -281,12 +292,54 @@ static void operands(bf16 **out, const size_t *sizes, int n) {
     for (int i = 0; i < n; i++) out[i] = p, p += (sizes[i] + 31) / 32 * 32;
 }
 
-void cpu_linear_forward_bf16(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
+/* The calling thread's buffer for a linear layer's input [N, in], rounded. */
+static bf16 *input_operand(int N, int in) {
     bf16 *op[1];
     operands(op, (size_t[]){(size_t)N * in}, 1);
-    round_matrix(op[0], in, x, in, N, in);
-    matmul(0, 1, N, out, in, 1.0f, op[0], in, W, in, 0.0f, y, out);
+    return op[0];
+}
+
+/* y [N, out] = a @ W^T (+ residual), a [N, in] rounded. */
+static void forward_product(float *y, const bf16 *a, const float *W, const float *residual, int N, int in, int out) {
+    matmul(0, 1, N, out, in, 1.0f, a, in, W, in, 0.0f, y, out, residual);
+}
+
+/* The fused passes (kernels.def). The residual is added by the product as
+ * it writes y (here it may be NULL: none); a normalized or gated row is made
+ * in float32 (kept for backward) and rounded while it is still in cache,
+ * instead of being read back for rounding by the product. */
+void cpu_linear_add_forward_bf16(float *y, const float *x, const float *W, const float *residual, int N, int in,
+                                 int out) {
+    bf16 *a = input_operand(N, in);
+    round_matrix(a, in, x, in, N, in);
+    forward_product(y, a, W, residual, N, in, out);
+}
+
+void cpu_linear_forward_bf16(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
+    cpu_linear_add_forward_bf16(y, x, W, NULL, N, in, out);
     if (b) cpu_add_bias_rows(y, b, N, out);
+}
+
+void cpu_rmsnorm_linear_forward_bf16(float *y, float *n, const float *x, const float *w, const float *W, int N, int d,
+                                     int out, float eps) {
+    bf16 *a = input_operand(N, d);
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        cpu_rmsnorm_row(n + (size_t)i * d, x + (size_t)i * d, w, d, eps);
+        round_rows(a, d, n, d, i, i + 1, d);
+    }
+    forward_product(y, a, W, NULL, N, d, out);
+}
+
+void cpu_swiglu_linear_add_forward_bf16(float *y, float *act, const float *gu, const float *W, const float *residual,
+                                        int N, int f, int out) {
+    bf16 *a = input_operand(N, f);
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        cpu_swiglu_row(act + (size_t)i * f, gu + (size_t)i * 2 * f, f);
+        round_rows(a, f, act, f, i, i + 1, f);
+    }
+    forward_product(y, a, W, residual, N, f, out);
 }
 
 void cpu_linear_backward_bf16(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N,
@@ -294,7 +347,7 @@ void cpu_linear_backward_bf16(float *dx, float *dW, float *db, const float *dy, 
     bf16 *op[1]; /* dy, rounded once for both products */
     operands(op, (size_t[]){(size_t)N * out}, 1);
     round_matrix(op[0], out, dy, out, N, out);
-    if (dx) matmul(0, 0, N, in, out, 1.0f, op[0], out, W, in, acc ? 1.0f : 0.0f, dx, in);
-    matmul(1, 0, out, in, N, 1.0f, op[0], out, x, in, 1.0f, dW, in);
+    if (dx) matmul(0, 0, N, in, out, 1.0f, op[0], out, W, in, acc ? 1.0f : 0.0f, dx, in, NULL);
+    matmul(1, 0, out, in, N, 1.0f, op[0], out, x, in, 1.0f, dW, in, NULL);
     if (db) cpu_add_column_sums(db, dy, (size_t)N, out);
 }

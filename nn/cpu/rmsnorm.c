@@ -11,15 +11,15 @@ static float inv_rms(const float *x, int d, float eps) {
     return 1.0f / sqrtf(ss / d + eps);
 }
 
+void cpu_rmsnorm_row(float *y, const float *x, const float *w, int d, float eps) {
+    float r = inv_rms(x, d, eps);
+#pragma omp simd
+    for (int j = 0; j < d; j++) y[j] = x[j] * r * w[j];
+}
+
 void cpu_rmsnorm_forward(float *y, const float *x, const float *w, int N, int d, float eps) {
 #pragma omp parallel for schedule(static)
-    for (int i = 0; i < N; i++) {
-        const float *xi = x + (size_t)i * d;
-        float *yi = y + (size_t)i * d;
-        float r = inv_rms(xi, d, eps);
-#pragma omp simd
-        for (int j = 0; j < d; j++) yi[j] = xi[j] * r * w[j];
-    }
+    for (int i = 0; i < N; i++) cpu_rmsnorm_row(y + (size_t)i * d, x + (size_t)i * d, w, d, eps);
 }
 
 /* With r = rsqrt(mean(x^2) + eps):

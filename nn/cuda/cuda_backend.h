@@ -17,9 +17,11 @@ extern "C" {
 
 #define NN_V(name, params, args) void cuda_##name params;
 #define NN_R(type, name, params, args) type cuda_##name params;
+#define NN_FUSED(name, params, args) /* none: the plain kernels in turn */
 #include "../kernels.def"
 #undef NN_V
 #undef NN_R
+#undef NN_FUSED
 
 void cuda_init(void);
 /* NCCL for the buffer collectives of dist.h (more than one rank). */
