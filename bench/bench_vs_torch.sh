@@ -17,9 +17,11 @@
 # 5; both report the median step time after one warmup). Then, once per
 # precision, `$BIN/trainer bench ... --threads <largest T> --profile` gives the
 # kernel table (stderr) from which the share of the step outside the GEMMs
-# (every kernel whose name does not start with linear_ or gemm, plus the time
-# outside kernels) is printed, with its top 4 (forward and backward of one
-# kernel counted together).
+# (every kernel whose name neither contains "linear" nor starts with gemm,
+# plus the time outside kernels; the fused passes such as
+# rmsnorm_linear_forward count as GEMMs, their element-wise part included) is
+# printed, with its top 4 (forward and backward of one kernel counted
+# together).
 #
 # Prints, per (side, P, T): the median step time over the repeats and its
 # min-max spread, positions/s, and GFLOP/s (the trainer's FLOP count per step
@@ -218,7 +220,7 @@ for p in precisions:
     groups, total_pct = {}, 0.0
     for line in open(f"{res}.prof.{p}"):
         mt = row.match(line.strip())
-        if not mt or mt.group(1).startswith(("linear_", "gemm")):
+        if not mt or "linear" in mt.group(1) or mt.group(1).startswith("gemm"):
             continue
         name = re.sub(r"_(forward|backward)$", "", mt.group(1))
         groups[name] = groups.get(name, 0.0) + float(mt.group(3))

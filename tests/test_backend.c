@@ -30,7 +30,8 @@ static void test_dispatch(void) {
 #undef NN_R
 #undef NN_FUSED
     CHECK(missing == 0, "the CPU backend implements every kernel of kernels.def");
-    CHECK(fused == 0, "the float32 CPU backend fuses nothing (%d fused kernels): its bits are the plain kernels'", fused);
+    CHECK(fused == 0, "the float32 CPU backend fuses nothing (%d fused kernels): its bits are the plain kernels'",
+          fused);
     nn_backend counting = nn_cpu_backend;
     counting.add = counting_add;
     float y[3] = {1, 2, 3}, x[3] = {10, 20, 30};

@@ -102,8 +102,8 @@ static void fused_case(int N, int d, int out) {
 
     nn_swiglu_linear_add_forward(y, kept, gu, W, res, N, d, out);
     fp32->swiglu_forward(ref, gu, N, d);
-    CHECK(memcmp(kept, ref, sizeof(float) * N * d) == 0, "bf16 swiglu_linear_add N=%d f=%d: act is swiglu_forward's",
-          N, d);
+    CHECK(memcmp(kept, ref, sizeof(float) * N * d) == 0, "bf16 swiglu_linear_add N=%d f=%d: act is swiglu_forward's", N,
+          d);
     e = worst_error(y, N, out, d, ref, d, 1, W, 1, d, res, out);
     CHECK(e <= TOL, "bf16 swiglu_linear_add N=%d f=%d out=%d: y = act W^T + residual (worst %.2g)", N, d, out, e);
     float *all[] = {x, w, W, gu, res, y, kept, ref};

@@ -166,14 +166,14 @@ struct workspace {
     int n_slots;
     int32_t *slot_of_patch_h, *image_of_slot_h, *slot_of_patch, *image_of_slot;
     int32_t *patch_of_row_h, *rows_slot; /* sampling: the plan's patch at each row; model_unet_eps's slots */
-    float *u_rows, *du_rows, *v_rows; /* [n_patch, F] in plan order: the deepest map, its gradient, patch_out's */
-    float *f_slots, *p_slots;         /* [n_patch, F], [n_patch, P] in slot order */
-    float *temb_slots, *dtemb_slots;  /* [n_images, d] in slot order */
-    float *pred; /* [n_patch, P], then its gradient */
-    float *rows; /* gathered rows [N, d] */
+    float *u_rows, *du_rows, *v_rows;    /* [n_patch, F] in plan order: the deepest map, its gradient, patch_out's */
+    float *f_slots, *p_slots;            /* [n_patch, F], [n_patch, P] in slot order */
+    float *temb_slots, *dtemb_slots;     /* [n_images, d] in slot order */
+    float *pred;                         /* [n_patch, P], then its gradient */
+    float *rows;                         /* gathered rows [N, d] */
     float *dh, *dx, *dn, *datt, *dqkv, *dgu, *dact;
-    int ce_chunk;                 /* positions of a cross-entropy chunk */
-    float *logits, *lm_h, *lm_dh; /* one chunk */
+    int ce_chunk, ce_cap;         /* positions of a cross-entropy chunk; of its buffers */
+    float *logits, *lm_h, *lm_dh; /* one chunk (made by lm_head as needed) */
     plan_mirror *pm;              /* the plan in backend buffers; NULL in host memory */
 };
 
@@ -185,10 +185,10 @@ static void workspace_free(workspace *ws, int nl) {
         for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
     }
     free(ws->layers);
-    float *bufs[] = {ws->x_final, ws->h,       ws->patch_in,    ws->t_h1,    ws->t_a1, ws->temb, ws->u_rows,
-                     ws->du_rows, ws->v_rows,  ws->f_slots,     ws->p_slots, ws->temb_slots, ws->dtemb_slots,
-                     ws->pred,    ws->rows,    ws->dh,          ws->dx,      ws->dn,   ws->datt, ws->dqkv,
-                     ws->dgu,     ws->dact,    ws->logits,      ws->lm_h,    ws->lm_dh};
+    float *bufs[] = {ws->x_final, ws->h,      ws->patch_in, ws->t_h1,    ws->t_a1,       ws->temb,        ws->u_rows,
+                     ws->du_rows, ws->v_rows, ws->f_slots,  ws->p_slots, ws->temb_slots, ws->dtemb_slots, ws->pred,
+                     ws->rows,    ws->dh,     ws->dx,       ws->dn,      ws->datt,       ws->dqkv,        ws->dgu,
+                     ws->dact,    ws->logits, ws->lm_h,     ws->lm_dh};
     nn_free(ws->slot_of_patch), nn_free(ws->image_of_slot), nn_free(ws->rows_slot);
     free(ws->slot_of_patch_h), free(ws->image_of_slot_h), free(ws->patch_of_row_h);
     for (size_t k = 0; k < sizeof bufs / sizeof *bufs; k++) nn_free(bufs[k]);
@@ -250,9 +250,6 @@ static workspace *workspace_for(model *m, const plan *p) {
     size_t chunk = ce_chunk_set ? (size_t)ce_chunk_set : CE_LOGITS / c->vocab_size;
     chunk = !ce_chunk_set && chunk < CE_MIN_CHUNK ? CE_MIN_CHUNK : chunk > N ? N : chunk;
     ws->ce_chunk = (int)chunk;
-    ws->logits = nn_alloc(chunk * c->vocab_size);
-    ws->lm_h = nn_alloc(chunk * d);
-    ws->lm_dh = nn_alloc(chunk * d);
     if (!nn_host_memory()) ws->pm = plan_mirror_create(p->N, p->n_patch, p->n_images, c);
     m->ws = ws;
     return ws;
@@ -295,8 +292,8 @@ static void image_slots(const model *m, workspace *ws, const plan *hp) {
     }
     for (size_t e = 0; e < (size_t)ws->n_slots * N; e++)
         if (seen[e] != 1)
-            die("the U-Net image path needs whole images: image %d has patch %d %d times",
-                ws->image_of_slot_h[e / N], (int)(e % N), seen[e]);
+            die("the U-Net image path needs whole images: image %d has patch %d %d times", ws->image_of_slot_h[e / N],
+                (int)(e % N), seen[e]);
     nn_upload_i32(ws->slot_of_patch, ws->slot_of_patch_h, hp->n_patch);
     nn_upload_i32(ws->image_of_slot, ws->image_of_slot_h, ws->n_slots);
     free(seen);
@@ -392,6 +389,14 @@ const float *model_hidden(model *m, const plan *p) {
  * ws->dh. */
 static double lm_head(model *m, const plan *p, workspace *ws, int from, int to, float scale, int want_grads) {
     int d = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    int chunk = to - from < ws->ce_chunk ? to - from : ws->ce_chunk;
+    if (chunk > ws->ce_cap) { /* sized by the LM positions seen, not the plan's capacity */
+        nn_free(ws->logits), nn_free(ws->lm_h), nn_free(ws->lm_dh);
+        ws->logits = nn_alloc((size_t)chunk * V);
+        ws->lm_h = nn_alloc((size_t)chunk * d);
+        ws->lm_dh = nn_alloc((size_t)chunk * d);
+        ws->ce_cap = chunk;
+    }
     double ce = 0.0;
     for (int c0 = from; c0 < to; c0 += ws->ce_chunk) {
         int n = to - c0 < ws->ce_chunk ? to - c0 : ws->ce_chunk;
@@ -433,8 +438,7 @@ static void unet_predict_backward(model *m, const plan *p, workspace *ws) {
     nn_scatter_rows(ws->p_slots, ws->pred, ws->slot_of_patch, np, P);
     unet_up_backward(&m->unet, m->dev.w, m->dev.g, ws->p_slots, ws->f_slots);
     nn_gather_rows(ws->v_rows, ws->f_slots, ws->slot_of_patch, np, F);
-    nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->v_rows, ws->rows, m->W.patch_out_w, np, d, F,
-                       0);
+    nn_linear_backward(ws->dn, m->G.patch_out_w, m->G.patch_out_b, ws->v_rows, ws->rows, m->W.patch_out_w, np, d, F, 0);
     nn_scatter_add_rows(ws->dh, ws->dn, p->patch_row, np, d);
 }
 

@@ -49,7 +49,17 @@ int32_t *cpu_alloc_i32(size_t n) { return aligned_zeroed(n, sizeof(int32_t)); }
 
 void cpu_free(void *p) { free(p); }
 
-void cpu_zero(float *x, size_t n) { memset(x, 0, n * sizeof(float)); }
+/* Large buffers in blocks over the threads: one core's memset reaches about
+ * 20 GB/s here, and zeroing the gradients (69 MB at the reference config)
+ * took 1% of a 2-thread bf16 step on one. */
+#define MEM_BLOCK 65536 /* floats */
+
+void cpu_zero(float *x, size_t n) {
+    size_t nb = (n + MEM_BLOCK - 1) / MEM_BLOCK;
+#pragma omp parallel for schedule(static) if (nb > 4 && !omp_in_parallel())
+    for (size_t b = 0; b < nb; b++)
+        memset(x + b * MEM_BLOCK, 0, sizeof(float) * (b + 1 < nb ? MEM_BLOCK : n - b * MEM_BLOCK));
+}
 
 void cpu_copy(float *dst, const float *src, size_t n) { memcpy(dst, src, n * sizeof(float)); }
 void cpu_upload(float *dst, const float *host, size_t n) { memcpy(dst, host, n * sizeof(float)); }
