@@ -191,6 +191,12 @@ if serve "${common[@]}" --seq-len 128; then
     train=("$TR" train --config "$t/open.json" --loader "$ep" --steps 6 --log-every 1 --lr 3e-3 --warmup 2 --threads 1)
     "${train[@]}" --grad-accum 2 >"$t/tr1.log" 2>&1
     check "train --loader: 1 rank x 2 accumulation steps runs" grep -q '^step    6/6' "$t/tr1.log"
+    # A device backend takes each step's rows from the loader on a host
+    # thread, a step ahead (trainer/step_feed.h): the same rows, losses and bits.
+    "${train[@]}" --grad-accum 2 --device cpu-device >"$t/tr1d.log" 2>&1
+    check "train --loader --device cpu-device (steps prepared ahead): the same 6 losses, bit for bit" \
+        cmp -s <(grep -o '^step.*loss [0-9.]*' "$t/tr1.log") <(grep -o '^step.*loss [0-9.]*' "$t/tr1d.log")
+    check "... and all 6 steps ran" [ "$(grep -c '^step' "$t/tr1d.log")" = 6 ]
     mpirun --allow-run-as-root --oversubscribe --bind-to none -np 2 -x ASAN_OPTIONS=detect_leaks=0 "${train[@]}" >"$t/tr2.log" 2>&1
     check "train --loader: 2 ranks under mpirun run" grep -q '^step    6/6' "$t/tr2.log"
     check "... and give the same losses" $PY - "$t/tr1.log" "$t/tr2.log" <<'PYEOF'

@@ -1,7 +1,8 @@
 /* train.c - `trainer train`: a data-parallel training run.
  *
  * Each rank takes its rows of every step (rows.h: the dataloader, or one
- * generated global batch), draws the step's noise, runs forward and backward
+ * generated global batch) and draws the step's noise, one step ahead on a
+ * host thread (step_feed.h), runs forward and backward
  * with the loss normalized by the step's global counts, and the gradients are
  * reduced and applied by data_parallel.h (ZeRO-1 by default). Checkpoints
  * (checkpoint/ckpt.h) are written every --ckpt-every steps, at the end, and
@@ -20,6 +21,7 @@
 #include "model.h"
 #include "rows.h"
 #include "session.h"
+#include "step_feed.h"
 #include "../checkpoint/ckpt.h"
 #include "../nn/stop_signal.h"
 #include "../common/error.h"
@@ -140,8 +142,7 @@ static void refuse_nonfinite(const param_set *ps, const float *x, size_t off, si
     size_t at = off + (size_t)k;
     int i = 0;
     while (i + 1 < ps->n && ps->info[i].offset + ps->info[i].numel <= at) i++;
-    die("step %ld: the %s of tensor %s hold a NaN or an infinity; no checkpoint written", step, what,
-        ps->info[i].name);
+    die("step %ld: the %s of tensor %s hold a NaN or an infinity; no checkpoint written", step, what, ps->info[i].name);
 }
 
 static void save(const run_options *o, const row_source *rows, model *m, const optimizer *opt, const weight_ema *ema,
@@ -202,7 +203,8 @@ static void check_eval_inputs(const args *a, const run_options *o) {
     if (access(path, R_OK))
         die_input("trainer train: --vae %s: no config.json (a VAE folder of vae_service train)", vae);
     if (text && access(text, R_OK)) die_input("trainer train: --eval-text %s: cannot read: %s", text, strerror(errno));
-    if (prompts && access(prompts, R_OK)) die_input("trainer train: --eval-prompts %s: cannot read: %s", prompts, strerror(errno));
+    if (prompts && access(prompts, R_OK))
+        die_input("trainer train: --eval-prompts %s: cannot read: %s", prompts, strerror(errno));
 }
 
 /* `trainer eval` on the step folder just saved (every rank takes part), its
@@ -371,34 +373,27 @@ static int cmd_train(const args *a) {
 
     double first = 0, loss = 0, t0 = now_s();
     int bad_run = 0, diverged = 0; /* steps in a row whose update was skipped */
+    /* Ahead on a device backend, whose host threads idle while it runs. */
+    step_feed *feed = step_feed_start(rows, &m, o.A, o.B, o.seed, rank, start, o.steps, !nn_host_memory());
     for (long s = start; s < o.steps; s++) {
-        double ts = now_s(), wait;
-        batch *micro;
-        if (rows_next(rows, &micro, &wait, err)) die("%s", err);
+        double ts = now_s(), wait; /* for the step's input (or to prepare it) */
+        step_input in;
+        if (step_feed_next(feed, &in, &wait, err)) die("%s", err);
         /* The loss is normalized by the counts of the whole step
          * (docs/model.md section 5): every micro-batch of every rank. */
-        plan *p = xcalloc(o.A, sizeof(plan));
-        int64_t counts[2] = {0, 0};
-        double flops = 0, sums[2] = {0, 0};
-        for (int j = 0; j < o.A; j++) {
-            batch_draw_noise(&micro[j], &c, o.seed, s, (long)(rank * o.A + j) * o.B);
-            plan_build(&p[j], &micro[j], &c);
-            counts[0] += p[j].n_lm;
-            counts[1] += (int64_t)p[j].n_patch * cfg_patch_dim(&c);
-            flops += model_step_flops(&m, &p[j]);
-        }
+        int64_t counts[2] = {in.counts[0], in.counts[1]};
+        double sums[2] = {0, 0};
         dist_allreduce_sum_i64(counts, 2);
         nn_zero(m.dev.g, m.ps.numel);
         for (int j = 0; j < o.A; j++) {
             if (j == o.A - 1) dp_start_reduction(&dp, &m.grad_ready);
-            loss_sums ls = model_step(&m, &p[j], (double)counts[0], (double)counts[1], 1);
+            loss_sums ls = model_step(&m, &in.plans[j], (double)counts[0], (double)counts[1], 1);
             sums[0] += ls.ce_sum;
             sums[1] += ls.se_sum;
-            plan_free(&p[j]);
         }
-        free(p);
+        step_input_free(&in, o.A);
         double gnorm = dp_finish_reduction(&dp);
-        double totals[5] = {sums[0], sums[1], flops, wait, dp.wait_s};
+        double totals[5] = {sums[0], sums[1], in.flops, wait, dp.wait_s};
         dp.wait_s = 0;
         dist_allreduce_sum_f64(totals, 5);
         double lm = counts[0] ? totals[0] / counts[0] : 0, diff = counts[1] ? totals[1] / counts[1] : 0;
@@ -422,10 +417,11 @@ static int cmd_train(const args *a) {
         }
         if (!(isfinite(loss) && isfinite(gnorm)) && ++bad_run >= o.max_bad) {
             if (rank == 0)
-                fprintf(stderr,
-                        "error: trainer train: %d steps in a row had a non-finite loss or gradient norm (--max-bad-steps); "
-                        "stopped after step %ld without saving it (lower --lr, or check the data)\n",
-                        bad_run, s + 1);
+                fprintf(
+                    stderr,
+                    "error: trainer train: %d steps in a row had a non-finite loss or gradient norm (--max-bad-steps); "
+                    "stopped after step %ld without saving it (lower --lr, or check the data)\n",
+                    bad_run, s + 1);
             diverged = 1;
             break;
         }
@@ -457,6 +453,7 @@ static int cmd_train(const args *a) {
             break;
         }
     }
+    step_feed_stop(feed);
     if (rank == 0 && start < o.steps && !diverged) printf("loss %.4f -> %.4f\n", first, loss);
     if (o.out && !diverged) model_download(&m, 1, 0);
     if (o.out && !diverged && rank == 0 && model_save(&m, o.out, err)) die("%s", err);
