@@ -158,6 +158,7 @@ static void check_args(const args *a) {
     for (int i = 0; i < a->argc; i++) {
         const cli_flag *f = strncmp(a->argv[i], "--", 2) == 0 ? lookup(a->cmd, a->argv[i] + 2) : NULL;
         if (!f) bad_args(a, "unknown argument '%s'", a->argv[i]);
+        if (!(f->kind & FLAG_REPEATED) && find(a, f->name) < i) bad_args(a, "--%s given more than once", f->name);
         if (TYPE(f) == FLAG_SWITCH) continue;
         if (i + 1 >= a->argc) bad_args(a, "%s needs a value", a->argv[i]);
         char why[256];

@@ -7,7 +7,8 @@
  *
  * Every value is checked before the command runs: an unknown flag, a missing
  * value or required flag, a malformed number, a number out of range or a
- * choice not listed is bad input (one line naming the flag, exit 2). */
+ * choice not listed, or a flag given twice that is not FLAG_REPEATED, is
+ * bad input (one line naming the flag, exit 2). */
 #ifndef COMMON_CLI_H
 #define COMMON_CLI_H
 

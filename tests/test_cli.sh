@@ -49,6 +49,9 @@ bad "a choice not listed" "--sampler euler: expected ddpm or ddim" "$TR" sample 
 bad "a flag without its value" "--steps needs a value" "$TR" train --steps
 bad "a missing required flag" "missing --config" "$TR" init --out "$t/x"
 bad "a positional argument" "unknown argument 'stray'" "$BIN/vae_service" encode stray
+bad "a flag given twice (neither value would be right to take)" "--precision given more than once" \
+    "$TR" bench --config configs/bench.json --precision fp32 --precision bf16
+bad "a switch given twice" "--profile given more than once" "$TR" bench --config x --profile --profile
 "$TR" train --steps 1 --threads 1 --config /nonexistent.json --help >"$t/h" 2>&1
 check "--help wins over the other flags (exit $?), and nothing runs" grep -q '^usage: trainer train' "$t/h"
 

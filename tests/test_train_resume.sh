@@ -186,7 +186,7 @@ PYEOF
 }
 for how in step:index.crc32c parts:"range. does not match the index" state:"trainer_state.json: step 19, but the index says 20"; do
     forge "forged_${how%%:*}" "${how%%:*}"
-    train --batch-rows 4 --ckpt-dir "$t/forged_${how%%:*}" --resume auto --steps 20 >"$t/forged.log" 2>&1
+    train --batch-rows 4 --ckpt-dir "$t/forged_${how%%:*}" --resume auto >"$t/forged.log" 2>&1
     check "forged (${how%%:*}): --resume auto skips step 20, naming ${how#*:}, and resumes at 15" \
         sh -c "grep -q 'skipping .*step_00000020: .*${how#*:}' '$t/forged.log' &&
                grep -q 'resuming .*step_00000015 at step 15' '$t/forged.log'"
@@ -195,11 +195,11 @@ done
 forge forged_precision precision
 bad "--resume of a checkpoint whose trainer_state.json names an unknown precision" \
     'trainer_state.json: precision: expected "fp32" or "bf16"' \
-    train --batch-rows 4 --ckpt-dir "$t/forged_precision" --resume "$t/forged_precision/step_00000020" --steps 21
+    train --batch-rows 4 --ckpt-dir "$t/forged_precision" --resume "$t/forged_precision/step_00000020"
 
 # A damaged newest checkpoint: auto falls back, an explicit path fails.
 printf 'X' | dd of="$t/full/step_00000020/config.json" bs=1 seek=3 conv=notrunc 2>/dev/null
-train --batch-rows 4 --ckpt-dir "$t/full" --resume auto --steps 20 >"$t/fb.log" 2>&1
+train --batch-rows 4 --ckpt-dir "$t/full" --resume auto >"$t/fb.log" 2>&1
 check "--resume auto skips a damaged checkpoint for the one before" grep -q 'resuming .*step_00000015 at step 15' "$t/fb.log"
 printf 'X' | dd of="$t/full/step_00000020/config.json" bs=1 seek=3 conv=notrunc 2>/dev/null   # rewritten by the run above
 train --batch-rows 4 --ckpt-dir "$t/full" --resume "$t/full/step_00000020" >/dev/null 2>"$t/err"

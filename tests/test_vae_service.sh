@@ -61,7 +61,7 @@ bad "--resume of a step folder that does not verify" "model.safetensors.index.js
     train --out "$t/k" --steps 60 --resume "$t/k/checkpoints/nonesuch"
 
 # SIGTERM: the step is finished and saved, and the run exits 0.
-train_bg "$t/s.log" "$t/s.err" --out "$t/s" --steps 100000 --log-every 5
+train_bg "$t/s.log" "$t/s.err" --out "$t/s" --steps 100000
 pid=$!
 for _ in $(seq 400); do grep -q '^step' "$t/s.log" && break; sleep 0.02; done
 kill -TERM $pid; wait $pid
