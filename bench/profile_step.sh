@@ -11,11 +11,11 @@
 # (default "fp32 bf16"), it times `trainer bench --threads THREADS` (default
 # 2) with one timed step (the set-up: weights, batch, warm-up step, and one
 # step), then records it with 1 + STEPS (default 15) under `perf record -e
-# cpu-clock -D <that time and one step more>`: the samples start after the
-# set-up, so start-up costs such as page zeroing do not show. oneDNN names its JIT
-# code for perf (DNNL_JIT_PROFILE=2 writes /tmp/perf-PID.map, removed
-# afterwards); JIT code it does not name is "oneDNN JIT (unnamed)": in
-# float32, some of dnnl_sgemm's kernels.
+# cpu-clock -D <that time and one step more>`: the samples start after
+# the set-up, so start-up costs such as page zeroing do not show. oneDNN
+# names its JIT code for perf (DNNL_JIT_PROFILE=2 writes /tmp/perf-PID.map,
+# removed afterwards); JIT code it does not name is "oneDNN JIT (unnamed)":
+# in float32, some of dnnl_sgemm's kernels.
 #
 # Prints per precision: the share of the recorded CPU time (both threads)
 # and CPU milliseconds per step (the share times the recorded run's median
@@ -102,7 +102,7 @@ def group(name):
         return "GEMM micro-kernels (oneDNN)" if "gemm" in name or "unnamed" in name else "oneDNN, other"
     if name in ("kernel", "OpenMP runtime"):
         return name
-    if name.startswith(("pack_blocked", "bf16_pairs", "round_matrix", "round_bf16")):
+    if re.match(r"(cpu_)?round_|pack_blocked|bf16_pairs", name):   # operands rounded or laid out for oneDNN
         return "operand copies and packing"
     return "the trainer's kernels and the rest"
 
